@@ -1,0 +1,103 @@
+"""Shared defaults for every lmx run: a byte-level LM on the Python stdlib.
+
+Each ``configs/<name>.py`` imports ``get_config`` from here and changes only
+what differs. Variants are chosen with an argument after a colon:
+
+    python train.py --config=configs/alibi.py            # default size
+    python train.py --config=configs/alibi.py:size=tiny  # seconds, for tests
+
+and any field can be overridden on the command line, e.g.
+``--config.train.steps=50 --config.model.position=rope``.
+"""
+
+import ml_collections
+
+from lmx import positions
+
+SIZES = {
+    # d_model, layers, heads, mlp, seq_len, batch, steps, warmup, eval tokens
+    'default': dict(d_model=128, num_layers=4, num_heads=4, mlp_dim=512,
+                    seq_len=64, batch_size=32, steps=1200, warmup=100,
+                    eval_tokens=32768),
+    'small': dict(d_model=256, num_layers=6, num_heads=8, mlp_dim=1024,
+                  seq_len=256, batch_size=32, steps=5000, warmup=200,
+                  eval_tokens=131072),
+    'tiny': dict(d_model=32, num_layers=2, num_heads=2, mlp_dim=64,
+                 seq_len=16, batch_size=4, steps=4, warmup=1,
+                 eval_tokens=512),
+}
+
+
+def parse_arg(arg: str | None) -> dict:
+  """``'size=tiny,foo=bar'`` -> ``{'size': 'tiny', 'foo': 'bar'}``."""
+  out = {}
+  for item in filter(None, (arg or '').split(',')):
+    key, _, value = item.partition('=')
+    out[key.strip()] = value.strip()
+  return out
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = parse_arg(arg)
+  size = args.get('size', 'default')
+  if size not in SIZES:
+    raise ValueError(f'Unknown size {size!r} in the config argument; '
+                     f'valid: {", ".join(SIZES)}.')
+  s = SIZES[size]
+
+  c = ml_collections.ConfigDict()
+  c.name = 'base'
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  # 'stdlib' (this interpreter's standard library), a folder or glob of text
+  # files, or 'tfds:<catalog name>' (needs the [tf] extra and the network).
+  c.data.source = 'stdlib'
+  c.data.text_key = 'text'          # text feature of a tfds catalog dataset
+  c.data.validation_fraction = 0.05  # of files, chosen by path hash
+  c.data.cache_dir = '~/.cache/lmx/tfds'
+
+  c.model = ml_collections.ConfigDict()
+  c.model.position = 'rope'
+  c.model.vocab_size = 257           # 256 bytes + end-of-document
+  c.model.d_model = s['d_model']
+  c.model.num_layers = s['num_layers']
+  c.model.num_heads = s['num_heads']
+  c.model.mlp_dim = s['mlp_dim']
+  c.model.dropout = 0.0
+  c.model.dtype = 'float32'
+  c.model.tie_embeddings = False
+  for name, encoding in positions.REGISTRY.items():
+    c.model[name] = encoding.default_config()
+
+  c.positions = ml_collections.ConfigDict()
+  c.positions.train = 'contiguous'   # contiguous | randomized | shift
+  # At evaluation: contiguous | randomized | shift, or 'train' for whatever
+  # training used. 'train' is the default because Ruoss et al. evaluate
+  # randomized models with randomized positions too.
+  c.positions.eval = 'train'
+  c.positions.max_position = 2048
+
+  c.train = ml_collections.ConfigDict()
+  c.train.seq_len = s['seq_len']
+  c.train.batch_size = s['batch_size']
+  c.train.steps = s['steps']
+  c.train.learning_rate = 2e-3
+  c.train.warmup_steps = s['warmup']
+  c.train.min_lr_ratio = 0.1
+  c.train.weight_decay = 0.1
+  c.train.b1 = 0.9
+  c.train.b2 = 0.95
+  c.train.grad_clip = 1.0
+  c.train.log_every = 50
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 3
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.multipliers = (1, 2, 4, 8, 16)   # of train.seq_len
+  c.eval.lengths = ()                     # explicit lengths override them
+  c.eval.tokens = s['eval_tokens']        # tokens scored at every length
+  c.eval.batch_tokens = 16384             # tokens per forward pass
+  c.eval.position_buckets = 64
+  c.eval.seed = 1234
+  return c

@@ -1,0 +1,19 @@
+"""RoPE with randomized positions (Ruoss et al. 2023).
+
+Training positions are sorted random subsets of [0, max_position); evaluation
+uses the same sampling by default (config.positions.eval = 'train').
+
+    python train.py --config=configs/rope_randomized.py
+    python eval.py --workdir=runs/rope_randomized
+"""
+
+from configs import base
+
+
+def get_config(arg=None):
+  c = base.get_config(arg)
+  c.name = 'rope_randomized'
+  c.model.position = 'rope'
+  c.positions.train = 'randomized'
+  c.positions.max_position = 16 * c.train.seq_len
+  return c

@@ -1,0 +1,92 @@
+"""Evaluate a trained run at unseen lengths.
+
+    python eval.py --workdir=runs/alibi
+    python eval.py --workdir=runs/alibi --lengths=64,512,4096
+    python eval.py --workdir=runs/rope_randomized --config.positions.eval=contiguous
+
+Loads the config saved in --workdir and its latest checkpoint. Any config
+field can be overridden with --config.<field>=<value>, as in train.py (for
+example the evaluation-time position sampling). Writes <workdir>/eval/:
+results.json, loss_vs_length.png, per_position.json, per_position.png.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+import ml_collections
+
+from lmx import checkpoint
+from lmx import config as config_lib
+from lmx import evaluation
+from lmx.data.corpus import DataError
+
+
+def _workdir_from_argv(argv) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith('--workdir='):
+      return arg.split('=', 1)[1]
+    if arg == '--workdir' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _saved_config() -> ml_collections.ConfigDict:
+  """The run's saved config, so --config.<field> overrides can apply to it."""
+  workdir = _workdir_from_argv(sys.argv)
+  path = os.path.join(workdir or '', checkpoint.CONFIG_FILE)
+  if workdir and os.path.isfile(path):
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict()
+
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory from train.py.')
+_LENGTHS = flags.DEFINE_list(
+    'lengths', None, 'Evaluation lengths; default: config.eval.multipliers x '
+    'the training length.')
+_OUT = flags.DEFINE_string('out', None, 'Output directory; default '
+                           '<workdir>/eval.')
+_CONFIG = config_flags.DEFINE_config_dict('config', _saved_config())
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)
+  workdir = _WORKDIR.value
+  if not workdir:
+    raise app.UsageError('--workdir is required.')
+  try:
+    if not os.path.isdir(workdir):
+      raise checkpoint.CheckpointError(
+          f'--workdir={workdir} does not exist. Train first: python train.py '
+          f'--config=<config> --workdir={workdir}')
+    checkpoint.read_config(workdir)  # clear message when config.json is gone
+    checkpoint.require_checkpoint(workdir)
+    lengths = None
+    if _LENGTHS.value:
+      try:
+        lengths = [int(x) for x in _LENGTHS.value]
+      except ValueError:
+        raise config_lib.ConfigError(
+            f'--lengths must be integers, got {",".join(_LENGTHS.value)}.'
+        ) from None
+    results = evaluation.evaluate(_CONFIG.value, workdir, lengths, _OUT.value)
+  except (config_lib.ConfigError, DataError, checkpoint.CheckpointError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  print(f'{results["position"]} (train {results["train_sampling"]}, eval '
+        f'{results["eval_sampling"]} positions), step {results["step"]}:')
+  print(evaluation.format_table(results))
+  for length, why in results['skipped'].items():
+    print(f'skipped length {length}: {why}')
+  out = _OUT.value or os.path.join(workdir, 'eval')
+  print(f'Wrote results.json, loss_vs_length.png, per_position.json and '
+        f'per_position.png to {out}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Corpora (tfds builders), the byte tokenizer, and windows."""

@@ -1,0 +1,197 @@
+"""Text corpora as tensorflow-datasets datasets, built locally once.
+
+``LmxText`` is a tfds builder over a list of local files: the standard
+library source of the running interpreter (``source='stdlib'``), or any
+folder or glob of text files. It writes array_record shards under the cache
+directory and is read back with ``as_data_source``, which needs no
+TensorFlow. Documents are stored as raw bytes, so invalid UTF-8 is kept
+byte-for-byte (the tokenizer is byte-level); empty files are skipped.
+
+Files are split into train and validation deterministically by a hash of
+their path relative to the root, so the split never depends on file order,
+machine, or run. Each distinct (files, split fraction) gets its own builder
+config name, so a changed folder is rebuilt rather than silently reused.
+
+``source='tfds:<name>'`` reads a catalog dataset prepared by tfds instead;
+preparing one needs TensorFlow and the network (the ``[tf]`` extra).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import hashlib
+import os
+import sysconfig
+from typing import Sequence
+
+import numpy as np
+
+from lmx.data import tokenizer
+
+
+class DataError(ValueError):
+  """The data source is missing, empty, or unusable; says what to change."""
+
+
+def stdlib_root() -> str:
+  return sysconfig.get_paths()['stdlib']
+
+
+def list_files(source: str) -> tuple[str, list[str]]:
+  """(root, sorted relative paths) of the text files a source names."""
+  if source == 'stdlib':
+    root = stdlib_root()
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+      # Installed packages are not the standard library and differ by machine.
+      dirnames[:] = sorted(d for d in dirnames
+                           if d not in ('site-packages', 'dist-packages',
+                                        '__pycache__'))
+      files += [os.path.join(dirpath, f) for f in filenames if f.endswith('.py')]
+  else:
+    expanded = os.path.expanduser(source)
+    if os.path.isdir(expanded):
+      root = expanded
+      files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+    else:
+      files = [f for f in glob.glob(expanded, recursive=True)
+               if os.path.isfile(f)]
+      root = os.path.commonpath(files) if files else os.path.dirname(expanded)
+      if files and os.path.isfile(root):
+        root = os.path.dirname(root)
+  if not files:
+    raise DataError(
+        f'config.data.source={source!r} matches no files. Give an existing '
+        "folder, a glob such as 'texts/**/*.txt', 'stdlib', or "
+        "'tfds:<catalog name>'.")
+  root = os.path.abspath(root)
+  return root, sorted(os.path.relpath(os.path.abspath(f), root) for f in files)
+
+
+def is_validation(relpath: str, fraction: float) -> bool:
+  """Deterministic split: a file is held out if its path hash is small."""
+  digest = hashlib.sha256(relpath.encode('utf-8')).digest()
+  return int.from_bytes(digest[:8], 'big') / 2.0**64 < fraction
+
+
+def _fingerprint(root: str, files: Sequence[str], fraction: float) -> str:
+  h = hashlib.sha256(f'{root}|{fraction}'.encode())
+  for rel in files:
+    st = os.stat(os.path.join(root, rel))
+    h.update(f'{rel}|{st.st_size}|{int(st.st_mtime)}\n'.encode())
+  return h.hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=None)
+def _builder_class():
+  # tensorflow_datasets is imported lazily: it is slow to import.
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+
+  @dataclasses.dataclass(eq=False)
+  class LmxTextConfig(tfds.core.BuilderConfig):
+    root: str = ''
+    files: tuple = dataclasses.field(default=(), repr=False)
+    validation_fraction: float = 0.05
+
+  class LmxText(tfds.core.GeneratorBasedBuilder):
+    """Local text files as byte documents, split by path hash."""
+
+    VERSION = tfds.core.Version('1.0.0')
+    BUILDER_CONFIG_CLS = LmxTextConfig
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self,
+          description='Local text files as raw byte documents.',
+          features=tfds.features.FeaturesDict({
+              'path': tfds.features.Text(),
+              'bytes': tfds.features.Tensor(shape=(None,), dtype=np.uint8),
+          }))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {'train': self._generate_examples(False),
+              'validation': self._generate_examples(True)}
+
+    def _generate_examples(self, validation: bool):
+      cfg = self.builder_config
+      for rel in cfg.files:
+        if is_validation(rel, cfg.validation_fraction) != validation:
+          continue
+        with open(os.path.join(cfg.root, rel), 'rb') as f:
+          data = f.read()
+        if data:
+          yield rel, {'path': rel, 'bytes': np.frombuffer(data, np.uint8)}
+
+  return LmxText, LmxTextConfig
+
+
+def build_local(source: str, cache_dir: str, validation_fraction: float):
+  """Prepares (once) and returns the tfds builder for a local source."""
+  root, files = list_files(source)
+  LmxText, LmxTextConfig = _builder_class()
+  slug = 'stdlib' if source == 'stdlib' else 'files'
+  name = f'{slug}_{_fingerprint(root, files, validation_fraction)}'
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  verbosity = absl_logging.get_verbosity()
+  # tfds warns that a config outside BUILDER_CONFIGS is "custom": it is, by
+  # design (one per source and fingerprint), so that warning is noise.
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    builder = LmxText(
+        config=LmxTextConfig(name=name, root=root, files=tuple(files),
+                             validation_fraction=validation_fraction),
+        data_dir=os.path.expanduser(cache_dir), file_format='array_record')
+    builder.download_and_prepare()
+  finally:
+    absl_logging.set_verbosity(verbosity)
+  return builder
+
+
+def load_documents(data_cfg, split: str) -> list[np.ndarray]:
+  """The split's documents as uint8 arrays, in a fixed (path) order."""
+  source = data_cfg.source
+  if source.startswith('tfds:'):
+    import tensorflow_datasets as tfds
+    name = source[len('tfds:'):]
+    try:
+      ds = tfds.data_source(name, split=split,
+                            data_dir=os.path.expanduser(data_cfg.cache_dir))
+    except Exception as e:  # tfds raises many types here.
+      raise DataError(
+          f'Could not open the tfds catalog dataset {name!r} split {split!r} '
+          f'({type(e).__name__}: {e}). Catalog datasets must be prepared '
+          'first, which needs `pip install -e ".[tf]"` and the network.'
+      ) from e
+    docs = []
+    for i in range(len(ds)):
+      value = ds[i][data_cfg.text_key]
+      docs.append(np.frombuffer(value if isinstance(value, bytes)
+                                else str(value).encode(), np.uint8))
+    return [d for d in docs if d.size]
+  builder = build_local(source, data_cfg.cache_dir,
+                        data_cfg.validation_fraction)
+  if split not in builder.info.splits or not builder.info.splits[split].num_examples:
+    raise DataError(
+        f'The {split} split of config.data.source={source!r} is empty: '
+        f'{split} files are chosen by path hash with config.data.'
+        f'validation_fraction={data_cfg.validation_fraction}. Add files or '
+        'change the fraction.')
+  ds = builder.as_data_source(split)
+  records = [ds[i] for i in range(len(ds))]
+  records.sort(key=lambda r: r['path'])
+  return [np.asarray(r['bytes'], np.uint8) for r in records]
+
+
+def token_stream(docs: Sequence[np.ndarray]) -> np.ndarray:
+  """All documents as one int32 id stream, each followed by EOD."""
+  pieces = []
+  for d in docs:
+    pieces.append(d.astype(np.int32))
+    pieces.append(np.array([tokenizer.EOD], np.int32))
+  if not pieces:
+    return np.zeros((0,), np.int32)
+  return np.concatenate(pieces)

@@ -1,0 +1,60 @@
+"""Training and evaluation windows over a token stream.
+
+Training: each step draws ``batch`` windows of ``seq_len + 1`` tokens at
+uniformly random offsets of the training stream, from a generator seeded by
+``(seed, step)`` only. Batch ``k`` is therefore the same whether the run
+started at step 0 or resumed at step ``k``.
+
+Evaluation: the validation stream (documents joined with EOD) is cut into
+non-overlapping windows of ``length`` tokens starting at offset 0. The first
+``tokens`` tokens are scored at every length, so each length scores the same
+text and only the context available to each token changes. A document
+shorter than the window is not dropped or padded: it shares the window with
+its neighbours, separated by EOD, exactly as in training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lmx.positions import sample_positions
+
+
+class Batch(dict):
+  """``inputs``, ``targets``, ``positions``: ``[B, T]`` int32 arrays."""
+
+
+def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
+  return np.random.default_rng([int(seed), int(step), int(stream)])
+
+
+def train_batch(stream: np.ndarray, *, seed: int, step: int, batch: int,
+                seq_len: int, sampling: str, max_position: int) -> Batch:
+  """The training batch of ``step``; a pure function of its arguments."""
+  if stream.size < seq_len + 2:
+    raise ValueError(f'The training stream has {stream.size} tokens, fewer '
+                     f'than train.seq_len + 2 = {seq_len + 2}: use more data '
+                     'or a shorter config.train.seq_len.')
+  rng = step_rng(seed, step)
+  starts = rng.integers(0, stream.size - seq_len - 1, size=batch)
+  w = stream[starts[:, None] + np.arange(seq_len + 1)[None, :]]
+  pos = sample_positions(sampling, batch, seq_len, max_position, rng)
+  return Batch(inputs=w[:, :-1].astype(np.int32),
+               targets=w[:, 1:].astype(np.int32), positions=pos)
+
+
+def num_eval_windows(stream_size: int, length: int, tokens: int) -> int:
+  return min(tokens // length, (stream_size - 1) // length)
+
+
+def eval_windows(stream: np.ndarray, length: int, tokens: int):
+  """(inputs, targets) ``[N, length]``: non-overlapping, from offset 0."""
+  n = num_eval_windows(stream.size, length, tokens)
+  if n < 1:
+    raise ValueError(
+        f'The validation stream has {stream.size} tokens, too few for one '
+        f'evaluation window of {length}: evaluate shorter lengths or use a '
+        'larger validation split (config.data.validation_fraction).')
+  inputs = stream[:n * length].reshape(n, length)
+  targets = stream[1:n * length + 1].reshape(n, length)
+  return inputs.astype(np.int32), targets.astype(np.int32)

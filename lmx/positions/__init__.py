@@ -1,0 +1,37 @@
+"""Position encodings, chosen by name with ``config.model.position``.
+
+Adding an encoding is one module in this package and one line in REGISTRY.
+"""
+
+from lmx.positions.alibi import ALiBi, alibi_bias, alibi_slopes
+from lmx.positions.base import PositionEncoding, relative_distance
+from lmx.positions.kerple import Kerple, kerple_log, kerple_power
+from lmx.positions.learned import Learned
+from lmx.positions.nope import NoPE
+from lmx.positions.rope import RoPE, apply_rope, rope_angles, rope_inv_freq
+from lmx.positions.sampling import KINDS as SAMPLING_KINDS
+from lmx.positions.sampling import sample_positions
+from lmx.positions.sinusoidal import Sinusoidal, sinusoidal_table
+from lmx.positions.t5 import T5Bias, t5_relative_bucket
+from lmx.positions.xpos import XPos, xpos_scale, xpos_zeta
+
+REGISTRY: dict[str, type[PositionEncoding]] = {
+    'none': NoPE,
+    'sinusoidal': Sinusoidal,
+    'learned': Learned,
+    't5': T5Bias,
+    'alibi': ALiBi,
+    'kerple': Kerple,
+    'xpos': XPos,
+    'rope': RoPE,
+}
+
+
+def get_encoding(name: str) -> type[PositionEncoding]:
+  """The encoding class registered under ``name``."""
+  try:
+    return REGISTRY[name]
+  except KeyError:
+    raise ValueError(
+        f'Unknown position encoding {name!r} (config.model.position). '
+        f'Valid names: {", ".join(sorted(REGISTRY))}.') from None

@@ -1,0 +1,88 @@
+"""The position-encoding interface: three hooks the model asks once each.
+
+Every encoding acts at one or more of three places of the Transformer:
+
+* ``embed(x_BxTxD, positions_BxT)``: absolute encodings add a vector to the
+  token embeddings (sinusoidal, learned).
+* ``rotate(q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS)``: rotary
+  encodings turn queries and keys (RoPE, xPos).
+* ``bias(q_positions_BxT, k_positions_BxS)``: relative encodings return a
+  ``[B, H, T, S]`` bias added to the attention logits (T5, ALiBi, KERPLE).
+
+A hook an encoding does not use returns its input unchanged (or ``None`` for
+the bias). Positions are explicit integer arrays, never assumed to be
+``arange(T)``: randomized and shifted positions, cached decoding and distance
+clamps all go through the same arrays.
+
+Class attributes tell the model and the config validator what an encoding
+needs, so neither has to branch on its name:
+
+* ``rotary``: queries/keys are rotated in pairs, so the head dim must be even.
+* ``per_layer``: every Transformer block gets its own instance (its own
+  parameters); otherwise one instance is shared by the embedding and all
+  blocks (T5 shares one bias table across layers).
+* ``max_positions(cfg)``: the largest position + 1 the encoding can represent,
+  or ``None`` if unbounded (a learned table has ``max_len``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Optional
+
+import jax
+import ml_collections
+from flax import nnx
+
+
+class PositionEncoding(nnx.Module):
+  """Base class: acts nowhere. Subclasses override the hooks they use."""
+
+  rotary: ClassVar[bool] = False
+  per_layer: ClassVar[bool] = False
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    """cfg is ``config.model``; an encoding reads its own ``cfg.<name>``."""
+    del rngs
+    self.num_heads = cfg.num_heads
+    self.head_dim = cfg.d_model // cfg.num_heads
+    self.d_model = cfg.d_model
+
+  @classmethod
+  def default_config(cls) -> ml_collections.ConfigDict:
+    """The encoding's own settings, placed at ``config.model.<name>``."""
+    return ml_collections.ConfigDict()
+
+  @classmethod
+  def max_positions(cls, model_cfg: ml_collections.ConfigDict) -> Optional[int]:
+    """Exclusive upper bound on representable positions (None: unbounded)."""
+    del model_cfg
+    return None
+
+  @classmethod
+  def bound_setting(cls) -> str:
+    """Name of the config field that sets ``max_positions``, for messages."""
+    return ''
+
+  def embed(self, x_BxTxD: jax.Array, positions_BxT: jax.Array) -> jax.Array:
+    del positions_BxT
+    return x_BxTxD
+
+  def rotate(self, q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array,
+             q_positions_BxT: jax.Array, k_positions_BxS: jax.Array):
+    del q_positions_BxT, k_positions_BxS
+    return q_BxTxHxK, k_BxSxHxK
+
+  def bias(self, q_positions_BxT: jax.Array,
+           k_positions_BxS: jax.Array) -> Optional[jax.Array]:
+    del q_positions_BxT, k_positions_BxS
+    return None
+
+
+def relative_distance(q_positions_BxT: jax.Array,
+                      k_positions_BxS: jax.Array) -> jax.Array:
+  """``q - k`` for every query/key pair, shape ``[B, T, S]`` (int32).
+
+  Non-negative for the keys a causal query can see.
+  """
+  return (q_positions_BxT[:, :, None].astype('int32')
+          - k_positions_BxS[:, None, :].astype('int32'))

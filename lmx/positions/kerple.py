@@ -1,0 +1,85 @@
+"""KERPLE: kernelized relative positional embedding (Chi et al. 2022, Sec. 4).
+
+A conditionally positive definite kernel of the distance ``|m - n|`` becomes
+a bias on the attention logits, with its parameters learned per head:
+
+* log kernel (the paper's best):   ``-r1 * log(1 + r2 * |m - n|)``,
+  with ``r1, r2 > 0``;
+* power kernel:                    ``-a * |m - n|^p``, with ``a > 0`` and
+  ``0 < p <= 2``.
+
+The constraints are enforced as the paper's code does, by clamping to
+``[eps, ...]`` (and ``p <= 2``) on every forward pass. Here the clamp passes
+gradients straight through, so a parameter that touches the bound can come
+back, as a projected-gradient step would. Every layer has its own parameters.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from lmx.positions.base import PositionEncoding, relative_distance
+
+KERNELS = ('log', 'power')
+
+
+def kerple_log(distance: jax.Array, r1: jax.Array, r2: jax.Array) -> jax.Array:
+  """``-r1 * log(1 + r2 * distance)``; r1, r2 broadcast against distance."""
+  return -r1 * jnp.log1p(r2 * distance)
+
+
+def kerple_power(distance: jax.Array, a: jax.Array, p: jax.Array) -> jax.Array:
+  """``-a * distance^p``; a, p broadcast against distance (``0^p = 0``).
+
+  Written as ``exp(p * log d)`` on ``d > 0`` so the gradient in ``p`` is finite
+  at ``d = 0`` (``d^p`` there would give ``0 * log 0 = nan``).
+  """
+  positive = distance > 0
+  safe = jnp.where(positive, distance, 1.0)
+  return jnp.where(positive, -a * jnp.exp(p * jnp.log(safe)), 0.0)
+
+
+def _clamp(x, lo, hi=None):
+  """Clamp in the forward pass, identity in the backward pass."""
+  return x + jax.lax.stop_gradient(jnp.clip(x, lo, hi) - x)
+
+
+class Kerple(PositionEncoding):
+  """Per-head learned log or power kernel bias."""
+
+  per_layer = True
+
+  def __init__(self, cfg, *, rngs):
+    super().__init__(cfg, rngs=rngs)
+    c = cfg.kerple
+    if c.kernel not in KERNELS:
+      raise ValueError(f'config.model.kerple.kernel must be one of {KERNELS}, '
+                       f'got {c.kernel!r}.')
+    self.kernel = c.kernel
+    self.eps = float(c.eps)
+    # Initialisation as in the paper's code: first parameter ~ U(0, 2),
+    # second ~ U(0, 1).
+    h = self.num_heads
+    self.scale = nnx.Param(2.0 * jax.random.uniform(rngs.params(), (h,)))
+    self.shape = nnx.Param(jax.random.uniform(rngs.params(), (h,)))
+
+  @classmethod
+  def default_config(cls):
+    return ml_collections.ConfigDict({'kernel': 'log', 'eps': 1e-2})
+
+  def kernel_parameters(self):
+    """The constrained (r1, r2) or (a, p), each ``[heads]``."""
+    first = _clamp(self.scale[...], self.eps)
+    if self.kernel == 'log':
+      return first, _clamp(self.shape[...], self.eps)
+    return first, _clamp(self.shape[...], self.eps, 2.0)
+
+  def bias(self, q_positions_BxT, k_positions_BxS):
+    dist_Bx1xTxS = jnp.abs(relative_distance(q_positions_BxT, k_positions_BxS)
+                           )[:, None].astype(jnp.float32)
+    first, second = self.kernel_parameters()
+    first = first[None, :, None, None]
+    second = second[None, :, None, None]
+    fn = kerple_log if self.kernel == 'log' else kerple_power
+    return fn(dist_Bx1xTxS, first, second)

@@ -1,0 +1,73 @@
+"""T5 relative position bias (Raffel et al. 2020, Sec. 2.1).
+
+Each query/key offset is mapped to one of ``num_buckets`` buckets and every
+bucket has a learned scalar per head, added to the attention logits. One table
+is shared by all layers, as in T5. For a causal decoder (``bidirectional`` off)
+only ``n = max(i - j, 0)`` matters:
+
+* ``n < num_buckets / 2``: bucket ``n`` (one bucket per exact distance);
+* otherwise: ``num_buckets/2 + floor(log(n / (num_buckets/2)) /
+  log(max_distance / (num_buckets/2)) * (num_buckets/2))``, capped at
+  ``num_buckets - 1``. Every distance at or past ``max_distance`` shares the
+  last bucket, which is what lets T5 run at any length.
+
+Bidirectional mode halves the buckets and spends one half on each sign.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from lmx.positions.base import PositionEncoding, relative_distance
+
+
+def t5_relative_bucket(relative_position: jax.Array, num_buckets: int = 32,
+                       max_distance: int = 128,
+                       bidirectional: bool = False) -> jax.Array:
+  """The T5 bucket of ``relative_position = key_position - query_position``."""
+  n = -relative_position.astype(jnp.int32)
+  offset = jnp.zeros_like(n)
+  if bidirectional:
+    num_buckets //= 2
+    offset = jnp.where(n < 0, num_buckets, 0)
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  # Log-spaced buckets past max_exact; the max(n, 1) guards log(0) in the
+  # branch that jnp.where discards.
+  log_ratio = (jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
+               / math.log(max_distance / max_exact))
+  large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(jnp.int32)
+  large = jnp.minimum(large, num_buckets - 1)
+  return offset + jnp.where(is_small, n, large)
+
+
+class T5Bias(PositionEncoding):
+  """A learned ``[num_buckets, heads]`` bias table shared by all layers."""
+
+  def __init__(self, cfg, *, rngs):
+    super().__init__(cfg, rngs=rngs)
+    c = cfg.t5
+    self.num_buckets = int(c.num_buckets)
+    self.max_distance = int(c.max_distance)
+    self.bidirectional = bool(c.bidirectional)
+    init = nnx.initializers.normal(0.02)
+    self.table = nnx.Param(init(rngs.params(), (self.num_buckets, self.num_heads),
+                                jnp.float32))
+
+  @classmethod
+  def default_config(cls):
+    return ml_collections.ConfigDict(
+        {'num_buckets': 32, 'max_distance': 128, 'bidirectional': False})
+
+  def bias(self, q_positions_BxT, k_positions_BxS):
+    rel_BxTxS = -relative_distance(q_positions_BxT, k_positions_BxS)
+    bucket_BxTxS = t5_relative_bucket(rel_BxTxS, self.num_buckets,
+                                      self.max_distance, self.bidirectional)
+    bias_BxTxSxH = jnp.take(self.table[...], bucket_BxTxS, axis=0)
+    return jnp.transpose(bias_BxTxSxH, (0, 3, 1, 2))

@@ -1,0 +1,49 @@
+"""Train an lmx model.
+
+    python train.py --config=configs/alibi.py
+    python train.py --config=configs/rope.py:size=tiny --workdir=/tmp/run \
+        --config.train.steps=50
+
+Running the same command again resumes from the latest checkpoint.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from lmx import config as config_lib
+from lmx import trainer
+from lmx.checkpoint import CheckpointError
+from lmx.data.corpus import DataError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, e.g. configs/alibi.py[:size=tiny].',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Run directory. Default: runs/<config.name>.')
+_PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+
+
+def default_workdir(config) -> str:
+  return os.path.join('runs', config.name)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError('--config is required, e.g. --config=configs/alibi.py')
+  workdir = _WORKDIR.value or default_workdir(config)
+  try:
+    trainer.train(config, workdir, progress=_PROGRESS.value)
+  except (config_lib.ConfigError, DataError, CheckpointError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)
