@@ -17,7 +17,7 @@ from lmx import positions
 SIZES = {
     # d_model, layers, heads, mlp, seq_len, batch, steps, warmup, eval tokens
     'default': dict(d_model=128, num_layers=4, num_heads=4, mlp_dim=512,
-                    seq_len=64, batch_size=32, steps=1200, warmup=100,
+                    seq_len=64, batch_size=32, steps=1500, warmup=100,
                     eval_tokens=32768),
     'small': dict(d_model=256, num_layers=6, num_heads=8, mlp_dim=1024,
                   seq_len=256, batch_size=32, steps=5000, warmup=200,

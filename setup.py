@@ -1,0 +1,35 @@
+"""lmx: length-extrapolation research on small JAX/Flax Transformers."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name='lmx',
+    version='0.1.0',
+    description='Train Transformers short, evaluate them long: pluggable '
+                'position encodings and length-extrapolation methods in '
+                'JAX/Flax.',
+    long_description=open('README.md').read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['lmx', 'lmx.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'jax>=0.10',
+        'flax>=0.12',
+        'optax>=0.2.5',
+        'orbax-checkpoint>=0.12',
+        'tensorflow-datasets>=4.9.10',
+        'array_record>=0.8',
+        'importlib_resources',   # tfds needs it for local builders
+        'ml-collections>=1.0',
+        'absl-py',
+        'numpy',
+        'matplotlib',
+        'tqdm',
+        'tensorboardX',
+    ],
+    extras_require={
+        'test': ['pytest>=8', 'hypothesis>=6'],
+        # Preparing tfds *catalog* datasets (e.g. pg19) needs TensorFlow.
+        'tf': ['tensorflow'],
+    },
+)

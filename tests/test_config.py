@@ -1,0 +1,114 @@
+"""Config validation: every bad input gets one message naming the fix."""
+
+import glob
+import importlib
+import os
+
+import pytest
+
+from configs import base
+from lmx import config as config_lib
+from lmx import positions
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config_modules():
+  names = sorted(os.path.basename(p)[:-3]
+                 for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
+  return [n for n in names if n not in ('__init__', 'base')]
+
+
+def test_every_encoding_has_a_config_file():
+  names = set(_config_modules())
+  for encoding in positions.REGISTRY:
+    assert encoding in names
+  assert {'rope_randomized', 'sinusoidal_randomized'} <= names
+
+
+@pytest.mark.parametrize('name', _config_modules())
+@pytest.mark.parametrize('size', ['default', 'tiny'])
+def test_shipped_configs_are_valid(name, size):
+  c = importlib.import_module(f'configs.{name}').get_config(f'size={size}')
+  config_lib.validate(c)
+  lengths, _ = config_lib.eval_lengths(c)
+  assert c.train.seq_len in lengths
+
+
+def test_unknown_encoding_lists_valid_names():
+  c = base.get_config('size=tiny')
+  c.model.position = 'alibbi'
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(c)
+  msg = str(e.value)
+  assert 'alibbi' in msg and 'config.model.position' in msg
+  for name in positions.REGISTRY:
+    assert name in msg
+
+
+def test_heads_must_divide_width():
+  c = base.get_config('size=tiny')
+  c.model.d_model, c.model.num_heads = 30, 4
+  with pytest.raises(config_lib.ConfigError, match='does not divide'):
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize('position', ['rope', 'xpos'])
+def test_rotary_needs_even_head_dim(position):
+  c = base.get_config('size=tiny')
+  c.model.position = position
+  c.model.d_model, c.model.num_heads = 30, 2   # head dim 15
+  with pytest.raises(config_lib.ConfigError, match='head dimension must be even'):
+    config_lib.validate(c)
+  c.model.position = 'alibi'                    # odd head dim is fine here
+  config_lib.validate(c)
+
+
+def test_learned_table_too_short_for_an_explicit_length():
+  c = importlib.import_module('configs.learned').get_config('size=tiny')
+  assert c.model.learned.max_len == c.train.seq_len
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.eval_lengths(c, [4 * c.train.seq_len])
+  assert 'config.model.learned.max_len' in str(e.value)
+  # Default lengths silently skip what the table cannot cover, with a reason.
+  lengths, skipped = config_lib.eval_lengths(c)
+  assert lengths == [c.train.seq_len]
+  assert all('learned.max_len' in why for why in skipped.values())
+
+
+def test_learned_table_too_short_for_training():
+  c = base.get_config('size=tiny')
+  c.model.position = 'learned'
+  c.model.learned.max_len = c.train.seq_len - 1
+  with pytest.raises(config_lib.ConfigError, match='learned.max_len'):
+    config_lib.validate(c)
+
+
+def test_randomized_positions_cannot_cover_a_longer_eval():
+  c = importlib.import_module('configs.rope_randomized').get_config('size=tiny')
+  too_long = c.positions.max_position + 1
+  with pytest.raises(config_lib.ConfigError, match='max_position'):
+    config_lib.eval_lengths(c, [too_long])
+  # Evaluating the same run with contiguous positions has no such bound.
+  c.positions.eval = 'contiguous'
+  assert config_lib.eval_lengths(c, [too_long])[0] == [too_long]
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('positions.train', 'random', 'config.positions.train'),
+    ('train.warmup_steps', 10**6, 'warmup_steps'),
+    ('model.dtype', 'float16', 'config.model.dtype'),
+    ('model.dropout', 1.5, 'dropout'),
+    ('train.batch_size', 0, 'batch_size'),
+])
+def test_field_errors_name_the_field(field, value, match):
+  c = base.get_config('size=tiny')
+  section, leaf = field.split('.')
+  c[section][leaf] = value
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.validate(c)
+
+
+def test_unknown_size_variant():
+  with pytest.raises(ValueError, match='Unknown size'):
+    base.get_config('size=huge')

@@ -1,0 +1,117 @@
+"""train.py then eval.py through the command line, on a tiny config."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args, check=True):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  if check and proc.returncode != 0:
+    raise AssertionError(f'{args} failed ({proc.returncode}):\n'
+                         f'{proc.stdout}\n{proc.stderr}')
+  return proc
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, cache_dir):
+  workdir = str(tmp_path_factory.mktemp('e2e') / 'alibi')
+  proc = run('train.py', '--config=configs/alibi.py:size=tiny',
+             f'--workdir={workdir}', f'--config.data.cache_dir={cache_dir}',
+             '--config.train.steps=6', '--config.train.checkpoint_every=3',
+             '--config.train.log_every=2', '--progress=false')
+  return workdir, proc
+
+
+def test_train_writes_checkpoints_config_and_metrics(trained):
+  workdir, proc = trained
+  assert 'Done: step 6' in proc.stdout
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)
+  assert saved['model']['position'] == 'alibi'
+  assert saved['train']['steps'] == 6
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  assert [r['step'] for r in rows] == [2, 4, 6]
+  assert all(r['loss'] > 0 and r['tokens_per_second'] > 0 for r in rows)
+  assert any(n.startswith('events.out.tfevents')
+             for n in os.listdir(os.path.join(workdir, 'tensorboard')))
+
+
+def test_eval_writes_table_json_and_plots(trained):
+  workdir, _ = trained
+  proc = run('eval.py', f'--workdir={workdir}')
+  out = os.path.join(workdir, 'eval')
+  with open(os.path.join(out, 'results.json')) as f:
+    results = json.load(f)
+  seq_len = results['train_length']
+  assert [r['length'] for r in results['results']] == [
+      m * seq_len for m in (1, 2, 4, 8, 16)]
+  for r in results['results']:
+    assert r['loss'] > 0 and abs(r['perplexity'] - 2.718281828 ** r['loss']) < 1e-3
+  with open(os.path.join(out, 'per_position.json')) as f:
+    pp = json.load(f)
+  assert pp['length'] == 16 * seq_len and len(pp['buckets']) > 1
+  for name in ('loss_vs_length.png', 'per_position.png'):
+    with open(os.path.join(out, name), 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  assert '| 256 | 16 |' in proc.stdout
+
+
+def test_eval_override_and_explicit_lengths(trained, tmp_path):
+  workdir, _ = trained
+  out = str(tmp_path / 'ev')
+  run('eval.py', f'--workdir={workdir}', '--lengths=16,48', f'--out={out}',
+      '--config.positions.eval=shift', '--config.positions.max_position=64')
+  with open(os.path.join(out, 'results.json')) as f:
+    results = json.load(f)
+  assert results['eval_sampling'] == 'shift'
+  assert [r['length'] for r in results['results']] == [16, 48]
+
+
+def test_rerunning_the_command_resumes(trained, cache_dir):
+  workdir, _ = trained
+  proc = run('train.py', '--config=configs/alibi.py:size=tiny',
+             f'--workdir={workdir}', f'--config.data.cache_dir={cache_dir}',
+             '--config.train.steps=8', '--config.train.checkpoint_every=3',
+             '--config.train.log_every=2', '--progress=false')
+  assert 'Resuming from the checkpoint at step 6' in proc.stdout
+  assert 'Done: step 8' in proc.stdout
+  assert '8' in os.listdir(os.path.join(workdir, 'checkpoints'))
+
+
+def test_bad_input_gets_one_clear_message(tmp_path, cache_dir):
+  proc = run('train.py', '--config=configs/alibi.py:size=tiny',
+             f'--workdir={tmp_path / "x"}', '--config.model.position=alibbi',
+             check=False)
+  assert proc.returncode == 2
+  assert 'Valid names:' in proc.stderr and 'Traceback' not in proc.stderr
+
+  proc = run('eval.py', f'--workdir={tmp_path / "missing"}', check=False)
+  assert proc.returncode == 2 and 'Train first' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+  proc = run('train.py', '--config=configs/rope.py:size=tiny',
+             f'--workdir={tmp_path / "y"}', '--config.model.d_model=30',
+             '--config.model.num_heads=2', check=False)
+  assert proc.returncode == 2 and 'even' in proc.stderr
+
+
+def test_eval_refuses_a_length_the_learned_table_cannot_cover(tmp_path,
+                                                             cache_dir):
+  workdir = str(tmp_path / 'learned')
+  run('train.py', '--config=configs/learned.py:size=tiny',
+      f'--workdir={workdir}', f'--config.data.cache_dir={cache_dir}',
+      '--config.train.steps=2', '--progress=false')
+  proc = run('eval.py', f'--workdir={workdir}', '--lengths=64', check=False)
+  assert proc.returncode == 2
+  assert 'config.model.learned.max_len' in proc.stderr
+  assert not os.path.exists(os.path.join(workdir, 'eval'))
