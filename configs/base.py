@@ -54,6 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # files, or 'tfds:<catalog name>' (needs the [tf] extra and the network).
   c.data.source = 'stdlib'
   c.data.text_key = 'text'          # text feature of a tfds catalog dataset
+  c.data.train_split = 'train'      # tfds catalog split names
+  c.data.validation_split = 'validation'
   c.data.validation_fraction = 0.05  # of files, chosen by path hash
   c.data.cache_dir = '~/.cache/lmx/tfds'
 

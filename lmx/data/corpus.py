@@ -157,6 +157,7 @@ def load_documents(data_cfg, split: str) -> list[np.ndarray]:
   if source.startswith('tfds:'):
     import tensorflow_datasets as tfds
     name = source[len('tfds:'):]
+    split = data_cfg.get(f'{split}_split', split)
     try:
       ds = tfds.data_source(name, split=split,
                             data_dir=os.path.expanduser(data_cfg.cache_dir))
@@ -168,9 +169,17 @@ def load_documents(data_cfg, split: str) -> list[np.ndarray]:
       ) from e
     docs = []
     for i in range(len(ds)):
-      value = ds[i][data_cfg.text_key]
-      docs.append(np.frombuffer(value if isinstance(value, bytes)
-                                else str(value).encode(), np.uint8))
+      example = ds[i]
+      if data_cfg.text_key not in example:
+        raise DataError(
+            f'The tfds dataset {name!r} has no feature '
+            f'config.data.text_key={data_cfg.text_key!r}; its features are '
+            f'{sorted(example)}.')
+      value = example[data_cfg.text_key]
+      if isinstance(value, str):
+        value = value.encode('utf-8')
+      docs.append(np.frombuffer(value, np.uint8) if isinstance(value, bytes)
+                  else np.asarray(value, np.uint8).reshape(-1))
     return [d for d in docs if d.size]
   builder = build_local(source, data_cfg.cache_dir,
                         data_cfg.validation_fraction)
