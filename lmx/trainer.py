@@ -143,6 +143,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     graphdef, params = init_model(config)
     state = init_state(config, params, tx)
     start = 0
+  if start >= t.steps:
+    mngr.close()
+    print(f'{workdir} is already trained to step {start} (config.train.steps='
+          f'{t.steps}); nothing to do. Raise --config.train.steps to train '
+          'further.')
+    return {}
   n_params = sum(x.size for x in jax.tree.leaves(state['params']))
   print(f'lmx: {config.model.position} model, {n_params:,} parameters, '
         f'{t.steps} steps of {t.batch_size}x{t.seq_len} tokens -> {workdir}')

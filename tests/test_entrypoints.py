@@ -86,6 +86,13 @@ def test_rerunning_the_command_resumes(trained, cache_dir):
   assert 'Resuming from the checkpoint at step 6' in proc.stdout
   assert 'Done: step 8' in proc.stdout
   assert '8' in os.listdir(os.path.join(workdir, 'checkpoints'))
+  # Once finished, the same command changes nothing.
+  before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+  proc = run('train.py', '--config=configs/alibi.py:size=tiny',
+             f'--workdir={workdir}', f'--config.data.cache_dir={cache_dir}',
+             '--config.train.steps=8', '--progress=false')
+  assert 'already trained to step 8' in proc.stdout
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == before
 
 
 def test_bad_input_gets_one_clear_message(tmp_path, cache_dir):
