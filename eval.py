@@ -81,8 +81,10 @@ def main(argv):
   print(f'{results["position"]} (train {results["train_sampling"]}, eval '
         f'{results["eval_sampling"]} positions), step {results["step"]}:')
   print(evaluation.format_table(results))
-  for length, why in results['skipped'].items():
-    print(f'skipped length {length}: {why}')
+  if results['skipped']:
+    lengths = ', '.join(results['skipped'])
+    first = next(iter(results['skipped'].values()))
+    print(f'Skipped lengths {lengths}. For the first: {first}')
   out = _OUT.value or os.path.join(workdir, 'eval')
   print(f'Wrote results.json, loss_vs_length.png, per_position.json and '
         f'per_position.png to {out}')

@@ -103,3 +103,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.position_buckets = 64
   c.eval.seed = 1234
   return c
+
+
+def encoding_config(position: str, arg: str | None = None, *,
+                    name: str | None = None,
+                    sampling: str = 'contiguous') -> ml_collections.ConfigDict:
+  """The base config for one encoding and one training position sampling.
+
+  Randomized and shifted sampling draw from [0, 16 x seq_len), enough for the
+  default evaluation lengths (up to 16x).
+  """
+  c = get_config(arg)
+  c.name = name or position
+  c.model.position = position
+  c.positions.train = sampling
+  if sampling != 'contiguous':  # follows --config.train.seq_len overrides
+    c.positions.max_position = c.train.get_ref('seq_len') * 16
+  return c

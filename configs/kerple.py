@@ -1,14 +1,15 @@
-"""kerple position encoding on the built-in corpus.
+"""KERPLE log kernel (Chi et al. 2022).
 
     python train.py --config=configs/kerple.py
     python eval.py --workdir=runs/kerple
+
+Measured (default size, seed 0, 1500 steps on a 2-core CPU): loss in
+nats/byte at 1x 2x 4x 8x 16x the training length of 64:
+    1.334 1.298 1.285 1.281 1.279
 """
 
 from configs import base
 
 
 def get_config(arg=None):
-  c = base.get_config(arg)
-  c.name = 'kerple'
-  c.model.position = 'kerple'
-  return c
+  return base.encoding_config('kerple', arg)

@@ -1,4 +1,4 @@
-"""rope position encoding on the built-in corpus.
+"""RoPE rotary embedding (Su et al. 2021).
 
     python train.py --config=configs/rope.py
     python eval.py --workdir=runs/rope
@@ -8,7 +8,4 @@ from configs import base
 
 
 def get_config(arg=None):
-  c = base.get_config(arg)
-  c.name = 'rope'
-  c.model.position = 'rope'
-  return c
+  return base.encoding_config('rope', arg)

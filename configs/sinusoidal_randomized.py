@@ -1,19 +1,16 @@
 """Sinusoidal APE with randomized positions (Ruoss et al. 2023).
 
-Training positions are sorted random subsets of [0, max_position); evaluation
-uses the same sampling by default (config.positions.eval = 'train').
-
     python train.py --config=configs/sinusoidal_randomized.py
     python eval.py --workdir=runs/sinusoidal_randomized
+
+Training positions are sorted random subsets of [0, 16 x seq_len); evaluation
+uses the same sampling by default (config.positions.eval='train'). Add
+--config.positions.eval=contiguous to eval.py to compare.
 """
 
 from configs import base
 
 
 def get_config(arg=None):
-  c = base.get_config(arg)
-  c.name = 'sinusoidal_randomized'
-  c.model.position = 'sinusoidal'
-  c.positions.train = 'randomized'
-  c.positions.max_position = 16 * c.train.seq_len
-  return c
+  return base.encoding_config('sinusoidal', arg, name='sinusoidal_randomized',
+                              sampling='randomized')

@@ -1,4 +1,4 @@
-"""xpos position encoding on the built-in corpus.
+"""xPos: RoPE with exponential decay (Sun et al. 2023).
 
     python train.py --config=configs/xpos.py
     python eval.py --workdir=runs/xpos
@@ -8,7 +8,4 @@ from configs import base
 
 
 def get_config(arg=None):
-  c = base.get_config(arg)
-  c.name = 'xpos'
-  c.model.position = 'xpos'
-  return c
+  return base.encoding_config('xpos', arg)
