@@ -161,6 +161,15 @@ def _pyplot():
   return plt
 
 
+def _length_axis(ax, lengths) -> None:
+  """A log2 length axis labelled with the plain lengths."""
+  ax.set_xscale('log', base=2)
+  ticks = sorted(set(lengths))
+  ax.set_xticks(ticks)
+  ax.set_xticklabels([str(t) for t in ticks])
+  ax.minorticks_off()
+
+
 def plot_loss_vs_length(results: dict, path: str) -> None:
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -169,7 +178,7 @@ def plot_loss_vs_length(results: dict, path: str) -> None:
   ax.plot(xs, ys, marker='o', label=results['position'])
   ax.axvline(results['train_length'], color='gray', linestyle='--',
              label=f'training length ({results["train_length"]})')
-  ax.set_xscale('log', base=2)
+  _length_axis(ax, xs)
   ax.set_xlabel('evaluation length (tokens)')
   ax.set_ylabel('loss (nats / byte)')
   ax.set_title(f'{results["position"]}: loss against length '
