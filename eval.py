@@ -47,6 +47,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory from train.py.')
 _LENGTHS = flags.DEFINE_list(
     'lengths', None, 'Evaluation lengths; default: config.eval.multipliers x '
     'the training length.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default: the '
+                             'latest.')
 _OUT = flags.DEFINE_string('out', None, 'Output directory; default '
                            '<workdir>/eval.')
 _CONFIG = config_flags.DEFINE_config_dict('config', _saved_config())
@@ -74,7 +76,8 @@ def main(argv):
         raise config_lib.ConfigError(
             f'--lengths must be integers, got {",".join(_LENGTHS.value)}.'
         ) from None
-    results = evaluation.evaluate(_CONFIG.value, workdir, lengths, _OUT.value)
+    results = evaluation.evaluate(_CONFIG.value, workdir, lengths, _OUT.value,
+                                  step=_STEP.value)
   except (config_lib.ConfigError, DataError, checkpoint.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

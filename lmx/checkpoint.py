@@ -50,12 +50,18 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: Any,
   return restored['state']
 
 
+def all_steps(workdir: str) -> list[int]:
+  """The finished checkpoint steps in ``workdir``, oldest first."""
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return []
+  with ocp.CheckpointManager(checkpoint_dir(workdir)) as mngr:
+    return sorted(mngr.all_steps())
+
+
 def latest_step(workdir: str) -> Optional[int]:
   """The newest finished checkpoint step in ``workdir``, or None."""
-  if not os.path.isdir(checkpoint_dir(workdir)):
-    return None
-  with ocp.CheckpointManager(checkpoint_dir(workdir)) as mngr:
-    return mngr.latest_step()
+  steps = all_steps(workdir)
+  return steps[-1] if steps else None
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -77,13 +83,20 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def require_checkpoint(workdir: str) -> int:
-  """The latest step, or a CheckpointError saying how to get one."""
-  step = latest_step(workdir)
-  if step is None:
+def require_checkpoint(workdir: str, step: Optional[int] = None) -> int:
+  """The requested (default: latest) step, or a CheckpointError saying how
+  to get one."""
+  steps = all_steps(workdir)
+  if not steps:
     raise CheckpointError(
         f'No checkpoint in {checkpoint_dir(workdir)}. Train first: '
         f'python train.py --config=<config> --workdir={workdir}')
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise CheckpointError(
+        f'No checkpoint at step {step} in {checkpoint_dir(workdir)}; '
+        f'available steps: {", ".join(map(str, steps))}.')
   return step
 
 

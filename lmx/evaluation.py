@@ -90,21 +90,22 @@ def load_params(config, workdir: str, step: Optional[int] = None):
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
              lengths: Optional[Sequence[int]] = None,
-             out_dir: Optional[str] = None, plots: bool = True) -> dict:
-  """Evaluates the workdir's latest checkpoint; writes JSON and PNGs."""
+             out_dir: Optional[str] = None, plots: bool = True,
+             step: Optional[int] = None) -> dict:
+  """Evaluates a checkpoint (default: the latest); writes JSON and PNGs."""
   config_lib.validate(config)
   run_lengths, skipped = config_lib.eval_lengths(config, lengths)
   if not run_lengths:
     raise config_lib.ConfigError(
         'No evaluation length can be run with this config: '
         + ' '.join(skipped.values()))
-  checkpoint.require_checkpoint(workdir)
+  checkpoint.require_checkpoint(workdir, step)
   stream = corpus.token_stream(corpus.load_documents(config.data, 'validation'))
   for length in run_lengths:  # refuse before compiling anything
     if windows.num_eval_windows(stream.size, length, config.eval.tokens) < 1:
       windows.eval_windows(stream, length, config.eval.tokens)
 
-  graphdef, params, step = load_params(config, workdir)
+  graphdef, params, step = load_params(config, workdir, step)
   token_losses = make_loss_fn(graphdef)
   rows = []
   for length in run_lengths:

@@ -75,6 +75,13 @@ def test_eval_override_and_explicit_lengths(trained, tmp_path):
     results = json.load(f)
   assert results['eval_sampling'] == 'shift'
   assert [r['length'] for r in results['results']] == [16, 48]
+  # An older checkpoint by step, and a clear message for a missing one.
+  run('eval.py', f'--workdir={workdir}', '--lengths=16', f'--out={out}',
+      '--step=3')
+  with open(os.path.join(out, 'results.json')) as f:
+    assert json.load(f)['step'] == 3
+  proc = run('eval.py', f'--workdir={workdir}', '--step=4', check=False)
+  assert proc.returncode == 2 and 'available steps: 3, 6' in proc.stderr
 
 
 def test_rerunning_the_command_resumes(trained, cache_dir):
