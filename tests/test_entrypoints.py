@@ -129,3 +129,20 @@ def test_eval_refuses_a_length_the_learned_table_cannot_cover(tmp_path,
   assert proc.returncode == 2
   assert 'config.model.learned.max_len' in proc.stderr
   assert not os.path.exists(os.path.join(workdir, 'eval'))
+
+
+def test_resuming_with_a_different_model_is_refused(trained, cache_dir):
+  workdir, _ = trained
+  ckpts = os.path.join(workdir, 'checkpoints')
+  before = sorted(os.listdir(ckpts))
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = f.read()
+  proc = run('train.py', '--config=configs/alibi.py:size=tiny',
+             f'--workdir={workdir}', f'--config.data.cache_dir={cache_dir}',
+             '--config.model.num_layers=3', '--progress=false', check=False)
+  assert proc.returncode == 2
+  assert 'config.model differs' in proc.stderr and 'new --workdir' in proc.stderr
+  # Nothing already saved is touched.
+  assert sorted(os.listdir(ckpts)) == before
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert f.read() == saved
