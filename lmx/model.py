@@ -6,7 +6,8 @@ final norm -> LM head.
 
 The model never branches on the encoding's name: it builds the encoding from
 the registry and calls its three hooks. An encoding with ``per_layer = True``
-gets one instance per block, otherwise one instance is shared.
+gets one instance per block (the first also serves ``embed``), otherwise one
+instance is shared by the embedding and every block.
 """
 
 from typing import Optional
@@ -94,11 +95,15 @@ class Transformer(nnx.Module):
     self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model,
                            embedding_init=nnx.initializers.normal(1.0),
                            rngs=rngs)
-    self.position = encoding_cls(cfg, rngs=rngs)
-    self.blocks = nnx.List([
-        Block(cfg, encoding_cls(cfg, rngs=rngs) if encoding_cls.per_layer
-              else self.position, rngs=rngs)
-        for _ in range(cfg.num_layers)])
+    if encoding_cls.per_layer:
+      layer_positions = [encoding_cls(cfg, rngs=rngs)
+                         for _ in range(cfg.num_layers)]
+    else:
+      layer_positions = [encoding_cls(cfg, rngs=rngs)] * cfg.num_layers
+    # The embedding hook is asked of the first layer's instance, so a
+    # per-layer encoding has no extra, unused copy here.
+    self.position = layer_positions[0]
+    self.blocks = nnx.List([Block(cfg, p, rngs=rngs) for p in layer_positions])
     self.final_norm = nnx.RMSNorm(cfg.d_model, rngs=rngs)
     if not self.tie_embeddings:
       self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False,

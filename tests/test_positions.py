@@ -402,17 +402,13 @@ def test_kerple_module_bias_by_hand():
   np.testing.assert_allclose(bias[0, :, 1, 1], [0.0, 0.0])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'Kerple initialises the power kernel as a ~ U(0, 2), p ~ U(0, 1); the '
-    "paper's code (chijames/KERPLE, megatron/mpu/layers.py, "
-    'ParallelKerplePower) draws the exponent bias_p = 2 U(0, 1) and the scale '
-    'bias_a = U(0, 1). The log kernel matches. Lead to decide.'))
 def test_kerple_power_init_matches_the_paper_code():
   cfg = _model_cfg('kerple', num_heads=64, d_model=64)
   cfg.kerple.kernel = 'power'
   a, p = P.Kerple(cfg, rngs=nnx.Rngs(params=0)).kernel_parameters()
-  # With 64 heads, p ~ U(0, 2) has some p > 1 except with chance 2^-64;
-  # a ~ U(0, 1) never exceeds 1.
+  # Paper code (chijames/KERPLE, megatron/mpu/layers.py, ParallelKerplePower):
+  # exponent bias_p = 2 U(0, 1), scale bias_a = U(0, 1). With 64 heads some
+  # p exceeds 1 except with chance 2^-64; a never exceeds 1.
   assert float(jnp.max(p)) > 1.0
   assert float(jnp.max(a)) <= 1.0
 

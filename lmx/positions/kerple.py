@@ -58,11 +58,12 @@ class Kerple(PositionEncoding):
                        f'got {c.kernel!r}.')
     self.kernel = c.kernel
     self.eps = float(c.eps)
-    # Initialisation as in the paper's code: first parameter ~ U(0, 2),
-    # second ~ U(0, 1).
+    # Initialisation as in the paper's code: log kernel r1 ~ U(0, 2),
+    # r2 ~ U(0, 1); power kernel a ~ U(0, 1), exponent p ~ U(0, 2).
     h = self.num_heads
-    self.scale = nnx.Param(2.0 * jax.random.uniform(rngs.params(), (h,)))
-    self.shape = nnx.Param(jax.random.uniform(rngs.params(), (h,)))
+    scale_max, shape_max = (2.0, 1.0) if self.kernel == 'log' else (1.0, 2.0)
+    self.scale = nnx.Param(scale_max * jax.random.uniform(rngs.params(), (h,)))
+    self.shape = nnx.Param(shape_max * jax.random.uniform(rngs.params(), (h,)))
 
   @classmethod
   def default_config(cls):

@@ -1,0 +1,200 @@
+"""Model-level properties of the decoder with every position encoding, on the
+tiny config: causality, shift invariance of the relative encodings (and its
+absence for the absolute ones), the per-layer / shared parameter rules, and
+bfloat16 compute."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import base
+from lmx import model as model_lib
+from lmx import positions as P
+
+ENCODINGS = sorted(P.REGISTRY)
+RELATIVE = ['alibi', 'kerple', 'none', 'rope', 't5', 'xpos']
+ABSOLUTE = ['learned', 'sinusoidal']
+B, T, V = 2, 12, 257
+SHIFT = 17
+
+
+def _model_cfg(position, dtype='float32'):
+  cfg = base.get_config('size=tiny')
+  cfg.model.position = position
+  cfg.model.dtype = dtype
+  return cfg.model
+
+
+@functools.lru_cache(maxsize=None)
+def _model(position, dtype='float32'):
+  """One built model per (encoding, dtype); the tests only read it."""
+  return model_lib.build(_model_cfg(position, dtype), seed=0)
+
+
+def _param_count(model):
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def _tokens(seed=0):
+  rng = np.random.default_rng(seed)
+  return jnp.asarray(rng.integers(0, V, (B, T)), jnp.int32)
+
+
+def _positions(kind):
+  if kind == 'contiguous':
+    return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+  # Randomized-looking: sorted, distinct, with gaps, different per row.
+  pos = P.sample_positions('randomized', B, T, 200, np.random.default_rng(1))
+  assert np.any(np.diff(pos, axis=1) > 1) and not np.array_equal(pos[0], pos[1])
+  return jnp.asarray(pos)
+
+
+def test_every_registered_encoding_is_classified():
+  # A new encoding must be added to RELATIVE or ABSOLUTE to be tested here.
+  assert sorted(RELATIVE + ABSOLUTE) == ENCODINGS
+
+
+@pytest.mark.parametrize('kind', ['contiguous', 'randomized'])
+@pytest.mark.parametrize('position', ENCODINGS)
+def test_future_tokens_never_change_earlier_logits(position, kind):
+  model = _model(position)
+  tokens, pos = _tokens(), _positions(kind)
+  logits = model(tokens, pos)
+  assert logits.shape == (B, T, V) and logits.dtype == jnp.float32
+  for j in (1, T // 2, T - 1):
+    changed = tokens.at[:, j].set((tokens[:, j] + 100) % V)
+    new = model(changed, pos)
+    np.testing.assert_allclose(new[:, :j], logits[:, :j], atol=1e-5, rtol=0)
+    # The change does reach index j itself, so the check above can fail.
+    assert float(jnp.abs(new[:, j] - logits[:, j]).max()) > 1e-3
+
+
+@pytest.mark.parametrize('position', ENCODINGS)
+def test_future_positions_never_change_earlier_logits(position):
+  # Positions are inputs too: moving the last token further away (keeping
+  # the positions sorted) must not reach the tokens before it. xPos centres
+  # its scales on the key positions, so this is not trivial there.
+  model = _model(position)
+  tokens, pos = _tokens(), _positions('randomized')
+  logits = model(tokens, pos)
+  moved = pos.at[:, T - 1].add(150)
+  new = model(tokens, moved)
+  np.testing.assert_allclose(new[:, :T - 1], logits[:, :T - 1], atol=1e-5,
+                             rtol=0)
+
+
+@pytest.mark.parametrize('kind', ['contiguous', 'randomized'])
+@pytest.mark.parametrize('position', RELATIVE)
+def test_relative_encodings_are_shift_invariant(position, kind):
+  model = _model(position)
+  tokens, pos = _tokens(), _positions(kind)
+  np.testing.assert_allclose(model(tokens, pos + SHIFT), model(tokens, pos),
+                             atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize('position', ABSOLUTE)
+def test_absolute_encodings_are_not_shift_invariant(position):
+  model = _model(position)
+  tokens, pos = _tokens(), _positions('randomized')
+  # Learned rows exist only below max_len (2048 by default).
+  assert int(pos.max()) + SHIFT < _model_cfg(position).learned.max_len
+  diff = jnp.abs(model(tokens, pos + SHIFT) - model(tokens, pos))
+  # Every index moved, so every index's logits change.
+  assert float(diff.max(axis=-1).min()) > 1e-3
+
+
+def test_t5_table_is_shared_by_all_layers():
+  model = _model('t5')
+  assert model.blocks[0].attn.position is model.blocks[1].attn.position
+  assert model.blocks[0].attn.position is model.position
+  # A shared module is counted once: t5 adds exactly one [num_buckets=32,
+  # heads=2] table, 64 parameters, to the NoPE model.
+  assert _param_count(model) - _param_count(_model('none')) == 32 * 2
+
+
+def test_kerple_has_its_own_parameters_in_every_layer():
+  model = _model('kerple')
+  first, second = model.blocks[0].attn.position, model.blocks[1].attn.position
+  assert first is not second
+  assert type(first).per_layer
+  # Separately initialised, so the values differ too.
+  assert not np.allclose(first.scale[...], second.scale[...])
+  assert not np.allclose(first.shape[...], second.shape[...])
+  # Each instance holds (r1, r2) for the 2 heads.
+  for enc in (first, second):
+    assert _param_count(enc) == 2 * 2
+
+
+def test_kerple_adds_only_per_layer_parameters():
+  # 2 layers x (r1, r2) x 2 heads = 8 parameters over the NoPE model: no
+  # extra, unused top-level copy beside the per-layer ones.
+  assert _param_count(_model('kerple')) - _param_count(_model('none')) == 8
+
+
+def _grads(position):
+  model = _model(position)
+  tokens, pos = _tokens(), _positions('contiguous')
+
+  def loss(m):
+    return jnp.mean(model_lib.cross_entropy(m(tokens, pos)[:, :-1],
+                                            tokens[:, 1:]))
+
+  # A clone of the model holding the gradients in place of the parameters,
+  # so they are read by attribute, whatever path nnx files a shared module
+  # under.
+  holder = nnx.clone(model)
+  nnx.update(holder, nnx.grad(loss)(model))
+  return holder
+
+
+def test_kerple_parameters_of_every_layer_are_trained():
+  grads = _grads('kerple')
+  for i in range(2):
+    g = grads.blocks[i].attn.position
+    assert float(jnp.abs(g.scale[...]).min()) > 0, i
+    assert float(jnp.abs(g.shape[...]).min()) > 0, i
+
+
+def test_t5_gradient_reaches_exactly_the_buckets_in_use():
+  # The loss reads the predictions at indices 0..10 (index 11 has no next
+  # token), so with positions 0..11 the causal distances are 0..10: buckets
+  # 0..10 (all below max_exact = 16). Buckets 11..31 are never read.
+  table = _grads('t5').position.table[...]
+  assert table.shape == (32, 2)
+  assert float(jnp.abs(table[:T - 1]).min()) > 0
+  assert float(jnp.abs(table[T - 1:]).max()) == 0
+
+
+def test_learned_gradient_reaches_exactly_the_rows_in_use():
+  # Same loss: rows 0..10 feed a prediction, row 11 and beyond do not.
+  table = _grads('learned').position.table[...]
+  assert float(jnp.abs(table[:T - 1]).max(axis=-1).min()) > 0
+  assert float(jnp.abs(table[T - 1:]).max()) == 0
+
+
+@pytest.mark.parametrize('position', ENCODINGS)
+def test_bfloat16_compute_returns_finite_float32_logits(position):
+  tokens, pos = _tokens(), _positions('randomized')
+  bf16 = _model(position, 'bfloat16')(tokens, pos)
+  f32 = _model(position)(tokens, pos)   # same seed, same float32 params
+  assert bf16.dtype == jnp.float32 and bf16.shape == (B, T, V)
+  assert bool(jnp.all(jnp.isfinite(bf16)))
+  # bfloat16 really was used (the logits are not bit-identical), and is close
+  # to the float32 result: 8 bits of mantissa, ~1% relative error per op.
+  diff = jnp.abs(bf16 - f32)
+  assert float(diff.max()) > 0
+  assert float(diff.max()) < 0.1 * float(jnp.abs(f32).max())
+
+
+def test_tied_embeddings_replace_the_head():
+  cfg = _model_cfg('alibi')
+  cfg.tie_embeddings = True
+  tied = model_lib.build(cfg, seed=0)
+  # The untied model has one extra [d_model, vocab] head matrix.
+  assert _param_count(_model('alibi')) - _param_count(tied) == 32 * V
+  logits = tied(_tokens(), _positions('contiguous'))
+  assert logits.shape == (B, T, V) and bool(jnp.all(jnp.isfinite(logits)))
