@@ -40,7 +40,8 @@ def main(argv):
   workdir = _WORKDIR.value or default_workdir(config)
   try:
     trainer.train(config, workdir, progress=_PROGRESS.value)
-  except (config_lib.ConfigError, DataError, CheckpointError) as e:
+  except (config_lib.ConfigError, DataError, CheckpointError,
+          FloatingPointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

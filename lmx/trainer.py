@@ -155,12 +155,34 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   step_fn = make_train_step(graphdef, tx, config)
   writer = metrics_lib.MetricWriter(workdir)
-  tokens_per_step = t.batch_size * t.seq_len
   bar = None
   if progress:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(total=t.steps, initial=start, desc='train', unit='step',
                mininterval=1.0, dynamic_ncols=True)
+  try:
+    last = _loop(config, workdir, state, start, step_fn, stream, mngr, writer,
+                 bar)
+  finally:
+    # However the loop ended, finish the saves in flight and close the files,
+    # so that no checkpoint is left half written by an exiting interpreter.
+    if bar is not None:
+      bar.close()
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+  if last:
+    print(f'Done: step {t.steps}, loss {last["loss"]:.4f}, '
+          f'{last["tokens_per_second"]:,.0f} tokens/s. Checkpoints in '
+          f'{checkpoint.checkpoint_dir(workdir)}.')
+  return last
+
+
+def _loop(config, workdir, state, start, step_fn, stream, mngr, writer,
+          bar) -> dict:
+  """Steps ``start .. train.steps``: log, check, checkpoint; last metrics."""
+  t = config.train
+  tokens_per_step = t.batch_size * t.seq_len
   last = {}
   window_start, window_steps = time.perf_counter(), 0
   for step in range(start, t.steps):
@@ -180,9 +202,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
               'tokens_per_second': tok_s}
       if not np.isfinite(last['loss']):
         raise FloatingPointError(
-            f'Non-finite loss {last["loss"]} at step {done}; the last good '
-            f'checkpoint in {checkpoint.checkpoint_dir(workdir)} is kept. '
-            'Lower config.train.learning_rate or check the data.')
+            f'Non-finite loss {last["loss"]} at step {done}; the checkpoints '
+            f'already in {checkpoint.checkpoint_dir(workdir)} are kept. Lower '
+            'config.train.learning_rate or check the data.')
       writer.write(done, last)
       if bar is not None:
         bar.set_postfix(loss=f'{last["loss"]:.3f}', tok_s=f'{tok_s:,.0f}')
@@ -191,13 +213,4 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       bar.update(1)
     if done % t.checkpoint_every == 0 or done == t.steps:
       checkpoint.save(mngr, done, state, force=True)
-  if bar is not None:
-    bar.close()
-  mngr.wait_until_finished()
-  mngr.close()
-  writer.close()
-  if last:
-    print(f'Done: step {t.steps}, loss {last["loss"]:.4f}, '
-          f'{last["tokens_per_second"]:,.0f} tokens/s. Checkpoints in '
-          f'{checkpoint.checkpoint_dir(workdir)}.')
   return last

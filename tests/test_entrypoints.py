@@ -146,3 +146,19 @@ def test_resuming_with_a_different_model_is_refused(trained, cache_dir):
   assert sorted(os.listdir(ckpts)) == before
   with open(os.path.join(workdir, 'config.json')) as f:
     assert f.read() == saved
+
+
+def test_a_diverging_run_stops_with_the_step_and_keeps_checkpoints(tmp_path,
+                                                                    cache_dir):
+  workdir = str(tmp_path / 'nan')
+  # A learning rate of 1e30 makes the parameters, then the loss, non-finite.
+  proc = run('train.py', '--config=configs/rope.py:size=tiny',
+             f'--workdir={workdir}', f'--config.data.cache_dir={cache_dir}',
+             '--config.train.steps=6', '--config.train.checkpoint_every=1',
+             '--config.train.log_every=3', '--config.train.grad_clip=1e30',
+             '--config.train.learning_rate=1e30', '--progress=false',
+             check=False)
+  assert proc.returncode == 2, proc.stderr
+  assert 'Non-finite loss' in proc.stderr and 'at step 3' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert os.listdir(os.path.join(workdir, 'checkpoints'))
