@@ -102,8 +102,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   checkpoint.require_checkpoint(workdir, step)
   stream = corpus.token_stream(corpus.load_documents(config.data, 'validation'))
   for length in run_lengths:  # refuse before compiling anything
-    if windows.num_eval_windows(stream.size, length, config.eval.tokens) < 1:
-      windows.eval_windows(stream, length, config.eval.tokens)
+    windows.eval_windows(stream, length, config.eval.tokens)
 
   graphdef, params, step = load_params(config, workdir, step)
   token_losses = make_loss_fn(graphdef)

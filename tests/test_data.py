@@ -109,7 +109,7 @@ def test_eval_windows_score_the_same_tokens_at_every_length():
 
 
 def test_eval_windows_too_short_stream_is_a_clear_error():
-  with pytest.raises(ValueError, match='too few'):
+  with pytest.raises(corpus.DataError, match='too few'):
     windows.eval_windows(np.arange(10, dtype=np.int32), 64, tokens=1024)
 
 

@@ -162,3 +162,21 @@ def test_a_diverging_run_stops_with_the_step_and_keeps_checkpoints(tmp_path,
   assert 'Non-finite loss' in proc.stderr and 'at step 3' in proc.stderr
   assert 'Traceback' not in proc.stderr
   assert os.listdir(os.path.join(workdir, 'checkpoints'))
+
+
+def test_own_text_folder_and_a_length_longer_than_its_validation_text(
+    tmp_path):
+  texts = tmp_path / 'texts'
+  texts.mkdir()
+  for i in range(40):
+    (texts / f'{i}.txt').write_text(f'line {i} of some text\n' * 100)
+  workdir = str(tmp_path / 'own')
+  run('train.py', '--config=configs/alibi.py:size=tiny',
+      f'--workdir={workdir}', f'--config.data.source={texts}',
+      f'--config.data.cache_dir={tmp_path / "cache"}',
+      '--config.data.validation_fraction=0.5', '--config.train.steps=2',
+      '--progress=false')
+  proc = run('eval.py', f'--workdir={workdir}', '--lengths=1000000',
+             check=False)
+  assert proc.returncode == 2 and 'too few' in proc.stderr
+  assert 'Traceback' not in proc.stderr

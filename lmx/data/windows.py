@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lmx.data.corpus import DataError
 from lmx.positions import sample_positions
 
 
@@ -32,7 +33,7 @@ def train_batch(stream: np.ndarray, *, seed: int, step: int, batch: int,
                 seq_len: int, sampling: str, max_position: int) -> Batch:
   """The training batch of ``step``; a pure function of its arguments."""
   if stream.size < seq_len + 2:
-    raise ValueError(f'The training stream has {stream.size} tokens, fewer '
+    raise DataError(f'The training stream has {stream.size} tokens, fewer '
                      f'than train.seq_len + 2 = {seq_len + 2}: use more data '
                      'or a shorter config.train.seq_len.')
   rng = step_rng(seed, step)
@@ -51,7 +52,7 @@ def eval_windows(stream: np.ndarray, length: int, tokens: int):
   """(inputs, targets) ``[N, length]``: non-overlapping, from offset 0."""
   n = num_eval_windows(stream.size, length, tokens)
   if n < 1:
-    raise ValueError(
+    raise DataError(
         f'The validation stream has {stream.size} tokens, too few for one '
         f'evaluation window of {length}: evaluate shorter lengths or use a '
         'larger validation split (config.data.validation_fraction).')
