@@ -15,7 +15,6 @@ import os
 from typing import Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

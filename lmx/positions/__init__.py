@@ -35,3 +35,12 @@ def get_encoding(name: str) -> type[PositionEncoding]:
     raise ValueError(
         f'Unknown position encoding {name!r} (config.model.position). '
         f'Valid names: {", ".join(sorted(REGISTRY))}.') from None
+
+__all__ = [
+    'ALiBi', 'Kerple', 'Learned', 'NoPE', 'PositionEncoding', 'REGISTRY',
+    'RoPE', 'SAMPLING_KINDS', 'Sinusoidal', 'T5Bias', 'XPos', 'alibi_bias',
+    'alibi_slopes', 'apply_rope', 'get_encoding', 'kerple_log',
+    'kerple_power', 'relative_distance', 'rope_angles', 'rope_inv_freq',
+    'sample_positions', 'sinusoidal_table', 't5_relative_bucket',
+    'xpos_scale', 'xpos_zeta',
+]
