@@ -183,7 +183,7 @@ def _loop(config, workdir, state, start, step_fn, stream, mngr, writer,
   """Steps ``start .. train.steps``: log, check, checkpoint; last metrics."""
   t = config.train
   tokens_per_step = t.batch_size * t.seq_len
-  last = {}
+  last, previous = {}, None
   window_start, window_steps = time.perf_counter(), 0
   for step in range(start, t.steps):
     batch = windows.train_batch(
@@ -191,6 +191,11 @@ def _loop(config, workdir, state, start, step_fn, stream, mngr, writer,
         seq_len=t.seq_len, sampling=config.positions.train,
         max_position=config.positions.max_position)
     state, m = step_fn(state, dict(batch))
+    # Stay at most one step ahead of the device: the progress bar then
+    # counts finished steps, and queued batches do not pile up in memory.
+    if previous is not None:
+      previous.block_until_ready()
+    previous = m['loss']
     window_steps += 1
     done = step + 1
     if done % t.log_every == 0 or done == t.steps:
