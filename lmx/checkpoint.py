@@ -28,11 +28,11 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 
 
-def manager(workdir: str, keep: int = 3,
-            save_every: Optional[int] = None) -> ocp.CheckpointManager:
+def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
+  """An async manager keeping the newest ``keep`` checkpoints; the trainer
+  decides when to save."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, save_interval_steps=save_every or 1, create=True,
-      enable_async_checkpointing=True)
+      max_to_keep=keep, create=True, enable_async_checkpointing=True)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
