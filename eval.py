@@ -67,7 +67,6 @@ def main(argv):
           f'--workdir={workdir} does not exist. Train first: python train.py '
           f'--config=<config> --workdir={workdir}')
     checkpoint.read_config(workdir)  # clear message when config.json is gone
-    checkpoint.require_checkpoint(workdir)
     lengths = None
     if _LENGTHS.value:
       try:

@@ -153,14 +153,14 @@ def format_table(results: dict) -> str:
   return '\n'.join(lines)
 
 
-def _pyplot():
+def pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   return plt
 
 
-def _length_axis(ax, lengths) -> None:
+def length_axis(ax, lengths) -> None:
   """A log2 length axis labelled with the plain lengths."""
   ax.set_xscale('log', base=2)
   ticks = sorted(set(lengths))
@@ -170,14 +170,14 @@ def _length_axis(ax, lengths) -> None:
 
 
 def plot_loss_vs_length(results: dict, path: str) -> None:
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   xs = [r['length'] for r in results['results']]
   ys = [r['loss'] for r in results['results']]
   ax.plot(xs, ys, marker='o', label=results['position'])
   ax.axvline(results['train_length'], color='gray', linestyle='--',
              label=f'training length ({results["train_length"]})')
-  _length_axis(ax, xs)
+  length_axis(ax, xs)
   ax.set_xlabel('evaluation length (tokens)')
   ax.set_ylabel('loss (nats / byte)')
   ax.set_title(f'{results["position"]}: loss against length '
@@ -190,7 +190,7 @@ def plot_loss_vs_length(results: dict, path: str) -> None:
 
 
 def plot_per_position(per_position: dict, name: str, path: str) -> None:
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   b = per_position['buckets']
   xs = [(x['start'] + x['end'] - 1) / 2 for x in b]

@@ -57,7 +57,7 @@ def label(run) -> str:
 
 def plot(runs, path: str) -> None:
   from lmx import evaluation  # pylint: disable=g-import-not-at-top
-  plt = evaluation._pyplot()  # pylint: disable=protected-access
+  plt = evaluation.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5))
   lengths = []
   for run in runs:
@@ -68,7 +68,7 @@ def plot(runs, path: str) -> None:
   train_lengths = sorted({run['train_length'] for run in runs})
   for t in train_lengths:
     ax.axvline(t, color='gray', linestyle='--')
-  evaluation._length_axis(ax, lengths)  # pylint: disable=protected-access
+  evaluation.length_axis(ax, lengths)
   ax.set_xlabel('evaluation length (tokens); dashed: training length')
   ax.set_ylabel('loss (nats / byte)')
   ax.set_title('loss against length')
