@@ -4,7 +4,9 @@
     python train.py --config=configs/rope.py:size=tiny --workdir=/tmp/run \
         --config.train.steps=50
 
-Running the same command again resumes from the latest checkpoint.
+Running the same command again resumes from the latest good checkpoint.
+SIGTERM or Ctrl-C saves a checkpoint at the current step and exits with
+128 + the signal number; bad input exits with 2 and one message.
 """
 
 import os
@@ -40,6 +42,9 @@ def main(argv):
   workdir = _WORKDIR.value or default_workdir(config)
   try:
     trainer.train(config, workdir, progress=_PROGRESS.value)
+  except trainer.TrainingInterrupted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(128 + e.signum)
   except (config_lib.ConfigError, DataError, CheckpointError,
           FloatingPointError) as e:
     print(f'error: {e}', file=sys.stderr)

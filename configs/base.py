@@ -93,7 +93,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.grad_clip = 1.0
   c.train.log_every = 50
   c.train.checkpoint_every = 500
-  c.train.keep_checkpoints = 3
+  c.train.keep_checkpoints = 3         # newest verified ones kept
+  # A latest checkpoint that fails its checksums or does not restore:
+  # 'previous' moves it to checkpoints_corrupt/ and resumes from the newest
+  # good one; 'refuse' stops with a message and changes nothing.
+  c.train.on_corrupt_checkpoint = 'previous'
+  # Non-finite loss or gradient: 0 stops the run at that step (the default);
+  # N > 0 skips up to N such updates before stopping.
+  c.train.max_nonfinite_skips = 0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.multipliers = (1, 2, 4, 8, 16)   # of train.seq_len

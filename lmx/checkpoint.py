@@ -1,15 +1,41 @@
 """The one module that talks to orbax.
 
-A checkpoint holds the train state (``step``, ``params``, ``opt_state``) as
-one orbax StandardSave item; the run's config is written beside the
-checkpoints as ``<workdir>/config.json``. Restores are into an abstract
-target (shapes and dtypes), so nothing has to be initialised twice.
+A checkpoint ``<workdir>/checkpoints/<step>/`` holds the train state
+(``step``, ``params``, ``opt_state``) as an orbax StandardSave item and a
+small JSON item ``meta`` (run counters). The run's config is written beside
+the checkpoints as ``<workdir>/config.json``.
+
+Safety, on top of what orbax gives:
+
+- Atomic saves. Orbax writes a step into a temporary directory and renames
+  it when complete, so a kill during a save leaves no step directory; the
+  temporary one is ignored and cleaned up by the next run.
+- Checksums. Orbax does not detect flipped bits: a damaged data file can
+  restore silently wrong values. Once a save has finished, ``seal`` writes
+  ``lmx_checksums.json`` (sha256 of every file of the step) into it, and
+  ``verify`` checks a step against it before it is restored.
+- Recovery. ``restore_latest_good`` restores the newest checkpoint that
+  verifies and restores; newer ones that do not are moved (never deleted) to
+  ``<workdir>/checkpoints_corrupt/``, or the run refuses, as configured.
+- Pruning. ``Saver`` keeps the newest ``keep`` *sealed* checkpoints and
+  deletes only older ones, so it never deletes the only good checkpoint.
+- One writer. ``WorkdirLock`` makes a second training run on the same
+  workdir refuse instead of interleaving checkpoints with the first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import gc
+import hashlib
 import json
 import os
+import shutil
+import socket
+import sys
+import time
 from typing import Any, Optional
 
 import jax
@@ -18,6 +44,16 @@ import orbax.checkpoint as ocp
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
+CORRUPT_DIR = 'checkpoints_corrupt'
+CHECKSUM_FILE = 'lmx_checksums.json'
+LOCK_FILE = 'lmx.lock'
+UNSEALED = 'unsealed'
+# Config fields newer than some saved runs, with the value that reproduces
+# how those runs behaved; read_config fills them in.
+FIELDS_ADDED_LATER = {
+    'train.on_corrupt_checkpoint': 'previous',
+    'train.max_nonfinite_skips': 0,
+}
 
 
 class CheckpointError(RuntimeError):
@@ -28,26 +64,238 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 
 
-def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
-  """An async manager keeping the newest ``keep`` checkpoints; the trainer
-  decides when to save."""
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=True, enable_async_checkpointing=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+def step_dir(workdir: str, step: int) -> str:
+  return os.path.join(checkpoint_dir(workdir), str(step))
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any,
-         force: bool = False) -> bool:
-  return mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state)), force=force)
+def _is_primary() -> bool:
+  return jax.process_index() == 0
 
 
-def restore(mngr: ocp.CheckpointManager, abstract_state: Any,
-            step: Optional[int] = None) -> Any:
-  step = mngr.latest_step() if step is None else step
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state)))
-  return restored['state']
+# ----------------------------------------------------------------- checksums
+
+
+def _files(directory: str) -> dict[str, str]:
+  out = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, directory)
+      if rel != CHECKSUM_FILE:
+        out[rel] = path
+  return out
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      h.update(block)
+  return h.hexdigest()
+
+
+def seal(workdir: str, step: int) -> None:
+  """Records the sha256 of every file of a finished checkpoint."""
+  directory = step_dir(workdir, step)
+  sums = {rel: _sha256(p) for rel, p in sorted(_files(directory).items())}
+  path = os.path.join(directory, CHECKSUM_FILE)
+  with open(path + '.tmp', 'w') as f:
+    json.dump({'step': step, 'sha256': sums}, f, indent=0)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(path + '.tmp', path)
+
+
+def is_sealed(workdir: str, step: int) -> bool:
+  return os.path.isfile(os.path.join(step_dir(workdir, step), CHECKSUM_FILE))
+
+
+def verify(workdir: str, step: int) -> Optional[str]:
+  """None if the step matches its checksums, ``UNSEALED`` if it has none,
+  else what is wrong with it."""
+  directory = step_dir(workdir, step)
+  path = os.path.join(directory, CHECKSUM_FILE)
+  if not os.path.isfile(path):
+    return UNSEALED
+  try:
+    with open(path) as f:
+      expected = json.load(f)['sha256']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    return f'its {CHECKSUM_FILE} is unreadable ({e})'
+  present = _files(directory)
+  for rel, digest in expected.items():
+    if rel not in present:
+      return f'file {rel} is missing'
+    if _sha256(present[rel]) != digest:
+      return f'file {rel} does not match its checksum'
+  return None
+
+
+# ------------------------------------------------------------------- restore
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+  """A failed orbax read leaves coroutines that print tracebacks when they
+  are collected; the failure is reported by the caller instead."""
+  hook = sys.unraisablehook
+  sys.unraisablehook = lambda *_: None
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = hook
+
+
+def restore_step(workdir: str, step: int, abstract_state: Any
+                 ) -> tuple[Any, dict]:
+  """(state, meta) of one step, restored into the abstract target."""
+  items = {'state': ocp.args.StandardRestore(abstract_state)}
+  has_meta = os.path.isdir(os.path.join(step_dir(workdir, step), 'meta'))
+  if has_meta:
+    items['meta'] = ocp.args.JsonRestore()
+  with ocp.CheckpointManager(checkpoint_dir(workdir)) as mngr:
+    restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  return restored['state'], (dict(restored['meta']) if has_meta else {})
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f'{type(e).__name__}: {text[0][:200] if text else ""}'
+
+
+def try_restore(workdir: str, step: int, abstract_state: Any
+                ) -> tuple[Optional[tuple[Any, dict]], Optional[str]]:
+  """((state, meta), None), or (None, why the step cannot be used)."""
+  problem = verify(workdir, step)
+  if problem not in (None, UNSEALED):
+    return None, problem
+  try:
+    with _quiet_failed_reads():
+      restored = restore_step(workdir, step, abstract_state)
+  except Exception as e:  # pylint: disable=broad-except
+    return None, f'it does not restore ({_first_line(e)})'
+  if problem == UNSEALED and _is_primary():
+    seal(workdir, step)  # restored fine: record it as good from now on
+  return restored, None
+
+
+def quarantine(workdir: str, step: int) -> str:
+  """Moves a step out of the checkpoint directory; returns where to."""
+  target_root = os.path.join(os.path.abspath(workdir), CORRUPT_DIR)
+  os.makedirs(target_root, exist_ok=True)
+  target = os.path.join(target_root, str(step))
+  n = 1
+  while os.path.exists(target):
+    n += 1
+    target = os.path.join(target_root, f'{step}.{n}')
+  shutil.move(step_dir(workdir, step), target)
+  return target
+
+
+def restore_latest_good(workdir: str, abstract_state: Any,
+                        on_corrupt: str = 'previous'
+                        ) -> Optional[tuple[int, Any, dict]]:
+  """(step, state, meta) of the newest usable checkpoint, or None if there
+  are no checkpoints.
+
+  Newer steps that fail verification or restoration are, with
+  ``on_corrupt='previous'``, moved to ``checkpoints_corrupt/`` (with a
+  message on stderr) once an older good one has restored; with ``'refuse'``
+  the first such step raises CheckpointError and nothing is moved. If no
+  step restores, CheckpointError, and nothing is moved either.
+  """
+  steps = all_steps(workdir)
+  bad = []
+  for step in reversed(steps):
+    restored, problem = try_restore(workdir, step, abstract_state)
+    if restored is not None:
+      break
+    bad.append((step, problem))
+    if on_corrupt == 'refuse':
+      older = [s for s in steps if s < step]
+      hint = (f'move {step_dir(workdir, step)} away to resume from step '
+              f'{older[-1]}, or ' if older else '')
+      raise CheckpointError(
+          f'The latest checkpoint, step {step} in {checkpoint_dir(workdir)}, '
+          f'is unusable: {problem}. Nothing was changed. To go on, {hint}'
+          'set --config.train.on_corrupt_checkpoint=previous to have lmx '
+          'set unusable checkpoints aside and use the newest good one.')
+  else:
+    if not bad:
+      return None
+    listing = '; '.join(f'step {s}: {p}' for s, p in bad)
+    raise CheckpointError(
+        f'No checkpoint in {checkpoint_dir(workdir)} can be used ({listing}). '
+        'Nothing was moved or deleted. If the code changed since they were '
+        'written, restore the old version; otherwise start a new --workdir.')
+  for s, problem in bad:
+    if _is_primary():
+      where = quarantine(workdir, s)
+      print(f'warning: checkpoint step {s} is unusable ({problem}); moved to '
+            f'{where}. Resuming from step {step}.', file=sys.stderr)
+  return step, restored[0], restored[1]
+
+
+# ---------------------------------------------------------------------- save
+
+
+class Saver:
+  """Asynchronous saves for a training run, sealed and pruned.
+
+  A save runs in the background while training goes on. Before the next
+  save starts (and in ``close``) the previous one is awaited, sealed with
+  checksums, and checkpoints older than the newest ``keep`` sealed ones are
+  deleted. Unsealed steps never count towards ``keep``.
+  """
+
+  def __init__(self, workdir: str, keep: int):
+    self.workdir = workdir
+    self.keep = keep
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None, create=True, cleanup_tmp_directories=True,
+        enable_async_checkpointing=True)
+    self._mngr = ocp.CheckpointManager(checkpoint_dir(workdir),
+                                       options=options)
+    self._in_flight: list[int] = []
+
+  def save(self, step: int, state: Any, meta: dict) -> None:
+    self.finish()
+    if step in self._mngr.all_steps():
+      return  # e.g. a stop request right after a periodic save
+    self._mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                    force=True)
+    self._in_flight.append(step)
+
+  def finish(self) -> None:
+    """Waits for saves in flight, seals them, prunes old checkpoints."""
+    self._mngr.wait_until_finished()
+    if _is_primary():
+      for step in self._in_flight:
+        seal(self.workdir, step)
+    self._in_flight = []
+    if _is_primary():
+      self._prune()
+
+  def _prune(self) -> None:
+    steps = sorted(self._mngr.all_steps())
+    sealed = [s for s in steps if is_sealed(self.workdir, s)]
+    if len(sealed) < self.keep:
+      return
+    oldest_kept = sealed[-self.keep]
+    for s in steps:
+      if s < oldest_kept:
+        self._mngr.delete(s)
+
+  def close(self) -> None:
+    try:
+      self.finish()
+    finally:
+      self._mngr.close()
+
+
+# ----------------------------------------------------------------- listing
 
 
 def all_steps(workdir: str) -> list[int]:
@@ -62,25 +310,6 @@ def latest_step(workdir: str) -> Optional[int]:
   """The newest finished checkpoint step in ``workdir``, or None."""
   steps = all_steps(workdir)
   return steps[-1] if steps else None
-
-
-def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  path = os.path.join(workdir, CONFIG_FILE)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
-  os.replace(tmp, path)
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config saved by train.py in ``workdir``."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise CheckpointError(
-        f'{path} does not exist: --workdir must be a directory written by '
-        'train.py (it holds config.json and checkpoints/).')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
 
 
 def require_checkpoint(workdir: str, step: Optional[int] = None) -> int:
@@ -100,5 +329,102 @@ def require_checkpoint(workdir: str, step: Optional[int] = None) -> int:
   return step
 
 
+def load(workdir: str, step: int, abstract_state: Any) -> Any:
+  """The state of one step, for reading (evaluation): verified, never moved.
+  An unusable step is a CheckpointError that names the alternatives."""
+  restored, problem = try_restore(workdir, step, abstract_state)
+  if restored is None:
+    older = [s for s in all_steps(workdir) if s < step]
+    alt = (f'Evaluate an older one with --step={older[-1]}.' if older else
+           'There is no older checkpoint; train again.')
+    raise CheckpointError(
+        f'Checkpoint step {step} in {checkpoint_dir(workdir)} is unusable: '
+        f'{problem}. {alt}')
+  return restored[0]
+
+
 def abstract(tree: Any) -> Any:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+# -------------------------------------------------------------------- config
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(config.to_json(indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config saved by train.py in ``workdir``."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise CheckpointError(
+        f'{path} does not exist: --workdir must be a directory written by '
+        'train.py (it holds config.json and checkpoints/).')
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except ValueError as e:
+    raise CheckpointError(
+        f'{path} is not valid JSON ({e}); it was written by train.py and '
+        'should not be edited by hand. Restore it, or pass the config again '
+        'with train.py.') from e
+  for dotted, value in FIELDS_ADDED_LATER.items():
+    *parents, leaf = dotted.split('.')
+    node = saved
+    for p in parents:
+      node = node.setdefault(p, {})
+    node.setdefault(leaf, value)
+  return ml_collections.ConfigDict(saved)
+
+
+# ---------------------------------------------------------------------- lock
+
+
+class WorkdirLock:
+  """An exclusive lock on a workdir for one training process.
+
+  ``flock`` is released by the kernel when the process dies, even by
+  SIGKILL, so a killed run never leaves a stale lock behind.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+    self._fd = None
+
+  def acquire(self) -> 'WorkdirLock':
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        os.close(fd)
+        raise
+      holder = os.pread(fd, 4096, 0).decode('utf-8', 'replace').strip()
+      os.close(fd)
+      raise CheckpointError(
+          f'Another training run is using {os.path.dirname(self.path)} '
+          f'({holder or "holder unknown"}). Two runs on one workdir would '
+          'overwrite each other\'s checkpoints: wait for it to finish, stop '
+          'it, or use another --workdir.') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (f'pid {os.getpid()} on {socket.gethostname()}, since '
+                   f'{time.strftime("%Y-%m-%d %H:%M:%S")}').encode(), 0)
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()

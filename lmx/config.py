@@ -3,6 +3,7 @@
 Every message names the field to change and how.
 """
 
+import math
 from typing import Optional, Sequence
 
 import ml_collections
@@ -54,17 +55,70 @@ def check_length(config: ml_collections.ConfigDict, length: int,
   return None
 
 
+def _get(config, path: str):
+  node = config
+  for part in path.split('.'):
+    if part not in node:
+      raise ConfigError(
+          f'config.{path} is missing. Start from a config in configs/ (they '
+          'all build on configs/base.py), which sets every field.')
+    node = node[part]
+  return node
+
+
+def _int(config, path: str, lo: Optional[int] = None,
+         hi: Optional[int] = None) -> int:
+  value = _get(config, path)
+  _require(isinstance(value, int) and not isinstance(value, bool),
+           f'config.{path} must be an integer, got {value!r}.')
+  _require(lo is None or value >= lo,
+           f'config.{path} must be at least {lo}, got {value}.')
+  _require(hi is None or value <= hi,
+           f'config.{path} must be at most {hi}, got {value}.')
+  return value
+
+
+def _float(config, path: str, lo: Optional[float] = None,
+           hi: Optional[float] = None, lo_open: bool = False,
+           hi_open: bool = False) -> float:
+  value = _get(config, path)
+  _require(isinstance(value, (int, float)) and not isinstance(value, bool)
+           and math.isfinite(value),
+           f'config.{path} must be a finite number, got {value!r}.')
+  lo_ok = lo is None or (value > lo if lo_open else value >= lo)
+  hi_ok = hi is None or (value < hi if hi_open else value <= hi)
+  if not (lo_ok and hi_ok):
+    left = '(' if lo_open else '['
+    right = ')' if hi_open else ']'
+    raise ConfigError(
+        f'config.{path} must be in {left}{"-inf" if lo is None else lo}, '
+        f'{"inf" if hi is None else hi}{right}, got {value}.')
+  return value
+
+
+def _choice(config, path: str, options: Sequence[str]) -> str:
+  value = _get(config, path)
+  _require(value in options,
+           f'config.{path}={value!r} is not one of: '
+           f'{", ".join(map(repr, options))}.')
+  return value
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError for the first invalid field or cross-field rule."""
+  """Raises ConfigError for the first invalid field or cross-field rule.
+
+  Checks types and ranges of every field lmx reads, then the rules that tie
+  fields together (heads divide the width, rotary head dimension even,
+  lengths against what the encoding and the position range can represent).
+  """
   m = config.model
-  if m.position not in positions.REGISTRY:
+  if _get(config, 'model.position') not in positions.REGISTRY:
     raise ConfigError(
         f'Unknown position encoding {m.position!r} in config.model.position. '
         f'Valid names: {", ".join(sorted(positions.REGISTRY))}.')
+  _int(config, 'seed', 0)
   for field in ('d_model', 'num_layers', 'num_heads', 'mlp_dim', 'vocab_size'):
-    _require(isinstance(m[field], int) and m[field] > 0,
-             f'config.model.{field} must be a positive integer, got '
-             f'{m[field]!r}.')
+    _int(config, f'model.{field}', 1)
   _require(m.d_model % m.num_heads == 0,
            f'config.model.num_heads={m.num_heads} does not divide '
            f'config.model.d_model={m.d_model}: choose heads that divide the '
@@ -82,58 +136,57 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(m.vocab_size >= 257,
            f'config.model.vocab_size={m.vocab_size} is too small for 256 '
            f'bytes plus the end-of-document token: use at least 257.')
-  _require(m.dtype in ('float32', 'bfloat16'),
-           f"config.model.dtype must be 'float32' or 'bfloat16', got "
-           f'{m.dtype!r}.')
-  _require(0.0 <= m.dropout < 1.0,
-           f'config.model.dropout must be in [0, 1), got {m.dropout}.')
+  _choice(config, 'model.dtype', ('float32', 'bfloat16'))
+  _float(config, 'model.dropout', 0.0, 1.0, hi_open=True)
+  _require(isinstance(_get(config, 'model.tie_embeddings'), bool),
+           'config.model.tie_embeddings must be True or False.')
   if m.position == 'kerple':
-    _require(m.kerple.kernel in ('log', 'power'),
-             f"config.model.kerple.kernel must be 'log' or 'power', got "
-             f'{m.kerple.kernel!r}.')
+    _choice(config, 'model.kerple.kernel', ('log', 'power'))
   if m.position == 't5':
-    _require(m.t5.num_buckets >= 4 and
-             m.t5.max_distance > m.t5.num_buckets // 2,
-             'config.model.t5 needs num_buckets >= 4 and max_distance > '
-             f'num_buckets/2, got {m.t5.num_buckets} and {m.t5.max_distance}.')
+    _int(config, 'model.t5.num_buckets', 4)
+    _int(config, 'model.t5.max_distance', 1)
+    _require(m.t5.max_distance > m.t5.num_buckets // 2,
+             'config.model.t5 needs max_distance > num_buckets/2, got '
+             f'{m.t5.max_distance} and {m.t5.num_buckets}.')
 
-  p = config.positions
   kinds = positions.SAMPLING_KINDS
-  _require(p.train in kinds,
-           f'config.positions.train={p.train!r} is not a sampling kind; valid: '
-           f'{", ".join(kinds)}.')
-  _require(p.eval in kinds + ('train',),
-           f'config.positions.eval={p.eval!r} is not a sampling kind; valid: '
-           f'{", ".join(kinds + ("train",))}.')
-  _require(isinstance(p.max_position, int) and p.max_position > 0,
-           f'config.positions.max_position must be a positive integer, got '
-           f'{p.max_position!r}.')
+  _choice(config, 'positions.train', kinds)
+  _choice(config, 'positions.eval', kinds + ('train',))
+  _int(config, 'positions.max_position', 1)
 
   t = config.train
-  for field in ('seq_len', 'batch_size', 'steps'):
-    _require(isinstance(t[field], int) and t[field] > 0,
-             f'config.train.{field} must be a positive integer, got '
-             f'{t[field]!r}.')
-  _require(0 <= t.warmup_steps < t.steps,
-           f'config.train.warmup_steps={t.warmup_steps} must be in [0, '
-           f'train.steps={t.steps}).')
-  _require(t.learning_rate > 0, 'config.train.learning_rate must be > 0.')
-  _require(0.0 <= t.min_lr_ratio <= 1.0,
-           'config.train.min_lr_ratio must be in [0, 1].')
-  _require(t.checkpoint_every > 0 and t.log_every > 0,
-           'config.train.checkpoint_every and log_every must be positive.')
-  _require(t.keep_checkpoints >= 1,
-           'config.train.keep_checkpoints must be at least 1.')
-  problem = check_length(config, t.seq_len, p.train, 'Training')
+  for field in ('seq_len', 'batch_size', 'steps', 'checkpoint_every',
+                'log_every', 'keep_checkpoints'):
+    _int(config, f'train.{field}', 1)
+  _int(config, 'train.warmup_steps', 0, t.steps - 1)
+  _float(config, 'train.learning_rate', 0.0, lo_open=True)
+  _float(config, 'train.min_lr_ratio', 0.0, 1.0)
+  _float(config, 'train.weight_decay', 0.0)
+  _float(config, 'train.b1', 0.0, 1.0, hi_open=True)
+  _float(config, 'train.b2', 0.0, 1.0, hi_open=True)
+  _float(config, 'train.grad_clip', 0.0, lo_open=True)
+  _choice(config, 'train.on_corrupt_checkpoint', ('previous', 'refuse'))
+  _int(config, 'train.max_nonfinite_skips', 0)
+  problem = check_length(config, t.seq_len, config.positions.train, 'Training')
   _require(problem is None, problem or '')
+
+  d = config.data
+  _require(isinstance(_get(config, 'data.source'), str) and d.source,
+           "config.data.source must name 'stdlib', a folder, a glob or "
+           "'tfds:<name>'.")
+  _float(config, 'data.validation_fraction', 0.0, 1.0, lo_open=True,
+         hi_open=True)
 
   e = config.eval
   _require(all(isinstance(x, int) and x > 0 for x in e.multipliers),
            f'config.eval.multipliers must be positive integers, got '
            f'{e.multipliers!r}.')
-  _require(e.tokens > 0 and e.batch_tokens > 0,
-           'config.eval.tokens and config.eval.batch_tokens must be positive.')
+  _int(config, 'eval.tokens', 1)
+  _int(config, 'eval.batch_tokens', 1)
+  _int(config, 'eval.position_buckets', 1)
   for length in e.lengths:
+    _require(isinstance(length, int) and length > 0,
+             f'config.eval.lengths must be positive integers, got {length!r}.')
     problem = check_length(config, length, resolve_eval_sampling(config),
                            'Evaluation')
     _require(problem is None, problem or '')

@@ -79,11 +79,8 @@ def load_params(config, workdir: str, step: Optional[int] = None):
   tx = trainer.make_optimizer(config.train)
   abstract_state = checkpoint.abstract(jax.eval_shape(
       lambda p: trainer.init_state(config, p, tx), abstract_params))
-  mngr = checkpoint.manager(workdir)
-  try:
-    state = checkpoint.restore(mngr, abstract_state, step)
-  finally:
-    mngr.close()
+  step = checkpoint.require_checkpoint(workdir, step)
+  state = checkpoint.load(workdir, step, abstract_state)
   return graphdef, state['params'], int(state['step'])
 
 

@@ -9,12 +9,20 @@ from typing import Mapping
 
 class MetricWriter:
   """Appends ``{"step": s, **scalars}`` lines to metrics.jsonl and writes the
-  same scalars as TensorBoard events under ``<workdir>/tensorboard``."""
+  same scalars as TensorBoard events under ``<workdir>/tensorboard``.
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  A run resumed at ``resume_step`` first drops the rows of later steps (and
+  a half-written last line) that the interrupted run wrote after its last
+  checkpoint, so metrics.jsonl reads as one uninterrupted run.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True,
+               resume_step: int = 0):
     self.enabled = enabled
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self._tb = None
+    if enabled and os.path.exists(self.path):
+      _truncate(self.path, resume_step)
     if enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
@@ -36,6 +44,21 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+
+def _truncate(path: str, step: int) -> None:
+  rows = []
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue  # a line cut short by a kill
+      if isinstance(row, dict) and row.get('step', 0) <= step:
+        rows.append(line if line.endswith('\n') else line + '\n')
+  with open(path + '.tmp', 'w') as f:
+    f.writelines(rows)
+  os.replace(path + '.tmp', path)
 
 
 def read_jsonl(path: str) -> list[dict]:

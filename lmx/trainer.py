@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import sys
+import threading
 import time
 from typing import Callable
 
@@ -75,26 +78,92 @@ def apply_fn(graphdef) -> Callable:
 
 
 def make_train_step(graphdef, tx, config) -> Callable:
+  """The jitted ``(state, batch) -> (state, metrics)``; donates the state.
+
+  ``metrics['finite']`` says whether the loss and the gradient norm were
+  finite. With ``config.train.max_nonfinite_skips > 0`` a non-finite step
+  leaves the parameters and optimizer state as they were (the step counter
+  still advances, so the next step sees the next batch); otherwise the
+  trainer stops on the flag before anything is saved.
+  """
   apply = apply_fn(graphdef)
   schedule = make_schedule(config.train)
   use_dropout = config.model.dropout > 0
+  guard = config.train.max_nonfinite_skips > 0
 
   def loss_fn(params, batch, key):
     logits = apply(params, batch['inputs'], batch['positions'],
                    key if use_dropout else None)
-    return model_lib.cross_entropy(logits, batch['targets']).mean()
+    losses = model_lib.cross_entropy(logits, batch['targets'])
+    if 'weights' in batch:  # per-token loss weights, e.g. answer-only masks
+      w = batch['weights'].astype(losses.dtype)
+      return (losses * w).sum() / jnp.maximum(w.sum(), 1.0)
+    return losses.mean()
 
   def train_step(state, batch):
     key = jax.random.fold_in(jax.random.key(config.seed), state['step'])
     loss, grads = jax.value_and_grad(loss_fn)(state['params'], batch, key)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
+    if guard:
+      keep_old = lambda new, old: jax.tree.map(
+          lambda n, o: jnp.where(finite, n, o), new, old)
+      params = keep_old(params, state['params'])
+      opt_state = keep_old(opt_state, state['opt_state'])
     new_state = {'step': state['step'] + 1, 'params': params,
                  'opt_state': opt_state}
-    return new_state, {'loss': loss, 'grad_norm': optax.global_norm(grads),
-                       'learning_rate': schedule(state['step'])}
+    return new_state, {'loss': loss, 'grad_norm': grad_norm,
+                       'learning_rate': schedule(state['step']),
+                       'finite': finite}
 
   return jax.jit(train_step, donate_argnums=0)
+
+
+class TrainingInterrupted(Exception):
+  """SIGTERM or SIGINT stopped the run after saving a checkpoint."""
+
+  def __init__(self, signum: int, step: int, workdir: str):
+    self.signum, self.step = signum, step
+    super().__init__(
+        f'Stopped by {signal.Signals(signum).name} at step {step}; the '
+        f'checkpoint of step {step} is saved in '
+        f'{checkpoint.checkpoint_dir(workdir)}. Run the same command to '
+        'resume.')
+
+
+class _StopRequest:
+  """Turns SIGTERM/SIGINT into a flag the loop checks after each step.
+
+  A second signal while stopping interrupts at once (pending saves are
+  still finished by the trainer's ``finally``).
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None:
+      raise KeyboardInterrupt
+    self.signum = signum
+    print(f'\n{signal.Signals(signum).name}: saving a checkpoint after this '
+          'step, then stopping.', file=sys.stderr, flush=True)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for s in self.SIGNALS:
+        self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous = {}
 
 
 def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -115,11 +184,20 @@ def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str,
           progress: bool = True) -> dict:
-  """Trains (or resumes) the run in ``workdir``; returns the final metrics."""
+  """Trains (or resumes) the run in ``workdir``; returns the final metrics.
+
+  Raises ConfigError/DataError/CheckpointError before anything is compiled
+  or written, FloatingPointError on a non-finite step, and
+  TrainingInterrupted after saving on SIGTERM/SIGINT.
+  """
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
-  _check_same_run(workdir, config)
+  with checkpoint.WorkdirLock(workdir):
+    return _train(config, workdir, progress)
 
+
+def _train(config, workdir, progress) -> dict:
+  _check_same_run(workdir, config)
   t = config.train
   train_docs = corpus.load_documents(config.data, 'train')
   stream = corpus.token_stream(train_docs)
@@ -128,23 +206,22 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                       seq_len=t.seq_len, sampling=config.positions.train,
                       max_position=config.positions.max_position)
 
-  checkpoint.write_config(workdir, config)
   tx = make_optimizer(t)
-  mngr = checkpoint.manager(workdir, keep=t.keep_checkpoints)
-  start = mngr.latest_step()
-  if start is not None:
-    graphdef, abstract_params = abstract_model(config)
-    abstract_state = checkpoint.abstract(
-        jax.eval_shape(lambda p: init_state(config, p, tx), abstract_params))
-    state = checkpoint.restore(mngr, abstract_state, start)
+  graphdef, abstract_params = abstract_model(config)
+  abstract_state = checkpoint.abstract(
+      jax.eval_shape(lambda p: init_state(config, p, tx), abstract_params))
+  found = checkpoint.restore_latest_good(workdir, abstract_state,
+                                         t.on_corrupt_checkpoint)
+  if found is not None:
+    start, state, meta = found
     log.info('Resuming %s from step %d.', workdir, start)
     print(f'Resuming from the checkpoint at step {start} in {workdir}.')
   else:
     graphdef, params = init_model(config)
     state = init_state(config, params, tx)
-    start = 0
+    start, meta = 0, {}
+  checkpoint.write_config(workdir, config)
   if start >= t.steps:
-    mngr.close()
     print(f'{workdir} is already trained to step {start} (config.train.steps='
           f'{t.steps}); nothing to do. Raise --config.train.steps to train '
           'further.')
@@ -154,22 +231,24 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         f'{t.steps} steps of {t.batch_size}x{t.seq_len} tokens -> {workdir}')
 
   step_fn = make_train_step(graphdef, tx, config)
-  writer = metrics_lib.MetricWriter(workdir)
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start)
+  saver = checkpoint.Saver(workdir, keep=t.keep_checkpoints)
   bar = None
   if progress:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(total=t.steps, initial=start, desc='train', unit='step',
                mininterval=1.0, dynamic_ncols=True)
   try:
-    last = _loop(config, workdir, state, start, step_fn, stream, mngr, writer,
-                 bar)
+    with _StopRequest() as stop:
+      last = _Loop(config, workdir, stream, saver, writer, bar, stop,
+                   int(meta.get('nonfinite_skips', 0))).run(step_fn, state,
+                                                            start)
   finally:
-    # However the loop ended, finish the saves in flight and close the files,
-    # so that no checkpoint is left half written by an exiting interpreter.
+    # However the loop ended, finish (and seal) the saves in flight and
+    # close the files, so no checkpoint is left half written.
     if bar is not None:
       bar.close()
-    mngr.wait_until_finished()
-    mngr.close()
+    saver.close()
     writer.close()
   if last:
     print(f'Done: step {t.steps}, loss {last["loss"]:.4f}, '
@@ -178,44 +257,84 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   return last
 
 
-def _loop(config, workdir, state, start, step_fn, stream, mngr, writer,
-          bar) -> dict:
-  """Steps ``start .. train.steps``: log, check, checkpoint; last metrics."""
-  t = config.train
-  tokens_per_step = t.batch_size * t.seq_len
-  last, previous = {}, None
-  window_start, window_steps = time.perf_counter(), 0
-  for step in range(start, t.steps):
-    batch = windows.train_batch(
-        stream, seed=config.seed, step=step, batch=t.batch_size,
-        seq_len=t.seq_len, sampling=config.positions.train,
-        max_position=config.positions.max_position)
-    state, m = step_fn(state, dict(batch))
-    # Stay at most one step ahead of the device: the progress bar then
-    # counts finished steps, and queued batches do not pile up in memory.
-    if previous is not None:
-      previous.block_until_ready()
-    previous = m['loss']
-    window_steps += 1
-    done = step + 1
-    if done % t.log_every == 0 or done == t.steps:
-      m = jax.device_get(m)
-      elapsed = time.perf_counter() - window_start
-      tok_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
-      last = {'loss': float(m['loss']), 'grad_norm': float(m['grad_norm']),
-              'learning_rate': float(m['learning_rate']),
-              'tokens_per_second': tok_s}
-      if not np.isfinite(last['loss']):
-        raise FloatingPointError(
-            f'Non-finite loss {last["loss"]} at step {done}; the checkpoints '
-            f'already in {checkpoint.checkpoint_dir(workdir)} are kept. Lower '
-            'config.train.learning_rate or check the data.')
-      writer.write(done, last)
-      if bar is not None:
-        bar.set_postfix(loss=f'{last["loss"]:.3f}', tok_s=f'{tok_s:,.0f}')
-      window_start, window_steps = time.perf_counter(), 0
-    if bar is not None:
-      bar.update(1)
-    if done % t.checkpoint_every == 0 or done == t.steps:
-      checkpoint.save(mngr, done, state, force=True)
-  return last
+class _Loop:
+  """Steps ``start .. train.steps``: check, log, checkpoint, stop."""
+
+  def __init__(self, config, workdir, stream, saver, writer, bar, stop,
+               skips):
+    self.config, self.workdir, self.stream = config, workdir, stream
+    self.saver, self.writer, self.bar, self.stop = saver, writer, bar, stop
+    self.skips = skips
+    self.last_saved = None
+
+  def _check(self, done: int, m) -> None:
+    """Stops (or, if allowed, counts a skip) on a non-finite step."""
+    if bool(m['finite']):
+      return
+    t = self.config.train
+    loss, grad_norm = float(m['loss']), float(m['grad_norm'])
+    what = (f'loss {loss}' if not np.isfinite(loss)
+            else f'gradient (global norm {grad_norm})')
+    if self.skips < t.max_nonfinite_skips:
+      self.skips += 1
+      print(f'warning: non-finite {what} at step {done}; update skipped '
+            f'({self.skips} of config.train.max_nonfinite_skips='
+            f'{t.max_nonfinite_skips}).', file=sys.stderr, flush=True)
+      return
+    kept = (f'the checkpoint of step {self.last_saved}'
+            if self.last_saved is not None else 'the checkpoints')
+    allowance = (f'all {t.max_nonfinite_skips} allowed skips are used; '
+                 if t.max_nonfinite_skips else '')
+    raise FloatingPointError(
+        f'Non-finite {what} at step {done}; {allowance}{kept} in '
+        f'{checkpoint.checkpoint_dir(self.workdir)} is kept and nothing '
+        'later was saved. Lower config.train.learning_rate, check the data, '
+        'or set config.train.max_nonfinite_skips to skip such steps.')
+
+  def run(self, step_fn, state, start: int) -> dict:
+    config, t = self.config, self.config.train
+    tokens_per_step = t.batch_size * t.seq_len
+    last, unchecked = {}, None
+    self.last_saved = start or None
+    window_start, window_steps = time.perf_counter(), 0
+    for step in range(start, t.steps):
+      batch = windows.train_batch(
+          self.stream, seed=config.seed, step=step, batch=t.batch_size,
+          seq_len=t.seq_len, sampling=config.positions.train,
+          max_position=config.positions.max_position)
+      state, m = step_fn(state, dict(batch))
+      done = step + 1
+      # Check the previous step while this one runs: the host stays at most
+      # one step ahead of the device, and the progress bar counts finished
+      # steps.
+      if unchecked is not None:
+        self._check(*unchecked)
+      unchecked = (done, m)
+      window_steps += 1
+      log_due = done % t.log_every == 0 or done == t.steps
+      save_due = (done % t.checkpoint_every == 0 or done == t.steps
+                  or self.stop.signum is not None)
+      if log_due or save_due:
+        # Nothing is logged or saved before its step is known to be finite.
+        m = jax.device_get(m)
+        self._check(done, m)
+        unchecked = None
+      if log_due:
+        elapsed = time.perf_counter() - window_start
+        tok_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
+        last = {'loss': float(m['loss']), 'grad_norm': float(m['grad_norm']),
+                'learning_rate': float(m['learning_rate']),
+                'nonfinite_skips': self.skips, 'tokens_per_second': tok_s}
+        self.writer.write(done, last)
+        if self.bar is not None:
+          self.bar.set_postfix(loss=f'{last["loss"]:.3f}',
+                               tok_s=f'{tok_s:,.0f}')
+        window_start, window_steps = time.perf_counter(), 0
+      if self.bar is not None:
+        self.bar.update(1)
+      if save_due:
+        self.saver.save(done, state, {'nonfinite_skips': self.skips})
+        self.last_saved = done
+      if self.stop.signum is not None:
+        raise TrainingInterrupted(self.stop.signum, done, self.workdir)
+    return last
