@@ -17,8 +17,9 @@ Safety, on top of what orbax gives:
 - Recovery. ``restore_latest_good`` restores the newest checkpoint that
   verifies and restores; newer ones that do not are moved (never deleted) to
   ``<workdir>/checkpoints_corrupt/``, or the run refuses, as configured.
-- Pruning. ``Saver`` keeps the newest ``keep`` *sealed* checkpoints and
-  deletes only older ones, so it never deletes the only good checkpoint.
+- Pruning. ``Saver`` keeps the newest ``keep`` checkpoints that are sealed
+  and still verify, and deletes only older ones, so it never deletes the
+  only good checkpoint.
 - One writer. ``WorkdirLock`` makes a second training run on the same
   workdir refuse instead of interleaving checkpoints with the first.
 """
@@ -246,7 +247,8 @@ class Saver:
   A save runs in the background while training goes on. Before the next
   save starts (and in ``close``) the previous one is awaited, sealed with
   checksums, and checkpoints older than the newest ``keep`` sealed ones are
-  deleted. Unsealed steps never count towards ``keep``.
+  deleted. Steps that are unsealed or fail their checksums never count
+  towards ``keep``.
   """
 
   def __init__(self, workdir: str, keep: int):
@@ -279,13 +281,25 @@ class Saver:
       self._prune()
 
   def _prune(self) -> None:
+    """Deletes the steps older than the newest ``keep`` good ones.
+
+    A step counts as good only if it is sealed and still matches its
+    checksums, so neither a save in flight nor a damaged newer step can
+    cause the deletion of the last good one.
+    """
     steps = sorted(self._mngr.all_steps())
-    sealed = [s for s in steps if is_sealed(self.workdir, s)]
-    if len(sealed) < self.keep:
+    if len(steps) <= self.keep:
       return
-    oldest_kept = sealed[-self.keep]
+    good = []
+    for s in reversed(steps):
+      if verify(self.workdir, s) is None:
+        good.append(s)
+        if len(good) == self.keep:
+          break
+    if len(good) < self.keep:
+      return
     for s in steps:
-      if s < oldest_kept:
+      if s < good[-1]:
         self._mngr.delete(s)
 
   def close(self) -> None:

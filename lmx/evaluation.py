@@ -75,12 +75,9 @@ def bucket(per_position: np.ndarray, buckets: int) -> list[dict]:
 
 def load_params(config, workdir: str, step: Optional[int] = None):
   """(graphdef, params) restored from the workdir's checkpoint."""
-  graphdef, abstract_params = trainer.abstract_model(config)
-  tx = trainer.make_optimizer(config.train)
-  abstract_state = checkpoint.abstract(jax.eval_shape(
-      lambda p: trainer.init_state(config, p, tx), abstract_params))
+  graphdef, target = trainer.abstract_state(config)
   step = checkpoint.require_checkpoint(workdir, step)
-  state = checkpoint.load(workdir, step, abstract_state)
+  state = checkpoint.load(workdir, step, target)
   return graphdef, state['params'], int(state['step'])
 
 

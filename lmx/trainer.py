@@ -65,6 +65,14 @@ def abstract_model(config: ml_collections.ConfigDict):
   return graphdef, nnx.to_pure_dict(state)
 
 
+def abstract_state(config: ml_collections.ConfigDict, tx=None):
+  """(graphdef, abstract train state): the restore target of a checkpoint."""
+  tx = tx or make_optimizer(config.train)
+  graphdef, abstract_params = abstract_model(config)
+  return graphdef, checkpoint.abstract(
+      jax.eval_shape(lambda p: init_state(config, p, tx), abstract_params))
+
+
 def init_state(config, params, tx) -> dict:
   return {'step': jnp.zeros((), jnp.int32), 'params': params,
           'opt_state': tx.init(params)}
@@ -207,10 +215,8 @@ def _train(config, workdir, progress) -> dict:
                       max_position=config.positions.max_position)
 
   tx = make_optimizer(t)
-  graphdef, abstract_params = abstract_model(config)
-  abstract_state = checkpoint.abstract(
-      jax.eval_shape(lambda p: init_state(config, p, tx), abstract_params))
-  found = checkpoint.restore_latest_good(workdir, abstract_state,
+  graphdef, target = abstract_state(config, tx)
+  found = checkpoint.restore_latest_good(workdir, target,
                                          t.on_corrupt_checkpoint)
   if found is not None:
     start, state, meta = found
@@ -311,9 +317,12 @@ class _Loop:
         self._check(*unchecked)
       unchecked = (done, m)
       window_steps += 1
+      # Read once: a signal may arrive at any point of this iteration, and
+      # the step that stops must be the step that is saved.
+      stopping = self.stop.signum
       log_due = done % t.log_every == 0 or done == t.steps
       save_due = (done % t.checkpoint_every == 0 or done == t.steps
-                  or self.stop.signum is not None)
+                  or stopping is not None)
       if log_due or save_due:
         # Nothing is logged or saved before its step is known to be finite.
         m = jax.device_get(m)
@@ -335,6 +344,6 @@ class _Loop:
       if save_due:
         self.saver.save(done, state, {'nonfinite_skips': self.skips})
         self.last_saved = done
-      if self.stop.signum is not None:
-        raise TrainingInterrupted(self.stop.signum, done, self.workdir)
+      if stopping is not None:
+        raise TrainingInterrupted(stopping, done, self.workdir)
     return last

@@ -5,7 +5,9 @@ library source of the running interpreter (``source='stdlib'``), or any
 folder or glob of text files. It writes array_record shards under the cache
 directory and is read back with ``as_data_source``, which needs no
 TensorFlow. Documents are stored as raw bytes, so invalid UTF-8 is kept
-byte-for-byte (the tokenizer is byte-level); empty files are skipped.
+byte-for-byte (the tokenizer is byte-level); empty files are skipped, and a
+source with no non-empty file, or a split with none, is a ``DataError`` that
+says what to change (never a tfds traceback).
 
 Files are split into train and validation deterministically by a hash of
 their path relative to the root, so the split never depends on file order,
@@ -24,7 +26,7 @@ import glob
 import hashlib
 import os
 import sysconfig
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -54,18 +56,24 @@ def list_files(source: str) -> tuple[str, list[str]]:
     expanded = os.path.expanduser(source)
     if os.path.isdir(expanded):
       root = expanded
-      files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+      # isfile drops broken links, which have no size to fingerprint.
+      files = [p for d, _, fs in os.walk(root) for f in fs
+               if os.path.isfile(p := os.path.join(d, f))]
+      why = f'the folder {os.path.abspath(expanded)} holds no files'
     else:
       files = [f for f in glob.glob(expanded, recursive=True)
                if os.path.isfile(f)]
       root = os.path.commonpath(files) if files else os.path.dirname(expanded)
       if files and os.path.isfile(root):
         root = os.path.dirname(root)
+      why = (f'nothing matches the glob from {os.getcwd()}'
+             if any(c in expanded for c in '*?[')
+             else f'no such file or folder: {os.path.abspath(expanded)}')
   if not files:
     raise DataError(
-        f'config.data.source={source!r} matches no files. Give an existing '
-        "folder, a glob such as 'texts/**/*.txt', 'stdlib', or "
-        "'tfds:<catalog name>'.")
+        f'config.data.source={source!r} matches no files ({why}). Give an '
+        "existing folder of text files, a glob such as 'texts/**/*.txt', "
+        "'stdlib', or 'tfds:<catalog name>'.")
   root = os.path.abspath(root)
   return root, sorted(os.path.relpath(os.path.abspath(f), root) for f in files)
 
@@ -84,7 +92,7 @@ def _fingerprint(root: str, files: Sequence[str], fraction: float) -> str:
   return h.hexdigest()[:12]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _builder_class():
   # tensorflow_datasets is imported lazily: it is slow to import.
   import tensorflow_datasets as tfds
@@ -113,8 +121,17 @@ def _builder_class():
 
     def _split_generators(self, dl_manager):
       del dl_manager
-      return {'train': self._generate_examples(False),
-              'validation': self._generate_examples(True)}
+      # tfds cannot write a split with no examples: a split no file falls in
+      # is left out, and load_documents reports it if it is asked for.
+      cfg = self.builder_config
+      held_out = [is_validation(rel, cfg.validation_fraction)
+                  for rel in cfg.files]
+      splits = {}
+      if not all(held_out):
+        splits['train'] = self._generate_examples(False)
+      if any(held_out):
+        splits['validation'] = self._generate_examples(True)
+      return splits
 
     def _generate_examples(self, validation: bool):
       cfg = self.builder_config
@@ -132,6 +149,14 @@ def _builder_class():
 def build_local(source: str, cache_dir: str, validation_fraction: float):
   """Prepares (once) and returns the tfds builder for a local source."""
   root, files = list_files(source)
+  # Empty files hold no document; dropped here so that no split is left
+  # with files but no examples. The name still fingerprints every file.
+  texts = [rel for rel in files if os.path.getsize(os.path.join(root, rel))]
+  if not texts:
+    raise DataError(
+        f'config.data.source={source!r}: all {len(files)} files under {root} '
+        'are empty (0 bytes). Add text to them or point config.data.source '
+        'at a folder of non-empty text files.')
   LmxText, LmxTextConfig = _builder_class()
   slug = 'stdlib' if source == 'stdlib' else 'files'
   name = f'{slug}_{_fingerprint(root, files, validation_fraction)}'
@@ -142,7 +167,7 @@ def build_local(source: str, cache_dir: str, validation_fraction: float):
   absl_logging.set_verbosity(absl_logging.ERROR)
   try:
     builder = LmxText(
-        config=LmxTextConfig(name=name, root=root, files=tuple(files),
+        config=LmxTextConfig(name=name, root=root, files=tuple(texts),
                              validation_fraction=validation_fraction),
         data_dir=os.path.expanduser(cache_dir), file_format='array_record')
     builder.download_and_prepare()
@@ -184,11 +209,12 @@ def load_documents(data_cfg, split: str) -> list[np.ndarray]:
   builder = build_local(source, data_cfg.cache_dir,
                         data_cfg.validation_fraction)
   if split not in builder.info.splits or not builder.info.splits[split].num_examples:
+    n = len(builder.builder_config.files)
     raise DataError(
         f'The {split} split of config.data.source={source!r} is empty: '
-        f'{split} files are chosen by path hash with config.data.'
-        f'validation_fraction={data_cfg.validation_fraction}. Add files or '
-        'change the fraction.')
+        f'none of its {n} non-empty files is a {split} file ({split} files '
+        'are chosen by path hash with config.data.validation_fraction='
+        f'{data_cfg.validation_fraction}). Add files or change the fraction.')
   ds = builder.as_data_source(split)
   records = [ds[i] for i in range(len(ds))]
   records.sort(key=lambda r: r['path'])
@@ -196,9 +222,14 @@ def load_documents(data_cfg, split: str) -> list[np.ndarray]:
 
 
 def token_stream(docs: Sequence[np.ndarray]) -> np.ndarray:
-  """All documents as one int32 id stream, each followed by EOD."""
+  """All documents as one int32 id stream, each followed by EOD.
+
+  An empty document adds nothing (not even an EOD).
+  """
   pieces = []
   for d in docs:
+    if not np.size(d):
+      continue
     pieces.append(d.astype(np.int32))
     pieces.append(np.array([tokenizer.EOD], np.int32))
   if not pieces:

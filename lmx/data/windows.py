@@ -50,6 +50,8 @@ def num_eval_windows(stream_size: int, length: int, tokens: int) -> int:
 
 def eval_windows(stream: np.ndarray, length: int, tokens: int):
   """(inputs, targets) ``[N, length]``: non-overlapping, from offset 0."""
+  if length < 1:
+    raise ValueError(f'Evaluation windows need a length >= 1, got {length}.')
   n = num_eval_windows(stream.size, length, tokens)
   if n < 1:
     raise DataError(
