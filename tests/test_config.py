@@ -2,8 +2,10 @@
 
 import glob
 import importlib
+import json
 import os
 
+import ml_collections
 import pytest
 
 from configs import base
@@ -112,3 +114,51 @@ def test_field_errors_name_the_field(field, value, match):
 def test_unknown_size_variant():
   with pytest.raises(ValueError, match='Unknown size'):
     base.get_config('size=huge')
+
+
+def _from_dict(edit):
+  """A config rebuilt from plain data, as eval.py reads config.json: field
+  types are whatever the file says."""
+  data = json.loads(base.get_config('size=tiny').to_json())
+  edit(data)
+  return ml_collections.ConfigDict(data)
+
+
+@pytest.mark.parametrize('section,field,value,match', [
+    ('train', 'b1', 1.0, r'config.train.b1 must be in \[0.0, 1.0\)'),
+    ('train', 'b2', -0.1, r'config.train.b2 must be in'),
+    ('train', 'learning_rate', 'fast', 'learning_rate must be a finite number'),
+    ('train', 'learning_rate', float('nan'), 'must be a finite number'),
+    ('train', 'grad_clip', 0.0, r'config.train.grad_clip must be in \(0.0'),
+    ('train', 'steps', True, 'config.train.steps must be an integer'),
+    ('train', 'steps', 10.0, 'config.train.steps must be an integer'),
+    ('train', 'keep_checkpoints', 0, 'keep_checkpoints must be at least 1'),
+    ('train', 'on_corrupt_checkpoint', 'ignore',
+     "on_corrupt_checkpoint='ignore' is not one of: 'previous', 'refuse'"),
+    ('train', 'max_nonfinite_skips', -1, 'max_nonfinite_skips must be at least 0'),
+    ('data', 'validation_fraction', 0.0, r'validation_fraction must be in \(0.0'),
+    ('model', 'tie_embeddings', 'yes', 'tie_embeddings must be True or False'),
+    ('model', 'vocab_size', 200, 'at least 257'),
+    ('eval', 'multipliers', [1, 0], 'multipliers must be positive integers'),
+])
+def test_types_ranges_and_choices_name_the_field(section, field, value, match):
+  def edit(d):
+    d[section][field] = value
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.validate(_from_dict(edit))
+
+
+def test_a_missing_field_says_where_to_start():
+  def edit(d):
+    del d['train']['grad_clip']
+  with pytest.raises(config_lib.ConfigError,
+                     match='config.train.grad_clip is missing.*configs/base.py'):
+    config_lib.validate(_from_dict(edit))
+
+
+def test_warmup_must_be_shorter_than_the_run():
+  def edit(d):
+    d['train']['steps'], d['train']['warmup_steps'] = 10, 10
+  with pytest.raises(config_lib.ConfigError,
+                     match='warmup_steps must be at most 9'):
+    config_lib.validate(_from_dict(edit))
