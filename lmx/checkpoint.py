@@ -385,8 +385,9 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   except ValueError as e:
     raise CheckpointError(
         f'{path} is not valid JSON ({e}); it was written by train.py and '
-        'should not be edited by hand. Restore it, or pass the config again '
-        'with train.py.') from e
+        'should not be edited by hand. Restore it from a copy, or delete it '
+        'and run train.py again with the config of this run (it rewrites '
+        'the file).') from e
   for dotted, value in FIELDS_ADDED_LATER.items():
     *parents, leaf = dotted.split('.')
     node = saved

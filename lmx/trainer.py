@@ -179,8 +179,7 @@ def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
   path = os.path.join(workdir, checkpoint.CONFIG_FILE)
   if not os.path.isfile(path) or checkpoint.latest_step(workdir) is None:
     return
-  with open(path) as f:
-    saved = json.load(f)
+  saved = json.loads(checkpoint.read_config(workdir).to_json())
   now = json.loads(config.to_json())
   for section in ('model', 'seed'):
     if saved.get(section) != now.get(section):
