@@ -10,7 +10,6 @@ example the evaluation-time position sampling). Writes <workdir>/eval/:
 results.json, loss_vs_length.png, per_position.json, per_position.png.
 """
 
-import json
 import os
 import sys
 
@@ -36,10 +35,11 @@ def _workdir_from_argv(argv) -> str | None:
 def _saved_config() -> ml_collections.ConfigDict:
   """The run's saved config, so --config.<field> overrides can apply to it."""
   workdir = _workdir_from_argv(sys.argv)
-  path = os.path.join(workdir or '', checkpoint.CONFIG_FILE)
-  if workdir and os.path.isfile(path):
-    with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+  if workdir:
+    try:
+      return checkpoint.read_config(workdir)
+    except checkpoint.CheckpointError:
+      pass  # main() reports it, as one message
   return ml_collections.ConfigDict()
 
 

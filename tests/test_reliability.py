@@ -494,3 +494,17 @@ def test_configs_saved_before_new_fields_still_load(tmp_path):
   loaded = checkpoint.read_config(str(tmp_path))
   assert loaded.train.on_corrupt_checkpoint == 'previous'
   assert loaded.train.max_nonfinite_skips == 0
+
+
+def test_eval_reads_a_config_saved_before_new_fields(short_run, tmp_path):
+  workdir = copy_run(short_run, tmp_path)
+  path = os.path.join(workdir, checkpoint.CONFIG_FILE)
+  with open(path) as f:
+    saved = json.load(f)
+  for field in ('on_corrupt_checkpoint', 'max_nonfinite_skips'):
+    del saved['train'][field]
+  with open(path, 'w') as f:
+    json.dump(saved, f)
+  proc = run([sys.executable, 'eval.py', f'--workdir={workdir}',
+              '--lengths=64', f'--out={tmp_path / "ev"}'])
+  assert '| 64 | 1 |' in proc.stdout
