@@ -7,7 +7,9 @@
 Loads the config saved in --workdir and its latest checkpoint. Any config
 field can be overridden with --config.<field>=<value>, as in train.py (for
 example the evaluation-time position sampling). Writes <workdir>/eval/:
-results.json, loss_vs_length.png, per_position.json, per_position.png.
+results.json (loss against length, non-overlapping and sliding windows),
+loss_vs_length.png, per_position.json/png, attention.json/png (attention
+entropy and largest logit per layer against position).
 """
 
 import os
@@ -88,8 +90,11 @@ def main(argv):
     first = next(iter(results['skipped'].values()))
     print(f'Skipped lengths {lengths}. For the first: {first}')
   out = _OUT.value or os.path.join(workdir, 'eval')
-  print(f'Wrote results.json, loss_vs_length.png, per_position.json and '
-        f'per_position.png to {out}')
+  written = ['results.json', 'loss_vs_length.png', 'per_position.json',
+             'per_position.png']
+  if results.get('attention'):
+    written += ['attention.json', 'attention.png']
+  print(f'Wrote {", ".join(written)} to {out}')
 
 
 if __name__ == '__main__':

@@ -108,6 +108,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.tokens = s['eval_tokens']        # tokens scored at every length
   c.eval.batch_tokens = 16384             # tokens per forward pass
   c.eval.position_buckets = 64
+  # The sliding-window protocol beside the non-overlapping one: windows
+  # every `sliding_stride` tokens (0: a quarter of each length) that score
+  # only their last `sliding_stride` targets.
+  c.eval.sliding = True
+  c.eval.sliding_stride = 0
+  # Windows of the longest length for attention entropy / max logit per
+  # layer against position (0: off).
+  c.eval.diagnostics_windows = 2
   c.eval.seed = 1234
   return c
 

@@ -49,11 +49,14 @@ CORRUPT_DIR = 'checkpoints_corrupt'
 CHECKSUM_FILE = 'lmx_checksums.json'
 LOCK_FILE = 'lmx.lock'
 UNSEALED = 'unsealed'
-# Config fields newer than some saved runs, with the value that reproduces
-# how those runs behaved; read_config fills them in.
+# Config fields newer than some saved runs, with the value such runs get
+# (for training fields: the behaviour they had); read_config fills them in.
 FIELDS_ADDED_LATER = {
     'train.on_corrupt_checkpoint': 'previous',
     'train.max_nonfinite_skips': 0,
+    'eval.sliding': True,
+    'eval.sliding_stride': 0,
+    'eval.diagnostics_windows': 2,
 }
 
 

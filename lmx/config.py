@@ -184,6 +184,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _int(config, 'eval.tokens', 1)
   _int(config, 'eval.batch_tokens', 1)
   _int(config, 'eval.position_buckets', 1)
+  _require(isinstance(_get(config, 'eval.sliding'), bool),
+           'config.eval.sliding must be True or False.')
+  _int(config, 'eval.sliding_stride', 0)
+  _int(config, 'eval.diagnostics_windows', 0)
   for length in e.lengths:
     _require(isinstance(length, int) and length > 0,
              f'config.eval.lengths must be positive integers, got {length!r}.')

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from lmx import checkpoint
 from lmx import config as config_lib
@@ -37,40 +38,129 @@ def make_loss_fn(graphdef):
   return token_losses
 
 
-def loss_at_length(token_losses, params, config, stream: np.ndarray,
-                   length: int) -> dict:
-  """Mean loss over the scored tokens and the mean loss at each position."""
-  e = config.eval
-  inputs, targets = windows.eval_windows(stream, length, e.tokens)
-  n = inputs.shape[0]
-  batch = max(1, min(n, e.batch_tokens // length))
+def _window_losses(token_losses, params, config, inputs: np.ndarray,
+                   targets: np.ndarray, rng: np.random.Generator
+                   ) -> np.ndarray:
+  """Per-token losses ``[N, L]`` (float64) of windows, in batches of about
+  ``config.eval.batch_tokens`` tokens, padded to one compiled shape."""
+  n, length = inputs.shape
+  batch = max(1, min(n, config.eval.batch_tokens // length))
   sampling = config_lib.resolve_eval_sampling(config)
-  rng = windows.step_rng(e.seed, length)
-  total = np.zeros((length,), np.float64)
+  out = np.empty((n, length), np.float64)
   for i in range(0, n, batch):
     x, y = inputs[i:i + batch], targets[i:i + batch]
     real = x.shape[0]
-    if real < batch:  # pad to one compiled shape; padding is not scored
+    if real < batch:  # padding rows are computed but not kept
       pad = ((0, batch - real), (0, 0))
       x, y = np.pad(x, pad), np.pad(y, pad)
     pos = sample_positions(sampling, batch, length,
                            config.positions.max_position, rng)
-    losses = np.asarray(token_losses(params, x, pos, y), np.float64)[:real]
-    total += losses.sum(axis=0)
-  per_position = total / n
-  loss = float(per_position.mean())
+    out[i:i + real] = np.asarray(token_losses(params, x, pos, y))[:real]
+  return out
+
+
+def _summary(length: int, loss: float) -> dict:
   return {'length': length, 'loss': loss, 'perplexity': math.exp(loss),
-          'bits_per_byte': loss / math.log(2), 'windows': n,
-          'tokens': n * length, 'per_position': per_position}
+          'bits_per_byte': loss / math.log(2)}
+
+
+def loss_at_length(token_losses, params, config, stream: np.ndarray,
+                   length: int) -> dict:
+  """Non-overlapping windows: mean loss over the scored tokens and the mean
+  loss at each position."""
+  inputs, targets = windows.eval_windows(stream, length, config.eval.tokens)
+  losses = _window_losses(token_losses, params, config, inputs, targets,
+                          windows.step_rng(config.eval.seed, length))
+  per_position = losses.mean(axis=0)
+  return {**_summary(length, float(per_position.mean())),
+          'windows': inputs.shape[0], 'tokens': losses.size,
+          'per_position': per_position}
+
+
+def sliding_stride(config, length: int) -> int:
+  """``config.eval.sliding_stride`` tokens, or a quarter of ``length``."""
+  stride = config.eval.sliding_stride or max(1, length // 4)
+  return min(stride, length)
+
+
+def sliding_loss_at_length(token_losses, params, config, stream: np.ndarray,
+                           length: int) -> dict:
+  """The sliding-window protocol: windows every ``stride`` tokens, each
+  scoring only its last ``stride`` targets (Press et al. 2022 compare it
+  with non-overlapping windows). The scored tokens are the same as in
+  ``loss_at_length``; each gets at least ``length - stride`` tokens of
+  context, except in the first window."""
+  stride = sliding_stride(config, length)
+  inputs, targets, scored = windows.sliding_windows(
+      stream, length, config.eval.tokens, stride)
+  losses = _window_losses(token_losses, params, config, inputs, targets,
+                          windows.step_rng(config.eval.seed, length, 1))
+  loss = float(losses[scored].mean())
+  return {**_summary(length, loss), 'stride': stride,
+          'windows': inputs.shape[0], 'tokens': int(scored.sum())}
+
+
+def make_stats_fn(graphdef):
+  """The jitted ``(params, tokens, positions) -> [per layer {'entropy',
+  'max_logit'}]``, each ``[B, T]``, from the model's attention layers."""
+
+  @jax.jit
+  def stats(params, tokens, positions):
+    model = nnx.merge(graphdef, params)
+    for _, module in nnx.iter_graph(model):
+      if isinstance(module, model_lib.Attention):
+        module.collect_stats = True
+    _, sown = nnx.capture(model, nnx.Intermediate)(tokens, positions)
+    blocks = nnx.to_pure_dict(sown)['blocks']
+    return [blocks[i]['attn']['attention_stats'][0]
+            for i in sorted(blocks)]
+
+  return stats
+
+
+def attention_diagnostics(graphdef, params, config, stream: np.ndarray,
+                          length: int, count: int) -> dict:
+  """Attention entropy and maximum logit per layer against position, from
+  ``count`` validation windows of ``length`` tokens, bucketed like the
+  per-position loss. See ``lmx.attention.attention_stats``."""
+  inputs, _ = windows.eval_windows(stream, length, count * length)
+  stats_fn = make_stats_fn(graphdef)
+  sampling = config_lib.resolve_eval_sampling(config)
+  rng = windows.step_rng(config.eval.seed, length, 2)
+  sums = None
+  for x in inputs:  # one window at a time: the logits are T x T per layer
+    pos = sample_positions(sampling, 1, length, config.positions.max_position,
+                           rng)
+    layers = jax.device_get(stats_fn(params, x[None], pos))
+    got = [{k: np.asarray(v[0], np.float64) for k, v in layer.items()}
+           for layer in layers]
+    sums = got if sums is None else [
+        {k: s[k] + g[k] for k in s} for s, g in zip(sums, got)]
+  n = inputs.shape[0]
+  edges = bucket_edges(length, config.eval.position_buckets)
+  out_layers = []
+  for i, layer in enumerate(sums):
+    row = {'layer': i}
+    for k, total in layer.items():
+      row[k] = [float(total[a:b].mean() / n) for a, b in edges]
+    out_layers.append(row)
+  return {'length': length, 'train_length': config.train.seq_len,
+          'windows': n,
+          'buckets': [{'start': a, 'end': b} for a, b in edges],
+          'layers': out_layers}
+
+
+def bucket_edges(length: int, buckets: int) -> list[tuple[int, int]]:
+  """``buckets`` (at most ``length``) near-equal ranges of positions."""
+  edges = np.linspace(0, length, min(buckets, length) + 1)
+  edges = np.unique(edges.astype(int))
+  return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
 
 
 def bucket(per_position: np.ndarray, buckets: int) -> list[dict]:
   """Mean loss over ``buckets`` equal ranges of positions."""
-  edges = np.linspace(0, per_position.size, min(buckets, per_position.size) + 1)
-  edges = np.unique(edges.astype(int))
-  return [{'start': int(a), 'end': int(b),
-           'loss': float(per_position[a:b].mean())}
-          for a, b in zip(edges[:-1], edges[1:])]
+  return [{'start': a, 'end': b, 'loss': float(per_position[a:b].mean())}
+          for a, b in bucket_edges(per_position.size, buckets)]
 
 
 def load_params(config, workdir: str, step: Optional[int] = None):
@@ -99,12 +189,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   graphdef, params, step = load_params(config, workdir, step)
   token_losses = make_loss_fn(graphdef)
-  rows = []
+  rows, sliding = [], []
   for length in run_lengths:
-    r = loss_at_length(token_losses, params, config, stream, length)
-    rows.append(r)
+    rows.append(loss_at_length(token_losses, params, config, stream, length))
+    if config.eval.sliding:
+      sliding.append(sliding_loss_at_length(token_losses, params, config,
+                                            stream, length))
   longest = rows[-1]
   results = {
+      'kind': 'lm',
       'workdir': os.path.abspath(workdir), 'step': step,
       'position': config.model.position,
       'train_sampling': config.positions.train,
@@ -112,38 +205,65 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       'train_length': config.train.seq_len,
       'results': [{k: v for k, v in r.items() if k != 'per_position'}
                   for r in rows],
+      'sliding': sliding,
+      'sliding_stride': config.eval.sliding_stride,
       'skipped': {str(k): v for k, v in skipped.items()},
   }
   per_position = {
       'length': longest['length'], 'train_length': config.train.seq_len,
       'buckets': bucket(longest['per_position'], config.eval.position_buckets),
   }
+  diagnostics = None
+  if config.eval.diagnostics_windows:
+    diagnostics = attention_diagnostics(
+        graphdef, params, config, stream, longest['length'],
+        min(config.eval.diagnostics_windows, longest['windows']))
   out_dir = out_dir or os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=2)
-  with open(os.path.join(out_dir, 'per_position.json'), 'w') as f:
-    json.dump(per_position, f, indent=2)
+  _write_json(os.path.join(out_dir, 'results.json'), results)
+  _write_json(os.path.join(out_dir, 'per_position.json'), per_position)
+  if diagnostics is not None:
+    _write_json(os.path.join(out_dir, 'attention.json'), diagnostics)
   if plots:
     plot_loss_vs_length(results, os.path.join(out_dir, 'loss_vs_length.png'))
     plot_per_position(per_position, config.model.position,
                       os.path.join(out_dir, 'per_position.png'))
+    if diagnostics is not None:
+      plot_attention(diagnostics, config.model.position,
+                     os.path.join(out_dir, 'attention.png'))
   results['per_position'] = per_position
+  results['attention'] = diagnostics
   return results
+
+
+def _write_json(path: str, data) -> None:
+  """Written whole or not at all: a reader never sees half a file."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(data, f, indent=2)
+  os.replace(path + '.tmp', path)
 
 
 def format_table(results: dict) -> str:
   """A markdown table of loss and perplexity against length."""
   train_len = results['train_length']
-  lines = ['| length | x train | loss (nats) | bits/byte | perplexity |',
-           '|---:|---:|---:|---:|---:|']
+  sliding = {r['length']: r for r in results.get('sliding') or ()}
+  head = '| length | x train | loss (nats) | bits/byte | perplexity |'
+  rule = '|---:|---:|---:|---:|---:|'
+  if sliding:
+    head += ' sliding loss | stride |'
+    rule += '---:|---:|'
+  lines = [head, rule]
   for r in results['results']:
-    lines.append(f"| {r['length']} | {r['length'] / train_len:g} | "
-                 f"{r['loss']:.4f} | {r['bits_per_byte']:.4f} | "
-                 f"{r['perplexity']:.3f} |")
+    line = (f"| {r['length']} | {r['length'] / train_len:g} | "
+            f"{r['loss']:.4f} | {r['bits_per_byte']:.4f} | "
+            f"{r['perplexity']:.3f} |")
+    if sliding:
+      sr = sliding[r['length']]
+      line += f" {sr['loss']:.4f} | {sr['stride']} |"
+    lines.append(line)
   for length in results.get('skipped', {}):
     lines.append(f'| {length} | {int(length) / train_len:g} | n/a | n/a | '
-                 'n/a |')
+                 'n/a |' + (' n/a | |' if sliding else ''))
   return '\n'.join(lines)
 
 
@@ -168,7 +288,14 @@ def plot_loss_vs_length(results: dict, path: str) -> None:
   fig, ax = plt.subplots(figsize=(6, 4))
   xs = [r['length'] for r in results['results']]
   ys = [r['loss'] for r in results['results']]
-  ax.plot(xs, ys, marker='o', label=results['position'])
+  ax.plot(xs, ys, marker='o', label=f"{results['position']}: "
+          'non-overlapping windows')
+  if results.get('sliding'):
+    stride = results.get('sliding_stride') or 'length/4'
+    ax.plot([r['length'] for r in results['sliding']],
+            [r['loss'] for r in results['sliding']], marker='s',
+            linestyle=':', label=f"{results['position']}: sliding windows "
+            f'(stride {stride})')
   ax.axvline(results['train_length'], color='gray', linestyle='--',
              label=f'training length ({results["train_length"]})')
   length_axis(ax, xs)
@@ -196,6 +323,31 @@ def plot_per_position(per_position: dict, name: str, path: str) -> None:
   ax.set_title(f'{name}: loss by position at length {per_position["length"]}')
   ax.grid(True, alpha=0.3)
   ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_attention(diagnostics: dict, name: str, path: str) -> None:
+  """Attention entropy and maximum logit against position, one curve per
+  layer, training length marked."""
+  plt = pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  xs = [(b['start'] + b['end'] - 1) / 2 for b in diagnostics['buckets']]
+  for key, ax, label in (('entropy', axes[0], 'attention entropy (nats)'),
+                         ('max_logit', axes[1], 'largest attention logit')):
+    for layer in diagnostics['layers']:
+      ax.plot(xs, layer[key], marker='.', label=f'layer {layer["layer"]}')
+    ax.axvline(diagnostics['train_length'], color='gray', linestyle='--',
+               label=f'training length ({diagnostics["train_length"]})')
+    ax.set_xlabel('query position (token index)')
+    ax.set_ylabel(label)
+    ax.grid(True, alpha=0.3)
+  axes[0].plot(xs, np.log(np.asarray(xs) + 1), color='black', linewidth=0.8,
+               linestyle=':', label='uniform: log(position + 1)')
+  axes[0].legend(fontsize=8)
+  fig.suptitle(f'{name}: attention at length {diagnostics["length"]} '
+               f'({diagnostics["windows"]} windows)')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

@@ -41,6 +41,9 @@ class Attention(nnx.Module):
     self.qkv = nnx.Linear(d, 3 * d, use_bias=False, dtype=dtype, rngs=rngs)
     self.out = nnx.Linear(d, d, use_bias=False, dtype=dtype, rngs=rngs)
     self.position = position
+    # Set by evaluation (lmx.evaluation.attention_diagnostics) to sow
+    # attention statistics; training never pays for them.
+    self.collect_stats = False
 
   def __call__(self, x_BxTxD, positions_BxT):
     b, t, _ = x_BxTxD.shape
@@ -49,8 +52,13 @@ class Attention(nnx.Module):
     q_BxTxHxK, k_BxTxHxK = self.position.rotate(q_BxTxHxK, k_BxTxHxK,
                                                 positions_BxT, positions_BxT)
     bias = self.position.bias(positions_BxT, positions_BxT)
-    out_BxTxHxK = attention.dense_attention(
-        q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, bias, attention.causal_mask(t, t))
+    mask_TxT = attention.causal_mask(t, t)
+    logits_BxHxTxT = attention.attention_logits(q_BxTxHxK, k_BxTxHxK, bias,
+                                                mask_TxT)
+    if self.collect_stats:
+      self.sow(nnx.Intermediate, 'attention_stats',
+               attention.attention_stats(logits_BxHxTxT, mask_TxT))
+    out_BxTxHxK = attention.attend(logits_BxHxTxT, v_BxTxHxK)
     return self.out(out_BxTxHxK.reshape(b, t, -1))
 
 

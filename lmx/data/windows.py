@@ -61,3 +61,38 @@ def eval_windows(stream: np.ndarray, length: int, tokens: int):
   inputs = stream[:n * length].reshape(n, length)
   targets = stream[1:n * length + 1].reshape(n, length)
   return inputs.astype(np.int32), targets.astype(np.int32)
+
+
+def sliding_windows(stream: np.ndarray, length: int, tokens: int,
+                    stride: int):
+  """(inputs, targets, scored) ``[N, length]`` for the sliding-window
+  protocol: windows start every ``stride`` tokens and each scores only its
+  last ``stride`` targets (the first window scores all of its own), so every
+  scored token but those of the first window sees at least
+  ``length - stride`` tokens of context.
+
+  The scored targets are exactly those of ``eval_windows(stream, length,
+  tokens)``: the first ``num_eval_windows * length`` tokens, each once.
+  """
+  if not 1 <= stride <= length:
+    raise ValueError(f'The sliding stride must be in [1, {length}], got '
+                     f'{stride}.')
+  n = num_eval_windows(stream.size, length, tokens)
+  if n < 1:
+    eval_windows(stream, length, tokens)  # raises the DataError
+  scored_total = n * length
+  count = 1 + -(-(scored_total - length) // stride)  # ceil division
+  starts = np.arange(count) * stride
+  # The last window may run past the scored tokens; keep it inside the
+  # stream (the scored mask below drops what lies beyond scored_total).
+  starts = np.minimum(starts, stream.size - 1 - length)
+  idx = starts[:, None] + np.arange(length)[None, :]
+  target_idx = idx  # target t of window w is stream[idx + 1]
+  first_scored = np.where(np.arange(count) == 0, 0, length - stride)
+  scored = np.arange(length)[None, :] >= first_scored[:, None]
+  scored &= target_idx < scored_total
+  # A clamped last window would score some targets twice: keep each once.
+  prev_end = np.concatenate([[0], starts[:-1] + length])
+  scored &= target_idx >= prev_end[:, None]
+  return (stream[idx].astype(np.int32), stream[idx + 1].astype(np.int32),
+          scored)
