@@ -9,7 +9,10 @@ field can be overridden with --config.<field>=<value>, as in train.py (for
 example the evaluation-time position sampling). Writes <workdir>/eval/:
 results.json (loss against length, non-overlapping and sliding windows),
 loss_vs_length.png, per_position.json/png, attention.json/png (attention
-entropy and largest logit per layer against position).
+entropy and largest logit per layer against position). A task run
+(configs/tasks/) writes results.json with exact-match accuracy against task
+length, accuracy_vs_length.png and, for passkey, passkey_heatmap.png;
+--lengths are then task lengths.
 """
 
 import os
@@ -22,6 +25,7 @@ import ml_collections
 from lmx import checkpoint
 from lmx import config as config_lib
 from lmx import evaluation
+from lmx import task_eval
 from lmx.data.corpus import DataError
 
 
@@ -82,9 +86,13 @@ def main(argv):
   except (config_lib.ConfigError, DataError, checkpoint.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  print(f'{results["position"]} (train {results["train_sampling"]}, eval '
-        f'{results["eval_sampling"]} positions), step {results["step"]}:')
-  print(evaluation.format_table(results))
+  task = results.get('kind') == 'task'
+  if task:  # the table names the task, encoding and positions
+    print(f'step {results["step"]}: ' + task_eval.format_task_table(results))
+  else:
+    print(f'{results["position"]} (train {results["train_sampling"]}, eval '
+          f'{results["eval_sampling"]} positions), step {results["step"]}:')
+    print(evaluation.format_table(results))
   if results['skipped']:
     lengths = ', '.join(results['skipped'])
     first = next(iter(results['skipped'].values()))
@@ -92,7 +100,10 @@ def main(argv):
   out = _OUT.value or os.path.join(workdir, 'eval')
   written = ['results.json', 'loss_vs_length.png', 'per_position.json',
              'per_position.png']
-  if results.get('attention'):
+  if task:
+    written = ['results.json', 'accuracy_vs_length.png'] + (
+        ['passkey_heatmap.png'] if 'passkey' in results else [])
+  elif results.get('attention'):
     written += ['attention.json', 'attention.png']
   print(f'Wrote {", ".join(written)} to {out}')
 

@@ -13,6 +13,7 @@ and any field can be overridden on the command line, e.g.
 import ml_collections
 
 from lmx import positions
+from lmx.data import tasks
 
 SIZES = {
     # d_model, layers, heads, mlp, seq_len, batch, steps, warmup, eval tokens
@@ -101,6 +102,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Non-finite loss or gradient: 0 stops the run at that step (the default);
   # N > 0 skips up to N such updates before stopping.
   c.train.max_nonfinite_skips = 0
+
+  # An algorithmic task or passkey retrieval instead of language modelling
+  # (lmx/data/tasks.py, configs/tasks/); name '' = the text corpus.
+  c.task = tasks.default_config()
 
   c.eval = ml_collections.ConfigDict()
   c.eval.multipliers = (1, 2, 4, 8, 16)   # of train.seq_len

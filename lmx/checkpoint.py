@@ -57,6 +57,7 @@ FIELDS_ADDED_LATER = {
     'eval.sliding': True,
     'eval.sliding_stride': 0,
     'eval.diagnostics_windows': 2,
+    'task.name': '',
 }
 
 

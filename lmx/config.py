@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import ml_collections
 
 from lmx import positions
+from lmx.data import tasks
 
 
 class ConfigError(ValueError):
@@ -177,6 +178,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _float(config, 'data.validation_fraction', 0.0, 1.0, lo_open=True,
          hi_open=True)
 
+  problem = tasks.check(config) if 'task' in config else None
+  _require(problem is None, problem or '')
+  if 'task' in config and config.task.name:
+    # The longest training sequence must have positions, as for text.
+    problem = check_length(config, tasks.sequence_length(
+        config.task, config.task.train_max_length), config.positions.train,
+                           'Task training')
+    _require(problem is None, problem or '')
+
   e = config.eval
   _require(all(isinstance(x, int) and x > 0 for x in e.multipliers),
            f'config.eval.multipliers must be positive integers, got '
@@ -221,4 +231,26 @@ def eval_lengths(config: ml_collections.ConfigDict,
       lengths.append(length)
     else:
       skipped[length] = problem
+  return sorted(set(lengths)), skipped
+
+
+def task_eval_lengths(config: ml_collections.ConfigDict,
+                      explicit: Optional[Sequence[int]] = None):
+  """(task lengths to run, {skipped length: reason}) for a task run, like
+  ``eval_lengths``: explicit lengths must all be runnable; the default grid
+  drops (and reports) those whose sequences the positions cannot cover."""
+  sampling = resolve_eval_sampling(config)
+  asked = list(explicit or ())
+  lengths, skipped = [], {}
+  for n in asked or tasks.eval_lengths(config.task):
+    _require(isinstance(n, int) and n > 0,
+             f'Task lengths must be positive integers, got {n!r}.')
+    problem = check_length(config, tasks.sequence_length(config.task, n),
+                           sampling, f'Task length {n}: the evaluation')
+    if problem is None:
+      lengths.append(n)
+    elif asked:
+      raise ConfigError(problem)
+    else:
+      skipped[n] = problem
   return sorted(set(lengths)), skipped

@@ -22,6 +22,7 @@ from flax import nnx
 from lmx import checkpoint
 from lmx import config as config_lib
 from lmx import model as model_lib
+from lmx import task_eval
 from lmx import trainer
 from lmx.data import corpus, windows
 from lmx.positions import sample_positions
@@ -175,8 +176,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
              lengths: Optional[Sequence[int]] = None,
              out_dir: Optional[str] = None, plots: bool = True,
              step: Optional[int] = None) -> dict:
-  """Evaluates a checkpoint (default: the latest); writes JSON and PNGs."""
+  """Evaluates a checkpoint (default: the latest); writes JSON and PNGs.
+
+  A text run gets loss against length (both protocols), per-position loss
+  and attention diagnostics; a task run gets accuracy against length (and
+  the passkey grid), see ``evaluate_task_run``.
+  """
   config_lib.validate(config)
+  _check_same_task(config, workdir)
+  if config.task.name:
+    return evaluate_task_run(config, workdir, lengths, out_dir, plots, step)
   run_lengths, skipped = config_lib.eval_lengths(config, lengths)
   if not run_lengths:
     raise config_lib.ConfigError(
@@ -233,6 +242,50 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                      os.path.join(out_dir, 'attention.png'))
   results['per_position'] = per_position
   results['attention'] = diagnostics
+  return results
+
+
+def _check_same_task(config, workdir: str) -> None:
+  """An evaluation must fit the run's data: a task's metric on a model
+  trained for that task, text metrics on a text model."""
+  if not os.path.isfile(os.path.join(workdir, checkpoint.CONFIG_FILE)):
+    return  # require_checkpoint reports the missing run
+  trained = checkpoint.read_config(workdir).task.name
+  asked = config.task.name
+  if asked != trained:
+    what = lambda n: f'the {n!r} task' if n else 'text (language modelling)'
+    raise config_lib.ConfigError(
+        f'{workdir} was trained on {what(trained)}, so it cannot be evaluated '
+        f'on {what(asked)}: config.task.name={asked!r} does not fit the run. '
+        f'Drop the --config.task.name override, or train a model for '
+        f'{what(asked)}.')
+
+
+def evaluate_task_run(config: ml_collections.ConfigDict, workdir: str,
+                      lengths: Optional[Sequence[int]] = None,
+                      out_dir: Optional[str] = None, plots: bool = True,
+                      step: Optional[int] = None) -> dict:
+  """Exact-match accuracy against task length (lmx.task_eval)."""
+  run_lengths, skipped = config_lib.task_eval_lengths(config, lengths)
+  if not run_lengths:
+    raise config_lib.ConfigError(
+        'No task length can be evaluated with this config: '
+        + ' '.join(skipped.values()))
+  checkpoint.require_checkpoint(workdir, step)
+  graphdef, params, step = load_params(config, workdir, step)
+  results = task_eval.evaluate_task(config, trainer.apply_fn(graphdef), params,
+                                    lengths=run_lengths)
+  results.update(workdir=os.path.abspath(workdir), step=step,
+                 skipped={str(k): v for k, v in skipped.items()})
+  out_dir = out_dir or os.path.join(workdir, 'eval')
+  os.makedirs(out_dir, exist_ok=True)
+  _write_json(os.path.join(out_dir, 'results.json'), results)
+  if plots:
+    task_eval.plot_accuracy_vs_length(
+        results, os.path.join(out_dir, 'accuracy_vs_length.png'))
+    if 'passkey' in results:
+      task_eval.plot_passkey_heatmap(
+          results, os.path.join(out_dir, 'passkey_heatmap.png'))
   return results
 
 

@@ -1,42 +1,90 @@
-"""One table (and one plot) from many evaluated runs.
+"""Tables and plots from many evaluated runs.
 
-    python -m lmx.report runs/* [--plot loss_vs_length.png]
+    python -m lmx.report runs/* [--plot loss_vs_length.png] [--out DIR]
 
 reads ``<workdir>/eval/results.json`` of each run and prints a markdown table
 of loss (nats/byte) against length, one row per run, plus the ratio of the
 loss at 8x the training length to the loss at 1x. ``--plot`` draws every run
 on one loss-against-length plot, training length marked.
+
+``--out DIR`` (and ``python sweep.py``, through :func:`write`) writes the
+full report into DIR: ``report.md``, ``report.csv`` and plots. There, runs
+that differ only in their seed (``config.json``'s ``seed``) form one group,
+shown as the mean over seeds with the sample standard deviation (tables) or
+the min-max range (a band in the plots):
+
+- LM runs: loss against length, one curve per group (``loss_vs_length.png``);
+  the sliding-window loss, when evaluated, as dashed curves and columns.
+- Task runs (``'kind': 'task'``): accuracy against length, one plot per
+  task (``accuracy_<task>.png``).
+- Passkey runs: accuracy over lengths x depths, one heatmap per group
+  (``passkey_<label>.png``), averaged over seeds.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
+import re
 import sys
+
+# Config fields that do not make two runs different experiments.
+IGNORED_FIELDS = ('seed', 'name', 'data.cache_dir')
+
+
+def _flatten(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
 
 
 def load(workdirs):
+  """The results.json of each evaluated run, with its name, kind and seed."""
   runs = []
   for w in workdirs:
     path = os.path.join(w, 'eval', 'results.json')
-    if os.path.isfile(path):
-      with open(path) as f:
-        r = json.load(f)
-      r['name'] = os.path.basename(os.path.normpath(w))
-      runs.append(r)
+    if not os.path.isfile(path):
+      continue
+    with open(path) as f:
+      r = json.load(f)
+    r['name'] = os.path.basename(os.path.normpath(w))
+    r.setdefault('kind', 'lm')
+    r.setdefault('eval_sampling', r.get('train_sampling', 'contiguous'))
+    config = {}
+    config_path = os.path.join(w, 'config.json')
+    if os.path.isfile(config_path):
+      try:
+        with open(config_path) as f:
+          config = _flatten(json.load(f))
+      except ValueError:
+        config = {}
+    r['seed'] = config.get('seed')
+    r['config'] = {k: v for k, v in config.items() if k not in IGNORED_FIELDS}
+    runs.append(r)
   return runs
 
 
+def _mult(length: int, train_length: int) -> str:
+  return f'{length / train_length:g}x'
+
+
 def table(runs) -> str:
-  mults = sorted({r['length'] // run['train_length']
-                  for run in runs for r in run['results']})
-  head = ['run', 'encoding', 'positions'] + [f'{m}x' for m in mults] + [
+  """One row per run: loss at each multiple of the training length."""
+  mults = sorted({r['length'] / run['train_length']
+                  for run in runs for r in run['results'] if 'loss' in r})
+  head = ['run', 'encoding', 'positions'] + [f'{m:g}x' for m in mults] + [
       '8x / 1x']
   lines = ['| ' + ' | '.join(head) + ' |',
            '|' + '|'.join(['---'] * 3 + ['---:'] * (len(mults) + 1)) + '|']
   for run in runs:
-    by_mult = {r['length'] // run['train_length']: r['loss']
-               for r in run['results']}
+    by_mult = {r['length'] / run['train_length']: r['loss']
+               for r in run['results'] if 'loss' in r}
     cells = [f'{by_mult[m]:.3f}' if m in by_mult else 'n/a' for m in mults]
     ratio = (f'{by_mult[8] / by_mult[1]:.2f}' if 8 in by_mult and 1 in by_mult
              else 'n/a')
@@ -56,6 +104,7 @@ def label(run) -> str:
 
 
 def plot(runs, path: str) -> None:
+  """Every run on one loss-against-length plot (no grouping)."""
   from lmx import evaluation  # pylint: disable=g-import-not-at-top
   plt = evaluation.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -79,25 +128,374 @@ def plot(runs, path: str) -> None:
   plt.close(fig)
 
 
+# ------------------------------------------------------------- grouping
+
+
+def _group_key(run) -> tuple:
+  return (run['kind'], run.get('task'), run['position'],
+          run['train_sampling'], run['eval_sampling'], run['train_length'],
+          json.dumps(run['config'], sort_keys=True, default=repr))
+
+
+def group(runs) -> list[dict]:
+  """Runs that differ only in their seed, in first-seen order."""
+  groups: dict[tuple, dict] = {}
+  for run in runs:
+    key = _group_key(run)
+    if key not in groups:
+      groups[key] = {k: run.get(k) for k in (
+          'kind', 'task', 'position', 'train_sampling', 'eval_sampling',
+          'train_length')}
+      groups[key]['config'] = run['config']
+      groups[key]['runs'] = []
+    groups[key]['runs'].append(run)
+  out = list(groups.values())
+  for g in out:
+    g['seeds'] = sorted(r['seed'] for r in g['runs'] if r['seed'] is not None)
+  return out
+
+
+def label_groups(groups) -> list[str]:
+  """Legend labels: the encoding, plus whatever else tells groups apart."""
+  labels = [g['position'] for g in groups]
+  if len({g['train_sampling'] for g in groups}) > 1:
+    labels = [f'{l} ({g["train_sampling"]})' for l, g in zip(labels, groups)]
+  if len({g['eval_sampling'] for g in groups}) > 1:
+    labels = [f'{l}, eval {g["eval_sampling"]}'
+              if g['eval_sampling'] != g['train_sampling'] else l
+              for l, g in zip(labels, groups)]
+  if len({g['train_length'] for g in groups}) > 1:
+    labels = [f'{l}, T={g["train_length"]}' for l, g in zip(labels, groups)]
+  if len(set(labels)) < len(labels):  # other config fields differ
+    keys = sorted({k for g in groups for k in g['config']})
+    varying = [k for k in keys
+               if len({repr(g['config'].get(k)) for g in groups}) > 1
+               and k not in ('model.position', 'positions.train')]
+    dup = [labels.count(l) > 1 for l in labels]
+    for i, g in enumerate(groups):
+      if dup[i] and varying:
+        extra = ', '.join(f'{k.rsplit(".", 1)[-1]}={g["config"].get(k)}'
+                          for k in varying)
+        labels[i] = f'{labels[i]}, {extra}'
+  counts: dict[str, int] = {}
+  for i, l in enumerate(list(labels)):  # last resort: number them
+    if labels.count(l) > 1:
+      counts[l] = counts.get(l, 0) + 1
+      labels[i] = f'{l} #{counts[l]}'
+  return labels
+
+
+def _stats(values: list[float]) -> dict:
+  n = len(values)
+  mean = sum(values) / n
+  var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+  return {'n': n, 'mean': mean, 'std': math.sqrt(var), 'min': min(values),
+          'max': max(values)}
+
+
+def aggregate(g: dict, metric: str, rows: str = 'results') -> list[dict]:
+  """Per length: n, mean, sample std, min and max of ``metric`` over the
+  group's runs (``rows`` is 'results' or 'sliding')."""
+  by_length: dict[int, list[float]] = {}
+  for run in g['runs']:
+    for r in run.get(rows) or []:
+      if r.get(metric) is not None:
+        by_length.setdefault(r['length'], []).append(float(r[metric]))
+  return [{'length': length, **_stats(vs)}
+          for length, vs in sorted(by_length.items())]
+
+
+def passkey_mean(g: dict):
+  """(lengths, depths, mean accuracy [depth][length]) over the group's runs
+  that share the first run's grid, or None."""
+  grids = [r['passkey'] for r in g['runs'] if r.get('passkey')]
+  if not grids:
+    return None
+  lengths, depths = grids[0]['lengths'], grids[0]['depths']
+  same = [p['accuracy'] for p in grids
+          if p['lengths'] == lengths and p['depths'] == depths]
+  mean = [[sum(m[i][j] for m in same) / len(same)
+           for j in range(len(lengths))] for i in range(len(depths))]
+  return lengths, depths, mean
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _cell(s: dict | None, digits: int = 3) -> str:
+  if s is None:
+    return 'n/a'
+  if s['n'] > 1:
+    return f'{s["mean"]:.{digits}f} ± {s["std"]:.{digits}f}'
+  return f'{s["mean"]:.{digits}f}'
+
+
+def _seeds(g) -> str:
+  return ','.join(map(str, g['seeds'])) if g['seeds'] else '-'
+
+
+def _md_table(groups, labels, metric, rows='results', ratio=False) -> str:
+  stats = [{s['length']: s for s in aggregate(g, metric, rows)}
+           for g in groups]
+  lengths = sorted({length for s in stats for length in s})
+  one_t = len({g['train_length'] for g in groups}) == 1
+  head = ['group', 'train length', 'seeds'] + [
+      f'{n} ({_mult(n, groups[0]["train_length"])})' if one_t else str(n)
+      for n in lengths]
+  if ratio:
+    head.append('8x / 1x')
+  lines = ['| ' + ' | '.join(head) + ' |',
+           '|' + '|'.join(['---'] * 3 + ['---:'] * (len(head) - 3)) + '|']
+  for g, l, s in zip(groups, labels, stats):
+    cells = [l, str(g['train_length']), _seeds(g)]
+    cells += [_cell(s.get(n)) for n in lengths]
+    if ratio:
+      t = g['train_length']
+      cells.append(f'{s[8 * t]["mean"] / s[t]["mean"]:.2f}'
+                   if t in s and 8 * t in s else 'n/a')
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def _slug(text: str) -> str:
+  return re.sub(r'[^A-Za-z0-9]+', '-', text).strip('-').lower() or 'run'
+
+
+def _curves(ax, groups, labels, metric, rows='results', linestyle='-',
+            with_label=True, colors=None):
+  lengths = []
+  for i, (g, l) in enumerate(zip(groups, labels)):
+    stats = aggregate(g, metric, rows)
+    if not stats:
+      continue
+    xs = [s['length'] for s in stats]
+    lengths += xs
+    color = colors[i] if colors else None
+    (line,) = ax.plot(xs, [s['mean'] for s in stats], marker='o',
+                      linestyle=linestyle, color=color,
+                      label=l if with_label else None)
+    if colors is not None:
+      colors[i] = line.get_color()
+    if any(s['n'] > 1 for s in stats):
+      ax.fill_between(xs, [s['min'] for s in stats],
+                      [s['max'] for s in stats], color=line.get_color(),
+                      alpha=0.15, linewidth=0)
+  return lengths
+
+
+def _finish_length_plot(fig, ax, groups, lengths, ylabel, title, path):
+  from lmx import evaluation  # pylint: disable=g-import-not-at-top
+  plt = evaluation.pyplot()
+  for t in sorted({g['train_length'] for g in groups}):
+    ax.axvline(t, color='gray', linestyle='--', linewidth=1)
+  evaluation.length_axis(ax, lengths)
+  ax.set_xlabel('evaluation length (tokens, log scale); dashed vertical: '
+                'training length')
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=10)
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _band_note(groups) -> str:
+  if any(len(g['runs']) > 1 for g in groups):
+    return 'mean over seeds, band: min-max'
+  return 'one seed per curve'
+
+
+def plot_lm(groups, labels, path: str) -> None:
+  from lmx import evaluation  # pylint: disable=g-import-not-at-top
+  plt = evaluation.pyplot()
+  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+  colors = [None] * len(groups)
+  lengths = _curves(ax, groups, labels, 'loss', colors=colors)
+  if any(r.get('sliding') for g in groups for r in g['runs']):
+    lengths += _curves(ax, groups, labels, 'loss', rows='sliding',
+                       linestyle=':', with_label=False, colors=colors)
+    ax.plot([], [], color='gray', linestyle=':',
+            label='dotted: sliding window')
+  _finish_length_plot(fig, ax, groups, lengths, 'loss (nats / byte)',
+                      f'loss against length ({_band_note(groups)})', path)
+
+
+def plot_task(groups, labels, task: str, path: str) -> None:
+  from lmx import evaluation  # pylint: disable=g-import-not-at-top
+  plt = evaluation.pyplot()
+  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+  lengths = _curves(ax, groups, labels, 'accuracy')
+  ax.set_ylim(-0.02, 1.02)
+  _finish_length_plot(fig, ax, groups, lengths, 'accuracy (whole answer)',
+                      f'{task}: accuracy against length '
+                      f'({_band_note(groups)})', path)
+
+
+def plot_passkey(g: dict, title: str, path: str) -> None:
+  from lmx import evaluation  # pylint: disable=g-import-not-at-top
+  plt = evaluation.pyplot()
+  lengths, depths, mean = passkey_mean(g)
+  fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 0.8 * len(lengths)),
+                                  max(3.5, 1.8 + 0.45 * len(depths))))
+  im = ax.imshow(mean, vmin=0, vmax=1, cmap='viridis', aspect='auto',
+                 origin='lower')
+  ax.set_xticks(range(len(lengths)))
+  ax.set_xticklabels([str(n) for n in lengths])
+  ax.set_yticks(range(len(depths)))
+  ax.set_yticklabels([f'{d:g}' for d in depths])
+  for i in range(len(depths)):
+    for j in range(len(lengths)):
+      ax.text(j, i, f'{mean[i][j]:.2f}', ha='center', va='center',
+              fontsize=7, color='white' if mean[i][j] < 0.5 else 'black')
+  ax.set_xlabel('context length (tokens)')
+  ax.set_ylabel('passkey depth')
+  ax.set_title(title, fontsize=9)
+  fig.colorbar(im, ax=ax, label='accuracy')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+CSV_FIELDS = ['kind', 'task', 'group', 'position', 'train_sampling',
+              'eval_sampling', 'train_length', 'metric', 'length', 'depth',
+              'n', 'mean', 'std', 'min', 'max', 'seeds', 'runs']
+
+
+def csv_rows(groups, labels) -> list[dict]:
+  """One row per group, metric and length (and depth for passkey)."""
+  out = []
+  for g, l in zip(groups, labels):
+    base = {k: g[k] for k in ('kind', 'task', 'position', 'train_sampling',
+                              'eval_sampling', 'train_length')}
+    base.update(group=l, seeds=_seeds(g),
+                runs=' '.join(r['name'] for r in g['runs']))
+    metrics = ([('loss', 'results', 'loss'),
+                ('bits_per_byte', 'results', 'bits_per_byte'),
+                ('sliding_loss', 'sliding', 'loss')] if g['kind'] == 'lm' else
+               [('accuracy', 'results', 'accuracy'),
+                ('token_accuracy', 'results', 'token_accuracy'),
+                ('loss', 'results', 'loss')])
+    for name, rows, metric in metrics:
+      for s in aggregate(g, metric, rows):
+        out.append({**base, 'metric': name, **s})
+    if g['kind'] == 'task' and passkey_mean(g):
+      grids = [r['passkey'] for r in g['runs'] if r.get('passkey')]
+      lengths, depths = grids[0]['lengths'], grids[0]['depths']
+      same = [p['accuracy'] for p in grids
+              if p['lengths'] == lengths and p['depths'] == depths]
+      for i, d in enumerate(depths):
+        for j, n in enumerate(lengths):
+          out.append({**base, 'metric': 'passkey_accuracy', 'length': n,
+                      'depth': d, **_stats([m[i][j] for m in same])})
+  return out
+
+
+def write(workdirs, out_dir: str, title: str = 'sweep') -> list[str]:
+  """Writes report.md, report.csv and the plots; returns the file names
+  (none when no run has results)."""
+  runs = load(workdirs)
+  if not runs:
+    return []
+  os.makedirs(out_dir, exist_ok=True)
+  missing = [os.path.basename(os.path.normpath(w)) for w in workdirs
+             if not os.path.isfile(os.path.join(w, 'eval', 'results.json'))]
+  groups = group(runs)
+  written = []
+  md = [f'# Report: {title}', '',
+        (f'{len(runs)} evaluated runs in {len(groups)} groups. Runs that '
+         'differ only in their seed form one group: cells are the mean over '
+         'seeds ± the sample standard deviation; plot bands span min to '
+         'max.'),
+        '']
+  if missing:
+    md += [f'Not evaluated (no eval/results.json): {", ".join(missing)}.', '']
+  all_rows = []
+
+  lm = [g for g in groups if g['kind'] == 'lm']
+  if lm:
+    labels = label_groups(lm)
+    plot_lm(lm, labels, os.path.join(out_dir, 'loss_vs_length.png'))
+    written.append('loss_vs_length.png')
+    md += ['## Language modelling: loss (nats/byte) against length', '',
+           _md_table(lm, labels, 'loss', ratio=True), '']
+    if any(r.get('sliding') for g in lm for r in g['runs']):
+      strides = sorted({s.get('stride') for g in lm for r in g['runs']
+                        for s in r.get('sliding') or [] if s.get('stride')})
+      md += [('Sliding-window loss (stride '
+              f'{", ".join(map(str, strides)) or "n/a"}):'), '',
+             _md_table(lm, labels, 'loss', rows='sliding'), '']
+    md += ['![loss against length](loss_vs_length.png)', '']
+    all_rows += csv_rows(lm, labels)
+
+  tasks = sorted({g['task'] or 'task' for g in groups if g['kind'] == 'task'})
+  for task in tasks:
+    tg = [g for g in groups if g['kind'] == 'task' and
+          (g['task'] or 'task') == task]
+    labels = label_groups(tg)
+    png = f'accuracy_{_slug(task)}.png'
+    plot_task(tg, labels, task, os.path.join(out_dir, png))
+    written.append(png)
+    md += [f'## Task {task}: accuracy against length', '',
+           _md_table(tg, labels, 'accuracy'), '', f'![{task}]({png})', '']
+    for g, l in zip(tg, labels):
+      if passkey_mean(g):
+        png = f'passkey_{_slug(task)}_{_slug(l)}.png'
+        seeds = (f'mean over seeds {_seeds(g)}' if len(g['runs']) > 1
+                 else f'run {g["runs"][0]["name"]}')
+        plot_passkey(g, f'{task}, {l}\naccuracy ({seeds})',
+                     os.path.join(out_dir, png))
+        written.append(png)
+        md += [f'![{task} {l}]({png})', '']
+    all_rows += csv_rows(tg, labels)
+
+  lm_runs = [r for r in runs if r['kind'] == 'lm']
+  md += ['## Runs', '']
+  if lm_runs:
+    md += [table(lm_runs), '']
+  for r in runs:
+    if r['kind'] == 'task':
+      acc = ' '.join(f'{x["length"]}:{x["accuracy"]:.3f}'
+                     for x in r['results'])
+      md.append(f'- {r["name"]}: {r.get("task")} {label(r)}, seed '
+                f'{r["seed"]}: accuracy {acc}')
+  md.append('')
+
+  with open(os.path.join(out_dir, 'report.md'), 'w') as f:
+    f.write('\n'.join(md))
+  with open(os.path.join(out_dir, 'report.csv'), 'w', newline='') as f:
+    w = csv.DictWriter(f, CSV_FIELDS)
+    w.writeheader()
+    for row in all_rows:
+      w.writerow({k: row.get(k, '') for k in CSV_FIELDS})
+  return ['report.md', 'report.csv'] + written
+
+
 def main(argv):
   args = list(argv[1:])
-  plot_path = None
-  if '--plot' in args:
-    i = args.index('--plot')
-    if i + 1 >= len(args):
-      print('--plot needs a file name.', file=sys.stderr)
-      return 2
-    plot_path = args[i + 1]
-    del args[i:i + 2]
+  options = {}
+  for flag in ('--plot', '--out'):
+    if flag in args:
+      i = args.index(flag)
+      if i + 1 >= len(args):
+        print(f'{flag} needs a path.', file=sys.stderr)
+        return 2
+      options[flag] = args[i + 1]
+      del args[i:i + 2]
   runs = load(args)
   if not runs:
     print('No <workdir>/eval/results.json found: run eval.py first.',
           file=sys.stderr)
     return 2
-  print(table(runs))
-  if plot_path:
-    plot(runs, plot_path)
-    print(f'Wrote {plot_path}')
+  lm_runs = [r for r in runs if r['kind'] == 'lm']
+  if lm_runs:
+    print(table(lm_runs))
+  if options.get('--plot') and lm_runs:
+    plot(lm_runs, options['--plot'])
+    print(f'Wrote {options["--plot"]}')
+  if options.get('--out'):
+    written = write(args, options['--out'])
+    print(f'Wrote {", ".join(written)} to {options["--out"]}')
   return 0
 
 

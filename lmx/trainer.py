@@ -29,7 +29,7 @@ from lmx import checkpoint
 from lmx import config as config_lib
 from lmx import metrics as metrics_lib
 from lmx import model as model_lib
-from lmx.data import corpus, windows
+from lmx.data import corpus, tasks, windows
 
 log = logging.getLogger('lmx')
 
@@ -189,6 +189,21 @@ def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
           'new --workdir (or delete the old one).')
 
 
+def make_batch_fn(config: ml_collections.ConfigDict) -> Callable:
+  """``step -> batch``, a pure function of (config, step): windows of the
+  text corpus, or generated examples of ``config.task`` (with loss weights
+  on the answer tokens)."""
+  t = config.train
+  if config.task.name:
+    return lambda step: tasks.train_batch(config, step=step,
+                                          batch=t.batch_size)
+  stream = corpus.token_stream(corpus.load_documents(config.data, 'train'))
+  return lambda step: windows.train_batch(
+      stream, seed=config.seed, step=step, batch=t.batch_size,
+      seq_len=t.seq_len, sampling=config.positions.train,
+      max_position=config.positions.max_position)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
           progress: bool = True) -> dict:
   """Trains (or resumes) the run in ``workdir``; returns the final metrics.
@@ -206,12 +221,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 def _train(config, workdir, progress) -> dict:
   _check_same_run(workdir, config)
   t = config.train
-  train_docs = corpus.load_documents(config.data, 'train')
-  stream = corpus.token_stream(train_docs)
-  # Fail on too little data before compiling anything.
-  windows.train_batch(stream, seed=config.seed, step=0, batch=1,
-                      seq_len=t.seq_len, sampling=config.positions.train,
-                      max_position=config.positions.max_position)
+  batch_fn = make_batch_fn(config)
+  batch_fn(0)  # fails on too little data before anything is compiled
 
   tx = make_optimizer(t)
   graphdef, target = abstract_state(config, tx)
@@ -232,7 +243,8 @@ def _train(config, workdir, progress) -> dict:
           'further.')
     return {}
   n_params = sum(x.size for x in jax.tree.leaves(state['params']))
-  print(f'lmx: {config.model.position} model, {n_params:,} parameters, '
+  task = f' on the {config.task.name} task' if config.task.name else ''
+  print(f'lmx: {config.model.position} model{task}, {n_params:,} parameters, '
         f'{t.steps} steps of {t.batch_size}x{t.seq_len} tokens -> {workdir}')
 
   step_fn = make_train_step(graphdef, tx, config)
@@ -245,7 +257,7 @@ def _train(config, workdir, progress) -> dict:
                mininterval=1.0, dynamic_ncols=True)
   try:
     with _StopRequest() as stop:
-      last = _Loop(config, workdir, stream, saver, writer, bar, stop,
+      last = _Loop(config, workdir, batch_fn, saver, writer, bar, stop,
                    int(meta.get('nonfinite_skips', 0))).run(step_fn, state,
                                                             start)
   finally:
@@ -265,9 +277,9 @@ def _train(config, workdir, progress) -> dict:
 class _Loop:
   """Steps ``start .. train.steps``: check, log, checkpoint, stop."""
 
-  def __init__(self, config, workdir, stream, saver, writer, bar, stop,
+  def __init__(self, config, workdir, batch_fn, saver, writer, bar, stop,
                skips):
-    self.config, self.workdir, self.stream = config, workdir, stream
+    self.config, self.workdir, self.batch_fn = config, workdir, batch_fn
     self.saver, self.writer, self.bar, self.stop = saver, writer, bar, stop
     self.skips = skips
     self.last_saved = None
@@ -303,11 +315,7 @@ class _Loop:
     self.last_saved = start or None
     window_start, window_steps = time.perf_counter(), 0
     for step in range(start, t.steps):
-      batch = windows.train_batch(
-          self.stream, seed=config.seed, step=step, batch=t.batch_size,
-          seq_len=t.seq_len, sampling=config.positions.train,
-          max_position=config.positions.max_position)
-      state, m = step_fn(state, dict(batch))
+      state, m = step_fn(state, dict(self.batch_fn(step)))
       done = step + 1
       # Check the previous step while this one runs: the host stays at most
       # one step ahead of the device, and the progress bar counts finished

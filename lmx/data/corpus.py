@@ -21,6 +21,7 @@ preparing one needs TensorFlow and the network (the ``[tf]`` extra).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import glob
 import hashlib
@@ -165,12 +166,19 @@ def build_local(source: str, cache_dir: str, validation_fraction: float):
   # tfds warns that a config outside BUILDER_CONFIGS is "custom": it is, by
   # design (one per source and fingerprint), so that warning is noise.
   absl_logging.set_verbosity(absl_logging.ERROR)
+  data_dir = os.path.expanduser(cache_dir)
+  os.makedirs(data_dir, exist_ok=True)
   try:
-    builder = LmxText(
-        config=LmxTextConfig(name=name, root=root, files=tuple(texts),
-                             validation_fraction=validation_fraction),
-        data_dir=os.path.expanduser(cache_dir), file_format='array_record')
-    builder.download_and_prepare()
+    # Runs started together (a sweep, two terminals) would both prepare
+    # the dataset and race on tfds' final rename: one prepares, the others
+    # wait for it and then read what it wrote.
+    with open(os.path.join(data_dir, f'.lmx_prepare_{name}.lock'), 'w') as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      builder = LmxText(
+          config=LmxTextConfig(name=name, root=root, files=tuple(texts),
+                               validation_fraction=validation_fraction),
+          data_dir=data_dir, file_format='array_record')
+      builder.download_and_prepare()
   finally:
     absl_logging.set_verbosity(verbosity)
   return builder

@@ -1,0 +1,1 @@
+"""Sweep declarations: ``get_sweep(arg)`` per file, run by sweep.py."""

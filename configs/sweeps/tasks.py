@@ -1,0 +1,37 @@
+"""Encoding x position sampling on the algorithmic tasks.
+
+    python sweep.py --sweep=configs/sweeps/tasks.py --dir=runs/sweeps/tasks \
+        --parallel=2
+    python sweep.py --sweep=configs/sweeps/tasks.py:size=tiny,tasks=reverse \
+        --dir=/tmp/sweeps/tasks         # seconds per member
+
+Every task config ``configs/tasks/<task>.py`` x every encoding in
+lmx.positions.REGISTRY x {contiguous, randomized} training positions, one
+seed. The argument is passed to every member's config (``size=tiny``),
+except ``tasks=a+b`` (default: TASKS) and ``seeds=N`` (default 1).
+Members are named ``<task>-<encoding>-<sampling>`` (plus ``-s<seed>`` with
+more than one seed).
+"""
+
+from configs import base
+from lmx import positions
+
+TASKS = ('copy', 'reverse', 'duplicate_string', 'sort', 'parity',
+         'binary_addition', 'modular_arithmetic', 'associative_recall',
+         'passkey')
+
+
+def get_sweep(arg=None):
+  args = base.parse_arg(arg)
+  tasks = args.pop('tasks', '+'.join(TASKS)).split('+')
+  seeds = int(args.pop('seeds', 1))
+  size = ':' + ','.join(f'{k}={v}' for k, v in args.items()) if args else ''
+  return {
+      'config': f'configs/tasks/{tasks[0]}.py{size}',
+      'product': {
+          'config': [f'configs/tasks/{t}.py{size}' for t in tasks],
+          'model.position': list(positions.REGISTRY),
+          'positions.train': ['contiguous', 'randomized'],
+          'seed': list(range(seeds)),
+      },
+  }

@@ -1,0 +1,414 @@
+"""Algorithmic tasks for length generalization, generated on the fly.
+
+The tasks of Deletang et al. 2023 ("Neural Networks and the Chomsky
+Hierarchy"), Ruoss et al. 2023 ("Randomized Positional Encodings Boost Length
+Generalization of Transformers") and Kazemnejad et al. 2023 ("The Impact of
+Positional Encoding on Length Generalization in Transformers"), plus passkey
+retrieval (the format of Mohtashami & Jaggi 2023, "Landmark Attention",
+shrunk to bytes and short training lengths). A model is trained from scratch
+on lengths ``1..L`` and tested on every length up to ``5L``.
+
+Every example is readable ASCII in byte tokens (``lmx.data.tokenizer``:
+ids 0..255 are bytes, 256 = EOD). One example is the token sequence
+
+    s = prompt + answer [+ EOD]
+
+(EOD ends the answer when ``task.eos`` is True, the default, so the model
+must also say where a variable-length answer stops). The model reads
+``inputs = s[:-1]`` and predicts ``targets = s[1:]``; the loss weight is 1
+exactly on the targets that are answer tokens (the answer bytes and the
+final EOD) and 0 on the prompt and on padding. Padding (to the right) uses
+EOD tokens.
+
+The length ``n`` of an example is the size of the task's input, and every
+format is linear in it: ``len(prompt + answer) = per * n + extra``.
+
+==================  =====================================  ===============
+task                example (n = 3; EOD not shown)         n counts
+==================  =====================================  ===============
+copy                ``cab=cab``                            symbols
+reverse             ``cab=bac``                            symbols
+duplicate_string    ``cab=cabcab``                         symbols
+sort                ``cab=abc`` (byte order)               symbols
+binary_addition     ``110+011=1001`` (LSB first, fixed     bits of each
+                    width: n bits each, sum n+1 bits)      operand
+parity              ``101=0`` (``1`` iff an odd number     bits
+                    of ones)
+modular_arithmetic  ``3+4*2=`` then ``1`` (mod 5; ``*``    operands
+                    before ``+ -``; one digit, m <= 10)
+associative_recall  ``a1b7c3|b=7`` (distinct keys)         key/value pairs
+passkey             3 filler sentences of 16 bytes with    filler
+                    ``the pass key is 12345. `` inserted   sentences
+                    after ``round(depth * n)`` of them,
+                    then ``what is the pass key? 12345``
+==================  =====================================  ===============
+
+Binary addition is written least significant bit first (operands and sum),
+so each answer bit depends only on bits already seen; the sum always has
+``n + 1`` bits (its top bit is the final carry, possibly 0), so every
+example of a length has the same number of tokens.
+
+Symbols (copy, reverse, duplicate_string, sort, keys of associative_recall)
+are the first ``task.alphabet_size`` of ``SYMBOLS`` (a-z then A-Z).
+
+Randomness: a training batch is a pure function of ``(config.seed, step)``
+(``lmx.data.windows.step_rng``) and each example draws its own length
+uniformly from ``[train_min_length, train_max_length]``. An evaluation batch
+is a pure function of ``(seed, length, depth)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+from collections.abc import Callable, Sequence
+
+import ml_collections
+import numpy as np
+
+from lmx.data import tokenizer
+from lmx.data.windows import step_rng
+from lmx.positions import sample_positions
+
+SYMBOLS = string.ascii_lowercase + string.ascii_uppercase
+PAD = tokenizer.EOD
+# Passkey filler: five sentences of exactly 16 bytes, used in turn.
+FILLER = ('grass is green. ', 'sky is so blue. ', 'the sun shines. ',
+          'here we go now. ', 'back and forth. ')
+SENTENCE = 16
+KEY_LINE = 'the pass key is {}. '
+QUESTION = 'what is the pass key? '
+KEY_DIGITS = 5
+OPERATORS = '+-*'
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One task: how to draw an example and how long its tokens are.
+
+  ``make(rng, n, task_cfg, depth) -> (prompt, answer)`` strings;
+  ``len(prompt + answer) == per * n + extra`` for every example;
+  ``limit(task_cfg)``: the largest n the format can express (None: no limit).
+  """
+  name: str
+  make: Callable
+  per: int
+  extra: int
+  limit: Callable = lambda tc: None
+  doc: str = ''
+
+
+def _symbols(rng, n, tc) -> str:
+  return ''.join(rng.choice(list(SYMBOLS[:tc.alphabet_size]), size=n))
+
+
+def _bits(rng, n) -> str:
+  return ''.join(rng.choice(['0', '1'], size=n))
+
+
+def _copy(rng, n, tc, depth=None):
+  x = _symbols(rng, n, tc)
+  return x + '=', x
+
+
+def _reverse(rng, n, tc, depth=None):
+  x = _symbols(rng, n, tc)
+  return x + '=', x[::-1]
+
+
+def _duplicate(rng, n, tc, depth=None):
+  x = _symbols(rng, n, tc)
+  return x + '=', x + x
+
+
+def _sort(rng, n, tc, depth=None):
+  x = _symbols(rng, n, tc)
+  return x + '=', ''.join(sorted(x))
+
+
+def _lsb_bits(value: int, width: int) -> str:
+  return ''.join(str((value >> i) & 1) for i in range(width))
+
+
+def _binary_addition(rng, n, tc, depth=None):
+  a, b = _bits(rng, n), _bits(rng, n)
+  total = sum(int(c) << i for i, c in enumerate(a))
+  total += sum(int(c) << i for i, c in enumerate(b))
+  return f'{a}+{b}=', _lsb_bits(total, n + 1)
+
+
+def _parity(rng, n, tc, depth=None):
+  x = _bits(rng, n)
+  return x + '=', str(x.count('1') % 2)
+
+
+def modular_value(operands: Sequence[int], operators: str, m: int) -> int:
+  """Value mod m of ``o0 op0 o1 op1 ...`` with ``*`` before ``+`` and ``-``."""
+  total, sign, term = 0, 1, operands[0]
+  for op, x in zip(operators, operands[1:]):
+    if op == '*':
+      term = term * x % m
+    else:
+      total = (total + sign * term) % m
+      sign, term = (1 if op == '+' else -1), x
+  return (total + sign * term) % m
+
+
+def _modular(rng, n, tc, depth=None):
+  xs = [int(v) for v in rng.integers(0, tc.modulus, size=n)]
+  ops = ''.join(rng.choice(list(OPERATORS), size=n - 1))
+  expr = str(xs[0]) + ''.join(o + str(x) for o, x in zip(ops, xs[1:]))
+  return expr + '=', str(modular_value(xs, ops, tc.modulus))
+
+
+def _associative_recall(rng, n, tc, depth=None):
+  keys = rng.choice(list(SYMBOLS[:tc.alphabet_size]), size=n, replace=False)
+  values = rng.integers(0, 10, size=n)
+  q = int(rng.integers(0, n))
+  pairs = ''.join(f'{k}{v}' for k, v in zip(keys, values))
+  return f'{pairs}|{keys[q]}=', str(values[q])
+
+
+def passkey_index(n: int, depth: float) -> int:
+  """Filler sentences before the key line: ``round(depth * n)``, half up."""
+  return int(np.floor(depth * n + 0.5))
+
+
+def _passkey(rng, n, tc, depth=None):
+  key = ''.join(str(d) for d in rng.integers(0, 10, size=KEY_DIGITS))
+  at = (int(rng.integers(0, n + 1)) if depth is None
+        else passkey_index(n, depth))
+  filler = [FILLER[i % len(FILLER)] for i in range(n)]
+  text = ''.join(filler[:at]) + KEY_LINE.format(key) + ''.join(filler[at:])
+  return text + QUESTION, key
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task('copy', _copy, 2, 1, doc='x=x'),
+    Task('reverse', _reverse, 2, 1, doc='x=reversed x'),
+    Task('duplicate_string', _duplicate, 3, 1, doc='x=xx'),
+    Task('sort', _sort, 2, 1, doc='x=sorted x'),
+    Task('binary_addition', _binary_addition, 3, 3,
+         doc='a+b=a+b, little-endian bits'),
+    Task('parity', _parity, 1, 2, doc='bits=parity'),
+    Task('modular_arithmetic', _modular, 2, 1, doc='expression=value mod m'),
+    Task('associative_recall', _associative_recall, 2, 4,
+         limit=lambda tc: tc.alphabet_size, doc='pairs|key=value'),
+    Task('passkey', _passkey, SENTENCE,
+         len(KEY_LINE.format('0' * KEY_DIGITS)) + len(QUESTION) + KEY_DIGITS,
+         doc='filler with the key line, question=key'),
+)}
+
+
+def get_task(name: str) -> Task:
+  if name not in TASKS:
+    raise ValueError(f'Unknown task {name!r} (config.task.name). Valid: '
+                     f'{", ".join(TASKS)}.')
+  return TASKS[name]
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """``config.task``. An empty ``name`` means language modelling."""
+  return ml_collections.ConfigDict({
+      'name': '',                 # one of TASKS; '' = not a task run
+      'train_min_length': 1,      # n of training examples is drawn per
+      'train_max_length': 16,     # example, uniformly in [min, max] (= L)
+      'eval_lengths': (),         # () = 1..eval_multiple*L every eval_stride
+      'eval_multiple': 5,         # longest default eval length, times L
+      'eval_stride': 1,           # step of the default eval grid
+      'eval_examples': 64,        # per length (per length and depth: passkey)
+      'alphabet_size': 8,         # symbols a-z A-Z used (and recall keys)
+      'modulus': 5,               # modular_arithmetic; <= 10 (one digit)
+      'depths': (0.0, 0.25, 0.5, 0.75, 1.0),  # passkey key depths evaluated
+      'eos': True,                # end each answer with EOD, scored too
+  })
+
+
+def sequence_length(tc, n: int) -> int:
+  """T: tokens the model reads (``inputs``/``targets`` width) at length n.
+
+  The example itself has ``T + 1`` tokens (prompt, answer, EOD); compare T
+  with ``config.train.seq_len`` and ``config.positions.max_position``.
+  """
+  t = get_task(tc.name)
+  return t.per * int(n) + t.extra + int(bool(tc.eos)) - 1
+
+
+def max_length(tc, seq_len: int) -> int:
+  """The largest n whose sequence fits in ``seq_len`` (0 if none does)."""
+  t = get_task(tc.name)
+  n = (int(seq_len) - t.extra - int(bool(tc.eos)) + 1) // t.per
+  return max(n, 0)
+
+
+def eval_lengths(tc) -> list[int]:
+  """``task.eval_lengths``, or the default grid: every ``eval_stride``-th
+  length of ``1..eval_multiple * L``, always with 1, L and the last."""
+  if tc.eval_lengths:
+    return sorted({int(n) for n in tc.eval_lengths})
+  top = int(tc.eval_multiple) * int(tc.train_max_length)
+  stride = max(1, int(tc.eval_stride))
+  grid = set(range(stride, top + 1, stride)) | {1, int(tc.train_max_length),
+                                                top}
+  return sorted(grid)
+
+
+def check(config) -> str | None:
+  """Why ``config.task`` cannot run, or None (also for ``name=''``: LM)."""
+  tc = config.task
+  if tc.name == '':
+    return None
+  if tc.name not in TASKS:
+    return (f'Unknown task {tc.name!r} in config.task.name. Valid: '
+            f'{", ".join(TASKS)} (or \'\' for language modelling).')
+  for field in ('train_min_length', 'train_max_length', 'eval_examples',
+                'eval_multiple', 'eval_stride', 'alphabet_size'):
+    v = tc[field]
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+      return f'config.task.{field} must be an integer >= 1, got {v!r}.'
+  if tc.train_min_length > tc.train_max_length:
+    return (f'config.task.train_min_length={tc.train_min_length} is larger '
+            f'than config.task.train_max_length={tc.train_max_length}.')
+  if tc.alphabet_size > len(SYMBOLS):
+    return (f'config.task.alphabet_size={tc.alphabet_size} is more than the '
+            f'{len(SYMBOLS)} printable symbols a task can use (a-z, A-Z): use '
+            f'at most {len(SYMBOLS)}.')
+  if tc.name == 'sort' and tc.alphabet_size < 2:
+    return 'sort needs config.task.alphabet_size >= 2.'
+  if tc.name == 'modular_arithmetic' and not (
+      isinstance(tc.modulus, int) and 2 <= tc.modulus <= 10):
+    return (f'config.task.modulus={tc.modulus!r}: modular_arithmetic writes '
+            'operands and the answer as one digit, so the modulus must be in '
+            '[2, 10].')
+  if tc.name == 'passkey':
+    bad = [d for d in tc.depths
+           if not isinstance(d, (int, float)) or not 0.0 <= d <= 1.0]
+    if not tc.depths or bad:
+      return ('config.task.depths must be a non-empty list of fractions in '
+              f'[0, 1], got {tuple(tc.depths)!r}.')
+  if not isinstance(tc.eos, bool):
+    return f'config.task.eos must be True or False, got {tc.eos!r}.'
+  for n in tc.eval_lengths:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+      return ('config.task.eval_lengths must be positive integers, got '
+              f'{n!r}.')
+  limit = get_task(tc.name).limit(tc)
+  longest = max([tc.train_max_length] + eval_lengths(tc))
+  if limit is not None and longest > limit:
+    what = ('train_max_length' if tc.train_max_length > limit
+            else 'longest evaluation length')
+    return (f'{tc.name} length {longest} (config.task {what}) needs {longest} '
+            f'distinct keys, but config.task.alphabet_size={tc.alphabet_size} '
+            f'gives only {limit}. Raise alphabet_size (max {len(SYMBOLS)}) '
+            'or use shorter lengths (task.eval_lengths / eval_multiple).')
+  need = sequence_length(tc, tc.train_max_length)
+  if need > config.train.seq_len:
+    return (f'{tc.name} at config.task.train_max_length='
+            f'{tc.train_max_length} needs config.train.seq_len >= {need}, but '
+            f'it is {config.train.seq_len}: raise seq_len to {need} or lower '
+            f'train_max_length to {max_length(tc, config.train.seq_len)}.')
+  return None
+
+
+def example(tc, n: int, rng: np.random.Generator,
+            depth: float | None = None) -> tuple[str, str]:
+  """One (prompt, answer) of length n (answer without the EOD)."""
+  if n < 1:
+    raise ValueError(f'Task lengths start at 1, got {n}.')
+  return get_task(tc.name).make(rng, int(n), tc, depth)
+
+
+def _tokens(tc, prompt: str, answer: str):
+  """(tokens of the whole example, index of the first answer token)."""
+  ids = tokenizer.encode(prompt + answer)
+  if tc.eos:
+    ids = np.append(ids, tokenizer.EOD).astype(np.int32)
+  return ids, len(prompt)
+
+
+def _layout(tc, rows, width: int) -> dict:
+  """Left-aligned ``[B, width]`` inputs/targets/weights, EOD padding."""
+  b = len(rows)
+  inputs = np.full((b, width), PAD, np.int32)
+  targets = np.full((b, width), PAD, np.int32)
+  weights = np.zeros((b, width), np.float32)
+  for i, (prompt, answer) in enumerate(rows):
+    ids, start = _tokens(tc, prompt, answer)
+    t = ids.size - 1
+    if t > width:
+      raise ValueError(f'A {tc.name} example needs {t} tokens, more than the '
+                       f'{width} available.')
+    inputs[i, :t], targets[i, :t] = ids[:-1], ids[1:]
+    weights[i, start - 1:t] = 1.0  # targets s[start:] are the answer
+  return {'inputs': inputs, 'targets': targets, 'weights': weights}
+
+
+def _positions(kind: str, lengths: Sequence[int], width: int,
+               max_position: int, rng: np.random.Generator) -> np.ndarray:
+  """Positions drawn for each example's own length, padding repeats the last.
+
+  Drawing for the padded width instead would give a short example only the
+  first few of ``width`` sorted random positions: a narrower spread than
+  the same example gets at evaluation, where it is not padded.
+  """
+  out = np.zeros((len(lengths), width), np.int32)
+  for i, t in enumerate(lengths):
+    p = sample_positions(kind, 1, int(t), max_position, rng)[0]
+    out[i, :t], out[i, t:] = p, p[-1]
+  return out
+
+
+def train_batch(config, *, step: int, batch: int) -> dict:
+  """The training batch of ``step``: a pure function of its arguments.
+
+  ``inputs``, ``targets``, ``positions`` ``[B, T]`` int32 and ``weights``
+  ``[B, T]`` float32 with ``T = config.train.seq_len``; each example draws
+  its length uniformly in ``[train_min_length, train_max_length]``.
+  """
+  tc = config.task
+  rng = step_rng(config.seed, step)
+  lengths = rng.integers(tc.train_min_length, tc.train_max_length + 1,
+                         size=batch)
+  rows = [example(tc, int(n), rng) for n in lengths]
+  out = _layout(tc, rows, int(config.train.seq_len))
+  out['positions'] = _positions(
+      config.positions.train, [sequence_length(tc, n) for n in lengths],
+      int(config.train.seq_len), int(config.positions.max_position), rng)
+  return out
+
+
+def eval_rng(seed: int, length: int,
+             depth: float | None = None) -> np.random.Generator:
+  code = 0 if depth is None else 1 + round(float(depth) * 1_000_000)
+  return np.random.default_rng([int(seed), int(length), code, 7])
+
+
+def eval_batch(config, *, length: int, count: int, seed: int,
+               depth: float | None = None, sampling: str | None = None
+               ) -> dict:
+  """``count`` examples of ``length``, ``[count, T]``, T = sequence_length.
+
+  A pure function of ``(seed, length, depth)`` (and the config). ``depth``
+  places the passkey (None: uniform); other tasks ignore it. Positions use
+  ``sampling`` (default ``config.positions.eval`` resolved against train).
+  """
+  tc = config.task
+  if sampling is None:
+    sampling = config.positions.eval
+    if sampling == 'train':
+      sampling = config.positions.train
+  rng = eval_rng(seed, length, depth)
+  rows = [example(tc, length, rng, depth) for _ in range(count)]
+  width = sequence_length(tc, length)
+  out = _layout(tc, rows, width)
+  out['positions'] = sample_positions(sampling, count, width,
+                                      int(config.positions.max_position), rng)
+  return out
+
+
+def split_answer(tc, tokens) -> tuple[str, str]:
+  """(prompt, answer) text of one example's tokens (EOD and padding cut)."""
+  text = tokenizer.decode([t for t in np.asarray(tokens) if t != PAD])
+  cut = (text.rindex(QUESTION) + len(QUESTION) if tc.name == 'passkey'
+         else text.rindex('=') + 1)
+  return text[:cut], text[cut:]

@@ -1,0 +1,517 @@
+"""Sweeps: one base config, many members; train and evaluate each, then report.
+
+A sweep is declared in ``configs/sweeps/<name>.py`` by ``get_sweep(arg)``,
+which returns a small dict::
+
+    def get_sweep(arg=None):
+      size = f':{arg}' if arg else ''
+      return {
+          'config': f'configs/base.py{size}',   # base config of every member
+          'members': [{'model.position': 'alibi'},
+                      {'config': f'configs/rope_randomized.py{size}'}],
+          'product': {'seed': [0, 1, 2]},       # crossed with every member
+      }
+
+- ``config``: the base config, as passed to ``train.py --config=...``.
+- ``product``: axes, field -> list of values; every combination is a member.
+- ``members``: an explicit list of override dicts (field -> value).
+  With both, every member is crossed with every point of the product.
+  Two keys are not fields: ``'config'`` replaces the base config for that
+  member, ``'name'`` gives it an explicit run name.
+
+A member's name joins its override values that vary across the sweep, in
+declaration order (``alibi-s0``, ``rope-randomized-s1``); its workdir is
+``<sweep dir>/<name>``. ``python sweep.py`` runs ``train.py`` and
+``eval.py`` for each (see sweep.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import importlib.util
+import itertools
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPECIAL_KEYS = ('config', 'name')
+SHORT = {'seed': 's'}          # field leaf -> prefix used in run names
+MANIFEST = 'sweep.json'
+
+
+class SweepError(ValueError):
+  """A bad sweep declaration; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  name: str
+  config: str                      # config file[:arg], as given to train.py
+  overrides: dict[str, Any]        # field path -> value
+  workdir: str
+
+  def train_command(self, extra: Sequence[str] = ()) -> list[str]:
+    return [sys.executable, os.path.join(ROOT, 'train.py'),
+            f'--config={resolve_config_path(self.config)}',
+            *config_args(self.overrides), *extra,
+            f'--workdir={self.workdir}', '--progress=false']
+
+  def eval_command(self, extra: Sequence[str] = ()) -> list[str]:
+    return [sys.executable, os.path.join(ROOT, 'eval.py'),
+            f'--workdir={self.workdir}', *extra]
+
+
+# ------------------------------------------------------------ declarations
+
+
+def product(axes: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
+  """Every combination of the axes' values, first axis slowest."""
+  for key, values in axes.items():
+    if isinstance(values, (str, bytes)) or not isinstance(
+        values, (list, tuple, range)):
+      raise SweepError(f'product axis {key!r} must be a list of values, got '
+                       f'{values!r}.')
+  keys = list(axes)
+  return [dict(zip(keys, combo))
+          for combo in itertools.product(*(axes[k] for k in keys))]
+
+
+def split_arg(spec: str) -> tuple[str, str | None]:
+  """``'configs/x.py:size=tiny'`` -> ``('configs/x.py', 'size=tiny')``."""
+  path, sep, arg = spec.partition(':')
+  return path, (arg if sep else None)
+
+
+def _resolve(path: str) -> str:
+  """A path as given if it exists from here, else relative to the repo."""
+  if os.path.isabs(path) or os.path.exists(path):
+    return os.path.abspath(path)
+  return os.path.join(ROOT, path)
+
+
+def resolve_config_path(spec: str) -> str:
+  path, arg = split_arg(spec)
+  return _resolve(path) + (f':{arg}' if arg is not None else '')
+
+
+def _load_module(path: str, what: str):
+  if not os.path.isfile(path):
+    raise SweepError(f'{what} file {path} does not exist.')
+  if ROOT not in sys.path:  # config files import configs.base
+    sys.path.insert(0, ROOT)
+  name = 'lmx_sweep_' + re.sub(r'\W', '_', os.path.abspath(path))
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _call(fn: Callable, arg: str | None):
+  return fn(arg) if arg is not None else fn()
+
+
+def load_declaration(spec: str) -> dict:
+  """Runs ``get_sweep(arg)`` of ``'configs/sweeps/x.py[:arg]'``."""
+  path, arg = split_arg(spec)
+  module = _load_module(_resolve(path), 'Sweep')
+  if not hasattr(module, 'get_sweep'):
+    raise SweepError(f'{path} has no get_sweep(arg) function.')
+  decl = _call(module.get_sweep, arg)
+  if not isinstance(decl, dict):
+    raise SweepError(f'{path}: get_sweep() must return a dict with keys '
+                     f"'config', 'members' and/or 'product'; got {decl!r}.")
+  return decl
+
+
+_CONFIGS: dict[str, Any] = {}
+
+
+def load_config(spec: str):
+  """The config of ``'configs/x.py[:arg]'``, loaded as train.py would."""
+  if spec not in _CONFIGS:
+    path, arg = split_arg(spec)
+    module = _load_module(_resolve(path), 'Config')
+    try:
+      _CONFIGS[spec] = _call(module.get_config, arg)
+    except (ValueError, TypeError) as e:
+      raise SweepError(f'config {spec}: {e}') from e
+  return _CONFIGS[spec]
+
+
+# -------------------------------------------------------------- expansion
+
+
+def _name_part(key: str, value: Any) -> str:
+  if key == 'config':
+    part = os.path.splitext(os.path.basename(split_arg(value)[0]))[0]
+    return part.replace('_', '-')
+  leaf = key.rsplit('.', 1)[-1]
+  if isinstance(value, bool):
+    return (leaf if value else f'no-{leaf}').replace('_', '-')
+  if isinstance(value, str):
+    return value.replace('_', '-')
+  if isinstance(value, (list, tuple)):
+    value = '-'.join(str(v) for v in value)
+  elif isinstance(value, float):
+    value = f'{value:g}'
+  return f'{SHORT.get(leaf, leaf)}{value}'.replace('_', '-')
+
+
+def member_name(overrides: dict, varying: set[str]) -> str:
+  keys = [k for k in overrides if k in varying and k != 'name']
+  if not keys:  # nothing varies (one member, or duplicates): name them all
+    keys = [k for k in overrides if k != 'name']
+  name = '-'.join(_name_part(k, overrides[k]) for k in keys) or 'run'
+  return re.sub(r'[^A-Za-z0-9._=+-]', '-', name)
+
+
+def expand(decl: dict, sweep_dir: str) -> list[Member]:
+  """The members of a declaration, with names and workdirs; checks names."""
+  unknown = set(decl) - {'config', 'members', 'product'}
+  if unknown:
+    raise SweepError(f'Unknown sweep keys {sorted(unknown)}: a declaration '
+                     "has 'config', 'members' and/or 'product'.")
+  if not decl.get('config'):
+    raise SweepError("The sweep declares no base 'config' (e.g. "
+                     "'configs/base.py:size=tiny').")
+  explicit = decl.get('members')
+  if explicit is not None and not isinstance(explicit, (list, tuple)):
+    raise SweepError(f"'members' must be a list of override dicts, got "
+                     f'{explicit!r}.')
+  points = product(decl['product']) if decl.get('product') else None
+  if explicit is None and points is None:
+    raise SweepError("The sweep has no members: give 'members' (a list of "
+                     "override dicts) and/or 'product' (field -> values).")
+  rows = []
+  for m in (explicit if explicit is not None else [{}]):
+    if not isinstance(m, dict):
+      raise SweepError(f'A sweep member must be a dict of overrides, got '
+                       f'{m!r}.')
+    for p in (points if points is not None else [{}]):
+      rows.append({**m, **p})
+  if not rows:
+    raise SweepError('The sweep is empty: its members list or one of its '
+                     'product axes has no values.')
+
+  keys = {k for r in rows for k in r}
+  missing = object()
+  varying = {k for k in keys
+             if len({repr(r.get(k, missing)) for r in rows}) > 1}
+  members = []
+  for r in rows:
+    name = r.get('name') or member_name(r, varying)
+    overrides = {k: v for k, v in r.items() if k not in SPECIAL_KEYS}
+    members.append(Member(name=name, config=r.get('config', decl['config']),
+                          overrides=overrides,
+                          workdir=os.path.join(os.path.abspath(sweep_dir),
+                                               name)))
+  by_name: dict[str, list[Member]] = {}
+  for m in members:
+    by_name.setdefault(m.name, []).append(m)
+  clashes = {n: ms for n, ms in by_name.items() if len(ms) > 1}
+  if clashes:
+    lines = [f'  {n}: ' + '; '.join(_describe(m) for m in ms)
+             for n, ms in clashes.items()]
+    raise SweepError(
+        'Members collide on one workdir (same run name):\n' + '\n'.join(lines)
+        + "\nGive them distinct overrides or an explicit 'name'.")
+  return members
+
+
+def _describe(m: Member) -> str:
+  o = ', '.join(f'{k}={v!r}' for k, v in m.overrides.items())
+  return f'{m.config} {{{o}}}'
+
+
+# ------------------------------------------------------------ field check
+
+
+def parse_config_args(args: Sequence[str]) -> dict[str, str]:
+  """``--config.a.b=v`` items of an argument list -> ``{'a.b': 'v'}``."""
+  out = {}
+  for a in args:
+    if a.startswith('--config.') and '=' in a:
+      key, _, value = a[len('--config.'):].partition('=')
+      out[key] = value
+  return out
+
+
+def check_fields(members: Sequence[Member],
+                 extra_fields: Sequence[str] = ()) -> None:
+  """Every override names an existing field of its member's config and
+  holds a value of that field's type."""
+  problems = []
+  for m in members:
+    config = load_config(m.config)
+    for key in [*m.overrides, *extra_fields]:
+      node, parts = config, key.split('.')
+      for i, part in enumerate(parts):
+        if not hasattr(node, 'keys') or part not in node:
+          where = '.'.join(parts[:i]) or 'the config'
+          problems.append(
+              f'{m.name}: config.{key} does not exist in {m.config} '
+              f'(no {part!r} in {where}).')
+          break
+        node = node[part]
+      else:
+        if key in m.overrides:
+          trial = copy.deepcopy(config)
+          try:
+            trial.update_from_flattened_dict({key: m.overrides[key]})
+          except (TypeError, ValueError, KeyError) as e:
+            problems.append(f'{m.name}: config.{key}={m.overrides[key]!r}: '
+                            f'{e}')
+  if problems:
+    seen = list(dict.fromkeys(problems))
+    raise SweepError('Unknown or mistyped override fields:\n  '
+                     + '\n  '.join(seen))
+
+
+def format_value(value: Any) -> str:
+  """A value as ml_collections' --config.<field>= parser reads it."""
+  if isinstance(value, bool):
+    return 'true' if value else 'false'
+  if isinstance(value, list):
+    value = tuple(value)
+  if isinstance(value, str):
+    return value
+  return repr(value)
+
+
+def config_args(overrides: dict[str, Any]) -> list[str]:
+  return [f'--config.{k}={format_value(v)}' for k, v in overrides.items()]
+
+
+def prepare(spec: str, sweep_dir: str,
+            train_args: Sequence[str] = ()) -> list[Member]:
+  """Loads, expands and checks a sweep: every input error before any run."""
+  members = expand(load_declaration(spec), sweep_dir)
+  check_fields(members, list(parse_config_args(train_args)))
+  return members
+
+
+def write_manifest(sweep_dir: str, spec: str, members: Sequence[Member],
+                   train_args: Sequence[str] = (),
+                   eval_args: Sequence[str] = ()) -> str:
+  os.makedirs(sweep_dir, exist_ok=True)
+  path = os.path.join(sweep_dir, MANIFEST)
+  manifest = {
+      'sweep': spec, 'dir': os.path.abspath(sweep_dir),
+      'train_args': list(train_args), 'eval_args': list(eval_args),
+      'members': [{'name': m.name, 'config': m.config,
+                   'overrides': m.overrides, 'workdir': m.workdir,
+                   'train': shlex.join(m.train_command(train_args)[1:]),
+                   'eval': shlex.join(m.eval_command(eval_args)[1:])}
+                  for m in members]}
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(manifest, f, indent=2, default=repr)
+  os.replace(tmp, path)
+  return path
+
+
+def read_manifest(sweep_dir: str) -> dict:
+  path = os.path.join(sweep_dir, MANIFEST)
+  if not os.path.isfile(path):
+    raise SweepError(f'{path} does not exist: run the sweep first, or give '
+                     '--sweep.')
+  with open(path) as f:
+    return json.load(f)
+
+
+# --------------------------------------------------------------- running
+
+
+def latest_checkpoint_time(workdir: str) -> float | None:
+  """The modification time of the newest finished checkpoint, or None."""
+  ckpt = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(ckpt):
+    return None
+  steps = [n for n in os.listdir(ckpt) if n.isdigit()]
+  if not steps:
+    return None
+  step_dir = os.path.join(ckpt, max(steps, key=int))
+  times = [os.path.getmtime(step_dir)]
+  for name in os.listdir(step_dir):
+    times.append(os.path.getmtime(os.path.join(step_dir, name)))
+  return max(times)
+
+
+def is_done(workdir: str) -> bool:
+  """Evaluated after its latest checkpoint was written."""
+  results = os.path.join(workdir, 'eval', 'results.json')
+  ckpt = latest_checkpoint_time(workdir)
+  return (ckpt is not None and os.path.isfile(results)
+          and os.path.getmtime(results) >= ckpt)
+
+
+def data_config(member: Member, train_args: Sequence[str] = ()):
+  """The member's config.data, with its overrides and --train_args."""
+  data = copy.deepcopy(load_config(member.config).data)
+  for key, value in {**member.overrides,
+                     **parse_config_args(train_args)}.items():
+    if key.startswith('data.') and key[5:] in data:
+      old = data[key[5:]]
+      data[key[5:]] = type(old)(value) if isinstance(old, (int, float)) and \
+          isinstance(value, str) else value
+  return data
+
+
+def prepare_data(members: Sequence[Member], train_args: Sequence[str] = (),
+                 say: Callable[[str], None] = print) -> None:
+  """Builds each local dataset the members read, once, before they run in
+  parallel: concurrent first-time builds of one tfds dataset race."""
+  seen = set()
+  for m in members:
+    try:
+      data = data_config(m, train_args)
+      key = (data.source, os.path.expanduser(data.cache_dir),
+             data.validation_fraction)
+    except (AttributeError, KeyError, TypeError, ValueError, SweepError):
+      continue  # not a corpus config; the member reports its own problems
+    if key in seen or str(data.source).startswith('tfds:'):
+      continue
+    seen.add(key)
+    say(f'Preparing the dataset {data.source!r} in {data.cache_dir} '
+        '(once for all members).')
+    from lmx.data import corpus  # pylint: disable=g-import-not-at-top
+    try:
+      corpus.build_local(*key)
+    except (corpus.DataError, OSError, ValueError, RuntimeError) as e:
+      say(f'Could not prepare it ({e}); each member reports it in its log.')
+
+
+@dataclasses.dataclass
+class Outcome:
+  member: Member
+  status: str                      # 'done', 'skipped', 'failed', 'stopped'
+  stage: str = ''
+  returncode: int = 0
+  seconds: float = 0.0
+
+  def log_path(self) -> str:
+    return os.path.join(self.member.workdir, f'{self.stage}.log')
+
+
+def tail(path: str, lines: int = 15) -> str:
+  try:
+    with open(path, errors='replace') as f:
+      return ''.join(f.readlines()[-lines:])
+  except OSError:
+    return ''
+
+
+class Runner:
+  """Runs members, ``parallel`` at a time, each as train.py then eval.py."""
+
+  def __init__(self, train_args: Sequence[str] = (),
+               eval_args: Sequence[str] = (), parallel: int = 1,
+               print_fn: Callable[[str], None] = print):
+    self.train_args = list(train_args)
+    self.eval_args = list(eval_args)
+    self.parallel = max(1, parallel)
+    self._print = print_fn
+    self._lock = threading.Lock()
+    self._procs: set[subprocess.Popen] = set()
+    self.stopping = False
+
+  def say(self, msg: str) -> None:
+    with self._lock:
+      self._print(msg)
+      sys.stdout.flush()
+
+  def stop(self, signum: int) -> None:
+    """Stops starting members and passes ``signum`` to the running ones."""
+    self.stopping = True
+    with self._lock:
+      procs = list(self._procs)
+    for p in procs:
+      try:
+        p.send_signal(signum)
+      except OSError:
+        pass
+
+  def _run(self, member: Member, stage: str, cmd: list[str]) -> int:
+    os.makedirs(member.workdir, exist_ok=True)
+    path = os.path.join(member.workdir, f'{stage}.log')
+    with open(path, 'a') as log:
+      stamp = datetime.datetime.now().isoformat(timespec='seconds')
+      log.write(f'# {stamp} $ {shlex.join(cmd)}\n')
+      log.flush()
+      with self._lock:
+        if self.stopping:
+          return -1
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=ROOT)
+        self._procs.add(proc)
+      try:
+        return proc.wait()
+      finally:
+        with self._lock:
+          self._procs.discard(proc)
+
+  def run_member(self, member: Member, index: str) -> Outcome:
+    if is_done(member.workdir):
+      self.say(f'{index} {member.name}: skipped, already evaluated '
+               f'({os.path.join(member.workdir, "eval", "results.json")})')
+      return Outcome(member, 'skipped')
+    if self.stopping:
+      return Outcome(member, 'stopped')
+    start = time.time()
+    for stage, cmd in (
+        ('train', member.train_command(self.train_args)),
+        ('eval', member.eval_command(self.eval_args))):
+      self.say(f'{index} {member.name}: {stage} (log: '
+               f'{os.path.join(member.workdir, stage + ".log")})')
+      rc = self._run(member, stage, cmd)
+      if rc != 0:
+        status = 'stopped' if self.stopping else 'failed'
+        self.say(f'{index} {member.name}: {stage} {status} (exit code {rc})')
+        return Outcome(member, status, stage, rc, time.time() - start)
+    seconds = time.time() - start
+    self.say(f'{index} {member.name}: done in {seconds:.0f} s')
+    return Outcome(member, 'done', seconds=seconds)
+
+  def run(self, members: Sequence[Member]) -> list[Outcome]:
+    """Runs every member; returns their outcomes in order."""
+    n = len(members)
+    todo = [m for m in members if not is_done(m.workdir)]
+    if self.parallel > 1 and len(todo) > 1:
+      prepare_data(todo, self.train_args, self.say)
+    with futures.ThreadPoolExecutor(self.parallel) as pool:
+      jobs = [pool.submit(self.run_member, m, f'[{i + 1}/{n}]')
+              for i, m in enumerate(members)]
+      try:
+        return [j.result() for j in jobs]
+      except KeyboardInterrupt:
+        self.stop(signal.SIGINT)
+        for j in jobs:
+          j.cancel()
+        raise
+
+
+def summary(outcomes: Sequence[Outcome]) -> str:
+  """One line of counts, then each failure with the end of its log."""
+  counts: dict[str, int] = {}
+  for o in outcomes:
+    counts[o.status] = counts.get(o.status, 0) + 1
+  lines = ['Sweep: ' + ', '.join(f'{v} {k}' for k, v in counts.items())
+           + f' of {len(outcomes)} members.']
+  for o in outcomes:
+    if o.status == 'failed':
+      lines.append(f'FAILED {o.member.name}: {o.stage}.py exited with code '
+                   f'{o.returncode}; last lines of {o.log_path()}:')
+      lines += ['    ' + line for line in tail(o.log_path()).splitlines()]
+  return '\n'.join(lines)

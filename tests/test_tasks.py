@@ -1,0 +1,317 @@
+"""Algorithmic tasks (lmx.data.tasks), their configs and lmx.task_eval."""
+
+import importlib
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmx import task_eval
+from lmx.data import tasks, tokenizer
+
+EOD = tokenizer.EOD
+NAMES = sorted(tasks.TASKS)
+KEY_RE = re.compile(r'the pass key is (\d{5})\. ')
+QUESTION = 'what is the pass key? '
+
+
+def _config(name, **task_fields):
+  c = importlib.import_module(f'configs.tasks.{name}').get_config('size=tiny')
+  for key, value in task_fields.items():
+    c.task[key] = value
+  return c
+
+
+def _split(text):
+  """(prompt, answer) of an example's text, parsed here, not by lmx."""
+  cut = (text.index(QUESTION) + len(QUESTION) if QUESTION in text
+         else text.index('=') + 1)
+  return text[:cut], text[cut:]
+
+
+def _solve(name, prompt, tc):
+  """The answer to a prompt, computed independently of lmx."""
+  body = prompt[:-1]
+  if name == 'copy':
+    return body
+  if name == 'reverse':
+    return body[::-1]
+  if name == 'duplicate_string':
+    return body * 2
+  if name == 'sort':
+    return ''.join(sorted(body))
+  if name == 'binary_addition':
+    a, b = body.split('+')
+    total = int(a[::-1], 2) + int(b[::-1], 2)
+    return format(total, 'b')[::-1].ljust(len(a) + 1, '0')
+  if name == 'parity':
+    return str(body.count('1') % 2)
+  if name == 'modular_arithmetic':
+    return str(eval(body) % tc.modulus)  # pylint: disable=eval-used
+  if name == 'associative_recall':
+    pairs, key = body.split('|')
+    return dict(zip(pairs[::2], pairs[1::2]))[key]
+  if name == 'passkey':
+    return KEY_RE.search(prompt).group(1)
+  raise AssertionError(name)
+
+
+def _length_of(name, prompt, tc):
+  """The task length n of a prompt, counted independently."""
+  body = prompt[:-1]
+  if name in ('copy', 'reverse', 'duplicate_string', 'sort', 'parity'):
+    return len(body)
+  if name == 'binary_addition':
+    return len(body.split('+')[0])
+  if name == 'modular_arithmetic':
+    return len(re.findall(r'\d', body))
+  if name == 'associative_recall':
+    return len(body.split('|')[0]) // 2
+  if name == 'passkey':
+    return len(KEY_RE.sub('', prompt[:-len(QUESTION)])) // 16
+  raise AssertionError(name)
+
+
+def _examples(batch):
+  """Texts of the real tokens of each row (inputs plus the last target)."""
+  out = []
+  for x, y in zip(batch['inputs'], batch['targets']):
+    ids = list(x[:1]) + list(y)
+    ids = ids[:ids.index(EOD)] if EOD in ids else ids
+    out.append(tokenizer.decode(ids))
+  return out
+
+
+def _check_batch(name, tc, batch, lengths=None):
+  """Answers right, weights exactly on the answer targets, shift by one."""
+  x, y, w = batch['inputs'], batch['targets'], batch['weights']
+  assert x.dtype == y.dtype == batch['positions'].dtype == np.int32
+  assert w.dtype == np.float32 and x.shape == y.shape == w.shape
+  for i, text in enumerate(_examples(batch)):
+    prompt, answer = _split(text)
+    assert answer == _solve(name, prompt, tc), text
+    n = _length_of(name, prompt, tc)
+    if lengths is not None:
+      assert n == lengths[i]
+    t = tasks.sequence_length(tc, n)
+    assert t == len(text)  # prompt + answer + EOD, minus the shift
+    np.testing.assert_array_equal(x[i, 1:t], y[i, :t - 1])
+    expect = np.zeros(x.shape[1], np.float32)
+    expect[len(prompt) - 1:t] = 1.0
+    np.testing.assert_array_equal(w[i], expect)
+    assert y[i, t - 1] == EOD
+    assert tokenizer.decode(y[i][w[i] > 0][:-1]) == answer
+  return x.shape[1]
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_eval_answers_are_correct_and_deterministic(name):
+  c = _config(name)
+  for n in (1, 2, 5, 11):
+    a = tasks.eval_batch(c, length=n, count=6, seed=3, depth=0.5)
+    b = tasks.eval_batch(c, length=n, count=6, seed=3, depth=0.5)
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+    width = _check_batch(name, c.task, a, [n] * 6)
+    assert width == tasks.sequence_length(c.task, n)
+  a = tasks.eval_batch(c, length=12, count=8, seed=3)
+  b = tasks.eval_batch(c, length=12, count=8, seed=4)
+  assert not np.array_equal(a['inputs'], b['inputs'])
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_train_batch_pure_in_range_and_correct(name):
+  c = _config(name, train_min_length=2, train_max_length=6)
+  c.train.seq_len = tasks.sequence_length(c.task, 6) + 3  # some padding
+  a = tasks.train_batch(c, step=5, batch=16)
+  b = tasks.train_batch(c, step=5, batch=16)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  assert a['inputs'].shape == (16, c.train.seq_len)
+  _check_batch(name, c.task, a)
+  ns = [_length_of(name, _split(t)[0], c.task) for t in _examples(a)]
+  assert min(ns) >= 2 and max(ns) <= 6 and len(set(ns)) > 1
+  other = tasks.train_batch(c, step=6, batch=16)
+  assert not np.array_equal(a['inputs'], other['inputs'])
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), step=st.integers(0, 10**6),
+       lo=st.integers(1, 9), span=st.integers(0, 9),
+       name=st.sampled_from(NAMES))
+def test_train_batch_property(seed, step, lo, span, name):
+  c = _config(name, train_min_length=lo, train_max_length=lo + span,
+              alphabet_size=52, eval_lengths=(1,))
+  c.seed = seed
+  c.positions.train = 'randomized'
+  c.train.seq_len = tasks.sequence_length(c.task, lo + span)
+  c.positions.max_position = 2 * c.train.seq_len
+  assert tasks.check(c) is None
+  a = tasks.train_batch(c, step=step, batch=4)
+  b = tasks.train_batch(c, step=step, batch=4)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  _check_batch(name, c.task, a)
+  for text, pos in zip(_examples(a), a['positions']):
+    n = _length_of(name, _split(text)[0], c.task)
+    assert lo <= n <= lo + span
+    t = tasks.sequence_length(c.task, n)
+    assert np.all(np.diff(pos[:t]) > 0) and pos.max() < c.positions.max_position
+    assert np.all(pos[t:] == pos[t - 1])
+
+
+@pytest.mark.parametrize('depth', [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_passkey_key_at_requested_depth(depth):
+  c = _config('passkey')
+  for n in (1, 4, 7, 10):
+    batch = tasks.eval_batch(c, length=n, count=4, seed=0, depth=depth)
+    for text in _examples(batch):
+      prompt, answer = _split(text)
+      where = KEY_RE.search(prompt).start()
+      assert where == 16 * int(np.floor(depth * n + 0.5))
+      assert len(KEY_RE.findall(prompt)) == 1 and answer == KEY_RE.search(
+          prompt).group(1)
+
+
+def test_formats_read_as_documented():
+  rng = np.random.default_rng(0)
+  c = _config('binary_addition')
+  prompt, answer = tasks.example(c.task, 3, rng)
+  assert re.fullmatch(r'[01]{3}\+[01]{3}=', prompt)
+  assert re.fullmatch(r'[01]{4}', answer)
+  assert tasks.modular_value([3, 4, 2], '+*', 5) == (3 + 4 * 2) % 5
+  assert tasks.modular_value([3, 4, 2, 1], '-*-', 5) == (3 - 4 * 2 - 1) % 5
+  c = _config('associative_recall', alphabet_size=52)
+  prompt, answer = tasks.example(c.task, 5, rng)
+  assert re.fullmatch(r'([a-zA-Z]\d){5}\|[a-zA-Z]=', prompt)
+  keys = prompt[:10:2]
+  assert len(set(keys)) == 5
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_sequence_and_max_length_agree(name):
+  tc = _config(name).task
+  for seq_len in range(1, 120):
+    n = tasks.max_length(tc, seq_len)
+    assert n == 0 or tasks.sequence_length(tc, n) <= seq_len
+    assert tasks.sequence_length(tc, n + 1) > seq_len
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_task_configs(name):
+  c = importlib.import_module(f'configs.tasks.{name}').get_config()
+  assert c.name == name and c.task.name == name
+  assert tasks.check(c) is None
+  longest = max(tasks.eval_lengths(c.task))
+  assert longest == 5 * c.task.train_max_length
+  assert c.positions.max_position >= tasks.sequence_length(c.task, longest)
+  c.task.train_max_length += 3  # seq_len and max_position follow
+  assert c.train.seq_len == tasks.sequence_length(c.task,
+                                                  c.task.train_max_length)
+  assert c.positions.max_position == tasks.sequence_length(
+      c.task, max(tasks.eval_lengths(c.task)))
+  assert tasks.check(_config(name)) is None
+
+
+def test_eval_lengths_default_grid():
+  tc = _config('copy', train_max_length=6).task
+  assert tasks.eval_lengths(tc) == list(range(1, 31))
+  tc.eval_stride = 4
+  assert tasks.eval_lengths(tc) == [1, 4, 6, 8, 12, 16, 20, 24, 28, 30]
+  tc.eval_lengths = (9, 3, 9)
+  assert tasks.eval_lengths(tc) == [3, 9]
+
+
+@pytest.mark.parametrize('change, words', [
+    ({'name': 'nope'}, ['Unknown task', 'reverse', 'passkey']),
+    ({'alphabet_size': 60}, ['alphabet_size=60', '52']),
+    ({'alphabet_size': 0}, ['alphabet_size', '>= 1']),
+    ({'name': 'modular_arithmetic', 'modulus': 11}, ['modulus=11', '[2, 10]']),
+    ({'name': 'associative_recall', 'alphabet_size': 10, 'train_max_length': 4},
+     ['associative_recall', 'length 20', 'alphabet_size=10']),
+    ({'name': 'associative_recall', 'alphabet_size': 3, 'train_max_length': 4,
+      'eval_lengths': (2,)}, ['train_max_length', 'alphabet_size=3']),
+    ({'train_max_length': 40}, ['train.seq_len >= 81', 'train_max_length']),
+    ({'train_min_length': 5, 'train_max_length': 4}, ['train_min_length=5']),
+    ({'eval_lengths': (3, 0)}, ['eval_lengths']),
+    ({'eval_examples': 0}, ['eval_examples']),
+    ({'name': 'passkey', 'depths': (0.5, 1.5)}, ['depths']),
+])
+def test_check_messages(change, words):
+  c = _config('copy')
+  c.train.seq_len = 64
+  for key, value in change.items():
+    c.task[key] = value
+  msg = tasks.check(c)
+  assert msg is not None
+  for word in words:
+    assert word in msg, msg
+
+
+def _oracle(name, tc, shift=0):
+  """apply_fn giving one-hot logits of the true next token (+ shift)."""
+  def next_tokens(tokens):
+    tokens = np.asarray(tokens)
+    out = np.full(tokens.shape, EOD, np.int32)
+    for i, row in enumerate(tokens):
+      ids = list(row)
+      ids = ids[:ids.index(EOD)] if EOD in ids else ids
+      text = tokenizer.decode(ids)
+      if '=' not in text and QUESTION not in text:
+        continue  # a padding row
+      prompt, _ = _split(text)
+      seq = list(tokenizer.encode(prompt + _solve(name, prompt, tc))) + [EOD]
+      m = min(len(seq) - 1, out.shape[1])
+      out[i, :m] = seq[1:m + 1]
+    return (out + shift) % tokenizer.VOCAB_SIZE
+
+  def apply_fn(params, tokens, positions):
+    del params, positions
+    nxt = jax.pure_callback(
+        next_tokens, jax.ShapeDtypeStruct(tokens.shape, jnp.int32), tokens)
+    return jax.nn.one_hot(nxt, tokenizer.VOCAB_SIZE) * 30.0
+  return apply_fn
+
+
+@pytest.mark.parametrize('name', ['reverse', 'binary_addition', 'passkey'])
+def test_evaluate_task_oracle_and_wrong(name):
+  c = _config(name, eval_examples=5)
+  c.eval.batch_tokens = 2 * tasks.sequence_length(c.task, 3)  # chunks, pads
+  lengths = [1, 2, 3, 7]
+  r = task_eval.evaluate_task(c, _oracle(name, c.task), None, lengths=lengths)
+  assert r['kind'] == 'task' and r['task'] == name
+  assert r['train_length'] == c.task.train_max_length
+  assert [x['length'] for x in r['results']] == lengths
+  depths = len(c.task.depths) if name == 'passkey' else 1
+  for x in r['results']:
+    assert x['accuracy'] == 1.0 and x['token_accuracy'] == 1.0
+    assert x['loss'] < 1e-3 and x['examples'] == 5 * depths
+  bad = task_eval.evaluate_task(c, _oracle(name, c.task, shift=1), None,
+                                lengths=lengths)
+  for x in bad['results']:
+    assert x['accuracy'] == 0.0 and x['token_accuracy'] == 0.0
+  if name == 'passkey':
+    pk = r['passkey']
+    assert pk['lengths'] == lengths and pk['depths'] == list(c.task.depths)
+    assert np.array(pk['accuracy']).shape == (len(c.task.depths),
+                                              len(lengths))
+    assert np.all(np.array(pk['accuracy']) == 1.0)
+  else:
+    assert 'passkey' not in r
+
+
+def test_table_and_plots(tmp_path):
+  c = _config('passkey', eval_examples=2, depths=(0.0, 1.0))
+  r = task_eval.evaluate_task(c, _oracle('passkey', c.task), None,
+                              lengths=[1, 2, 4])
+  table = task_eval.format_task_table(r)
+  assert '| 4 |' in table and 'depth' in table and '1.000' in table
+  task_eval.plot_accuracy_vs_length([r, r], str(tmp_path / 'acc.png'))
+  task_eval.plot_passkey_heatmap(r, str(tmp_path / 'heat.png'))
+  assert os.path.getsize(tmp_path / 'acc.png') > 1000
+  assert os.path.getsize(tmp_path / 'heat.png') > 1000
