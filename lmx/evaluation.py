@@ -182,8 +182,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   and attention diagnostics; a task run gets accuracy against length (and
   the passkey grid), see ``evaluate_task_run``.
   """
+  _check_same_task(config, workdir)  # first: the clearest message
   config_lib.validate(config)
-  _check_same_task(config, workdir)
   if config.task.name:
     return evaluate_task_run(config, workdir, lengths, out_dir, plots, step)
   run_lengths, skipped = config_lib.eval_lengths(config, lengths)

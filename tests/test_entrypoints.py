@@ -180,3 +180,43 @@ def test_own_text_folder_and_a_length_longer_than_its_validation_text(
              check=False)
   assert proc.returncode == 2 and 'too few' in proc.stderr
   assert 'Traceback' not in proc.stderr
+
+
+def test_a_task_run_trains_and_evaluates_accuracy_by_length(tmp_path):
+  workdir = str(tmp_path / 'reverse')
+  run('train.py', '--config=configs/tasks/reverse.py:size=tiny',
+      f'--workdir={workdir}', '--config.positions.train=randomized',
+      '--config.train.steps=3', '--progress=false')
+  proc = run('eval.py', f'--workdir={workdir}')
+  with open(os.path.join(workdir, 'eval', 'results.json')) as f:
+    results = json.load(f)
+  assert results['kind'] == 'task' and results['task'] == 'reverse'
+  assert results['eval_sampling'] == 'randomized'
+  lengths = [r['length'] for r in results['results']]
+  assert lengths == list(range(1, 5 * results['train_length'] + 1))
+  assert all(0.0 <= r['accuracy'] <= r['token_accuracy'] <= 1.0
+             for r in results['results'])
+  with open(os.path.join(workdir, 'eval', 'accuracy_vs_length.png'),
+            'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  assert 'exact match' in proc.stdout
+  # A metric that does not fit the run's data is refused, naming both.
+  proc = run('eval.py', f'--workdir={workdir}', '--config.task.name=passkey',
+             check=False)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert "trained on the 'reverse' task" in proc.stderr
+  assert "'passkey' task" in proc.stderr
+
+
+def test_passkey_writes_a_depth_by_length_heatmap(tmp_path):
+  workdir = str(tmp_path / 'passkey')
+  run('train.py', '--config=configs/tasks/passkey.py:size=tiny',
+      f'--workdir={workdir}', '--config.train.steps=2', '--progress=false')
+  run('eval.py', f'--workdir={workdir}', '--lengths=1,4')
+  with open(os.path.join(workdir, 'eval', 'results.json')) as f:
+    grid = json.load(f)['passkey']
+  assert grid['lengths'] == [1, 4]
+  assert len(grid['accuracy']) == len(grid['depths']) == 5
+  assert all(len(row) == 2 for row in grid['accuracy'])
+  with open(os.path.join(workdir, 'eval', 'passkey_heatmap.png'), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'

@@ -8,7 +8,11 @@
 Every task config ``configs/tasks/<task>.py`` x every encoding in
 lmx.positions.REGISTRY x {contiguous, randomized} training positions, one
 seed. The argument is passed to every member's config (``size=tiny``),
-except ``tasks=a+b`` (default: TASKS) and ``seeds=N`` (default 1).
+except ``tasks=a+b`` (default: TASKS), ``encodings=a+b`` (default: all)
+and ``seeds=N`` (default 1), which narrow the sweep:
+
+    python sweep.py --sweep=configs/sweeps/tasks.py:tasks=reverse,encodings=none+alibi+rope \
+        --dir=runs/sweeps/reverse
 Members are named ``<task>-<encoding>-<sampling>`` (plus ``-s<seed>`` with
 more than one seed).
 """
@@ -24,13 +28,14 @@ TASKS = ('copy', 'reverse', 'duplicate_string', 'sort', 'parity',
 def get_sweep(arg=None):
   args = base.parse_arg(arg)
   tasks = args.pop('tasks', '+'.join(TASKS)).split('+')
+  encodings = args.pop('encodings', '+'.join(positions.REGISTRY)).split('+')
   seeds = int(args.pop('seeds', 1))
   size = ':' + ','.join(f'{k}={v}' for k, v in args.items()) if args else ''
   return {
       'config': f'configs/tasks/{tasks[0]}.py{size}',
       'product': {
           'config': [f'configs/tasks/{t}.py{size}' for t in tasks],
-          'model.position': list(positions.REGISTRY),
+          'model.position': encodings,
           'positions.train': ['contiguous', 'randomized'],
           'seed': list(range(seeds)),
       },
