@@ -327,10 +327,15 @@ def pyplot():
   return plt
 
 
-def length_axis(ax, lengths) -> None:
-  """A log2 length axis labelled with the plain lengths."""
+def length_axis(ax, lengths, max_ticks: int = 12) -> None:
+  """A log2 length axis labelled with the plain lengths (powers of two and
+  the ends when there are more than ``max_ticks``)."""
   ax.set_xscale('log', base=2)
   ticks = sorted(set(lengths))
+  if len(ticks) > max_ticks:
+    ends = {ticks[0], ticks[-1]}
+    powers = {t for t in ticks if t & (t - 1) == 0}
+    ticks = sorted(ends | powers)
   ax.set_xticks(ticks)
   ax.set_xticklabels([str(t) for t in ticks])
   ax.minorticks_off()

@@ -234,14 +234,36 @@ def _seeds(g) -> str:
   return ','.join(map(str, g['seeds'])) if g['seeds'] else '-'
 
 
-def _md_table(groups, labels, metric, rows='results', ratio=False) -> str:
+def _columns(lengths: list[int], train_length: int, limit: int = 12
+             ) -> list[int]:
+  """All lengths when there are few; otherwise the first, the last and
+  those nearest 0.5, 1, 1.25, 1.5, 2, 3, 4, 5, 8 and 16 x the training
+  length (the CSV keeps every length)."""
+  if len(lengths) <= limit:
+    return lengths
+  picks = {lengths[0], lengths[-1]}
+  for m in (0.5, 1, 1.25, 1.5, 2, 3, 4, 5, 8, 16):
+    target = m * train_length
+    if lengths[0] <= target <= lengths[-1]:
+      picks.add(min(lengths, key=lambda n, t=target: abs(n - t)))
+  return sorted(picks)
+
+
+def _md_table(groups, labels, metric, rows='results', ratio=False,
+              split=False) -> str:
+  """Mean ± std per group and length. ``ratio``: the 8x / 1x column;
+  ``split``: mean over lengths up to the training length and beyond it."""
   stats = [{s['length']: s for s in aggregate(g, metric, rows)}
            for g in groups]
   lengths = sorted({length for s in stats for length in s})
   one_t = len({g['train_length'] for g in groups}) == 1
+  if one_t:
+    lengths = _columns(lengths, groups[0]['train_length'])
   head = ['group', 'train length', 'seeds'] + [
       f'{n} ({_mult(n, groups[0]["train_length"])})' if one_t else str(n)
       for n in lengths]
+  if split:
+    head += ['mean <= train', 'mean > train']
   if ratio:
     head.append('8x / 1x')
   lines = ['| ' + ' | '.join(head) + ' |',
@@ -249,6 +271,11 @@ def _md_table(groups, labels, metric, rows='results', ratio=False) -> str:
   for g, l, s in zip(groups, labels, stats):
     cells = [l, str(g['train_length']), _seeds(g)]
     cells += [_cell(s.get(n)) for n in lengths]
+    if split:
+      t = g['train_length']
+      for inside in (True, False):
+        means = [v['mean'] for n, v in s.items() if (n <= t) == inside]
+        cells.append(f'{sum(means) / len(means):.3f}' if means else 'n/a')
     if ratio:
       t = g['train_length']
       cells.append(f'{s[8 * t]["mean"] / s[t]["mean"]:.2f}'
@@ -283,13 +310,14 @@ def _curves(ax, groups, labels, metric, rows='results', linestyle='-',
   return lengths
 
 
-def _finish_length_plot(fig, ax, groups, lengths, ylabel, title, path):
+def _finish_length_plot(fig, ax, groups, lengths, ylabel, title, path,
+                        unit='tokens'):
   from lmx import evaluation  # pylint: disable=g-import-not-at-top
   plt = evaluation.pyplot()
   for t in sorted({g['train_length'] for g in groups}):
     ax.axvline(t, color='gray', linestyle='--', linewidth=1)
   evaluation.length_axis(ax, lengths)
-  ax.set_xlabel('evaluation length (tokens, log scale); dashed vertical: '
+  ax.set_xlabel(f'evaluation length ({unit}, log scale); dashed vertical: '
                 'training length')
   ax.set_ylabel(ylabel)
   ax.set_title(title, fontsize=10)
@@ -329,7 +357,8 @@ def plot_task(groups, labels, task: str, path: str) -> None:
   ax.set_ylim(-0.02, 1.02)
   _finish_length_plot(fig, ax, groups, lengths, 'accuracy (whole answer)',
                       f'{task}: accuracy against length '
-                      f'({_band_note(groups)})', path)
+                      f'({_band_note(groups)})', path,
+                      unit='task length n')
 
 
 def plot_passkey(g: dict, title: str, path: str) -> None:
@@ -437,7 +466,10 @@ def write(workdirs, out_dir: str, title: str = 'sweep') -> list[str]:
     plot_task(tg, labels, task, os.path.join(out_dir, png))
     written.append(png)
     md += [f'## Task {task}: accuracy against length', '',
-           _md_table(tg, labels, 'accuracy'), '', f'![{task}]({png})', '']
+           'Teacher-forced exact match; the columns are a selection of '
+           'lengths (report.csv has all of them).', '',
+           _md_table(tg, labels, 'accuracy', split=True), '',
+           f'![{task}]({png})', '']
     for g, l in zip(tg, labels):
       if passkey_mean(g):
         png = f'passkey_{_slug(task)}_{_slug(l)}.png'
@@ -455,10 +487,16 @@ def write(workdirs, out_dir: str, title: str = 'sweep') -> list[str]:
     md += [table(lm_runs), '']
   for r in runs:
     if r['kind'] == 'task':
-      acc = ' '.join(f'{x["length"]}:{x["accuracy"]:.3f}'
-                     for x in r['results'])
+      t = r['train_length']
+      parts = []
+      for inside, what in ((True, f'<= {t}'), (False, f'> {t}')):
+        acc = [x['accuracy'] for x in r['results']
+               if (x['length'] <= t) == inside]
+        if acc:
+          parts.append(f'mean accuracy at lengths {what}: '
+                       f'{sum(acc) / len(acc):.3f}')
       md.append(f'- {r["name"]}: {r.get("task")} {label(r)}, seed '
-                f'{r["seed"]}: accuracy {acc}')
+                f'{r["seed"]}; {"; ".join(parts)}')
   md.append('')
 
   with open(os.path.join(out_dir, 'report.md'), 'w') as f:
