@@ -357,42 +357,6 @@ def is_done(workdir: str) -> bool:
           and os.path.getmtime(results) >= ckpt)
 
 
-def data_config(member: Member, train_args: Sequence[str] = ()):
-  """The member's config.data, with its overrides and --train_args."""
-  data = copy.deepcopy(load_config(member.config).data)
-  for key, value in {**member.overrides,
-                     **parse_config_args(train_args)}.items():
-    if key.startswith('data.') and key[5:] in data:
-      old = data[key[5:]]
-      data[key[5:]] = type(old)(value) if isinstance(old, (int, float)) and \
-          isinstance(value, str) else value
-  return data
-
-
-def prepare_data(members: Sequence[Member], train_args: Sequence[str] = (),
-                 say: Callable[[str], None] = print) -> None:
-  """Builds each local dataset the members read, once, before they run in
-  parallel: concurrent first-time builds of one tfds dataset race."""
-  seen = set()
-  for m in members:
-    try:
-      data = data_config(m, train_args)
-      key = (data.source, os.path.expanduser(data.cache_dir),
-             data.validation_fraction)
-    except (AttributeError, KeyError, TypeError, ValueError, SweepError):
-      continue  # not a corpus config; the member reports its own problems
-    if key in seen or str(data.source).startswith('tfds:'):
-      continue
-    seen.add(key)
-    say(f'Preparing the dataset {data.source!r} in {data.cache_dir} '
-        '(once for all members).')
-    from lmx.data import corpus  # pylint: disable=g-import-not-at-top
-    try:
-      corpus.build_local(*key)
-    except (corpus.DataError, OSError, ValueError, RuntimeError) as e:
-      say(f'Could not prepare it ({e}); each member reports it in its log.')
-
-
 @dataclasses.dataclass
 class Outcome:
   member: Member
@@ -487,9 +451,8 @@ class Runner:
   def run(self, members: Sequence[Member]) -> list[Outcome]:
     """Runs every member; returns their outcomes in order."""
     n = len(members)
-    todo = [m for m in members if not is_done(m.workdir)]
-    if self.parallel > 1 and len(todo) > 1:
-      prepare_data(todo, self.train_args, self.say)
+    # Members starting together prepare a shared dataset once: a file lock
+    # in lmx.data.corpus.build_local makes the others wait for it.
     with futures.ThreadPoolExecutor(self.parallel) as pool:
       jobs = [pool.submit(self.run_member, m, f'[{i + 1}/{n}]')
               for i, m in enumerate(members)]
