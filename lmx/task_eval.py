@@ -10,6 +10,11 @@ argmax of the logits equals the target at every answer token (the answer
 and its closing EOD). ``token_accuracy`` is the fraction of answer tokens
 right, ``loss`` the mean cross-entropy (nats) over answer tokens.
 
+Exact match so defined equals that of greedy decoding: when every
+teacher-forced argmax is right, greedy decoding sees the true prefix at each
+step and emits the same tokens; when greedy decoding is right, its prefixes
+were the true ones. (Token accuracy has no such equivalence.)
+
 Positions follow ``config.positions.eval`` ('train' = the training
 sampling), drawn per length from the same seed.
 """
