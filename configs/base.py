@@ -49,6 +49,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = 'base'
   c.seed = 0
+  # Fine-tuning: start from the parameters (not the optimizer) of another
+  # run's checkpoint, e.g. at a longer train.seq_len or with a RoPE scaling.
+  # Ignored once this run has checkpoints of its own (it then resumes).
+  c.init_from = ''           # that run's --workdir
+  c.init_from_step = 0       # its checkpoint step; 0 = the latest
+  c.init_interpolate = False  # resize position tables that differ in length
 
   c.data = ml_collections.ConfigDict()
   # 'stdlib' (this interpreter's standard library), a folder or glob of text

@@ -58,6 +58,9 @@ FIELDS_ADDED_LATER = {
     'eval.sliding_stride': 0,
     'eval.diagnostics_windows': 2,
     'task.name': '',
+    'init_from': '',
+    'init_from_step': 0,
+    'init_interpolate': False,
 }
 
 

@@ -118,6 +118,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f'Unknown position encoding {m.position!r} in config.model.position. '
         f'Valid names: {", ".join(sorted(positions.REGISTRY))}.')
   _int(config, 'seed', 0)
+  _require(isinstance(_get(config, 'init_from'), str),
+           'config.init_from must be the --workdir of a trained run, or \'\'.')
+  _int(config, 'init_from_step', 0)
+  _require(isinstance(_get(config, 'init_interpolate'), bool),
+           'config.init_interpolate must be True or False.')
   for field in ('d_model', 'num_layers', 'num_heads', 'mlp_dim', 'vocab_size'):
     _int(config, f'model.{field}', 1)
   _require(m.d_model % m.num_heads == 0,

@@ -29,6 +29,7 @@ from lmx import checkpoint
 from lmx import config as config_lib
 from lmx import metrics as metrics_lib
 from lmx import model as model_lib
+from lmx import positions
 from lmx.data import corpus, tasks, windows
 
 log = logging.getLogger('lmx')
@@ -127,6 +128,86 @@ def make_train_step(graphdef, tx, config) -> Callable:
                        'finite': finite}
 
   return jax.jit(train_step, donate_argnums=0)
+
+
+def _param_paths(tree) -> dict[tuple, object]:
+  """``{path of keys: leaf}`` of a nested dict of parameters."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {tuple(getattr(k, 'key', getattr(k, 'idx', k)) for k in path): leaf
+          for path, leaf in flat}
+
+
+def _position_param(path: tuple) -> bool:
+  return 'position' in path
+
+
+def params_from_run(config: ml_collections.ConfigDict, target_params) -> dict:
+  """Parameters for a fine-tuning run, from ``config.init_from``'s checkpoint.
+
+  Only the parameters are taken: the optimizer starts afresh and the step
+  at 0. Every parameter must have the same shape in both models, except
+  position tables of another length, which ``config.init_interpolate``
+  resizes through the encoding's ``resize``. Anything else is a ConfigError
+  that names the parameter, before anything is loaded or compiled.
+  """
+  source = config.init_from
+  try:
+    src_config = checkpoint.read_config(source)
+    step = checkpoint.require_checkpoint(source, config.init_from_step or None)
+  except checkpoint.CheckpointError as e:
+    raise checkpoint.CheckpointError(
+        f'config.init_from={source!r} must name the --workdir of a trained '
+        f'run: {e}') from None
+  _, src_target = abstract_state(src_config)
+  have = _param_paths(src_target['params'])
+  want = _param_paths(target_params)
+  encoding = positions.get_encoding(config.model.position)
+  fix = ('Only lengths, position sampling, RoPE scaling and training '
+         'settings may differ from the run in config.init_from; start from '
+         'scratch (config.init_from=\'\') to change the model.')
+  missing = sorted(set(want) - set(have))
+  extra = sorted(set(have) - set(want))
+  if missing or extra:
+    name = lambda p: '/'.join(map(str, p))
+    parts = ([f'missing there: {", ".join(map(name, missing[:4]))}']
+             if missing else []) + (
+                 [f'not used here: {", ".join(map(name, extra[:4]))}']
+                 if extra else [])
+    raise config_lib.ConfigError(
+        f'config.init_from={source!r} holds a {src_config.model.position!r} '
+        f'model whose parameters differ from this '
+        f'{config.model.position!r} model ({"; ".join(parts)}). {fix}')
+  resize = {}
+  for path, leaf in want.items():
+    old = have[path]
+    if old.shape == leaf.shape:
+      continue
+    where = '/'.join(map(str, path))
+    can = _position_param(path) and encoding.resize(
+        path[-1], np.zeros(old.shape, np.float32), leaf.shape) is not None
+    if can and config.init_interpolate:
+      resize[path] = leaf.shape
+      continue
+    hint = (f'Set --config.init_interpolate=True to stretch it to '
+            f'{leaf.shape} by interpolation, or match '
+            f'{encoding.bound_setting() or "the model config"} to the source '
+            'run.' if can else fix)
+    raise config_lib.ConfigError(
+        f'Parameter {where} has shape {old.shape} in config.init_from='
+        f'{source!r} (step {step}) but {leaf.shape} here. {hint}')
+  params = checkpoint.load(source, step, src_target)['params']
+  if resize:
+    def adapt(path, leaf):
+      key = tuple(getattr(k, 'key', getattr(k, 'idx', k)) for k in path)
+      if key not in resize:
+        return leaf
+      return jnp.asarray(encoding.resize(key[-1], np.asarray(leaf),
+                                         resize[key]))
+    params = jax.tree_util.tree_map_with_path(adapt, params)
+  print(f'Initialised from the parameters of {source} at step {step}'
+        + (f' ({len(resize)} position table(s) resized)' if resize else '')
+        + '; the optimizer starts afresh.')
+  return params
 
 
 class TrainingInterrupted(Exception):
@@ -232,6 +313,10 @@ def _train(config, workdir, progress) -> dict:
     start, state, meta = found
     log.info('Resuming %s from step %d.', workdir, start)
     print(f'Resuming from the checkpoint at step {start} in {workdir}.')
+  elif config.init_from:
+    params = params_from_run(config, target['params'])
+    state = init_state(config, params, tx)
+    start, meta = 0, {}
   else:
     graphdef, params = init_model(config)
     state = init_state(config, params, tx)

@@ -31,6 +31,7 @@ from typing import ClassVar, Optional
 
 import jax
 import ml_collections
+import numpy as np
 from flax import nnx
 
 
@@ -62,6 +63,15 @@ class PositionEncoding(nnx.Module):
   def bound_setting(cls) -> str:
     """Name of the config field that sets ``max_positions``, for messages."""
     return ''
+
+  @classmethod
+  def resize(cls, name: str, value: np.ndarray,
+             shape: tuple[int, ...]) -> Optional[np.ndarray]:
+    """Parameter ``name`` of this encoding resized to ``shape``, for
+    fine-tuning a checkpoint at another length (``config.init_interpolate``),
+    or None if it cannot be resized."""
+    del name, value, shape
+    return None
 
   def embed(self, x_BxTxD: jax.Array, positions_BxT: jax.Array) -> jax.Array:
     del positions_BxT

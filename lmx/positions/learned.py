@@ -8,6 +8,7 @@ have no row; asking for them is a configuration error that
 
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from lmx.positions.base import PositionEncoding
@@ -34,6 +35,21 @@ class Learned(PositionEncoding):
   @classmethod
   def bound_setting(cls):
     return 'config.model.learned.max_len'
+
+  @classmethod
+  def resize(cls, name, value, shape):
+    """The table stretched to ``shape[0]`` rows by linear interpolation, the
+    analogue of Position Interpolation (Chen et al. 2023) for a learned
+    table: new row ``r`` is the old table read at position
+    ``r * (old_len - 1) / (new_len - 1)``."""
+    if name != 'table' or value.ndim != 2 or value.shape[1] != shape[1]:
+      return None
+    old_len, new_len = value.shape[0], shape[0]
+    x = np.linspace(0.0, old_len - 1.0, new_len)
+    lo = np.floor(x).astype(int)
+    hi = np.minimum(lo + 1, old_len - 1)
+    frac = (x - lo)[:, None]
+    return ((1.0 - frac) * value[lo] + frac * value[hi]).astype(value.dtype)
 
   def embed(self, x_BxTxD, positions_BxT):
     pe_BxTxD = jnp.take(self.table[...], positions_BxT, axis=0)
