@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import ml_collections
 
 from lmx import positions
+from lmx.positions import rope_scaling
 from lmx.data import tasks
 
 
@@ -137,6 +138,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f'head dimension must be even, but d_model/num_heads = '
            f'{m.d_model}/{m.num_heads} = {head_dim}. Change config.model.'
            f'd_model or config.model.num_heads.')
+  problem = rope_scaling.check(m)
+  _require(problem is None, problem or '')
+  scaling = m.rope.get('scaling', 'none') if 'rope' in m else 'none'
+  _require(scaling == 'none' or m.position == 'rope',
+           f'config.model.rope.scaling={scaling!r} rescales RoPE frequencies, '
+           f'but this model uses the {m.position!r} encoding. Set '
+           "config.model.rope.scaling='none', or use config.model.position="
+           "'rope'.")
   _require(not (m.position == 'sinusoidal' and m.d_model % 2),
            f'sinusoidal needs an even config.model.d_model, got {m.d_model}.')
   _require(m.vocab_size >= 257,

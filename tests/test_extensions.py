@@ -1,0 +1,70 @@
+"""The comparison of RoPE extensions on one checkpoint (lmx.extensions)."""
+
+import json
+import os
+
+import pytest
+
+from lmx import config as config_lib
+from lmx import extensions, trainer
+
+
+@pytest.fixture(scope='module')
+def rope_run(tmp_path_factory, cache_dir):
+  from configs import base  # pylint: disable=g-import-not-at-top
+  c = base.get_config('size=tiny')
+  c.model.position = 'rope'
+  c.data.cache_dir = cache_dir
+  c.train.steps = 3
+  workdir = str(tmp_path_factory.mktemp('ext') / 'rope')
+  trainer.train(c, workdir, progress=False)
+  return workdir
+
+
+def test_every_method_at_every_length(rope_run, tmp_path):
+  out = str(tmp_path / 'out')
+  results = extensions.compare(rope_run, [16, 32], out)
+  loss = {(r['method'], r['length']): r['loss'] for r in results['results']}
+  assert set(m for m, _ in loss) == set(extensions.METHODS)
+  # At the training length every method is plain RoPE, to the bit.
+  assert len({loss[(m, 16)] for m in extensions.METHODS}) == 1
+  # Beyond it they change the model: interpolation differs from none, and
+  # dynamic NTK at a full window equals NTK with s = length / L.
+  assert loss[('linear', 32)] != loss[('none', 32)]
+  assert loss[('dynamic', 32)] == pytest.approx(loss[('ntk', 32)], rel=1e-6)
+  factors = {(r['method'], r['length']): r['factor']
+             for r in results['results']}
+  assert factors[('yarn', 32)] == 2.0 and factors[('yarn', 16)] == 1.0
+  with open(os.path.join(out, 'results.json')) as f:
+    assert json.load(f)['lengths'] == [16, 32]
+  with open(os.path.join(out, 'results.csv')) as f:
+    assert len(f.read().strip().splitlines()) == 1 + 2 * len(
+        extensions.METHODS)
+  with open(os.path.join(out, 'loss_vs_length.png'), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  assert '| yarn |' in extensions.format_table(results)
+
+
+def test_bad_requests_are_refused(rope_run, tmp_path, cache_dir):
+  with pytest.raises(config_lib.ConfigError, match='Unknown extension'):
+    extensions.compare(rope_run, [16], str(tmp_path), methods=['yarnn'])
+  from configs import base  # pylint: disable=g-import-not-at-top
+  c = base.get_config('size=tiny')
+  c.model.position = 'alibi'
+  c.data.cache_dir = cache_dir
+  c.train.steps = 2
+  workdir = str(tmp_path / 'alibi')
+  trainer.train(c, workdir, progress=False)
+  with pytest.raises(config_lib.ConfigError, match="'alibi' model"):
+    extensions.compare(workdir, [16], str(tmp_path / 'o'))
+
+
+def test_scaling_on_another_encoding_is_refused():
+  from configs import base  # pylint: disable=g-import-not-at-top
+  c = base.get_config('size=tiny')
+  c.model.position = 'alibi'
+  c.model.rope.scaling = 'linear'
+  c.model.rope.factor = 2.0
+  with pytest.raises(config_lib.ConfigError,
+                     match="rescales RoPE frequencies.*'alibi'"):
+    config_lib.validate(c)
