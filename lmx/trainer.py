@@ -394,7 +394,7 @@ class _Loop:
         'or set config.train.max_nonfinite_skips to skip such steps.')
 
   def run(self, step_fn, state, start: int) -> dict:
-    config, t = self.config, self.config.train
+    t = self.config.train
     tokens_per_step = t.batch_size * t.seq_len
     last, unchecked = {}, None
     self.last_saved = start or None
