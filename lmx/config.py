@@ -98,6 +98,13 @@ def _float(config, path: str, lo: Optional[float] = None,
   return value
 
 
+def _bool(config, path: str) -> bool:
+  value = _get(config, path)
+  _require(isinstance(value, bool),
+           f'config.{path} must be True or False, got {value!r}.')
+  return value
+
+
 def _choice(config, path: str, options: Sequence[str]) -> str:
   value = _get(config, path)
   _require(value in options,
@@ -122,8 +129,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(isinstance(_get(config, 'init_from'), str),
            'config.init_from must be the --workdir of a trained run, or \'\'.')
   _int(config, 'init_from_step', 0)
-  _require(isinstance(_get(config, 'init_interpolate'), bool),
-           'config.init_interpolate must be True or False.')
+  _bool(config, 'init_interpolate')
   for field in ('d_model', 'num_layers', 'num_heads', 'mlp_dim', 'vocab_size'):
     _int(config, f'model.{field}', 1)
   _require(m.d_model % m.num_heads == 0,
@@ -153,8 +159,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f'bytes plus the end-of-document token: use at least 257.')
   _choice(config, 'model.dtype', ('float32', 'bfloat16'))
   _float(config, 'model.dropout', 0.0, 1.0, hi_open=True)
-  _require(isinstance(_get(config, 'model.tie_embeddings'), bool),
-           'config.model.tie_embeddings must be True or False.')
+  _bool(config, 'model.tie_embeddings')
   if m.position == 'kerple':
     _choice(config, 'model.kerple.kernel', ('log', 'power'))
   if m.position == 't5':
@@ -208,8 +213,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _int(config, 'eval.tokens', 1)
   _int(config, 'eval.batch_tokens', 1)
   _int(config, 'eval.position_buckets', 1)
-  _require(isinstance(_get(config, 'eval.sliding'), bool),
-           'config.eval.sliding must be True or False.')
+  _bool(config, 'eval.sliding')
   _int(config, 'eval.sliding_stride', 0)
   _int(config, 'eval.diagnostics_windows', 0)
   for length in e.lengths:

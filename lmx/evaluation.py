@@ -229,10 +229,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
         min(config.eval.diagnostics_windows, longest['windows']))
   out_dir = out_dir or os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
-  _write_json(os.path.join(out_dir, 'results.json'), results)
-  _write_json(os.path.join(out_dir, 'per_position.json'), per_position)
+  write_json(os.path.join(out_dir, 'results.json'), results)
+  write_json(os.path.join(out_dir, 'per_position.json'), per_position)
   if diagnostics is not None:
-    _write_json(os.path.join(out_dir, 'attention.json'), diagnostics)
+    write_json(os.path.join(out_dir, 'attention.json'), diagnostics)
   if plots:
     plot_loss_vs_length(results, os.path.join(out_dir, 'loss_vs_length.png'))
     plot_per_position(per_position, config.model.position,
@@ -271,7 +271,6 @@ def evaluate_task_run(config: ml_collections.ConfigDict, workdir: str,
     raise config_lib.ConfigError(
         'No task length can be evaluated with this config: '
         + ' '.join(skipped.values()))
-  checkpoint.require_checkpoint(workdir, step)
   graphdef, params, step = load_params(config, workdir, step)
   results = task_eval.evaluate_task(config, trainer.apply_fn(graphdef), params,
                                     lengths=run_lengths)
@@ -279,7 +278,7 @@ def evaluate_task_run(config: ml_collections.ConfigDict, workdir: str,
                  skipped={str(k): v for k, v in skipped.items()})
   out_dir = out_dir or os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
-  _write_json(os.path.join(out_dir, 'results.json'), results)
+  write_json(os.path.join(out_dir, 'results.json'), results)
   if plots:
     task_eval.plot_accuracy_vs_length(
         results, os.path.join(out_dir, 'accuracy_vs_length.png'))
@@ -289,7 +288,7 @@ def evaluate_task_run(config: ml_collections.ConfigDict, workdir: str,
   return results
 
 
-def _write_json(path: str, data) -> None:
+def write_json(path: str, data) -> None:
   """Written whole or not at all: a reader never sees half a file."""
   with open(path + '.tmp', 'w') as f:
     json.dump(data, f, indent=2)

@@ -15,7 +15,6 @@ gets the scale factor ``s = n / L`` (``L`` the training length) relative to
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -77,14 +76,19 @@ def compare(workdir: str, lengths: Sequence[int] | None = None,
   for n in lengths:
     windows.eval_windows(stream, n, config.eval.tokens)
   _, params, step = evaluation.load_params(config, workdir, step)
-  rows = []
+  rows, done = [], {}
   for m in methods:
     for n in lengths:
       c = method_config(config, m, n)
-      graphdef, _ = trainer.abstract_model(c)
-      r = evaluation.loss_at_length(evaluation.make_loss_fn(graphdef), params,
-                                    c, stream, n)
-      rows.append({'method': m, 'length': n, 'factor': c.model.rope.factor,
+      rope = c.model.rope
+      # At n <= L the static methods are plain RoPE: computed once.
+      key = (rope.scaling, rope.factor, n)
+      if key not in done:
+        graphdef, _ = trainer.abstract_model(c)
+        done[key] = evaluation.loss_at_length(
+            evaluation.make_loss_fn(graphdef), params, c, stream, n)
+      r = done[key]
+      rows.append({'method': m, 'length': n, 'factor': rope.factor,
                    'loss': r['loss'], 'perplexity': r['perplexity'],
                    'bits_per_byte': r['bits_per_byte']})
       print(f'{m:>13} {n:>6}: loss {r["loss"]:.4f}', flush=True)
@@ -93,8 +97,7 @@ def compare(workdir: str, lengths: Sequence[int] | None = None,
              'lengths': lengths, 'results': rows}
   out_dir = out_dir or os.path.join(workdir, 'extensions')
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=2)
+  evaluation.write_json(os.path.join(out_dir, 'results.json'), results)
   with open(os.path.join(out_dir, 'results.csv'), 'w', newline='') as f:
     w = csv.DictWriter(f, list(rows[0]))
     w.writeheader()

@@ -362,28 +362,11 @@ def plot_task(groups, labels, task: str, path: str) -> None:
 
 
 def plot_passkey(g: dict, title: str, path: str) -> None:
-  from lmx import evaluation  # pylint: disable=g-import-not-at-top
-  plt = evaluation.pyplot()
+  """The group's passkey accuracy, averaged over seeds, as a heatmap."""
+  from lmx import task_eval  # pylint: disable=g-import-not-at-top
   lengths, depths, mean = passkey_mean(g)
-  fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 0.8 * len(lengths)),
-                                  max(3.5, 1.8 + 0.45 * len(depths))))
-  im = ax.imshow(mean, vmin=0, vmax=1, cmap='viridis', aspect='auto',
-                 origin='lower')
-  ax.set_xticks(range(len(lengths)))
-  ax.set_xticklabels([str(n) for n in lengths])
-  ax.set_yticks(range(len(depths)))
-  ax.set_yticklabels([f'{d:g}' for d in depths])
-  for i in range(len(depths)):
-    for j in range(len(lengths)):
-      ax.text(j, i, f'{mean[i][j]:.2f}', ha='center', va='center',
-              fontsize=7, color='white' if mean[i][j] < 0.5 else 'black')
-  ax.set_xlabel('context length (tokens)')
-  ax.set_ylabel('passkey depth')
-  ax.set_title(title, fontsize=9)
-  fig.colorbar(im, ax=ax, label='accuracy')
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  task_eval.draw_passkey_heatmap(lengths, depths, mean, title, path,
+                                 train_length=g['train_length'])
 
 
 CSV_FIELDS = ['kind', 'task', 'group', 'position', 'train_sampling',

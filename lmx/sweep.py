@@ -45,6 +45,8 @@ from collections.abc import Callable, Sequence
 from concurrent import futures
 from typing import Any
 
+from lmx import checkpoint
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECIAL_KEYS = ('config', 'name')
 SHORT = {'seed': 's'}          # field leaf -> prefix used in run names
@@ -336,17 +338,13 @@ def read_manifest(sweep_dir: str) -> dict:
 
 def latest_checkpoint_time(workdir: str) -> float | None:
   """The modification time of the newest finished checkpoint, or None."""
-  ckpt = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(ckpt):
+  step = checkpoint.latest_step(workdir)
+  if step is None:
     return None
-  steps = [n for n in os.listdir(ckpt) if n.isdigit()]
-  if not steps:
-    return None
-  step_dir = os.path.join(ckpt, max(steps, key=int))
-  times = [os.path.getmtime(step_dir)]
-  for name in os.listdir(step_dir):
-    times.append(os.path.getmtime(os.path.join(step_dir, name)))
-  return max(times)
+  step_dir = checkpoint.step_dir(workdir, step)
+  return max([os.path.getmtime(step_dir)] +
+             [os.path.getmtime(os.path.join(step_dir, name))
+              for name in os.listdir(step_dir)])
 
 
 def is_done(workdir: str) -> bool:

@@ -195,30 +195,41 @@ def plot_accuracy_vs_length(results, path: str) -> None:
 
 
 def plot_passkey_heatmap(results: dict, path: str) -> None:
-  """Passkey exact match: x = length, y = key depth, colour = accuracy."""
-  from lmx import evaluation  # pylint: disable=g-import-not-at-top
+  """Passkey exact match of one run: x = length, y = key depth."""
   pk = results['passkey']
-  acc = np.asarray(pk['accuracy'], np.float64)
+  draw_passkey_heatmap(pk['lengths'], pk['depths'], pk['accuracy'],
+                       f'passkey: exact match, {_label(results)}', path,
+                       train_length=results['train_length'])
+
+
+def draw_passkey_heatmap(lengths, depths, accuracy, title: str, path: str,
+                         train_length: int | None = None) -> None:
+  """A depth x length heatmap of accuracies (rows = depths), values written
+  in the cells and the longest training length marked when it is shown."""
+  from lmx import evaluation  # pylint: disable=g-import-not-at-top
+  acc = np.asarray(accuracy, np.float64)
   plt = evaluation.pyplot()
-  fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(pk['lengths']) + 2),
-                                  0.45 * len(pk['depths']) + 2))
+  fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(lengths) + 2),
+                                  0.45 * len(depths) + 2))
   im = ax.imshow(acc, vmin=0.0, vmax=1.0, cmap='viridis', aspect='auto',
                  origin='lower')
-  ax.set_xticks(range(len(pk['lengths'])))
-  ax.set_xticklabels([str(n) for n in pk['lengths']], fontsize=7)
-  ax.set_yticks(range(len(pk['depths'])))
-  ax.set_yticklabels([f'{d:g}' for d in pk['depths']])
+  ax.set_xticks(range(len(lengths)))
+  ax.set_xticklabels([str(n) for n in lengths], fontsize=7)
+  ax.set_yticks(range(len(depths)))
+  ax.set_yticklabels([f'{d:g}' for d in depths])
   for i in range(acc.shape[0]):
     for j in range(acc.shape[1]):
-      ax.text(j, i, f'{acc[i, j]:.1f}', ha='center', va='center', fontsize=6,
+      ax.text(j, i, f'{acc[i, j]:.2f}', ha='center', va='center', fontsize=6,
               color='white' if acc[i, j] < 0.5 else 'black')
-  train_len = results['train_length']
-  if train_len in pk['lengths']:
-    ax.axvline(pk['lengths'].index(train_len) + 0.5, color='red',
-               linestyle='--', linewidth=1)
-  ax.set_xlabel(f'length (filler sentences; trained up to {train_len})')
+  trained = ''
+  if train_length is not None:
+    trained = f'; trained up to {train_length}'
+    if train_length in list(lengths):
+      ax.axvline(list(lengths).index(train_length) + 0.5, color='red',
+                 linestyle='--', linewidth=1)
+  ax.set_xlabel(f'length (filler sentences{trained})')
   ax.set_ylabel('depth of the key (0 = start)')
-  ax.set_title(f"passkey: exact match, {_label(results)}")
+  ax.set_title(title, fontsize=9)
   fig.colorbar(im, ax=ax, label='exact-match accuracy')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
