@@ -43,6 +43,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from lmx import positions
+
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
 CORRUPT_DIR = 'checkpoints_corrupt'
@@ -401,6 +403,14 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     for p in parents:
       node = node.setdefault(p, {})
     node.setdefault(leaf, value)
+  # An encoding's settings added since the run was saved take their
+  # defaults, which leave the encoding as it was (e.g. rope.scaling='none'),
+  # and can then be overridden on the command line like any field.
+  model = saved.setdefault('model', {})
+  for name, encoding in positions.REGISTRY.items():
+    section = model.setdefault(name, {})
+    for key, value in encoding.default_config().to_dict().items():
+      section.setdefault(key, value)
   return ml_collections.ConfigDict(saved)
 
 

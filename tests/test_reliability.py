@@ -490,10 +490,15 @@ def test_configs_saved_before_new_fields_still_load(tmp_path):
   saved = json.loads(c.to_json())
   del saved['train']['on_corrupt_checkpoint']
   del saved['train']['max_nonfinite_skips']
+  saved['model']['rope'] = {'theta': 500.0}  # before the scaling fields
   (tmp_path / checkpoint.CONFIG_FILE).write_text(json.dumps(saved))
   loaded = checkpoint.read_config(str(tmp_path))
   assert loaded.train.on_corrupt_checkpoint == 'previous'
   assert loaded.train.max_nonfinite_skips == 0
+  # An encoding's newer settings get defaults that keep it as it was; the
+  # saved ones are kept.
+  assert loaded.model.rope.scaling == 'none'
+  assert loaded.model.rope.theta == 500.0
 
 
 def test_eval_reads_a_config_saved_before_new_fields(short_run, tmp_path):

@@ -295,9 +295,11 @@ def check(config) -> str | None:
   limit = get_task(tc.name).limit(tc)
   longest = max([tc.train_max_length] + eval_lengths(tc))
   if limit is not None and longest > limit:
-    what = ('train_max_length' if tc.train_max_length > limit
-            else 'longest evaluation length')
-    return (f'{tc.name} length {longest} (config.task {what}) needs {longest} '
+    if tc.train_max_length > limit:
+      bad, what = tc.train_max_length, 'train_max_length'
+    else:
+      bad, what = longest, 'longest evaluation length'
+    return (f'{tc.name} length {bad} (config.task {what}) needs {bad} '
             f'distinct keys, but config.task.alphabet_size={tc.alphabet_size} '
             f'gives only {limit}. Raise alphabet_size (max {len(SYMBOLS)}) '
             'or use shorter lengths (task.eval_lengths / eval_multiple).')
