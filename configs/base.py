@@ -76,8 +76,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
   c.model.dtype = 'float32'
   c.model.tie_embeddings = False
+  # Attention backend (lmx.attention): auto | dense | chunked | cudnn. auto
+  # takes cudnn on a GPU when the dtype and the encoding allow it, dense up
+  # to chunk_threshold tokens and chunked (linear memory) beyond.
+  c.model.attention = 'auto'
+  c.model.attention_block = 512       # chunked: query and key tile length
+  c.model.chunk_threshold = 2048      # auto: chunked above this many keys
+  # ReRoPE (rotary encodings): distances from `window` on are computed as
+  # window + leak * (d - window); leak 0 clamps them at the window (ReRoPE),
+  # leak in (0, 1) is Leaky ReRoPE. window 0 = off.
+  c.model.rerope = ml_collections.ConfigDict({'window': 0, 'leak': 0.0})
+  # LM-Infinite (Han et al. 2023): each query sees the first n_global and
+  # the last n_local tokens (the Lambda-shaped mask; n_local 0 = off), and
+  # with distance_limit > 0 (the pretraining length) no distance beyond it.
+  c.model.lm_infinite = ml_collections.ConfigDict(
+      {'n_global': 0, 'n_local': 0, 'distance_limit': 0})
   for name, encoding in positions.REGISTRY.items():
     c.model[name] = encoding.default_config()
+
+  # The device mesh (lmx.sharding): sizes of the data, fsdp and tensor
+  # axes; -1 takes the devices the others leave. Batches are split over
+  # data x fsdp, parameters over fsdp (and tensor) by logical-axis rules.
+  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
 
   c.positions = ml_collections.ConfigDict()
   c.positions.train = 'contiguous'   # contiguous | randomized | shift

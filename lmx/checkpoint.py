@@ -27,6 +27,7 @@ Safety, on top of what orbax gives:
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import fcntl
 import gc
@@ -63,6 +64,12 @@ FIELDS_ADDED_LATER = {
     'init_from': '',
     'init_from_step': 0,
     'init_interpolate': False,
+    'model.attention': 'auto',
+    'model.attention_block': 512,
+    'model.chunk_threshold': 2048,
+    'model.rerope': {'window': 0, 'leak': 0.0},
+    'model.lm_infinite': {'n_global': 0, 'n_local': 0, 'distance_limit': 0},
+    'mesh': {'data': -1, 'fsdp': 1, 'tensor': 1},
 }
 
 
@@ -402,7 +409,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     node = saved
     for p in parents:
       node = node.setdefault(p, {})
-    node.setdefault(leaf, value)
+    node.setdefault(leaf, copy.deepcopy(value))
   # An encoding's settings added since the run was saved take their
   # defaults, which leave the encoding as it was (e.g. rope.scaling='none'),
   # and can then be overridden on the command line like any field.
