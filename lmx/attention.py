@@ -1,16 +1,74 @@
-"""Attention: the dense reference backend and its causal mask.
+"""Attention backends, masks and distance clamps.
 
-Logits are computed and normalised in float32 whatever the compute dtype.
-Causality is a property of token order (index ``j <= i``), not of position
-values, so it holds for randomized and shifted positions alike.
+Three backends compute the same softmax attention:
+
+* ``dense``: the ``[B, H, T, S]`` logits are materialized. The reference.
+* ``chunked``: blockwise attention with an online softmax (the running max
+  and normaliser of Milakov & Gimelshein 2018, as in FlashAttention) in pure
+  JAX. The position bias and the mask are computed tile by tile from the
+  position and token-index arrays, so no ``T x S`` array ever exists, and
+  tiles the mask hides entirely are skipped, not computed: under the
+  Lambda-shaped mask each query block visits a fixed number of key tiles, so
+  the cost is O(T). Each query block is rematerialized in the backward pass,
+  so training memory is linear in T too.
+* ``cudnn``: ``jax.nn.dot_product_attention(implementation='cudnn')`` on a
+  GPU in bfloat16/float16; where it cannot run (another dtype, a distance
+  clamp, statistics wanted) the call falls back to the other backends and
+  says so once in the log.
+
+Logits and the softmax are float32 whatever the compute dtype. Causality is
+a property of token order (index ``j <= i``), never of position values, so
+it holds for randomized and shifted positions alike.
+
+Masks (``Mask``) are functions of token indices. Distance clamps (``Clamp``)
+are functions of positions: a pair at distance ``d >= window`` is scored as
+if it were at ``window + leak * (d - window)``. The far pairs are scored by a
+second *branch*: the same queries and keys, turned (and biased) by the
+encoding's own hooks at the far positions of ``Clamp.far_positions``. That
+is how ReRoPE, Leaky ReRoPE and LM-Infinite's distance limit act on any
+encoding through its position arrays.
 """
 
-from typing import Optional
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 NEG_INF = -1e30
+BACKENDS = ('auto', 'dense', 'chunked', 'cudnn')
+
+log = logging.getLogger('lmx')
+
+BiasFn = Callable[[jax.Array, jax.Array], Optional[jax.Array]]
+
+
+# --------------------------------------------------------------------- masks
+
+
+@dataclasses.dataclass(frozen=True)
+class Mask:
+  """Which keys a query sees, by token index (not by position value).
+
+  Causal: query ``i`` sees key ``j`` iff ``0 <= j <= i`` (a negative index
+  marks an empty cache slot or padding). With ``n_local > 0`` this is
+  LM-Infinite's Lambda-shaped mask (Han et al. 2023, Sec. 4): only the first
+  ``n_global`` tokens and the last ``n_local`` (``i - j < n_local``, the
+  query itself included) stay visible.
+  """
+
+  n_global: int = 0
+  n_local: int = 0
+
+  def __call__(self, q_idx_T: jax.Array, k_idx_S: jax.Array) -> jax.Array:
+    q, k = q_idx_T[:, None], k_idx_S[None, :]
+    visible_TxS = (k <= q) & (k >= 0)
+    if self.n_local:
+      visible_TxS &= (q - k < self.n_local) | (k < self.n_global)
+    return visible_TxS
 
 
 def causal_mask(q_len: int, k_len: int) -> jax.Array:
@@ -18,9 +76,68 @@ def causal_mask(q_len: int, k_len: int) -> jax.Array:
 
   With ``S > T`` the queries are the last ``T`` of the ``S`` keys.
   """
-  q_idx = jnp.arange(q_len)[:, None] + (k_len - q_len)
-  k_idx = jnp.arange(k_len)[None, :]
-  return k_idx <= q_idx
+  return Mask()(jnp.arange(q_len) + (k_len - q_len), jnp.arange(k_len))
+
+
+@dataclasses.dataclass(frozen=True)
+class Clamp:
+  """Distances ``d >= window`` are scored at ``window + leak * (d - window)``.
+
+  ``leak = 0`` clamps them at ``window``: ReRoPE (Su 2023) and LM-Infinite's
+  distance limit. ``0 < leak < 1`` is Leaky ReRoPE (the blog's ``1/k``).
+  """
+
+  window: int
+  leak: float = 0.0
+
+  def far_positions(self, q_pos_BxT: jax.Array, k_pos_BxS: jax.Array):
+    """Positions whose differences are the clamped distances.
+
+    ``q' - k' = window + leak * (q - k - window)``: with ``leak = 0`` every
+    query sits at ``window`` and every key at 0 (integers, so bias encodings
+    see exact distances); otherwise ``q' = leak*q + (1-leak)*window`` and
+    ``k' = leak*k`` (fractional: rotary encodings only).
+    """
+    if self.leak == 0.0:
+      return (jnp.full_like(q_pos_BxT, self.window), jnp.zeros_like(k_pos_BxS))
+    qf = q_pos_BxT.astype(jnp.float32) * self.leak + (
+        (1.0 - self.leak) * self.window)
+    return qf, k_pos_BxS.astype(jnp.float32) * self.leak
+
+
+class Branch(NamedTuple):
+  """Queries and keys as the encoding turned them, with their positions."""
+  q: jax.Array       # [B, T, H, K]
+  k: jax.Array       # [B, S, H, K]
+  q_pos: jax.Array   # [B, T]
+  k_pos: jax.Array   # [B, S]
+
+
+def _branch_logits(br: Branch, bias_fn: Optional[BiasFn], scale: float):
+  logits = jnp.einsum('bthk,bshk->bhts', br.q, br.k,
+                      preferred_element_type=jnp.float32) * scale
+  if bias_fn is not None:
+    bias = bias_fn(br.q_pos, br.k_pos)
+    if bias is not None:
+      logits = logits + bias.astype(jnp.float32)
+  return logits
+
+
+def scores(near: Branch, far: Optional[Branch], window: int,
+           bias_fn: Optional[BiasFn]) -> jax.Array:
+  """Unmasked float32 logits ``[B, H, T, S]``: the near branch, and the far
+  branch wherever the (near) distance reaches ``window``."""
+  scale = near.q.shape[-1] ** -0.5
+  logits = _branch_logits(near, bias_fn, scale)
+  if far is not None:
+    far_logits = _branch_logits(far, bias_fn, scale)
+    dist_BxTxS = (near.q_pos[:, :, None].astype(jnp.float32)
+                  - near.k_pos[:, None, :].astype(jnp.float32))
+    logits = jnp.where((dist_BxTxS >= window)[:, None], far_logits, logits)
+  return logits
+
+
+# -------------------------------------------------------------------- dense
 
 
 def attention_logits(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array,
@@ -53,6 +170,207 @@ def dense_attention(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array,
                 v_BxSxHxK)
 
 
+# ------------------------------------------------------------------ chunked
+
+
+def _cdiv(a: int, b: int) -> int:
+  return -(-a // b)
+
+
+def _pad(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
+  extra = size - x.shape[axis]
+  if extra == 0:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, extra)
+  return jnp.pad(x, widths, constant_values=value)
+
+
+def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
+                      bias_fn: Optional[BiasFn] = None, mask: Mask = Mask(),
+                      far: Optional[Branch] = None, window: int = 0,
+                      block_q: int = 512, block_k: int = 512) -> jax.Array:
+  """Blockwise attention with an online softmax; equals the dense backend.
+
+  Queries are the last ``T`` of the ``S`` keys (token indices
+  ``S - T .. S - 1`` against ``0 .. S - 1``). Any length works: the arrays
+  are padded to whole tiles, padded keys are masked and padded queries
+  dropped. Returns ``[B, T, H, K]`` in ``v``'s dtype.
+  """
+  b, t, h, kd = near.q.shape
+  s = near.k.shape[1]
+  bq, bk = min(block_q, t), min(block_k, s)
+  nq, nk = _cdiv(t, bq), _cdiv(s, bk)
+  offset = s - t
+  scale = kd ** -0.5
+
+  def pad_branch(br: Branch) -> Branch:
+    return Branch(_pad(br.q, 1, nq * bq), _pad(br.k, 1, nk * bk),
+                  _pad(br.q_pos, 1, nq * bq), _pad(br.k_pos, 1, nk * bk))
+
+  near_p = pad_branch(near)
+  far_p = pad_branch(far) if far is not None else None
+  v_p = _pad(v_BxSxHxK, 1, nk * bk)
+  k_idx_all = jnp.where(jnp.arange(nk * bk) < s, jnp.arange(nk * bk), -1)
+
+  # The key tiles a query block visits. Causal: every tile, those wholly in
+  # the future skipped. Lambda-shaped: the tiles holding the global tokens,
+  # then the few covering the local window, a number independent of S.
+  n_glob = _cdiv(mask.n_global, bk) if mask.n_local else 0
+  n_loc = _cdiv(bq + mask.n_local - 1, bk) + 1 if mask.n_local else 0
+  lam = bool(mask.n_local) and n_glob + n_loc < nk
+  n_iter = n_glob + n_loc if lam else nk
+
+  def tile_of(i, slot):
+    if not lam:
+      return slot
+    q_lo = i * bq + offset
+    first_local = jnp.maximum(q_lo - mask.n_local + 1, 0) // bk
+    return jnp.where(slot < n_glob, slot, first_local + slot - n_glob)
+
+  def tile_visible(i, slot, j):
+    q_lo = i * bq + offset
+    q_hi = q_lo + bq - 1
+    k_lo = j * bk
+    k_hi = k_lo + bk - 1
+    vis = (j < nk) & (k_lo <= q_hi)
+    if mask.n_local:
+      vis &= (k_lo < mask.n_global) | (k_hi > q_lo - mask.n_local)
+      if lam:  # a global tile is not visited again as a local one
+        vis &= (slot < n_glob) | (j >= n_glob)
+    return vis
+
+  def sl(x, start, size):
+    return jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
+
+  def q_block(i):
+    q0 = i * bq
+    q_idx = q0 + offset + jnp.arange(bq)
+    nq_t = Branch(sl(near_p.q, q0, bq), None, sl(near_p.q_pos, q0, bq), None)
+    fq_t = (Branch(sl(far_p.q, q0, bq), None, sl(far_p.q_pos, q0, bq), None)
+            if far_p is not None else None)
+
+    def compute(carry, j):
+      m, l, acc = carry
+      k0 = j * bk
+      tile = Branch(nq_t.q, sl(near_p.k, k0, bk), nq_t.q_pos,
+                    sl(near_p.k_pos, k0, bk))
+      far_tile = None
+      if fq_t is not None:
+        far_tile = Branch(fq_t.q, sl(far_p.k, k0, bk), fq_t.q_pos,
+                          sl(far_p.k_pos, k0, bk))
+      logits = (scores(tile, far_tile, window, bias_fn) if far_tile is not None
+                else _branch_logits(tile, bias_fn, scale))
+      visible = mask(q_idx, jax.lax.dynamic_slice_in_dim(k_idx_all, k0, bk))
+      logits = jnp.where(visible, logits, NEG_INF)
+      m_new = jnp.maximum(m, logits.max(axis=-1))
+      p = jnp.where(visible, jnp.exp(logits - m_new[..., None]), 0.0)
+      correction = jnp.exp(m - m_new)
+      l = l * correction + p.sum(axis=-1)
+      v_t = sl(v_p, k0, bk)
+      acc = acc * correction[..., None] + jnp.einsum(
+          'bhts,bshk->bhtk', p.astype(v_t.dtype), v_t,
+          preferred_element_type=jnp.float32)
+      return m_new, l, acc
+
+    def body(carry, slot):
+      j = tile_of(i, slot)
+      carry = jax.lax.cond(tile_visible(i, slot, j),
+                           lambda c: compute(c, j), lambda c: c, carry)
+      return carry, None
+
+    init = (jnp.full((b, h, bq), NEG_INF, jnp.float32),
+            jnp.zeros((b, h, bq), jnp.float32),
+            jnp.zeros((b, h, bq, kd), jnp.float32))
+    (_, l, acc), _ = jax.lax.scan(body, init, jnp.arange(n_iter))
+    out = acc / jnp.where(l > 0, l, 1.0)[..., None]
+    return jnp.transpose(out, (0, 2, 1, 3)).astype(v_BxSxHxK.dtype)
+
+  out_NxBxQxHxK = jax.lax.map(jax.checkpoint(q_block), jnp.arange(nq))
+  out = jnp.transpose(out_NxBxQxHxK, (1, 0, 2, 3, 4)).reshape(b, nq * bq, h, kd)
+  return out[:, :t]
+
+
+# --------------------------------------------------------------------- cudnn
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+  if message not in _warned:
+    _warned.add(message)
+    log.warning(message)
+
+
+def cudnn_unavailable(q_dtype, head_dim: int, far: bool) -> Optional[str]:
+  """Why the cuDNN kernel cannot take this call, or None if it can."""
+  if jax.default_backend() != 'gpu':
+    return f'the platform is {jax.default_backend()}, not gpu'
+  if q_dtype not in (jnp.bfloat16, jnp.float16):
+    return (f'it needs bfloat16 or float16, and config.model.dtype gives '
+            f'{jnp.dtype(q_dtype).name}')
+  if head_dim % 8 or head_dim > 128:
+    return f'it needs a head dimension <= 128 divisible by 8, not {head_dim}'
+  if far:
+    return 'a distance clamp (ReRoPE / LM-Infinite) needs two logit branches'
+  return None
+
+
+def cudnn_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask):
+  t, s = near.q.shape[1], near.k.shape[1]
+  bias = bias_fn(near.q_pos, near.k_pos) if bias_fn is not None else None
+  if bias is not None:
+    bias = bias.astype(near.q.dtype)
+  kw = {}
+  if mask.n_local or t != s:
+    kw['mask'] = mask(jnp.arange(t) + (s - t), jnp.arange(s))[None, None]
+  else:
+    kw['is_causal'] = True
+  return jax.nn.dot_product_attention(near.q, near.k, v, bias=bias,
+                                      implementation='cudnn', **kw)
+
+
+# ----------------------------------------------------------------- dispatch
+
+
+def choose_backend(requested: str, *, num_keys: int, q_dtype, head_dim: int,
+                   far: bool, threshold: int) -> str:
+  """The backend that runs: ``requested``, or for ``auto`` cudnn where it
+  can run, else dense up to ``threshold`` keys and chunked beyond. An
+  explicit ``cudnn`` that cannot take the call falls back (logged once)."""
+  if requested in ('auto', 'cudnn'):
+    why = cudnn_unavailable(q_dtype, head_dim, far)
+    if why is None:
+      return 'cudnn'
+    fallback = 'dense' if num_keys <= threshold else 'chunked'
+    if requested == 'cudnn':
+      _warn_once(f'cudnn attention cannot run here ({why}); using the '
+                 f'{fallback} backend instead.')
+    return fallback
+  return requested
+
+
+def attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
+              mask: Mask = Mask(), far: Optional[Branch] = None,
+              window: int = 0, backend: str = 'dense', block: int = 512,
+              threshold: int = 2048) -> jax.Array:
+  """Softmax attention of ``near`` (and ``far`` past ``window``) through the
+  chosen backend; queries are the last T of the S keys. ``[B, T, H, K]``."""
+  t, s = near.q.shape[1], near.k.shape[1]
+  backend = choose_backend(backend, num_keys=s, q_dtype=near.q.dtype,
+                           head_dim=near.q.shape[-1], far=far is not None,
+                           threshold=threshold)
+  if backend == 'cudnn':
+    return cudnn_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask)
+  if backend == 'chunked':
+    return chunked_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask,
+                             far=far, window=window, block_q=block,
+                             block_k=block)
+  logits = scores(near, far, window, bias_fn)
+  visible_TxS = mask(jnp.arange(t) + (s - t), jnp.arange(s))
+  return attend(jnp.where(visible_TxS, logits, NEG_INF), v_BxSxHxK)
+
+
 def attention_stats(logits_BxHxTxS: jax.Array,
                     mask_TxS: jax.Array) -> dict[str, jax.Array]:
   """Per query, two of LM-Infinite's out-of-distribution signals (Han et al.
@@ -70,3 +388,4 @@ def attention_stats(logits_BxHxTxS: jax.Array,
   entropy_BxT = -plogp.sum(axis=-1).mean(axis=1)
   max_logit_BxT = visible.max(axis=(1, 3))
   return {'entropy': entropy_BxT, 'max_logit': max_logit_BxT}
+

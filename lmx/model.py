@@ -10,7 +10,7 @@ gets one instance per block (the first also serves ``embed``), otherwise one
 instance is shared by the embedding and every block.
 """
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +30,24 @@ def _dropout(x, rate: float, key: Optional[jax.Array]):
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
+class LayerCache(NamedTuple):
+  """What one attention layer reads of the KV cache in a decoding call."""
+  k: jax.Array         # [B, C, H, K] cached keys, before the encoding turns them
+  v: jax.Array         # [B, C, H, K]
+  pos: jax.Array       # [B, C] their positions
+  idx: jax.Array       # [C] their token indices; -1 marks an empty slot
+  new_idx: jax.Array   # [T] token indices of this call's tokens
+  prefill: bool        # the cache is empty: attend over the new tokens only
+
+
 class Attention(nnx.Module):
-  """Multi-head causal self-attention that asks the encoding for q/k and bias."""
+  """Multi-head causal self-attention that asks the encoding for q/k and bias.
+
+  Keys are cached *before* the encoding turns them, with their positions, so
+  a decoding step asks the encoding exactly what a full forward pass asks:
+  every encoding (dynamic NTK and the distance clamps included) decodes
+  with the same logits as the full pass.
+  """
 
   def __init__(self, cfg: ml_collections.ConfigDict,
                position: positions_lib.PositionEncoding, *, rngs: nnx.Rngs):
@@ -41,25 +57,80 @@ class Attention(nnx.Module):
     self.qkv = nnx.Linear(d, 3 * d, use_bias=False, dtype=dtype, rngs=rngs)
     self.out = nnx.Linear(d, d, use_bias=False, dtype=dtype, rngs=rngs)
     self.position = position
+    self.backend = cfg.get('attention', 'auto')
+    self.block = int(cfg.get('attention_block', 512))
+    self.threshold = int(cfg.get('chunk_threshold', 2048))
+    self.mask = mask_from_config(cfg)
+    self.clamp = clamp_from_config(cfg)
     # Set by evaluation (lmx.evaluation.attention_diagnostics) to sow
     # attention statistics; training never pays for them.
     self.collect_stats = False
 
-  def __call__(self, x_BxTxD, positions_BxT):
+  def branches(self, q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS):
+    """The near branch (the encoding at the true positions) and, with a
+    distance clamp, the far branch at the clamped positions."""
+    qn, kn = self.position.rotate(q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS)
+    near = attention.Branch(qn, kn, q_pos_BxT, k_pos_BxS)
+    if self.clamp is None:
+      return near, None
+    qf_pos, kf_pos = self.clamp.far_positions(q_pos_BxT, k_pos_BxS)
+    qf, kf = self.position.rotate(q_BxTxHxK, k_BxSxHxK, qf_pos, kf_pos)
+    return near, attention.Branch(qf, kf, qf_pos, kf_pos)
+
+  def __call__(self, x_BxTxD, positions_BxT, cache: Optional[LayerCache] = None):
     b, t, _ = x_BxTxD.shape
     qkv = self.qkv(x_BxTxD).reshape(b, t, 3, self.num_heads, self.head_dim)
     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    q_BxTxHxK, k_BxTxHxK = self.position.rotate(q_BxTxHxK, k_BxTxHxK,
-                                                positions_BxT, positions_BxT)
-    bias = self.position.bias(positions_BxT, positions_BxT)
-    mask_TxT = attention.causal_mask(t, t)
-    logits_BxHxTxT = attention.attention_logits(q_BxTxHxK, k_BxTxHxK, bias,
-                                                mask_TxT)
-    if self.collect_stats:
-      self.sow(nnx.Intermediate, 'attention_stats',
-               attention.attention_stats(logits_BxHxTxT, mask_TxT))
-    out_BxTxHxK = attention.attend(logits_BxHxTxT, v_BxTxHxK)
-    return self.out(out_BxTxHxK.reshape(b, t, -1))
+    window = self.clamp.window if self.clamp is not None else 0
+    if cache is not None and not cache.prefill:
+      # A decoding step: the new queries against the cached keys and their
+      # own, masked by token index (dense: one row per new token).
+      k_all = jnp.concatenate([cache.k, k_BxTxHxK], axis=1)
+      v_all = jnp.concatenate([cache.v, v_BxTxHxK], axis=1)
+      k_pos = jnp.concatenate([cache.pos, positions_BxT], axis=1)
+      k_idx = jnp.concatenate([cache.idx, cache.new_idx])
+      near, far = self.branches(q_BxTxHxK, k_all, positions_BxT, k_pos)
+      logits = attention.scores(near, far, window, self.position.bias)
+      visible = self.mask(cache.new_idx, k_idx)
+      out_BxTxHxK = attention.attend(
+          jnp.where(visible, logits, attention.NEG_INF), v_all)
+    else:
+      near, far = self.branches(q_BxTxHxK, k_BxTxHxK, positions_BxT,
+                                positions_BxT)
+      if self.collect_stats:
+        logits = attention.scores(near, far, window, self.position.bias)
+        mask_TxT = self.mask(jnp.arange(t), jnp.arange(t))
+        logits = jnp.where(mask_TxT, logits, attention.NEG_INF)
+        self.sow(nnx.Intermediate, 'attention_stats',
+                 attention.attention_stats(logits, mask_TxT))
+        out_BxTxHxK = attention.attend(logits, v_BxTxHxK)
+      else:
+        out_BxTxHxK = attention.attention(
+            near, v_BxTxHxK, bias_fn=self.position.bias, mask=self.mask,
+            far=far, window=window, backend=self.backend, block=self.block,
+            threshold=self.threshold)
+    out = self.out(out_BxTxHxK.reshape(b, t, -1))
+    if cache is None:
+      return out
+    return out, (k_BxTxHxK, v_BxTxHxK)
+
+
+def mask_from_config(cfg: ml_collections.ConfigDict) -> attention.Mask:
+  """Causal, or LM-Infinite's Lambda-shaped mask (``cfg.lm_infinite``)."""
+  lm = cfg.get('lm_infinite') or {}
+  return attention.Mask(n_global=int(lm.get('n_global', 0)),
+                        n_local=int(lm.get('n_local', 0)))
+
+
+def clamp_from_config(cfg: ml_collections.ConfigDict) -> Optional[attention.Clamp]:
+  """ReRoPE's window (``cfg.rerope``) or LM-Infinite's distance limit."""
+  rerope = cfg.get('rerope') or {}
+  lm = cfg.get('lm_infinite') or {}
+  if int(rerope.get('window', 0)) > 0:
+    return attention.Clamp(int(rerope['window']), float(rerope.get('leak', 0.0)))
+  if int(lm.get('distance_limit', 0)) > 0 and int(lm.get('n_local', 0)) > 0:
+    return attention.Clamp(int(lm['distance_limit']), 0.0)
+  return None
 
 
 class Mlp(nnx.Module):
@@ -83,13 +154,18 @@ class Block(nnx.Module):
     self.mlp = Mlp(cfg, rngs=rngs)
     self.dropout = float(cfg.dropout)
 
-  def __call__(self, x_BxTxD, positions_BxT, key=None):
+  def __call__(self, x_BxTxD, positions_BxT, key=None, cache=None):
     k1 = k2 = None
     if key is not None:
       k1, k2 = jax.random.split(key)
-    x_BxTxD = x_BxTxD + _dropout(
-        self.attn(self.attn_norm(x_BxTxD), positions_BxT), self.dropout, k1)
-    return x_BxTxD + _dropout(self.mlp(self.mlp_norm(x_BxTxD)), self.dropout, k2)
+    attn = self.attn(self.attn_norm(x_BxTxD), positions_BxT, cache)
+    new_kv = None
+    if cache is not None:
+      attn, new_kv = attn
+    x_BxTxD = x_BxTxD + _dropout(attn, self.dropout, k1)
+    x_BxTxD = x_BxTxD + _dropout(self.mlp(self.mlp_norm(x_BxTxD)), self.dropout,
+                                 k2)
+    return x_BxTxD if cache is None else (x_BxTxD, new_kv)
 
 
 class Transformer(nnx.Module):
@@ -127,12 +203,83 @@ class Transformer(nnx.Module):
     x_BxTxD = _dropout(x_BxTxD, self.dropout, keys[-1])
     for block, key in zip(self.blocks, keys):
       x_BxTxD = block(x_BxTxD, positions_BxT, key)
+    return self._logits(x_BxTxD)
+
+  def _logits(self, x_BxTxD):
     x_BxTxD = self.final_norm(x_BxTxD)
     if self.tie_embeddings:
       logits_BxTxV = self.embed.attend(x_BxTxD) * (x_BxTxD.shape[-1] ** -0.5)
     else:
       logits_BxTxV = self.head(x_BxTxD)
     return logits_BxTxV.astype(jnp.float32)
+
+  # ---------------------------------------------------------------- decoding
+
+  def cache_capacity(self, max_len: int) -> int:
+    """Slots a KV cache needs for ``max_len`` tokens: all of them, or under
+    LM-Infinite's Lambda-shaped mask only the global and local tokens (the
+    cache is bounded, so each new token costs the same however long the
+    context grows)."""
+    mask = self.blocks[0].attn.mask
+    if mask.n_local:
+      return min(max_len, mask.n_global + mask.n_local)
+    return max_len
+
+  def init_cache(self, batch: int, max_len: int) -> dict:
+    """An empty KV cache for ``batch`` sequences of up to ``max_len`` tokens
+    (unbounded under the Lambda-shaped mask)."""
+    attn = self.blocks[0].attn
+    c = self.cache_capacity(max_len)
+    zeros = lambda: jnp.zeros((batch, c, attn.num_heads, attn.head_dim),
+                              self.dtype)
+    return {'k': [zeros() for _ in self.blocks],
+            'v': [zeros() for _ in self.blocks],
+            'pos': jnp.zeros((batch, c), jnp.int32),
+            'idx': jnp.full((c,), -1, jnp.int32),
+            'next': jnp.zeros((), jnp.int32)}
+
+  def decode(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
+             cache: dict, prefill: bool = False):
+    """Logits of the next ``T`` tokens given the cached ones, and the cache
+    with them added: ``(logits [B,T,V], cache)``.
+
+    ``prefill=True`` (only on an empty cache) attends over the new tokens
+    alone through the configured backend, so a long prompt costs what a
+    forward pass costs; otherwise the new tokens attend densely over the
+    cache and themselves. Token indices continue from ``cache['next']``.
+    """
+    t = tokens_BxT.shape[1]
+    c = cache['idx'].shape[0]
+    start = cache['next']
+    new_idx = start + jnp.arange(t, dtype=jnp.int32)
+    slots = self._slots(new_idx, start + t - 1, c)
+    x_BxTxD = self.embed(tokens_BxT).astype(self.dtype)
+    x_BxTxD = self.position.embed(x_BxTxD, positions_BxT)
+    new_k, new_v = [], []
+    for block, k_c, v_c in zip(self.blocks, cache['k'], cache['v']):
+      layer = LayerCache(k_c, v_c, cache['pos'], cache['idx'], new_idx,
+                         prefill)
+      x_BxTxD, (k, v) = block(x_BxTxD, positions_BxT, None, layer)
+      new_k.append(k_c.at[:, slots].set(k.astype(k_c.dtype), mode='drop'))
+      new_v.append(v_c.at[:, slots].set(v.astype(v_c.dtype), mode='drop'))
+    cache = {'k': new_k, 'v': new_v,
+             'pos': cache['pos'].at[:, slots].set(
+                 positions_BxT.astype(jnp.int32), mode='drop'),
+             'idx': cache['idx'].at[slots].set(new_idx, mode='drop'),
+             'next': start + t}
+    return self._logits(x_BxTxD), cache
+
+  def _slots(self, new_idx, last, capacity):
+    """Cache slot of each new token, ``capacity`` (dropped) for a token that
+    will not be needed. Bounded caches keep the global tokens in the first
+    ``n_global`` slots and the local window in a ring after them."""
+    mask = self.blocks[0].attn.mask
+    if not mask.n_local or capacity < mask.n_global + mask.n_local:
+      return jnp.where(new_idx < capacity, new_idx, capacity)
+    g, n = mask.n_global, mask.n_local
+    slot = jnp.where(new_idx < g, new_idx, g + (new_idx - g) % n)
+    keep = (new_idx < g) | (new_idx > last - n)
+    return jnp.where(keep, slot, capacity)
 
 
 def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
