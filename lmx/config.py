@@ -6,8 +6,10 @@ Every message names the field to change and how.
 import math
 from typing import Optional, Sequence
 
+import jax
 import ml_collections
 
+from lmx import attention
 from lmx import positions
 from lmx.positions import rope_scaling
 from lmx.data import tasks
@@ -162,6 +164,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _bool(config, 'model.tie_embeddings')
   if m.position == 'kerple':
     _choice(config, 'model.kerple.kernel', ('log', 'power'))
+  _check_attention(config, encoding)
   if m.position == 't5':
     _int(config, 'model.t5.num_buckets', 4)
     _int(config, 'model.t5.max_distance', 1)
@@ -187,6 +190,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _float(config, 'train.grad_clip', 0.0, lo_open=True)
   _choice(config, 'train.on_corrupt_checkpoint', ('previous', 'refuse'))
   _int(config, 'train.max_nonfinite_skips', 0)
+  from lmx import sharding; sharding.validate_config(config)  # pylint: disable=g-import-not-at-top,multiple-statements
   problem = check_length(config, t.seq_len, config.positions.train, 'Training')
   _require(problem is None, problem or '')
 
@@ -222,6 +226,50 @@ def validate(config: ml_collections.ConfigDict) -> None:
     problem = check_length(config, length, resolve_eval_sampling(config),
                            'Evaluation')
     _require(problem is None, problem or '')
+
+
+def _check_attention(config, encoding) -> None:
+  """The attention backend, ReRoPE and LM-Infinite settings."""
+  m = config.model
+  _choice(config, 'model.attention', attention.BACKENDS)
+  _require(m.attention != 'cudnn' or jax.default_backend() == 'gpu',
+           f"config.model.attention='cudnn' needs a GPU, but JAX runs on "
+           f"{jax.default_backend()} here. Use 'auto' (it picks per "
+           "platform), 'dense' or 'chunked'.")
+  _int(config, 'model.attention_block', 1)
+  _int(config, 'model.chunk_threshold', 0)
+  window = _int(config, 'model.rerope.window', 0)
+  leak = _float(config, 'model.rerope.leak', 0.0, 1.0, hi_open=True)
+  _require(leak == 0.0 or window > 0,
+           f'config.model.rerope.leak={leak} acts beyond the ReRoPE window: '
+           'set config.model.rerope.window too (e.g. the training length).')
+  _require(window == 0 or encoding.rotary,
+           f'config.model.rerope.window={window} clamps rotary angles, but the '
+           f'{m.position!r} encoding is not rotary. Use rope or xpos, or '
+           'LM-Infinite\'s config.model.lm_infinite.distance_limit, which '
+           'clamps the distances of any encoding.')
+  n_global = _int(config, 'model.lm_infinite.n_global', 0)
+  n_local = _int(config, 'model.lm_infinite.n_local', 0)
+  limit = _int(config, 'model.lm_infinite.distance_limit', 0)
+  _require(n_local > 0 or (n_global == 0 and limit == 0),
+           'config.model.lm_infinite.n_global and distance_limit act only '
+           'with the Lambda-shaped mask: set config.model.lm_infinite.n_local '
+           '(e.g. the training length), or set both to 0.')
+  _require(limit == 0 or n_global + n_local <= limit,
+           f'config.model.lm_infinite: n_global + n_local = {n_global} + '
+           f'{n_local} = {n_global + n_local} is larger than distance_limit='
+           f'{limit} (the pretraining length), so local distances would pass '
+           'the limit. Lower n_local to at most '
+           f'{max(limit - n_global, 0)}, or raise distance_limit.')
+  _require(not (window and limit),
+           'config.model.rerope.window and config.model.lm_infinite.'
+           'distance_limit both clamp distances; set one of them to 0.')
+  scaling = m.rope.get('scaling', 'none') if 'rope' in m else 'none'
+  _require(not ((window or limit) and scaling == 'dynamic'),
+           "config.model.rope.scaling='dynamic' follows the largest key "
+           'position, which a distance clamp (config.model.rerope.window or '
+           'lm_infinite.distance_limit) moves: use another scaling, or no '
+           'clamp.')
 
 
 def eval_lengths(config: ml_collections.ConfigDict,
