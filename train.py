@@ -7,6 +7,13 @@
 Running the same command again resumes from the latest good checkpoint.
 SIGTERM or Ctrl-C saves a checkpoint at the current step and exits with
 128 + the signal number; bad input exits with 2 and one message.
+
+Several processes (multi-host; see lmx/sharding.py): run the same command in
+each, with a shared --workdir, plus
+
+    --coordinator=<host of process 0>:<port> --num_processes=N --process_id=I
+
+(or LMX_COORDINATOR, LMX_NUM_PROCESSES, LMX_PROCESS_ID in the environment).
 """
 
 import os
@@ -16,6 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lmx import config as config_lib
+from lmx import sharding
 from lmx import trainer
 from lmx.checkpoint import CheckpointError
 from lmx.data.corpus import DataError
@@ -26,6 +34,15 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory. Default: runs/<config.name>.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator', None, 'Multi-host: host:port of process 0 (default: '
+    '$LMX_COORDINATOR).')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Multi-host: number of processes (default: '
+    '$LMX_NUM_PROCESSES, else 1).')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'Multi-host: this process, 0..num_processes-1 '
+    '(default: $LMX_PROCESS_ID).')
 
 
 def default_workdir(config) -> str:
@@ -41,6 +58,8 @@ def main(argv):
     raise app.UsageError('--config is required, e.g. --config=configs/alibi.py')
   workdir = _WORKDIR.value or default_workdir(config)
   try:
+    sharding.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                        _PROCESS_ID.value)
     trainer.train(config, workdir, progress=_PROGRESS.value)
   except trainer.TrainingInterrupted as e:
     print(str(e), file=sys.stderr)

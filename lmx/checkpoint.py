@@ -22,6 +22,12 @@ Safety, on top of what orbax gives:
   only good checkpoint.
 - One writer. ``WorkdirLock`` makes a second training run on the same
   workdir refuse instead of interleaving checkpoints with the first.
+- Several processes (multi-host). Every process takes part in each orbax
+  save and restore (each writes and reads its own shards); process 0 alone
+  seals, prunes and sets corrupt steps aside, after a barrier that waits
+  for every process's writes, and the others wait for it before going on.
+  A restore target whose leaves carry shardings (``jax.ShapeDtypeStruct``
+  with ``sharding``) restores onto that mesh, whatever mesh saved it.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from lmx import positions
+from lmx import sharding
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -251,6 +258,8 @@ def restore_latest_good(workdir: str, abstract_state: Any,
       where = quarantine(workdir, s)
       print(f'warning: checkpoint step {s} is unusable ({problem}); moved to '
             f'{where}. Resuming from step {step}.', file=sys.stderr)
+  # The others wait until process 0 has sealed and moved what it had to.
+  sharding.barrier('lmx_checkpoint_restored')
   return step, restored[0], restored[1]
 
 
@@ -287,25 +296,35 @@ class Saver:
     self._in_flight.append(step)
 
   def finish(self) -> None:
-    """Waits for saves in flight, seals them, prunes old checkpoints."""
+    """Waits for saves in flight, seals them, prunes old checkpoints.
+
+    With several processes, all call this: process 0 seals only once every
+    process has finished writing, and decides what is pruned; all of them
+    then delete those steps through orbax (whose delete is collective).
+    """
     self._mngr.wait_until_finished()
+    if self._in_flight:
+      sharding.barrier('lmx_checkpoint_written')
     if _is_primary():
       for step in self._in_flight:
         seal(self.workdir, step)
     self._in_flight = []
-    if _is_primary():
-      self._prune()
+    steps = sorted(self._mngr.all_steps())
+    doomed = self._to_prune(steps) if _is_primary() else []
+    if len(steps) > self.keep:
+      doomed = sharding.broadcast_ints(doomed, len(steps))
+    for s in doomed:
+      self._mngr.delete(s)
 
-  def _prune(self) -> None:
-    """Deletes the steps older than the newest ``keep`` good ones.
+  def _to_prune(self, steps: list[int]) -> list[int]:
+    """The steps older than the newest ``keep`` good ones.
 
     A step counts as good only if it is sealed and still matches its
     checksums, so neither a save in flight nor a damaged newer step can
     cause the deletion of the last good one.
     """
-    steps = sorted(self._mngr.all_steps())
     if len(steps) <= self.keep:
-      return
+      return []
     good = []
     for s in reversed(steps):
       if verify(self.workdir, s) is None:
@@ -313,10 +332,8 @@ class Saver:
         if len(good) == self.keep:
           break
     if len(good) < self.keep:
-      return
-    for s in steps:
-      if s < good[-1]:
-        self._mngr.delete(s)
+      return []
+    return [s for s in steps if s < good[-1]]
 
   def close(self) -> None:
     try:

@@ -5,10 +5,18 @@ and a pure dict of parameters, and ``train_step`` is a jitted pure function
 of (state, batch). Everything random is derived from (seed, step): the batch
 (``lmx.data.windows``), the sampled positions and the dropout key. A resumed
 run therefore repeats the run it continues.
+
+Sharding (``lmx.sharding``): the state lives on the mesh of ``config.mesh``
+with shardings from the logical-axis rules, the step is jitted with those
+as ``in_shardings``/``out_shardings`` (and donates the state), and each
+batch is split by rows over the data axes. With several processes each one
+builds only its rows of the batch; all of them save and restore, and stop at
+the same step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +38,7 @@ from lmx import config as config_lib
 from lmx import metrics as metrics_lib
 from lmx import model as model_lib
 from lmx import positions
+from lmx import sharding
 from lmx.data import corpus, tasks, windows
 
 log = logging.getLogger('lmx')
@@ -86,8 +95,13 @@ def apply_fn(graphdef) -> Callable:
   return apply
 
 
-def make_train_step(graphdef, tx, config) -> Callable:
+def make_train_step(graphdef, tx, config, mesh=None,
+                    state_shardings=None) -> Callable:
   """The jitted ``(state, batch) -> (state, metrics)``; donates the state.
+
+  With a ``mesh`` and the state's shardings on it, the step takes and gives
+  the state with those shardings and the batch split over the data axes;
+  the metrics come back replicated.
 
   ``metrics['finite']`` says whether the loss and the gradient norm were
   finite. With ``config.train.max_nonfinite_skips > 0`` a non-finite step
@@ -127,7 +141,19 @@ def make_train_step(graphdef, tx, config) -> Callable:
                        'learning_rate': schedule(state['step']),
                        'finite': finite}
 
-  return jax.jit(train_step, donate_argnums=0)
+  if mesh is None:
+    return jax.jit(train_step, donate_argnums=0)
+  return jax.jit(train_step, donate_argnums=0,
+                 in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)))
+
+
+def init_state_on_mesh(config, params, tx, state_shardings) -> dict:
+  """``init_state`` with host ``params`` placed on the mesh and the optimizer
+  state created there, each leaf with its sharding."""
+  placed = sharding.place(params, state_shardings['params'])
+  return jax.jit(lambda p: init_state(config, p, tx),
+                 out_shardings=state_shardings)(placed)
 
 
 def _param_paths(tree) -> dict[tuple, object]:
@@ -141,7 +167,8 @@ def _position_param(path: tuple) -> bool:
   return 'position' in path
 
 
-def params_from_run(config: ml_collections.ConfigDict, target_params) -> dict:
+def params_from_run(config: ml_collections.ConfigDict, target_params,
+                    mesh=None) -> dict:
   """Parameters for a fine-tuning run, from ``config.init_from``'s checkpoint.
 
   Only the parameters are taken: the optimizer starts afresh and the step
@@ -149,6 +176,10 @@ def params_from_run(config: ml_collections.ConfigDict, target_params) -> dict:
   position tables of another length, which ``config.init_interpolate``
   resizes through the encoding's ``resize``. Anything else is a ConfigError
   that names the parameter, before anything is loaded or compiled.
+
+  With a ``mesh`` the parameters are restored straight onto it, with the
+  shardings of the rules (resized tables are replicated, as every position
+  parameter), and come back as global arrays.
   """
   source = config.init_from
   try:
@@ -195,14 +226,19 @@ def params_from_run(config: ml_collections.ConfigDict, target_params) -> dict:
     raise config_lib.ConfigError(
         f'Parameter {where} has shape {old.shape} in config.init_from='
         f'{source!r} (step {step}) but {leaf.shape} here. {hint}')
+  if mesh is not None:
+    src_target = sharding.with_shardings(
+        src_target, sharding.tree_shardings(src_target, mesh))
   params = checkpoint.load(source, step, src_target)['params']
   if resize:
     def adapt(path, leaf):
       key = tuple(getattr(k, 'key', getattr(k, 'idx', k)) for k in path)
       if key not in resize:
         return leaf
-      return jnp.asarray(encoding.resize(key[-1], np.asarray(leaf),
-                                         resize[key]))
+      table = encoding.resize(key[-1], np.asarray(leaf), resize[key])
+      if mesh is None:
+        return jnp.asarray(table)
+      return sharding.place(table, sharding.replicated(mesh))
     params = jax.tree_util.tree_map_with_path(adapt, params)
   print(f'Initialised from the parameters of {source} at step {step}'
         + (f' ({len(resize)} position table(s) resized)' if resize else '')
@@ -270,19 +306,26 @@ def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
           'new --workdir (or delete the old one).')
 
 
-def make_batch_fn(config: ml_collections.ConfigDict) -> Callable:
+def make_batch_fn(config: ml_collections.ConfigDict,
+                  rows: np.ndarray | None = None) -> Callable:
   """``step -> batch``, a pure function of (config, step): windows of the
   text corpus, or generated examples of ``config.task`` (with loss weights
-  on the answer tokens)."""
+  on the answer tokens). ``rows`` (global row indices, e.g.
+  ``sharding.local_rows``) gives only those rows of each batch: what one
+  process of a multi-host run feeds its devices."""
   t = config.train
   if config.task.name:
-    return lambda step: tasks.train_batch(config, step=step,
-                                          batch=t.batch_size)
+    if rows is None:
+      return lambda step: tasks.train_batch(config, step=step,
+                                            batch=t.batch_size)
+    # Examples share one generator, so all are drawn; only ours are kept.
+    return lambda step: {k: v[rows] for k, v in tasks.train_batch(
+        config, step=step, batch=t.batch_size).items()}
   stream = corpus.token_stream(corpus.load_documents(config.data, 'train'))
   return lambda step: windows.train_batch(
       stream, seed=config.seed, step=step, batch=t.batch_size,
       seq_len=t.seq_len, sampling=config.positions.train,
-      max_position=config.positions.max_position)
+      max_position=config.positions.max_position, rows=rows)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -292,21 +335,37 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   Raises ConfigError/DataError/CheckpointError before anything is compiled
   or written, FloatingPointError on a non-finite step, and
   TrainingInterrupted after saving on SIGTERM/SIGINT.
+
+  The state lives on the mesh of ``config.mesh`` (``lmx.sharding``); with
+  several processes (``sharding.initialize``) every one of them calls this
+  with the same config and workdir.
   """
   config_lib.validate(config)
+  mesh = sharding.make_mesh(config)  # ConfigError if the devices do not fit
   os.makedirs(workdir, exist_ok=True)
-  with checkpoint.WorkdirLock(workdir):
-    return _train(config, workdir, progress)
+  # One process holds the workdir lock for the whole multi-process run.
+  lock = (checkpoint.WorkdirLock(workdir) if sharding.is_primary()
+          else contextlib.nullcontext())
+  with lock, jax.set_mesh(mesh):
+    return _train(config, workdir, progress, mesh)
 
 
-def _train(config, workdir, progress) -> dict:
+def _train(config, workdir, progress, mesh) -> dict:
   _check_same_run(workdir, config)
   t = config.train
-  batch_fn = make_batch_fn(config)
-  batch_fn(0)  # fails on too little data before anything is compiled
+  primary = sharding.is_primary()
+  batch_sharding = sharding.batch_sharding(mesh)
+  rows = (sharding.local_rows(batch_sharding, t.batch_size)
+          if jax.process_count() > 1 else None)
+  local_batch_fn = make_batch_fn(config, rows)
+  local_batch_fn(0)  # fails on too little data before anything is compiled
+  batch_fn = lambda step: sharding.global_batch(
+      local_batch_fn(step), batch_sharding, t.batch_size)
 
   tx = make_optimizer(t)
   graphdef, target = abstract_state(config, tx)
+  state_shardings = sharding.tree_shardings(target, mesh)
+  target = sharding.with_shardings(target, state_shardings)
   found = checkpoint.restore_latest_good(workdir, target,
                                          t.on_corrupt_checkpoint)
   if found is not None:
@@ -314,14 +373,16 @@ def _train(config, workdir, progress) -> dict:
     log.info('Resuming %s from step %d.', workdir, start)
     print(f'Resuming from the checkpoint at step {start} in {workdir}.')
   elif config.init_from:
-    params = params_from_run(config, target['params'])
-    state = init_state(config, params, tx)
+    params = params_from_run(config, target['params'], mesh)
+    state = jax.jit(lambda p: init_state(config, p, tx),
+                    out_shardings=state_shardings)(params)
     start, meta = 0, {}
   else:
     graphdef, params = init_model(config)
-    state = init_state(config, params, tx)
+    state = init_state_on_mesh(config, params, tx, state_shardings)
     start, meta = 0, {}
-  checkpoint.write_config(workdir, config)
+  if primary:
+    checkpoint.write_config(workdir, config)
   if start >= t.steps:
     print(f'{workdir} is already trained to step {start} (config.train.steps='
           f'{t.steps}); nothing to do. Raise --config.train.steps to train '
@@ -329,14 +390,22 @@ def _train(config, workdir, progress) -> dict:
     return {}
   n_params = sum(x.size for x in jax.tree.leaves(state['params']))
   task = f' on the {config.task.name} task' if config.task.name else ''
+  devices = ''
+  if mesh.size > 1:
+    devices = (f' on {mesh.size} devices (' + ', '.join(
+        f'{a}={n}' for a, n in mesh.shape.items()) + ')' + (
+            f' in {jax.process_count()} processes'
+            if jax.process_count() > 1 else ''))
   print(f'lmx: {config.model.position} model{task}, {n_params:,} parameters, '
-        f'{t.steps} steps of {t.batch_size}x{t.seq_len} tokens -> {workdir}')
+        f'{t.steps} steps of {t.batch_size}x{t.seq_len} tokens{devices} -> '
+        f'{workdir}')
 
-  step_fn = make_train_step(graphdef, tx, config)
-  writer = metrics_lib.MetricWriter(workdir, resume_step=start)
+  step_fn = make_train_step(graphdef, tx, config, mesh, state_shardings)
+  writer = metrics_lib.MetricWriter(workdir, enabled=primary,
+                                    resume_step=start)
   saver = checkpoint.Saver(workdir, keep=t.keep_checkpoints)
   bar = None
-  if progress:
+  if progress and primary:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(total=t.steps, initial=start, desc='train', unit='step',
                mininterval=1.0, dynamic_ncols=True)
@@ -411,7 +480,8 @@ class _Loop:
       window_steps += 1
       # Read once: a signal may arrive at any point of this iteration, and
       # the step that stops must be the step that is saved.
-      stopping = self.stop.signum
+      # With several processes, all stop at the step any one was asked to.
+      stopping = sharding.agree_stop(self.stop.signum)
       log_due = done % t.log_every == 0 or done == t.steps
       save_due = (done % t.checkpoint_every == 0 or done == t.steps
                   or stopping is not None)

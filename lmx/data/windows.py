@@ -30,16 +30,23 @@ def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
 
 
 def train_batch(stream: np.ndarray, *, seed: int, step: int, batch: int,
-                seq_len: int, sampling: str, max_position: int) -> Batch:
-  """The training batch of ``step``; a pure function of its arguments."""
+                seq_len: int, sampling: str, max_position: int,
+                rows: np.ndarray | None = None) -> Batch:
+  """The training batch of ``step``; a pure function of its arguments.
+
+  ``rows`` (global row indices) builds only those rows of the batch, as one
+  process of a multi-host run does; they equal the same rows of the whole.
+  """
   if stream.size < seq_len + 2:
     raise DataError(f'The training stream has {stream.size} tokens, fewer '
                      f'than train.seq_len + 2 = {seq_len + 2}: use more data '
                      'or a shorter config.train.seq_len.')
   rng = step_rng(seed, step)
   starts = rng.integers(0, stream.size - seq_len - 1, size=batch)
-  w = stream[starts[:, None] + np.arange(seq_len + 1)[None, :]]
   pos = sample_positions(sampling, batch, seq_len, max_position, rng)
+  if rows is not None:
+    starts, pos = starts[rows], pos[rows]
+  w = stream[starts[:, None] + np.arange(seq_len + 1)[None, :]]
   return Batch(inputs=w[:, :-1].astype(np.int32),
                targets=w[:, 1:].astype(np.int32), positions=pos)
 
