@@ -5,9 +5,20 @@
 loads a trained ``rope`` run and measures the loss against length with no
 extension and with each RoPE frequency scaling of
 ``lmx.positions.rope_scaling`` (Position Interpolation, NTK-aware, dynamic
-NTK, NTK-by-parts, YaRN, Llama 3), without any training. Each length ``n``
-gets the scale factor ``s = n / L`` (``L`` the training length) relative to
-``L``; at ``n <= L`` the static methods are plain RoPE by definition. Writes
+NTK, NTK-by-parts, YaRN, Llama 3), with ReRoPE and Leaky ReRoPE, and with
+LM-Infinite, without any training. Each length ``n`` gets the scale factor
+``s = n / L`` (``L`` the training length) relative to ``L``; at ``n <= L``
+the static scalings are plain RoPE by definition. The attention-side methods
+act at every length:
+
+* ``rerope``: distances clamped at ``w = L/2``;
+* ``leaky_rerope``: ``w = L/2`` and leak ``(L - w) / (n - w)``, so the
+  longest distance of a length-``n`` window maps to ``L`` (plain RoPE at
+  ``n <= L``);
+* ``lm_infinite``: ``n_global = 10``, ``n_local = L - 10`` and the distance
+  limit ``L`` (the paper's 10 global tokens; ``n_global + n_local <= L``).
+
+Writes
 ``<workdir>/extensions/``: ``results.json``, ``results.csv`` and
 ``loss_vs_length.png`` (one curve per method, training length marked).
 """
@@ -26,8 +37,9 @@ from lmx import config as config_lib
 from lmx import evaluation, trainer
 from lmx.data import corpus, windows
 
-METHODS = ('none', 'linear', 'ntk', 'dynamic', 'ntk_by_parts', 'yarn',
-           'llama3')
+SCALINGS = ('linear', 'ntk', 'dynamic', 'ntk_by_parts', 'yarn', 'llama3')
+METHODS = ('none',) + SCALINGS + ('rerope', 'leaky_rerope', 'lm_infinite')
+LM_INFINITE_GLOBAL = 10
 
 
 def method_config(config: ml_collections.ConfigDict, method: str,
@@ -41,10 +53,21 @@ def method_config(config: ml_collections.ConfigDict, method: str,
   if method == 'dynamic':
     # The scale follows the length of each call; the factor is its floor.
     rope.scaling, rope.factor = 'dynamic', 1.0
-  elif method == 'none' or factor <= 1.0:
+  elif method not in SCALINGS or factor <= 1.0:
     rope.scaling, rope.factor = 'none', 1.0
   else:
     rope.scaling, rope.factor = method, float(factor)
+  window = max(train_len // 2, 1)
+  if method == 'rerope':
+    c.model.rerope.window, c.model.rerope.leak = window, 0.0
+  elif method == 'leaky_rerope' and length > train_len:
+    c.model.rerope.window = window
+    c.model.rerope.leak = (train_len - window) / (length - window)
+  elif method == 'lm_infinite':
+    n_global = min(LM_INFINITE_GLOBAL, train_len // 2)
+    c.model.lm_infinite.n_global = n_global
+    c.model.lm_infinite.n_local = train_len - n_global
+    c.model.lm_infinite.distance_limit = train_len
   c.eval.sliding = False
   return c
 
@@ -81,8 +104,8 @@ def compare(workdir: str, lengths: Sequence[int] | None = None,
     for n in lengths:
       c = method_config(config, m, n)
       rope = c.model.rope
-      # At n <= L the static methods are plain RoPE: computed once.
-      key = (rope.scaling, rope.factor, n)
+      # At n <= L the static scalings are plain RoPE: computed once.
+      key = (c.model.to_json(), n)
       if key not in done:
         graphdef, _ = trainer.abstract_model(c)
         done[key] = evaluation.loss_at_length(

@@ -26,8 +26,14 @@ def test_every_method_at_every_length(rope_run, tmp_path):
   results = extensions.compare(rope_run, [16, 32], out)
   loss = {(r['method'], r['length']): r['loss'] for r in results['results']}
   assert set(m for m, _ in loss) == set(extensions.METHODS)
-  # At the training length every method is plain RoPE, to the bit.
-  assert len({loss[(m, 16)] for m in extensions.METHODS}) == 1
+  # At the training length every scaling is plain RoPE, to the bit, and so
+  # are Leaky ReRoPE (no leak needed) and LM-Infinite (n_global + n_local
+  # covers the window); ReRoPE clamps at L/2 at every length.
+  plain = set(extensions.METHODS) - {'rerope'}
+  assert len({loss[(m, 16)] for m in plain}) == 1
+  assert loss[('rerope', 16)] != loss[('none', 16)]
+  for m in ('rerope', 'leaky_rerope', 'lm_infinite'):
+    assert loss[(m, 32)] != loss[('none', 32)]
   # Beyond it they change the model: interpolation differs from none, and
   # dynamic NTK at a full window equals NTK with s = length / L.
   assert loss[('linear', 32)] != loss[('none', 32)]
