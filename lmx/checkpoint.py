@@ -171,10 +171,23 @@ def _quiet_failed_reads():
     sys.unraisablehook = hook
 
 
+def _on_this_host(abstract_state: Any) -> Any:
+  """The target with leaves that name no sharding placed on the first local
+  device, so a checkpoint saved on a mesh of other devices (another run's
+  topology) still restores, e.g. for evaluation on one device."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  def one(leaf):
+    if isinstance(leaf, jax.ShapeDtypeStruct) and leaf.sharding is None:
+      return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device)
+    return leaf
+  return jax.tree.map(one, abstract_state)
+
+
 def restore_step(workdir: str, step: int, abstract_state: Any
                  ) -> tuple[Any, dict]:
-  """(state, meta) of one step, restored into the abstract target."""
-  items = {'state': ocp.args.StandardRestore(abstract_state)}
+  """(state, meta) of one step, restored into the abstract target: onto the
+  shardings its leaves carry, else onto the first local device."""
+  items = {'state': ocp.args.StandardRestore(_on_this_host(abstract_state))}
   has_meta = os.path.isdir(os.path.join(step_dir(workdir, step), 'meta'))
   if has_meta:
     items['meta'] = ocp.args.JsonRestore()

@@ -346,7 +346,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   # One process holds the workdir lock for the whole multi-process run.
   lock = (checkpoint.WorkdirLock(workdir) if sharding.is_primary()
           else contextlib.nullcontext())
-  with lock, jax.set_mesh(mesh):
+  with lock:
     return _train(config, workdir, progress, mesh)
 
 
@@ -378,8 +378,11 @@ def _train(config, workdir, progress, mesh) -> dict:
                     out_shardings=state_shardings)(params)
     start, meta = 0, {}
   else:
+    # Eagerly, outside the mesh context, as on one device: the same values
+    # on every mesh, and the eager kernels are compiled once per process.
     graphdef, params = init_model(config)
-    state = init_state_on_mesh(config, params, tx, state_shardings)
+    with jax.set_mesh(mesh):
+      state = init_state_on_mesh(config, params, tx, state_shardings)
     start, meta = 0, {}
   if primary:
     checkpoint.write_config(workdir, config)
@@ -410,7 +413,7 @@ def _train(config, workdir, progress, mesh) -> dict:
     bar = tqdm(total=t.steps, initial=start, desc='train', unit='step',
                mininterval=1.0, dynamic_ncols=True)
   try:
-    with _StopRequest() as stop:
+    with _StopRequest() as stop, jax.set_mesh(mesh):
       last = _Loop(config, workdir, batch_fn, saver, writer, bar, stop,
                    int(meta.get('nonfinite_skips', 0))).run(step_fn, state,
                                                             start)

@@ -35,6 +35,7 @@ def make_config(cache_dir: str, mesh=(-1, 1, 1), steps: int = STEPS):
   c.data.cache_dir = cache_dir
   c.model.position = 'rope'
   c.model.d_model, c.model.num_heads, c.model.mlp_dim = 32, 4, 64
+  c.model.num_layers = 1
   c.train.batch_size = 8
   c.train.seq_len = 16
   c.train.steps = steps
