@@ -1,0 +1,631 @@
+"""lmx.attention: the chunked backend against the dense one, the masks and
+distance clamps as properties, skipped tiles, and the config checks.
+
+Tiny models (one layer, d_model 32, two heads) and tiles of 8 tokens, so a
+37-token sequence has many tiles and a ragged last one. XLA compile time is
+most of the cost here, so each comparison compiles every encoding (and both
+backends) into one jitted function.
+"""
+
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import base
+from lmx import attention as A
+from lmx import config as config_lib
+from lmx import model as model_lib
+from lmx import positions as P
+
+ENCODINGS = sorted(P.REGISTRY)
+ROTARY = [e for e in ENCODINGS if P.REGISTRY[e].rotary]
+BLOCK = 8
+LENGTHS = (1, 7, 37)   # none a multiple of BLOCK
+B, V = 2, 257
+TOL = 1e-5
+# Compile time is most of this file's cost; these XLA options cut it by
+# about a third and change no result beyond float rounding.
+FAST_COMPILE = {'xla_backend_optimization_level': 0,
+                'xla_llvm_disable_expensive_passes': True}
+
+# Attention settings compared between the backends (config.model fields).
+VARIANTS = {
+    'causal': {},
+    # n_local 5 with tiles of 8: the Lambda path that visits only the global
+    # tile and the few local ones (fewer than the 5 tiles of 37 keys).
+    'lambda': {'lm_infinite.n_global': 2, 'lm_infinite.n_local': 5},
+    'lambda_limit': {'lm_infinite.n_global': 2, 'lm_infinite.n_local': 5,
+                     'lm_infinite.distance_limit': 9},
+    'rerope': {'rerope.window': 5},
+    'leaky_rerope': {'rerope.window': 5, 'rerope.leak': 0.25},
+}
+# Seen from the attention, an encoding does nothing there (none, learned,
+# sinusoidal: they act on the embedding), turns q and k (rope, xpos) or adds
+# a bias, learned (t5, kerple) or fixed (alibi). Every encoding is compared
+# at the multi-tile length; a rotary one and one with a learned bias also at
+# the single-tile lengths and with the Lambda mask alone (without the
+# distance limit). XLA compile time sets the budget: each backward pass of
+# the chunked backend takes about a second to compile.
+REPRESENTATIVE = ('rope', 't5')
+MULTI_TILE = 37
+
+
+def _cases(variant):
+  """{encoding: lengths} compared under ``variant``."""
+  if variant == 'causal':
+    return {e: LENGTHS if e in REPRESENTATIVE else (MULTI_TILE,)
+            for e in ENCODINGS}
+  if variant == 'lambda':
+    return {e: (MULTI_TILE,) for e in REPRESENTATIVE}
+  if variant == 'lambda_limit':
+    return {e: (MULTI_TILE,) for e in ENCODINGS}
+  return {e: (MULTI_TILE,) for e in ROTARY}   # rerope, leaky_rerope
+
+
+def _set(node, path, value):
+  *parents, leaf = path.split('.')
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+def _config(position, backend='dense', block=BLOCK, **fields):
+  """The tiny config with one layer; ``fields`` are config.model paths with
+  '__' for '.' (e.g. ``rerope__window=5``) or a dict under ``model``."""
+  c = base.get_config('size=tiny')
+  c.model.position = position
+  c.model.attention = backend
+  c.model.attention_block = block
+  c.model.num_layers = 1
+  for path, value in fields.items():
+    _set(c.model, path.replace('__', '.'), value)
+  return c
+
+
+def _variant_config(position, backend, variant, block=BLOCK):
+  return _config(position, backend, block, **{
+      k.replace('.', '__'): v for k, v in VARIANTS[variant].items()})
+
+
+def _split(cfg):
+  model = model_lib.build(cfg.model, seed=0)
+  return nnx.split(model, nnx.Param, ...)
+
+
+def _inputs(t, seed=0):
+  """Tokens, targets and sorted positions with gaps (not arange: the
+  backends must agree on positions that are not token indices)."""
+  rng = np.random.default_rng(seed + t)
+  tokens = rng.integers(0, V, (B, t + 1))
+  pos = np.stack([np.sort(rng.choice(3 * t + 5, t, replace=False))
+                  for _ in range(B)])
+  return (jnp.asarray(tokens[:, :-1], jnp.int32),
+          jnp.asarray(tokens[:, 1:], jnp.int32), jnp.asarray(pos, jnp.int32))
+
+
+def _max_abs(x):
+  return float(jnp.max(jnp.abs(x))) if x.size else 0.0
+
+
+def _loss_and_grads(cfgs, lengths):
+  """For every config and each of its lengths: (loss, logits, grads w.r.t.
+  all params) of the mean cross-entropy, all in one jitted call."""
+  parts = [_split(c) for c in cfgs]
+  graphdefs = [g for g, _, _ in parts]
+
+  def loss(graphdef, params, rest, x, y, pos):
+    logits = nnx.merge(graphdef, params, rest)(x, pos)
+    return model_lib.cross_entropy(logits, y).mean(), logits
+
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def run(params, rests, data):
+    return [[jax.value_and_grad(functools.partial(loss, g), has_aux=True)(
+        p, r, *data[t]) for t in ts]
+            for g, p, r, ts in zip(graphdefs, params, rests, lengths)]
+
+  data = {t: _inputs(t) for t in set(sum(map(tuple, lengths), ()))}
+  return run([p for _, p, _ in parts], [r for _, _, r in parts], data), [
+      p for _, p, _ in parts]
+
+
+@pytest.mark.parametrize('variant', sorted(VARIANTS))
+def test_chunked_equals_dense_forward_and_gradients(variant):
+  cases = _cases(variant)
+  encodings = sorted(cases)
+  cfgs, lengths = [], []
+  for enc in encodings:
+    for backend in ('dense', 'chunked'):
+      cfg = _variant_config(enc, backend, variant)
+      config_lib.validate(cfg)   # a setting users can actually choose
+      cfgs.append(cfg)
+      lengths.append(cases[enc])
+  results, params = _loss_and_grads(cfgs, lengths)
+  checked_bias_grads = 0
+  for n, enc in enumerate(encodings):
+    dense, chunked = results[2 * n], results[2 * n + 1]
+    # The same seed gives both models the same parameters.
+    for a, b in zip(jax.tree.leaves(params[2 * n]),
+                    jax.tree.leaves(params[2 * n + 1])):
+      np.testing.assert_array_equal(a, b)
+    for t, ((ld, logits_d), gd), ((lc, logits_c), gc) in zip(
+        cases[enc], dense, chunked):
+      where = f'{enc} {variant} T={t}'
+      scale = max(1.0, _max_abs(logits_d))
+      assert _max_abs(logits_c - logits_d) <= TOL * scale, where
+      assert abs(float(lc - ld)) <= TOL * max(1.0, abs(float(ld))), where
+      flat_d = jax.tree_util.tree_leaves_with_path(gd)
+      flat_c = dict(jax.tree_util.tree_leaves_with_path(gc))
+      grad_scale = max(_max_abs(g) for _, g in flat_d)
+      assert grad_scale > 0, where
+      for path, g_d in flat_d:
+        g_c = flat_c[path]
+        # Relative to this parameter's own gradient, floored at a
+        # thousandth of the largest one (a parameter with a vanishing
+        # gradient has no scale of its own).
+        leaf_scale = max(_max_abs(g_d), 1e-3 * grad_scale)
+        err = _max_abs(g_c - g_d)
+        name = jax.tree_util.keystr(path)
+        assert err <= TOL * leaf_scale, (where, name, err, leaf_scale)
+        if 'position' in name and _max_abs(g_d) > 0:
+          checked_bias_grads += 1
+  if set(encodings) & {'t5', 'kerple', 'learned'}:
+    # The encodings' own parameters got (and matched) nonzero gradients.
+    assert checked_bias_grads > 0
+
+
+@pytest.mark.parametrize('variant', ['causal', 'lambda', 'lambda_limit',
+                                     'leaky_rerope'])
+def test_chunked_attention_queries_the_last_t_keys(variant):
+  """T < S at the chunked_attention level, against the dense backend and a
+  numpy brute force: queries are the last T of S keys. q and k are turned
+  by RoPE, and an ALiBi bias is added except under Leaky ReRoPE (whose
+  fractional far positions are for rotary encodings only)."""
+  s, h, k = 37, 2, 8
+  mask = A.Mask(2, 6) if 'lambda' in variant else A.Mask()
+  clamp = {'lambda_limit': A.Clamp(9), 'leaky_rerope': A.Clamp(9, 0.25)}.get(
+      variant)
+  with_bias = variant != 'leaky_rerope'
+  rng = np.random.default_rng(3)
+  q_full = jnp.asarray(rng.normal(size=(B, s, h, k)), jnp.float32)
+  k_all = jnp.asarray(rng.normal(size=(B, s, h, k)), jnp.float32)
+  v_all = jnp.asarray(rng.normal(size=(B, s, h, k)), jnp.float32)
+  pos_s = jnp.asarray(np.sort(rng.choice(80, (B, s), replace=False), axis=1),
+                      jnp.int32)
+  inv_freq = P.rope_inv_freq(k)
+  slopes = P.alibi_slopes(h)
+  bias_fn = (lambda qp, kp: P.alibi_bias(qp, kp, slopes)) if with_bias else None
+  lengths = (1, 13)    # (T = S is the model-level comparison above)
+
+  def branches(t):
+    q, q_pos = q_full[:, s - t:], pos_s[:, s - t:]
+    near = A.Branch(P.apply_rope(q, q_pos, inv_freq),
+                    P.apply_rope(k_all, pos_s, inv_freq), q_pos, pos_s)
+    if clamp is None:
+      return near, None
+    fq, fk = clamp.far_positions(q_pos, pos_s)
+    return near, A.Branch(P.apply_rope(q, fq, inv_freq),
+                          P.apply_rope(k_all, fk, inv_freq), fq, fk)
+
+  window = clamp.window if clamp else 0
+
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def run():
+    out = {}
+    for t in lengths:
+      near, far = branches(t)
+      kw = dict(bias_fn=bias_fn, mask=mask, far=far, window=window)
+      out[t] = (A.chunked_attention(near, v_all, block_q=BLOCK, block_k=BLOCK,
+                                    **kw),
+                A.attention(near, v_all, backend='dense', **kw))
+    return out
+
+  results = run()
+  for t in lengths:
+    chunked, dense = results[t]
+    assert chunked.shape == (B, t, h, k)
+    np.testing.assert_allclose(chunked, dense, atol=TOL, rtol=0,
+                               err_msg=f'{variant} T={t}')
+  # The brute force: every logit from its definition, with python loops.
+  t = 13
+  near, far = jax.tree.map(np.asarray, branches(t))
+  expected = np.zeros((B, t, h, k))
+  for b in range(B):
+    for hh in range(h):
+      for i in range(t):
+        qi = s - t + i     # token index of query i
+        logits, values = [], []
+        for j in range(s):
+          if not _visible_python(qi, j, mask.n_global, mask.n_local):
+            continue
+          d = int(near.q_pos[b, i]) - int(near.k_pos[b, j])
+          br = far if (clamp is not None and d >= window) else near
+          dist = float(br.q_pos[b, i]) - float(br.k_pos[b, j])
+          logits.append(br.q[b, i, hh] @ br.k[b, j, hh] / np.sqrt(k)
+                        - with_bias * slopes[hh] * abs(dist))
+          values.append(np.asarray(v_all)[b, j, hh])
+        w = np.exp(np.array(logits) - max(logits))
+        expected[b, i, hh] = (w / w.sum()) @ np.array(values)
+  np.testing.assert_allclose(results[t][0], expected, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------- properties
+
+
+def _forward_all(cfgs, t, tokens=None, seed=0):
+  """Logits ``[N, B, T, V]`` of every config for each of the N token arrays
+  (default: one), all in one jitted call (vmapped over the token arrays,
+  so each model compiles once)."""
+  parts = [_split(c) for c in cfgs]
+  if tokens is None:
+    tokens = [_inputs(t, seed)[0]]
+  pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (B, t))
+  graphdefs = [g for g, _, _ in parts]
+
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def run(states, tokens_NxBxT):
+    return [jax.vmap(lambda tok, g=g, p=p, r=r: nnx.merge(g, p, r)(tok, pos))(
+        tokens_NxBxT) for g, (p, r) in zip(graphdefs, states)]
+
+  return run([(p, r) for _, p, r in parts], jnp.stack(tokens))
+
+
+@pytest.mark.parametrize('backend', ['dense', 'chunked'])
+def test_lambda_mask_with_n_local_at_least_t_is_causal(backend):
+  t = 37
+  cfgs, names = [], []
+  for enc in ('alibi', 'rope'):
+    for n_global, n_local in ((0, 0), (0, t), (3, t), (3, t + 20), (3, 9)):
+      cfgs.append(_config(enc, backend, lm_infinite__n_global=n_global,
+                          lm_infinite__n_local=n_local))
+      names.append((enc, n_global, n_local))
+  logits = [x[0] for x in _forward_all(cfgs, t)]
+  for enc_i in range(2):
+    plain = logits[5 * enc_i]
+    for k in (1, 2, 3):
+      np.testing.assert_allclose(logits[5 * enc_i + k], plain, atol=1e-6,
+                                 rtol=0, err_msg=str(names[5 * enc_i + k]))
+    # A window shorter than the sequence does change the model: the check
+    # above can fail.
+    assert _max_abs(logits[5 * enc_i + 4] - plain) > 1e-3
+
+
+@pytest.mark.parametrize('backend', ['dense', 'chunked'])
+def test_rerope_window_at_least_t_is_rope(backend):
+  t = 37
+  settings = ((0, 0.0), (t, 0.0), (t, 0.5), (t + 50, 0.25), (6, 0.0))
+  cfgs = [_config('rope', backend, rerope__window=w, rerope__leak=leak)
+          for w, leak in settings]
+  logits = [x[0] for x in _forward_all(cfgs, t)]
+  for k in (1, 2, 3):
+    np.testing.assert_allclose(logits[k], logits[0], atol=1e-6, rtol=0,
+                               err_msg=str(settings[k]))
+  assert _max_abs(logits[4] - logits[0]) > 1e-3
+
+
+@pytest.mark.parametrize('variant', ['causal', 'lambda', 'lambda_limit',
+                                     'leaky_rerope'])
+def test_future_tokens_never_change_earlier_logits(variant):
+  t, changed_at = 37, (0, 8, 20, 36)
+  encodings = ('rope', 'alibi') if variant != 'leaky_rerope' else ('rope',)
+  cfgs = [_variant_config(enc, 'chunked', variant, block=4)
+          for enc in encodings]
+  x, _, _ = _inputs(t)
+  tokens = [x] + [x.at[:, j].set((x[:, j] + 100) % V) for j in changed_at]
+  for enc, per_tokens in zip(encodings, _forward_all(cfgs, t, tokens)):
+    base_logits = per_tokens[0]
+    for j, new in zip(changed_at, per_tokens[1:]):
+      np.testing.assert_allclose(new[:, :j], base_logits[:, :j], atol=1e-6,
+                                 rtol=0, err_msg=f'{enc} {variant} j={j}')
+      assert _max_abs(new[:, j] - base_logits[:, j]) > 1e-3
+
+
+def _visible_python(i, j, n_global, n_local):
+  if j < 0 or j > i:
+    return False
+  if n_local == 0:
+    return True
+  return i - j < n_local or j < n_global
+
+
+@pytest.mark.parametrize('n_global,n_local', [(0, 0), (0, 1), (2, 5), (5, 2),
+                                              (0, 4), (3, 100), (7, 7)])
+def test_mask_matches_brute_force(n_global, n_local):
+  rng = np.random.default_rng(n_global * 31 + n_local)
+  q_idx = np.arange(20) + 6                     # the last 20 of 26 keys
+  k_idx = np.arange(26)
+  k_idx[rng.choice(26, 4, replace=False)] = -1  # empty cache slots
+  got = np.asarray(A.Mask(n_global, n_local)(jnp.asarray(q_idx),
+                                             jnp.asarray(k_idx)))
+  want = np.array([[_visible_python(i, j, n_global, n_local) for j in k_idx]
+                   for i in q_idx])
+  np.testing.assert_array_equal(got, want)
+  # causal_mask: S - T offset.
+  np.testing.assert_array_equal(
+      A.causal_mask(5, 9),
+      [[_visible_python(i + 4, j, 0, 0) for j in range(9)] for i in range(5)])
+
+
+@pytest.mark.parametrize('leak', [0.0, 0.25, 0.5, 0.9])
+@pytest.mark.parametrize('window', [1, 5, 64])
+def test_far_positions_differences(window, leak):
+  rng = np.random.default_rng(window)
+  q = jnp.asarray(rng.integers(0, 5000, (2, 11)), jnp.int32)
+  k = jnp.asarray(rng.integers(0, 5000, (2, 13)), jnp.int32)
+  fq, fk = A.Clamp(window, leak).far_positions(q, k)
+  d = np.asarray(q)[:, :, None].astype(np.float64) - np.asarray(k)[:, None, :]
+  got = np.asarray(fq, np.float64)[:, :, None] - np.asarray(fk, np.float64)[
+      :, None, :]
+  np.testing.assert_allclose(got, window + leak * (d - window), rtol=1e-6,
+                             atol=1e-6 * 5000)
+  if leak == 0.0:   # integers, so bias encodings see exact distances
+    assert jnp.issubdtype(fq.dtype, jnp.integer)
+    assert jnp.issubdtype(fk.dtype, jnp.integer)
+
+
+@pytest.mark.parametrize('leak', [0.0, 0.3])
+def test_rope_clamp_scores_beyond_window_are_the_clamped_distance(leak):
+  """Through ``attention.scores``: pairs at distance ``d >= w`` score what
+  RoPE gives at distance ``w + leak (d - w)``, computed here at other
+  absolute positions (RoPE depends only on the difference); nearer pairs
+  score plain RoPE."""
+  t, h, k, w = 12, 2, 8, 4
+  rng = np.random.default_rng(7)
+  q = jnp.asarray(rng.normal(size=(1, t, h, k)), jnp.float32)
+  kk = jnp.asarray(rng.normal(size=(1, t, h, k)), jnp.float32)
+  pos = jnp.arange(t, dtype=jnp.int32)[None] + 100
+  inv = P.rope_inv_freq(k)
+  rot = lambda x, p: P.apply_rope(x, p, inv)
+  clamp = A.Clamp(w, leak)
+  near = A.Branch(rot(q, pos), rot(kk, pos), pos, pos)
+  fq, fk = clamp.far_positions(pos, pos)
+  far = A.Branch(rot(q, fq), rot(kk, fk), fq, fk)
+  got = np.asarray(A.scores(near, far, w, None))[0]      # [H, T, S]
+  beyond = 0
+  for i in range(t):
+    for j in range(i + 1):
+      d = i - j
+      eff = d if d < w else w + leak * (d - w)
+      # Query at position 7, key at 7 - eff: only the difference is shared.
+      qi = rot(q[:, i:i + 1], jnp.full((1, 1), 7.0))
+      kj = rot(kk[:, j:j + 1], jnp.full((1, 1), 7.0 - eff))
+      want = np.einsum('hk,hk->h', qi[0, 0], kj[0, 0]) / np.sqrt(k)
+      np.testing.assert_allclose(got[:, i, j], want, atol=2e-5, rtol=0,
+                                 err_msg=f'i={i} j={j}')
+      beyond += d > w
+  assert beyond > 0
+  if leak == 0.0:   # every pair beyond the window scores like distance w
+    i, j = t - 1, 0
+    assert t - 1 > w
+    same = rot(q[:, i:i + 1], pos[:, j + w:j + w + 1])
+    want = np.einsum('hk,hk->h', same[0, 0], near.k[0, j]) / np.sqrt(k)
+    np.testing.assert_allclose(got[:, i, j], want, atol=2e-5, rtol=0)
+
+
+def test_alibi_distance_limit_bias_on_global_pairs():
+  """LM-Infinite's limit L on ALiBi, through the model's own Attention
+  module: a visible pair at distance d has bias -m min(d, L)."""
+  t, n_global, n_local, limit = 30, 3, 5, 8
+  cfg = _config('alibi', lm_infinite__n_global=n_global,
+                lm_infinite__n_local=n_local,
+                lm_infinite__distance_limit=limit)
+  config_lib.validate(cfg)
+  attn = model_lib.build(cfg.model, seed=0).blocks[0].attn
+  assert attn.clamp == A.Clamp(limit, 0.0)
+  h, k = attn.num_heads, attn.head_dim
+  zeros = jnp.zeros((1, t, h, k), jnp.float32)   # logits = bias alone
+  pos = jnp.arange(t, dtype=jnp.int32)[None]
+  near, far = attn.branches(zeros, zeros, pos, pos)
+  logits = np.asarray(A.scores(near, far, attn.clamp.window,
+                               attn.position.bias))[0]
+  visible = np.asarray(attn.mask(jnp.arange(t), jnp.arange(t)))
+  slopes = P.alibi_slopes(h)
+  globals_beyond = 0
+  for i in range(t):
+    for j in range(t):
+      if not visible[i, j]:
+        continue
+      want = -slopes * min(i - j, limit)
+      np.testing.assert_allclose(logits[:, i, j], want, rtol=1e-6,
+                                 err_msg=f'i={i} j={j}')
+      if j < n_global and i - j > limit:
+        globals_beyond += 1
+  assert globals_beyond > 0
+  # Without the limit the same global pairs are biased by the full distance.
+  plain = np.asarray(A.scores(near, None, 0, attn.position.bias))[0]
+  np.testing.assert_allclose(plain[:, t - 1, 0], -slopes * (t - 1), rtol=1e-6)
+
+
+# ---------------------------------------------------------- skipped tiles
+
+
+def _count_tiles(monkeypatch, t, block, mask, far=False):
+  """How many key tiles chunked attention really computes, by running it
+  eagerly (jax.disable_jit: scan and map become python loops, lax.cond
+  runs only the branch its concrete predicate picks) and counting the
+  logit computations. jax.checkpoint would trace its function once instead
+  of running it, so it is replaced by the identity for this count."""
+  calls = []
+  real = A._branch_logits
+
+  def counting(*args, **kwargs):
+    calls.append(1)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(A, '_branch_logits', counting)
+  monkeypatch.setattr(jax, 'checkpoint', lambda f, **_: f)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(1, t, 1, 4)), jnp.float32)
+  pos = jnp.arange(t, dtype=jnp.int32)[None]
+  near = A.Branch(x, x, pos, pos)
+  far_br = A.Branch(x, x, *A.Clamp(3).far_positions(pos, pos)) if far else None
+  with jax.disable_jit():
+    out = A.chunked_attention(near, x, mask=mask, far=far_br,
+                              window=3 if far else 0, block_q=block,
+                              block_k=block)
+  monkeypatch.undo()
+  dense = A.attention(near, x, mask=mask, far=far_br, window=3 if far else 0,
+                      backend='dense')
+  np.testing.assert_allclose(out, dense, atol=TOL)
+  return len(calls) // (2 if far else 1)
+
+
+def _visible_tiles(t, block, mask):
+  """Tile pairs (query block, key tile) with at least one visible entry."""
+  vis = np.asarray(mask(jnp.arange(t), jnp.arange(t)))
+  n = -(-t // block)
+  return sum(vis[i * block:(i + 1) * block, j * block:(j + 1) * block].any()
+             for i in range(n) for j in range(n))
+
+
+@pytest.mark.parametrize('t,block,mask,far', [
+    (37, 8, A.Mask(), False),
+    (37, 8, A.Mask(2, 5), False),
+    (61, 8, A.Mask(5, 9), True),
+])
+def test_chunked_computes_only_visible_tiles(monkeypatch, t, block, mask, far):
+  counted = _count_tiles(monkeypatch, t, block, mask, far)
+  n = -(-t // block)
+  assert counted == _visible_tiles(t, block, mask)
+  if mask.n_local:
+    # A fixed number of key tiles per query block, fewer than causal.
+    per_block = -(-mask.n_global // block) + -(-(block + mask.n_local - 1)
+                                                // block) + 1
+    assert counted <= n * per_block
+    assert counted < n * (n + 1) // 2     # what causal attention computes
+  else:
+    assert counted == n * (n + 1) // 2    # the future tiles are skipped
+
+
+def test_lambda_tile_count_grows_linearly(monkeypatch):
+  """Doubling T adds a fixed number of tiles per new query block: the
+  increments double exactly (causal attention's would quadruple)."""
+  mask, block, lengths = A.Mask(3, 6), 8, (40, 80, 160)
+  lam = [_count_tiles(monkeypatch, t, block, mask) for t in lengths]
+  assert lam == [_visible_tiles(t, block, mask) for t in lengths]
+  assert lam[2] - lam[1] == 2 * (lam[1] - lam[0]), lam
+  causal = [_visible_tiles(t, block, A.Mask()) for t in lengths]
+  assert causal[2] - causal[1] > 3.5 * (causal[1] - causal[0])
+
+
+# ------------------------------------------------------------ the backend
+
+
+def test_auto_rule_on_this_platform(caplog):
+  if jax.default_backend() == 'gpu':
+    pytest.skip('the CPU rule')
+  kw = dict(q_dtype=jnp.float32, head_dim=16, far=False, threshold=100)
+  assert A.choose_backend('auto', num_keys=100, **kw) == 'dense'
+  assert A.choose_backend('auto', num_keys=101, **kw) == 'chunked'
+  assert A.choose_backend('dense', num_keys=10**6, **kw) == 'dense'
+  assert A.choose_backend('chunked', num_keys=1, **kw) == 'chunked'
+  A._warned.clear()
+  with caplog.at_level(logging.WARNING, logger='lmx'):
+    assert A.choose_backend('cudnn', num_keys=5, **kw) == 'dense'
+  assert 'cudnn' in caplog.text and 'dense' in caplog.text
+
+
+def test_auto_backend_model_equals_dense():
+  # chunk_threshold below T sends the auto model down the chunked path.
+  t = 37
+  cfgs = [_config('alibi', 'dense'),
+          _config('alibi', 'auto', chunk_threshold=8)]
+  dense, auto = [x[0] for x in _forward_all(cfgs, t)]
+  np.testing.assert_allclose(auto, dense, atol=TOL, rtol=0)
+
+
+# -------------------------------------------------------------- bad input
+
+
+def _full_config(position='rope', **fields):
+  c = base.get_config('size=tiny')
+  c.model.position = position
+  for path, value in fields.items():
+    _set(c, path.replace('__', '.'), value)
+  return c
+
+
+BAD = {
+    'unknown backend': (
+        dict(model__attention='flash'), ['config.model.attention', 'chunked']),
+    'cudnn on cpu': (
+        dict(model__attention='cudnn'), ['config.model.attention', 'GPU']),
+    'rerope on alibi': (
+        dict(position='alibi', model__rerope__window=16),
+        ['config.model.rerope.window', 'rotary']),
+    'rerope and distance limit': (
+        dict(model__rerope__window=16, model__lm_infinite__n_local=8,
+             model__lm_infinite__distance_limit=16),
+        ['config.model.rerope.window', 'distance_limit']),
+    'leak 1': (
+        dict(model__rerope__window=16, model__rerope__leak=1.0),
+        ['config.model.rerope.leak']),
+    'leak negative': (
+        dict(model__rerope__window=16, model__rerope__leak=-0.1),
+        ['config.model.rerope.leak']),
+    'leak without window': (
+        dict(model__rerope__leak=0.5), ['config.model.rerope.window']),
+    'global + local past the limit': (
+        dict(model__lm_infinite__n_global=4, model__lm_infinite__n_local=16,
+             model__lm_infinite__distance_limit=16),
+        ['n_local', 'distance_limit']),
+    'n_global without n_local': (
+        dict(model__lm_infinite__n_global=4), ['n_local']),
+    'negative n_global': (
+        dict(model__lm_infinite__n_global=-1, model__lm_infinite__n_local=8),
+        ['config.model.lm_infinite.n_global']),
+    'negative n_local': (
+        dict(model__lm_infinite__n_local=-8),
+        ['config.model.lm_infinite.n_local']),
+    'negative distance limit': (
+        dict(model__lm_infinite__n_local=8,
+             model__lm_infinite__distance_limit=-16),
+        ['config.model.lm_infinite.distance_limit']),
+    'negative window': (
+        dict(model__rerope__window=-4), ['config.model.rerope.window']),
+    'zero block': (
+        dict(model__attention_block=0), ['config.model.attention_block']),
+    'negative threshold': (
+        dict(model__chunk_threshold=-1), ['config.model.chunk_threshold']),
+    'rerope with dynamic ntk': (
+        dict(model__rerope__window=16, model__rope__scaling='dynamic',
+             model__rope__factor=1.0, model__rope__original_max_len=16),
+        ['config.model.rope.scaling', 'rerope.window']),
+    'distance limit with dynamic ntk': (
+        dict(model__lm_infinite__n_local=8,
+             model__lm_infinite__distance_limit=16,
+             model__rope__scaling='dynamic', model__rope__factor=1.0,
+             model__rope__original_max_len=16),
+        ['config.model.rope.scaling', 'distance_limit']),
+}
+
+
+@pytest.mark.parametrize('case', sorted(BAD))
+def test_bad_attention_config_is_refused_with_the_field(case):
+  fields, words = BAD[case]
+  if case == 'cudnn on cpu' and jax.default_backend() == 'gpu':
+    pytest.skip('a GPU is present')
+  with pytest.raises(config_lib.ConfigError) as err:
+    config_lib.validate(_full_config(**fields))
+  for word in words:
+    assert word in str(err.value), (case, str(err.value))
+
+
+@pytest.mark.parametrize('fields', [
+    dict(model__attention='chunked', model__attention_block=8),
+    dict(model__lm_infinite__n_global=4, model__lm_infinite__n_local=12,
+         model__lm_infinite__distance_limit=16),
+    dict(model__rerope__window=16, model__rerope__leak=0.5),
+    dict(position='xpos', model__rerope__window=16),
+    dict(position='alibi', model__lm_infinite__n_local=16,
+         model__lm_infinite__distance_limit=16),
+    dict(model__rerope__window=16, model__rope__scaling='ntk',
+         model__rope__factor=2.0),
+], ids=['chunked', 'lm_infinite', 'leaky', 'xpos_rerope', 'alibi_limit',
+        'rerope_ntk'])
+def test_good_attention_configs_pass(fields):
+  config_lib.validate(_full_config(**fields))
