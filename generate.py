@@ -1,0 +1,94 @@
+"""Generate text from a trained run.
+
+    python generate.py --workdir=runs/rope --prompt='def main(' \
+        --max_new_tokens=200 --temperature=0.8 --top_k=40 --seed=0
+    python generate.py --workdir=runs/rope --prompt='import ' --temperature=0
+    python generate.py --workdir=runs/rope --max_new_tokens=4000 \
+        --config.model.lm_infinite.n_global=10 \
+        --config.model.lm_infinite.n_local=64
+
+Loads the config saved in --workdir and the parameters of its latest
+checkpoint (--step=N for another). Any config field can be overridden with
+--config.<field>=<value>, as in eval.py (e.g. LM-Infinite's Lambda-shaped
+mask, whose KV cache is bounded, or a RoPE scaling). The prompt is encoded
+as bytes; the prompt and its continuation are printed. --temperature=0 is
+greedy decoding; --top_k=K samples among the K most likely bytes (0: all).
+Same seed, same text. Bad input exits with 2 and one message.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+import ml_collections
+
+from lmx import checkpoint
+from lmx import config as config_lib
+from lmx import decoding
+from lmx.data.corpus import DataError
+
+
+def _workdir_from_argv(argv) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith('--workdir='):
+      return arg.split('=', 1)[1]
+    if arg == '--workdir' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _saved_config() -> ml_collections.ConfigDict:
+  """The run's saved config, so --config.<field> overrides apply to it."""
+  workdir = _workdir_from_argv(sys.argv)
+  if workdir:
+    try:
+      return checkpoint.read_config(workdir)
+    except checkpoint.CheckpointError:
+      pass  # main() reports it, as one message
+  return ml_collections.ConfigDict()
+
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory from train.py.')
+_PROMPT = flags.DEFINE_string('prompt', '', 'Text to continue (bytes); '
+                              'empty: start a new document.')
+_MAX_NEW = flags.DEFINE_integer('max_new_tokens', 200, 'Bytes to generate.')
+_TEMPERATURE = flags.DEFINE_float('temperature', 1.0, 'Sampling temperature; '
+                                  '0 = greedy.')
+_TOP_K = flags.DEFINE_integer('top_k', 0, 'Sample among the K most likely '
+                              'tokens; 0 = all.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default: the '
+                             'latest.')
+_STOP_AT_EOD = flags.DEFINE_bool('stop_at_eod', False, 'Stop at the '
+                                 'end-of-document token.')
+_CONFIG = config_flags.DEFINE_config_dict('config', _saved_config())
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)
+  workdir = _WORKDIR.value
+  if not workdir:
+    raise app.UsageError('--workdir is required.')
+  try:
+    if not os.path.isdir(workdir):
+      raise checkpoint.CheckpointError(
+          f'--workdir={workdir} does not exist. Train first: python train.py '
+          f'--config=<config> --workdir={workdir}')
+    checkpoint.read_config(workdir)  # clear message when config.json is gone
+    config = _CONFIG.value
+    config_lib.validate(config)
+    text, _ = decoding.generate_from_run(
+        config, workdir, _PROMPT.value, _MAX_NEW.value,
+        temperature=_TEMPERATURE.value, top_k=_TOP_K.value, seed=_SEED.value,
+        step=_STEP.value, stop_at_eod=_STOP_AT_EOD.value)
+  except (config_lib.ConfigError, DataError, checkpoint.CheckpointError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  print(text)
+
+
+if __name__ == '__main__':
+  app.run(main)
