@@ -31,22 +31,33 @@ def _dropout(x, rate: float, key: Optional[jax.Array]):
 
 
 class LayerCache(NamedTuple):
-  """What one attention layer reads of the KV cache in a decoding call."""
+  """One attention layer's KV cache in a decoding call, and how to use it.
+
+  ``mode``: ``'prefill'`` (the cache is empty: attend over the new tokens
+  alone, through the configured backend, then store them), ``'write'``
+  (store the new keys first, then attend over the cache alone: no copy of
+  it is made) or ``'concat'`` (attend over the cache and the new keys side
+  by side, then store: for several new tokens in a ring, where storing
+  first would overwrite keys the earlier of them still see).
+  """
   k: jax.Array         # [B, C, H, K] cached keys, before the encoding turns them
   v: jax.Array         # [B, C, H, K]
-  pos: jax.Array       # [B, C] their positions
-  idx: jax.Array       # [C] their token indices; -1 marks an empty slot
+  pos: jax.Array       # [B, C] their positions ('write': after this call's)
+  idx: jax.Array       # [C] their token indices, -1 for an empty slot (idem)
   new_idx: jax.Array   # [T] token indices of this call's tokens
-  prefill: bool        # the cache is empty: attend over the new tokens only
+  slots: jax.Array     # [T] their slots; C for a token not kept
+  mode: str
 
 
 class Attention(nnx.Module):
   """Multi-head causal self-attention that asks the encoding for q/k and bias.
 
   Keys are cached *before* the encoding turns them, with their positions, so
-  a decoding step asks the encoding exactly what a full forward pass asks:
-  every encoding (dynamic NTK and the distance clamps included) decodes
-  with the same logits as the full pass.
+  a decoding step asks the encoding exactly what a full forward pass asks,
+  and every encoding and distance clamp decodes with the logits of the full
+  pass. (Dynamic NTK is the one exception past its original length, as
+  with any KV cache: the deeper layers' cached keys come from hidden states
+  computed at the scale of their own step.)
   """
 
   def __init__(self, cfg: ml_collections.ConfigDict,
@@ -82,13 +93,23 @@ class Attention(nnx.Module):
     qkv = self.qkv(x_BxTxD).reshape(b, t, 3, self.num_heads, self.head_dim)
     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     window = self.clamp.window if self.clamp is not None else 0
-    if cache is not None and not cache.prefill:
-      # A decoding step: the new queries against the cached keys and their
-      # own, masked by token index (dense: one row per new token).
-      k_all = jnp.concatenate([cache.k, k_BxTxHxK], axis=1)
-      v_all = jnp.concatenate([cache.v, v_BxTxHxK], axis=1)
-      k_pos = jnp.concatenate([cache.pos, positions_BxT], axis=1)
-      k_idx = jnp.concatenate([cache.idx, cache.new_idx])
+    stored = None
+    if cache is not None:
+      stored = (cache.k.at[:, cache.slots].set(k_BxTxHxK.astype(cache.k.dtype),
+                                               mode='drop'),
+                cache.v.at[:, cache.slots].set(v_BxTxHxK.astype(cache.v.dtype),
+                                               mode='drop'))
+    if cache is not None and cache.mode != 'prefill':
+      # Decoding: the new queries against the cached keys (their own
+      # included), masked by token index; dense, a row per new token.
+      if cache.mode == 'write':
+        k_all, v_all = stored
+        k_pos, k_idx = cache.pos, cache.idx
+      else:
+        k_all = jnp.concatenate([cache.k, k_BxTxHxK], axis=1)
+        v_all = jnp.concatenate([cache.v, v_BxTxHxK], axis=1)
+        k_pos = jnp.concatenate([cache.pos, positions_BxT], axis=1)
+        k_idx = jnp.concatenate([cache.idx, cache.new_idx])
       near, far = self.branches(q_BxTxHxK, k_all, positions_BxT, k_pos)
       logits = attention.scores(near, far, window, self.position.bias)
       visible = self.mask(cache.new_idx, k_idx)
@@ -112,7 +133,7 @@ class Attention(nnx.Module):
     out = self.out(out_BxTxHxK.reshape(b, t, -1))
     if cache is None:
       return out
-    return out, (k_BxTxHxK, v_BxTxHxK)
+    return out, stored
 
 
 def mask_from_config(cfg: ml_collections.ConfigDict) -> attention.Mask:
@@ -253,19 +274,22 @@ class Transformer(nnx.Module):
     start = cache['next']
     new_idx = start + jnp.arange(t, dtype=jnp.int32)
     slots = self._slots(new_idx, start + t - 1, c)
+    pos = cache['pos'].at[:, slots].set(positions_BxT.astype(jnp.int32),
+                                        mode='drop')
+    idx = cache['idx'].at[slots].set(new_idx, mode='drop')
+    ring = bool(self.blocks[0].attn.mask.n_local)
+    mode = 'prefill' if prefill else ('concat' if ring and t > 1 else 'write')
+    seen_pos, seen_idx = ((pos, idx) if mode == 'write'
+                          else (cache['pos'], cache['idx']))
     x_BxTxD = self.embed(tokens_BxT).astype(self.dtype)
     x_BxTxD = self.position.embed(x_BxTxD, positions_BxT)
     new_k, new_v = [], []
     for block, k_c, v_c in zip(self.blocks, cache['k'], cache['v']):
-      layer = LayerCache(k_c, v_c, cache['pos'], cache['idx'], new_idx,
-                         prefill)
-      x_BxTxD, (k, v) = block(x_BxTxD, positions_BxT, None, layer)
-      new_k.append(k_c.at[:, slots].set(k.astype(k_c.dtype), mode='drop'))
-      new_v.append(v_c.at[:, slots].set(v.astype(v_c.dtype), mode='drop'))
-    cache = {'k': new_k, 'v': new_v,
-             'pos': cache['pos'].at[:, slots].set(
-                 positions_BxT.astype(jnp.int32), mode='drop'),
-             'idx': cache['idx'].at[slots].set(new_idx, mode='drop'),
+      layer = LayerCache(k_c, v_c, seen_pos, seen_idx, new_idx, slots, mode)
+      x_BxTxD, (k_c, v_c) = block(x_BxTxD, positions_BxT, None, layer)
+      new_k.append(k_c)
+      new_v.append(v_c)
+    cache = {'k': new_k, 'v': new_v, 'pos': pos, 'idx': idx,
              'next': start + t}
     return self._logits(x_BxTxD), cache
 
