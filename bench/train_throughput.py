@@ -1,0 +1,378 @@
+"""Training throughput of lmx against x-transformers (PyTorch), side by side.
+
+    pip install -e '.[bench]'      # torch (CPU build) and x-transformers
+    python bench/train_throughput.py --positions=alibi,rope --steps=5 \
+        --repeats=5 --out=runs/train_throughput.json
+
+(``python -m bench.train_throughput`` works too.) The fixed model of the
+"Scale and speed" issue: width 256, 4 layers, 4 heads (head dim 64), MLP
+1024 (ratio 4, GELU, with biases), pre-norm RMSNorm, no bias in the attention
+projections, byte vocabulary 257, untied head, float32, sequence 256, batch
+16; AdamW (b1 0.9, b2 0.95, weight decay 0.1 on matrices only) after
+global-norm clipping at 1.0. ALiBi and RoPE (full head dim, half-split
+pairs) on both sides.
+
+What is measured:
+
+* The machine's matmul peak, by this script: the median GFLOP/s of a jitted
+  4096 x 4096 float32 matmul in JAX (on a GPU also bfloat16). MFU is model
+  FLOPs/s over this peak (float32 on CPU).
+* lmx: the real train step of ``lmx.trainer`` (``init_model``,
+  ``make_optimizer``, ``init_state``, ``make_train_step``), in this process.
+* x-transformers: ``TransformerWrapper(Decoder(...))`` with the identical
+  architecture, forward, cross-entropy, backward, ``clip_grad_norm_``,
+  ``AdamW.step`` (PyTorch defaults otherwise: eager, no compile), in a child
+  process of this one.
+* One fixed batch of random bytes per side, so the data pipeline is not
+  timed. A repeat is ``--steps`` steps timed after ``--warmup`` untimed ones
+  (lmx's compilation is in the warmup); tokens/s is the median over repeats.
+  Repeats alternate lmx, torch, lmx, torch, ... so load from other processes
+  on the machine hits both; the two never run at the same time.
+
+Fair use of the cores: before JAX or torch is imported, this process pins
+itself (``os.sched_setaffinity``) to ``--threads`` CPUs (default: all it may
+use) and the torch child inherits that set. XLA's CPU client sizes its
+intra-op thread pool from the CPUs it may run on, and torch gets
+``torch.set_num_threads(threads)`` (one inter-op thread), so both use the
+same cores with the same number of threads.
+
+Model FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B):
+``6 N + 12 L T d``, where N counts the weights of matmuls (qkv, attention
+output, MLP, LM head; not the embedding table, norms or biases), L the
+layers, T the sequence length and d the width; the attention term counts the
+full T x T products of QK^T and AV (forward and backward) with no causal
+saving. Both sides do the same work, so one number serves both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+MODEL = dict(d_model=256, num_layers=4, num_heads=4, mlp_dim=1024,
+             seq_len=256, batch_size=16, vocab_size=257)
+
+
+def model_flops_per_token(m: dict = MODEL) -> dict:
+  d, layers, t, v = m['d_model'], m['num_layers'], m['seq_len'], m['vocab_size']
+  per_layer = 3 * d * d + d * d + 2 * d * m['mlp_dim']
+  n_matmul = layers * per_layer + d * v
+  attention = 12 * layers * t * d
+  return {'n_matmul_params': n_matmul, 'dense': 6 * n_matmul,
+          'attention': attention, 'total': 6 * n_matmul + attention,
+          'formula': '6 N + 12 L T d'}
+
+
+def _pin(threads: int | None) -> list[int]:
+  cpus = sorted(os.sched_getaffinity(0))
+  if threads:
+    cpus = cpus[:threads]
+    os.sched_setaffinity(0, cpus)
+  return cpus
+
+
+def _median_rate(times: list[float], work: float) -> float:
+  return work / statistics.median(times)
+
+
+# ----------------------------------------------------------------------------
+# The torch side: a child process answering one JSON line per request.
+# ----------------------------------------------------------------------------
+
+def torch_worker(device: str, threads: int) -> None:
+  import torch  # pylint: disable=g-import-not-at-top
+  from x_transformers import Decoder, TransformerWrapper  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(threads)
+  try:
+    torch.set_num_interop_threads(1)
+  except RuntimeError:
+    pass
+  dev = torch.device('cuda' if device == 'gpu' else 'cpu')
+  sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
+  m = MODEL
+  models = {}
+
+  def build(position):
+    torch.manual_seed(0)
+    pos = (dict(alibi_pos_bias=True) if position == 'alibi' else
+           dict(rotary_pos_emb=True, rotary_emb_dim=m['d_model'] // m['num_heads']))
+    net = TransformerWrapper(
+        num_tokens=m['vocab_size'], max_seq_len=m['seq_len'],
+        use_abs_pos_emb=False, tie_embedding=False,
+        attn_layers=Decoder(
+            dim=m['d_model'], depth=m['num_layers'], heads=m['num_heads'],
+            attn_dim_head=m['d_model'] // m['num_heads'],
+            ff_mult=m['mlp_dim'] // m['d_model'], use_rmsnorm=True,
+            **pos)).to(dev)
+    decay = [p for p in net.parameters() if p.ndim >= 2]
+    no_decay = [p for p in net.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.1},
+                             {'params': no_decay, 'weight_decay': 0.0}],
+                            lr=1e-3, betas=(0.9, 0.95))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, m['vocab_size'], (m['batch_size'], m['seq_len'] + 1),
+                      generator=g).to(dev)
+    n = sum(p.numel() for p in net.parameters())
+
+    def step():
+      logits = net(x[:, :-1])
+      loss = torch.nn.functional.cross_entropy(
+          logits.reshape(-1, m['vocab_size']), x[:, 1:].reshape(-1))
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+      opt.step()
+      return loss
+    return step, n
+
+  for line in sys.stdin:
+    req = json.loads(line)
+    out = {}
+    if req['op'] == 'info':
+      out = {'torch': torch.__version__, 'threads': torch.get_num_threads()}
+      import x_transformers  # pylint: disable=g-import-not-at-top
+      from importlib.metadata import version  # pylint: disable=g-import-not-at-top
+      out['x_transformers'] = version('x-transformers')
+      del x_transformers
+    elif req['op'] == 'build':
+      step, n = build(req['position'])
+      models[req['position']] = step
+      for _ in range(req['warmup']):
+        loss = step()
+      sync()
+      out = {'params': n, 'loss': loss.item()}
+    elif req['op'] == 'time':
+      step = models[req['position']]
+      sync()
+      t0 = time.perf_counter()
+      for _ in range(req['steps']):
+        loss = step()
+      loss = float(loss)
+      sync()
+      out = {'seconds': (time.perf_counter() - t0) / req['steps'], 'loss': loss}
+    elif req['op'] == 'matmul':
+      a = torch.randn(4096, 4096, device=dev)
+      times = []
+      for _ in range(req['repeats'] + 1):
+        sync()
+        t0 = time.perf_counter()
+        a @ a
+        sync()
+        times.append(time.perf_counter() - t0)
+      out = {'gflops': _median_rate(times[1:], 2 * 4096 ** 3) / 1e9}
+    print(json.dumps(out), flush=True)
+
+
+class TorchChild:
+  """The torch worker, a subprocess of this one (same process tree)."""
+
+  def __init__(self, device, threads):
+    self.proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), '--worker=torch',
+         f'--device={device}', f'--threads={threads}'],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+  def __call__(self, **req):
+    self.proc.stdin.write(json.dumps(req) + '\n')
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError('the torch worker died; see its error above')
+    return json.loads(line)
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+# ----------------------------------------------------------------------------
+# The lmx side.
+# ----------------------------------------------------------------------------
+
+def lmx_config(position: str):
+  from configs import base  # pylint: disable=g-import-not-at-top
+  c = base.get_config()
+  c.model.position = position
+  for key in ('d_model', 'num_layers', 'num_heads', 'mlp_dim', 'vocab_size'):
+    c.model[key] = MODEL[key]
+  c.model.dtype = 'float32'
+  c.model.tie_embeddings = False
+  c.model.dropout = 0.0
+  c.train.seq_len = MODEL['seq_len']
+  c.train.batch_size = MODEL['batch_size']
+  return c
+
+
+class LmxRunner:
+
+  def __init__(self, position: str, warmup: int):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from lmx import trainer  # pylint: disable=g-import-not-at-top
+    self.jax = jax
+    c = lmx_config(position)
+    tx = trainer.make_optimizer(c.train)
+    graphdef, params = trainer.init_model(c)
+    self.params = sum(x.size for x in jax.tree.leaves(params))
+    self.state = trainer.init_state(c, params, tx)
+    self.step = trainer.make_train_step(graphdef, tx, c)
+    b, t = MODEL['batch_size'], MODEL['seq_len']
+    toks = np.random.default_rng(0).integers(0, MODEL['vocab_size'],
+                                             (b, t + 1))
+    self.batch = {
+        'inputs': jnp.asarray(toks[:, :-1], jnp.int32),
+        'targets': jnp.asarray(toks[:, 1:], jnp.int32),
+        'positions': jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)),
+    }
+    for _ in range(warmup):
+      self.state, m = self.step(self.state, self.batch)
+    self.loss = float(m['loss'])
+
+  def time(self, steps: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      self.state, m = self.step(self.state, self.batch)
+    self.loss = float(m['loss'])  # waits for the last step
+    return (time.perf_counter() - t0) / steps
+
+
+def jax_matmul_peak(repeats: int, dtype_name: str, n: int = 4096) -> float:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  dtype = jnp.dtype(dtype_name)
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, b).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return _median_rate(times, 2 * n ** 3) / 1e9
+
+
+def main(argv=None) -> dict:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--positions', default='alibi,rope',
+                 help='comma-separated: alibi, rope')
+  p.add_argument('--steps', type=int, default=5, help='timed steps per repeat')
+  p.add_argument('--repeats', type=int, default=5,
+                 help='repeats per side (alternating); the median is reported')
+  p.add_argument('--warmup', type=int, default=3, help='untimed steps first')
+  p.add_argument('--device', default='cpu', choices=('cpu', 'gpu'))
+  p.add_argument('--threads', type=int, default=0,
+                 help='CPUs for both sides (0: all this process may use)')
+  p.add_argument('--no-torch', action='store_true',
+                 help='time lmx only (no x-transformers needed)')
+  p.add_argument('--out', default='', help='write the results as JSON here')
+  p.add_argument('--worker', default='', help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+
+  cpus = _pin(args.threads or None)
+  threads = len(cpus)
+  if args.worker == 'torch':
+    torch_worker(args.device, threads)
+    return {}
+  os.environ.setdefault('JAX_PLATFORMS', 'cuda' if args.device == 'gpu'
+                        else 'cpu')
+  import jax  # pylint: disable=g-import-not-at-top
+
+  positions = [s.strip() for s in args.positions.split(',') if s.strip()]
+  for pos in positions:
+    if pos not in ('alibi', 'rope'):
+      p.error(f'--positions: {pos!r} is not alibi or rope')
+  flops = model_flops_per_token()
+  tokens_per_step = MODEL['batch_size'] * MODEL['seq_len']
+  result = {
+      'machine': {'platform': platform.platform(),
+                  'processor': platform.processor() or platform.machine(),
+                  'cpus': cpus, 'threads': threads,
+                  'jax_device': str(jax.devices()[0]), 'jax': jax.__version__},
+      'model': MODEL, 'flops_per_token': flops, 'steps': args.steps,
+      'repeats': args.repeats, 'warmup': args.warmup,
+  }
+  peak = {'float32': jax_matmul_peak(10, 'float32')}
+  if args.device == 'gpu':
+    peak['bfloat16'] = jax_matmul_peak(10, 'bfloat16')
+  result['peak_gflops'] = peak
+  torch = None if args.no_torch else TorchChild(args.device, threads)
+  try:
+    if torch:
+      result['machine'].update(torch(op='info'))
+      result['peak_gflops']['torch_float32'] = torch(
+          op='matmul', repeats=10)['gflops']
+    result['results'] = {}
+    for pos in positions:
+      lmx = LmxRunner(pos, args.warmup)
+      row = {'lmx': {'params': lmx.params, 'seconds': []}}
+      if torch:
+        row['x_transformers'] = dict(torch(op='build', position=pos,
+                                           warmup=args.warmup), seconds=[])
+        row['x_transformers'].pop('loss')
+      for _ in range(args.repeats):
+        row['lmx']['seconds'].append(lmx.time(args.steps))
+        if torch:
+          row['x_transformers']['seconds'].append(
+              torch(op='time', position=pos, steps=args.steps)['seconds'])
+      for side in row.values():
+        side['tokens_per_second'] = _median_rate(side['seconds'],
+                                                 tokens_per_step)
+        side['mfu'] = (side['tokens_per_second'] * flops['total']
+                       / (peak['float32'] * 1e9))
+      if torch:
+        row['ratio'] = (row['lmx']['tokens_per_second']
+                        / row['x_transformers']['tokens_per_second'])
+      result['results'][pos] = row
+      del lmx
+  finally:
+    if torch:
+      torch.close()
+
+  print(table(result))
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+      json.dump(result, f, indent=1)
+  return result
+
+
+def table(r: dict) -> str:
+  f = r['flops_per_token']
+  m = r['machine']
+  lines = [
+      f"Machine: {m['processor']}, {m['threads']} threads on CPUs "
+      f"{m['cpus']}; {m['jax_device']}; measured matmul peak "
+      + ', '.join(f'{k} {v:,.1f} GFLOP/s' for k, v in r['peak_gflops'].items()),
+      f"Model FLOPs/token = 6N + 12LTd = 6 x {f['n_matmul_params']:,} + "
+      f"{f['attention']:,} = {f['total'] / 1e6:.2f} MFLOP; median of "
+      f"{r['repeats']} alternating repeats of {r['steps']} steps",
+      '',
+      '| encoding | implementation | tokens/s | MFU | lmx / x-transformers |',
+      '|---|---|---:|---:|---:|',
+  ]
+  for pos, row in r['results'].items():
+    ratio = f"{row['ratio']:.2f}x" if 'ratio' in row else ''
+    for name, side in row.items():
+      if not isinstance(side, dict):
+        continue
+      label = 'lmx (JAX)' if name == 'lmx' else 'x-transformers (PyTorch)'
+      lines.append(f"| {pos} | {label} | {side['tokens_per_second']:,.0f} | "
+                   f"{100 * side['mfu']:.1f}% | "
+                   f"{ratio if name == 'lmx' else ''} |")
+  return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+  main()
