@@ -15,8 +15,10 @@ pairs) on both sides.
 What is measured:
 
 * The machine's matmul peak, by this script: the median GFLOP/s of a jitted
-  4096 x 4096 float32 matmul in JAX (on a GPU also bfloat16). MFU is model
-  FLOPs/s over this peak (float32 on CPU).
+  4096 x 4096 float32 matmul in JAX (on a GPU also bfloat16), and of the
+  same matmul in torch. MFU is model FLOPs/s over the higher float32 one
+  (``mfu_reference``): XLA:CPU's GEMM reached 160-260 GFLOP/s where torch's
+  reached 320-330 on the same 2 cores.
 * lmx: the real train step of ``lmx.trainer`` (``init_model``,
   ``make_optimizer``, ``init_state``, ``make_train_step``), in this process.
 * x-transformers: ``TransformerWrapper(Decoder(...))`` with the identical
@@ -157,7 +159,7 @@ def torch_worker(device: str, threads: int) -> None:
       t0 = time.perf_counter()
       for _ in range(req['steps']):
         loss = step()
-      loss = float(loss)
+      loss = loss.item()
       sync()
       out = {'seconds': (time.perf_counter() - t0) / req['steps'], 'loss': loss}
     elif req['op'] == 'matmul':
@@ -313,6 +315,10 @@ def main(argv=None) -> dict:
       result['machine'].update(torch(op='info'))
       result['peak_gflops']['torch_float32'] = torch(
           op='matmul', repeats=10)['gflops']
+    # XLA:CPU's float32 GEMM can fall well short of oneDNN's on the same
+    # cores, so MFU is taken against the higher of the two measurements.
+    peak['mfu_reference'] = max(v for k, v in peak.items()
+                                if k in ('float32', 'torch_float32'))
     result['results'] = {}
     for pos in positions:
       lmx = LmxRunner(pos, args.warmup)
@@ -330,7 +336,7 @@ def main(argv=None) -> dict:
         side['tokens_per_second'] = _median_rate(side['seconds'],
                                                  tokens_per_step)
         side['mfu'] = (side['tokens_per_second'] * flops['total']
-                       / (peak['float32'] * 1e9))
+                       / (peak['mfu_reference'] * 1e9))
       if torch:
         row['ratio'] = (row['lmx']['tokens_per_second']
                         / row['x_transformers']['tokens_per_second'])
