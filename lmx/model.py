@@ -23,6 +23,19 @@ from lmx import positions as positions_lib
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
+def _dense(layer: nnx.Linear, x_BxTxD: jax.Array) -> jax.Array:
+  """``layer(x)`` computed on ``x`` flattened to ``[B*T, D]``.
+
+  The same product, but as a plain 2-D matmul its backward is one too: with
+  a 3-D input the weight gradient contracts over (B, T), and XLA:CPU emits
+  it as a generic dot after a transposing copy of the activations instead of
+  its fast GEMM. Flattening made the train step 1.15-1.3x faster on a 2-core
+  CPU (bench/train_throughput.py) with identical losses.
+  """
+  y_NxF = layer(x_BxTxD.reshape(-1, x_BxTxD.shape[-1]))
+  return y_NxF.reshape(*x_BxTxD.shape[:-1], y_NxF.shape[-1])
+
+
 def _dropout(x, rate: float, key: Optional[jax.Array]):
   if rate == 0.0 or key is None:
     return x
@@ -90,7 +103,8 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BxTxD, positions_BxT, cache: Optional[LayerCache] = None):
     b, t, _ = x_BxTxD.shape
-    qkv = self.qkv(x_BxTxD).reshape(b, t, 3, self.num_heads, self.head_dim)
+    qkv = _dense(self.qkv, x_BxTxD).reshape(b, t, 3, self.num_heads,
+                                            self.head_dim)
     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     window = self.clamp.window if self.clamp is not None else 0
     stored = None
@@ -130,7 +144,7 @@ class Attention(nnx.Module):
             near, v_BxTxHxK, bias_fn=self.position.bias, mask=self.mask,
             far=far, window=window, backend=self.backend, block=self.block,
             threshold=self.threshold)
-    out = self.out(out_BxTxHxK.reshape(b, t, -1))
+    out = _dense(self.out, out_BxTxHxK.reshape(b, t, -1))
     if cache is None:
       return out
     return out, stored
@@ -162,7 +176,7 @@ class Mlp(nnx.Module):
     self.down = nnx.Linear(cfg.mlp_dim, cfg.d_model, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
-    return self.down(jax.nn.gelu(self.up(x)))
+    return _dense(self.down, jax.nn.gelu(_dense(self.up, x)))
 
 
 class Block(nnx.Module):
@@ -231,7 +245,7 @@ class Transformer(nnx.Module):
     if self.tie_embeddings:
       logits_BxTxV = self.embed.attend(x_BxTxD) * (x_BxTxD.shape[-1] ** -0.5)
     else:
-      logits_BxTxV = self.head(x_BxTxD)
+      logits_BxTxV = _dense(self.head, x_BxTxD)
     return logits_BxTxV.astype(jnp.float32)
 
   # ---------------------------------------------------------------- decoding
