@@ -20,33 +20,12 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
-import ml_collections
 
 from lmx import checkpoint
 from lmx import config as config_lib
 from lmx import evaluation
 from lmx import task_eval
 from lmx.data.corpus import DataError
-
-
-def _workdir_from_argv(argv) -> str | None:
-  for i, arg in enumerate(argv):
-    if arg.startswith('--workdir='):
-      return arg.split('=', 1)[1]
-    if arg == '--workdir' and i + 1 < len(argv):
-      return argv[i + 1]
-  return None
-
-
-def _saved_config() -> ml_collections.ConfigDict:
-  """The run's saved config, so --config.<field> overrides can apply to it."""
-  workdir = _workdir_from_argv(sys.argv)
-  if workdir:
-    try:
-      return checkpoint.read_config(workdir)
-    except checkpoint.CheckpointError:
-      pass  # main() reports it, as one message
-  return ml_collections.ConfigDict()
 
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory from train.py.')
@@ -57,7 +36,8 @@ _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default: the '
                              'latest.')
 _OUT = flags.DEFINE_string('out', None, 'Output directory; default '
                            '<workdir>/eval.')
-_CONFIG = config_flags.DEFINE_config_dict('config', _saved_config())
+_CONFIG = config_flags.DEFINE_config_dict(
+    'config', checkpoint.saved_config_from_argv(sys.argv))
 
 
 def main(argv):

@@ -451,6 +451,24 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(saved)
 
 
+def saved_config_from_argv(argv) -> ml_collections.ConfigDict:
+  """The saved config of the run that ``--workdir`` in ``argv`` names, so a
+  command's ``--config.<field>`` overrides apply to it; empty if there is
+  none (the command then reports the problem as one message)."""
+  workdir = None
+  for i, arg in enumerate(argv):
+    if arg.startswith('--workdir='):
+      workdir = arg.split('=', 1)[1]
+    elif arg == '--workdir' and i + 1 < len(argv):
+      workdir = argv[i + 1]
+  if workdir:
+    try:
+      return read_config(workdir)
+    except CheckpointError:
+      pass
+  return ml_collections.ConfigDict()
+
+
 # ---------------------------------------------------------------------- lock
 
 
