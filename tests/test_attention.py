@@ -529,6 +529,28 @@ def test_auto_rule_on_this_platform(caplog):
   assert 'cudnn' in caplog.text and 'dense' in caplog.text
 
 
+def test_gpu_rule_takes_cudnn_only_where_it_can_run(monkeypatch, caplog):
+  # The platform is faked: the rule, not the kernel, is under test.
+  monkeypatch.setattr(A.jax, 'default_backend', lambda: 'gpu')
+  kw = dict(num_keys=4096, threshold=2048)
+  assert A.choose_backend('auto', q_dtype=jnp.bfloat16, head_dim=64,
+                          far=False, **kw) == 'cudnn'
+  assert A.choose_backend('cudnn', q_dtype=jnp.float16, head_dim=128,
+                          far=False, **kw) == 'cudnn'
+  A._warned.clear()
+  with caplog.at_level(logging.WARNING, logger='lmx'):
+    for _ in range(3):  # said once, however often it falls back
+      assert A.choose_backend('cudnn', q_dtype=jnp.float32, head_dim=64,
+                              far=False, **kw) == 'chunked'
+  assert caplog.text.count('float32') == 1
+  for dtype, head_dim, far in ((jnp.bfloat16, 60, False),
+                               (jnp.bfloat16, 256, False),
+                               (jnp.bfloat16, 64, True)):
+    assert A.cudnn_unavailable(dtype, head_dim, far) is not None
+    assert A.choose_backend('auto', q_dtype=dtype, head_dim=head_dim,
+                            far=far, **kw) == 'chunked'
+
+
 def test_auto_backend_model_equals_dense():
   # chunk_threshold below T sends the auto model down the chunked path.
   t = 37
