@@ -91,7 +91,7 @@ def _median_rate(times: list[float], work: float) -> float:
 # The torch side: a child process answering one JSON line per request.
 # ----------------------------------------------------------------------------
 
-def torch_worker(device: str, threads: int) -> None:
+def torch_worker(device: str, threads: int, dtype: str = 'float32') -> None:
   import torch  # pylint: disable=g-import-not-at-top
   from x_transformers import Decoder, TransformerWrapper  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(threads)
@@ -127,9 +127,13 @@ def torch_worker(device: str, threads: int) -> None:
     n = sum(p.numel() for p in net.parameters())
 
     def step():
-      logits = net(x[:, :-1])
+      # bfloat16: autocast, float32 parameters and optimizer, bf16 matmuls,
+      # the same mixed precision as lmx's config.model.dtype='bfloat16'.
+      with torch.autocast(dev.type, dtype=torch.bfloat16,
+                          enabled=dtype == 'bfloat16'):
+        logits = net(x[:, :-1])
       loss = torch.nn.functional.cross_entropy(
-          logits.reshape(-1, m['vocab_size']), x[:, 1:].reshape(-1))
+          logits.float().reshape(-1, m['vocab_size']), x[:, 1:].reshape(-1))
       opt.zero_grad(set_to_none=True)
       loss.backward()
       torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -163,7 +167,8 @@ def torch_worker(device: str, threads: int) -> None:
       sync()
       out = {'seconds': (time.perf_counter() - t0) / req['steps'], 'loss': loss}
     elif req['op'] == 'matmul':
-      a = torch.randn(4096, 4096, device=dev)
+      a = torch.randn(4096, 4096, device=dev,
+                      dtype=getattr(torch, req.get('dtype', 'float32')))
       times = []
       for _ in range(req['repeats'] + 1):
         sync()
@@ -178,10 +183,10 @@ def torch_worker(device: str, threads: int) -> None:
 class TorchChild:
   """The torch worker, a subprocess of this one (same process tree)."""
 
-  def __init__(self, device, threads):
+  def __init__(self, device, threads, dtype='float32'):
     self.proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), '--worker=torch',
-         f'--device={device}', f'--threads={threads}'],
+         f'--device={device}', f'--threads={threads}', f'--dtype={dtype}'],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
   def __call__(self, **req):
@@ -201,13 +206,13 @@ class TorchChild:
 # The lmx side.
 # ----------------------------------------------------------------------------
 
-def lmx_config(position: str):
+def lmx_config(position: str, dtype: str = 'float32'):
   from configs import base  # pylint: disable=g-import-not-at-top
   c = base.get_config()
   c.model.position = position
   for key in ('d_model', 'num_layers', 'num_heads', 'mlp_dim', 'vocab_size'):
     c.model[key] = MODEL[key]
-  c.model.dtype = 'float32'
+  c.model.dtype = dtype
   c.model.tie_embeddings = False
   c.model.dropout = 0.0
   c.train.seq_len = MODEL['seq_len']
@@ -217,13 +222,13 @@ def lmx_config(position: str):
 
 class LmxRunner:
 
-  def __init__(self, position: str, warmup: int):
+  def __init__(self, position: str, warmup: int, dtype: str = 'float32'):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     from lmx import trainer  # pylint: disable=g-import-not-at-top
     self.jax = jax
-    c = lmx_config(position)
+    c = lmx_config(position, dtype)
     tx = trainer.make_optimizer(c.train)
     graphdef, params = trainer.init_model(c)
     self.params = sum(x.size for x in jax.tree.leaves(params))
@@ -255,7 +260,9 @@ def jax_matmul_peak(repeats: int, dtype_name: str, n: int = 4096) -> float:
   dtype = jnp.dtype(dtype_name)
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
-  f = jax.jit(lambda x, y: x @ y)
+  # A float32 result: the form XLA:CPU sends to bf16 matrix units (a bf16
+  # result type takes a generic path about 4x slower on this CPU).
+  f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
   f(a, b).block_until_ready()
   times = []
   for _ in range(repeats):
@@ -278,6 +285,8 @@ def main(argv=None) -> dict:
                  help='CPUs for both sides (0: all this process may use)')
   p.add_argument('--no-torch', action='store_true',
                  help='time lmx only (no x-transformers needed)')
+  p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                 help='compute dtype of both sides (parameters stay float32)')
   p.add_argument('--out', default='', help='write the results as JSON here')
   p.add_argument('--worker', default='', help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -285,7 +294,7 @@ def main(argv=None) -> dict:
   cpus = _pin(args.threads or None)
   threads = len(cpus)
   if args.worker == 'torch':
-    torch_worker(args.device, threads)
+    torch_worker(args.device, threads, args.dtype)
     return {}
   os.environ.setdefault('JAX_PLATFORMS', 'cuda' if args.device == 'gpu'
                         else 'cpu')
@@ -303,25 +312,29 @@ def main(argv=None) -> dict:
                   'cpus': cpus, 'threads': threads,
                   'jax_device': str(jax.devices()[0]), 'jax': jax.__version__},
       'model': MODEL, 'flops_per_token': flops, 'steps': args.steps,
-      'repeats': args.repeats, 'warmup': args.warmup,
+      'repeats': args.repeats, 'warmup': args.warmup, 'dtype': args.dtype,
   }
   peak = {'float32': jax_matmul_peak(10, 'float32')}
-  if args.device == 'gpu':
+  if args.device == 'gpu' or args.dtype == 'bfloat16':
     peak['bfloat16'] = jax_matmul_peak(10, 'bfloat16')
   result['peak_gflops'] = peak
-  torch = None if args.no_torch else TorchChild(args.device, threads)
+  torch = None if args.no_torch else TorchChild(args.device, threads,
+                                                 args.dtype)
   try:
     if torch:
       result['machine'].update(torch(op='info'))
       result['peak_gflops']['torch_float32'] = torch(
           op='matmul', repeats=10)['gflops']
+      if args.dtype == 'bfloat16':
+        result['peak_gflops']['torch_bfloat16'] = torch(
+            op='matmul', repeats=10, dtype='bfloat16')['gflops']
     # XLA:CPU's float32 GEMM can fall well short of oneDNN's on the same
     # cores, so MFU is taken against the higher of the two measurements.
     peak['mfu_reference'] = max(v for k, v in peak.items()
-                                if k in ('float32', 'torch_float32'))
+                                if k.endswith(args.dtype))
     result['results'] = {}
     for pos in positions:
-      lmx = LmxRunner(pos, args.warmup)
+      lmx = LmxRunner(pos, args.warmup, args.dtype)
       row = {'lmx': {'params': lmx.params, 'seconds': []}}
       if torch:
         row['x_transformers'] = dict(torch(op='build', position=pos,
@@ -363,7 +376,8 @@ def table(r: dict) -> str:
       + ', '.join(f'{k} {v:,.1f} GFLOP/s' for k, v in r['peak_gflops'].items()),
       f"Model FLOPs/token = 6N + 12LTd = 6 x {f['n_matmul_params']:,} + "
       f"{f['attention']:,} = {f['total'] / 1e6:.2f} MFLOP; median of "
-      f"{r['repeats']} alternating repeats of {r['steps']} steps",
+      f"{r['repeats']} alternating repeats of {r['steps']} steps; "
+      f"compute dtype {r.get('dtype', 'float32')}",
       '',
       '| encoding | implementation | tokens/s | MFU | lmx / x-transformers |',
       '|---|---|---:|---:|---:|',

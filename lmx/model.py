@@ -23,6 +23,47 @@ from lmx import positions as positions_lib
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
+@jax.custom_vjp
+def _matmul_low(x_NxD: jax.Array, w_DxF: jax.Array) -> jax.Array:
+  """``x @ w`` in ``x``'s low precision (bf16), accumulated in float32.
+
+  ``w`` is the float32 parameter: it is rounded for the product, and its
+  gradient comes back in float32. On XLA:CPU a bf16 product reaches the
+  CPU's bf16 matrix units (AMX) only as a plain GEMM with a float32 result
+  whose operands are whole buffers; an elementwise producer fused into the
+  dot, or a bf16 result type, sends it down a generic path several times
+  slower. So every product here asks for float32, its operands sit behind
+  ``optimization_barrier`` (no effect on values), and the weight gradient
+  contracts over blocks of rows (measured fastest).
+  """
+  return _dot_low(x_NxD, w_DxF.astype(x_NxD.dtype)).astype(x_NxD.dtype)
+
+
+def _dot_low(a, b, contract=((1,), (0,))):
+  barrier = jax.lax.optimization_barrier
+  return jax.lax.dot_general(barrier(a), barrier(b), (contract, ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
+def _matmul_low_fwd(x_NxD, w_DxF):
+  return _matmul_low(x_NxD, w_DxF), (x_NxD, w_DxF)
+
+
+def _matmul_low_bwd(res, g_NxF):
+  x_NxD, w_DxF = res
+  low = x_NxD.dtype
+  g_NxF = g_NxF.astype(low)
+  dx = _dot_low(g_NxF, w_DxF.astype(low), ((1,), (1,))).astype(low)
+  n = x_NxD.shape[0]
+  rows = next(r for r in (256, 128, 64, 32, 16, 8, 4, 2, 1) if n % r == 0)
+  dw = _dot_low(x_NxD.reshape(n // rows, rows, -1),
+                g_NxF.reshape(n // rows, rows, -1), ((0, 1), (0, 1)))
+  return dx, dw.astype(w_DxF.dtype)
+
+
+_matmul_low.defvjp(_matmul_low_fwd, _matmul_low_bwd)
+
+
 def _dense(layer: nnx.Linear, x_BxTxD: jax.Array) -> jax.Array:
   """``layer(x)`` computed on ``x`` flattened to ``[B*T, D]``.
 
@@ -30,9 +71,16 @@ def _dense(layer: nnx.Linear, x_BxTxD: jax.Array) -> jax.Array:
   a 3-D input the weight gradient contracts over (B, T), and XLA:CPU emits
   it as a generic dot after a transposing copy of the activations instead of
   its fast GEMM. Flattening made the train step 1.15-1.3x faster on a 2-core
-  CPU (bench/train_throughput.py) with identical losses.
+  CPU (bench/train_throughput.py) with identical losses. In bfloat16 the
+  product is ``_matmul_low``.
   """
-  y_NxF = layer(x_BxTxD.reshape(-1, x_BxTxD.shape[-1]))
+  x_NxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])
+  if layer.dtype == jnp.bfloat16:
+    y_NxF = _matmul_low(x_NxD.astype(jnp.bfloat16), layer.kernel[...])
+    if layer.bias is not None:
+      y_NxF = y_NxF + layer.bias[...].astype(jnp.bfloat16)
+  else:
+    y_NxF = layer(x_NxD)
   return y_NxF.reshape(*x_BxTxD.shape[:-1], y_NxF.shape[-1])
 
 
@@ -176,7 +224,11 @@ class Mlp(nnx.Module):
     self.down = nnx.Linear(cfg.mlp_dim, cfg.d_model, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
-    return _dense(self.down, jax.nn.gelu(_dense(self.up, x)))
+    # The activation in float32 whatever the compute dtype: elementwise
+    # bf16 arithmetic is emulated on CPUs (6x slower here), and it is
+    # rounded back before the next product anyway.
+    h = jax.nn.gelu(_dense(self.up, x).astype(jnp.float32))
+    return _dense(self.down, h.astype(x.dtype))
 
 
 class Block(nnx.Module):
