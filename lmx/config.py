@@ -11,6 +11,7 @@ import ml_collections
 
 from lmx import attention
 from lmx import positions
+from lmx import sharding
 from lmx.positions import rope_scaling
 from lmx.data import tasks
 
@@ -190,7 +191,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _float(config, 'train.grad_clip', 0.0, lo_open=True)
   _choice(config, 'train.on_corrupt_checkpoint', ('previous', 'refuse'))
   _int(config, 'train.max_nonfinite_skips', 0)
-  from lmx import sharding; sharding.validate_config(config)  # pylint: disable=g-import-not-at-top,multiple-statements
+  sharding.validate_config(config)
   problem = check_length(config, t.seq_len, config.positions.train, 'Training')
   _require(problem is None, problem or '')
 
