@@ -223,10 +223,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       'buckets': bucket(longest['per_position'], config.eval.position_buckets),
   }
   diagnostics = None
-  if config.eval.diagnostics_windows:
+  # The statistics need each layer's dense T x T logits: taken at the
+  # longest length the dense backend would run (config.model.
+  # chunk_threshold), so a 64k evaluation does not build 64k x 64k arrays.
+  diag_rows = [r for r in rows
+               if r['length'] <= max(config.model.chunk_threshold, 1)]
+  if config.eval.diagnostics_windows and diag_rows:
     diagnostics = attention_diagnostics(
-        graphdef, params, config, stream, longest['length'],
-        min(config.eval.diagnostics_windows, longest['windows']))
+        graphdef, params, config, stream, diag_rows[-1]['length'],
+        min(config.eval.diagnostics_windows, diag_rows[-1]['windows']))
   out_dir = out_dir or os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
   write_json(os.path.join(out_dir, 'results.json'), results)

@@ -75,6 +75,15 @@ def test_eval_override_and_explicit_lengths(trained, tmp_path):
     results = json.load(f)
   assert results['eval_sampling'] == 'shift'
   assert [r['length'] for r in results['results']] == [16, 48]
+  # Attention diagnostics stop at the dense backend's reach: the longest
+  # length <= chunk_threshold, while the loss goes on (chunked) beyond it.
+  out2 = str(tmp_path / 'ev2')
+  run('eval.py', f'--workdir={workdir}', '--lengths=16,48', f'--out={out2}',
+      '--config.model.chunk_threshold=32', '--config.model.attention_block=8')
+  with open(os.path.join(out2, 'attention.json')) as f:
+    assert json.load(f)['length'] == 16
+  with open(os.path.join(out2, 'results.json')) as f:
+    assert [r['length'] for r in json.load(f)['results']] == [16, 48]
   # An older checkpoint by step, and a clear message for a missing one.
   run('eval.py', f'--workdir={workdir}', '--lengths=16', f'--out={out}',
       '--step=3')
