@@ -140,19 +140,10 @@ def scores(near: Branch, far: Optional[Branch], window: int,
 # -------------------------------------------------------------------- dense
 
 
-def attention_logits(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array,
-                     bias: Optional[jax.Array] = None,
-                     mask_TxS: Optional[jax.Array] = None) -> jax.Array:
-  """Scaled dot products plus bias, masked keys at ``NEG_INF``: float32
-  ``[B, H, T, S]``."""
-  scale = q_BxTxHxK.shape[-1] ** -0.5
-  logits_BxHxTxS = jnp.einsum('bthk,bshk->bhts', q_BxTxHxK, k_BxSxHxK,
-                              preferred_element_type=jnp.float32) * scale
-  if bias is not None:
-    logits_BxHxTxS = logits_BxHxTxS + bias.astype(jnp.float32)
-  if mask_TxS is not None:
-    logits_BxHxTxS = jnp.where(mask_TxS, logits_BxHxTxS, NEG_INF)
-  return logits_BxHxTxS
+def masked_scores(near: Branch, far: Optional[Branch], window: int,
+                  bias_fn: Optional[BiasFn], visible_TxS: jax.Array):
+  """``scores`` with the keys ``visible_TxS`` hides at ``NEG_INF``."""
+  return jnp.where(visible_TxS, scores(near, far, window, bias_fn), NEG_INF)
 
 
 def attend(logits_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array) -> jax.Array:
@@ -160,14 +151,6 @@ def attend(logits_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array) -> jax.Array:
   probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
   return jnp.einsum('bhts,bshk->bthk', probs_BxHxTxS.astype(v_BxSxHxK.dtype),
                     v_BxSxHxK)
-
-
-def dense_attention(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array,
-                    v_BxSxHxK: jax.Array, bias: Optional[jax.Array] = None,
-                    mask_TxS: Optional[jax.Array] = None) -> jax.Array:
-  """Softmax attention with an optional ``[B, H, T, S]`` bias and mask."""
-  return attend(attention_logits(q_BxTxHxK, k_BxSxHxK, bias, mask_TxS),
-                v_BxSxHxK)
 
 
 # ------------------------------------------------------------------ chunked
@@ -366,9 +349,9 @@ def attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
     return chunked_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask,
                              far=far, window=window, block_q=block,
                              block_k=block)
-  logits = scores(near, far, window, bias_fn)
   visible_TxS = mask(jnp.arange(t) + (s - t), jnp.arange(s))
-  return attend(jnp.where(visible_TxS, logits, NEG_INF), v_BxSxHxK)
+  return attend(masked_scores(near, far, window, bias_fn, visible_TxS),
+                v_BxSxHxK)
 
 
 def attention_stats(logits_BxHxTxS: jax.Array,

@@ -173,17 +173,16 @@ class Attention(nnx.Module):
         k_pos = jnp.concatenate([cache.pos, positions_BxT], axis=1)
         k_idx = jnp.concatenate([cache.idx, cache.new_idx])
       near, far = self.branches(q_BxTxHxK, k_all, positions_BxT, k_pos)
-      logits = attention.scores(near, far, window, self.position.bias)
-      visible = self.mask(cache.new_idx, k_idx)
-      out_BxTxHxK = attention.attend(
-          jnp.where(visible, logits, attention.NEG_INF), v_all)
+      logits = attention.masked_scores(near, far, window, self.position.bias,
+                                       self.mask(cache.new_idx, k_idx))
+      out_BxTxHxK = attention.attend(logits, v_all)
     else:
       near, far = self.branches(q_BxTxHxK, k_BxTxHxK, positions_BxT,
                                 positions_BxT)
       if self.collect_stats:
-        logits = attention.scores(near, far, window, self.position.bias)
         mask_TxT = self.mask(jnp.arange(t), jnp.arange(t))
-        logits = jnp.where(mask_TxT, logits, attention.NEG_INF)
+        logits = attention.masked_scores(near, far, window,
+                                         self.position.bias, mask_TxT)
         self.sow(nnx.Intermediate, 'attention_stats',
                  attention.attention_stats(logits, mask_TxT))
         out_BxTxHxK = attention.attend(logits, v_BxTxHxK)
