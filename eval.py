@@ -48,11 +48,7 @@ def main(argv):
   if not workdir:
     raise app.UsageError('--workdir is required.')
   try:
-    if not os.path.isdir(workdir):
-      raise checkpoint.CheckpointError(
-          f'--workdir={workdir} does not exist. Train first: python train.py '
-          f'--config=<config> --workdir={workdir}')
-    checkpoint.read_config(workdir)  # clear message when config.json is gone
+    checkpoint.require_run(workdir)  # one clear message for a missing run
     lengths = None
     if _LENGTHS.value:
       try:

@@ -16,7 +16,6 @@ greedy decoding; --top_k=K samples among the K most likely bytes (0: all).
 Same seed, same text. Bad input exits with 2 and one message.
 """
 
-import os
 import sys
 
 from absl import app, flags, logging
@@ -53,11 +52,7 @@ def main(argv):
   if not workdir:
     raise app.UsageError('--workdir is required.')
   try:
-    if not os.path.isdir(workdir):
-      raise checkpoint.CheckpointError(
-          f'--workdir={workdir} does not exist. Train first: python train.py '
-          f'--config=<config> --workdir={workdir}')
-    checkpoint.read_config(workdir)  # clear message when config.json is gone
+    checkpoint.require_run(workdir)  # one clear message for a missing run
     config = _CONFIG.value
     config_lib.validate(config)
     text, _ = decoding.generate_from_run(

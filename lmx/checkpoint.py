@@ -451,6 +451,16 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(saved)
 
 
+def require_run(workdir: str) -> ml_collections.ConfigDict:
+  """``read_config(workdir)``, with the clearer message for a ``--workdir``
+  that does not exist at all (train first)."""
+  if not os.path.isdir(workdir):
+    raise CheckpointError(
+        f'--workdir={workdir} does not exist. Train first: python train.py '
+        f'--config=<config> --workdir={workdir}')
+  return read_config(workdir)
+
+
 def saved_config_from_argv(argv) -> ml_collections.ConfigDict:
   """The saved config of the run that ``--workdir`` in ``argv`` names, so a
   command's ``--config.<field>`` overrides apply to it; empty if there is
