@@ -349,9 +349,50 @@ def attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
     return chunked_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask,
                              far=far, window=window, block_q=block,
                              block_k=block)
-  visible_TxS = mask(jnp.arange(t) + (s - t), jnp.arange(s))
-  return attend(masked_scores(near, far, window, bias_fn, visible_TxS),
-                v_BxSxHxK)
+  return dense_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask, far=far,
+                         window=window)
+
+
+# Query rows per block of the dense backend (at least), and at most this
+# many blocks. See ``dense_attention``.
+DENSE_BLOCK_ROWS = 128
+DENSE_MAX_BLOCKS = 4
+
+
+def dense_query_blocks(t: int) -> list[tuple[int, int]]:
+  """``[lo, hi)`` query ranges of the dense backend: ``T // 128`` blocks
+  (between 1 and 4) of near-equal size."""
+  n = max(1, min(DENSE_MAX_BLOCKS, t // DENSE_BLOCK_ROWS))
+  edges = [round(i * t / n) for i in range(n + 1)]
+  return list(zip(edges[:-1], edges[1:]))
+
+
+def dense_attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
+                    mask: Mask = Mask(), far: Optional[Branch] = None,
+                    window: int = 0) -> jax.Array:
+  """The dense backend: the logits materialized, one block of queries at a
+  time, each against the keys up to its own last query.
+
+  A causal query never sees a later key, so the block of queries
+  ``[lo, hi)`` needs only keys ``[0, hi)`` (shifted by ``S - T`` when the
+  queries are the last T of S keys): with 2 blocks the logits cover 3/4 of
+  the ``T x S`` square, with 4 blocks 5/8. Each block is an exact softmax
+  over all its visible keys, so the result is the unblocked one. Smaller
+  arrays also stay in cache: on a 2-core CPU, 2 blocks at T = 256 made the
+  attention's forward and backward 1.4x faster in float32 and bfloat16.
+  """
+  t, s = near.q.shape[1], near.k.shape[1]
+  offset = s - t
+  outs = []
+  for lo, hi in dense_query_blocks(t):
+    def part(br: Branch) -> Branch:
+      return Branch(br.q[:, lo:hi], br.k[:, :offset + hi],
+                    br.q_pos[:, lo:hi], br.k_pos[:, :offset + hi])
+    visible = mask(jnp.arange(lo, hi) + offset, jnp.arange(offset + hi))
+    logits = masked_scores(part(near), part(far) if far is not None else None,
+                           window, bias_fn, visible)
+    outs.append(attend(logits, v_BxSxHxK[:, :offset + hi]))
+  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
 def attention_stats(logits_BxHxTxS: jax.Array,

@@ -253,6 +253,106 @@ def test_chunked_attention_queries_the_last_t_keys(variant):
   np.testing.assert_allclose(results[t][0], expected, atol=1e-5, rtol=0)
 
 
+# ------------------------------------------------------- dense query blocks
+
+
+@pytest.mark.parametrize('t', [1, 2, 127, 128, 255, 256, 257, 383, 512, 4099])
+def test_dense_query_blocks_partition_the_queries(t):
+  blocks = A.dense_query_blocks(t)
+  assert blocks[0][0] == 0 and blocks[-1][1] == t
+  assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+  assert len(blocks) == max(1, min(A.DENSE_MAX_BLOCKS, t // A.DENSE_BLOCK_ROWS))
+  sizes = [hi - lo for lo, hi in blocks]
+  assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+
+
+def _one_block(monkeypatch):
+  monkeypatch.setattr(A, 'DENSE_MAX_BLOCKS', 1)
+
+
+def _blocks_of(monkeypatch, rows):
+  monkeypatch.setattr(A, 'DENSE_MAX_BLOCKS', 4)
+  monkeypatch.setattr(A, 'DENSE_BLOCK_ROWS', rows)
+
+
+@pytest.mark.parametrize('variant', ['causal', 'lambda', 'lambda_limit',
+                                     'leaky_rerope'])
+def test_blocked_dense_equals_one_block(monkeypatch, variant):
+  """The dense backend's query blocks (each against the keys up to its last
+  query) give the unblocked attention, forward and backward, for T = S and
+  for queries that are the last T of S keys."""
+  s, h, k = 37, 2, 8
+  mask = A.Mask(2, 6) if 'lambda' in variant else A.Mask()
+  clamp = {'lambda_limit': A.Clamp(9), 'leaky_rerope': A.Clamp(9, 0.25)}.get(
+      variant)
+  slopes = P.alibi_slopes(h)
+  bias_fn = (None if variant == 'leaky_rerope' else
+             (lambda qp, kp: P.alibi_bias(qp, kp, slopes)))
+  inv_freq = P.rope_inv_freq(k)
+  rng = np.random.default_rng(5)
+  q_all, k_all, v_all, w_all = (
+      jnp.asarray(rng.normal(size=(B, s, h, k)), jnp.float32) for _ in range(4))
+  pos = jnp.asarray(np.sort(rng.choice(90, (B, s), replace=False), axis=1),
+                    jnp.int32)
+
+  def out(q_all, k_all, v_all, t):
+    q, q_pos = q_all[:, s - t:], pos[:, s - t:]
+    near = A.Branch(P.apply_rope(q, q_pos, inv_freq),
+                    P.apply_rope(k_all, pos, inv_freq), q_pos, pos)
+    far = None
+    if clamp is not None:
+      fq, fk = clamp.far_positions(q_pos, pos)
+      far = A.Branch(P.apply_rope(q, fq, inv_freq),
+                     P.apply_rope(k_all, fk, inv_freq), fq, fk)
+    return A.dense_attention(near, v_all, bias_fn=bias_fn, mask=mask, far=far,
+                             window=clamp.window if clamp else 0)
+
+  def run():
+    res = {}
+    for t in (37, 29):
+      loss = lambda *qkv, t=t: jnp.sum(out(*qkv, t) * w_all[:, s - t:])
+      res[t] = (out(q_all, k_all, v_all, t),
+                jax.grad(loss, argnums=(0, 1, 2))(q_all, k_all, v_all))
+    return res
+
+  _one_block(monkeypatch)
+  assert len(A.dense_query_blocks(37)) == 1
+  whole = jax.jit(run, compiler_options=FAST_COMPILE)()
+  _blocks_of(monkeypatch, 8)
+  assert len(A.dense_query_blocks(37)) == 4 and len(A.dense_query_blocks(29)) == 3
+  blocked = jax.jit(run, compiler_options=FAST_COMPILE)()
+  for t in whole:
+    for a, b in zip(jax.tree.leaves(whole[t]), jax.tree.leaves(blocked[t])):
+      assert _max_abs(b) > 0
+      np.testing.assert_allclose(b, a, atol=TOL * _max_abs(a), rtol=0,
+                                 err_msg=f'{variant} T={t}')
+
+
+def test_blocked_dense_model_equals_one_block(monkeypatch):
+  """Every encoding through the model with query blocks of 8 rows (5 blocks
+  capped at 4 for 37 tokens), against one block: logits, loss and every
+  gradient, the learned biases' (summed over the blocks) included."""
+  cfgs = [_config(enc) for enc in ENCODINGS]
+  lengths = [(MULTI_TILE,)] * len(cfgs)
+  _one_block(monkeypatch)
+  whole, _ = _loss_and_grads(cfgs, lengths)
+  _blocks_of(monkeypatch, 8)
+  blocked, _ = _loss_and_grads(cfgs, lengths)
+  checked_bias_grads = 0
+  for enc, [((l1, x1), g1)], [((l2, x2), g2)] in zip(ENCODINGS, whole, blocked):
+    assert _max_abs(x2 - x1) <= TOL * max(1.0, _max_abs(x1)), enc
+    assert abs(float(l2 - l1)) <= TOL * abs(float(l1)), enc
+    flat1 = jax.tree_util.tree_leaves_with_path(g1)
+    flat2 = dict(jax.tree_util.tree_leaves_with_path(g2))
+    scale = max(_max_abs(g) for _, g in flat1)
+    for path, a in flat1:
+      err = _max_abs(flat2[path] - a)
+      name = jax.tree_util.keystr(path)
+      assert err <= TOL * max(_max_abs(a), 1e-3 * scale), (enc, name, err)
+      checked_bias_grads += 'position' in name and _max_abs(a) > 0
+  assert checked_bias_grads >= 2   # t5's table, kerple's parameters
+
+
 # ------------------------------------------------------------- properties
 
 
