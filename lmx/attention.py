@@ -2,7 +2,9 @@
 
 Three backends compute the same softmax attention:
 
-* ``dense``: the ``[B, H, T, S]`` logits are materialized. The reference.
+* ``dense``: the logits are materialized, a block of queries at a time
+  against the keys up to its last query (``dense_attention``). The
+  reference.
 * ``chunked``: blockwise attention with an online softmax (the running max
   and normaliser of Milakov & Gimelshein 2018, as in FlashAttention) in pure
   JAX. The position bias and the mask are computed tile by tile from the
