@@ -341,7 +341,7 @@ def attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
               threshold: int = 2048) -> jax.Array:
   """Softmax attention of ``near`` (and ``far`` past ``window``) through the
   chosen backend; queries are the last T of the S keys. ``[B, T, H, K]``."""
-  t, s = near.q.shape[1], near.k.shape[1]
+  s = near.k.shape[1]
   backend = choose_backend(backend, num_keys=s, q_dtype=near.q.dtype,
                            head_dim=near.q.shape[-1], far=far is not None,
                            threshold=threshold)
