@@ -147,12 +147,17 @@ class LayerCache(NamedTuple):
 class Attention(nnx.Module):
   """Multi-head causal self-attention that asks the encoding for q/k and bias.
 
-  Keys are cached *before* the encoding turns them, with their positions, so
-  a decoding step asks the encoding exactly what a full forward pass asks,
-  and every encoding and distance clamp decodes with the logits of the full
-  pass. (Dynamic NTK is the one exception past its original length, as
-  with any KV cache: the deeper layers' cached keys come from hidden states
-  computed at the scale of their own step.)
+  Keys are cached with their positions. Where the encoding turns each key by
+  its own position alone (``keys_static()``: RoPE without dynamic scaling,
+  and every encoding that turns nothing) and no distance clamp asks for a
+  second turn, they are cached turned, so a decoding step turns only its
+  new keys. Otherwise (xPos, whose key scale is centred on all the keys;
+  dynamic NTK; ReRoPE and the distance limit) they are cached *before* the
+  encoding turns them, and a step asks the encoding exactly what a full
+  forward pass asks. Either way every encoding and clamp decodes with the
+  logits of the full pass. (Dynamic NTK is the one exception past its
+  original length, as with any KV cache: the deeper layers' cached keys
+  come from hidden states computed at the scale of their own step.)
   """
 
   def __init__(self, cfg: ml_collections.ConfigDict,
@@ -172,9 +177,13 @@ class Attention(nnx.Module):
     # attention statistics; training never pays for them.
     self.collect_stats = False
 
-  def branches(self, q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS):
+  def branches(self, q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS,
+               turned: bool = False):
     """The near branch (the encoding at the true positions) and, with a
-    distance clamp, the far branch at the clamped positions."""
+    distance clamp, the far branch at the clamped positions. ``turned``:
+    q and k come already turned (and there is no clamp)."""
+    if turned:
+      return attention.Branch(q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS), None
     qn, kn = self.position.rotate(q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS)
     near = attention.Branch(qn, kn, q_pos_BxT, k_pos_BxS)
     if self.clamp is None:
@@ -195,6 +204,13 @@ class Attention(nnx.Module):
         _dense(self.qkv, x_BxTxD, slice(i * d, (i + 1) * d)).reshape(
             b, t, self.num_heads, self.head_dim) for i in range(3))
     window = self.clamp.window if self.clamp is not None else 0
+    # Decoding with static keys: turn the new queries and keys once, and
+    # cache the keys turned (see the class docstring).
+    turned = (cache is not None and self.clamp is None
+              and self.position.keys_static())
+    if turned:
+      q_BxTxHxK, k_BxTxHxK = self.position.rotate(
+          q_BxTxHxK, k_BxTxHxK, positions_BxT, positions_BxT)
     stored = None
     if cache is not None:
       stored = (cache.k.at[:, cache.slots].set(k_BxTxHxK.astype(cache.k.dtype),
@@ -212,13 +228,14 @@ class Attention(nnx.Module):
         v_all = jnp.concatenate([cache.v, v_BxTxHxK], axis=1)
         k_pos = jnp.concatenate([cache.pos, positions_BxT], axis=1)
         k_idx = jnp.concatenate([cache.idx, cache.new_idx])
-      near, far = self.branches(q_BxTxHxK, k_all, positions_BxT, k_pos)
+      near, far = self.branches(q_BxTxHxK, k_all, positions_BxT, k_pos,
+                                turned)
       logits = attention.masked_scores(near, far, window, self.position.bias,
                                        self.mask(cache.new_idx, k_idx))
       out_BxTxHxK = attention.attend(logits, v_all)
     else:
       near, far = self.branches(q_BxTxHxK, k_BxTxHxK, positions_BxT,
-                                positions_BxT)
+                                positions_BxT, turned)
       if self.collect_stats:
         mask_TxT = self.mask(jnp.arange(t), jnp.arange(t))
         logits = attention.masked_scores(near, far, window,

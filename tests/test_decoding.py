@@ -85,6 +85,13 @@ CASES.update({
                           'model.lm_infinite.distance_limit': 7},
     'chunked_prefill': {'position': 't5', 'model.attention': 'chunked',
                         'model.attention_block': 4},
+    # Static keys cached turned: scaled RoPE, and the ring of a bounded
+    # cache (Lambda mask without the distance limit: no clamp).
+    'rope_yarn': {'position': 'rope', 'model.rope.scaling': 'yarn',
+                  'model.rope.factor': 4.0, 'model.rope.original_max_len': 4},
+    'lm_infinite_rope_no_limit': {'position': 'rope',
+                                  'model.lm_infinite.n_global': 2,
+                                  'model.lm_infinite.n_local': 5},
 })
 
 
@@ -107,6 +114,42 @@ def test_incremental_decoding_matches_forward(case):
     full, want = want, prefix_logits(model, tokens)
     assert np.abs(np.asarray(full - want)).max() > 1e-3  # scaling is active
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('case,turned', [
+    ('rope', True), ('rope_yarn', True), ('lm_infinite_rope_no_limit', True),
+    ('alibi', True), ('xpos', False), ('rope_dynamic', False),
+    ('rerope', False), ('lm_infinite_rope', False)])
+def test_decoding_turns_only_new_keys_where_keys_are_static(
+    monkeypatch, case, turned):
+  """With static keys (and no clamp) a decoding step asks the encoding to
+  turn its one new key; otherwise every cached key, turned anew."""
+  kw = dict(CASES.get(case, {}))
+  c = tiny(kw.pop('position', case), **kw)
+  model = model_lib.build(c.model, 0)
+  cls = type(model.blocks[0].attn.position)
+  key_lengths = []
+  rotate = cls.rotate
+
+  def counting(self, q, k, qp, kp):
+    key_lengths.append(k.shape[1])
+    return rotate(self, q, k, qp, kp)
+
+  monkeypatch.setattr(cls, 'rotate', counting)
+  assert model.blocks[0].attn.position.keys_static() == (
+      turned or case in ('rerope', 'lm_infinite_rope'))
+  tokens = tokens_1xT(9)
+  pos = jnp.arange(9, dtype=jnp.int32)[None]
+  cache = model.init_cache(1, 9)
+  _, cache = model.decode(tokens[:, :6], pos[:, :6], cache, prefill=True)
+  key_lengths.clear()
+  model.decode(tokens[:, 6:7], pos[:, 6:7], cache)
+  assert key_lengths, 'the encoding was never asked'
+  capacity = cache['idx'].shape[0]
+  if turned:
+    assert set(key_lengths) == {1}, key_lengths
+  else:
+    assert set(key_lengths) == {capacity} and capacity > 1, key_lengths
 
 
 @pytest.mark.parametrize('n_prompt', [3, 10])  # shorter / longer than the cache

@@ -23,6 +23,8 @@ needs, so neither has to branch on its name:
   blocks (T5 shares one bias table across layers).
 * ``max_positions(cfg)``: the largest position + 1 the encoding can represent,
   or ``None`` if unbounded (a learned table has ``max_len``).
+* ``keys_static()``: whether ``rotate`` turns each key by its own position
+  alone, so a KV cache may hold turned keys (not xPos, not dynamic NTK).
 """
 
 from __future__ import annotations
@@ -72,6 +74,13 @@ class PositionEncoding(nnx.Module):
     or None if it cannot be resized."""
     del name, value, shape
     return None
+
+  def keys_static(self) -> bool:
+    """Whether ``rotate`` turns each key by its own position alone, the same
+    whatever the queries and the other keys are. A KV cache may then hold
+    keys already turned, so a decoding step turns only its new ones. True
+    for every encoding that leaves keys alone."""
+    return True
 
   def embed(self, x_BxTxD: jax.Array, positions_BxT: jax.Array) -> jax.Array:
     del positions_BxT

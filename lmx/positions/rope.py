@@ -93,6 +93,10 @@ class RoPE(PositionEncoding):
         'high_freq_factor': 4.0,
     })
 
+  def keys_static(self) -> bool:
+    # Dynamic NTK picks its frequencies from the longest key position.
+    return self.scaling != 'dynamic'
+
   def rotate(self, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS):
     if self.scaling == 'none':
       inv_freq = rope_inv_freq(self.head_dim, self.theta)

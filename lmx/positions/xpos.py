@@ -56,6 +56,10 @@ class XPos(PositionEncoding):
     return ml_collections.ConfigDict(
         {'theta': 10000.0, 'gamma': 0.4, 'scale_base': 512.0})
 
+  def keys_static(self) -> bool:
+    # A key's scale is centred on the span of all the keys' positions.
+    return False
+
   def rotate(self, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS):
     inv_freq = rope_inv_freq(self.head_dim, self.theta)
     q = apply_rope(q_BxTxHxK, q_positions_BxT, inv_freq)
