@@ -128,6 +128,8 @@ def test_decoding_turns_only_new_keys_where_keys_are_static(
   c = tiny(kw.pop('position', case), **kw)
   model = model_lib.build(c.model, 0)
   cls = type(model.blocks[0].attn.position)
+  static = model.blocks[0].attn.position.keys_static()
+  assert static == (turned or case in ('rerope', 'lm_infinite_rope'))
   key_lengths = []
   rotate = cls.rotate
 
@@ -135,9 +137,9 @@ def test_decoding_turns_only_new_keys_where_keys_are_static(
     key_lengths.append(k.shape[1])
     return rotate(self, q, k, qp, kp)
 
+  # (keys_static looks at whether rotate is overridden: keep its answer.)
+  monkeypatch.setattr(cls, 'keys_static', lambda self: static)
   monkeypatch.setattr(cls, 'rotate', counting)
-  assert model.blocks[0].attn.position.keys_static() == (
-      turned or case in ('rerope', 'lm_infinite_rope'))
   tokens = tokens_1xT(9)
   pos = jnp.arange(9, dtype=jnp.int32)[None]
   cache = model.init_cache(1, 9)
@@ -150,6 +152,30 @@ def test_decoding_turns_only_new_keys_where_keys_are_static(
     assert set(key_lengths) == {1}, key_lengths
   else:
     assert set(key_lengths) == {capacity} and capacity > 1, key_lengths
+
+
+def test_an_encoding_that_turns_keys_must_say_they_are_static():
+  """A new encoding that overrides rotate gets unturned caching (exact
+  whatever its rotation does) unless it declares its keys static."""
+  base_cls = positions.PositionEncoding
+
+  class Turns(base_cls):
+    def rotate(self, q, k, qp, kp):
+      return q, k * 2.0
+
+  class TurnsStatic(Turns):
+    def keys_static(self):
+      return True
+
+  class Biases(base_cls):
+    def bias(self, qp, kp):
+      return None
+
+  cfg = tiny().model
+  rngs = nnx.Rngs(0)
+  assert not Turns(cfg, rngs=rngs).keys_static()
+  assert TurnsStatic(cfg, rngs=rngs).keys_static()
+  assert Biases(cfg, rngs=rngs).keys_static()
 
 
 @pytest.mark.parametrize('n_prompt', [3, 10])  # shorter / longer than the cache

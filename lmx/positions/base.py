@@ -78,9 +78,13 @@ class PositionEncoding(nnx.Module):
   def keys_static(self) -> bool:
     """Whether ``rotate`` turns each key by its own position alone, the same
     whatever the queries and the other keys are. A KV cache may then hold
-    keys already turned, so a decoding step turns only its new ones. True
-    for every encoding that leaves keys alone."""
-    return True
+    keys already turned, so a decoding step turns only its new ones.
+
+    True for an encoding that leaves ``rotate`` alone. One that overrides it
+    says so itself (RoPE does): the default keeps decoding exact, at the
+    cost of turning every cached key again at each step.
+    """
+    return type(self).rotate is PositionEncoding.rotate
 
   def embed(self, x_BxTxD: jax.Array, positions_BxT: jax.Array) -> jax.Array:
     del positions_BxT
