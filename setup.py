@@ -31,7 +31,8 @@ setup(
         'test': ['pytest>=8', 'hypothesis>=6'],
         # Preparing tfds *catalog* datasets (e.g. pg19) needs TensorFlow.
         'tf': ['tensorflow'],
-        # bench/train_throughput.py: x-transformers (PyTorch, CPU build).
-        'bench': ['torch==2.13.0', 'x-transformers'],
+        # bench/train_throughput.py: x-transformers (PyTorch, CPU build);
+        # bench/profile_step.py: xprof, to read the trace.
+        'bench': ['torch==2.13.0', 'x-transformers', 'xprof'],
     },
 )
