@@ -18,35 +18,26 @@ length, accuracy_vs_length.png and, for passkey, passkey_heatmap.png;
 import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
 
 from lmx import checkpoint
+from lmx import cli
 from lmx import config as config_lib
 from lmx import evaluation
 from lmx import task_eval
 from lmx.data.corpus import DataError
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory from train.py.')
+_RUN = cli.define_run_flags()
 _LENGTHS = flags.DEFINE_list(
     'lengths', None, 'Evaluation lengths; default: config.eval.multipliers x '
     'the training length.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default: the '
-                             'latest.')
 _OUT = flags.DEFINE_string('out', None, 'Output directory; default '
                            '<workdir>/eval.')
-_CONFIG = config_flags.DEFINE_config_dict(
-    'config', checkpoint.saved_config_from_argv(sys.argv))
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.WARNING)
-  workdir = _WORKDIR.value
-  if not workdir:
-    raise app.UsageError('--workdir is required.')
+  workdir = cli.run_workdir(argv, _RUN)
   try:
     checkpoint.require_run(workdir)  # one clear message for a missing run
     lengths = None
@@ -57,8 +48,8 @@ def main(argv):
         raise config_lib.ConfigError(
             f'--lengths must be integers, got {",".join(_LENGTHS.value)}.'
         ) from None
-    results = evaluation.evaluate(_CONFIG.value, workdir, lengths, _OUT.value,
-                                  step=_STEP.value)
+    results = evaluation.evaluate(_RUN.config.value, workdir, lengths,
+                                  _OUT.value, step=_RUN.step.value)
   except (config_lib.ConfigError, DataError, checkpoint.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -18,16 +18,16 @@ Same seed, same text. Bad input exits with 2 and one message.
 
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
 
 from lmx import checkpoint
+from lmx import cli
 from lmx import config as config_lib
 from lmx import decoding
 from lmx.data.corpus import DataError
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory from train.py.')
+_RUN = cli.define_run_flags()
 _PROMPT = flags.DEFINE_string('prompt', '', 'Text to continue (bytes); '
                               'empty: start a new document.')
 _MAX_NEW = flags.DEFINE_integer('max_new_tokens', 200, 'Bytes to generate.')
@@ -36,29 +36,20 @@ _TEMPERATURE = flags.DEFINE_float('temperature', 1.0, 'Sampling temperature; '
 _TOP_K = flags.DEFINE_integer('top_k', 0, 'Sample among the K most likely '
                               'tokens; 0 = all.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default: the '
-                             'latest.')
 _STOP_AT_EOD = flags.DEFINE_bool('stop_at_eod', False, 'Stop at the '
                                  'end-of-document token.')
-_CONFIG = config_flags.DEFINE_config_dict(
-    'config', checkpoint.saved_config_from_argv(sys.argv))
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.WARNING)
-  workdir = _WORKDIR.value
-  if not workdir:
-    raise app.UsageError('--workdir is required.')
+  workdir = cli.run_workdir(argv, _RUN)
   try:
     checkpoint.require_run(workdir)  # one clear message for a missing run
-    config = _CONFIG.value
+    config = _RUN.config.value
     config_lib.validate(config)
     text, _ = decoding.generate_from_run(
         config, workdir, _PROMPT.value, _MAX_NEW.value,
         temperature=_TEMPERATURE.value, top_k=_TOP_K.value, seed=_SEED.value,
-        step=_STEP.value, stop_at_eod=_STOP_AT_EOD.value)
+        step=_RUN.step.value, stop_at_eod=_STOP_AT_EOD.value)
   except (config_lib.ConfigError, DataError, checkpoint.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -195,8 +195,8 @@ def main(argv=None) -> dict:
   for k in KINDS:
     ms = result['kinds'][k]
     print(f'| {k} | {ms:.1f} | {ms / result["total_ms"]:.0%} |')
-  print(f'\n| ms / step | operation | kind | shape | from | fused |\n'
-        f'|---:|---|---|---|---|---|')
+  print('\n| ms / step | operation | kind | shape | from | fused |\n'
+        '|---:|---|---|---|---|---|')
   for r in result['ops'][:args.top]:
     print(f'| {r["ms"]:.2f} | {r["name"]} | {r["kind"]} | {r["shape"]} | '
           f'{r["op_name"][-60:]} | {",".join(r["fused"])[:50]} |')

@@ -1,8 +1,6 @@
 """KV-cache decoding, sampling, generate.py and bf16 mixed precision."""
 
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +15,7 @@ from lmx import model as model_lib
 from lmx import positions
 from lmx import config as config_lib
 from lmx.config import ConfigError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from scripts import ROOT, run
 
 
 def tiny(position='rope', **overrides):
@@ -335,16 +332,6 @@ def test_lengths_are_checked_before_compiling():
 
 
 # ------------------------------------------------------- generate.py e2e
-
-
-def run(*args, check=True):
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
-  if check and proc.returncode != 0:
-    raise AssertionError(f'{args} failed ({proc.returncode}):\n'
-                         f'{proc.stdout}\n{proc.stderr}')
-  return proc
 
 
 @pytest.fixture(scope='module')

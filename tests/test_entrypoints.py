@@ -2,22 +2,10 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(*args, check=True):
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
-  if check and proc.returncode != 0:
-    raise AssertionError(f'{args} failed ({proc.returncode}):\n'
-                         f'{proc.stdout}\n{proc.stderr}')
-  return proc
+from scripts import run
 
 
 @pytest.fixture(scope='module')
