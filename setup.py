@@ -28,7 +28,7 @@ setup(
         'tensorboardX',
     ],
     extras_require={
-        'test': ['pytest>=8', 'hypothesis>=6'],
+        'test': ['pytest>=8', 'hypothesis>=6', 'ruff>=0.6'],
         # Preparing tfds *catalog* datasets (e.g. pg19) needs TensorFlow.
         'tf': ['tensorflow'],
         # bench/train_throughput.py: x-transformers (PyTorch, CPU build);
