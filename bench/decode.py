@@ -20,19 +20,23 @@ everything else here.
 
 The LM-Infinite comparison decodes at ``--long_context`` tokens with the
 Lambda-shaped mask (``n_global=10``, ``n_local`` = the training length,
-``distance_limit = n_global + n_local``, the smallest lmx accepts), whose cache is a ring of ``n_global + n_local`` slots,
+``distance_limit = n_global + n_local``, the smallest lmx accepts), whose
+cache is a ring of ``n_global + n_local`` slots,
 against the plain model with the full cache. The LM-Infinite paper (Han et
 al. 2023) reports a 2.72x decoding speedup for its own models, lengths and
 hardware; the number here is printed beside it, not as the same experiment.
 """
 
-import argparse
 import json
 import os
 import platform
 import statistics
 import sys
 import time
+import types
+from typing import Sequence
+
+from absl import app, flags, logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -41,10 +45,13 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 
 from configs import base  # pylint: disable=g-import-not-at-top
+from lmx import cli
 from lmx import config as config_lib
 from lmx import decoding
+from lmx import kv_cache
 from lmx import model as model_lib
-from lmx import trainer
+from lmx import run_state
+from lmx.errors import ConfigError
 
 PAPER_SPEEDUP = 2.72  # LM-Infinite (Han et al. 2023), decoding speedup
 
@@ -65,7 +72,7 @@ def filled_cache(model, context: int, capacity: int, seed: int = 0) -> dict:
   cache = model.init_cache(1, capacity)
   c = cache['idx'].shape[0]
   idx = jnp.arange(context, dtype=jnp.int32)
-  slots = model._slots(idx, context - 1, c)  # pylint: disable=protected-access
+  slots = kv_cache.slots(model.blocks[0].attn.mask, idx, context - 1, c)
   rng = jax.random.PRNGKey(seed)
   keys = jax.random.split(rng, 2 * len(cache['k']))
   shape = cache['k'][0].shape
@@ -80,7 +87,7 @@ def time_decoding(config, context: int, steps: int, repeats: int,
                   prefill: bool) -> dict:
   """Seconds per decoded token (median over repeats) with ``context`` tokens
   already in the cache."""
-  graphdef, params = trainer.init_model(config)
+  graphdef, params = run_state.init_model(config)
   model = model_lib.build(config.model, config.seed)
   capacity = context + steps * (repeats + 1)
   slots = model.cache_capacity(capacity)
@@ -119,20 +126,36 @@ def time_decoding(config, context: int, steps: int, repeats: int,
           'prefill_s_with_compile': prefill_s}
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--configs', default='rope,alibi')
-  p.add_argument('--contexts', default='1024,8192')
-  p.add_argument('--long_context', type=int, default=32768)
-  p.add_argument('--n_global', type=int, default=10)
-  p.add_argument('--size', default='default')
-  p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
-  p.add_argument('--steps', type=int, default=32, help='tokens per repeat')
-  p.add_argument('--repeats', type=int, default=5)
-  p.add_argument('--prefill', action='store_true',
-                 help='fill the cache by a real prefill of random tokens')
-  p.add_argument('--out', default=None, help='write the results as JSON')
-  args = p.parse_args(argv)
+def _define_flags() -> dict:
+  """The command's flags; defined only when it runs as a program, so
+  importing this module defines none."""
+  return {
+      'configs': flags.DEFINE_list('configs', 'rope,alibi', None),
+      'contexts': flags.DEFINE_list('contexts', '1024,8192', None),
+      'long_context': flags.DEFINE_integer('long_context', 32768, None),
+      'n_global': flags.DEFINE_integer('n_global', 10, None),
+      'size': flags.DEFINE_string('size', 'default', None),
+      'dtype': flags.DEFINE_enum('dtype', 'float32', ('float32', 'bfloat16'),
+                                 None),
+      'steps': flags.DEFINE_integer('steps', 32, 'tokens per repeat'),
+      'repeats': flags.DEFINE_integer('repeats', 5, None),
+      'prefill': flags.DEFINE_bool(
+          'prefill', False,
+          'fill the cache by a real prefill of random tokens'),
+      'out': flags.DEFINE_string('out', None, 'write the results as JSON'),
+  }
+
+
+def main(argv: Sequence[str], fl: dict) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # as before app.run: warnings only
+  args = types.SimpleNamespace(**{k: f.value for k, f in fl.items()})
+  try:
+    contexts = cli.int_list(args.contexts, '--contexts') or []
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
 
   device = jax.devices()[0]
   env = {'device': f'{device.platform}: {device.device_kind}',
@@ -145,8 +168,8 @@ def main(argv=None):
         flush=True)
 
   rows = []
-  for name in args.configs.split(','):
-    for context in [int(x) for x in args.contexts.split(',')]:
+  for name in args.configs:
+    for context in contexts:
       r = time_decoding(make_config(name, args.size, args.dtype), context,
                         args.steps, args.repeats, args.prefill)
       rows.append({'config': name, **r})
@@ -194,4 +217,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  _FLAGS = _define_flags()
+  app.run(lambda argv: main(argv, _FLAGS), flags_parser=cli.parse_flags)

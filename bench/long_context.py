@@ -37,7 +37,6 @@ Runs on a GPU too (``JAX_PLATFORMS`` picks the platform).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -46,10 +45,17 @@ import statistics
 import subprocess
 import sys
 import time
+import types
+from typing import Sequence
+
+from absl import app, flags, logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+from lmx import cli  # pylint: disable=g-import-not-at-top
+from lmx.errors import ConfigError  # pylint: disable=g-import-not-at-top
 
 PAPER_SPEEDUP = 3.16   # LM-Infinite, encoding 32k tokens (Han et al. 2023)
 MB = 2 ** 20
@@ -82,10 +88,10 @@ def run_case(case: dict) -> dict:
   """One measurement, in this (fresh) process."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from lmx import evaluation, trainer  # pylint: disable=g-import-not-at-top
+  from lmx import evaluation, run_state  # pylint: disable=g-import-not-at-top
 
   cfg = _config(case)
-  graphdef, params = trainer.init_model(cfg)
+  graphdef, params = run_state.init_model(cfg)
   params = jax.block_until_ready(jax.device_put(params))
   out = {'case': case, 'platform': jax.default_backend()}
   if case.get('baseline'):
@@ -236,33 +242,46 @@ def growth(cases: list, base: int) -> list:
 # -------------------------------------------------------------------- main
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--case', help=argparse.SUPPRESS)
-  p.add_argument('--positions', default='rope,alibi')
-  p.add_argument('--lengths', default='1024,4096,16384,65536')
-  p.add_argument('--backends', default='dense,chunked')
-  p.add_argument('--block', type=int, default=512,
-                 help='config.model.attention_block (chunked tile)')
-  p.add_argument('--repeats', type=int, default=3)
-  p.add_argument('--long_repeats', type=int, default=1,
-                 help='repeats from 32k tokens on')
-  p.add_argument('--dense_budget_gb', type=float, default=None,
-                 help='skip dense cases whose XLA buffers exceed this '
-                      '(default: half the available memory)')
-  p.add_argument('--lminf_length', type=int, default=32768)
-  p.add_argument('--lminf_global', type=int, default=10)
-  p.add_argument('--lminf_local', type=int, default=4086)
-  p.add_argument('--lminf_limit', type=int, default=4096)
-  p.add_argument('--lminf_repeats', type=int, default=3)
-  p.add_argument('--timeout', type=float, default=900.0,
-                 help='seconds per case')
-  p.add_argument('--out', default='')
-  args = p.parse_args(argv)
+def _define_flags() -> dict:
+  """The command's flags; defined only when it runs as a program, so
+  importing this module defines none. ``--case`` is the script's own
+  argument to the subprocess of a case (``spawn``), so ``--help`` leaves it
+  out (``--helpfull`` lists it)."""
+  return {
+      'case': flags.DEFINE_string(
+          'case', None, 'Internal: one case as JSON, measured in this process '
+          '(the subprocesses of spawn).',
+          module_name='bench.long_context.internal'),
+      'positions': flags.DEFINE_list('positions', 'rope,alibi', None),
+      'lengths': flags.DEFINE_list('lengths', '1024,4096,16384,65536', None),
+      'backends': flags.DEFINE_list('backends', 'dense,chunked', None),
+      'block': flags.DEFINE_integer(
+          'block', 512, 'config.model.attention_block (chunked tile)'),
+      'repeats': flags.DEFINE_integer('repeats', 3, None),
+      'long_repeats': flags.DEFINE_integer('long_repeats', 1,
+                                           'repeats from 32k tokens on'),
+      'dense_budget_gb': flags.DEFINE_float(
+          'dense_budget_gb', None,
+          'skip dense cases whose XLA buffers exceed this '
+          '(default: half the available memory)'),
+      'lminf_length': flags.DEFINE_integer('lminf_length', 32768, None),
+      'lminf_global': flags.DEFINE_integer('lminf_global', 10, None),
+      'lminf_local': flags.DEFINE_integer('lminf_local', 4086, None),
+      'lminf_limit': flags.DEFINE_integer('lminf_limit', 4096, None),
+      'lminf_repeats': flags.DEFINE_integer('lminf_repeats', 3, None),
+      'timeout': flags.DEFINE_float('timeout', 900.0, 'seconds per case'),
+      'out': flags.DEFINE_string('out', '', None),
+  }
 
+
+def main(argv: Sequence[str], fl: dict) -> int | None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # as before app.run: warnings only
+  args = types.SimpleNamespace(**{k: f.value for k, f in fl.items()})
   if args.case:
     print('RESULT ' + json.dumps(run_case(json.loads(args.case))), flush=True)
-    return
+    return None
 
   budget_gb = args.dense_budget_gb
   if budget_gb is None:
@@ -271,8 +290,12 @@ def main(argv=None):
     except (ValueError, OSError):
       avail = 8 * GB
     budget_gb = avail / 2 / GB
-  positions = args.positions.split(',')
-  lengths = [int(n) for n in args.lengths.split(',')]
+  positions = args.positions
+  try:
+    lengths = cli.int_list(args.lengths, '--lengths') or []
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   started = time.time()
 
   baseline = spawn({'position': positions[0], 'block': args.block,
@@ -286,7 +309,7 @@ def main(argv=None):
   cases = []
   for position in positions:
     for length in lengths:
-      for backend in args.backends.split(','):
+      for backend in args.backends:
         case = {'position': position, 'backend': backend, 'length': length,
                 'block': args.block,
                 'repeats': args.repeats if length < 32768 else
@@ -338,8 +361,7 @@ def main(argv=None):
 
   import jax  # pylint: disable=g-import-not-at-top
   results = {
-      'command': ' '.join(['python', 'bench/long_context.py']
-                          + (argv if argv is not None else sys.argv[1:])),
+      'command': ' '.join(['python', 'bench/long_context.py'] + sys.argv[1:]),
       'machine': {'platform': baseline['platform'],
                   'processor': platform.processor() or platform.machine(),
                   'cpus': len(os.sched_getaffinity(0))
@@ -361,7 +383,9 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
       json.dump(results, f, indent=1)
+  return None
 
 
 if __name__ == '__main__':
-  main()
+  _FLAGS = _define_flags()
+  app.run(lambda argv: main(argv, _FLAGS), flags_parser=cli.parse_flags)

@@ -1,4 +1,4 @@
-"""Position Interpolation's short fine-tune, measured (Chen et al. 2023).
+r"""Position Interpolation's short fine-tune, measured (Chen et al. 2023).
 
     python bench/pi_finetune.py --base=runs/rope --factor=2 --steps=200 \
         --out=runs/pi_finetune
@@ -18,14 +18,17 @@ and ``loss_vs_length.png`` to ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+import types
+from typing import Sequence
+
+from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lmx import checkpoint  # pylint: disable=g-import-not-at-top
-from lmx import evaluation, trainer
+from lmx import cli, evaluation, plots, trainer
 
 
 def finetune_config(base: str, length: int, steps: int, lr: float,
@@ -52,15 +55,26 @@ def eval_config(config, lengths):
   return config
 
 
-def main(argv) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--base', required=True, help='workdir of a trained rope run')
-  p.add_argument('--factor', type=float, default=2.0)
-  p.add_argument('--steps', type=int, default=200)
-  p.add_argument('--lr', type=float, default=5e-4)
-  p.add_argument('--max_multiplier', type=int, default=16)
-  p.add_argument('--out', default='runs/pi_finetune')
-  args = p.parse_args(argv)
+def _define_flags() -> dict:
+  """The command's flags; defined only when it runs as a program, so
+  importing this module defines none."""
+  return {
+      'base': flags.DEFINE_string('base', None,
+                                  'workdir of a trained rope run',
+                                  required=True),
+      'factor': flags.DEFINE_float('factor', 2.0, None),
+      'steps': flags.DEFINE_integer('steps', 200, None),
+      'lr': flags.DEFINE_float('lr', 5e-4, None),
+      'max_multiplier': flags.DEFINE_integer('max_multiplier', 16, None),
+      'out': flags.DEFINE_string('out', 'runs/pi_finetune', None),
+  }
+
+
+def main(argv: Sequence[str], fl: dict) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # as before app.run: warnings only
+  args = types.SimpleNamespace(**{k: f.value for k, f in fl.items()})
 
   base_cfg = checkpoint.read_config(args.base)
   if base_cfg.model.position != 'rope':
@@ -115,7 +129,7 @@ def main(argv) -> int:
       'factor': args.factor, 'lengths': lengths,
       'loss': {k: {str(n): v for n, v in row.items()}
                for k, row in table.items()}})
-  plt = evaluation.pyplot()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for name, row in table.items():
     ax.plot(lengths, [row[n] for n in lengths], marker='o', label=name)
@@ -123,7 +137,7 @@ def main(argv) -> int:
              label=f'base training length ({train_len})')
   ax.axvline(new_len, color='gray', linestyle=':',
              label=f'fine-tuning length ({new_len})')
-  evaluation.length_axis(ax, lengths)
+  plots.length_axis(ax, lengths)
   ax.set_xlabel('evaluation length (tokens, log scale)')
   ax.set_ylabel('loss (nats / byte)')
   ax.set_title('Position Interpolation fine-tune against its control')
@@ -136,4 +150,5 @@ def main(argv) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv[1:]))
+  _FLAGS = _define_flags()
+  app.run(lambda argv: main(argv, _FLAGS), flags_parser=cli.parse_flags)

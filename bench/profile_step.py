@@ -30,7 +30,6 @@ alternating runs of the old and the new step (``bench/train_throughput.py``).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import json
@@ -41,11 +40,16 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import NamedTuple
+import types
+from typing import NamedTuple, Sequence
+
+from absl import app, flags, logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+from lmx import cli  # pylint: disable=g-import-not-at-top
 
 KINDS = ('dense GEMM', 'attention GEMM', 'softmax / exp', 'transpose / copy',
          'reduction', 'elementwise', 'other')
@@ -149,15 +153,25 @@ def _trace_events(logdir: str) -> list[dict]:
   return json.loads(data)['traceEvents']
 
 
-def main(argv=None) -> dict:
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--position', default='alibi', help='alibi or rope')
-  p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
-  p.add_argument('--warmup', type=int, default=3)
-  p.add_argument('--steps', type=int, default=3, help='profiled steps')
-  p.add_argument('--top', type=int, default=25, help='operations listed')
-  p.add_argument('--out', default='', help='write everything as JSON here')
-  args = p.parse_args(argv)
+def _define_flags() -> dict:
+  """The command's flags; defined only when it runs as a program, so
+  importing this module (as the tests do) defines none."""
+  return {
+      'position': flags.DEFINE_string('position', 'alibi', 'alibi or rope'),
+      'dtype': flags.DEFINE_enum('dtype', 'float32', ('float32', 'bfloat16'),
+                                 None),
+      'warmup': flags.DEFINE_integer('warmup', 3, None),
+      'steps': flags.DEFINE_integer('steps', 3, 'profiled steps'),
+      'top': flags.DEFINE_integer('top', 25, 'operations listed'),
+      'out': flags.DEFINE_string('out', '', 'write everything as JSON here'),
+  }
+
+
+def main(argv: Sequence[str], fl: dict) -> dict:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # as before app.run: warnings only
+  args = types.SimpleNamespace(**{k: f.value for k, f in fl.items()})
 
   flag = '--xla_cpu_enable_xprof_traceme'
   if flag not in os.environ.get('XLA_FLAGS', ''):
@@ -165,6 +179,10 @@ def main(argv=None) -> dict:
                                flag).strip()
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   import jax  # pylint: disable=g-import-not-at-top
+  # lmx.cli (the flag parser) imported JAX before JAX_PLATFORMS was set, and
+  # JAX reads it at import: set the platform again, before the backend
+  # starts. XLA_FLAGS is read when the backend starts, so it holds as set.
+  jax.config.update('jax_platforms', os.environ['JAX_PLATFORMS'])
   from bench import train_throughput  # pylint: disable=g-import-not-at-top
 
   runner = train_throughput.LmxRunner(args.position, args.warmup, args.dtype)
@@ -206,7 +224,13 @@ def main(argv=None) -> dict:
   return result
 
 
-if __name__ == '__main__':
+def _timed_main(argv: Sequence[str], fl: dict) -> None:
   t0 = time.time()
-  main()
+  main(argv, fl)
   print(f'\n({time.time() - t0:.0f} s)')
+
+
+if __name__ == '__main__':
+  _FLAGS = _define_flags()
+  app.run(lambda argv: _timed_main(argv, _FLAGS),
+          flags_parser=cli.parse_flags)

@@ -1,4 +1,4 @@
-"""Training throughput of lmx against x-transformers (PyTorch), side by side.
+r"""Training throughput of lmx against x-transformers (PyTorch), side by side.
 
     pip install -e '.[bench]'      # torch (CPU build) and x-transformers
     python bench/train_throughput.py --positions=alibi,rope --steps=5 \
@@ -31,12 +31,12 @@ What is measured:
   Repeats alternate lmx, torch, lmx, torch, ... so load from other processes
   on the machine hits both; the two never run at the same time.
 
-Fair use of the cores: before JAX or torch is imported, this process pins
-itself (``os.sched_setaffinity``) to ``--threads`` CPUs (default: all it may
-use) and the torch child inherits that set. XLA's CPU client sizes its
-intra-op thread pool from the CPUs it may run on, and torch gets
-``torch.set_num_threads(threads)`` (one inter-op thread), so both use the
-same cores with the same number of threads.
+Fair use of the cores: before JAX's backend starts or torch is imported,
+this process pins itself (``os.sched_setaffinity``) to ``--threads`` CPUs
+(default: all it may use) and the torch child inherits that set. XLA's CPU
+client sizes its intra-op thread pool from the CPUs it may run on, and torch
+gets ``torch.set_num_threads(threads)`` (one inter-op thread), so both use
+the same cores with the same number of threads.
 
 Model FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B):
 ``6 N + 12 L T d``, where N counts the weights of matmuls (qkv, attention
@@ -48,7 +48,6 @@ saving. Both sides do the same work, so one number serves both.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -56,10 +55,16 @@ import statistics
 import subprocess
 import sys
 import time
+import types
+from typing import Sequence
+
+from absl import app, flags, logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+from lmx import cli  # pylint: disable=g-import-not-at-top
 
 MODEL = dict(d_model=256, num_layers=4, num_heads=4, mlp_dim=1024,
              seq_len=256, batch_size=16, vocab_size=257)
@@ -226,13 +231,13 @@ class LmxRunner:
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
-    from lmx import trainer  # pylint: disable=g-import-not-at-top
+    from lmx import run_state, trainer  # pylint: disable=g-import-not-at-top
     self.jax = jax
     c = lmx_config(position, dtype)
-    tx = trainer.make_optimizer(c.train)
-    graphdef, params = trainer.init_model(c)
+    tx = run_state.make_optimizer(c.train)
+    graphdef, params = run_state.init_model(c)
     self.params = sum(x.size for x in jax.tree.leaves(params))
-    self.state = trainer.init_state(c, params, tx)
+    self.state = run_state.init_state(c, params, tx)
     self.step = trainer.make_train_step(graphdef, tx, c)
     b, t = MODEL['batch_size'], MODEL['seq_len']
     toks = np.random.default_rng(0).integers(0, MODEL['vocab_size'],
@@ -272,24 +277,41 @@ def jax_matmul_peak(repeats: int, dtype_name: str, n: int = 4096) -> float:
   return _median_rate(times, 2 * n ** 3) / 1e9
 
 
-def main(argv=None) -> dict:
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--positions', default='alibi,rope',
-                 help='comma-separated: alibi, rope')
-  p.add_argument('--steps', type=int, default=5, help='timed steps per repeat')
-  p.add_argument('--repeats', type=int, default=5,
-                 help='repeats per side (alternating); the median is reported')
-  p.add_argument('--warmup', type=int, default=3, help='untimed steps first')
-  p.add_argument('--device', default='cpu', choices=('cpu', 'gpu'))
-  p.add_argument('--threads', type=int, default=0,
-                 help='CPUs for both sides (0: all this process may use)')
-  p.add_argument('--no-torch', action='store_true',
-                 help='time lmx only (no x-transformers needed)')
-  p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
-                 help='compute dtype of both sides (parameters stay float32)')
-  p.add_argument('--out', default='', help='write the results as JSON here')
-  p.add_argument('--worker', default='', help=argparse.SUPPRESS)
-  args = p.parse_args(argv)
+def _define_flags() -> dict:
+  """The command's flags; defined only when it runs as a program, so
+  importing this module (bench/profile_step.py does) defines none.
+  ``--worker`` is the script's own argument to its torch child
+  (``TorchChild``), so ``--help`` leaves it out (``--helpfull`` lists it)."""
+  return {
+      'positions': flags.DEFINE_list('positions', 'alibi,rope',
+                                     'comma-separated: alibi, rope'),
+      'steps': flags.DEFINE_integer('steps', 5, 'timed steps per repeat'),
+      'repeats': flags.DEFINE_integer(
+          'repeats', 5,
+          'repeats per side (alternating); the median is reported'),
+      'warmup': flags.DEFINE_integer('warmup', 3, 'untimed steps first'),
+      'device': flags.DEFINE_enum('device', 'cpu', ('cpu', 'gpu'), None),
+      'threads': flags.DEFINE_integer(
+          'threads', 0, 'CPUs for both sides (0: all this process may use)'),
+      'no_torch': flags.DEFINE_bool(
+          'no-torch', False, 'time lmx only (no x-transformers needed)'),
+      'dtype': flags.DEFINE_enum(
+          'dtype', 'float32', ('float32', 'bfloat16'),
+          'compute dtype of both sides (parameters stay float32)'),
+      'out': flags.DEFINE_string('out', '',
+                                 'write the results as JSON here'),
+      'worker': flags.DEFINE_string(
+          'worker', '', 'Internal: "torch" runs this process as the torch '
+          'child of TorchChild.',
+          module_name='bench.train_throughput.internal'),
+  }
+
+
+def main(argv: Sequence[str], fl: dict) -> dict:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # as before app.run: warnings only
+  args = types.SimpleNamespace(**{k: f.value for k, f in fl.items()})
 
   cpus = _pin(args.threads or None)
   threads = len(cpus)
@@ -299,11 +321,16 @@ def main(argv=None) -> dict:
   os.environ.setdefault('JAX_PLATFORMS', 'cuda' if args.device == 'gpu'
                         else 'cpu')
   import jax  # pylint: disable=g-import-not-at-top
+  # lmx.cli (the flag parser) imported JAX before JAX_PLATFORMS was set, and
+  # JAX reads it at import: set the platform again, before the backend
+  # starts (the backend, and XLA's thread pool, start after _pin above).
+  jax.config.update('jax_platforms', os.environ['JAX_PLATFORMS'])
 
-  positions = [s.strip() for s in args.positions.split(',') if s.strip()]
+  positions = [s.strip() for s in args.positions if s.strip()]
   for pos in positions:
     if pos not in ('alibi', 'rope'):
-      p.error(f'--positions: {pos!r} is not alibi or rope')
+      raise app.UsageError(f'--positions: {pos!r} is not alibi or rope',
+                           exitcode=2)
   flops = model_flops_per_token()
   tokens_per_step = MODEL['batch_size'] * MODEL['seq_len']
   result = {
@@ -394,5 +421,12 @@ def table(r: dict) -> str:
   return '\n'.join(lines)
 
 
+def _run(argv: Sequence[str], fl: dict) -> None:
+  """``main`` as app.run's main: its result (a dict) is not the exit
+  status, which is 0."""
+  main(argv, fl)
+
+
 if __name__ == '__main__':
-  main()
+  _FLAGS = _define_flags()
+  app.run(lambda argv: _run(argv, _FLAGS), flags_parser=cli.parse_flags)
