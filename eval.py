@@ -22,13 +22,13 @@ from absl import app, flags
 
 from lmx import checkpoint
 from lmx import cli
-from lmx import config as config_lib
 from lmx import evaluation
 from lmx import task_eval
-from lmx.data.corpus import DataError
+from lmx.errors import CheckpointError, ConfigError, DataError
 
 
 _RUN = cli.define_run_flags()
+flags.adopt_module_key_flags(cli)  # --help lists --workdir, --step, --config
 _LENGTHS = flags.DEFINE_list(
     'lengths', None, 'Evaluation lengths; default: config.eval.multipliers x '
     'the training length.')
@@ -40,17 +40,10 @@ def main(argv):
   workdir = cli.run_workdir(argv, _RUN)
   try:
     checkpoint.require_run(workdir)  # one clear message for a missing run
-    lengths = None
-    if _LENGTHS.value:
-      try:
-        lengths = [int(x) for x in _LENGTHS.value]
-      except ValueError:
-        raise config_lib.ConfigError(
-            f'--lengths must be integers, got {",".join(_LENGTHS.value)}.'
-        ) from None
+    lengths = cli.int_list(_LENGTHS.value, '--lengths')
     results = evaluation.evaluate(_RUN.config.value, workdir, lengths,
                                   _OUT.value, step=_RUN.step.value)
-  except (config_lib.ConfigError, DataError, checkpoint.CheckpointError) as e:
+  except (ConfigError, DataError, CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   task = results.get('kind') == 'task'
@@ -76,4 +69,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

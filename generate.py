@@ -24,10 +24,11 @@ from lmx import checkpoint
 from lmx import cli
 from lmx import config as config_lib
 from lmx import decoding
-from lmx.data.corpus import DataError
+from lmx.errors import CheckpointError, ConfigError, DataError
 
 
 _RUN = cli.define_run_flags()
+flags.adopt_module_key_flags(cli)  # --help lists --workdir, --step, --config
 _PROMPT = flags.DEFINE_string('prompt', '', 'Text to continue (bytes); '
                               'empty: start a new document.')
 _MAX_NEW = flags.DEFINE_integer('max_new_tokens', 200, 'Bytes to generate.')
@@ -50,11 +51,11 @@ def main(argv):
         config, workdir, _PROMPT.value, _MAX_NEW.value,
         temperature=_TEMPERATURE.value, top_k=_TOP_K.value, seed=_SEED.value,
         step=_RUN.step.value, stop_at_eod=_STOP_AT_EOD.value)
-  except (config_lib.ConfigError, DataError, checkpoint.CheckpointError) as e:
+  except (ConfigError, DataError, CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   print(text)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

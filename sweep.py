@@ -21,7 +21,7 @@ import sys
 
 from absl import app, flags
 
-from lmx import report, sweep
+from lmx import cli, report, sweep
 
 _SWEEP = flags.DEFINE_string(
     'sweep', None, 'Sweep declaration, e.g. configs/sweeps/encodings.py'
@@ -106,4 +106,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -22,11 +22,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lmx import config as config_lib
+from lmx import cli
 from lmx import sharding
 from lmx import trainer
-from lmx.checkpoint import CheckpointError
-from lmx.data.corpus import DataError
+from lmx.errors import CheckpointError, ConfigError, DataError
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/alibi.py[:size=tiny].',
@@ -64,11 +63,11 @@ def main(argv):
   except trainer.TrainingInterrupted as e:
     print(str(e), file=sys.stderr)
     sys.exit(128 + e.signum)
-  except (config_lib.ConfigError, DataError, CheckpointError,
+  except (ConfigError, DataError, CheckpointError,
           FloatingPointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,4 +1,5 @@
-"""Shared defaults for every lmx run: a byte-level LM on the Python stdlib.
+"""The base of every config file: lmx's defaults (``lmx/defaults.py``), a
+byte-level LM on the Python stdlib.
 
 Each ``configs/<name>.py`` imports ``get_config`` from here and changes only
 what differs. Variants are chosen with an argument after a colon:
@@ -7,148 +8,16 @@ what differs. Variants are chosen with an argument after a colon:
     python train.py --config=configs/alibi.py:size=tiny  # seconds, for tests
 
 and any field can be overridden on the command line, e.g.
-``--config.train.steps=50 --config.model.position=rope``.
+``--config.train.steps=50 --config.model.position=rope``. An unknown key or
+a malformed argument after the colon is an error that names the valid keys.
 """
 
 import ml_collections
 
-from lmx import positions
-from lmx.data import tasks
+from lmx import defaults
+from lmx.defaults import ARG_KEYS, SIZES, get_config, parse_arg
 
-SIZES = {
-    # d_model, layers, heads, mlp, seq_len, batch, steps, warmup, eval tokens
-    'default': dict(d_model=128, num_layers=4, num_heads=4, mlp_dim=512,
-                    seq_len=64, batch_size=32, steps=1500, warmup=100,
-                    eval_tokens=32768),
-    'small': dict(d_model=256, num_layers=6, num_heads=8, mlp_dim=1024,
-                  seq_len=256, batch_size=32, steps=5000, warmup=200,
-                  eval_tokens=131072),
-    'tiny': dict(d_model=32, num_layers=2, num_heads=2, mlp_dim=64,
-                 seq_len=16, batch_size=4, steps=4, warmup=1,
-                 eval_tokens=512),
-}
-
-
-def parse_arg(arg: str | None) -> dict:
-  """``'size=tiny,foo=bar'`` -> ``{'size': 'tiny', 'foo': 'bar'}``."""
-  out = {}
-  for item in filter(None, (arg or '').split(',')):
-    key, _, value = item.partition('=')
-    out[key.strip()] = value.strip()
-  return out
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg)
-  size = args.get('size', 'default')
-  if size not in SIZES:
-    raise ValueError(f'Unknown size {size!r} in the config argument; '
-                     f'valid: {", ".join(SIZES)}.')
-  s = SIZES[size]
-
-  c = ml_collections.ConfigDict()
-  c.name = 'base'
-  c.seed = 0
-  # Fine-tuning: start from the parameters (not the optimizer) of another
-  # run's checkpoint, e.g. at a longer train.seq_len or with a RoPE scaling.
-  # Ignored once this run has checkpoints of its own (it then resumes).
-  c.init_from = ''           # that run's --workdir
-  c.init_from_step = 0       # its checkpoint step; 0 = the latest
-  c.init_interpolate = False  # resize position tables that differ in length
-
-  c.data = ml_collections.ConfigDict()
-  # 'stdlib' (this interpreter's standard library), a folder or glob of text
-  # files, or 'tfds:<catalog name>' (needs the [tf] extra and the network).
-  c.data.source = 'stdlib'
-  c.data.text_key = 'text'          # text feature of a tfds catalog dataset
-  c.data.train_split = 'train'      # tfds catalog split names
-  c.data.validation_split = 'validation'
-  c.data.validation_fraction = 0.05  # of files, chosen by path hash
-  c.data.cache_dir = '~/.cache/lmx/tfds'
-
-  c.model = ml_collections.ConfigDict()
-  c.model.position = 'rope'
-  c.model.vocab_size = 257           # 256 bytes + end-of-document
-  c.model.d_model = s['d_model']
-  c.model.num_layers = s['num_layers']
-  c.model.num_heads = s['num_heads']
-  c.model.mlp_dim = s['mlp_dim']
-  c.model.dropout = 0.0
-  c.model.dtype = 'float32'
-  c.model.tie_embeddings = False
-  # Attention backend (lmx.attention): auto | dense | chunked | cudnn. auto
-  # takes cudnn on a GPU when the dtype and the encoding allow it, dense up
-  # to chunk_threshold tokens and chunked (linear memory) beyond.
-  c.model.attention = 'auto'
-  c.model.attention_block = 512       # chunked: query and key tile length
-  c.model.chunk_threshold = 2048      # auto: chunked above this many keys
-  # ReRoPE (rotary encodings): distances from `window` on are computed as
-  # window + leak * (d - window); leak 0 clamps them at the window (ReRoPE),
-  # leak in (0, 1) is Leaky ReRoPE. window 0 = off.
-  c.model.rerope = ml_collections.ConfigDict({'window': 0, 'leak': 0.0})
-  # LM-Infinite (Han et al. 2023): each query sees the first n_global and
-  # the last n_local tokens (the Lambda-shaped mask; n_local 0 = off), and
-  # with distance_limit > 0 (the pretraining length) no distance beyond it.
-  c.model.lm_infinite = ml_collections.ConfigDict(
-      {'n_global': 0, 'n_local': 0, 'distance_limit': 0})
-  for name, encoding in positions.REGISTRY.items():
-    c.model[name] = encoding.default_config()
-
-  # The device mesh (lmx.sharding): sizes of the data, fsdp and tensor
-  # axes; -1 takes the devices the others leave. Batches are split over
-  # data x fsdp, parameters over fsdp (and tensor) by logical-axis rules.
-  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
-
-  c.positions = ml_collections.ConfigDict()
-  c.positions.train = 'contiguous'   # contiguous | randomized | shift
-  # At evaluation: contiguous | randomized | shift, or 'train' for whatever
-  # training used. 'train' is the default because Ruoss et al. evaluate
-  # randomized models with randomized positions too.
-  c.positions.eval = 'train'
-  c.positions.max_position = 2048
-
-  c.train = ml_collections.ConfigDict()
-  c.train.seq_len = s['seq_len']
-  c.train.batch_size = s['batch_size']
-  c.train.steps = s['steps']
-  c.train.learning_rate = 2e-3
-  c.train.warmup_steps = s['warmup']
-  c.train.min_lr_ratio = 0.1
-  c.train.weight_decay = 0.1
-  c.train.b1 = 0.9
-  c.train.b2 = 0.95
-  c.train.grad_clip = 1.0
-  c.train.log_every = 50
-  c.train.checkpoint_every = 500
-  c.train.keep_checkpoints = 3         # newest verified ones kept
-  # A latest checkpoint that fails its checksums or does not restore:
-  # 'previous' moves it to checkpoints_corrupt/ and resumes from the newest
-  # good one; 'refuse' stops with a message and changes nothing.
-  c.train.on_corrupt_checkpoint = 'previous'
-  # Non-finite loss or gradient: 0 stops the run at that step (the default);
-  # N > 0 skips up to N such updates before stopping.
-  c.train.max_nonfinite_skips = 0
-
-  # An algorithmic task or passkey retrieval instead of language modelling
-  # (lmx/data/tasks.py, configs/tasks/); name '' = the text corpus.
-  c.task = tasks.default_config()
-
-  c.eval = ml_collections.ConfigDict()
-  c.eval.multipliers = (1, 2, 4, 8, 16)   # of train.seq_len
-  c.eval.lengths = ()                     # explicit lengths override them
-  c.eval.tokens = s['eval_tokens']        # tokens scored at every length
-  c.eval.batch_tokens = 16384             # tokens per forward pass
-  c.eval.position_buckets = 64
-  # The sliding-window protocol beside the non-overlapping one: windows
-  # every `sliding_stride` tokens (0: a quarter of each length) that score
-  # only their last `sliding_stride` targets.
-  c.eval.sliding = True
-  c.eval.sliding_stride = 0
-  # Windows of the longest length for attention entropy / max logit per
-  # layer against position (0: off).
-  c.eval.diagnostics_windows = 2
-  c.eval.seed = 1234
-  return c
+__all__ = ['ARG_KEYS', 'SIZES', 'encoding_config', 'get_config', 'parse_arg']
 
 
 def encoding_config(position: str, arg: str | None = None, *,
@@ -159,7 +28,7 @@ def encoding_config(position: str, arg: str | None = None, *,
   Randomized and shifted sampling draw from [0, 16 x seq_len), enough for the
   default evaluation lengths (up to 16x).
   """
-  c = get_config(arg)
+  c = defaults.get_config(arg)
   c.name = name or position
   c.model.position = position
   c.positions.train = sampling

@@ -387,7 +387,7 @@ def dense_attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
   offset = s - t
   outs = []
   for lo, hi in dense_query_blocks(t):
-    def part(br: Branch) -> Branch:
+    def part(br: Branch, lo=lo, hi=hi) -> Branch:
       return Branch(br.q[:, lo:hi], br.k[:, :offset + hi],
                     br.q_pos[:, lo:hi], br.k_pos[:, :offset + hi])
     visible = mask(jnp.arange(lo, hi) + offset, jnp.arange(offset + hi))

@@ -33,7 +33,6 @@ Safety, on top of what orbax gives:
 from __future__ import annotations
 
 import contextlib
-import copy
 import errno
 import fcntl
 import gc
@@ -50,8 +49,9 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from lmx import positions
+from lmx import defaults
 from lmx import sharding
+from lmx.errors import CheckpointError
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -59,31 +59,6 @@ CORRUPT_DIR = 'checkpoints_corrupt'
 CHECKSUM_FILE = 'lmx_checksums.json'
 LOCK_FILE = 'lmx.lock'
 UNSEALED = 'unsealed'
-# Config fields newer than some saved runs, with the value such runs get
-# (for training fields: the behaviour they had); read_config fills them in.
-FIELDS_ADDED_LATER = {
-    'train.on_corrupt_checkpoint': 'previous',
-    'train.max_nonfinite_skips': 0,
-    'eval.sliding': True,
-    'eval.sliding_stride': 0,
-    'eval.diagnostics_windows': 2,
-    'task.name': '',
-    'init_from': '',
-    'init_from_step': 0,
-    'init_interpolate': False,
-    'model.attention': 'auto',
-    'model.attention_block': 512,
-    'model.chunk_threshold': 2048,
-    'model.rerope': {'window': 0, 'leak': 0.0},
-    'model.lm_infinite': {'n_global': 0, 'n_local': 0, 'distance_limit': 0},
-    'mesh': {'data': -1, 'fsdp': 1, 'tensor': 1},
-}
-
-
-class CheckpointError(RuntimeError):
-  """No usable checkpoint where one was required; says what to change."""
-
-
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 
@@ -434,20 +409,10 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         'should not be edited by hand. Restore it from a copy, or delete it '
         'and run train.py again with the config of this run (it rewrites '
         'the file).') from e
-  for dotted, value in FIELDS_ADDED_LATER.items():
-    *parents, leaf = dotted.split('.')
-    node = saved
-    for p in parents:
-      node = node.setdefault(p, {})
-    node.setdefault(leaf, copy.deepcopy(value))
-  # An encoding's settings added since the run was saved take their
-  # defaults, which leave the encoding as it was (e.g. rope.scaling='none'),
-  # and can then be overridden on the command line like any field.
-  model = saved.setdefault('model', {})
-  for name, encoding in positions.REGISTRY.items():
-    section = model.setdefault(name, {})
-    for key, value in encoding.default_config().to_dict().items():
-      section.setdefault(key, value)
+  # Fields added since the run was saved take their defaults (lmx.defaults),
+  # which leave the run as it was (e.g. rope.scaling='none'), and can then
+  # be overridden on the command line like any field.
+  defaults.complete(saved)
   return ml_collections.ConfigDict(saved)
 
 

@@ -36,8 +36,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from lmx import checkpoint
 from lmx import positions as positions_lib
-from lmx.config import ConfigError
+from lmx import run_state
+from lmx.errors import ConfigError
 from lmx.data import tokenizer
 
 EOD = tokenizer.EOD
@@ -173,8 +175,8 @@ def check_lengths(config: ml_collections.ConfigDict, prompt_len: int,
         f'most {max(bound - prompt_len, 0)} new tokens (--max_new_tokens) or '
         f'shorten the prompt; a longer table needs training again with a '
         f'larger {encoding.bound_setting()}.')
-  lm = config.model.get('lm_infinite') or {}
-  n_global, n_local = int(lm.get('n_global', 0)), int(lm.get('n_local', 0))
+  lm = config.model.lm_infinite
+  n_global, n_local = int(lm.n_global), int(lm.n_local)
   bounded = n_local > 0
   if max_len is None:
     return total
@@ -279,10 +281,6 @@ def generate_from_run(config: ml_collections.ConfigDict, workdir: str,
   CheckpointError, both before anything is compiled. An empty prompt starts
   a new document (the end-of-document token).
   """
-  # Imported here: evaluation imports the trainer, which this module's
-  # sampling functions do not need.
-  from lmx import checkpoint  # pylint: disable=g-import-not-at-top
-  from lmx import evaluation  # pylint: disable=g-import-not-at-top
   prompt_tokens = tokenizer.encode(prompt)
   if prompt_tokens.size == 0:
     prompt_tokens = np.array([EOD], np.int32)
@@ -290,7 +288,7 @@ def generate_from_run(config: ml_collections.ConfigDict, workdir: str,
   check_lengths(config, prompt_tokens.size, max_new_tokens)
   step = checkpoint.require_checkpoint(workdir, step)
   # The checkpoint holds the whole train state; only the params are kept.
-  graphdef, params, step = evaluation.load_params(config, workdir, step)
+  graphdef, params, step = run_state.load_params(config, workdir, step)
   new = generate((graphdef, params), config, prompt_tokens, max_new_tokens,
                  temperature=temperature, top_k=top_k, seed=seed,
                  stop_at_eod=stop_at_eod)

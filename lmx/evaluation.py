@@ -23,13 +23,14 @@ from lmx import checkpoint
 from lmx import config as config_lib
 from lmx import model as model_lib
 from lmx import task_eval
-from lmx import trainer
+from lmx import plots
+from lmx import run_state
 from lmx.data import corpus, windows
 from lmx.positions import sample_positions
 
 
 def make_loss_fn(graphdef):
-  apply = trainer.apply_fn(graphdef)
+  apply = run_state.apply_fn(graphdef)
 
   @jax.jit
   def token_losses(params, inputs, positions, targets):
@@ -164,14 +165,6 @@ def bucket(per_position: np.ndarray, buckets: int) -> list[dict]:
           for a, b in bucket_edges(per_position.size, buckets)]
 
 
-def load_params(config, workdir: str, step: Optional[int] = None):
-  """(graphdef, params) restored from the workdir's checkpoint."""
-  graphdef, target = trainer.abstract_state(config)
-  step = checkpoint.require_checkpoint(workdir, step)
-  state = checkpoint.load(workdir, step, target)
-  return graphdef, state['params'], int(state['step'])
-
-
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
              lengths: Optional[Sequence[int]] = None,
              out_dir: Optional[str] = None, plots: bool = True,
@@ -196,7 +189,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   for length in run_lengths:  # refuse before compiling anything
     windows.eval_windows(stream, length, config.eval.tokens)
 
-  graphdef, params, step = load_params(config, workdir, step)
+  graphdef, params, step = run_state.load_params(config, workdir, step)
   token_losses = make_loss_fn(graphdef)
   rows, sliding = [], []
   for length in run_lengths:
@@ -276,8 +269,8 @@ def evaluate_task_run(config: ml_collections.ConfigDict, workdir: str,
     raise config_lib.ConfigError(
         'No task length can be evaluated with this config: '
         + ' '.join(skipped.values()))
-  graphdef, params, step = load_params(config, workdir, step)
-  results = task_eval.evaluate_task(config, trainer.apply_fn(graphdef), params,
+  graphdef, params, step = run_state.load_params(config, workdir, step)
+  results = task_eval.evaluate_task(config, run_state.apply_fn(graphdef), params,
                                     lengths=run_lengths)
   results.update(workdir=os.path.abspath(workdir), step=step,
                  skipped={str(k): v for k, v in skipped.items()})
@@ -324,29 +317,8 @@ def format_table(results: dict) -> str:
   return '\n'.join(lines)
 
 
-def pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
-def length_axis(ax, lengths, max_ticks: int = 12) -> None:
-  """A log2 length axis labelled with the plain lengths (powers of two and
-  the ends when there are more than ``max_ticks``)."""
-  ax.set_xscale('log', base=2)
-  ticks = sorted(set(lengths))
-  if len(ticks) > max_ticks:
-    ends = {ticks[0], ticks[-1]}
-    powers = {t for t in ticks if t & (t - 1) == 0}
-    ticks = sorted(ends | powers)
-  ax.set_xticks(ticks)
-  ax.set_xticklabels([str(t) for t in ticks])
-  ax.minorticks_off()
-
-
 def plot_loss_vs_length(results: dict, path: str) -> None:
-  plt = pyplot()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   xs = [r['length'] for r in results['results']]
   ys = [r['loss'] for r in results['results']]
@@ -360,7 +332,7 @@ def plot_loss_vs_length(results: dict, path: str) -> None:
             f'(stride {stride})')
   ax.axvline(results['train_length'], color='gray', linestyle='--',
              label=f'training length ({results["train_length"]})')
-  length_axis(ax, xs)
+  plots.length_axis(ax, xs)
   ax.set_xlabel('evaluation length (tokens)')
   ax.set_ylabel('loss (nats / byte)')
   ax.set_title(f'{results["position"]}: loss against length '
@@ -373,7 +345,7 @@ def plot_loss_vs_length(results: dict, path: str) -> None:
 
 
 def plot_per_position(per_position: dict, name: str, path: str) -> None:
-  plt = pyplot()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   b = per_position['buckets']
   xs = [(x['start'] + x['end'] - 1) / 2 for x in b]
@@ -393,7 +365,7 @@ def plot_per_position(per_position: dict, name: str, path: str) -> None:
 def plot_attention(diagnostics: dict, name: str, path: str) -> None:
   """Attention entropy and maximum logit against position, one curve per
   layer, training length marked."""
-  plt = pyplot()
+  plt = plots.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   xs = [(b['start'] + b['end'] - 1) / 2 for b in diagnostics['buckets']]
   for key, ax, label in (('entropy', axes[0], 'attention entropy (nats)'),

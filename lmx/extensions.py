@@ -2,8 +2,8 @@
 
     python -m lmx.extensions --workdir=runs/rope [--lengths=64,256,1024]
 
-loads a trained ``rope`` run and measures the loss against length with no
-extension and with each RoPE frequency scaling of
+loads a trained run of a scalable encoding (``rope``) and measures the loss
+against length with no extension and with each RoPE frequency scaling of
 ``lmx.positions.rope_scaling`` (Position Interpolation, NTK-aware, dynamic
 NTK, NTK-by-parts, YaRN, Llama 3), with ReRoPE and Leaky ReRoPE, and with
 LM-Infinite, without any training. Each length ``n`` gets the scale factor
@@ -18,6 +18,10 @@ act at every length:
 * ``lm_infinite``: ``n_global = 10``, ``n_local = L - 10`` and the distance
   limit ``L`` (the paper's 10 global tokens; ``n_global + n_local <= L``).
 
+The methods are a registry (``REGISTRY``): the scalings come from
+``rope_scaling.SCALINGS``, the attention-side methods are defined here, and
+each is one small definition that sets a run's config up for a length.
+
 Writes
 ``<workdir>/extensions/``: ``results.json``, ``results.csv`` and
 ``loss_vs_length.png`` (one curve per method, training length marked).
@@ -26,48 +30,87 @@ Writes
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import ml_collections
+from absl import app, flags
 
 from lmx import checkpoint
+from lmx import cli
 from lmx import config as config_lib
-from lmx import evaluation, trainer
+from lmx import evaluation
+from lmx import plots
+from lmx import positions
+from lmx import run_state
 from lmx.data import corpus, windows
+from lmx.errors import CheckpointError, ConfigError, DataError
+from lmx.positions import rope_scaling
 
-SCALINGS = ('linear', 'ntk', 'dynamic', 'ntk_by_parts', 'yarn', 'llama3')
-METHODS = ('none',) + SCALINGS + ('rerope', 'leaky_rerope', 'lm_infinite')
 LM_INFINITE_GLOBAL = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """An inference-time extension: ``setup(model_cfg, train_len, length)``
+  edits ``config.model`` (a copy of the run's) to evaluate a model trained
+  at ``train_len`` on windows of ``length``."""
+  name: str
+  summary: str
+  setup: Callable[[ml_collections.ConfigDict, int, int], None]
+
+
+def _rerope(model_cfg, train_len, length):
+  del length
+  model_cfg.rerope.window = max(train_len // 2, 1)
+  model_cfg.rerope.leak = 0.0
+
+
+def _leaky_rerope(model_cfg, train_len, length):
+  if length > train_len:
+    window = max(train_len // 2, 1)
+    model_cfg.rerope.window = window
+    model_cfg.rerope.leak = (train_len - window) / (length - window)
+
+
+def _lm_infinite(model_cfg, train_len, length):
+  del length
+  n_global = min(LM_INFINITE_GLOBAL, train_len // 2)
+  model_cfg.lm_infinite.n_global = n_global
+  model_cfg.lm_infinite.n_local = train_len - n_global
+  model_cfg.lm_infinite.distance_limit = train_len
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+  REGISTRY[method.name] = method
+  return method
+
+
+for _s in rope_scaling.SCALINGS.values():
+  register(Method(_s.name, _s.summary,
+                  functools.partial(rope_scaling.configure, name=_s.name)))
+register(Method('rerope', 'ReRoPE: distances clamped at L/2', _rerope))
+register(Method('leaky_rerope', 'Leaky ReRoPE: L/2, then leak (L - w)/(n - w)',
+                _leaky_rerope))
+register(Method('lm_infinite', 'LM-Infinite: Lambda mask (10 global, L - 10 '
+                'local) and distances clamped at L', _lm_infinite))
+METHODS = tuple(REGISTRY)
 
 
 def method_config(config: ml_collections.ConfigDict, method: str,
                   length: int) -> ml_collections.ConfigDict:
-  """The run's config with ``method`` set up for evaluation at ``length``."""
+  """The run's config with ``method`` set up for evaluation at ``length``:
+  plain RoPE first (whatever scaling the run had), then the method."""
   c = ml_collections.ConfigDict(config.to_dict())
   train_len = int(config.train.seq_len)
-  factor = length / train_len
-  rope = c.model.rope
-  rope.original_max_len = train_len
-  if method == 'dynamic':
-    # The scale follows the length of each call; the factor is its floor.
-    rope.scaling, rope.factor = 'dynamic', 1.0
-  elif method not in SCALINGS or factor <= 1.0:
-    rope.scaling, rope.factor = 'none', 1.0
-  else:
-    rope.scaling, rope.factor = method, float(factor)
-  window = max(train_len // 2, 1)
-  if method == 'rerope':
-    c.model.rerope.window, c.model.rerope.leak = window, 0.0
-  elif method == 'leaky_rerope' and length > train_len:
-    c.model.rerope.window = window
-    c.model.rerope.leak = (train_len - window) / (length - window)
-  elif method == 'lm_infinite':
-    n_global = min(LM_INFINITE_GLOBAL, train_len // 2)
-    c.model.lm_infinite.n_global = n_global
-    c.model.lm_infinite.n_local = train_len - n_global
-    c.model.lm_infinite.distance_limit = train_len
+  rope_scaling.configure(c.model, train_len, length, rope_scaling.NONE)
+  REGISTRY[method].setup(c.model, train_len, length)
   c.eval.sliding = False
   return c
 
@@ -77,14 +120,14 @@ def compare(workdir: str, lengths: Sequence[int] | None = None,
             methods: Sequence[str] = METHODS, plots: bool = True) -> dict:
   """Loss against length for every method; writes JSON, CSV and a plot."""
   config = checkpoint.read_config(workdir)
-  if config.model.position != 'rope':
-    raise config_lib.ConfigError(
+  if not positions.get_encoding(config.model.position).scalable:
+    raise ConfigError(
         f'{workdir} holds a {config.model.position!r} model; the RoPE '
-        'extensions apply to a model trained with '
-        '--config.model.position=rope.')
-  unknown = [m for m in methods if m not in METHODS]
+        'extensions apply to a model whose encoding follows the RoPE '
+        'scalings (train one with --config.model.position=rope).')
+  unknown = [m for m in methods if m not in REGISTRY]
   if unknown:
-    raise config_lib.ConfigError(
+    raise ConfigError(
         f'Unknown extension(s) {", ".join(unknown)}; valid: '
         f'{", ".join(METHODS)}.')
   train_len = int(config.train.seq_len)
@@ -98,20 +141,20 @@ def compare(workdir: str, lengths: Sequence[int] | None = None,
                                                      'validation'))
   for n in lengths:
     windows.eval_windows(stream, n, config.eval.tokens)
-  _, params, step = evaluation.load_params(config, workdir, step)
+  _, params, step = run_state.load_params(config, workdir, step)
   rows, done = [], {}
   for m in methods:
     for n in lengths:
       c = method_config(config, m, n)
-      rope = c.model.rope
       # At n <= L the static scalings are plain RoPE: computed once.
       key = (c.model.to_json(), n)
       if key not in done:
-        graphdef, _ = trainer.abstract_model(c)
+        graphdef, _ = run_state.abstract_model(c)
         done[key] = evaluation.loss_at_length(
             evaluation.make_loss_fn(graphdef), params, c, stream, n)
       r = done[key]
-      rows.append({'method': m, 'length': n, 'factor': rope.factor,
+      rows.append({'method': m, 'length': n,
+                   'factor': rope_scaling.factor_of(c.model),
                    'loss': r['loss'], 'perplexity': r['perplexity'],
                    'bits_per_byte': r['bits_per_byte']})
       print(f'{m:>13} {n:>6}: loss {r["loss"]:.4f}', flush=True)
@@ -143,15 +186,16 @@ def format_table(results: dict) -> str:
 
 
 def plot(results: dict, path: str) -> None:
-  plt = evaluation.pyplot()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for m in results['methods']:
     rows = [r for r in results['results'] if r['method'] == m]
+    label = m if m != rope_scaling.NONE else f'{m} (plain RoPE)'
     ax.plot([r['length'] for r in rows], [r['loss'] for r in rows],
-            marker='o', label=m if m != 'none' else 'none (plain RoPE)')
+            marker='o', label=label)
   t = results['train_length']
   ax.axvline(t, color='gray', linestyle='--', label=f'training length ({t})')
-  evaluation.length_axis(ax, results['lengths'])
+  plots.length_axis(ax, results['lengths'])
   ax.set_xlabel('evaluation length (tokens, log scale)')
   ax.set_ylabel('loss (nats / byte)')
   ax.set_title(f'RoPE extensions without training (step {results["step"]})')
@@ -162,35 +206,44 @@ def plot(results: dict, path: str) -> None:
   plt.close(fig)
 
 
-def main(argv: Sequence[str]) -> int:
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(prog='python -m lmx.extensions',
-                                   description=__doc__.split('\n')[0])
-  parser.add_argument('--workdir', required=True)
-  parser.add_argument('--lengths', default='',
-                      help='comma-separated; default: eval.multipliers x L')
-  parser.add_argument('--methods', default=','.join(METHODS))
-  parser.add_argument('--step', type=int, default=None)
-  parser.add_argument('--out', default=None)
-  args = parser.parse_args(argv)
+def _define_flags() -> dict:
+  """The command's flags; defined only when it runs as ``python -m``, so
+  importing this module defines none."""
+  return {
+      'workdir': flags.DEFINE_string('workdir', None,
+                                     'Run directory of a trained rope run.'),
+      'lengths': flags.DEFINE_list(
+          'lengths', None, 'Evaluation lengths; default: '
+          'config.eval.multipliers x the training length.'),
+      'methods': flags.DEFINE_list(
+          'methods', list(METHODS),
+          'Methods to compare: ' + ', '.join(
+              f'{m.name} ({m.summary})' for m in REGISTRY.values()) + '.'),
+      'step': flags.DEFINE_integer('step', None,
+                                   'Checkpoint step; default: the latest.'),
+      'out': flags.DEFINE_string('out', None, 'Output directory; default '
+                                 '<workdir>/extensions.'),
+  }
+
+
+def main(argv: Sequence[str], fl: dict) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  workdir = fl['workdir'].value
+  if not workdir:
+    raise app.UsageError('--workdir is required.')
   try:
-    lengths = [int(x) for x in args.lengths.split(',') if x]
-  except ValueError:
-    print(f'error: --lengths must be integers, got {args.lengths}',
-          file=sys.stderr)
-    return 2
-  try:
-    results = compare(args.workdir, lengths, args.out, args.step,
-                      [m for m in args.methods.split(',') if m])
-  except (config_lib.ConfigError, corpus.DataError,
-          checkpoint.CheckpointError) as e:
+    lengths = cli.int_list(fl['lengths'].value, '--lengths')
+    results = compare(workdir, lengths, fl['out'].value, fl['step'].value,
+                      fl['methods'].value)
+  except (ConfigError, DataError, CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
-    return 2
+    sys.exit(2)
   print(format_table(results))
-  out = args.out or os.path.join(args.workdir, 'extensions')
+  out = fl['out'].value or os.path.join(workdir, 'extensions')
   print(f'Wrote results.json, results.csv and loss_vs_length.png to {out}')
-  return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv[1:]))
+  _FLAGS = _define_flags()
+  app.run(lambda argv: main(argv, _FLAGS), flags_parser=cli.parse_flags)

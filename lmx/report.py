@@ -1,6 +1,6 @@
 """Tables and plots from many evaluated runs.
 
-    python -m lmx.report runs/* [--plot loss_vs_length.png] [--out DIR]
+    python -m lmx.report [--plot=loss_vs_length.png] [--out=DIR] runs/*
 
 reads ``<workdir>/eval/results.json`` of each run and prints a markdown table
 of loss (nats/byte) against length, one row per run, plus the ratio of the
@@ -29,6 +29,12 @@ import math
 import os
 import re
 import sys
+
+from absl import app, flags
+
+from lmx import cli
+from lmx import plots
+from lmx import task_eval
 
 # Config fields that do not make two runs different experiments.
 IGNORED_FIELDS = ('seed', 'name', 'data.cache_dir')
@@ -105,8 +111,7 @@ def label(run) -> str:
 
 def plot(runs, path: str) -> None:
   """Every run on one loss-against-length plot (no grouping)."""
-  from lmx import evaluation  # pylint: disable=g-import-not-at-top
-  plt = evaluation.pyplot()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5))
   lengths = []
   for run in runs:
@@ -117,7 +122,7 @@ def plot(runs, path: str) -> None:
   train_lengths = sorted({run['train_length'] for run in runs})
   for t in train_lengths:
     ax.axvline(t, color='gray', linestyle='--')
-  evaluation.length_axis(ax, lengths)
+  plots.length_axis(ax, lengths)
   ax.set_xlabel('evaluation length (tokens); dashed: training length')
   ax.set_ylabel('loss (nats / byte)')
   ax.set_title('loss against length')
@@ -312,11 +317,10 @@ def _curves(ax, groups, labels, metric, rows='results', linestyle='-',
 
 def _finish_length_plot(fig, ax, groups, lengths, ylabel, title, path,
                         unit='tokens'):
-  from lmx import evaluation  # pylint: disable=g-import-not-at-top
-  plt = evaluation.pyplot()
+  plt = plots.pyplot()
   for t in sorted({g['train_length'] for g in groups}):
     ax.axvline(t, color='gray', linestyle='--', linewidth=1)
-  evaluation.length_axis(ax, lengths)
+  plots.length_axis(ax, lengths)
   ax.set_xlabel(f'evaluation length ({unit}, log scale); dashed vertical: '
                 'training length')
   ax.set_ylabel(ylabel)
@@ -335,8 +339,7 @@ def _band_note(groups) -> str:
 
 
 def plot_lm(groups, labels, path: str) -> None:
-  from lmx import evaluation  # pylint: disable=g-import-not-at-top
-  plt = evaluation.pyplot()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(7.5, 4.8))
   colors = [None] * len(groups)
   lengths = _curves(ax, groups, labels, 'loss', colors=colors)
@@ -350,8 +353,7 @@ def plot_lm(groups, labels, path: str) -> None:
 
 
 def plot_task(groups, labels, task: str, path: str) -> None:
-  from lmx import evaluation  # pylint: disable=g-import-not-at-top
-  plt = evaluation.pyplot()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(7.5, 4.8))
   lengths = _curves(ax, groups, labels, 'accuracy')
   ax.set_ylim(-0.02, 1.02)
@@ -363,7 +365,6 @@ def plot_task(groups, labels, task: str, path: str) -> None:
 
 def plot_passkey(g: dict, title: str, path: str) -> None:
   """The group's passkey accuracy, averaged over seeds, as a heatmap."""
-  from lmx import task_eval  # pylint: disable=g-import-not-at-top
   lengths, depths, mean = passkey_mean(g)
   task_eval.draw_passkey_heatmap(lengths, depths, mean, title, path,
                                  train_length=g['train_length'])
@@ -492,33 +493,42 @@ def write(workdirs, out_dir: str, title: str = 'sweep') -> list[str]:
   return ['report.md', 'report.csv'] + written
 
 
-def main(argv):
-  args = list(argv[1:])
-  options = {}
-  for flag in ('--plot', '--out'):
-    if flag in args:
-      i = args.index(flag)
-      if i + 1 >= len(args):
-        print(f'{flag} needs a path.', file=sys.stderr)
-        return 2
-      options[flag] = args[i + 1]
-      del args[i:i + 2]
-  runs = load(args)
+def _define_flags() -> dict:
+  """The command's flags; defined only when it runs as ``python -m``, so
+  importing this module defines none."""
+  return {
+      'plot': flags.DEFINE_string(
+          'plot', None, 'Also draw every LM run on one loss-against-length '
+          'plot, written to this PNG path.'),
+      'out': flags.DEFINE_string(
+          'out', None, 'Write the full report (report.md, report.csv, '
+          'plots; seeds grouped) into this directory.'),
+  }
+
+
+def main(argv, fl: dict) -> None:
+  """``argv[1:]`` are run directories (``<workdir>/eval/results.json``)."""
+  workdirs = list(argv[1:])
+  if not workdirs:
+    raise app.UsageError('Name at least one run directory, e.g. '
+                         'python -m lmx.report runs/*', exitcode=2)
+  runs = load(workdirs)
   if not runs:
-    print('No <workdir>/eval/results.json found: run eval.py first.',
+    print('error: no <workdir>/eval/results.json found in '
+          f'{", ".join(workdirs)}: run eval.py on them first.',
           file=sys.stderr)
-    return 2
+    sys.exit(2)
   lm_runs = [r for r in runs if r['kind'] == 'lm']
   if lm_runs:
     print(table(lm_runs))
-  if options.get('--plot') and lm_runs:
-    plot(lm_runs, options['--plot'])
-    print(f'Wrote {options["--plot"]}')
-  if options.get('--out'):
-    written = write(args, options['--out'])
-    print(f'Wrote {", ".join(written)} to {options["--out"]}')
-  return 0
+  if fl['plot'].value and lm_runs:
+    plot(lm_runs, fl['plot'].value)
+    print(f'Wrote {fl["plot"].value}')
+  if fl['out'].value:
+    written = write(workdirs, fl['out'].value)
+    print(f'Wrote {", ".join(written)} to {fl["out"].value}')
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv))
+  _FLAGS = _define_flags()
+  app.run(lambda argv: main(argv, _FLAGS), flags_parser=cli.parse_flags)

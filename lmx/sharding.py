@@ -50,6 +50,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from lmx.errors import ConfigError
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
 DATA_AXES = ('data', 'fsdp')
 
@@ -82,9 +84,8 @@ LOGICAL_RULES: dict[str, Any] = {
 }
 
 
-def _error(msg: str):
-  from lmx import config as config_lib  # pylint: disable=g-import-not-at-top
-  return config_lib.ConfigError(msg)
+def _error(msg: str) -> ConfigError:
+  return ConfigError(msg)
 
 
 # ------------------------------------------------------------- validation
@@ -99,7 +100,11 @@ def _mesh_values(config) -> dict[str, Any]:
   if unknown:
     raise _error(f'config.mesh has unknown axes {unknown}; its axes are '
                  f'{", ".join(MESH_AXES)}.')
-  return {a: mesh.get(a, 1) for a in MESH_AXES}
+  missing = [a for a in MESH_AXES if a not in mesh]
+  if missing:
+    raise _error(f'config.mesh.{missing[0]} is missing. Start from a config '
+                 'in configs/ (lmx/defaults.py sets every mesh axis).')
+  return {a: mesh[a] for a in MESH_AXES}
 
 
 def validate_config(config) -> None:

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmx import config as config_lib
+from lmx import plots
 from lmx.data import tasks
 
 
@@ -167,9 +168,8 @@ def _label(results: dict) -> str:
 def plot_accuracy_vs_length(results, path: str) -> None:
   """Exact match against length; ``results`` is one result dict or a list
   (one line per run, labelled with its encoding)."""
-  from lmx import evaluation  # pylint: disable=g-import-not-at-top
   runs = [results] if isinstance(results, dict) else list(results)
-  plt = evaluation.pyplot()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4))
   xs_all = []
   for r in runs:
@@ -182,7 +182,7 @@ def plot_accuracy_vs_length(results, path: str) -> None:
              label=f'longest training length ({train_len})')
   ticks = sorted({2 ** k for k in range(
       int(math.log2(max(xs_all))) + 1)} | {max(xs_all)})
-  evaluation.length_axis(ax, ticks)
+  plots.length_axis(ax, ticks)
   ax.set_ylim(-0.03, 1.03)
   ax.set_xlabel('task length n (log2 scale)')
   ax.set_ylabel('exact-match accuracy (teacher-forced)')
@@ -206,9 +206,8 @@ def draw_passkey_heatmap(lengths, depths, accuracy, title: str, path: str,
                          train_length: int | None = None) -> None:
   """A depth x length heatmap of accuracies (rows = depths), values written
   in the cells and the longest training length marked when it is shown."""
-  from lmx import evaluation  # pylint: disable=g-import-not-at-top
   acc = np.asarray(accuracy, np.float64)
-  plt = evaluation.pyplot()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(lengths) + 2),
                                   0.45 * len(depths) + 2))
   im = ax.imshow(acc, vmin=0.0, vmax=1.0, cmap='viridis', aspect='auto',

@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import nnx
 
 from lmx import checkpoint
 from lmx import config as config_lib
@@ -39,60 +38,11 @@ from lmx import metrics as metrics_lib
 from lmx import model as model_lib
 from lmx import positions
 from lmx import sharding
+from lmx.run_state import (abstract_state, apply_fn, init_model, init_state,
+                           make_optimizer, make_schedule)
 from lmx.data import corpus, tasks, windows
 
 log = logging.getLogger('lmx')
-
-
-def make_schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
-  """Linear warmup to ``learning_rate``, cosine decay to ``min_lr_ratio``x."""
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=t.learning_rate,
-      warmup_steps=t.warmup_steps, decay_steps=t.steps,
-      end_value=t.learning_rate * t.min_lr_ratio)
-
-
-def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW with global-norm clipping; no decay on vectors (norms, biases)."""
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  return optax.chain(
-      optax.clip_by_global_norm(t.grad_clip),
-      optax.adamw(make_schedule(t), b1=t.b1, b2=t.b2,
-                  weight_decay=t.weight_decay, mask=decay_mask))
-
-
-def init_model(config: ml_collections.ConfigDict):
-  """(graphdef, params as a pure dict) of a freshly initialised model."""
-  model = model_lib.build(config.model, config.seed)
-  graphdef, state = nnx.split(model)
-  return graphdef, nnx.to_pure_dict(state)
-
-
-def abstract_model(config: ml_collections.ConfigDict):
-  """(graphdef, abstract params): shapes only, nothing is initialised."""
-  model = nnx.eval_shape(lambda: model_lib.build(config.model, config.seed))
-  graphdef, state = nnx.split(model)
-  return graphdef, nnx.to_pure_dict(state)
-
-
-def abstract_state(config: ml_collections.ConfigDict, tx=None):
-  """(graphdef, abstract train state): the restore target of a checkpoint."""
-  tx = tx or make_optimizer(config.train)
-  graphdef, abstract_params = abstract_model(config)
-  return graphdef, checkpoint.abstract(
-      jax.eval_shape(lambda p: init_state(config, p, tx), abstract_params))
-
-
-def init_state(config, params, tx) -> dict:
-  return {'step': jnp.zeros((), jnp.int32), 'params': params,
-          'opt_state': tx.init(params)}
-
-
-def apply_fn(graphdef) -> Callable:
-  """``(params, tokens, positions, dropout_key) -> logits``."""
-  def apply(params, tokens, positions, dropout_key=None):
-    return nnx.merge(graphdef, params)(tokens, positions, dropout_key)
-  return apply
 
 
 def make_train_step(graphdef, tx, config, mesh=None,

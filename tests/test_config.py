@@ -116,6 +116,71 @@ def test_unknown_size_variant():
     base.get_config('size=huge')
 
 
+@pytest.mark.parametrize('arg,match', [
+    ('sise=tiny', "Unknown key 'sise'.*valid keys: size"),
+    ('tiny', "'tiny', which is not key=value.*valid keys: size"),
+    ('size=', "'size=', which is not key=value"),
+    ('size=tiny,size=small', "sets 'size' twice"),
+])
+def test_config_arguments_are_strict(arg, match):
+  with pytest.raises(config_lib.ConfigError, match=match):
+    base.get_config(arg)
+  # Every config file takes the same keys (and sweeps their own, too).
+  from configs import alibi  # pylint: disable=g-import-not-at-top
+  from configs.sweeps import encodings  # pylint: disable=g-import-not-at-top
+  with pytest.raises(config_lib.ConfigError, match=match):
+    alibi.get_config(arg)
+  with pytest.raises(config_lib.ConfigError, match=match):
+    encodings.get_sweep(arg)
+  assert encodings.get_sweep('size=tiny,seeds=2')['product'] == {
+      'seed': [0, 1]}
+
+
+@pytest.mark.parametrize('position,field,value,match', [
+    # A RoPE base of 0 would train into NaN at step 1.
+    ('rope', 'theta', 0.0, r'config.model.rope.theta must be in \(0.0, inf\]'),
+    ('rope', 'theta', float('nan'), 'rope.theta must be a finite number'),
+    ('xpos', 'theta', -1.0, r'config.model.xpos.theta must be in \(0.0'),
+    ('xpos', 'gamma', 0.0, r'config.model.xpos.gamma must be in \(0.0'),
+    ('xpos', 'scale_base', float('inf'), 'xpos.scale_base must be a finite'),
+    ('sinusoidal', 'max_timescale', 0.0,
+     r'config.model.sinusoidal.max_timescale must be in \(0.0'),
+    ('learned', 'max_len', 0, 'config.model.learned.max_len must be at least 1'),
+    ('learned', 'init_std', -0.5, r'config.model.learned.init_std must be in'),
+    ('t5', 'num_buckets', 2, 'config.model.t5.num_buckets must be at least 4'),
+    ('t5', 'num_buckets', 32.0, 'config.model.t5.num_buckets must be an integer'),
+    ('t5', 'max_distance', 16, 'max_distance > num_buckets/2'),
+    ('t5', 'bidirectional', 'no', 't5.bidirectional must be True or False'),
+    ('kerple', 'kernel', 'cubic', "kerple.kernel='cubic' is not one of: 'log'"),
+    ('kerple', 'eps', 0.0, r'config.model.kerple.eps must be in \(0.0, 2.0\]'),
+    ('rope', 'beta_fast', -1.0, None),   # unused by scaling='none': fine
+])
+def test_every_encoding_checks_its_own_fields(position, field, value, match):
+  def edit(d):
+    d['model']['position'] = position
+    d['model'][position][field] = value
+  c = _from_dict(edit)
+  if match is None:
+    config_lib.validate(c)
+    return
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.validate(c)
+  # The same field of an encoding that is not chosen is not its concern.
+  c.model.position = 'none'
+  config_lib.validate(c)
+
+
+def test_a_scaling_checks_its_own_fields():
+  c = base.get_config('size=tiny')
+  c.model.rope.update(scaling='yarn', factor=4.0, original_max_len=16,
+                      beta_fast=float('nan'))
+  with pytest.raises(config_lib.ConfigError,
+                     match='config.model.rope.beta_fast must be a finite'):
+    config_lib.validate(c)
+  c.model.rope.beta_fast = 32.0
+  config_lib.validate(c)
+
+
 def _from_dict(edit):
   """A config rebuilt from plain data, as eval.py reads config.json: field
   types are whatever the file says."""

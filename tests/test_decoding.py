@@ -252,7 +252,8 @@ def test_low_temperature_approaches_greedy():
   best = np.argmax(np.asarray(logits), -1)
   agree = []
   for t in (2.0, 1.0, 0.3, 0.1, 1e-3):
-    draws = jax.vmap(lambda key: decoding.sample(logits, key, t))(_keys(500))
+    draws = jax.vmap(lambda key, t=t: decoding.sample(logits, key, t))(
+        _keys(500))
     agree.append(float((np.asarray(draws) == best).mean()))
   assert agree == sorted(agree) and agree[0] < 0.5 and agree[-1] == 1.0
 

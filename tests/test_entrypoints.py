@@ -115,6 +115,35 @@ def test_bad_input_gets_one_clear_message(tmp_path, cache_dir):
              '--config.model.num_heads=2', check=False)
   assert proc.returncode == 2 and 'even' in proc.stderr
 
+  # A config argument the config file does not take: one line, exit 2,
+  # nothing written.
+  for arg, words in (('sise=tiny', "Unknown key 'sise'"),
+                     ('tiny', 'not key=value')):
+    proc = run('train.py', f'--config=configs/alibi.py:{arg}',
+               f'--workdir={tmp_path / "z"}', check=False)
+    assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+    assert 'valid keys: size' in proc.stderr
+    assert 'Traceback' not in proc.stderr + proc.stdout
+    assert not os.path.exists(tmp_path / 'z')
+
+
+@pytest.mark.parametrize('command,own', [
+    (('train.py',), ('--config', '--workdir', '--progress', '--coordinator')),
+    (('eval.py',), ('--workdir', '--step', '--config', '--lengths', '--out')),
+    (('generate.py',), ('--workdir', '--step', '--config', '--prompt',
+                        '--top_k')),
+    (('sweep.py',), ('--sweep', '--dir', '--parallel', '--report_only')),
+    (('-m', 'lmx.extensions'), ('--workdir', '--lengths', '--methods',
+                                '--step', '--out')),
+    (('-m', 'lmx.report'), ('--plot', '--out')),
+])
+def test_every_entry_point_lists_its_own_flags(command, own):
+  proc = run(*command, '--help')   # exits 0
+  for flag in own:   # absl writes a boolean flag as --[no]name
+    listed = (f'  {flag}:' in proc.stdout
+              or f'  --[no]{flag[2:]}:' in proc.stdout)
+    assert listed, (command, flag, proc.stdout)
+
 
 def test_eval_refuses_a_length_the_learned_table_cannot_cover(tmp_path,
                                                              cache_dir):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lmx import attention, evaluation, trainer
+from lmx import run_state
+from lmx import attention, evaluation
 from lmx.data import windows
 from lmx.positions.alibi import alibi_slopes
 
@@ -36,7 +37,7 @@ def test_sliding_windows_score_the_same_tokens_once_with_context(
 
 def _tiny(tiny_config, position, **overrides):
   c = tiny_config(position, **overrides)
-  graphdef, params = trainer.init_model(c)
+  graphdef, params = run_state.init_model(c)
   return c, graphdef, params
 
 
@@ -129,7 +130,7 @@ def test_stats_are_only_collected_when_asked(tiny_config):
   c, graphdef, params = _tiny(tiny_config, 'alibi')
   tokens = np.zeros((1, 16), np.int32)
   pos = np.arange(16)[None]
-  logits = trainer.apply_fn(graphdef)(params, tokens, pos)
+  logits = run_state.apply_fn(graphdef)(params, tokens, pos)
   stats = evaluation.make_stats_fn(graphdef)(params, tokens, pos)
   assert logits.shape == (1, 16, c.model.vocab_size)
   assert len(stats) == c.model.num_layers

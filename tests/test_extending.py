@@ -58,3 +58,36 @@ def test_unregistered_name_is_still_refused():
   c.model.position = 'half_distance'
   with pytest.raises(config_lib.ConfigError, match='Valid names'):
     config_lib.validate(c)
+
+
+class Gentle(HalfDistance):
+  """HalfDistance with a rule of its own: a strength of at most 1."""
+
+  @classmethod
+  def check(cls, model_cfg):
+    super().check(model_cfg)
+    strength = cls.fields(model_cfg).float('half_distance.strength', 0.0)
+    if strength > 1.0:
+      raise config_lib.ConfigError(
+          f'config.model.half_distance.strength={strength} is above 1: '
+          'Gentle biases are gentle. Lower it.')
+
+
+def test_a_registered_encodings_own_check_reaches_validate(monkeypatch):
+  from configs import base
+  monkeypatch.setattr(positions, 'REGISTRY', dict(positions.REGISTRY))
+  positions.register('half_distance', Gentle)   # at runtime, no file touched
+  c = base.get_config('size=tiny')
+  c.model.position = 'half_distance'
+  config_lib.validate(c)
+  c.model.half_distance.strength = 3.0
+  with pytest.raises(config_lib.ConfigError,
+                     match='strength=3.0 is above 1: Gentle'):
+    config_lib.validate(c)
+  c = ml_collections.ConfigDict(c.to_dict(), type_safe=False)
+  c.model.half_distance.strength = 'strong'   # the shared field checks too
+  with pytest.raises(config_lib.ConfigError,
+                     match='half_distance.strength must be a finite number'):
+    config_lib.validate(c)
+  with pytest.raises(TypeError, match='not a PositionEncoding'):
+    positions.register('bad', object)

@@ -5,8 +5,10 @@ import os
 
 import pytest
 
+import scripts
 from lmx import config as config_lib
 from lmx import extensions, trainer
+from lmx.positions import rope_scaling
 
 
 @pytest.fixture(scope='module')
@@ -74,3 +76,24 @@ def test_scaling_on_another_encoding_is_refused():
   with pytest.raises(config_lib.ConfigError,
                      match="rescales RoPE frequencies.*'alibi'"):
     config_lib.validate(c)
+
+
+def test_the_methods_come_from_the_registries():
+  assert extensions.METHODS[:len(rope_scaling.METHODS)] == rope_scaling.METHODS
+  assert extensions.METHODS[len(rope_scaling.METHODS):] == (
+      'rerope', 'leaky_rerope', 'lm_infinite')
+
+
+def test_the_command_line(rope_run, tmp_path):
+  out = str(tmp_path / 'cli')
+  proc = scripts.run('-m', 'lmx.extensions', f'--workdir={rope_run}',
+                     '--methods=none,yarn', '--lengths=16,32', f'--out={out}')
+  assert '| yarn |' in proc.stdout and '| none |' in proc.stdout
+  with open(os.path.join(out, 'results.json')) as f:
+    assert json.load(f)['methods'] == ['none', 'yarn']
+  proc = scripts.run('-m', 'lmx.extensions', f'--workdir={rope_run}',
+                     '--lengths=16,x', check=False)
+  assert proc.returncode == 2 and '--lengths must be integers' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  proc = scripts.run('-m', 'lmx.extensions', check=False)
+  assert proc.returncode != 0 and '--workdir is required' in proc.stderr

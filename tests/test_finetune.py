@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from lmx import run_state
 from lmx import checkpoint, trainer
 from lmx import config as config_lib
 from lmx.positions.learned import Learned
@@ -40,7 +41,7 @@ def source(tmp_path_factory, cache_dir):
 
 def _source_params(workdir):
   cfg = checkpoint.read_config(workdir)
-  _, target = trainer.abstract_state(cfg)
+  _, target = run_state.abstract_state(cfg)
   return checkpoint.load(workdir, checkpoint.latest_step(workdir),
                          target)['params']
 
@@ -50,7 +51,7 @@ def test_fine_tuning_starts_from_the_parameters_with_a_fresh_optimizer(
   c = tiny_config('rope', **{'init_from': source['rope'],
                              'train.seq_len': 32, 'train.steps': 2,
                              'train.checkpoint_every': 1})
-  _, target = trainer.abstract_state(c)
+  _, target = run_state.abstract_state(c)
   params = trainer.params_from_run(c, target['params'])
   same = jax.tree.map(np.array_equal, params, _source_params(source['rope']))
   assert all(jax.tree.leaves(same))
@@ -82,7 +83,7 @@ def test_a_different_model_is_refused_naming_the_parameters(source,
                                                             tiny_config):
   c = tiny_config('rope', **{'init_from': source['rope'],
                              'model.num_layers': 3})
-  _, target = trainer.abstract_state(c)
+  _, target = run_state.abstract_state(c)
   with pytest.raises(config_lib.ConfigError,
                      match=r'missing there: blocks/2/.*init_from=\'\''):
     trainer.params_from_run(c, target['params'])
@@ -92,7 +93,7 @@ def test_a_longer_learned_table_needs_interpolation(source, tiny_config):
   c = tiny_config('learned', **{'init_from': source['learned'],
                                 'model.learned.max_len': 64,
                                 'train.seq_len': 64})
-  _, target = trainer.abstract_state(c)
+  _, target = run_state.abstract_state(c)
   with pytest.raises(config_lib.ConfigError,
                      match=r'table has shape \(32, 32\).*\(64, 32\) here.*'
                            'init_interpolate=True'):
@@ -111,4 +112,4 @@ def test_a_missing_source_is_a_clear_error(tiny_config, tmp_path):
   c = tiny_config('rope', init_from=str(tmp_path / 'nowhere'))
   with pytest.raises(checkpoint.CheckpointError,
                      match='config.init_from=.*must name the --workdir'):
-    trainer.params_from_run(c, trainer.abstract_state(c)[1]['params'])
+    trainer.params_from_run(c, run_state.abstract_state(c)[1]['params'])

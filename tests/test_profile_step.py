@@ -21,7 +21,7 @@ def hlo():
 
 def test_the_products_and_the_softmax_get_their_kinds(hlo):
   by_kind = {}
-  for name, instr in hlo.items():
+  for instr in hlo.values():
     by_kind.setdefault(profile_step.kind(instr), []).append(instr)
   (dense,) = by_kind['dense GEMM']
   assert dense.shape == 'f32[64,48]'

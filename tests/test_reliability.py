@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from configs import base
+from lmx import run_state
 from lmx import checkpoint, metrics, trainer
 from lmx.data import windows
 
@@ -236,7 +237,7 @@ def test_refuse_mode_stops_and_changes_nothing(short_run, tmp_path,
 @pytest.fixture(scope='module')
 def target():
   c = base.encoding_config('rope', 'size=tiny', sampling='randomized')
-  return trainer.abstract_state(c)[1]
+  return run_state.abstract_state(c)[1]
 
 
 @pytest.mark.parametrize('damage', ['truncate', 'delete', 'checksum_file'])
@@ -405,7 +406,7 @@ def test_skip_mode_leaves_the_state_unchanged_then_stops_when_used_up(
   assert 'the checkpoint of step 5' in msg
   # Nothing of the failing step was saved.
   assert checkpoint.all_steps(workdir) == [1, 2, 3, 4, 5]
-  _, target = trainer.abstract_state(c)
+  _, target = run_state.abstract_state(c)
   s2, _ = checkpoint.restore_step(workdir, 2, target)
   s3, m3 = checkpoint.restore_step(workdir, 3, target)
   assert m3 == {'nonfinite_skips': 1}
@@ -440,8 +441,8 @@ def test_default_mode_stops_at_the_first_non_finite_step(
 def test_weights_give_a_weighted_mean(tiny_config):
   """All-ones weights reproduce the plain mean; zero weights drop tokens."""
   c = tiny_config('alibi')
-  tx = trainer.make_optimizer(c.train)
-  graphdef, params = trainer.init_model(c)
+  tx = run_state.make_optimizer(c.train)
+  graphdef, params = run_state.init_model(c)
   step = trainer.make_train_step(graphdef, tx, c)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, 256, (2, 17))
@@ -449,7 +450,7 @@ def test_weights_give_a_weighted_mean(tiny_config):
            'positions': np.broadcast_to(np.arange(16), (2, 16))}
 
   def loss(b):  # the step donates its state: start from a copy each time
-    state = trainer.init_state(c, jax.tree.map(np.array, params), tx)
+    state = run_state.init_state(c, jax.tree.map(np.array, params), tx)
     return step(state, b)[1]['loss']
 
   plain = loss(batch)

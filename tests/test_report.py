@@ -6,6 +6,13 @@ import os
 import pytest
 
 from lmx import report
+import scripts
+
+
+def _cli(*args):
+  """``python -m lmx.report *args``: (exit status, stdout + stderr)."""
+  proc = scripts.run('-m', 'lmx.report', *args, check=False)
+  return proc.returncode, proc.stdout + proc.stderr
 
 
 def _fake_run(root, name, position, losses, sampling='contiguous'):
@@ -25,7 +32,7 @@ def test_table_and_plot(tmp_path):
                 sampling='randomized')
   missing = str(tmp_path / 'never_evaluated')
   plot = str(tmp_path / 'all.png')
-  assert report.main(['report', a, b, missing, '--plot', plot]) == 0
+  assert _cli(a, b, missing, '--plot', plot)[0] == 0
   rows = report.table(report.load([a, b])).splitlines()
   assert rows[2].startswith('| a | alibi | contiguous | 2.000 | 1.900')
   assert rows[2].endswith('| 0.90 |')            # 1.8 / 2.0
@@ -33,7 +40,16 @@ def test_table_and_plot(tmp_path):
   assert report.label(report.load([b])[0]) == 'rope (randomized)'
   with open(plot, 'rb') as f:
     assert f.read(4) == b'\x89PNG'
-  assert report.main(['report', missing]) == 2
+  code, out = _cli(missing)
+  assert code == 2 and 'run eval.py' in out and 'Traceback' not in out
+
+
+def test_usage_with_no_run_and_help():
+  code, out = _cli()
+  assert code == 2 and 'Name at least one run directory' in out
+  assert 'python -m lmx.report' in out           # the usage is printed
+  code, out = _cli('--help')
+  assert code == 0 and '--plot' in out and '--out' in out
 
 
 def _write(root, name, results, seed=None, config=None):
@@ -153,5 +169,5 @@ def test_groups_split_on_other_config_fields(tmp_path):
                                          'alibi, learning_rate=0.002']
   # The command line writes the full report with --out.
   out = str(tmp_path / 'out')
-  assert report.main(['report', a, b, '--out', out]) == 0
+  assert _cli(a, b, '--out', out)[0] == 0
   assert os.path.isfile(os.path.join(out, 'report.md'))

@@ -8,6 +8,7 @@ lambda_i = 2 pi / w_i = [6.2832, 62.832, 628.32, 6283.2].
 """
 
 import functools
+import json
 import math
 
 import jax
@@ -20,6 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from configs import base
+from lmx import defaults
+from lmx.errors import ConfigError
 from lmx import model as model_lib
 from lmx import positions as P
 from lmx.positions import rope_scaling as RS
@@ -297,25 +300,43 @@ def test_module_rotation_is_relative(scaling):
 
 
 def _model_cfg(scaling, **fields):
-  return ml_collections.ConfigDict({'position': 'rope',
-                                    'rope': _rope_cfg(scaling, **fields)})
+  c = base.get_config('size=tiny').model
+  c.position = 'rope'
+  c.rope = _rope_cfg(scaling, **fields)
+  return c
+
+
+def _check(model_cfg):
+  """The message of check's ConfigError, or None if it accepts."""
+  try:
+    RS.check(model_cfg)
+  except ConfigError as e:
+    return str(e)
+  return None
 
 
 @pytest.mark.parametrize('scaling,fields', list(_SETTINGS.items()))
 def test_check_accepts_good_settings(scaling, fields):
-  assert RS.check(_model_cfg(scaling, **fields)) is None
+  assert _check(_model_cfg(scaling, **fields)) is None
 
 
 def test_check_accepts_old_configs_and_dynamic_factor_one():
-  old = ml_collections.ConfigDict({'rope': {'theta': 10000.0}})
-  assert RS.check(old) is None
-  assert RS.check(ml_collections.ConfigDict({'position': 'alibi'})) is None
-  assert RS.check(_model_cfg('dynamic', factor=1.0,
+  # A config saved before the scaling fields existed, completed as
+  # checkpoint.read_config completes it.
+  old = json.loads(base.get_config('size=tiny').to_json())
+  old['model']['rope'] = {'theta': 10000.0}
+  old = ml_collections.ConfigDict(defaults.complete(old))
+  assert old.model.rope.scaling == 'none'
+  assert _check(old.model) is None
+  alibi = base.get_config('size=tiny').model
+  alibi.position = 'alibi'
+  assert _check(alibi) is None
+  assert _check(_model_cfg('dynamic', factor=1.0,
                              original_max_len=64)) is None
 
 
 def test_check_unknown_name_lists_the_valid_ones():
-  message = RS.check(_model_cfg('yarn2'))
+  message = _check(_model_cfg('yarn2'))
   assert 'config.model.rope.scaling' in message and "'yarn2'" in message
   for name in RS.METHODS:
     assert name in message
@@ -325,34 +346,34 @@ def test_check_unknown_name_lists_the_valid_ones():
                                      'llama3'])
 @pytest.mark.parametrize('factor', [1.0, 0.5])
 def test_check_factor_must_exceed_one(scaling, factor):
-  message = RS.check(_model_cfg(scaling, factor=factor, original_max_len=64))
+  message = _check(_model_cfg(scaling, factor=factor, original_max_len=64))
   assert 'config.model.rope.factor' in message and '> 1' in message
 
 
 def test_check_dynamic_factor_below_one():
-  message = RS.check(_model_cfg('dynamic', factor=0.5, original_max_len=64))
+  message = _check(_model_cfg('dynamic', factor=0.5, original_max_len=64))
   assert 'config.model.rope.factor' in message and '>= 1' in message
 
 
 @pytest.mark.parametrize('scaling', RS.NEEDS_ORIGINAL_LEN)
 def test_check_needs_original_max_len(scaling):
-  message = RS.check(_model_cfg(scaling, factor=4.0))
+  message = _check(_model_cfg(scaling, factor=4.0))
   assert 'config.model.rope.original_max_len' in message
   # linear and ntk do not need it.
-  assert RS.check(_model_cfg('linear', factor=4.0)) is None
-  assert RS.check(_model_cfg('ntk', factor=4.0)) is None
+  assert _check(_model_cfg('linear', factor=4.0)) is None
+  assert _check(_model_cfg('ntk', factor=4.0)) is None
 
 
 @pytest.mark.parametrize('scaling', ['ntk_by_parts', 'yarn'])
 def test_check_beta_order(scaling):
-  message = RS.check(_model_cfg(scaling, factor=4.0, original_max_len=64,
+  message = _check(_model_cfg(scaling, factor=4.0, original_max_len=64,
                                 beta_fast=1.0, beta_slow=1.0))
   assert 'config.model.rope.beta_fast' in message
   assert 'config.model.rope.beta_slow' in message
 
 
 def test_check_llama3_factor_order():
-  message = RS.check(_model_cfg('llama3', factor=8.0, original_max_len=64,
+  message = _check(_model_cfg('llama3', factor=8.0, original_max_len=64,
                                 low_freq_factor=4.0, high_freq_factor=1.0))
   assert 'config.model.rope.low_freq_factor' in message
   assert 'config.model.rope.high_freq_factor' in message
@@ -367,7 +388,9 @@ def _logits(scaling, factor=1.0, original_max_len=0, drop_fields=False):
   cfg = base.get_config('size=tiny')
   cfg.model.position = 'rope'
   if drop_fields:  # a config saved before the scaling fields existed
-    cfg.model.rope = ml_collections.ConfigDict({'theta': 10000.0})
+    old = json.loads(cfg.to_json())
+    old['model']['rope'] = {'theta': 10000.0}
+    cfg = ml_collections.ConfigDict(defaults.complete(old))
   else:
     cfg.model.rope.scaling = scaling
     cfg.model.rope.factor = factor

@@ -19,6 +19,7 @@ import pytest
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec as P
 
 import multihost_worker as worker
+from lmx import run_state
 from lmx import config as config_lib
 from lmx import sharding, trainer
 
@@ -193,9 +194,9 @@ def test_one_device_is_the_unsharded_step(runs, cache_dir):
   """trainer.train on one device gives exactly the losses of the plain
   jitted step without shardings (the code path before meshes)."""
   c = worker.make_config(cache_dir)
-  tx = trainer.make_optimizer(c.train)
-  graphdef, params = trainer.init_model(c)
-  state = trainer.init_state(c, params, tx)
+  tx = run_state.make_optimizer(c.train)
+  graphdef, params = run_state.init_model(c)
+  state = run_state.init_state(c, params, tx)
   step_fn = trainer.make_train_step(graphdef, tx, c)
   batch_fn = trainer.make_batch_fn(c)
   plain = []

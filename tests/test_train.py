@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from lmx import run_state
 from lmx import checkpoint, evaluation, positions, trainer
 from lmx.data import corpus, windows
 
@@ -22,9 +23,9 @@ def test_a_few_steps_lower_the_loss(position, tiny_config, stream):
   c = tiny_config(position, **{'train.steps': 30, 'train.warmup_steps': 3,
                                'train.batch_size': 8,
                                'train.learning_rate': 1e-2})
-  tx = trainer.make_optimizer(c.train)
-  graphdef, params = trainer.init_model(c)
-  state = trainer.init_state(c, params, tx)
+  tx = run_state.make_optimizer(c.train)
+  graphdef, params = run_state.init_model(c)
+  state = run_state.init_state(c, params, tx)
   step_fn = trainer.make_train_step(graphdef, tx, c)
   held_out = windows.train_batch(stream, seed=99, step=0, batch=32,
                                  seq_len=c.train.seq_len,
@@ -51,12 +52,12 @@ def test_a_few_steps_lower_the_loss(position, tiny_config, stream):
 
 def test_checkpoint_round_trip_gives_identical_logits(tiny_config, tmp_path):
   c = tiny_config('t5')
-  tx = trainer.make_optimizer(c.train)
-  graphdef, params = trainer.init_model(c)
+  tx = run_state.make_optimizer(c.train)
+  graphdef, params = run_state.init_model(c)
   # Perturb so that restoring the init would not pass by accident.
   params = jax.tree.map(lambda p: p + 0.01 * np.arange(p.size).reshape(
       p.shape).astype(p.dtype) / max(p.size, 1), params)
-  state = trainer.init_state(c, params, tx)
+  state = run_state.init_state(c, params, tx)
   workdir = str(tmp_path / 'run')
   saver = checkpoint.Saver(workdir, keep=1)
   saver.save(5, state, {'nonfinite_skips': 0})
@@ -65,12 +66,12 @@ def test_checkpoint_round_trip_gives_identical_logits(tiny_config, tmp_path):
   checkpoint.write_config(workdir, c)
 
   restored_cfg = checkpoint.read_config(workdir)
-  g2, p2, step = evaluation.load_params(restored_cfg, workdir)
+  g2, p2, step = run_state.load_params(restored_cfg, workdir)
   assert step == 0 and checkpoint.latest_step(workdir) == 5
   tokens = np.random.default_rng(0).integers(0, 257, (2, 16)).astype(np.int32)
   pos = np.broadcast_to(np.arange(16, dtype=np.int32), (2, 16))
-  a = trainer.apply_fn(graphdef)(params, tokens, pos)
-  b = trainer.apply_fn(g2)(p2, tokens, pos)
+  a = run_state.apply_fn(graphdef)(params, tokens, pos)
+  b = run_state.apply_fn(g2)(p2, tokens, pos)
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 

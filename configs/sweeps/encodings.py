@@ -16,7 +16,8 @@ from lmx import positions
 
 
 def get_sweep(arg=None):
-  args = base.parse_arg(arg)
+  args = base.parse_arg(arg, {**base.ARG_KEYS,
+                              'seeds': 'seeds per member (default 3)'})
   seeds = int(args.pop('seeds', 3))
   size = ':' + ','.join(f'{k}={v}' for k, v in args.items()) if args else ''
   members = [{'model.position': name} for name in positions.REGISTRY]

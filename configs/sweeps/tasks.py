@@ -26,7 +26,10 @@ TASKS = ('copy', 'reverse', 'duplicate_string', 'sort', 'parity',
 
 
 def get_sweep(arg=None):
-  args = base.parse_arg(arg)
+  args = base.parse_arg(arg, {
+      **base.ARG_KEYS, 'tasks': 'tasks joined by +, e.g. copy+reverse',
+      'encodings': 'encodings joined by +, e.g. none+alibi+rope',
+      'seeds': 'seeds per member (default 1)'})
   tasks = args.pop('tasks', '+'.join(TASKS)).split('+')
   encodings = args.pop('encodings', '+'.join(positions.REGISTRY)).split('+')
   seeds = int(args.pop('seeds', 1))

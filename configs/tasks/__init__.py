@@ -27,8 +27,6 @@ def task_config(name: str, arg=None, *, steps: int | None = None,
   evaluates 8 examples per length; ``steps`` applies to the other sizes.
   """
   c = base.get_config(arg)
-  if 'task' not in c:
-    c.task = tasks.default_config()
   c.name = name
   c.task.name = name
   for key, value in task_fields.items():

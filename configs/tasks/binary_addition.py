@@ -1,4 +1,5 @@
-"""Add two n-bit numbers, least significant bit first: ``110+011=1001`` (3 + 6 = 9; the sum has n + 1 bits).
+"""Add two n-bit numbers, least significant bit first: ``110+011=1001``
+(3 + 6 = 9; the sum has n + 1 bits).
 
     python train.py --config=configs/tasks/binary_addition.py
     python train.py --config=configs/tasks/binary_addition.py \

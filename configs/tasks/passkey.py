@@ -1,4 +1,6 @@
-"""Passkey retrieval: n filler sentences (16 bytes each) with ``the pass key is 12345. `` at depth round(depth * n), then ``what is the pass key? 12345``. Evaluated at every length and at depths 0, 0.25, 0.5, 0.75, 1.
+"""Passkey retrieval: n filler sentences (16 bytes each) with ``the pass key
+is 12345. `` at depth round(depth * n), then ``what is the pass key?
+12345``. Evaluated at every length and at depths 0, 0.25, 0.5, 0.75, 1.
 
     python train.py --config=configs/tasks/passkey.py
     python train.py --config=configs/tasks/passkey.py \

@@ -32,10 +32,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from lmx.data import tokenizer
+from lmx.errors import DataError
 
 
-class DataError(ValueError):
-  """The data source is missing, empty, or unusable; says what to change."""
+
 
 
 def stdlib_root() -> str:
@@ -190,7 +190,7 @@ def load_documents(data_cfg, split: str) -> list[np.ndarray]:
   if source.startswith('tfds:'):
     import tensorflow_datasets as tfds
     name = source[len('tfds:'):]
-    split = data_cfg.get(f'{split}_split', split)
+    split = data_cfg[f'{split}_split']   # the catalog's name of the split
     try:
       ds = tfds.data_source(name, split=split,
                             data_dir=os.path.expanduser(data_cfg.cache_dir))

@@ -1,6 +1,9 @@
 """Position encodings, chosen by name with ``config.model.position``.
 
-Adding an encoding is one module in this package and one line in REGISTRY.
+Adding an encoding is one module in this package and one line in REGISTRY
+(or, from outside the package, one ``register`` call before the config is
+built): the encoding's settings, defaults, checks and math live in its
+module, and nothing else in lmx names it.
 """
 
 from lmx.positions.alibi import ALiBi, alibi_bias, alibi_slopes
@@ -15,6 +18,9 @@ from lmx.positions.sinusoidal import Sinusoidal, sinusoidal_table
 from lmx.positions.t5 import T5Bias, t5_relative_bucket
 from lmx.positions.xpos import XPos, xpos_scale, xpos_zeta
 
+# The encoding of config.model.position unless a config chooses another.
+DEFAULT = 'rope'
+
 REGISTRY: dict[str, type[PositionEncoding]] = {
     'none': NoPE,
     'sinusoidal': Sinusoidal,
@@ -27,6 +33,17 @@ REGISTRY: dict[str, type[PositionEncoding]] = {
 }
 
 
+def register(name: str, encoding: type[PositionEncoding]
+             ) -> type[PositionEncoding]:
+  """Registers ``encoding`` as ``config.model.position=name``. Configs built
+  afterwards (``lmx.defaults.get_config``) carry its section
+  ``config.model.<name>`` with its ``default_config()``."""
+  if not (isinstance(encoding, type) and issubclass(encoding, PositionEncoding)):
+    raise TypeError(f'{encoding!r} is not a PositionEncoding subclass.')
+  REGISTRY[name] = encoding
+  return encoding
+
+
 def get_encoding(name: str) -> type[PositionEncoding]:
   """The encoding class registered under ``name``."""
   try:
@@ -37,9 +54,9 @@ def get_encoding(name: str) -> type[PositionEncoding]:
         f'Valid names: {", ".join(sorted(REGISTRY))}.') from None
 
 __all__ = [
-    'ALiBi', 'Kerple', 'Learned', 'NoPE', 'PositionEncoding', 'REGISTRY',
+    'ALiBi', 'DEFAULT', 'Kerple', 'Learned', 'NoPE', 'PositionEncoding', 'REGISTRY',
     'RoPE', 'SAMPLING_KINDS', 'Sinusoidal', 'T5Bias', 'XPos', 'alibi_bias',
-    'alibi_slopes', 'apply_rope', 'get_encoding', 'kerple_log',
+    'alibi_slopes', 'apply_rope', 'get_encoding', 'register', 'kerple_log',
     'kerple_power', 'relative_distance', 'rope_angles', 'rope_inv_freq',
     'sample_positions', 'sinusoidal_table', 't5_relative_bucket',
     'xpos_scale', 'xpos_zeta',

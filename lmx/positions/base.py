@@ -18,6 +18,8 @@ Class attributes tell the model and the config validator what an encoding
 needs, so neither has to branch on its name:
 
 * ``rotary``: queries/keys are rotated in pairs, so the head dim must be even.
+* ``scalable``: its frequencies follow ``config.model.rope.scaling``, so the
+  RoPE scalings of ``lmx.positions.rope_scaling`` apply to it.
 * ``per_layer``: every Transformer block gets its own instance (its own
   parameters); otherwise one instance is shared by the embedding and all
   blocks (T5 shares one bias table across layers).
@@ -25,6 +27,14 @@ needs, so neither has to branch on its name:
   or ``None`` if unbounded (a learned table has ``max_len``).
 * ``keys_static()``: whether ``rotate`` turns each key by its own position
   alone, so a KV cache may hold turned keys (not xPos, not dynamic NTK).
+
+An encoding owns its settings and their rules: ``default_config()`` gives
+its section ``config.model.<name>`` (the one place its defaults are
+defined), ``check(model_cfg)`` raises ``ConfigError`` for a value out of
+range or a rule it breaks with the rest of the model (``lmx.config.validate``
+asks it; the validator never names an encoding), and ``check_unused``
+refuses settings of its own that would act on nothing while another
+encoding is chosen.
 """
 
 from __future__ import annotations
@@ -36,12 +46,17 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from lmx.checks import Fields, require
+
 
 class PositionEncoding(nnx.Module):
   """Base class: acts nowhere. Subclasses override the hooks they use."""
 
   rotary: ClassVar[bool] = False
   per_layer: ClassVar[bool] = False
+  # Its frequencies follow the RoPE scalings of lmx.positions.rope_scaling
+  # (config.model.rope.scaling), so the inference-time scalings apply.
+  scalable: ClassVar[bool] = False
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     """cfg is ``config.model``; an encoding reads its own ``cfg.<name>``."""
@@ -54,6 +69,34 @@ class PositionEncoding(nnx.Module):
   def default_config(cls) -> ml_collections.ConfigDict:
     """The encoding's own settings, placed at ``config.model.<name>``."""
     return ml_collections.ConfigDict()
+
+  @classmethod
+  def check(cls, model_cfg: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError if the encoding cannot run with ``model_cfg``
+    (``config.model``). Subclasses check their own section and call this
+    first: a rotary encoding turns channel pairs, so its head dimension
+    must be even."""
+    if cls.rotary:
+      head_dim = model_cfg.d_model // model_cfg.num_heads
+      require(head_dim % 2 == 0,
+              f'The rotary encoding {model_cfg.position!r} turns channel '
+              f'pairs, so the head dimension must be even, but d_model/'
+              f'num_heads = {model_cfg.d_model}/{model_cfg.num_heads} = '
+              f'{head_dim}. Change config.model.d_model or '
+              'config.model.num_heads.')
+
+  @classmethod
+  def check_unused(cls, model_cfg: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError if a setting of this encoding asks for an effect
+    although another encoding is chosen (so it would silently do nothing).
+    Plain settings (a base, a table size) are simply unused then; only
+    settings that switch something on need saying."""
+    del model_cfg
+
+  @staticmethod
+  def fields(model_cfg: ml_collections.ConfigDict) -> Fields:
+    """Checked reads of ``config.model`` fields, for ``check``."""
+    return Fields(model_cfg, 'config.model')
 
   @classmethod
   def max_positions(cls, model_cfg: ml_collections.ConfigDict) -> Optional[int]:

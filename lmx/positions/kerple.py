@@ -69,6 +69,14 @@ class Kerple(PositionEncoding):
   def default_config(cls):
     return ml_collections.ConfigDict({'kernel': 'log', 'eps': 1e-2})
 
+  @classmethod
+  def check(cls, model_cfg):
+    super().check(model_cfg)
+    f = cls.fields(model_cfg)
+    f.choice('kerple.kernel', KERNELS)
+    # The power kernel's exponent is clamped to [eps, 2].
+    f.float('kerple.eps', 0.0, 2.0, lo_open=True)
+
   def kernel_parameters(self):
     """The constrained (r1, r2) or (a, p), each ``[heads]``."""
     first = _clamp(self.scale[...], self.eps)

@@ -29,6 +29,13 @@ class Learned(PositionEncoding):
     return ml_collections.ConfigDict({'max_len': 2048, 'init_std': 0.5})
 
   @classmethod
+  def check(cls, model_cfg):
+    super().check(model_cfg)
+    f = cls.fields(model_cfg)
+    f.int('learned.max_len', 1)
+    f.positive('learned.init_std')
+
+  @classmethod
   def max_positions(cls, model_cfg):
     return int(model_cfg.learned.max_len)
 

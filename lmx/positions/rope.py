@@ -13,23 +13,21 @@ relabelling of the projection's output channels.
 
 Length extension by frequency scaling (Position Interpolation, NTK-aware,
 dynamic NTK, NTK-by-parts, YaRN, Llama 3.1) is selected by
-``config.model.rope.scaling``; the formulas live in
-``lmx.positions.rope_scaling``.
+``config.model.rope.scaling``; the methods, their settings and formulas
+live in the registry of ``lmx.positions.rope_scaling`` (which also holds
+the frequencies ``rope_inv_freq``, so the two modules import one way).
 """
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from lmx.checks import require
+from lmx.positions import rope_scaling
 from lmx.positions.base import PositionEncoding
+from lmx.positions.rope_scaling import rope_inv_freq
 
-
-def rope_inv_freq(head_dim: int, theta: float = 10000.0) -> jax.Array:
-  """The rotation frequencies ``w_i = theta^(-2i/head_dim)``: ``[head_dim/2]``."""
-  if head_dim % 2:
-    raise ValueError(f'RoPE needs an even head dimension, got {head_dim}.')
-  i = jnp.arange(head_dim // 2, dtype=jnp.float32)
-  return theta ** (-2.0 * i / head_dim)
+__all__ = ['RoPE', 'apply_rope', 'rope_angles', 'rope_inv_freq']
 
 
 def rope_angles(positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
@@ -59,51 +57,47 @@ class RoPE(PositionEncoding):
   """Rotates queries and keys by their positions (optionally scaled)."""
 
   rotary = True
+  scalable = True
 
   def __init__(self, cfg, *, rngs):
     super().__init__(cfg, rngs=rngs)
     self.theta = float(cfg.rope.theta)
-    # Configs saved before scaling existed have no such fields: plain RoPE.
-    self.scaling = cfg.rope.get('scaling', 'none')
+    self.scaling = str(cfg.rope.scaling)
     # Frozen: hashable, so it can sit in the module's static graph.
-    self.scaling_cfg = ml_collections.FrozenConfigDict({
-        key: cfg.rope.get(key, default)
-        for key, default in RoPE.default_config().items()})
+    self.scaling_cfg = ml_collections.FrozenConfigDict(cfg.rope)
 
   @classmethod
   def default_config(cls):
     return ml_collections.ConfigDict({
         'theta': 10000.0,
-        # Length extension (lmx.positions.rope_scaling): none | linear | ntk
-        # | dynamic | ntk_by_parts | yarn | llama3.
-        'scaling': 'none',
-        # The scale s: new context length / original_max_len (> 1; dynamic
-        # also allows 1, the YaRN paper's form).
-        'factor': 1.0,
-        # L, the pretraining context length the scaling is relative to
-        # (dynamic, ntk_by_parts, yarn, llama3); 0 = unset.
-        'original_max_len': 0,
-        # NTK-by-parts / YaRN ramp, in turns within L: pairs turning more
-        # than beta_fast times are kept, fewer than beta_slow interpolated.
-        'beta_fast': 32.0,
-        'beta_slow': 1.0,
-        # Llama 3.1: the same ramp between low_freq_factor and
-        # high_freq_factor turns (wavelengths L/low .. L/high).
-        'low_freq_factor': 1.0,
-        'high_freq_factor': 4.0,
+        # Length extension: one of rope_scaling.SCALINGS (none | linear |
+        # ntk | dynamic | ntk_by_parts | yarn | llama3), with the settings
+        # of every method and their defaults.
+        'scaling': rope_scaling.NONE,
+        **rope_scaling.default_settings(),
     })
 
+  @classmethod
+  def check(cls, model_cfg):
+    super().check(model_cfg)
+    cls.fields(model_cfg).positive('rope.theta')
+    rope_scaling.check(model_cfg)
+
+  @classmethod
+  def check_unused(cls, model_cfg):
+    scaling = model_cfg.rope.scaling
+    require(scaling == rope_scaling.NONE,
+            f'config.model.rope.scaling={scaling!r} rescales RoPE '
+            f'frequencies, but this model uses the {model_cfg.position!r} '
+            "encoding. Set config.model.rope.scaling='none', or use "
+            "config.model.position='rope'.")
+
   def keys_static(self) -> bool:
-    # Dynamic NTK picks its frequencies from the longest key position.
-    return self.scaling != 'dynamic'
+    # A scaling that follows the sequence length picks its frequencies
+    # from the longest key position.
+    return not rope_scaling.get(self.scaling).follows_length
 
   def rotate(self, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS):
-    if self.scaling == 'none':
-      inv_freq = rope_inv_freq(self.head_dim, self.theta)
-      return (apply_rope(q_BxTxHxK, q_positions_BxT, inv_freq),
-              apply_rope(k_BxSxHxK, k_positions_BxS, inv_freq))
-    # Imported here: rope_scaling builds on rope_inv_freq from this module.
-    from lmx.positions import rope_scaling  # pylint: disable=g-import-not-at-top
     inv_freq, logit_scale = rope_scaling.scaled_frequencies(
         self.scaling_cfg, self.head_dim, self.theta, k_positions_BxS)
     if inv_freq.ndim == 2:  # dynamic: one set per sequence, [B, K/2]

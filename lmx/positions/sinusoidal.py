@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from lmx.checks import require
 from lmx.positions.base import PositionEncoding
 
 
@@ -41,6 +42,14 @@ class Sinusoidal(PositionEncoding):
   @classmethod
   def default_config(cls):
     return ml_collections.ConfigDict({'max_timescale': 10000.0})
+
+  @classmethod
+  def check(cls, model_cfg):
+    super().check(model_cfg)
+    require(model_cfg.d_model % 2 == 0,
+            f'sinusoidal needs an even config.model.d_model, got '
+            f'{model_cfg.d_model}.')
+    cls.fields(model_cfg).positive('sinusoidal.max_timescale')
 
   def embed(self, x_BxTxD, positions_BxT):
     pe_BxTxD = sinusoidal_table(positions_BxT, self.d_model, self.max_timescale)

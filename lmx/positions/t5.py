@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from lmx.checks import require
 from lmx.positions.base import PositionEncoding, relative_distance
 
 
@@ -64,6 +65,22 @@ class T5Bias(PositionEncoding):
   def default_config(cls):
     return ml_collections.ConfigDict(
         {'num_buckets': 32, 'max_distance': 128, 'bidirectional': False})
+
+  @classmethod
+  def check(cls, model_cfg):
+    super().check(model_cfg)
+    f = cls.fields(model_cfg)
+    bidirectional = f.bool('t5.bidirectional')
+    num_buckets = f.int('t5.num_buckets', 4)
+    max_distance = f.int('t5.max_distance', 1)
+    # Bidirectional buckets spend half of them on each sign; of each half,
+    # half are exact distances and the rest are log-spaced up to
+    # max_distance, which must lie past the exact ones.
+    exact = (num_buckets // 2 if bidirectional else num_buckets) // 2
+    half = 'num_buckets/4 (bidirectional)' if bidirectional else 'num_buckets/2'
+    require(max_distance > exact,
+            f'config.model.t5 needs max_distance > {half}, got '
+            f'{max_distance} and {num_buckets}.')
 
   def bias(self, q_positions_BxT, k_positions_BxS):
     rel_BxTxS = -relative_distance(q_positions_BxT, k_positions_BxS)

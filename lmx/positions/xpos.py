@@ -56,6 +56,15 @@ class XPos(PositionEncoding):
     return ml_collections.ConfigDict(
         {'theta': 10000.0, 'gamma': 0.4, 'scale_base': 512.0})
 
+  @classmethod
+  def check(cls, model_cfg):
+    super().check(model_cfg)
+    f = cls.fields(model_cfg)
+    f.positive('xpos.theta')
+    # gamma > 0 keeps zeta_0 = gamma / (1 + gamma) > 0 (no 0^-x).
+    f.positive('xpos.gamma')
+    f.positive('xpos.scale_base')
+
   def keys_static(self) -> bool:
     # A key's scale is centred on the span of all the keys' positions.
     return False

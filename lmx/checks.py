@@ -1,0 +1,94 @@
+"""Type and range checks of config fields, shared by ``lmx.config`` and by
+every position encoding's own ``check``.
+
+``Fields(node, prefix)`` reads dotted paths below ``node`` and raises
+``ConfigError`` with the full name of the field (``prefix.path``), the
+rule it breaks and the value it has:
+
+    f = Fields(model_cfg, 'config.model')
+    f.float('rope.theta', 0.0, lo_open=True)     # a positive, finite base
+    f.choice('kerple.kernel', ('log', 'power'))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from lmx.errors import ConfigError
+
+
+def require(cond: bool, msg: str) -> None:
+  """ConfigError(msg) unless ``cond``."""
+  if not cond:
+    raise ConfigError(msg)
+
+
+class Fields:
+  """Checked reads of the fields below one config node."""
+
+  def __init__(self, node: Any, prefix: str = 'config'):
+    self.node = node
+    self.prefix = prefix
+
+  def name(self, path: str) -> str:
+    return f'{self.prefix}.{path}'
+
+  def get(self, path: str):
+    node = self.node
+    for part in path.split('.'):
+      if part not in node:
+        raise ConfigError(
+            f'{self.name(path)} is missing. Start from a config in configs/ '
+            '(they all build on configs/base.py, whose defaults are '
+            'lmx/defaults.py), which sets every field.')
+      node = node[part]
+    return node
+
+  def int(self, path: str, lo: Optional[int] = None,
+          hi: Optional[int] = None) -> int:
+    value = self.get(path)
+    name = self.name(path)
+    require(isinstance(value, int) and not isinstance(value, bool),
+            f'{name} must be an integer, got {value!r}.')
+    require(lo is None or value >= lo,
+            f'{name} must be at least {lo}, got {value}.')
+    require(hi is None or value <= hi,
+            f'{name} must be at most {hi}, got {value}.')
+    return value
+
+  def float(self, path: str, lo: Optional[float] = None,
+            hi: Optional[float] = None, lo_open: bool = False,
+            hi_open: bool = False) -> float:
+    value = self.get(path)
+    name = self.name(path)
+    require(isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value),
+            f'{name} must be a finite number, got {value!r}.')
+    lo_ok = lo is None or (value > lo if lo_open else value >= lo)
+    hi_ok = hi is None or (value < hi if hi_open else value <= hi)
+    if not (lo_ok and hi_ok):
+      left = '(' if lo_open else '['
+      right = ')' if hi_open else ']'
+      raise ConfigError(
+          f'{name} must be in {left}{"-inf" if lo is None else lo}, '
+          f'{"inf" if hi is None else hi}{right}, got {value}.')
+    return value
+
+  def positive(self, path: str) -> float:
+    """A finite number > 0 (bases, scales, timescales, eps)."""
+    return self.float(path, 0.0, lo_open=True)
+
+  def bool(self, path: str) -> bool:
+    value = self.get(path)
+    require(isinstance(value, bool),
+            f'{self.name(path)} must be True or False, got {value!r}.')
+    return value
+
+  def choice(self, path: str, options: Sequence[str]) -> str:
+    value = self.get(path)
+    require(value in options,
+            f'{self.name(path)}={value!r} is not one of: '
+            f'{", ".join(map(repr, options))}.')
+    return value

@@ -1,0 +1,211 @@
+"""Every default of an lmx run, defined once.
+
+``get_config(arg)`` is the complete config of a byte-level LM on the
+Python standard library; ``configs/base.py`` builds on it, and a
+``config.json`` saved by an older run is completed from it when it is read
+(``complete``), so no field has a fallback default anywhere else. The
+settings of each position encoding (and of each RoPE scaling) come from
+that encoding's own ``default_config()``.
+
+The argument after the colon of a config file chooses a variant:
+
+    python train.py --config=configs/alibi.py            # default size
+    python train.py --config=configs/alibi.py:size=tiny  # seconds, for tests
+
+An unknown key or an item that is not ``key=value`` is a ConfigError that
+names the valid keys.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import ml_collections
+
+from lmx import positions
+from lmx.data import tasks
+from lmx.errors import ConfigError
+
+SIZES = {
+    # d_model, layers, heads, mlp, seq_len, batch, steps, warmup, eval tokens
+    'default': dict(d_model=128, num_layers=4, num_heads=4, mlp_dim=512,
+                    seq_len=64, batch_size=32, steps=1500, warmup=100,
+                    eval_tokens=32768),
+    'small': dict(d_model=256, num_layers=6, num_heads=8, mlp_dim=1024,
+                  seq_len=256, batch_size=32, steps=5000, warmup=200,
+                  eval_tokens=131072),
+    'tiny': dict(d_model=32, num_layers=2, num_heads=2, mlp_dim=64,
+                 seq_len=16, batch_size=4, steps=4, warmup=1,
+                 eval_tokens=512),
+}
+
+# The keys ``get_config``'s argument takes, with what each means.
+ARG_KEYS = {'size': f'the model and run size: {", ".join(SIZES)}'}
+
+
+def parse_arg(arg: str | None,
+              keys: Mapping[str, str] = ARG_KEYS) -> dict[str, str]:
+  """``'size=tiny,foo=bar'`` -> ``{'size': 'tiny', 'foo': 'bar'}``.
+
+  ``keys`` maps each accepted key to a description; anything else (an
+  unknown key, an item without ``=``, an empty key or value, a key given
+  twice) is a ConfigError that lists them.
+  """
+  valid = '; '.join(f'{k} ({v})' for k, v in keys.items())
+  out = {}
+  for item in (arg or '').split(','):
+    if not item.strip():
+      continue
+    key, eq, value = (s.strip() for s in item.partition('='))
+    if not eq or not key or not value:
+      raise ConfigError(
+          f'The config argument {arg!r} has {item.strip()!r}, which is not '
+          f'key=value. Write e.g. configs/alibi.py:size=tiny; valid keys: '
+          f'{valid}.')
+    if key not in keys:
+      raise ConfigError(
+          f'Unknown key {key!r} in the config argument {arg!r}; valid keys: '
+          f'{valid}.')
+    if key in out:
+      raise ConfigError(f'The config argument {arg!r} sets {key!r} twice.')
+    out[key] = value
+  return out
+
+
+def size_of(args: Mapping[str, str]) -> dict:
+  """The sizes of ``args['size']`` (default: ``'default'``)."""
+  size = args.get('size', 'default')
+  if size not in SIZES:
+    raise ConfigError(f'Unknown size {size!r} in the config argument; '
+                      f'valid: {", ".join(SIZES)}.')
+  return SIZES[size]
+
+
+def get_config(arg: str | None = None,
+               keys: Mapping[str, str] = ARG_KEYS) -> ml_collections.ConfigDict:
+  """The complete default config; ``arg`` as in ``parse_arg``. Config files
+  that take more keys pass them in ``keys`` and read them themselves."""
+  s = size_of(parse_arg(arg, keys))
+
+  c = ml_collections.ConfigDict()
+  c.name = 'base'
+  c.seed = 0
+  # Fine-tuning: start from the parameters (not the optimizer) of another
+  # run's checkpoint, e.g. at a longer train.seq_len or with a RoPE scaling.
+  # Ignored once this run has checkpoints of its own (it then resumes).
+  c.init_from = ''           # that run's --workdir
+  c.init_from_step = 0       # its checkpoint step; 0 = the latest
+  c.init_interpolate = False  # resize position tables that differ in length
+
+  c.data = ml_collections.ConfigDict()
+  # 'stdlib' (this interpreter's standard library), a folder or glob of text
+  # files, or 'tfds:<catalog name>' (needs the [tf] extra and the network).
+  c.data.source = 'stdlib'
+  c.data.text_key = 'text'          # text feature of a tfds catalog dataset
+  c.data.train_split = 'train'      # tfds catalog split names
+  c.data.validation_split = 'validation'
+  c.data.validation_fraction = 0.05  # of files, chosen by path hash
+  c.data.cache_dir = '~/.cache/lmx/tfds'
+
+  c.model = ml_collections.ConfigDict()
+  c.model.position = positions.DEFAULT
+  c.model.vocab_size = 257           # 256 bytes + end-of-document
+  c.model.d_model = s['d_model']
+  c.model.num_layers = s['num_layers']
+  c.model.num_heads = s['num_heads']
+  c.model.mlp_dim = s['mlp_dim']
+  c.model.dropout = 0.0
+  c.model.dtype = 'float32'
+  c.model.tie_embeddings = False
+  # Attention backend (lmx.attention): auto | dense | chunked | cudnn. auto
+  # takes cudnn on a GPU when the dtype and the encoding allow it, dense up
+  # to chunk_threshold tokens and chunked (linear memory) beyond.
+  c.model.attention = 'auto'
+  c.model.attention_block = 512       # chunked: query and key tile length
+  c.model.chunk_threshold = 2048      # auto: chunked above this many keys
+  # ReRoPE (rotary encodings): distances from `window` on are computed as
+  # window + leak * (d - window); leak 0 clamps them at the window (ReRoPE),
+  # leak in (0, 1) is Leaky ReRoPE. window 0 = off.
+  c.model.rerope = ml_collections.ConfigDict({'window': 0, 'leak': 0.0})
+  # LM-Infinite (Han et al. 2023): each query sees the first n_global and
+  # the last n_local tokens (the Lambda-shaped mask; n_local 0 = off), and
+  # with distance_limit > 0 (the pretraining length) no distance beyond it.
+  c.model.lm_infinite = ml_collections.ConfigDict(
+      {'n_global': 0, 'n_local': 0, 'distance_limit': 0})
+  # Each encoding's own settings, at config.model.<name>.
+  for name, encoding in positions.REGISTRY.items():
+    c.model[name] = encoding.default_config()
+
+  # The device mesh (lmx.sharding): sizes of the data, fsdp and tensor
+  # axes; -1 takes the devices the others leave. Batches are split over
+  # data x fsdp, parameters over fsdp (and tensor) by logical-axis rules.
+  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
+
+  c.positions = ml_collections.ConfigDict()
+  c.positions.train = 'contiguous'   # contiguous | randomized | shift
+  # At evaluation: contiguous | randomized | shift, or 'train' for whatever
+  # training used. 'train' is the default because Ruoss et al. evaluate
+  # randomized models with randomized positions too.
+  c.positions.eval = 'train'
+  c.positions.max_position = 2048
+
+  c.train = ml_collections.ConfigDict()
+  c.train.seq_len = s['seq_len']
+  c.train.batch_size = s['batch_size']
+  c.train.steps = s['steps']
+  c.train.learning_rate = 2e-3
+  c.train.warmup_steps = s['warmup']
+  c.train.min_lr_ratio = 0.1
+  c.train.weight_decay = 0.1
+  c.train.b1 = 0.9
+  c.train.b2 = 0.95
+  c.train.grad_clip = 1.0
+  c.train.log_every = 50
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 3         # newest verified ones kept
+  # A latest checkpoint that fails its checksums or does not restore:
+  # 'previous' moves it to checkpoints_corrupt/ and resumes from the newest
+  # good one; 'refuse' stops with a message and changes nothing.
+  c.train.on_corrupt_checkpoint = 'previous'
+  # Non-finite loss or gradient: 0 stops the run at that step (the default);
+  # N > 0 skips up to N such updates before stopping.
+  c.train.max_nonfinite_skips = 0
+
+  # An algorithmic task or passkey retrieval instead of language modelling
+  # (lmx/data/tasks.py, configs/tasks/); name '' = the text corpus.
+  c.task = tasks.default_config()
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.multipliers = (1, 2, 4, 8, 16)   # of train.seq_len
+  c.eval.lengths = ()                     # explicit lengths override them
+  c.eval.tokens = s['eval_tokens']        # tokens scored at every length
+  c.eval.batch_tokens = 16384             # tokens per forward pass
+  c.eval.position_buckets = 64
+  # The sliding-window protocol beside the non-overlapping one: windows
+  # every `sliding_stride` tokens (0: a quarter of each length) that score
+  # only their last `sliding_stride` targets.
+  c.eval.sliding = True
+  c.eval.sliding_stride = 0
+  # Windows of the longest length for attention entropy / max logit per
+  # layer against position (0: off).
+  c.eval.diagnostics_windows = 2
+  c.eval.seed = 1234
+  return c
+
+
+def complete(saved: dict) -> dict:
+  """``saved`` (a config read from JSON) with every field it lacks taken
+  from ``get_config()``: the fields added since it was written, whose
+  defaults are the behaviour such runs had (e.g. ``rope.scaling='none'``).
+  Fields it has are never changed. Returns ``saved``, completed in place."""
+  _fill(saved, get_config().to_dict())
+  return saved
+
+
+def _fill(node: dict, defaults: dict) -> None:
+  for key, value in defaults.items():
+    if key not in node:
+      node[key] = copy.deepcopy(value)
+    elif isinstance(value, dict) and isinstance(node[key], dict):
+      _fill(node[key], value)

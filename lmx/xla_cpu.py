@@ -1,0 +1,95 @@
+"""XLA:CPU product workarounds: the model's dense products as this
+compiler runs them fastest. Chosen by ``lmx.ops`` on the CPU platform only,
+so no other platform pays for them; the values are those of the plain
+products (``tests/test_ops.py`` checks logits and gradients).
+
+* Products are 2-D. With a 3-D input the weight gradient contracts over
+  (B, T), and XLA:CPU emits it as a generic dot after a transposing copy of
+  the activations instead of its fast GEMM. Flattening made the train step
+  1.15-1.3x faster on a 2-core CPU (bench/train_throughput.py) with
+  identical losses.
+* In bfloat16, a product reaches the CPU's bf16 matrix units (AMX) only as
+  a plain GEMM with a float32 result whose operands are whole buffers; an
+  elementwise producer fused into the dot, or a bf16 result type, sends it
+  down a generic path several times slower. So every product asks for
+  float32, its operands sit behind ``optimization_barrier`` (no effect on
+  values), and the weight gradient contracts over blocks of rows.
+* The bf16 bias gradient (a sum over rows) is a product with a vector of
+  ones: the plain reduction converts the whole gradient to float32 and
+  reduces it in strided windows, several times slower.
+"""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.custom_vjp
+def matmul_low(x_NxD: jax.Array, w_DxF: jax.Array) -> jax.Array:
+  """``x @ w`` in ``x``'s low precision (bf16), accumulated in float32.
+
+  ``w`` is the float32 parameter: it is rounded for the product, and its
+  gradient comes back in float32.
+  """
+  return _dot_low(x_NxD, w_DxF.astype(x_NxD.dtype)).astype(x_NxD.dtype)
+
+
+def _dot_low(a, b, contract=((1,), (0,))):
+  barrier = jax.lax.optimization_barrier
+  return jax.lax.dot_general(barrier(a), barrier(b), (contract, ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
+def _matmul_low_fwd(x_NxD, w_DxF):
+  return matmul_low(x_NxD, w_DxF), (x_NxD, w_DxF)
+
+
+def _matmul_low_bwd(res, g_NxF):
+  x_NxD, w_DxF = res
+  low = x_NxD.dtype
+  g_NxF = g_NxF.astype(low)
+  dx = _dot_low(g_NxF, w_DxF.astype(low), ((1,), (1,))).astype(low)
+  n = x_NxD.shape[0]
+  rows = next(r for r in (256, 128, 64, 32, 16, 8, 4, 2, 1) if n % r == 0)
+  dw = _dot_low(x_NxD.reshape(n // rows, rows, -1),
+                g_NxF.reshape(n // rows, rows, -1), ((0, 1), (0, 1)))
+  return dx, dw.astype(w_DxF.dtype)
+
+
+matmul_low.defvjp(_matmul_low_fwd, _matmul_low_bwd)
+
+
+@jax.custom_vjp
+def add_bias_low(y_NxF: jax.Array, b_F: jax.Array) -> jax.Array:
+  """``y + b`` in ``y``'s low precision, ``b`` a float32 parameter; the
+  bias gradient is a bf16 product with ones and a float32 result."""
+  return y_NxF + b_F.astype(y_NxF.dtype)
+
+
+def _add_bias_low_fwd(y_NxF, b_F):
+  return add_bias_low(y_NxF, b_F), b_F
+
+
+def _add_bias_low_bwd(b_F, g_NxF):
+  ones_1xN = jnp.ones((1, g_NxF.shape[0]), g_NxF.dtype)
+  return g_NxF, _dot_low(ones_1xN, g_NxF)[0].astype(b_F.dtype)
+
+
+add_bias_low.defvjp(_add_bias_low_fwd, _add_bias_low_bwd)
+
+
+def dense(x_BxTxD: jax.Array, kernel_DxF: jax.Array,
+          bias_F: Optional[jax.Array], dtype) -> jax.Array:
+  """``x @ kernel (+ bias)`` in ``dtype``, as a 2-D product over the rows
+  of ``x`` (bf16: ``matmul_low`` and ``add_bias_low``)."""
+  x_NxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])
+  if dtype == jnp.bfloat16:
+    y_NxF = matmul_low(x_NxD.astype(jnp.bfloat16), kernel_DxF)
+    if bias_F is not None:
+      y_NxF = add_bias_low(y_NxF, bias_F)
+  else:
+    y_NxF = jnp.dot(x_NxD.astype(dtype), kernel_DxF.astype(dtype))
+    if bias_F is not None:
+      y_NxF = y_NxF + bias_F
+  return y_NxF.reshape(*x_BxTxD.shape[:-1], y_NxF.shape[-1])
