@@ -18,11 +18,6 @@ def tiny_config(cache_dir):
     c.model.position = position
     c.data.cache_dir = cache_dir
     c.train.log_every = 1
-    for key, value in overrides.items():
-      node = c
-      *parents, leaf = key.split('.')
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
+    c.update_from_flattened_dict(overrides)
     return c
   return make

@@ -60,12 +60,7 @@ def make_config(config_name: str, overrides: dict, cache_dir: str):
   module = importlib.import_module(f'configs.{config_name}')
   c = module.get_config('size=tiny')
   c.data.cache_dir = cache_dir  # where the corpus is built; no numerics
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 

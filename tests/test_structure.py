@@ -123,3 +123,18 @@ def test_the_name_finder_finds_names(tmp_path):
                   "x = cfg.model.rope\nif p == 'alibi':\n  pass\n")
   assert _named(str(path), {'rope', 'alibi'}) == [
       f'{path}:2: .rope', f"{path}:3: 'alibi'"]
+
+
+def test_the_docs_table_of_scalings_is_the_registry():
+  """docs/extensions.md's table of RoPE scalings lists exactly the
+  registered methods, in the registry's order."""
+  text = open(os.path.join(ROOT, 'docs', 'extensions.md')).read()
+  head = '| `scaling` | method | fields used |'
+  assert head in text
+  rows = text.split(head, 1)[1].strip().splitlines()[1:]
+  names = []
+  for row in rows:
+    if not row.startswith('| `'):
+      break
+    names.append(row.split('`')[1])
+  assert tuple(names) == rope_scaling.METHODS
