@@ -91,7 +91,9 @@ def test_shipped_declarations():
   assert tasks[0].config == 'configs/tasks/reverse.py:size=tiny'
   assert tasks[-1].name == 'copy-rope-randomized'
   every = sweep.prepare('configs/sweeps/tasks.py:size=tiny', 'runs/x')
-  assert len(every) == 9 * len(positions.REGISTRY) * 2
+  from configs.sweeps import tasks as task_sweep  # pylint: disable=g-import-not-at-top
+  assert len(every) == len(task_sweep.TASKS) * len(positions.REGISTRY) * 2
+  assert len(task_sweep.TASKS) == 19   # 9 tasks, then 10 Chomsky tasks
 
 
 def test_bad_declarations(tmp_path):

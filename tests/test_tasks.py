@@ -1,8 +1,10 @@
 """Algorithmic tasks (lmx.data.tasks), their configs and lmx.task_eval."""
 
 import importlib
+import math
 import os
 import re
+from collections import Counter
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +32,7 @@ def _config(name, **task_fields):
 def _split(text):
   """(prompt, answer) of an example's text, parsed here, not by lmx."""
   cut = (text.index(QUESTION) + len(QUESTION) if QUESTION in text
-         else text.index('=') + 1)
+         else text.rindex('=') + 1)  # solve_equation's prompt has an '='
   return text[:cut], text[cut:]
 
 
@@ -58,6 +60,69 @@ def _solve(name, prompt, tc):
     return dict(zip(pairs[::2], pairs[1::2]))[key]
   if name == 'passkey':
     return KEY_RE.search(prompt).group(1)
+  if name in CHOMSKY:
+    return _solve_chomsky(name, body, tc)
+  raise AssertionError(name)
+
+
+CHOMSKY = ('even_pairs', 'cycle_navigation', 'odds_first',
+           'missing_duplicate_string', 'solve_equation',
+           'binary_multiplication', 'compute_sqrt', 'bucket_sort',
+           'stack_manipulation', 'modular_arithmetic_brackets')
+
+
+def _solve_chomsky(name, body, tc):
+  """The tasks of Deletang et al. 2023, solved from the prompt's text."""
+  n = len(body)
+  if name == 'even_pairs':
+    pairs = sum(1 for i in range(n - 1) if body[i] != body[i + 1])
+    return '1' if pairs % 2 else '0'
+  if name == 'cycle_navigation':
+    state = 0
+    for c in body:
+      state = (state + {'-': -1, '0': 0, '+': 1}[c]) % 5
+    return str(state)
+  if name == 'odds_first':
+    odd = [body[i] for i in range(n) if i % 2 == 1]
+    even = [body[i] for i in range(n) if i % 2 == 0]
+    return ''.join(odd + even)
+  if name == 'missing_duplicate_string':
+    if body == '1':
+      return '1'
+    ww = body.rstrip('_')
+    i, half = ww.index('?'), len(ww) // 2
+    return ww[(i + half) % len(ww)]  # the same place in the other copy
+  if name == 'solve_equation':
+    equation = body[:-len('|x')]
+    if 'x' not in equation:
+      return '0'
+    lhs, rhs = equation.split('=')
+    hits = [v for v in range(tc.modulus)
+            if eval(lhs.replace('x', str(v))) % tc.modulus == int(rhs)]
+    assert len(hits) == 1, body
+    return str(hits[0])
+  if name == 'binary_multiplication':
+    if '*' not in body:
+      return '0' * (n - 1) + '#'
+    a, b = body.split('*')
+    product = int(a[::-1], 2) * int(b[::-1], 2)
+    return (bin(product)[2:][::-1] + '#').ljust(n, '0')
+  if name == 'compute_sqrt':
+    return bin(math.isqrt(int(body, 2)))[2:].zfill(n)
+  if name == 'bucket_sort':
+    return ''.join(sorted(body))
+  if name == 'stack_manipulation':
+    k = len(body) - len(body.lstrip('01'))  # the stack: the leading bits
+    stack = list(body[:k])
+    for act in body[k:]:
+      if act == '-':
+        if stack:
+          stack.pop()
+      else:
+        stack.append({'a': '0', 'b': '1'}[act])
+    return (''.join(reversed(stack)) + '#').ljust(n + 1, '0')
+  if name == 'modular_arithmetic_brackets':
+    return str(eval(body) % tc.modulus)  # pylint: disable=eval-used
   raise AssertionError(name)
 
 
@@ -74,6 +139,10 @@ def _length_of(name, prompt, tc):
     return len(body.split('|')[0]) // 2
   if name == 'passkey':
     return len(KEY_RE.sub('', prompt[:-len(QUESTION)])) // 16
+  if name == 'solve_equation':
+    return len(body.split('|')[0])
+  if name in CHOMSKY:
+    return len(body)
   raise AssertionError(name)
 
 
@@ -193,6 +262,162 @@ def test_formats_read_as_documented():
   assert len(set(keys)) == 5
 
 
+# The input and answer alphabets of the Chomsky-hierarchy tasks.
+FORMATS = {
+    'even_pairs': (r'[01]+', r'[01]'),
+    'cycle_navigation': (r'[-0+]+', r'[0-4]'),
+    'odds_first': (r'[01]+', r'[01]+'),
+    'missing_duplicate_string': (r'1|[01]*\?[01]*_?', r'[01]'),
+    'solve_equation': (r'0{1,2}\|x|[0-4x()+-]+=[0-4]\|x', r'[0-4]'),
+    'binary_multiplication': (r'[01]{1,2}|[01]+\*[01]+', r'[01]*#0*'),
+    'compute_sqrt': (r'[01]+', r'[01]+'),
+    'bucket_sort': (r'[0-4]+', r'[0-4]+'),
+    'stack_manipulation': (r'[01]+[-ab]*', r'[01]*#0*'),
+    'modular_arithmetic_brackets': (r'[0-4()+-]+', r'[0-4]'),
+}
+
+
+def _check_input_distribution(name, n, body):
+  """What the reference code guarantees of its inputs, checked by hand."""
+  if name == 'missing_duplicate_string' and n > 1:
+    assert body.count('?') == 1 and body.count('_') == n % 2
+    ww, half = body.rstrip('_'), n // 2
+    assert len(ww) == 2 * half
+    for i in range(half):
+      if '?' not in (ww[i], ww[i + half]):
+        assert ww[i] == ww[i + half], body
+  if name == 'solve_equation' and n >= 3:
+    lhs, rhs = body[:-2].split('=')
+    assert len(lhs) == n - 2 and lhs.count('x') == 1 and '*' not in lhs
+    assert len(rhs) == 1
+  if name == 'binary_multiplication':
+    if n <= 2:
+      assert body != '1' * n  # a number in [0, 2**n - 2]
+    else:
+      a, b = body.split('*')
+      assert a and b and len(a) + len(b) == n - 1
+      assert int(a[::-1], 2) > 0 and int(b[::-1], 2) > 0
+  if name == 'compute_sqrt':
+    assert int(body, 2) >= 1
+  if name == 'stack_manipulation' and n > 1:
+    stack = len(body) - len(body.lstrip('01'))
+    assert 1 <= stack <= n - 1
+  if name == 'modular_arithmetic_brackets':
+    depth = 0
+    for c in body:
+      depth += {'(': 1, ')': -1}.get(c, 0)
+      assert depth >= 0
+    assert depth == 0
+
+
+@pytest.mark.parametrize('name', CHOMSKY)
+def test_chomsky_answers_recomputed_independently(name):
+  """Many examples of every length 1..40: the answer is recomputed from the
+  prompt's text alone, the input alphabet and structure are the reference
+  code's, and every length has ``per * n + extra`` characters."""
+  tc = _config(name).task
+  task = tasks.TASKS[name]
+  rng = np.random.default_rng(sorted(tasks.TASKS).index(name))
+  prompt_re, answer_re = (re.compile(f) for f in FORMATS[name])
+  answers = Counter()
+  for n in range(1, 41):
+    for _ in range(12):
+      prompt, answer = tasks.example(tc, n, rng)
+      assert len(prompt + answer) == task.per * n + task.extra
+      assert prompt.endswith('=') and '=' not in answer
+      body = prompt[:-1]
+      assert prompt_re.fullmatch(body), prompt
+      assert answer_re.fullmatch(answer), (prompt, answer)
+      assert _length_of(name, prompt, tc) == n
+      assert answer == _solve(name, prompt, tc), (prompt, answer)
+      _check_input_distribution(name, n, body)
+      answers[answer] += 1
+  if answer_re.pattern in (r'[01]', r'[0-4]'):  # classes: all of them occur
+    assert len(answers) == (2 if answer_re.pattern == r'[01]' else 5)
+  else:
+    assert len(answers) > 100  # varied answers
+
+
+# Worked by hand: the n = 3 examples of lmx.data.tasks' table (the
+# generator must produce them, with exactly this answer), then longer ones,
+# several the reference code's own docstring examples in lmx's characters.
+HAND_N3 = [
+    ('even_pairs', '011=', '1'),
+    ('even_pairs', '010=', '0'),
+    ('cycle_navigation', '-0-=', '3'),
+    ('cycle_navigation', '+++=', '3'),
+    ('odds_first', '011=', '101'),
+    ('odds_first', '100=', '010'),
+    ('missing_duplicate_string', '0?_=', '0'),
+    ('missing_duplicate_string', '?1_=', '1'),
+    ('solve_equation', 'x=3|x=', '3'),
+    ('binary_multiplication', '1*1=', '1#0'),
+    ('compute_sqrt', '111=', '010'),
+    ('compute_sqrt', '100=', '010'),
+    ('compute_sqrt', '011=', '001'),
+    ('bucket_sort', '402=', '024'),
+    ('stack_manipulation', '01b=', '110#'),
+    ('stack_manipulation', '1--=', '#000'),
+    ('stack_manipulation', '0a-=', '0#00'),
+    ('modular_arithmetic_brackets', '(3)=', '3'),
+]
+HAND = HAND_N3 + [
+    ('even_pairs', '001110=', '0'),    # reference: 1 '10' and 1 '01'
+    ('even_pairs', '0101001=', '1'),   # reference: 2 '10' and 3 '01'
+    ('cycle_navigation', '+0-00=', '0'),
+    ('cycle_navigation', '+-0--=', '3'),  # reference: 1 -1 0 -1 -1 -> 3
+    ('cycle_navigation', '-------=', '3'),  # -7 = 3 mod 5
+    ('odds_first', '00110101=', '01110100'),  # x[1::2] + x[::2]
+    ('odds_first', '1=', '1'),
+    ('missing_duplicate_string', '01100?10=', '1'),  # reference: 01100210
+    ('missing_duplicate_string', '1011?1_=', '0'),   # reference: 1011213
+    ('missing_duplicate_string', '1=', '1'),
+    ('solve_equation', '(x-1)=3|x=', '4'),
+    ('solve_equation', '((2+x)-(-4))=0|x=', '4'),  # 2 + 4 + 4 = 10
+    ('solve_equation', '00|x=', '0'),  # the reference's n < 3 input
+    ('binary_multiplication', '101*11=', '1111#0'),  # 5 * 3 = 15
+    # The reference's examples: 4 * 22 = 88 and 9 * 32 = 288.
+    ('binary_multiplication', '001*01101=', '0001101#0'),
+    ('binary_multiplication', '1001*000001=', '000001001#0'),
+    ('binary_multiplication', '1=', '#'),
+    ('binary_multiplication', '10=', '0#'),
+    ('compute_sqrt', '100101=', '000110'),  # isqrt(37) = 6
+    ('compute_sqrt', '1=', '1'),
+    ('compute_sqrt', '11111111=', '00001111'),  # isqrt(255) = 15
+    ('bucket_sort', '10204112=', '00111224'),  # the reference's example
+    # The reference's: 0 1 1 0 PUSH 1 POP POP -> 1 1 0 2 0 0 0 0.
+    ('stack_manipulation', '0110b--=', '110#0000'),
+    ('stack_manipulation', '110---=', '#000000'),  # the stack emptied
+    ('stack_manipulation', '1-----=', '#000000'),  # pops on empty: ignored
+    ('stack_manipulation', '0=', '0#'),
+    ('modular_arithmetic_brackets', '(1-3)=', '3'),
+    ('modular_arithmetic_brackets', '((-2)-(4+-1))=', '0'),  # -2-3 = -5
+    ('modular_arithmetic_brackets', '-4=', '1'),
+]
+
+
+@pytest.mark.parametrize('name, prompt, answer', HAND)
+def test_chomsky_hand_worked(name, prompt, answer):
+  tc = _config(name).task
+  assert _solve(name, prompt, tc) == answer
+  task = tasks.TASKS[name]
+  n = _length_of(name, prompt, tc)
+  assert len(prompt + answer) == task.per * n + task.extra
+
+
+@pytest.mark.parametrize('name', sorted({h[0] for h in HAND_N3}))
+def test_chomsky_generator_gives_the_hand_worked_examples(name):
+  tc = _config(name).task
+  rng = np.random.default_rng(1)
+  seen = {}
+  for _ in range(1500):
+    prompt, answer = tasks.example(tc, 3, rng)
+    assert seen.setdefault(prompt, answer) == answer
+  for task_name, prompt, answer in HAND_N3:
+    if task_name == name:
+      assert seen.get(prompt) == answer, (prompt, answer)
+
+
 @pytest.mark.parametrize('name', NAMES)
 def test_sequence_and_max_length_agree(name):
   tc = _config(name).task
@@ -232,6 +457,10 @@ def test_eval_lengths_default_grid():
     ({'alphabet_size': 60}, ['alphabet_size=60', '52']),
     ({'alphabet_size': 0}, ['alphabet_size', '>= 1']),
     ({'name': 'modular_arithmetic', 'modulus': 11}, ['modulus=11', '[2, 10]']),
+    ({'name': 'solve_equation', 'modulus': 11},
+     ['solve_equation', 'modulus=11', '[2, 10]']),
+    ({'name': 'modular_arithmetic_brackets', 'modulus': 1},
+     ['modular_arithmetic_brackets', 'modulus=1']),
     ({'name': 'associative_recall', 'alphabet_size': 10, 'train_max_length': 4},
      ['associative_recall', 'length 20', 'alphabet_size=10']),
     ({'name': 'associative_recall', 'alphabet_size': 3, 'train_max_length': 4,

@@ -22,7 +22,10 @@ from lmx import positions
 
 TASKS = ('copy', 'reverse', 'duplicate_string', 'sort', 'parity',
          'binary_addition', 'modular_arithmetic', 'associative_recall',
-         'passkey')
+         'passkey', 'even_pairs', 'cycle_navigation', 'odds_first',
+         'missing_duplicate_string', 'solve_equation', 'binary_multiplication',
+         'compute_sqrt', 'bucket_sort', 'stack_manipulation',
+         'modular_arithmetic_brackets')
 
 
 def get_sweep(arg=None):

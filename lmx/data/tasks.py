@@ -51,6 +51,47 @@ example of a length has the same number of tokens.
 Symbols (copy, reverse, duplicate_string, sort, keys of associative_recall)
 are the first ``task.alphabet_size`` of ``SYMBOLS`` (a-z then A-Z).
 
+More tasks of Deletang et al. 2023, each as their released code
+(github.com/google-deepmind/neural_networks_chomsky_hierarchy, ``tasks/``)
+defines its input, its output and what n counts; only the characters, the
+separators and, where the answer's length varies, a fixed width are lmx's:
+
+===========================  ==============================  ===============
+task                         example (n = 3; EOD not shown)  n counts
+===========================  ==============================  ===============
+even_pairs                   ``011=1`` (``1`` iff an odd     bits
+                             number of ``01``/``10`` pairs)
+cycle_navigation             ``-0-=3`` (moves ``-`` ``0``    moves
+                             ``+`` on a cycle of 5 from 0)
+odds_first                   ``011=101`` (the bits at odd    bits
+                             0-based indices, then even)
+missing_duplicate_string     ``0?_=0`` (ww, one bit hidden   input symbols
+                             as ``?``; ``_`` pads odd n)
+solve_equation               ``x=3|x=3`` (mod 5, ``+ -``     equation chars
+                             and brackets; n = 7:            (with ``=`` and
+                             ``(x-1)=3|x=4``)                the value)
+binary_multiplication        ``1*1=1#0`` (LSB first; the     input chars
+                             product, ``#``, ``0`` padding   (both numbers
+                             to n)                           and ``*``)
+compute_sqrt                 ``111=010`` (floor square       bits
+                             root, MSB first, n bits)
+bucket_sort                  ``402=024`` (digits 0-4)        digits
+stack_manipulation           ``01b=110#`` (a stack, bottom   input symbols
+                             first, then ``-`` pop, ``a``
+                             ``b`` push 0 1; the final
+                             stack top first, ``#``, ``0``
+                             padding to n + 1)
+modular_arithmetic_brackets  ``(3)=3`` (mod 5, ``+ -`` and   expression
+                             brackets; n = 5: ``(1-3)=3``)   chars
+===========================  ==============================  ===============
+
+Where the original output has variable length (binary_multiplication,
+stack_manipulation) it is, as in that code, the value, a termination token
+(``#``) and ``0`` padding to a fixed width; lmx scores the padding too,
+which the original masks out. compute_sqrt writes the root in n bits (its
+leading ``n // 2`` are always 0) where the original writes ``ceil(n / 2)``,
+since every format here is linear in n.
+
 Randomness: a training batch is a pure function of ``(config.seed, step)``
 (``lmx.data.windows.step_rng``) and each example draws its own length
 uniformly from ``[train_min_length, train_max_length]``. An evaluation batch
@@ -60,6 +101,7 @@ is a pure function of ``(seed, length, depth)``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import string
 from collections.abc import Callable, Sequence
 
@@ -80,6 +122,16 @@ KEY_LINE = 'the pass key is {}. '
 QUESTION = 'what is the pass key? '
 KEY_DIGITS = 5
 OPERATORS = '+-*'
+CYCLE = 5          # cycle_navigation: states on the cycle (fixed in the paper)
+MOVES = '-0+'      # cycle_navigation: a step of -1, 0, +1
+BUCKETS = 5        # bucket_sort: digits 0..BUCKETS-1 (5 in the paper)
+MISSING = '?'      # missing_duplicate_string: the hidden symbol
+EMPTY = '_'        # missing_duplicate_string: pads an odd length
+END = '#'          # binary_multiplication, stack_manipulation: value ends
+POP, PUSH0, PUSH1 = '-', 'a', 'b'  # stack_manipulation actions
+# Tasks whose operands and answer are digits mod task.modulus.
+MODULAR = ('modular_arithmetic', 'solve_equation',
+           'modular_arithmetic_brackets')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +235,205 @@ def _passkey(rng, n, tc, depth=None):
   return text + QUESTION, key
 
 
+# Tasks of Deletang et al. 2023, "Neural Networks and the Chomsky Hierarchy"
+# (ICLR 2023), as google-deepmind/neural_networks_chomsky_hierarchy defines
+# them under tasks/regular, tasks/dcf and tasks/cs. That code draws from
+# np.random and random; here every draw comes from ``rng``.
+
+
+def _positive_bits(rng, width: int) -> int:
+  """Uniform in ``[1, 2**width - 1]`` (any width: drawn bit by bit)."""
+  while True:
+    value = int(_bits(rng, width), 2)
+    if value:
+      return value
+
+
+def _even_pairs(rng, n, tc, depth=None):
+  """Even pairs (regular; tasks/regular/even_pairs.py).
+
+  n uniform bits; the answer is ``1`` iff the number of unequal neighbours
+  (``01`` or ``10``) is odd, the original's class, written as a digit.
+  """
+  x = _bits(rng, n)
+  odd = sum(a != b for a, b in zip(x, x[1:])) % 2
+  return x + '=', str(odd)
+
+
+def _cycle_navigation(rng, n, tc, depth=None):
+  """Cycle navigation (regular; tasks/regular/cycle_navigation.py).
+
+  n moves drawn uniformly from left, stay, right (the original's tokens
+  0, 1, 2, a step of token - 1), written ``-`` ``0`` ``+``; the answer is
+  the final state on a cycle of ``CYCLE`` = 5 starting at 0, one digit.
+  """
+  steps = rng.integers(0, 3, size=n)
+  moves = ''.join(MOVES[s] for s in steps)
+  return moves + '=', str(int(np.sum(steps - 1)) % CYCLE)
+
+
+def _odds_first(rng, n, tc, depth=None):
+  """Odds first (context-sensitive; tasks/cs/odds_first.py).
+
+  n uniform bits (the paper's binary alphabet); the answer is the bits at
+  odd 0-based indices followed by those at even ones: the original's
+  ``concatenate([x[:, 1::2], x[:, ::2]])``. (That file's docstring example,
+  ``00110101 -> 0100 0111``, puts the even indices first; the code, which
+  produced the paper's data, is followed here.)
+  """
+  x = _bits(rng, n)
+  return x + '=', x[1::2] + x[::2]
+
+
+def _missing_duplicate(rng, n, tc, depth=None):
+  """Missing duplicate string (context-sensitive;
+  tasks/cs/missing_duplicate_string.py).
+
+  n counts every input symbol: a uniform bit string w of ``n // 2`` bits is
+  written twice, one position of ``ww`` drawn uniformly is hidden (the
+  original's token 2, here ``?``) and an odd n ends with the empty token
+  (3, here ``_``); the answer is the hidden bit. At n = 1 the original has
+  input ``1`` and answer ``1``, and so does this.
+  """
+  if n == 1:
+    return '1=', '1'
+  w = _bits(rng, n // 2)
+  ww = w + w
+  at = int(rng.integers(0, len(ww)))
+  shown = ww[:at] + MISSING + ww[at + 1:] + EMPTY * (n % 2)
+  return shown + '=', ww[at]
+
+
+def bracket_expression(rng, length: int, m: int) -> tuple[str, int]:
+  """An expression of exactly ``length`` characters over digits ``0..m-1``,
+  ``+ -`` and brackets, and its value mod m, drawn as
+  tasks/dcf/modular_arithmetic_brackets.py's
+  ``generate_one_expression_and_result(m, length, mult=False)`` draws it:
+  ``d``, ``-d``, ``(d)``, ``(-d)`` for lengths 1 to 4, else
+  ``(left op right)`` with ``len(left)`` uniform in ``[1, length - 4]``."""
+  if length < 1:
+    raise ValueError(f'An expression has length >= 1, got {length}.')
+  if length <= 4:
+    d = int(rng.integers(0, m))
+    text = ('{}', '-{}', '({})', '(-{})')[length - 1].format(d)
+    return text, (-d if length % 2 == 0 else d) % m
+  left = int(rng.integers(1, length - 3))
+  a, va = bracket_expression(rng, left, m)
+  b, vb = bracket_expression(rng, length - 3 - left, m)
+  if int(rng.integers(0, 2)) == 0:
+    return f'({a}+{b})', (va + vb) % m
+  return f'({a}-{b})', (va - vb) % m
+
+
+def _modular_brackets(rng, n, tc, depth=None):
+  """Modular arithmetic with brackets (deterministic context-free;
+  tasks/dcf/modular_arithmetic_brackets.py, ``mult=False`` as in the paper).
+
+  n counts the characters of the expression (``bracket_expression``);
+  the answer is its value mod ``task.modulus`` (5 in the paper), one digit.
+  """
+  expr, value = bracket_expression(rng, n, tc.modulus)
+  return expr + '=', str(value)
+
+
+def _solve_equation(rng, n, tc, depth=None):
+  """Solve equation (deterministic context-free; tasks/dcf/solve_equation.py).
+
+  n counts the characters of the equation ``expr=v``: a bracket expression
+  of ``n - 2`` characters (``bracket_expression``, no ``*``, so the
+  solution is unique) whose value mod ``task.modulus`` is v, with one digit
+  replaced by ``x``, chosen as the original does: a uniform position, then
+  the first digit from there on, cyclically. The answer is that digit.
+  The prompt ends ``|x=`` (lmx's separator; the original's input is the
+  equation alone). For n < 3 the original's input is n zeros and its
+  answer 0, and so is this one's.
+  """
+  if n < 3:
+    return '0' * n + '|x=', '0'
+  expr, value = bracket_expression(rng, n - 2, tc.modulus)
+  at = int(rng.integers(0, len(expr)))
+  while not expr[at].isdigit():
+    at = (at + 1) % len(expr)
+  equation = f'{expr[:at]}x{expr[at + 1:]}={value}'
+  return equation + '|x=', expr[at]
+
+
+def _binary_multiplication(rng, n, tc, depth=None):
+  """Binary multiplication (context-sensitive;
+  tasks/cs/binary_multiplication.py).
+
+  n counts the input: two numbers and ``*``. Their widths are
+  ``k`` uniform in ``[1, n - 2]`` and ``n - 1 - k``, each number uniform in
+  ``[1, 2**width - 1]`` written in exactly its width, least significant bit
+  first. The answer is the original's output of n tokens: the product, LSB
+  first without trailing zeros, the termination token (2, here ``#``) and
+  ``0`` padding. For n <= 2 the original's input is a number in
+  ``[0, 2**n - 2]`` in n bits (no ``*``) and its output n - 1 zeros then
+  the termination token; so is this.
+  """
+  if n <= 2:
+    x = int(rng.integers(0, 2**n - 1))
+    return _lsb_bits(x, n) + '=', '0' * (n - 1) + END
+  k = int(rng.integers(1, n - 1))
+  a, b = _positive_bits(rng, k), _positive_bits(rng, n - 1 - k)
+  prod = format(a * b, 'b')[::-1]
+  answer = prod + END + '0' * (n - 1 - len(prod))
+  return f'{_lsb_bits(a, k)}*{_lsb_bits(b, n - 1 - k)}=', answer
+
+
+def _compute_sqrt(rng, n, tc, depth=None):
+  """Compute sqrt (context-sensitive; tasks/cs/compute_sqrt.py).
+
+  A number uniform in ``[1, 2**n - 1]`` in n bits, most significant first;
+  the answer is its floor square root, most significant first, in n bits:
+  the original's ``ceil(n / 2)`` bits after ``n // 2`` zeros (its leading
+  bits, always 0), so that the length stays linear in n.
+  """
+  x = _positive_bits(rng, n)
+  return format(x, f'0{n}b') + '=', format(math.isqrt(x), f'0{n}b')
+
+
+def _bucket_sort(rng, n, tc, depth=None):
+  """Bucket sort (context-sensitive; tasks/cs/bucket_sort.py).
+
+  n digits uniform in ``0..BUCKETS-1`` (the paper's vocabulary of 5); the
+  answer is them sorted.
+  """
+  x = ''.join(str(d) for d in rng.integers(0, BUCKETS, size=n))
+  return x + '=', ''.join(sorted(x))
+
+
+def _stack_manipulation(rng, n, tc, depth=None):
+  """Stack manipulation (deterministic context-free;
+  tasks/dcf/stack_manipulation.py).
+
+  n counts the input: a stack of ``s`` uniform bits, s uniform in
+  ``[1, n - 1]``, given bottom to top, then ``n - s`` actions drawn
+  uniformly from pop (``-``), push 0 (``a``) and push 1 (``b``) (the
+  original's 2, 3, 4); a pop on an empty stack does nothing. The answer is
+  the original's output of n + 1 tokens: the final stack top to bottom,
+  the termination token (2, here ``#``) and ``0`` padding. At n = 1 the
+  original's input is one bit and its output that bit then the
+  termination token; so is this.
+  """
+  if n == 1:
+    x = _bits(rng, 1)
+    return x + '=', x + END
+  s = int(rng.integers(1, n))
+  stack = list(_bits(rng, s))
+  actions = ''.join(rng.choice([POP, PUSH0, PUSH1], size=n - s))
+  final = list(stack)
+  for act in actions:
+    if act == POP:
+      if final:
+        final.pop()
+    else:
+      final.append('0' if act == PUSH0 else '1')
+  top_first = ''.join(final[::-1])
+  answer = top_first + END + '0' * (n - len(top_first))
+  return ''.join(stack) + actions + '=', answer
+
+
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task('copy', _copy, 2, 1, doc='x=x'),
     Task('reverse', _reverse, 2, 1, doc='x=reversed x'),
@@ -197,6 +448,24 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task('passkey', _passkey, SENTENCE,
          len(KEY_LINE.format('0' * KEY_DIGITS)) + len(QUESTION) + KEY_DIGITS,
          doc='filler with the key line, question=key'),
+    Task('even_pairs', _even_pairs, 1, 2, doc='bits=odd number of 01/10'),
+    Task('cycle_navigation', _cycle_navigation, 1, 2,
+         doc='moves=final state on a cycle of 5'),
+    Task('odds_first', _odds_first, 2, 1,
+         doc='bits=odd-index bits then even-index bits'),
+    Task('missing_duplicate_string', _missing_duplicate, 1, 2,
+         doc='ww with one bit hidden=that bit'),
+    Task('solve_equation', _solve_equation, 1, 4,
+         doc='equation in x mod m|x=x'),
+    Task('binary_multiplication', _binary_multiplication, 2, 1,
+         doc='a*b=a*b#0.., little-endian bits'),
+    Task('compute_sqrt', _compute_sqrt, 2, 1,
+         doc='x=floor(sqrt(x)), big-endian, n bits'),
+    Task('bucket_sort', _bucket_sort, 2, 1, doc='digits 0-4=sorted'),
+    Task('stack_manipulation', _stack_manipulation, 2, 2,
+         doc='stack then actions=final stack, top first#0..'),
+    Task('modular_arithmetic_brackets', _modular_brackets, 1, 2,
+         doc='bracketed expression=value mod m'),
 )}
 
 
@@ -218,7 +487,7 @@ def default_config() -> ml_collections.ConfigDict:
       'eval_stride': 1,           # step of the default eval grid
       'eval_examples': 64,        # per length (per length and depth: passkey)
       'alphabet_size': 8,         # symbols a-z A-Z used (and recall keys)
-      'modulus': 5,               # modular_arithmetic; <= 10 (one digit)
+      'modulus': 5,               # MODULAR tasks; <= 10 (one digit)
       'depths': (0.0, 0.25, 0.5, 0.75, 1.0),  # passkey key depths evaluated
       'eos': True,                # end each answer with EOD, scored too
   })
@@ -275,9 +544,9 @@ def check(config) -> str | None:
             f'at most {len(SYMBOLS)}.')
   if tc.name == 'sort' and tc.alphabet_size < 2:
     return 'sort needs config.task.alphabet_size >= 2.'
-  if tc.name == 'modular_arithmetic' and not (
+  if tc.name in MODULAR and not (
       isinstance(tc.modulus, int) and 2 <= tc.modulus <= 10):
-    return (f'config.task.modulus={tc.modulus!r}: modular_arithmetic writes '
+    return (f'config.task.modulus={tc.modulus!r}: {tc.name} writes '
             'operands and the answer as one digit, so the modulus must be in '
             '[2, 10].')
   if tc.name == 'passkey':
