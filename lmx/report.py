@@ -19,6 +19,9 @@ the min-max range (a band in the plots):
   task (``accuracy_<task>.png``).
 - Passkey runs: accuracy over lengths x depths, one heatmap per group
   (``passkey_<label>.png``), averaged over seeds.
+- Task runs of two or more encodings: each encoding's mean reciprocal rank
+  across tasks and lengths beyond training (:func:`mean_reciprocal_rank`,
+  ``mrr.png``).
 """
 
 from __future__ import annotations
@@ -404,6 +407,216 @@ def csv_rows(groups, labels) -> list[dict]:
   return out
 
 
+# ------------------------------------------------ mean reciprocal rank
+
+
+def _mrr_label(g: dict, vary_sampling: bool) -> str:
+  """The encoding, plus the position sampling when it varies."""
+  name = g['position']
+  if vary_sampling:
+    name += f' ({g["train_sampling"]})'
+    if g['eval_sampling'] != g['train_sampling']:
+      name += f', eval {g["eval_sampling"]}'
+  return name
+
+
+def mrr_table(groups) -> tuple[dict, dict, list[str]]:
+  """From task groups: ({task: {label: {length: mean accuracy over
+  seeds}}}, {task: training length}, notes).
+
+  A label is the encoding, plus the sampling where that varies among the
+  task groups. Groups of one task that share a label (they differ in
+  another config field) are pooled, with a note. A task's training length
+  is the largest among its groups, so that every cell beyond it is beyond
+  training for every label."""
+  tg = [g for g in groups if g['kind'] == 'task']
+  vary = len({(g['train_sampling'], g['eval_sampling']) for g in tg}) > 1
+  runs: dict[str, dict[str, list]] = {}
+  counts: dict[tuple, int] = {}
+  train_lengths: dict[str, int] = {}
+  for g in tg:
+    task, l = g['task'] or 'task', _mrr_label(g, vary)
+    runs.setdefault(task, {}).setdefault(l, []).extend(g['runs'])
+    counts[task, l] = counts.get((task, l), 0) + 1
+    train_lengths[task] = max(train_lengths.get(task, 0), g['train_length'])
+  notes = [f'task {t}: {n} groups share the label {l} (other config fields '
+           'differ); their runs are pooled' for (t, l), n in counts.items()
+           if n > 1]
+  table = {task: {l: {s['length']: s['mean']
+                      for s in aggregate({'runs': rs}, 'accuracy')}
+                  for l, rs in by_label.items()}
+           for task, by_label in runs.items()}
+  return table, train_lengths, notes
+
+
+def _ranks(values: dict[str, float]) -> dict[str, float]:
+  """Rank 1 = highest; tied values (equal to 1e-9) share the average of
+  the ranks they span (fractional ranking)."""
+  order = sorted(values, key=lambda l: -values[l])
+  ranks, i = {}, 0
+  while i < len(order):
+    j = i
+    while (j + 1 < len(order) and
+           abs(values[order[j + 1]] - values[order[i]]) <= 1e-9):
+      j += 1
+    for l in order[i:j + 1]:
+      ranks[l] = (i + j) / 2 + 1
+    i = j + 1
+  return ranks
+
+
+def mean_reciprocal_rank(table: dict, train_lengths) -> dict:
+  """Each label's mean reciprocal rank over (task, length) cells.
+
+  ``table`` is {task: {label: {length: accuracy}}} (accuracy already the
+  mean over seeds, as :func:`mrr_table` builds it); ``train_lengths`` is
+  {task: training length} or one int for all tasks.
+
+  After Kazemnejad et al. 2023 ("The Impact of Positional Encoding on
+  Length Generalization in Transformers", NeurIPS 2023, arXiv:2305.19466),
+  who rank the encodings by exact-match accuracy beyond the training
+  lengths and summarise each by its mean reciprocal rank over the tasks.
+  Here a cell is a task and one evaluation length beyond the task's
+  training length; in each cell the labels are ranked by accuracy, rank 1
+  the best, and MRR = mean over cells of 1 / rank. Where this differs from
+  the authors' released code (github.com/McGill-NLP/length-generalization,
+  notebooks/plot_aggregate_final.ipynb, ``compute_mean_reciprocal_rank``
+  and ``get_mrr_df``):
+
+  - ties share the average of the ranks they span (two best: 1.5 each).
+    The authors' code uses pandas ``rank(method="first")``, which breaks
+    ties by row order, so a tie's ranks depend on the order of the
+    encodings; the average rule does not.
+  - a cell is one evaluation length, and accuracy is first averaged over
+    seeds; the authors rank per (task, seed) on the accuracy pooled over
+    the whole beyond-training test split.
+  - as there, a cell counts only when every compared label has a value
+    (their ``dropna(axis=1)``): lengths or tasks that some label lacks are
+    left out, with a note.
+
+  Returns {'labels', 'mrr': {label: MRR}, 'mean_rank': {label: ...},
+  'cells': [(task, length)], 'ranks': {(task, length): {label: rank}},
+  'notes': [why a task or length did not count]}. Raises ValueError for
+  fewer than two labels (a rank among one is always 1) or no cell."""
+  labels = sorted({l for by_label in table.values() for l in by_label})
+  if len(labels) < 2:
+    raise ValueError(
+        'mean reciprocal rank needs task runs of at least two encodings; '
+        f'all are {labels[0] if labels else "absent"}')
+  cells, ranks, notes = [], {}, []
+  for task in sorted(table):
+    t = (train_lengths if isinstance(train_lengths, int)
+         else train_lengths[task])
+    by_label = table[task]
+    missing = [l for l in labels if l not in by_label]
+    if missing:
+      notes.append(f'task {task}: skipped, no runs of {", ".join(missing)}')
+      continue
+    beyond = sorted({n for acc in by_label.values() for n in acc if n > t})
+    if not beyond:
+      notes.append(f'task {task}: skipped, no evaluation length beyond the '
+                   f'training length {t}')
+      continue
+    common = [n for n in beyond if all(n in by_label[l] for l in labels)]
+    dropped = [n for n in beyond if n not in common]
+    if dropped:
+      notes.append(f'task {task}: lengths {", ".join(map(str, dropped))} '
+                   'left out, not evaluated for every label')
+    for n in common:
+      ranks[task, n] = _ranks({l: by_label[l][n] for l in labels})
+      cells.append((task, n))
+  if not cells:
+    raise ValueError('mean reciprocal rank: no task has a length beyond '
+                     'training evaluated for every label'
+                     + (f' ({"; ".join(notes)})' if notes else ''))
+  mrr = {l: sum(1 / ranks[c][l] for c in cells) / len(cells) for l in labels}
+  mean_rank = {l: sum(ranks[c][l] for c in cells) / len(cells)
+               for l in labels}
+  return {'labels': labels, 'mrr': mrr, 'mean_rank': mean_rank,
+          'cells': cells, 'ranks': ranks, 'notes': notes}
+
+
+def _mrr_order(result: dict) -> list[str]:
+  return sorted(result['labels'], key=lambda l: (-result['mrr'][l], l))
+
+
+def _cells_text(cells) -> str:
+  by_task: dict[str, list[int]] = {}
+  for task, n in cells:
+    by_task.setdefault(task, []).append(n)
+  return '; '.join(f'{task} at {", ".join(map(str, ns))}'
+                   for task, ns in by_task.items())
+
+
+def mrr_markdown(result: dict, train_lengths: dict) -> list[str]:
+  """The report's section: a table sorted by MRR, what counted, notes."""
+  cells = result['cells']
+  md = ['## Mean reciprocal rank across tasks', '',
+        (f'Per task and per evaluation length beyond training ({len(cells)} '
+         'cells), the labels are ranked by accuracy (mean over seeds), '
+         'rank 1 the best, ties sharing the average rank; MRR is the mean '
+         'of 1 / rank over the cells (after Kazemnejad et al. 2023). '
+         f'Cells: {_cells_text(cells)}.'), '',
+        '| label | MRR | mean rank | first places | cells |',
+        '|---|---:|---:|---:|---:|']
+  for l in _mrr_order(result):
+    firsts = sum(result['ranks'][c][l] == 1 for c in cells)
+    md.append(f'| {l} | {result["mrr"][l]:.3f} | '
+              f'{result["mean_rank"][l]:.2f} | {firsts} | {len(cells)} |')
+  md.append('')
+  tasks = sorted({task for task, _ in cells})
+  md += ['Training lengths: ' + ', '.join(
+      f'{task} {train_lengths[task]}' for task in tasks) + '.', '']
+  if result['notes']:
+    md += ['Not counted: ' + '; '.join(result['notes']) + '.', '']
+  md += ['![mean reciprocal rank](mrr.png)', '']
+  return md
+
+
+def mrr_csv_rows(result: dict, sampling: dict) -> list[dict]:
+  """One 'mrr' row per label (n: cells) and one 'reciprocal_rank' row per
+  label and cell; ``sampling`` maps labels to (position, train_sampling,
+  eval_sampling)."""
+  out = []
+  for l in _mrr_order(result):
+    position, train_s, eval_s = sampling[l]
+    base = {'kind': 'task', 'group': l, 'position': position,
+            'train_sampling': train_s, 'eval_sampling': eval_s}
+    out.append({**base, 'task': 'all', 'metric': 'mrr',
+                'n': len(result['cells']), 'mean': result['mrr'][l]})
+    for task, n in result['cells']:
+      rr = 1 / result['ranks'][task, n][l]
+      out.append({**base, 'task': task, 'metric': 'reciprocal_rank',
+                  'length': n, 'n': 1, 'mean': rr, 'std': 0.0, 'min': rr,
+                  'max': rr})
+  return out
+
+
+def plot_mrr(result: dict, path: str) -> None:
+  """Bars of each label's MRR, best first."""
+  plt = plots.pyplot()
+  order = _mrr_order(result)
+  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+  values = [result['mrr'][l] for l in order]
+  bars = ax.bar(range(len(order)), values,
+                color=[f'C{i % 10}' for i in range(len(order))])
+  for bar, v in zip(bars, values):
+    ax.text(bar.get_x() + bar.get_width() / 2, v + 0.01, f'{v:.2f}',
+            ha='center', va='bottom', fontsize=8)
+  ax.set_xticks(range(len(order)))
+  ax.set_xticklabels(order, rotation=20, ha='right', fontsize=8)
+  ax.set_ylim(0, 1.05)
+  ax.set_ylabel('mean reciprocal rank (higher is better)')
+  tasks = sorted({task for task, _ in result['cells']})
+  names = ', '.join(tasks) if len(tasks) <= 4 else f'{len(tasks)} tasks'
+  ax.set_title(f'mean reciprocal rank over {len(result["cells"])} (task, '
+               f'length > training) cells: {names}', fontsize=10)
+  ax.grid(True, axis='y', alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def write(workdirs, out_dir: str, title: str = 'sweep') -> list[str]:
   """Writes report.md, report.csv and the plots; returns the file names
   (none when no run has results)."""
@@ -464,6 +677,23 @@ def write(workdirs, out_dir: str, title: str = 'sweep') -> list[str]:
         written.append(png)
         md += [f'![{task} {l}]({png})', '']
     all_rows += csv_rows(tg, labels)
+
+  if tasks:
+    accuracy, train_lengths, notes = mrr_table(groups)
+    try:
+      result = mean_reciprocal_rank(accuracy, train_lengths)
+    except ValueError as e:
+      md += [f'Mean reciprocal rank across tasks: not computed: {e}.', '']
+    else:
+      result['notes'] = notes + result['notes']
+      plot_mrr(result, os.path.join(out_dir, 'mrr.png'))
+      written.append('mrr.png')
+      md += mrr_markdown(result, train_lengths)
+      tg = [g for g in groups if g['kind'] == 'task']
+      vary = len({(g['train_sampling'], g['eval_sampling']) for g in tg}) > 1
+      sampling = {_mrr_label(g, vary): (g['position'], g['train_sampling'],
+                                        g['eval_sampling']) for g in tg}
+      all_rows += mrr_csv_rows(result, sampling)
 
   lm_runs = [r for r in runs if r['kind'] == 'lm']
   md += ['## Runs', '']

@@ -171,3 +171,142 @@ def test_groups_split_on_other_config_fields(tmp_path):
   out = str(tmp_path / 'out')
   assert _cli(a, b, '--out', out)[0] == 0
   assert os.path.isfile(os.path.join(out, 'report.md'))
+
+
+# ------------------------------------------------ mean reciprocal rank
+
+
+def _task_at(task, position, acc, sampling='contiguous', train_length=8):
+  """A task run's results.json with ``acc``: {length: accuracy}."""
+  return {'kind': 'task', 'task': task, 'position': position,
+          'train_sampling': sampling, 'eval_sampling': sampling,
+          'train_length': train_length, 'step': 2,
+          'results': [{'length': n, 'accuracy': a, 'token_accuracy': a,
+                       'loss': 1 - a, 'examples': 10}
+                      for n, a in sorted(acc.items())]}
+
+
+# Mean accuracy over seeds at each length; training length 8. At length 8
+# (not beyond training) the order is reversed: counting it would change
+# every MRR. Length 64 exists for alibi only, so it is left out.
+#            copy 16  copy 32  reverse 16  reverse 32
+#   alibi    0.9 (1)  0.2 (2.5)  0.4 (2)   0.1 (3)   RR 1, .4, .5, 1/3
+#   nope     0.5 (2)  0.6 (1)    0.7 (1)   0.3 (2)   RR .5, 1, 1, .5
+#   rope     0.1 (3)  0.2 (2.5)  0.0 (3)   0.5 (1)   RR 1/3, .4, 1/3, 1
+MRR = {'alibi': (1 + 0.4 + 0.5 + 1 / 3) / 4,      # 0.5583
+       'nope': (0.5 + 1 + 1 + 0.5) / 4,           # 0.75
+       'rope': (1 / 3 + 0.4 + 1 / 3 + 1) / 4}     # 0.5167
+
+
+def _mrr_sweep(root):
+  """The table above as runs; alibi and nope have two seeds each, whose
+  means give the table (a per-seed ranking would not)."""
+  runs = [
+      ('copy', 'alibi', 0, {8: 0.0, 16: 1.0, 32: 0.2, 64: 0.5}),
+      ('copy', 'alibi', 1, {8: 0.0, 16: 0.8, 32: 0.2, 64: 0.5}),
+      ('copy', 'nope', 0, {8: 0.5, 16: 0.5, 32: 0.6}),
+      ('copy', 'rope', 0, {8: 1.0, 16: 0.1, 32: 0.2}),
+      ('reverse', 'alibi', 0, {8: 0.0, 16: 0.4, 32: 0.1}),
+      ('reverse', 'nope', 0, {8: 0.5, 16: 0.4, 32: 0.3}),
+      ('reverse', 'nope', 1, {8: 0.5, 16: 1.0, 32: 0.3}),
+      ('reverse', 'rope', 0, {8: 1.0, 16: 0.0, 32: 0.5}),
+  ]
+  return [_write(root, f'{task}-{pos}-s{seed}', _task_at(task, pos, acc),
+                 seed=seed) for task, pos, seed, acc in runs]
+
+
+def test_mean_reciprocal_rank_by_hand(tmp_path):
+  dirs = _mrr_sweep(str(tmp_path))
+  table, train_lengths, notes = report.mrr_table(
+      report.group(report.load(dirs)))
+  assert notes == [] and train_lengths == {'copy': 8, 'reverse': 8}
+  assert table['copy']['alibi'][16] == pytest.approx(0.9)      # seeds mean
+  assert table['reverse']['nope'][16] == pytest.approx(0.7)
+  result = report.mean_reciprocal_rank(table, train_lengths)
+  assert result['cells'] == [('copy', 16), ('copy', 32), ('reverse', 16),
+                             ('reverse', 32)]
+  assert result['ranks']['copy', 32] == {'alibi': 2.5, 'nope': 1,
+                                         'rope': 2.5}           # the tie
+  assert result['mrr'] == pytest.approx(MRR)
+  assert result['mean_rank']['nope'] == pytest.approx(1.5)
+  assert result['notes'] == ['task copy: lengths 64 left out, not '
+                             'evaluated for every label']
+  # Ties are symmetric: reordering the labels changes nothing.
+  flipped = {t: dict(reversed(list(by.items()))) for t, by in table.items()}
+  assert report.mean_reciprocal_rank(flipped, 8)['mrr'] == pytest.approx(MRR)
+  # Seed 0 alone ties nope with alibi on reverse 16 (0.4 each): ranks 1.5.
+  first = report.mean_reciprocal_rank(
+      report.mrr_table(report.group(report.load(
+          [d for d in dirs if not d.endswith('-s1')])))[0], 8)
+  assert first['ranks']['reverse', 16]['nope'] == 1.5
+  assert first['mrr']['nope'] == pytest.approx((0.5 + 1 + 1 / 1.5 + 0.5) / 4)
+
+
+def test_report_mrr_section_csv_and_plot(tmp_path):
+  dirs = _mrr_sweep(str(tmp_path))
+  out = str(tmp_path / 'report')
+  written = report.write(dirs, out)
+  assert 'mrr.png' in written
+  with open(os.path.join(out, 'mrr.png'), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  with open(os.path.join(out, 'report.md')) as f:
+    md = f.read()
+  section = md.split('## Mean reciprocal rank across tasks')[1]
+  section = section.split('## Runs')[0]
+  assert '| label | MRR | mean rank | first places | cells |' in section
+  rows = [l for l in section.splitlines() if l.startswith('| ') and
+          'MRR' not in l]
+  assert rows == ['| nope | 0.750 | 1.50 | 2 | 4 |',           # by MRR
+                  '| alibi | 0.558 | 2.12 | 1 | 4 |',
+                  '| rope | 0.517 | 2.38 | 1 | 4 |']
+  assert 'Cells: copy at 16, 32; reverse at 16, 32.' in section
+  assert 'lengths 64 left out' in section
+  assert '![mean reciprocal rank](mrr.png)' in section
+  csv_rows = _csv(os.path.join(out, 'report.csv'))
+  (nope,) = [r for r in csv_rows if r['metric'] == 'mrr' and
+             r['group'] == 'nope']
+  assert nope['task'] == 'all' and nope['n'] == '4'
+  assert float(nope['mean']) == pytest.approx(0.75)
+  rr = [r for r in csv_rows if r['metric'] == 'reciprocal_rank' and
+        r['group'] == 'rope' and r['task'] == 'copy' and r['length'] == '32']
+  assert len(rr) == 1 and float(rr[0]['mean']) == pytest.approx(0.4)
+
+
+def test_mrr_refuses_one_label_and_skips_tasks_without_extrapolation(
+    tmp_path):
+  root = str(tmp_path)
+  one = [_write(root, f'rope-{task}', _task_at(task, 'rope', {8: 1, 16: 0}),
+                seed=0) for task in ('copy', 'reverse')]
+  out = str(tmp_path / 'one')
+  assert 'mrr.png' not in report.write(one, out)
+  with open(os.path.join(out, 'report.md')) as f:
+    md = f.read()
+  assert ('Mean reciprocal rank across tasks: not computed: mean reciprocal '
+          'rank needs task runs of at least two encodings; all are rope.'
+          in md)
+  assert '## Mean reciprocal rank' not in md
+  with pytest.raises(ValueError, match='at least two encodings'):
+    report.mean_reciprocal_rank({'copy': {'rope': {16: 1.0}}}, 8)
+
+  # Sampling varies: it names the labels. 'sort' was only evaluated up to
+  # its training length: skipped, with a note.
+  dirs = [_write(root, 'copy-rr', _task_at('copy', 'rope', {16: 0.2},
+                                           'randomized'), seed=0),
+          _write(root, 'copy-rc', _task_at('copy', 'rope', {16: 0.1}),
+                 seed=0),
+          _write(root, 'sort-rr', _task_at('sort', 'rope', {4: 0.9, 8: 0.5},
+                                           'randomized'), seed=0),
+          _write(root, 'sort-rc', _task_at('sort', 'rope', {4: 1.0, 8: 0.9}),
+                 seed=0)]
+  table, train_lengths, _ = report.mrr_table(report.group(report.load(dirs)))
+  result = report.mean_reciprocal_rank(table, train_lengths)
+  assert result['cells'] == [('copy', 16)]
+  assert result['mrr'] == {'rope (randomized)': 1.0, 'rope (contiguous)': 0.5}
+  assert result['notes'] == ['task sort: skipped, no evaluation length '
+                             'beyond the training length 8']
+  out = str(tmp_path / 'two')
+  report.write(dirs, out)
+  with open(os.path.join(out, 'report.md')) as f:
+    md = f.read()
+  assert '| rope (randomized) | 1.000 | 1.00 | 1 | 1 |' in md
+  assert 'Not counted: task sort: skipped, no evaluation length' in md
