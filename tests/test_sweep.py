@@ -93,7 +93,7 @@ def test_shipped_declarations():
   every = sweep.prepare('configs/sweeps/tasks.py:size=tiny', 'runs/x')
   from configs.sweeps import tasks as task_sweep  # pylint: disable=g-import-not-at-top
   assert len(every) == len(task_sweep.TASKS) * len(positions.REGISTRY) * 2
-  assert len(task_sweep.TASKS) == 19   # 9 tasks, then 10 Chomsky tasks
+  assert len(task_sweep.TASKS) == 24   # 9, 10 Chomsky, 5 recall tasks
 
 
 def test_bad_declarations(tmp_path):

@@ -31,8 +31,10 @@ def _config(name, **task_fields):
 
 def _split(text):
   """(prompt, answer) of an example's text, parsed here, not by lmx."""
-  cut = (text.index(QUESTION) + len(QUESTION) if QUESTION in text
-         else text.rindex('=') + 1)  # solve_equation's prompt has an '='
+  # A haystack task's prompt ends with a question ('? '), and
+  # variable_tracking's has '=' in it; solve_equation's and
+  # induction_heads' prompts have an '=' before the last.
+  cut = (text.rindex('? ') + 2 if '? ' in text else text.rindex('=') + 1)
   return text[:cut], text[cut:]
 
 
@@ -62,6 +64,8 @@ def _solve(name, prompt, tc):
     return KEY_RE.search(prompt).group(1)
   if name in CHOMSKY:
     return _solve_chomsky(name, body, tc)
+  if name in RECALL:
+    return _solve_recall(name, prompt)
   raise AssertionError(name)
 
 
@@ -126,6 +130,45 @@ def _solve_chomsky(name, body, tc):
   raise AssertionError(name)
 
 
+RECALL = ('induction_heads', 'mqar', 'flip_flop', 'multi_key_niah',
+          'variable_tracking')
+NIAH_RE = re.compile(r'the pass key of ([a-z]{3}) is (\d{5})\. ')
+VT_RE = re.compile(r'VAR ([A-Z]{5}) = (\d{5}|VAR [A-Z]{5})\. ')
+
+
+def _solve_recall(name, prompt):
+  """The recall and state-tracking tasks, solved from the prompt's text."""
+  body = prompt[:-1]
+  if name == 'induction_heads':
+    return body[body.index('=') + 1]  # what followed the first trigger
+  if name == 'mqar':
+    pairs, queries = body.split('|')
+    table = {pairs[i]: pairs[i + 1] for i in range(0, len(pairs), 2)}
+    return ''.join(table[q] for q in queries)
+  if name == 'flip_flop':
+    memory = None
+    for i in range(0, len(body) - 1, 2):
+      if body[i] == 'w':
+        memory = body[i + 1]
+    return memory
+  if name == 'multi_key_niah':
+    asked = re.fullmatch(r'.*what is the pass key of ([a-z]{3})\? ',
+                         prompt).group(1)
+    return dict(NIAH_RE.findall(prompt))[asked]
+  if name == 'variable_tracking':
+    value = re.fullmatch(r'.*which variables are assigned the value '
+                         r'(\d{5})\? ', prompt).group(1)
+    bound = dict(VT_RE.findall(prompt))
+
+    def resolve(var, hops=0):  # (value, hops from the number)
+      rhs = bound[var]
+      return (rhs, hops) if rhs.isdigit() else resolve(rhs[4:], hops + 1)
+    found = sorted((resolve(v)[1], v) for v in bound
+                   if resolve(v)[0] == value)
+    return ' '.join(v for _, v in found)
+  raise AssertionError(name)
+
+
 def _length_of(name, prompt, tc):
   """The task length n of a prompt, counted independently."""
   body = prompt[:-1]
@@ -143,6 +186,16 @@ def _length_of(name, prompt, tc):
     return len(body.split('|')[0])
   if name in CHOMSKY:
     return len(body)
+  if name == 'induction_heads':
+    return len(body) - 1  # less the trigger inside
+  if name == 'mqar':
+    return len(body.split('|')[0]) // 2
+  if name == 'flip_flop':
+    return len(body) // 2  # the instructions before the final 'r'
+  if name == 'multi_key_niah':
+    return len(NIAH_RE.sub('', prompt[:prompt.index('what is')])) // 16
+  if name == 'variable_tracking':
+    return len(VT_RE.sub('', prompt[:prompt.index('which')])) // 16
   raise AssertionError(name)
 
 
@@ -418,6 +471,189 @@ def test_chomsky_generator_gives_the_hand_worked_examples(name):
       assert seen.get(prompt) == answer, (prompt, answer)
 
 
+FILLER_RE = ('(?:grass is green\\. |sky is so blue\\. |the sun shines\\. '
+             '|here we go now\\. |back and forth\\. )')
+# The input and answer alphabets of the recall and state-tracking tasks
+# (with their configs: induction_heads 14 symbols, mqar keys a-z and
+# values A-Z).
+RECALL_FORMATS = {
+    'induction_heads': (r'[a-n]*=[a-n]+=', r'[a-n]'),
+    'mqar': (r'([a-z][A-Z])+\|[a-z]+=', r'[A-Z]+'),
+    'flip_flop': (r'w[01]([wir][01])*r=', r'[01]'),
+    'multi_key_niah': (
+        f'({FILLER_RE}|the pass key of [a-z]{{3}} is \\d{{5}}\\. )*'
+        r'what is the pass key of [a-z]{3}\? ', r'\d{5}'),
+    'variable_tracking': (
+        f'({FILLER_RE}|VAR [A-Z]{{5}} = (\\d{{5}}|VAR [A-Z]{{5}})\\. )*'
+        r'which variables are assigned the value \d{5}\? ',
+        r'[A-Z]{5}( [A-Z]{5}){4}'),
+}
+RULER_DEPTHS = [int(d) for d in np.round(np.linspace(0, 100, 40))]
+
+
+def _fillers_before(prompt, at):
+  """How many filler sentences precede character ``at`` of a prompt."""
+  return len(re.findall(FILLER_RE, prompt[:at]))
+
+
+def _check_recall_input(name, n, prompt):
+  """What the reference generators guarantee of their inputs."""
+  body = prompt[:-1]
+  if name == 'induction_heads':
+    assert prompt.count('=') == 2
+    if n > 1:  # as in H3, a symbol follows the target
+      assert len(body) - body.index('=') - 2 >= 1
+  if name == 'mqar':
+    pairs, queries = body.split('|')
+    keys, values = pairs[::2], pairs[1::2]
+    assert len(set(keys)) == len(set(values)) == n
+    assert sorted(queries) == sorted(keys)  # every key once
+  if name == 'flip_flop':
+    memory = None
+    for i in range(0, len(body) - 1, 2):
+      op, bit = body[i], body[i + 1]
+      if op == 'w':
+        memory = bit
+      if op == 'r':
+        assert bit == memory, prompt  # a read shows the last write
+  if name == 'multi_key_niah':
+    keys = list(NIAH_RE.finditer(prompt))
+    assert len(keys) == 4 and len({m.group(1) for m in keys}) == 4
+    haystack = NIAH_RE.sub('', prompt[:prompt.index('what is')])
+    assert haystack == ''.join(
+        ('grass is green. ', 'sky is so blue. ', 'the sun shines. ',
+         'here we go now. ', 'back and forth. ')[i % 5] for i in range(n))
+    allowed = {n * d // 100 for d in RULER_DEPTHS}
+    for m in keys:
+      assert _fillers_before(prompt, m.start()) in allowed
+  if name == 'variable_tracking':
+    lines = list(VT_RE.finditer(prompt))
+    assert len(lines) == 5 and len({m.group(1) for m in lines}) == 5
+    assert lines[0].group(2).isdigit()
+    assert 10000 <= int(lines[0].group(2)) <= 99998
+    for a, b in zip(lines, lines[1:]):  # the chain in order
+      assert b.group(2) == 'VAR ' + a.group(1)
+    before = [_fillers_before(prompt, m.start()) for m in lines]
+    if n >= 5:  # distinct filler sentences after each statement
+      assert len(set(before)) == 5 and max(before) < n
+    assert NIAH_RE.search(prompt) is None
+
+
+@pytest.mark.parametrize('name', RECALL)
+def test_recall_answers_recomputed_independently(name):
+  """Examples of every length 1..26: the answer is recomputed from the
+  prompt's text alone, the structure is the reference generator's, and
+  every length has ``per * n + extra`` characters."""
+  tc = _config(name).task
+  task = tasks.TASKS[name]
+  rng = np.random.default_rng(sorted(tasks.TASKS).index(name))
+  prompt_re, answer_re = (re.compile(f) for f in RECALL_FORMATS[name])
+  answers = Counter()
+  for n in range(1, 27):
+    for _ in range(8):
+      prompt, answer = tasks.example(tc, n, rng)
+      assert len(prompt + answer) == task.per * n + task.extra
+      assert _split(prompt + answer) == (prompt, answer)
+      assert prompt_re.fullmatch(prompt), prompt
+      assert answer_re.fullmatch(answer), (prompt, answer)
+      assert _length_of(name, prompt, tc) == n
+      assert answer == _solve(name, prompt, tc), (prompt, answer)
+      _check_recall_input(name, n, prompt)
+      answers[answer] += 1
+  if name == 'flip_flop':
+    assert set(answers) == {'0', '1'}
+  elif name == 'induction_heads':
+    assert len(answers) == 14  # every symbol is a target
+  else:
+    assert len(answers) > 100
+
+
+@pytest.mark.parametrize('name', RECALL)
+def test_recall_split_answer(name):
+  c = _config(name)
+  batch = tasks.eval_batch(c, length=6, count=3, seed=2)
+  for text, row in zip(_examples(batch), batch['inputs']):
+    assert tasks.split_answer(c.task, row) == _split(text)  # EOD cut
+
+
+@pytest.mark.parametrize('p', [0.8, 0.98, 0.1])
+def test_flip_flop_mixes(p):
+  """FFL(p): after the first write, ignore with probability p, write and
+  read with (1 - p) / 2 each (the paper's 0.8, sparse 0.98, dense 0.1)."""
+  tc = _config('flip_flop', flip_flop_p_ignore=p).task
+  rng = np.random.default_rng(5)
+  ops = Counter()
+  for _ in range(100):
+    prompt, _ = tasks.example(tc, 41, rng)
+    assert prompt[0] == 'w'
+    ops.update(prompt[2:-2:2])
+  total = sum(ops.values())
+  assert total == 100 * 40
+  assert abs(ops['i'] / total - p) < 0.03
+  assert abs(ops['w'] - ops['r']) / total < 0.03
+
+
+# Worked by hand (the generator's examples and others), and the n = 3
+# examples of lmx.data.tasks' table, which the generator gives for these
+# seeds.
+NIAH_N3 = ('the pass key of wqn is 56976. the pass key of hib is 55928. '
+           'grass is green. the pass key of bae is 60385. sky is so blue. '
+           'the pass key of vqx is 07781. the sun shines. '
+           'what is the pass key of hib? ')
+VT_N3 = ('VAR WQNHI = 87165. grass is green. VAR BBAEV = VAR WQNHI. '
+         'sky is so blue. VAR QXNPZ = VAR BBAEV. VAR SQOOY = VAR QXNPZ. '
+         'VAR HVRAK = VAR SQOOY. the sun shines. '
+         'which variables are assigned the value 87165? ')
+RECALL_N3 = [  # (name, seed, prompt, answer)
+    ('induction_heads', 1, 'g=hk=', 'h'),
+    ('mqar', 0, 'pZnBuA|pnu=', 'ZBA'),
+    ('flip_flop', 184, 'w0w1i0r=', '1'),
+    ('multi_key_niah', 0, NIAH_N3, '55928'),
+    ('variable_tracking', 0, VT_N3, 'WQNHI BBAEV QXNPZ SQOOY HVRAK'),
+]
+RECALL_HAND = [(r[0], r[2], r[3]) for r in RECALL_N3] + [
+    ('induction_heads', '=a=', 'a'),       # n = 1
+    ('induction_heads', 'abca=bcab=', 'b'),  # the symbol after the trigger
+    ('induction_heads', 'cc=ac=', 'a'),
+    ('mqar', 'aB|a=', 'B'),
+    ('mqar', 'aBcDeF|cea=', 'DFB'),
+    # Zoology's docstring: keys 2 4, values 8 7, queries 4 then 2.
+    ('mqar', 'bHdG|db=', 'GH'),
+    ('flip_flop', 'w1r=', '1'),
+    ('flip_flop', 'w0w1i1i0r=', '1'),  # the repository's w0w1i1i0r1
+    ('flip_flop', 'w1i0i0w0r0i1r=', '0'),
+    ('flip_flop', 'w0' + 'i1' * 20 + 'r=', '0'),  # sparse: ignores
+    ('flip_flop', 'w0w1w0w1r1w0r=', '0'),         # dense: writes
+    ('multi_key_niah',
+     'the pass key of abc is 12345. grass is green. '
+     'the pass key of xyz is 00000. the pass key of foo is 99999. '
+     'the pass key of bar is 31415. what is the pass key of bar? ', '31415'),
+    ('variable_tracking',
+     'VAR AAAAA = 10000. grass is green. VAR BBBBB = VAR AAAAA. '
+     'sky is so blue. VAR CCCCC = VAR BBBBB. the sun shines. '
+     'VAR DDDDD = VAR CCCCC. here we go now. VAR EEEEE = VAR DDDDD. '
+     'back and forth. which variables are assigned the value 10000? ',
+     'AAAAA BBBBB CCCCC DDDDD EEEEE'),
+]
+
+
+@pytest.mark.parametrize('name, prompt, answer', RECALL_HAND)
+def test_recall_hand_worked(name, prompt, answer):
+  tc = _config(name).task
+  assert _solve(name, prompt, tc) == answer
+  task = tasks.TASKS[name]
+  n = _length_of(name, prompt, tc)
+  assert len(prompt + answer) == task.per * n + task.extra
+
+
+@pytest.mark.parametrize('name, seed, prompt, answer', RECALL_N3)
+def test_recall_generator_gives_the_documented_examples(name, seed, prompt,
+                                                        answer):
+  tc = _config(name).task
+  got = tasks.example(tc, 3, np.random.default_rng(seed))
+  assert got == (prompt, answer)
+
+
 @pytest.mark.parametrize('name', NAMES)
 def test_sequence_and_max_length_agree(name):
   tc = _config(name).task
@@ -433,7 +669,10 @@ def test_task_configs(name):
   assert c.name == name and c.task.name == name
   assert tasks.check(c) is None
   longest = max(tasks.eval_lengths(c.task))
-  assert longest == 5 * c.task.train_max_length
+  multiple = 64 if name == 'induction_heads' else 5
+  assert longest == multiple * c.task.train_max_length
+  assert c.task.eval_multiple == multiple
+  assert len(tasks.eval_lengths(c.task)) <= 25 or multiple == 5
   assert c.positions.max_position >= tasks.sequence_length(c.task, longest)
   c.task.train_max_length += 3  # seq_len and max_position follow
   assert c.train.seq_len == tasks.sequence_length(c.task,
@@ -470,6 +709,12 @@ def test_eval_lengths_default_grid():
     ({'eval_lengths': (3, 0)}, ['eval_lengths']),
     ({'eval_examples': 0}, ['eval_examples']),
     ({'name': 'passkey', 'depths': (0.5, 1.5)}, ['depths']),
+    ({'name': 'flip_flop', 'flip_flop_p_ignore': 1.5},
+     ['flip_flop_p_ignore', '[0, 1]']),
+    ({'name': 'flip_flop', 'flip_flop_p_ignore': -0.1},
+     ['flip_flop_p_ignore']),
+    ({'name': 'mqar', 'alphabet_size': 20, 'train_max_length': 4},
+     ['mqar', 'length 20', 'alphabet_size=20', 'only 10']),
 ])
 def test_check_messages(change, words):
   c = _config('copy')
@@ -491,7 +736,7 @@ def _oracle(name, tc, shift=0):
       ids = list(row)
       ids = ids[:ids.index(EOD)] if EOD in ids else ids
       text = tokenizer.decode(ids)
-      if '=' not in text and QUESTION not in text:
+      if '=' not in text and '? ' not in text:
         continue  # a padding row
       prompt, _ = _split(text)
       seq = list(tokenizer.encode(prompt + _solve(name, prompt, tc))) + [EOD]

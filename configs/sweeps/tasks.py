@@ -25,7 +25,8 @@ TASKS = ('copy', 'reverse', 'duplicate_string', 'sort', 'parity',
          'passkey', 'even_pairs', 'cycle_navigation', 'odds_first',
          'missing_duplicate_string', 'solve_equation', 'binary_multiplication',
          'compute_sqrt', 'bucket_sort', 'stack_manipulation',
-         'modular_arithmetic_brackets')
+         'modular_arithmetic_brackets', 'induction_heads', 'mqar', 'flip_flop',
+         'multi_key_niah', 'variable_tracking')
 
 
 def get_sweep(arg=None):

@@ -5,8 +5,11 @@ Hierarchy"), Ruoss et al. 2023 ("Randomized Positional Encodings Boost Length
 Generalization of Transformers") and Kazemnejad et al. 2023 ("The Impact of
 Positional Encoding on Length Generalization in Transformers"), plus passkey
 retrieval (the format of Mohtashami & Jaggi 2023, "Landmark Attention",
-shrunk to bytes and short training lengths). A model is trained from scratch
-on lengths ``1..L`` and tested on every length up to ``5L``.
+shrunk to bytes and short training lengths), and recall and state-tracking
+tasks (induction heads, MQAR, flip-flop, RULER's multi-key needle and
+variable tracking; see below). A model is trained from scratch
+on lengths ``1..L`` and tested on every length up to ``5L`` (the default
+grid; configs/tasks/induction_heads.py tests up to ``64L``, every 64th).
 
 Every example is readable ASCII in byte tokens (``lmx.data.tokenizer``:
 ids 0..255 are bytes, 256 = EOD). One example is the token sequence
@@ -92,6 +95,43 @@ which the original masks out. compute_sqrt writes the root in n bits (its
 leading ``n // 2`` are always 0) where the original writes ``ceil(n / 2)``,
 since every format here is linear in n.
 
+Recall and state tracking, each as its paper and, where released, its
+generator define it (the makers' docstrings cite both); only the
+characters, the separators and the place of the answer are lmx's:
+
+=================  ===================================  =================
+task               example (n = 3; EOD not shown)       n counts
+=================  ===================================  =================
+induction_heads    ``g=hk=`` then ``h`` (the symbol      symbols (not the
+                   after the trigger ``=``; the          trigger)
+                   sequence ends with the trigger)
+mqar               ``pZnBuA|pnu=ZBA`` (distinct keys     key/value pairs
+                   a-z, values A-Z; every key queried
+                   once, in random order)
+flip_flop          ``w0w1i0r=1`` (write/ignore/read a    instructions
+                   bit; the final read's bit)            before the final
+                                                         read
+multi_key_niah     3 filler sentences with 4 lines       filler
+                   ``the pass key of hib is 55928. ``    sentences
+                   at RULER's depths, then ``what is
+                   the pass key of hib? 55928``
+variable_tracking  3 filler sentences with ``VAR WQNHI   filler
+                   = 87165. `` ``VAR BBAEV = VAR         sentences
+                   WQNHI. `` ... (4 hops), then ``which
+                   variables are assigned the value
+                   87165? `` and the 5 variables in
+                   chain order, ``WQNHI BBAEV QXNPZ
+                   SQOOY HVRAK``
+=================  ===================================  =================
+
+The papers score a model where their generators ask: H3 and Zoology right
+after each query inside the sequence, flip-flop at every read. Here the
+answer is one suffix: mqar lists its queries, then all the values;
+flip_flop answers its final read, the earlier reads showing their correct
+bit in the prompt. mqar splits the first ``task.alphabet_size`` symbols in
+halves, keys and values, as Zoology splits its vocabulary, so n is at most
+``alphabet_size // 2``. ``task.flip_flop_p_ignore`` is the p of FFL(p).
+
 Randomness: a training batch is a pure function of ``(config.seed, step)``
 (``lmx.data.windows.step_rng``) and each example draws its own length
 uniformly from ``[train_min_length, train_max_length]``. An evaluation batch
@@ -129,6 +169,21 @@ MISSING = '?'      # missing_duplicate_string: the hidden symbol
 EMPTY = '_'        # missing_duplicate_string: pads an odd length
 END = '#'          # binary_multiplication, stack_manipulation: value ends
 POP, PUSH0, PUSH1 = '-', 'a', 'b'  # stack_manipulation actions
+TRIGGER = '='      # induction_heads: the special token (H3's copy prefix)
+WRITE, IGNORE, READ = 'w', 'i', 'r'  # flip_flop instructions
+NIAH_KEYS = 4      # multi_key_niah: key lines (RULER niah_multikey_1)
+NAME_LETTERS = 3   # multi_key_niah: letters of a key's name
+NIAH_LINE = 'the pass key of {} is {}. '
+NIAH_QUESTION = 'what is the pass key of {}? '
+# RULER's needle depths: 40 percentages, 0 to 100.
+RULER_DEPTHS = tuple(int(d) for d in np.round(np.linspace(0, 100, 40)))
+VT_HOPS = 4        # variable_tracking: hops of the chain (RULER vt)
+VT_LETTERS = 5     # variable_tracking: letters of a variable's name
+VT_VALUE = 'VAR {} = {}. '
+VT_HOP = 'VAR {} = VAR {}. '
+VT_QUESTION = 'which variables are assigned the value {}? '
+# Tasks whose prompt ends with a question (``? ``) instead of ``=``.
+QUESTION_TASKS = ('passkey', 'multi_key_niah', 'variable_tracking')
 # Tasks whose operands and answer are digits mod task.modulus.
 MODULAR = ('modular_arithmetic', 'solve_equation',
            'modular_arithmetic_brackets')
@@ -434,6 +489,166 @@ def _stack_manipulation(rng, n, tc, depth=None):
   return ''.join(stack) + actions + '=', answer
 
 
+# Recall and state tracking: induction heads (Olsson et al. 2022; the
+# synthetic of Fu et al. 2023, "Hungry Hungry Hippos", that Gu & Dao 2023,
+# "Mamba", Sec. 4.1.2, extrapolates), multi-query associative recall
+# (Arora et al. 2023, "Zoology"), flip-flop language modeling (Liu et al.
+# 2023) and two tasks of RULER (Hsieh et al. 2024): multi-key needle in a
+# haystack and variable tracking. Each follows its released generator
+# (HazyResearch/safari src/dataloaders/synthetics.py,
+# HazyResearch/zoology zoology/data/multiquery_ar.py, NVIDIA/RULER
+# scripts/data/synthetic/) or, for flip-flop, the paper's definition.
+
+
+def _induction_heads(rng, n, tc, depth=None):
+  """Induction heads (Mamba Sec. 4.1.2; H3's ``generate_induction_head``
+  with one trigger and ``induction_len=1``).
+
+  n uniform symbols (``task.alphabet_size`` of them; H3's ``vocab_size``
+  counts its two special tokens, so Mamba's 16 is 14 symbols). The
+  trigger (``=``, H3's copy prefix ``=>``) is put before one of the first
+  n - 1 of them, drawn uniformly, so that, as in H3, at least one symbol
+  follows the target; the sequence ends with the trigger and the answer
+  is the target, the symbol after the first trigger. H3's
+  ``input_seq_len`` is n + 1 (the trigger takes one of its places). At
+  n = 1, where H3 has no example, the trigger precedes the only symbol:
+  ``=a=`` answer ``a``.
+  """
+  x = _symbols(rng, n, tc)
+  at = int(rng.integers(0, n - 1)) if n > 1 else 0
+  return x[:at] + TRIGGER + x[at:] + TRIGGER, x[at]
+
+
+def mqar_vocabulary(tc) -> tuple[str, str]:
+  """(keys, values) of mqar: the first ``task.alphabet_size`` symbols split
+  in halves, as Zoology splits its vocabulary (keys below
+  ``vocab_size // 2``, values above)."""
+  half = int(tc.alphabet_size) // 2
+  return SYMBOLS[:half], SYMBOLS[half:2 * half]
+
+
+def _mqar(rng, n, tc, depth=None):
+  """Multi-query associative recall (Arora et al. 2023, "Zoology";
+  zoology/data/multiquery_ar.py).
+
+  n pairs of a key and a value, keys and values each drawn without
+  replacement from their half of the symbols (``mqar_vocabulary``); then
+  every key once, as Zoology queries every key (one query per pair, which
+  also keeps the width fixed), in a uniformly random order. The answer is
+  the values of the queried keys, in query order. Zoology puts each query
+  at a power-law gap among random tokens and asks for its value right
+  after it; here the queries follow ``|`` together and the values come
+  after ``=``.
+  """
+  keys_from, values_from = mqar_vocabulary(tc)
+  keys = rng.choice(list(keys_from), size=n, replace=False)
+  values = rng.choice(list(values_from), size=n, replace=False)
+  order = rng.permutation(n)
+  pairs = ''.join(k + v for k, v in zip(keys, values))
+  return (pairs + '|' + ''.join(keys[order]) + '=',
+          ''.join(values[order]))
+
+
+def _flip_flop(rng, n, tc, depth=None):
+  """Flip-flop language (Liu et al. 2023, "Exposing Attention Glitches
+  with Flip-Flop Language Modeling", FFL(p)).
+
+  n instructions, each followed by a bit, then a final read ``r``: the
+  first is a write ``w``; the others are ignore ``i`` with probability
+  ``p = task.flip_flop_p_ignore`` and write or read with ``(1 - p) / 2``
+  each (the paper's FFL(p): 0.8 for training, 0.98 sparse, 0.1 dense).
+  Write and ignore bits are uniform; a read's bit is the last written bit.
+  The answer is the bit of the final read (the paper scores every read;
+  here the earlier reads show their correct bit in the prompt). The
+  paper's length T counts tokens: T = 2 (n + 1).
+  """
+  p = float(tc.flip_flop_p_ignore)
+  ops = [WRITE] + list(rng.choice([WRITE, IGNORE, READ], size=n - 1,
+                                  p=[(1 - p) / 2, p, (1 - p) / 2]))
+  bits = rng.integers(0, 2, size=n)
+  state, text = '', []
+  for op, bit in zip(ops, bits):
+    if op == WRITE:
+      state = str(bit)
+    text.append(op + (state if op == READ else str(bit)))
+  return ''.join(text) + READ + '=', state
+
+
+def _names(rng, count: int, letters: int, alphabet: str) -> list[str]:
+  """``count`` distinct names of ``letters`` uniform letters each."""
+  names: list[str] = []
+  while len(names) < count:
+    name = ''.join(rng.choice(list(alphabet), size=letters))
+    if name not in names:
+      names.append(name)
+  return names
+
+
+def _digits(rng, count: int) -> str:
+  return ''.join(str(d) for d in rng.integers(0, 10, size=count))
+
+
+def _haystack(n: int, slots: Sequence[int], lines: Sequence[str]) -> str:
+  """n filler sentences with ``lines[j]`` before filler sentence
+  ``slots[j]`` (``slots`` sorted; n: after the last one)."""
+  out, j = [], 0
+  for i in range(n + 1):
+    while j < len(lines) and slots[j] == i:
+      out.append(lines[j])
+      j += 1
+    if i < n:
+      out.append(FILLER[i % len(FILLER)])
+  return ''.join(out)
+
+
+def _multi_key_niah(rng, n, tc, depth=None):
+  """Multi-key needle in a haystack (RULER, Hsieh et al. 2024,
+  ``niah_multikey_1``; scripts/data/synthetic/niah.py).
+
+  ``NIAH_KEYS`` = 4 key lines ``the pass key of <name> is <digits>. ``
+  (distinct names of 3 lowercase letters, ``KEY_DIGITS`` uniform digits)
+  among n filler sentences (``FILLER``, the passkey haystack): as RULER
+  places its needles, 4 distinct depths are drawn from its 40 depths
+  (``RULER_DEPTHS``, 0 to 100%) and the lines go before filler sentence
+  ``n * depth // 100``, in order of depth. Then ``what is the pass key of
+  <name>? `` for one of the 4 keys, drawn uniformly; the answer is its
+  digits. ``depth`` is ignored.
+  """
+  names = _names(rng, NIAH_KEYS, NAME_LETTERS, string.ascii_lowercase)
+  lines = [NIAH_LINE.format(name, _digits(rng, KEY_DIGITS))
+           for name in names]
+  depths = rng.choice(len(RULER_DEPTHS), size=NIAH_KEYS, replace=False)
+  slots = sorted(n * RULER_DEPTHS[d] // 100 for d in depths)
+  q = int(rng.integers(0, NIAH_KEYS))
+  key = lines[q][-2 - KEY_DIGITS:-2]
+  return _haystack(n, slots, lines) + NIAH_QUESTION.format(names[q]), key
+
+
+def _variable_tracking(rng, n, tc, depth=None):
+  """Variable tracking (RULER, Hsieh et al. 2024, ``vt``: one chain of 4
+  hops in a noise haystack; scripts/data/synthetic/variable_tracking.py).
+
+  Five distinct variables of 5 uppercase letters; the statements
+  ``VAR X1 = v. ``, ``VAR X2 = VAR X1. `` ... ``VAR X5 = VAR X4. `` with v
+  uniform in ``[10000, 99998]`` (RULER's ``randint(10000, 99999)``) are put,
+  in chain order, before 5 distinct filler sentences drawn uniformly among
+  the n (RULER's ``random.sample``; for n < 5, where that fails, drawn
+  with replacement). Then ``which variables are assigned the value v? ``;
+  the answer is the 5 variables in chain order, separated by spaces.
+  ``depth`` is ignored.
+  """
+  names = _names(rng, VT_HOPS + 1, VT_LETTERS, string.ascii_uppercase)
+  value = int(rng.integers(10000, 99999))
+  lines = [VT_VALUE.format(names[0], value)] + [
+      VT_HOP.format(names[j + 1], names[j]) for j in range(VT_HOPS)]
+  if n >= len(lines):
+    slots = sorted(rng.choice(n, size=len(lines), replace=False))
+  else:
+    slots = sorted(rng.integers(0, n, size=len(lines)))
+  return (_haystack(n, [int(s) for s in slots], lines)
+          + VT_QUESTION.format(value), ' '.join(names))
+
+
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task('copy', _copy, 2, 1, doc='x=x'),
     Task('reverse', _reverse, 2, 1, doc='x=reversed x'),
@@ -466,6 +681,23 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          doc='stack then actions=final stack, top first#0..'),
     Task('modular_arithmetic_brackets', _modular_brackets, 1, 2,
          doc='bracketed expression=value mod m'),
+    Task('induction_heads', _induction_heads, 1, 3,
+         doc='symbols with a trigger, trigger=symbol after the trigger'),
+    Task('mqar', _mqar, 4, 2, limit=lambda tc: int(tc.alphabet_size) // 2,
+         doc='pairs|every key=their values'),
+    Task('flip_flop', _flip_flop, 2, 3,
+         doc='w/i/r instructions with bits, r=last written bit'),
+    Task('multi_key_niah', _multi_key_niah, SENTENCE,
+         NIAH_KEYS * len(NIAH_LINE.format('a' * NAME_LETTERS,
+                                          '0' * KEY_DIGITS))
+         + len(NIAH_QUESTION.format('a' * NAME_LETTERS)) + KEY_DIGITS,
+         doc='filler with 4 key lines, question for one=its key'),
+    Task('variable_tracking', _variable_tracking, SENTENCE,
+         len(VT_VALUE.format('A' * VT_LETTERS, '0' * 5))
+         + VT_HOPS * len(VT_HOP.format('A' * VT_LETTERS, 'A' * VT_LETTERS))
+         + len(VT_QUESTION.format('0' * 5))
+         + (VT_HOPS + 1) * (VT_LETTERS + 1) - 1,
+         doc='filler with a chain of assignments, value?=the variables'),
 )}
 
 
@@ -489,6 +721,7 @@ def default_config() -> ml_collections.ConfigDict:
       'alphabet_size': 8,         # symbols a-z A-Z used (and recall keys)
       'modulus': 5,               # MODULAR tasks; <= 10 (one digit)
       'depths': (0.0, 0.25, 0.5, 0.75, 1.0),  # passkey key depths evaluated
+      'flip_flop_p_ignore': 0.8,  # FFL(p): 0.8 train, 0.98 sparse, 0.1 dense
       'eos': True,                # end each answer with EOD, scored too
   })
 
@@ -555,6 +788,13 @@ def check(config) -> str | None:
     if not tc.depths or bad:
       return ('config.task.depths must be a non-empty list of fractions in '
               f'[0, 1], got {tuple(tc.depths)!r}.')
+  if tc.name == 'flip_flop':
+    p = tc.flip_flop_p_ignore
+    if (isinstance(p, bool) or not isinstance(p, (int, float))
+        or not 0.0 <= p <= 1.0):
+      return ('config.task.flip_flop_p_ignore must be a probability in '
+              f'[0, 1] (FFL(p): 0.8 trains, 0.98 is sparse, 0.1 dense), got '
+              f'{p!r}.')
   if not isinstance(tc.eos, bool):
     return f'config.task.eos must be True or False, got {tc.eos!r}.'
   for n in tc.eval_lengths:
@@ -568,10 +808,12 @@ def check(config) -> str | None:
       bad, what = tc.train_max_length, 'train_max_length'
     else:
       bad, what = longest, 'longest evaluation length'
+    half = ' (mqar: half are keys, half values)' if tc.name == 'mqar' else ''
     return (f'{tc.name} length {bad} (config.task {what}) needs {bad} '
             f'distinct keys, but config.task.alphabet_size={tc.alphabet_size} '
-            f'gives only {limit}. Raise alphabet_size (max {len(SYMBOLS)}) '
-            'or use shorter lengths (task.eval_lengths / eval_multiple).')
+            f'gives only {limit}{half}. Raise alphabet_size (max '
+            f'{len(SYMBOLS)}) or use shorter lengths (task.eval_lengths / '
+            'eval_multiple).')
   need = sequence_length(tc, tc.train_max_length)
   if need > config.train.seq_len:
     return (f'{tc.name} at config.task.train_max_length='
@@ -680,6 +922,6 @@ def eval_batch(config, *, length: int, count: int, seed: int,
 def split_answer(tc, tokens) -> tuple[str, str]:
   """(prompt, answer) text of one example's tokens (EOD and padding cut)."""
   text = tokenizer.decode([t for t in np.asarray(tokens) if t != PAD])
-  cut = (text.rindex(QUESTION) + len(QUESTION) if tc.name == 'passkey'
+  cut = (text.rindex('? ') + 2 if tc.name in QUESTION_TASKS
          else text.rindex('=') + 1)
   return text[:cut], text[cut:]
