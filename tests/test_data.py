@@ -2,17 +2,18 @@
 
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 
+from lmx import defaults
 from lmx.data import corpus, tokenizer, windows
 
 
 def _data_cfg(source, cache_dir, fraction=0.5):
-  return ml_collections.ConfigDict(dict(
-      source=source, cache_dir=cache_dir, validation_fraction=fraction,
-      text_key='text'))
+  """``config.data`` as lmx/defaults.py sets it, with these fields."""
+  c = defaults.get_config().data
+  c.update(source=source, cache_dir=cache_dir, validation_fraction=fraction)
+  return c
 
 
 def _write(folder, name, data: bytes):
