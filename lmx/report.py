@@ -420,9 +420,10 @@ def _mrr_label(g: dict, vary_sampling: bool) -> str:
   return name
 
 
-def mrr_table(groups) -> tuple[dict, dict, list[str]]:
+def mrr_table(groups) -> tuple[dict, dict, list[str], dict]:
   """From task groups: ({task: {label: {length: mean accuracy over
-  seeds}}}, {task: training length}, notes).
+  seeds}}}, {task: training length}, notes, {label: (position,
+  train_sampling, eval_sampling)}).
 
   A label is the encoding, plus the sampling where that varies among the
   task groups. Groups of one task that share a label (they differ in
@@ -434,8 +435,10 @@ def mrr_table(groups) -> tuple[dict, dict, list[str]]:
   runs: dict[str, dict[str, list]] = {}
   counts: dict[tuple, int] = {}
   train_lengths: dict[str, int] = {}
+  sampling: dict[str, tuple] = {}
   for g in tg:
     task, l = g['task'] or 'task', _mrr_label(g, vary)
+    sampling[l] = (g['position'], g['train_sampling'], g['eval_sampling'])
     runs.setdefault(task, {}).setdefault(l, []).extend(g['runs'])
     counts[task, l] = counts.get((task, l), 0) + 1
     train_lengths[task] = max(train_lengths.get(task, 0), g['train_length'])
@@ -446,7 +449,7 @@ def mrr_table(groups) -> tuple[dict, dict, list[str]]:
                       for s in aggregate({'runs': rs}, 'accuracy')}
                   for l, rs in by_label.items()}
            for task, by_label in runs.items()}
-  return table, train_lengths, notes
+  return table, train_lengths, notes, sampling
 
 
 def _ranks(values: dict[str, float]) -> dict[str, float]:
@@ -679,7 +682,7 @@ def write(workdirs, out_dir: str, title: str = 'sweep') -> list[str]:
     all_rows += csv_rows(tg, labels)
 
   if tasks:
-    accuracy, train_lengths, notes = mrr_table(groups)
+    accuracy, train_lengths, notes, sampling = mrr_table(groups)
     try:
       result = mean_reciprocal_rank(accuracy, train_lengths)
     except ValueError as e:
@@ -689,10 +692,6 @@ def write(workdirs, out_dir: str, title: str = 'sweep') -> list[str]:
       plot_mrr(result, os.path.join(out_dir, 'mrr.png'))
       written.append('mrr.png')
       md += mrr_markdown(result, train_lengths)
-      tg = [g for g in groups if g['kind'] == 'task']
-      vary = len({(g['train_sampling'], g['eval_sampling']) for g in tg}) > 1
-      sampling = {_mrr_label(g, vary): (g['position'], g['train_sampling'],
-                                        g['eval_sampling']) for g in tg}
       all_rows += mrr_csv_rows(result, sampling)
 
   lm_runs = [r for r in runs if r['kind'] == 'lm']

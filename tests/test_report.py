@@ -217,7 +217,7 @@ def _mrr_sweep(root):
 
 def test_mean_reciprocal_rank_by_hand(tmp_path):
   dirs = _mrr_sweep(str(tmp_path))
-  table, train_lengths, notes = report.mrr_table(
+  table, train_lengths, notes, _ = report.mrr_table(
       report.group(report.load(dirs)))
   assert notes == [] and train_lengths == {'copy': 8, 'reverse': 8}
   assert table['copy']['alibi'][16] == pytest.approx(0.9)      # seeds mean
@@ -298,7 +298,7 @@ def test_mrr_refuses_one_label_and_skips_tasks_without_extrapolation(
                                            'randomized'), seed=0),
           _write(root, 'sort-rc', _task_at('sort', 'rope', {4: 1.0, 8: 0.9}),
                  seed=0)]
-  table, train_lengths, _ = report.mrr_table(report.group(report.load(dirs)))
+  table, train_lengths, _, _ = report.mrr_table(report.group(report.load(dirs)))
   result = report.mean_reciprocal_rank(table, train_lengths)
   assert result['cells'] == [('copy', 16)]
   assert result['mrr'] == {'rope (randomized)': 1.0, 'rope (contiguous)': 0.5}

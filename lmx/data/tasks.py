@@ -282,12 +282,10 @@ def passkey_index(n: int, depth: float) -> int:
 
 
 def _passkey(rng, n, tc, depth=None):
-  key = ''.join(str(d) for d in rng.integers(0, 10, size=KEY_DIGITS))
+  key = _digits(rng, KEY_DIGITS)
   at = (int(rng.integers(0, n + 1)) if depth is None
         else passkey_index(n, depth))
-  filler = [FILLER[i % len(FILLER)] for i in range(n)]
-  text = ''.join(filler[:at]) + KEY_LINE.format(key) + ''.join(filler[at:])
-  return text + QUESTION, key
+  return _haystack(n, [at], [KEY_LINE.format(key)]) + QUESTION, key
 
 
 # Tasks of Deletang et al. 2023, "Neural Networks and the Chomsky Hierarchy"
