@@ -28,13 +28,19 @@ if it were at ``window + leak * (d - window)``. The far pairs are scored by a
 second *branch*: the same queries and keys, turned (and biased) by the
 encoding's own hooks at the far positions of ``Clamp.far_positions``. That
 is how ReRoPE, Leaky ReRoPE and LM-Infinite's distance limit act on any
-encoding through its position arrays.
+encoding through its position arrays; Self-Extend's grouped positions
+(``SelfExtend``) are one more far branch of the same kind.
+
+log-n scaling (``logn_query_scale``) multiplies the queries by a function of
+their own positions before either branch, so it too is the same in every
+backend and in decoding.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -105,6 +111,45 @@ class Clamp:
     qf = q_pos_BxT.astype(jnp.float32) * self.leak + (
         (1.0 - self.leak) * self.window)
     return qf, k_pos_BxS.astype(jnp.float32) * self.leak
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfExtend:
+  """Self-Extend's grouped attention (Jin et al. 2024, "LLM Maybe LongLM:
+  Self-Extend LLM Context Window Without Tuning", Sec. 3; as its released
+  code computes the positions).
+
+  Pairs closer than the neighbour window ``W = window`` keep their
+  positions. Pairs at distance ``>= W`` are scored at grouped positions:
+  the key at ``k // G`` and the query at ``q // G + W - W // G``
+  (``G = group``), shifted so that the grouped distances continue where the
+  neighbour ones stop (distance ``W`` maps to about ``W``). The largest
+  distance of a length-n window becomes about ``(n - 1) / G + W - W / G``.
+  Positions stay integers, so it acts on any relative encoding's rotation
+  or bias through the far branch, exactly as the distance clamps do.
+  ``G = 1`` is the identity.
+  """
+
+  window: int
+  group: int
+
+  def far_positions(self, q_pos_BxT: jax.Array, k_pos_BxS: jax.Array):
+    """``(q // G + W - W // G, k // G)`` (integer division)."""
+    g, w = self.group, self.window
+    qf = jnp.floor_divide(q_pos_BxT, g) + (w - w // g)
+    return qf.astype(q_pos_BxT.dtype), jnp.floor_divide(k_pos_BxS, g)
+
+
+def logn_query_scale(q_pos_BxT: jax.Array, base_len: int) -> jax.Array:
+  """log-n attention scaling: ``max(1, log(p + 1) / log L)`` for a query
+  at position ``p`` (Su 2021's entropy-invariant scaling, and the ReRoPE
+  and Self-Extend authors' patches, which multiply the queries by it).
+  ``[B, T]`` float32; 1 up to position ``L - 1``."""
+  p = q_pos_BxT.astype(jnp.float32)
+  return jnp.maximum(1.0, jnp.log(p + 1.0) / math.log(base_len))
+
+
+LENGTH_SCALINGS = ('off', 'logn')
 
 
 class Branch(NamedTuple):

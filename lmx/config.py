@@ -188,6 +188,26 @@ def _check_attention(config, encoding) -> None:
   require(not (window and limit),
           'config.model.rerope.window and config.model.lm_infinite.'
           'distance_limit both clamp distances; set one of them to 0.')
+  se_window = f.int('model.self_extend.window', 0)
+  f.int('model.self_extend.group', 1)
+  require(not se_window or not (window or limit),
+          'config.model.self_extend.window and '
+          + ('config.model.rerope.window' if window else
+             'config.model.lm_infinite.distance_limit')
+          + ' both rescore distant pairs; set one of them to 0.')
+  require(not se_window or encoding.relative(),
+          f'config.model.self_extend.window={se_window} regroups the '
+          f'positions that the rotation or the bias sees, but the '
+          f'{m.position!r} encoding has neither (it adds its positions to the '
+          'embeddings, or has none). Use a relative encoding (rope, alibi, '
+          't5, kerple, xpos), or set config.model.self_extend.window=0.')
+  kind = f.choice('model.length_scaling.kind', attention.LENGTH_SCALINGS)
+  base_len = f.int('model.length_scaling.base_len', 0)
+  require(kind == 'off' or base_len >= 2,
+          f"config.model.length_scaling.kind={kind!r} scales queries by "
+          'log(p + 1) / log(base_len), which needs base_len >= 2, but it is '
+          f'{base_len}. Set config.model.length_scaling.base_len to the '
+          "training length (config.train.seq_len), or kind='off'.")
 
 
 def eval_lengths(config: ml_collections.ConfigDict,

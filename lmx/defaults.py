@@ -133,6 +133,14 @@ def get_config(arg: str | None = None,
   # with distance_limit > 0 (the pretraining length) no distance beyond it.
   c.model.lm_infinite = ml_collections.ConfigDict(
       {'n_global': 0, 'n_local': 0, 'distance_limit': 0})
+  # Self-Extend (Jin et al. 2024): pairs at distance >= window are scored
+  # at grouped positions (query q // group + window - window // group, key
+  # k // group). window 0 = off.
+  c.model.self_extend = ml_collections.ConfigDict({'window': 0, 'group': 2})
+  # Length scaling of the queries: 'logn' multiplies a query at position p
+  # by max(1, log(p + 1) / log(base_len)) (base_len: the training length).
+  c.model.length_scaling = ml_collections.ConfigDict(
+      {'kind': 'off', 'base_len': 0})
   # Each encoding's own settings, at config.model.<name>.
   for name, encoding in positions.REGISTRY.items():
     c.model[name] = encoding.default_config()
@@ -196,9 +204,20 @@ def get_config(arg: str | None = None,
 
 def complete(saved: dict) -> dict:
   """``saved`` (a config read from JSON) with every field it lacks taken
-  from ``get_config()``: the fields added since it was written, whose
-  defaults are the behaviour such runs had (e.g. ``rope.scaling='none'``).
-  Fields it has are never changed. Returns ``saved``, completed in place."""
+  from ``get_config()``: the fields added since it was written. Where such
+  a run had another behaviour than today's default, the encoding says so
+  (``PositionEncoding.former_defaults``: KERPLE's per-layer parameters,
+  YaRN's ramp on turns), and that value is filled in instead. Fields it has
+  are never changed. Returns ``saved``, completed in place."""
+  model = saved.get('model')
+  if isinstance(model, dict):
+    for name, encoding in positions.REGISTRY.items():
+      former = encoding.former_defaults(model)
+      if former:
+        section = model.setdefault(name, {})
+        if isinstance(section, dict):
+          for key, value in former.items():
+            section.setdefault(key, value)
   _fill(saved, get_config().to_dict())
   return saved
 

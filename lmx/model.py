@@ -5,8 +5,8 @@ token embedding -> position.embed -> N x [pre-norm causal self-attention
 final norm -> LM head.
 
 The model never branches on the encoding's name: it builds the encoding from
-the registry and calls its three hooks. An encoding with ``per_layer = True``
-gets one instance per block (the first also serves ``embed``), otherwise one
+the registry and calls its three hooks. A per-layer encoding
+(``is_per_layer``) gets one instance per block (the first also serves ``embed``), otherwise one
 instance is shared by the embedding and every block.
 
 Dense products go through ``lmx.ops`` (the plain product, or on CPU the
@@ -66,6 +66,8 @@ class Attention(nnx.Module):
     self.threshold = int(cfg.chunk_threshold)
     self.mask = mask_from_config(cfg)
     self.clamp = clamp_from_config(cfg)
+    scaling = cfg.length_scaling
+    self.logn_len = (int(scaling.base_len) if scaling.kind == 'logn' else 0)
     # Set by evaluation (lmx.evaluation.attention_diagnostics) to sow
     # attention statistics; training never pays for them.
     self.collect_stats = False
@@ -99,6 +101,11 @@ class Attention(nnx.Module):
     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (
         ops.dense(self.qkv, x_BxTxD, slice(i * d, (i + 1) * d)).reshape(
             b, t, self.num_heads, self.head_dim) for i in range(3))
+    if self.logn_len:
+      scale_BxTx1x1 = attention.logn_query_scale(
+          positions_BxT, self.logn_len)[:, :, None, None]
+      q_BxTxHxK = (q_BxTxHxK.astype(jnp.float32) * scale_BxTx1x1).astype(
+          q_BxTxHxK.dtype)
     window = self.clamp.window if self.clamp is not None else 0
     # Decoding with static keys: turn the new queries and keys once, and
     # cache the keys turned (see the class docstring).
@@ -142,13 +149,17 @@ def mask_from_config(cfg: ml_collections.ConfigDict) -> attention.Mask:
   return attention.Mask(n_global=int(lm.n_global), n_local=int(lm.n_local))
 
 
-def clamp_from_config(cfg: ml_collections.ConfigDict) -> Optional[attention.Clamp]:
-  """ReRoPE's window (``cfg.rerope``) or LM-Infinite's distance limit."""
-  rerope, lm = cfg.rerope, cfg.lm_infinite
+def clamp_from_config(cfg: ml_collections.ConfigDict):
+  """The far branch: ReRoPE's window (``cfg.rerope``), LM-Infinite's
+  distance limit, or Self-Extend's grouped positions (``cfg.self_extend``);
+  None without any (the config check allows one at most)."""
+  rerope, lm, se = cfg.rerope, cfg.lm_infinite, cfg.self_extend
   if int(rerope.window) > 0:
     return attention.Clamp(int(rerope.window), float(rerope.leak))
   if int(lm.distance_limit) > 0 and int(lm.n_local) > 0:
     return attention.Clamp(int(lm.distance_limit), 0.0)
+  if int(se.window) > 0:
+    return attention.SelfExtend(int(se.window), int(se.group))
   return None
 
 
@@ -200,7 +211,7 @@ class Transformer(nnx.Module):
     self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model,
                            embedding_init=nnx.initializers.normal(1.0),
                            rngs=rngs)
-    if encoding_cls.per_layer:
+    if encoding_cls.is_per_layer(cfg):
       layer_positions = [encoding_cls(cfg, rngs=rngs)
                          for _ in range(cfg.num_layers)]
     else:

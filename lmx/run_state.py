@@ -20,6 +20,7 @@ from flax import nnx
 
 from lmx import checkpoint
 from lmx import model as model_lib
+from lmx import positions as positions_lib
 
 
 def make_schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
@@ -40,10 +41,32 @@ def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation
 
 
 def init_model(config: ml_collections.ConfigDict):
-  """(graphdef, params as a pure dict) of a freshly initialised model."""
+  """(graphdef, params as a pure dict) of a freshly initialised model,
+  inside the encoding's parameter bounds (``project``)."""
   model = model_lib.build(config.model, config.seed)
   graphdef, state = nnx.split(model)
-  return graphdef, nnx.to_pure_dict(state)
+  return graphdef, project(config)(nnx.to_pure_dict(state))
+
+
+def project(config: ml_collections.ConfigDict) -> Callable[[dict], dict]:
+  """``params -> params`` with the position encoding's parameters clipped
+  into its ``param_bounds`` (the identity for encodings without any). The
+  train step applies it after every update, so a stored parameter pushed
+  past a bound restarts from the bound (KERPLE's released code projects
+  its parameters the same way)."""
+  bounds = positions_lib.get_encoding(config.model.position).param_bounds(
+      config.model)
+  if not bounds:
+    return lambda params: params
+
+  def leaf(path, x):
+    keys = [getattr(k, 'key', getattr(k, 'idx', k)) for k in path]
+    if 'position' in keys and keys[-1] in bounds:
+      lo, hi = bounds[keys[-1]]
+      return jnp.clip(x, lo, hi)
+    return x
+
+  return lambda params: jax.tree_util.tree_map_with_path(leaf, params)
 
 
 def abstract_model(config: ml_collections.ConfigDict):

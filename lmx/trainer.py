@@ -39,7 +39,7 @@ from lmx import model as model_lib
 from lmx import positions
 from lmx import sharding
 from lmx.run_state import (abstract_state, apply_fn, init_model, init_state,
-                           make_optimizer, make_schedule)
+                           make_optimizer, make_schedule, project)
 from lmx.data import corpus, tasks, windows
 
 log = logging.getLogger('lmx')
@@ -63,6 +63,7 @@ def make_train_step(graphdef, tx, config, mesh=None,
   schedule = make_schedule(config.train)
   use_dropout = config.model.dropout > 0
   guard = config.train.max_nonfinite_skips > 0
+  constrain = project(config)
 
   def loss_fn(params, batch, key):
     logits = apply(params, batch['inputs'], batch['positions'],
@@ -79,7 +80,7 @@ def make_train_step(graphdef, tx, config, mesh=None,
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-    params = optax.apply_updates(state['params'], updates)
+    params = constrain(optax.apply_updates(state['params'], updates))
     if guard:
       keep_old = lambda new, old: jax.tree.map(
           lambda n, o: jnp.where(finite, n, o), new, old)

@@ -43,6 +43,11 @@ VARIANTS = {
                      'lm_infinite.distance_limit': 9},
     'rerope': {'rerope.window': 5},
     'leaky_rerope': {'rerope.window': 5, 'rerope.leak': 0.25},
+    # Self-Extend's grouped positions, a far branch of integer positions.
+    'self_extend': {'self_extend.window': 5, 'self_extend.group': 3},
+    # ReRoPE with log-n query scaling, as the ReRoPE author's patch runs it.
+    'rerope_logn': {'rerope.window': 5, 'length_scaling.kind': 'logn',
+                    'length_scaling.base_len': 8},
 }
 # Seen from the attention, an encoding does nothing there (none, learned,
 # sinusoidal: they act on the embedding), turns q and k (rope, xpos) or adds
@@ -64,6 +69,10 @@ def _cases(variant):
     return {e: (MULTI_TILE,) for e in REPRESENTATIVE}
   if variant == 'lambda_limit':
     return {e: (MULTI_TILE,) for e in ENCODINGS}
+  if variant == 'self_extend':
+    return {e: (MULTI_TILE,) for e in REPRESENTATIVE}
+  if variant == 'rerope_logn':
+    return {'rope': (MULTI_TILE,)}
   return {e: (MULTI_TILE,) for e in ROTARY}   # rerope, leaky_rerope
 
 
@@ -407,11 +416,100 @@ def test_rerope_window_at_least_t_is_rope(backend):
   assert _max_abs(logits[4] - logits[0]) > 1e-3
 
 
+@pytest.mark.parametrize('backend', ['dense', 'chunked'])
+def test_self_extend_window_at_least_t_or_group_one_is_plain(backend):
+  # Within the neighbour window nothing changes, and G = 1 groups nothing.
+  t = 37
+  settings = ((0, 2), (t, 3), (5, 1), (t + 10, 4), (5, 3))
+  for enc in ('rope', 'alibi'):
+    cfgs = [_config(enc, backend, self_extend__window=w, self_extend__group=g)
+            for w, g in settings]
+    logits = [x[0] for x in _forward_all(cfgs, t)]
+    for k in (1, 2, 3):
+      np.testing.assert_allclose(logits[k], logits[0], atol=1e-6, rtol=0,
+                                 err_msg=f'{enc} {settings[k]}')
+    assert _max_abs(logits[4] - logits[0]) > 1e-3, enc
+
+
+def test_self_extend_far_positions_by_hand():
+  # W = 4, G = 3: query q -> q // 3 + 4 - 4 // 3 = q // 3 + 3, key k -> k // 3.
+  se = A.SelfExtend(4, 3)
+  q = jnp.array([[4, 10, 35]])
+  k = jnp.array([[0, 2, 9]])
+  fq, fk = se.far_positions(q, k)
+  np.testing.assert_array_equal(fq, [[4, 6, 14]])
+  np.testing.assert_array_equal(fk, [[0, 0, 3]])
+  assert jnp.issubdtype(fq.dtype, jnp.integer)
+  # Distance W = 4 (q 4, k 0) maps to 4: the grouped distances go on where
+  # the neighbour ones stop. Every pair, against the formula.
+  pos = jnp.arange(60)[None]
+  fq, fk = se.far_positions(pos, pos)
+  d = np.asarray(fq)[0][:, None] - np.asarray(fk)[0][None, :]
+  i, j = np.meshgrid(np.arange(60), np.arange(60), indexing='ij')
+  np.testing.assert_array_equal(d, i // 3 - j // 3 + 4 - 1)
+  # Along the window's edge (i - j = W) the grouped distance stays within
+  # G - 1 of W.
+  edge = d[np.arange(4, 60), np.arange(0, 56)]
+  assert edge.min() >= 4 - 1 and edge.max() <= 4 + 2
+
+
+def test_rope_self_extend_scores_at_the_grouped_distance():
+  # Through attention.scores: beyond the window a pair scores RoPE at the
+  # grouped distance; within it, at its own.
+  t, h, k, w, g = 14, 2, 8, 4, 3
+  rng = np.random.default_rng(8)
+  q = jnp.asarray(rng.normal(size=(1, t, h, k)), jnp.float32)
+  kk = jnp.asarray(rng.normal(size=(1, t, h, k)), jnp.float32)
+  pos = jnp.arange(t, dtype=jnp.int32)[None]
+  inv = P.rope_inv_freq(k)
+  rot = lambda x, p: P.apply_rope(x, p, inv)
+  fq, fk = A.SelfExtend(w, g).far_positions(pos, pos)
+  near = A.Branch(rot(q, pos), rot(kk, pos), pos, pos)
+  far = A.Branch(rot(q, fq), rot(kk, fk), fq, fk)
+  got = np.asarray(A.scores(near, far, w, None))[0]
+  beyond = 0
+  for i in range(t):
+    for j in range(i + 1):
+      eff = i - j if i - j < w else i // g - j // g + w - w // g
+      qi = rot(q[:, i:i + 1], jnp.full((1, 1), 30))
+      kj = rot(kk[:, j:j + 1], jnp.full((1, 1), 30 - eff))
+      want = np.einsum('hk,hk->h', qi[0, 0], kj[0, 0]) / np.sqrt(k)
+      np.testing.assert_allclose(got[:, i, j], want, atol=2e-5, rtol=0,
+                                 err_msg=f'i={i} j={j}')
+      beyond += i - j >= w and eff != i - j
+  assert beyond > 0
+
+
+def test_logn_query_scale_by_hand():
+  # L = 8: p = 0..7 -> 1 (log(p + 1) <= log 8); p = 15 -> log 16 / log 8 =
+  # 4/3; p = 63 -> log 64 / log 8 = 2.
+  got = A.logn_query_scale(jnp.array([[0, 3, 7, 15, 63]]), 8)
+  np.testing.assert_allclose(got, [[1, 1, 1, 4 / 3, 2]], rtol=1e-6)
+  assert float(got[0, 2]) == 1.0
+
+
+@pytest.mark.parametrize('backend', ['dense', 'chunked'])
+def test_logn_up_to_its_length_is_plain_and_scales_beyond(backend):
+  # Positions of _inputs(37) reach at most 3 * 37 + 4 = 115 < 116.
+  t = 37
+  cfgs = [_config('rope', backend),
+          _config('rope', backend, length_scaling__kind='logn',
+                  length_scaling__base_len=116),
+          _config('rope', backend, length_scaling__kind='logn',
+                  length_scaling__base_len=8)]
+  logits = [x[0] for x in _forward_all(cfgs, t)]
+  np.testing.assert_array_equal(logits[1], logits[0])
+  assert _max_abs(logits[2] - logits[0]) > 1e-3
+
+
 @pytest.mark.parametrize('variant', ['causal', 'lambda', 'lambda_limit',
-                                     'leaky_rerope'])
+                                     'leaky_rerope', 'self_extend',
+                                     'rerope_logn'])
 def test_future_tokens_never_change_earlier_logits(variant):
   t, changed_at = 37, (0, 8, 20, 36)
-  encodings = ('rope', 'alibi') if variant != 'leaky_rerope' else ('rope',)
+  encodings = (('rope', 'alibi') if variant not in ('leaky_rerope',
+                                                    'rerope_logn')
+               else ('rope',))
   cfgs = [_variant_config(enc, 'chunked', variant, block=4)
           for enc in encodings]
   x, _, _ = _inputs(t)
@@ -723,6 +821,41 @@ BAD = {
              model__rope__scaling='dynamic', model__rope__factor=1.0,
              model__rope__original_max_len=16),
         ['config.model.rope.scaling', 'distance_limit']),
+    'self-extend with dynamic ntk': (
+        dict(model__self_extend__window=8, model__rope__scaling='dynamic',
+             model__rope__factor=1.0, model__rope__original_max_len=16),
+        ['config.model.rope.scaling', 'self_extend.window']),
+    'self-extend with longrope': (
+        dict(model__self_extend__window=8, model__rope__scaling='longrope',
+             model__rope__factor=4.0, model__rope__original_max_len=16,
+             model__rope__long_factor=(2.0,) * 8),
+        ['config.model.rope.scaling', 'self_extend.window']),
+    'self-extend and rerope': (
+        dict(model__self_extend__window=8, model__rerope__window=16),
+        ['config.model.self_extend.window', 'config.model.rerope.window']),
+    'self-extend and distance limit': (
+        dict(model__self_extend__window=8, model__lm_infinite__n_local=8,
+             model__lm_infinite__distance_limit=16),
+        ['config.model.self_extend.window', 'distance_limit']),
+    'self-extend on sinusoidal': (
+        dict(position='sinusoidal', model__self_extend__window=8),
+        ['config.model.self_extend.window', 'sinusoidal']),
+    'self-extend group 0': (
+        dict(model__self_extend__window=8, model__self_extend__group=0),
+        ['config.model.self_extend.group']),
+    'negative self-extend window': (
+        dict(model__self_extend__window=-1),
+        ['config.model.self_extend.window']),
+    'unknown length scaling': (
+        dict(model__length_scaling__kind='log'),
+        ['config.model.length_scaling.kind', "'logn'"]),
+    'logn without its length': (
+        dict(model__length_scaling__kind='logn'),
+        ['config.model.length_scaling.base_len', 'training length']),
+    'logn length 1': (
+        dict(model__length_scaling__kind='logn',
+             model__length_scaling__base_len=1),
+        ['config.model.length_scaling.base_len']),
 }
 
 

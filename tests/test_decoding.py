@@ -89,6 +89,25 @@ CASES.update({
     'lm_infinite_rope_no_limit': {'position': 'rope',
                                   'model.lm_infinite.n_global': 2,
                                   'model.lm_infinite.n_local': 5},
+    # Self-Extend on a rotary and on a bias encoding; ReRoPE with log-n.
+    'self_extend_rope': {'position': 'rope', 'model.self_extend.window': 4,
+                         'model.self_extend.group': 3},
+    'self_extend_alibi': {'position': 'alibi', 'model.self_extend.window': 4,
+                          'model.self_extend.group': 3},
+    'rerope_logn': {'position': 'rope', 'model.rerope.window': 5,
+                    'model.length_scaling.kind': 'logn',
+                    'model.length_scaling.base_len': 6},
+    # Partial rotary (half the channels of the head of 16) and p-RoPE.
+    'rope_partial': {'position': 'rope', 'model.rope.partial': 0.5},
+    'p_rope': {'position': 'rope', 'model.rope.p': 0.5},
+    # LongRoPE switches to its long factors past original_max_len = 8 (one
+    # layer: see the test).
+    'rope_longrope': {'position': 'rope', 'model.num_layers': 1,
+                      'model.rope.scaling': 'longrope',
+                      'model.rope.factor': 2.0,
+                      'model.rope.original_max_len': 8,
+                      'model.rope.long_factor': (1.0, 1.5, 2.0, 2.0, 4.0,
+                                                 4.0, 8.0, 8.0)},
 })
 
 
@@ -99,7 +118,7 @@ def test_incremental_decoding_matches_forward(case):
   model = model_lib.build(c.model, 0)
   tokens = tokens_1xT(12)
   got, want, _ = decode_all(model, tokens, n_prompt=5)
-  if case == 'rope_dynamic':
+  if case in ('rope_dynamic', 'rope_longrope'):
     # Dynamic NTK scales by the current length (largest position + 1): the
     # token at i is scored as a forward pass over the first i + 1 tokens
     # would score it, not as one over all 12. The cached keys are turned at
@@ -107,7 +126,8 @@ def test_incremental_decoding_matches_forward(case):
     # layer the cached keys of deeper layers also depend on hidden states
     # computed at the scale of their own time, so past original_max_len
     # decoding differs slightly from recomputing every prefix (as with any
-    # KV cache under dynamic NTK).
+    # KV cache under dynamic NTK). LongRoPE's switch from its short to its
+    # long factors follows the length the same way.
     full, want = want, prefix_logits(model, tokens)
     assert np.abs(np.asarray(full - want)).max() > 1e-3  # scaling is active
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)

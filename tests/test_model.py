@@ -116,27 +116,39 @@ def test_t5_table_is_shared_by_all_layers():
   assert _param_count(model) - _param_count(_model('none')) == 32 * 2
 
 
-def test_kerple_has_its_own_parameters_in_every_layer():
+def test_kerple_parameters_are_shared_by_all_layers_by_default():
+  # The paper's Fig. 1 caption and its released code: one set per head,
+  # handed to every layer.
   model = _model('kerple')
+  assert not P.Kerple.is_per_layer(_model_cfg('kerple'))
+  assert model.blocks[0].attn.position is model.blocks[1].attn.position
+  assert model.blocks[0].attn.position is model.position
+  # (r1, r2) for 2 heads, once.
+  assert _param_count(model) - _param_count(_model('none')) == 2 * 2
+
+
+def _per_layer_kerple():
+  cfg = _model_cfg('kerple')
+  cfg.kerple.per_layer = True
+  return model_lib.build(cfg, seed=0)
+
+
+def test_kerple_per_layer_has_its_own_parameters_in_every_layer():
+  model = _per_layer_kerple()
   first, second = model.blocks[0].attn.position, model.blocks[1].attn.position
   assert first is not second
-  assert type(first).per_layer
   # Separately initialised, so the values differ too.
   assert not np.allclose(first.scale[...], second.scale[...])
   assert not np.allclose(first.shape[...], second.shape[...])
-  # Each instance holds (r1, r2) for the 2 heads.
+  # Each instance holds (r1, r2) for the 2 heads, and there is no extra,
+  # unused top-level copy: 2 layers x 2 x 2 = 8 over the NoPE model.
   for enc in (first, second):
     assert _param_count(enc) == 2 * 2
-
-
-def test_kerple_adds_only_per_layer_parameters():
-  # 2 layers x (r1, r2) x 2 heads = 8 parameters over the NoPE model: no
-  # extra, unused top-level copy beside the per-layer ones.
-  assert _param_count(_model('kerple')) - _param_count(_model('none')) == 8
+  assert _param_count(model) - _param_count(_model('none')) == 8
 
 
 def _grads(position):
-  model = _model(position)
+  model = _model(position) if isinstance(position, str) else position
   tokens, pos = _tokens(), _positions('contiguous')
 
   def loss(m):
@@ -152,7 +164,7 @@ def _grads(position):
 
 
 def test_kerple_parameters_of_every_layer_are_trained():
-  grads = _grads('kerple')
+  grads = _grads(_per_layer_kerple())
   for i in range(2):
     g = grads.blocks[i].attn.position
     assert float(jnp.abs(g.scale[...]).min()) > 0, i

@@ -525,3 +525,104 @@ def test_get_encoding_names_the_valid_choices():
   for name in ('none', 'sinusoidal', 'learned', 't5', 'alibi', 'kerple', 'xpos',
                'rope'):
     assert name in message
+
+
+# ------------------------------------------------- partial rotary and p-RoPE
+
+
+def _rope_enc(**rope):
+  cfg = _model_cfg('rope', num_heads=2, d_model=32)   # head 16, 8 pairs
+  cfg.rope.update(rope)
+  return P.RoPE(cfg, rngs=nnx.Rngs(params=0))
+
+
+def _qk(seed=0, t=6):
+  rng = np.random.default_rng(seed)
+  return (jnp.asarray(rng.normal(size=(1, t, 2, 16)), jnp.float32),
+          jnp.asarray(rng.normal(size=(1, t, 2, 16)), jnp.float32))
+
+
+def test_partial_rotary_turns_the_first_channels_with_their_own_frequencies():
+  # partial 0.5 of a head of 16: R = 8 channels turn, with the frequencies of
+  # a head of 8, 10000^(-2i/8) = [1, 0.1, 0.01, 0.001], paired i with i + 4;
+  # channels 8..15 pass through.
+  q, k = _qk()
+  pos = jnp.array([[0, 1, 5, 9, 40, 300]])
+  qr, kr = _rope_enc(partial=0.5).rotate(q, k, pos, pos)
+  np.testing.assert_array_equal(qr[..., 8:], q[..., 8:])
+  np.testing.assert_array_equal(kr[..., 8:], k[..., 8:])
+  inv = jnp.array([1.0, 0.1, 0.01, 0.001])
+  np.testing.assert_allclose(qr[..., :8], P.apply_rope(q[..., :8], pos, inv),
+                             rtol=1e-6, atol=1e-6)
+  # By hand for pair 0 at position 5: angle 5.
+  c, s = math.cos(5.0), math.sin(5.0)
+  x1, x2 = float(q[0, 2, 0, 0]), float(q[0, 2, 0, 4])
+  assert float(qr[0, 2, 0, 0]) == pytest.approx(x1 * c - x2 * s, abs=1e-5)
+  assert float(qr[0, 2, 0, 4]) == pytest.approx(x2 * c + x1 * s, abs=1e-5)
+
+
+def test_p_rope_keeps_the_highest_frequencies():
+  # p = 0.5 of 8 pairs keeps pairs 0..3 (the highest); pairs 4..7 (channels
+  # 4..7 and 12..15) do not turn.
+  assert P.kept_pairs(8, 0.5) == 4 and P.kept_pairs(8, 0.75) == 6
+  assert P.kept_pairs(8, 0.0) == 0 and P.kept_pairs(8, 1.0) == 8
+  inv = P.p_rope(P.rope_inv_freq(16), 0.5)
+  np.testing.assert_array_equal(inv[4:], 0.0)
+  np.testing.assert_array_equal(inv[:4], P.rope_inv_freq(16)[:4])
+  q, k = _qk(1)
+  pos = jnp.array([[0, 1, 5, 9, 40, 300]])
+  qr, _ = _rope_enc(p=0.5).rotate(q, k, pos, pos)
+  for lo, hi in ((4, 8), (12, 16)):
+    np.testing.assert_array_equal(qr[..., lo:hi], q[..., lo:hi])
+  assert float(jnp.abs(qr[..., :4] - q[..., :4]).max()) > 1e-2
+  # p = 0 turns nothing: NoPE.
+  qr, kr = _rope_enc(p=0.0).rotate(q, k, pos, pos)
+  np.testing.assert_array_equal(qr, q)
+  np.testing.assert_array_equal(kr, k)
+
+
+@pytest.mark.parametrize('rope', [dict(partial=0.5), dict(p=0.5),
+                                  dict(partial=0.5, p=0.5)])
+def test_partial_and_p_rope_are_relative(rope):
+  # Shifting every position leaves the logits unchanged.
+  q, k = _qk(2)
+  enc = _rope_enc(**rope)
+  logits = lambda p: jnp.einsum('bthk,bshk->bhts', *enc.rotate(q, k, p, p))
+  pos = jnp.array([[0, 3, 9, 40, 100, 200]])
+  np.testing.assert_allclose(logits(pos), logits(pos + 57), atol=2e-4,
+                             rtol=1e-5)
+
+
+def test_partial_one_and_p_one_are_plain_rope_exactly():
+  q, k = _qk(3)
+  pos = jnp.array([[0, 3, 9, 40, 100, 200]])
+  plain = _rope_enc().rotate(q, k, pos, pos)
+  same = _rope_enc(partial=1.0, p=1.0).rotate(q, k, pos, pos)
+  for a, b in zip(plain, same):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('rope,words', [
+    (dict(partial=0.2), ['config.model.rope.partial', '= 3 channels', 'even']),
+    (dict(partial=0.0), ['config.model.rope.partial']),
+    (dict(partial=1.5), ['config.model.rope.partial']),
+    (dict(p=-0.1), ['config.model.rope.p ']),
+    (dict(p=1.5), ['config.model.rope.p ']),
+])
+def test_bad_partial_and_p_are_refused(rope, words):
+  from lmx.errors import ConfigError
+  cfg = _model_cfg('rope', num_heads=2, d_model=32)
+  cfg.rope.update(rope)
+  with pytest.raises(ConfigError) as err:
+    P.RoPE.check(cfg)
+  for word in words:
+    assert word in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize('key', ['partial', 'p'])
+def test_partial_or_p_on_another_encoding_is_refused(key):
+  from lmx.errors import ConfigError
+  cfg = _model_cfg('alibi', num_heads=2, d_model=32)
+  cfg.rope[key] = 0.5
+  with pytest.raises(ConfigError, match=f'config.model.rope.{key}=0.5'):
+    P.RoPE.check_unused(cfg)

@@ -85,8 +85,9 @@ def test_ntk_changes_the_base():
   assert scale == 1.0
 
 
-# NTK-by-parts (YaRN Sec. 3.2), s = 4, alpha = beta_slow = 1,
-# beta = beta_fast = 32. r_i = L w_i / (2 pi).
+# NTK-by-parts (YaRN Sec. 3.2) with the paper's ramp on turns
+# (ramp='turns'), s = 4, alpha = beta_slow = 1, beta = beta_fast = 32.
+# r_i = L w_i / (2 pi).
 #
 # L = 256: L / (2 pi) = 40.743665, r = [40.74, 4.0744, 0.40744, 0.040744].
 #   i = 0: r > 32 -> kept: 1.
@@ -118,8 +119,9 @@ def test_ramp():
 
 @pytest.mark.parametrize('length,expected', [(256, BY_PARTS_256),
                                              (64, BY_PARTS_64)])
-def test_ntk_by_parts(length, expected):
-  inv, scale = _freqs('ntk_by_parts', factor=4.0, original_max_len=length)
+def test_ntk_by_parts_turns(length, expected):
+  inv, scale = _freqs('ntk_by_parts', factor=4.0, original_max_len=length,
+                      ramp='turns')
   np.testing.assert_allclose(inv, expected, rtol=1e-6)
   assert scale == 1.0
   # The kept and interpolated pairs are exact, not just close.
@@ -128,8 +130,103 @@ def test_ntk_by_parts(length, expected):
     assert float(inv[2]) == float(jnp.float32(0.01) / 4)
 
 
+# The released code's ramp (ramp='index', the default), K = 8:
+#   d(r) = K ln(L / (2 pi r)) / (2 ln theta), 2 ln 1e4 = 18.420681.
+#   L = 256: d(32) = 8 ln(256 / 201.06193) / 18.420681 = 8 * 0.241564 /
+#     18.420681 = 0.1049 -> floor 0; d(1) = 8 ln(40.743665) / 18.420681 =
+#     8 * 3.707300 / 18.420681 = 1.6101 -> ceil 2. lo = 0, hi = 2.
+#   L = 64: d(32) = 8 * (-1.144730) / 18.420681 = -0.497 -> floor -1 ->
+#     clamped to 0; d(1) = 8 * 2.321024 / 18.420681 = 1.0080 -> ceil 2.
+#   Both: ramp = clip(i / 2) = [0, 0.5, 1, 1], gamma = 1 - ramp = [1, 0.5,
+#   0, 0]: w' = [1, 0.1 (0.5 / 4 + 0.5) = 0.0625, 0.01 / 4, 0.001 / 4].
+BY_INDEX_K8 = [1.0, 0.0625, 0.0025, 0.00025]
+
+
+@pytest.mark.parametrize('length', [256, 64])
+def test_ntk_by_parts_index_is_the_default(length):
+  inv, _ = _freqs('ntk_by_parts', factor=4.0, original_max_len=length)
+  np.testing.assert_allclose(inv, BY_INDEX_K8, rtol=1e-6)
+  assert RS.correction_range(32.0, 1.0, K, THETA, length) == (0, 2)
+
+
+# The released code's ramp at the sizes the field uses. d(r) as above:
+#   K = 128, theta = 1e4, L = 4096: d(32) = 128 ln(4096 / 201.06193) /
+#     18.420681 = 128 * 3.014153 / 18.420681 = 20.944 -> lo = 20;
+#     d(1) = 128 ln(651.89865) / 18.420681 = 128 * 6.479878 / 18.420681
+#     = 45.027 -> hi = 46.
+#   K = 128, theta = 5e5 (2 ln 5e5 = 26.244727): d(32) = 385.8116 /
+#     26.244727 = 14.701 -> lo = 14; d(1) = 829.4244 / 26.244727 = 31.604
+#     -> hi = 32.
+#   K = 32 (lmx's default head), theta = 1e4, L = 64: d(32) = 32 *
+#     (-1.144730) / 18.420681 = -1.989 -> floor -2, clamped to 0 (the clamp
+#     at pair 0); d(1) = 32 * 2.321024 / 18.420681 = 4.032 -> hi = 5.
+# Frequencies at a few pairs, w_i = theta^(-2i/K), gamma_i = 1 - clip((i -
+# lo) / (hi - lo)), w_i' = w_i ((1 - gamma_i) / s + gamma_i):
+#   K 128, 1e4: i = 33: w = 10^(-2.0625) = 0.0086596, gamma = 1 - 13/26 =
+#     0.5: s = 4 -> 0.625 w = 0.0054123; s = 8 -> 0.5625 w = 0.0048710.
+#     i = 46: gamma 0: w / s = 0.00133352 / s.
+#   K 128, 5e5: i = 23: w = 5e5^(-0.359375) = 0.0089523, gamma = 1 - 9/18
+#     = 0.5: s = 4 -> 0.0055952; s = 8 -> 0.0050356.
+#   K 32, 1e4: i = 2: w = 10^(-0.5) = 0.31622777, gamma = 1 - 2/5 = 0.6:
+#     s = 4 -> 0.7 w = 0.22135944; s = 8 -> 0.65 w = 0.20554805.
+#     i = 0: kept, 1 (the clamp makes the ramp start at pair 0).
+INDEX_CASES = [
+    # K, theta, L, (lo, hi), s, {pair: frequency}
+    (128, 1e4, 4096, (20, 46), 4.0,
+     {0: 1.0, 20: 0.056234133, 33: 0.005412277, 46: 0.00033338036}),
+    (128, 1e4, 4096, (20, 46), 8.0,
+     {0: 1.0, 33: 0.0048710493, 46: 0.00016669018, 63: 1.4434775e-05}),
+    (128, 5e5, 4096, (14, 32), 4.0,
+     {14: 0.056669621, 23: 0.0055951621, 32: 0.00035355339}),
+    (128, 5e5, 4096, (14, 32), 8.0,
+     {23: 0.0050356459, 32: 0.0001767767, 63: 3.068926e-07}),
+    (32, 1e4, 64, (0, 5), 4.0, {0: 1.0, 2: 0.22135944, 5: 0.014058533}),
+    (32, 1e4, 64, (0, 5), 8.0, {0: 1.0, 2: 0.20554805, 5: 0.0070292666}),
+]
+
+
+@pytest.mark.parametrize('k,theta,length,bounds,factor,expected',
+                         INDEX_CASES)
+def test_index_ramp_against_hand_values(k, theta, length, bounds, factor,
+                                        expected):
+  assert RS.correction_range(32.0, 1.0, k, theta, length) == bounds
+  cfg = _rope_cfg('yarn', factor=factor, original_max_len=length)
+  inv, _ = RS.scaled_frequencies(cfg, k, theta)
+  for pair, value in expected.items():
+    assert float(inv[pair]) == pytest.approx(value, rel=2e-6), pair
+  # Every pair, from the bounds alone.
+  lo, hi = bounds
+  plain = np.asarray(P.rope_inv_freq(k, theta), np.float64)
+  gamma = 1.0 - np.clip((np.arange(k // 2) - lo) / (hi - lo), 0.0, 1.0)
+  np.testing.assert_allclose(inv, plain * ((1 - gamma) / factor + gamma),
+                             rtol=2e-6)
+
+
+def test_the_two_ramps_differ_inside_the_ramp():
+  # K = 128, L = 4096, s = 4: up to 73% apart in frequency (more than the
+  # issue's "up to 80%" only at s = 8); outside both ramps they agree.
+  turns = _freqs_k(128, 'yarn', factor=4.0, original_max_len=4096,
+                   ramp='turns')
+  index = _freqs_k(128, 'yarn', factor=4.0, original_max_len=4096)
+  rel = np.abs(turns - index) / np.minimum(turns, index)
+  assert 0.6 < rel.max() < 0.8
+  np.testing.assert_array_equal(turns[:15], index[:15])
+  np.testing.assert_array_equal(turns[50:], index[50:])
+
+
+def _freqs_k(k, scaling, **fields):
+  return np.asarray(RS.scaled_frequencies(_rope_cfg(scaling, **fields), k,
+                                          THETA)[0])
+
+
+def test_check_ramp_name():
+  message = _check(_model_cfg('yarn', factor=4.0, original_max_len=64,
+                              ramp='pair'))
+  assert 'config.model.rope.ramp' in message and "'index'" in message
+
+
 def test_yarn_frequencies_and_temperature():
-  inv, scale = _freqs('yarn', factor=4.0, original_max_len=256)
+  inv, scale = _freqs('yarn', factor=4.0, original_max_len=256, ramp='turns')
   np.testing.assert_allclose(inv, BY_PARTS_256, rtol=1e-6)
   # s = 4: sqrt(1/t) = 0.1 ln 4 + 1 = 1.1386294, 1/t = 1.2964770.
   assert scale == pytest.approx(1.2964770, rel=1e-7)
@@ -224,16 +321,19 @@ def test_dynamic_under_jit_and_per_sequence():
 
 @pytest.mark.parametrize('scaling', RS.METHODS)
 def test_factor_one_is_plain_rope_exactly(scaling):
-  # Every method at s = 1 is the identity (dynamic: up to L).
+  # Every method at s = 1 is the identity (dynamic: up to L; longrope with
+  # every rescale factor 1).
+  ones = {'long_factor': (1.0,) * (K // 2)} if scaling == 'longrope' else {}
   inv, scale = _freqs(scaling, jnp.arange(10), factor=1.0,
-                      original_max_len=16)
+                      original_max_len=16, **ones)
   assert np.array_equal(inv, P.rope_inv_freq(K, THETA)) and scale == 1.0
   # ...and so is the module's rotation.
   rng = np.random.default_rng(1)
   q = jnp.asarray(rng.normal(size=(2, 10, 2, K)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(2, 10, 2, K)), jnp.float32)
   pos = jnp.broadcast_to(jnp.arange(10), (2, 10))
-  got = _rope(scaling, factor=1.0, original_max_len=16).rotate(q, k, pos, pos)
+  got = _rope(scaling, factor=1.0, original_max_len=16, **ones).rotate(
+      q, k, pos, pos)
   want = _rope('none').rotate(q, k, pos, pos)
   for a, b in zip(got, want):
     assert np.array_equal(a, b)
@@ -253,6 +353,9 @@ _SETTINGS = {
     'ntk_by_parts': {'factor': 4.0, 'original_max_len': 64},
     'yarn': {'factor': 4.0, 'original_max_len': 64},
     'llama3': {'factor': 8.0, 'original_max_len': 64},
+    # Head dim 16: 8 pairs.
+    'longrope': {'factor': 4.0, 'original_max_len': 64,
+                 'long_factor': (1.0, 1.0, 1.5, 2.0, 3.0, 4.0, 4.0, 4.0)},
 }
 _QK = np.random.default_rng(0).normal(size=(2, 1, 1, 1, 16)).astype(np.float32)
 _QK /= np.linalg.norm(_QK, axis=-1, keepdims=True)
@@ -422,3 +525,102 @@ def test_yarn_temperature_boundaries():
   # s = 1 -> 1; s = e -> (0.1 + 1)^2 = 1.21.
   assert RS.yarn_attention_scale(1.0) == 1.0
   assert RS.yarn_attention_scale(math.e) == pytest.approx(1.1 ** 2)
+
+
+# --------------------------------------------------------------------------
+# LongRoPE (Ding et al. 2024): K = 8, L = 16, s = 4,
+# long = [1, 2, 4, 8], short = [1, 1, 1, 2].
+#   Up to L (largest position + 1 <= 16): w / short = [1, 0.1, 0.01, 0.0005].
+#   Past L: w / long = [1, 0.05, 0.0025, 0.000125].
+#   Logits x (1 + ln 4 / ln 16) = 1 + 0.5 = 1.5 (ln 16 = 2 ln 4), i.e. q and k
+#   each x sqrt(1.5) = 1.2247449.
+LONG, SHORT = (1.0, 2.0, 4.0, 8.0), (1.0, 1.0, 1.0, 2.0)
+
+
+def test_longrope_by_hand():
+  fields = dict(factor=4.0, original_max_len=16, long_factor=LONG,
+                short_factor=SHORT)
+  inv, scale = _freqs('longrope', jnp.arange(16), **fields)
+  np.testing.assert_allclose(inv, [1.0, 0.1, 0.01, 0.0005], rtol=1e-6)
+  assert scale == pytest.approx(1.5, rel=1e-12)
+  inv, _ = _freqs('longrope', jnp.arange(17), **fields)
+  np.testing.assert_allclose(inv, [1.0, 0.05, 0.0025, 0.000125], rtol=1e-6)
+  # Per sequence, under jit: row 0 ends at 15 (short), row 1 at 20 (long).
+  cfg = _rope_cfg('longrope', **fields)
+  f = jax.jit(lambda pos: RS.scaled_frequencies(cfg, K, THETA, pos)[0])
+  inv = f(jnp.stack([jnp.arange(16), jnp.arange(16) + 5]))
+  np.testing.assert_allclose(inv[0], [1.0, 0.1, 0.01, 0.0005], rtol=1e-6)
+  np.testing.assert_allclose(inv[1], [1.0, 0.05, 0.0025, 0.000125], rtol=1e-6)
+  # No short list: all 1 up to L.
+  inv, _ = _freqs('longrope', jnp.arange(16), factor=4.0, original_max_len=16,
+                  long_factor=LONG)
+  assert np.array_equal(inv, P.rope_inv_freq(K, THETA))
+
+
+def test_longrope_module_scales_the_logits():
+  # Same frequencies, the logits 1.5 times those of linear-free rotation.
+  rng = np.random.default_rng(3)
+  q = jnp.asarray(rng.normal(size=(1, 5, 2, K)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(1, 5, 2, K)), jnp.float32)
+  pos = jnp.array([[0, 2, 5, 9, 30]])
+  enc = _rope('longrope', factor=4.0, original_max_len=16, long_factor=LONG)
+  qr, kr = enc.rotate(q, k, pos, pos)
+  got = jnp.einsum('bthk,bshk->bhts', qr, kr)
+  inv = jnp.asarray(P.rope_inv_freq(K, THETA)) / jnp.asarray(LONG)
+  want = jnp.einsum('bthk,bshk->bhts', P.apply_rope(q, pos, inv),
+                    P.apply_rope(k, pos, inv)) * 1.5
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('fields,words', [
+    (dict(long_factor=()), ['config.model.rope.long_factor', 'exactly 8']),
+    (dict(long_factor=(1.0,) * 7), ['has 7 factors', 'exactly 8']),
+    (dict(long_factor=(1.0,) * 7 + (-2.0,)), ['positive finite']),
+    (dict(long_factor=(1.0,) * 7 + (float('inf'),)), ['positive finite']),
+    (dict(long_factor=(1.0,) * 8, short_factor=(1.0,) * 3),
+     ['config.model.rope.short_factor', 'or none for all 1']),
+])
+def test_check_longrope_lists(fields, words):
+  # The tiny model: head 16, 8 pairs.
+  message = _check(_model_cfg('longrope', factor=4.0, original_max_len=16,
+                              **fields))
+  assert message is not None
+  for word in words:
+    assert word in message, message
+
+
+def test_longrope_for_length_starts_from_yarn():
+  # The comparison's long factors are YaRN's per-pair ratios at s = n / L.
+  c = base.get_config('size=tiny').model
+  RS.configure(c, 16, 64, 'longrope')
+  assert c.rope.scaling == 'longrope' and c.rope.factor == 4.0
+  assert len(c.rope.long_factor) == 8
+  assert _check(c) is None
+  yarn, _ = RS.scaled_frequencies(_rope_cfg('yarn', factor=4.0,
+                                            original_max_len=16), 16, THETA)
+  np.testing.assert_allclose(
+      np.asarray(P.rope_inv_freq(16, THETA)) / np.asarray(c.rope.long_factor),
+      yarn, rtol=1e-6)
+  # At n <= L it is plain RoPE.
+  RS.configure(c, 16, 16, 'longrope')
+  assert c.rope.scaling == 'none'
+
+
+def test_configs_saved_before_the_ramp_existed_keep_the_paper_ramp():
+  saved = base.get_config('size=tiny').to_dict()
+  del saved['model']['rope']['ramp']
+  saved['model']['rope']['scaling'] = 'yarn'
+  assert defaults.complete(saved)['model']['rope']['ramp'] == 'turns'
+  saved = base.get_config('size=tiny').to_dict()
+  del saved['model']['rope']['ramp']
+  # Without a by-parts scaling the run had no ramp: today's default.
+  assert defaults.complete(saved)['model']['rope']['ramp'] == 'index'
+
+
+def test_configs_saved_before_kerple_sharing_keep_per_layer_parameters():
+  saved = base.get_config('size=tiny').to_dict()
+  del saved['model']['kerple']['per_layer']
+  assert defaults.complete(saved)['model']['kerple']['per_layer'] is True
+  # A field that is there is never changed.
+  saved = base.get_config('size=tiny').to_dict()
+  assert defaults.complete(saved)['model']['kerple']['per_layer'] is False

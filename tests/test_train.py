@@ -78,3 +78,69 @@ def test_checkpoint_round_trip_gives_identical_logits(tiny_config, tmp_path):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match='Train first'):
     checkpoint.require_checkpoint(str(tmp_path))
+
+
+def _kerple_leaves(params):
+  """{(block, name): array} of the KERPLE parameters in a params dict."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    keys = [getattr(k, 'key', getattr(k, 'idx', k)) for k in path]
+    if 'position' in keys:
+      out[tuple(keys)] = np.asarray(leaf)
+  return out
+
+
+@pytest.mark.parametrize('kernel', ['power', 'log'])
+def test_kerple_parameters_are_projected_after_every_update(kernel,
+                                                            tiny_config,
+                                                            stream):
+  # As KERPLE's released code does: the stored parameters are clipped back
+  # into the constraint set, so one pushed past a bound restarts from it.
+  # A large learning rate swings them by about lr per step (Adam), so some
+  # cross a bound.
+  import jax.numpy as jnp
+  import optax
+  from lmx import model as model_lib
+  eps = 0.01
+  c = tiny_config('kerple', **{'model.kerple.kernel': kernel,
+                               'train.warmup_steps': 0,
+                               'train.learning_rate': 3.0,
+                               'train.grad_clip': 1e9})
+  tx = run_state.make_optimizer(c.train)
+  graphdef, params = run_state.init_model(c)
+  state = run_state.init_state(c, params, tx)
+  step_fn = trainer.make_train_step(graphdef, tx, c)
+  apply = run_state.apply_fn(graphdef)
+
+  def loss(p, batch):
+    logits = apply(p, batch['inputs'], batch['positions'])
+    return model_lib.cross_entropy(logits, batch['targets']).mean()
+
+  # The reference, from the trainer's own state at each step: plain AdamW
+  # on the gradient at the stored (projected) values, then the clip.
+  upper = 2.0 if kernel == 'power' else np.inf
+  on_bound = 0
+  for step in range(6):
+    batch = dict(windows.train_batch(stream, seed=0, step=step, batch=4,
+                                     seq_len=c.train.seq_len,
+                                     sampling='contiguous', max_position=2048))
+    grads = jax.grad(loss)(state['params'], batch)
+    updates, _ = tx.update(grads, state['opt_state'], state['params'])
+    ref_params = optax.apply_updates(state['params'], updates)
+    ref_params = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.clip(x, eps, upper if path[-1].key == 'shape'
+                                 else np.inf)
+        if 'position' in [getattr(k, 'key', None) for k in path] else x,
+        ref_params)
+    state, _ = step_fn(state, batch)
+    got, want = _kerple_leaves(state['params']), _kerple_leaves(ref_params)
+    assert set(got) == set(want) and got
+    for key in got:
+      np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-5)
+      lo_ok = got[key] >= np.float32(eps)
+      assert lo_ok.all(), (step, key, got[key])
+      if key[-1] == 'shape':
+        assert (got[key] <= upper).all()
+      on_bound += int(np.sum(got[key] == np.float32(eps)))
+  # Some parameter was pushed past eps and sits exactly on it.
+  assert on_bound > 0

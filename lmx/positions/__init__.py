@@ -11,7 +11,8 @@ from lmx.positions.base import PositionEncoding, relative_distance
 from lmx.positions.kerple import Kerple, kerple_log, kerple_power
 from lmx.positions.learned import Learned
 from lmx.positions.nope import NoPE
-from lmx.positions.rope import RoPE, apply_rope, rope_angles, rope_inv_freq
+from lmx.positions.rope import (RoPE, apply_rope, kept_pairs, p_rope,
+                                rope_angles, rope_inv_freq)
 from lmx.positions.sampling import KINDS as SAMPLING_KINDS
 from lmx.positions.sampling import sample_positions
 from lmx.positions.sinusoidal import Sinusoidal, sinusoidal_table
@@ -56,7 +57,8 @@ def get_encoding(name: str) -> type[PositionEncoding]:
 __all__ = [
     'ALiBi', 'DEFAULT', 'Kerple', 'Learned', 'NoPE', 'PositionEncoding', 'REGISTRY',
     'RoPE', 'SAMPLING_KINDS', 'Sinusoidal', 'T5Bias', 'XPos', 'alibi_bias',
-    'alibi_slopes', 'apply_rope', 'get_encoding', 'register', 'kerple_log',
+    'alibi_slopes', 'apply_rope', 'get_encoding', 'kept_pairs', 'p_rope',
+    'register', 'kerple_log',
     'kerple_power', 'relative_distance', 'rope_angles', 'rope_inv_freq',
     'sample_positions', 'sinusoidal_table', 't5_relative_bucket',
     'xpos_scale', 'xpos_zeta',

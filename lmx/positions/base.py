@@ -20,9 +20,15 @@ needs, so neither has to branch on its name:
 * ``rotary``: queries/keys are rotated in pairs, so the head dim must be even.
 * ``scalable``: its frequencies follow ``config.model.rope.scaling``, so the
   RoPE scalings of ``lmx.positions.rope_scaling`` apply to it.
-* ``per_layer``: every Transformer block gets its own instance (its own
-  parameters); otherwise one instance is shared by the embedding and all
-  blocks (T5 shares one bias table across layers).
+* ``per_layer`` (or ``is_per_layer(cfg)`` where a setting chooses): every
+  Transformer block gets its own instance (its own parameters); otherwise
+  one instance is shared by the embedding and all blocks (T5 shares one
+  bias table across layers, KERPLE its kernel parameters by default).
+* ``param_bounds(cfg)``: bounds that training keeps parameters inside (the
+  stored values are projected after every update, ``lmx.run_state.project``).
+* ``former_defaults(saved_model)``: for a ``config.json`` saved before a
+  setting existed, the value that run had in effect where it differs from
+  today's default (``lmx.defaults.complete`` fills it in).
 * ``max_positions(cfg)``: the largest position + 1 the encoding can represent,
   or ``None`` if unbounded (a learned table has ``max_len``).
 * ``keys_static()``: whether ``rotate`` turns each key by its own position
@@ -92,6 +98,37 @@ class PositionEncoding(nnx.Module):
     Plain settings (a base, a table size) are simply unused then; only
     settings that switch something on need saying."""
     del model_cfg
+
+  @classmethod
+  def relative(cls) -> bool:
+    """Whether it acts through ``rotate`` or ``bias``, the places a distance
+    clamp or a regrouping of positions reaches."""
+    return (cls.rotate is not PositionEncoding.rotate
+            or cls.bias is not PositionEncoding.bias)
+
+  @classmethod
+  def is_per_layer(cls, model_cfg: ml_collections.ConfigDict) -> bool:
+    """Whether every block gets its own instance (``per_layer`` unless a
+    setting of the encoding chooses)."""
+    del model_cfg
+    return cls.per_layer
+
+  @classmethod
+  def param_bounds(cls, model_cfg: ml_collections.ConfigDict
+                   ) -> dict[str, tuple[Optional[float], Optional[float]]]:
+    """``{parameter name: (lower, upper)}`` (None: unbounded) that the
+    trainer projects this encoding's stored parameters into after every
+    update. None by default."""
+    del model_cfg
+    return {}
+
+  @classmethod
+  def former_defaults(cls, saved_model: dict) -> dict:
+    """Settings of ``config.model.<name>`` a config saved before they
+    existed ran with, where that differs from ``default_config()``.
+    ``saved_model`` is the saved ``config.model`` (a plain dict)."""
+    del saved_model
+    return {}
 
   @staticmethod
   def fields(model_cfg: ml_collections.ConfigDict) -> Fields:

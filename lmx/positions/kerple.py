@@ -8,10 +8,21 @@ a bias on the attention logits, with its parameters learned per head:
 * power kernel:                    ``-a * |m - n|^p``, with ``a > 0`` and
   ``0 < p <= 2``.
 
-The constraints are enforced as the paper's code does, by clamping to
-``[eps, ...]`` (and ``p <= 2``) on every forward pass. Here the clamp passes
-gradients straight through, so a parameter that touches the bound can come
-back, as a projected-gradient step would. Every layer has its own parameters.
+The kernel parameters are per head and, by default, shared by every layer:
+the paper's Fig. 1 caption, and its released code, which builds one
+instance and hands it to every layer (``config.model.kerple.per_layer``
+gives each layer its own, as lmx did before; configs saved without the
+field keep that).
+
+The constraints are kept as the released code keeps them: the stored
+parameters are projected back into the constraint set (``r1, r2, a >= eps``,
+``eps <= p <= 2``) before they are used, so a parameter pushed past a bound
+restarts from the bound. Here that projection runs after every optimizer
+update (``param_bounds``, applied by the trainer through
+``lmx.run_state.project``) and once at initialisation; the forward pass
+clamps as well (passing gradients straight through, as the in-place
+projection does), so parameters restored from elsewhere are used inside the
+set too.
 """
 
 import jax
@@ -46,9 +57,8 @@ def _clamp(x, lo, hi=None):
 
 
 class Kerple(PositionEncoding):
-  """Per-head learned log or power kernel bias."""
-
-  per_layer = True
+  """Per-head learned log or power kernel bias, shared across layers unless
+  ``config.model.kerple.per_layer``."""
 
   def __init__(self, cfg, *, rngs):
     super().__init__(cfg, rngs=rngs)
@@ -67,7 +77,25 @@ class Kerple(PositionEncoding):
 
   @classmethod
   def default_config(cls):
-    return ml_collections.ConfigDict({'kernel': 'log', 'eps': 1e-2})
+    return ml_collections.ConfigDict({'kernel': 'log', 'eps': 1e-2,
+                                      # One set of parameters per layer
+                                      # (False: shared, the paper's).
+                                      'per_layer': False})
+
+  @classmethod
+  def is_per_layer(cls, model_cfg):
+    return bool(model_cfg.kerple.per_layer)
+
+  @classmethod
+  def former_defaults(cls, saved_model):
+    # Runs saved before kerple.per_layer existed had a set per layer.
+    return {'per_layer': True}
+
+  @classmethod
+  def param_bounds(cls, model_cfg):
+    eps = float(model_cfg.kerple.eps)
+    upper = None if model_cfg.kerple.kernel == 'log' else 2.0
+    return {'scale': (eps, None), 'shape': (eps, upper)}
 
   @classmethod
   def check(cls, model_cfg):
@@ -76,6 +104,7 @@ class Kerple(PositionEncoding):
     f.choice('kerple.kernel', KERNELS)
     # The power kernel's exponent is clamped to [eps, 2].
     f.float('kerple.eps', 0.0, 2.0, lo_open=True)
+    f.bool('kerple.per_layer')
 
   def kernel_parameters(self):
     """The constrained (r1, r2) or (a, p), each ``[heads]``."""

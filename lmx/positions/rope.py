@@ -11,12 +11,28 @@ depends on positions only through ``p - s``. The pairing used here is the
 paper's adjacent pairs ``(2i, 2i+1)``; the two are the same model up to a
 relabelling of the projection's output channels.
 
+Two variants change which channels turn:
+
+* partial rotary (``config.model.rope.partial``, GPT-NeoX's
+  ``rotary_pct``): only the first ``R = int(K * partial)`` channels of
+  each head turn, with the frequencies of a head of size R
+  (``theta^(-2i/R)``, ``i < R/2``), paired half and half within them; the
+  other ``K - R`` pass through unchanged.
+* p-RoPE (Barbero et al. 2025, "Round and Round We Go! What makes Rotary
+  Positional Encodings useful?", Sec. 6; ``config.model.rope.p``): only the
+  highest fraction ``p`` of the frequencies is kept, the first
+  ``round(p R / 2)`` pairs; the lowest frequencies are set to 0, so those
+  pairs do not turn and carry content alone. ``p = 1`` is RoPE, ``p = 0``
+  turns nothing (NoPE).
+
 Length extension by frequency scaling (Position Interpolation, NTK-aware,
-dynamic NTK, NTK-by-parts, YaRN, Llama 3.1) is selected by
+dynamic NTK, NTK-by-parts, YaRN, Llama 3.1, LongRoPE) is selected by
 ``config.model.rope.scaling``; the methods, their settings and formulas
 live in the registry of ``lmx.positions.rope_scaling`` (which also holds
 the frequencies ``rope_inv_freq``, so the two modules import one way).
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +43,29 @@ from lmx.positions import rope_scaling
 from lmx.positions.base import PositionEncoding
 from lmx.positions.rope_scaling import rope_inv_freq
 
-__all__ = ['RoPE', 'apply_rope', 'rope_angles', 'rope_inv_freq']
+__all__ = ['RoPE', 'apply_rope', 'kept_pairs', 'p_rope', 'rope_angles',
+           'rope_inv_freq']
 
 
 def rope_angles(positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
   """``positions[..., None] * inv_freq``: the angle of every pair."""
   return positions.astype(jnp.float32)[..., None] * inv_freq
+
+
+def kept_pairs(n_pairs: int, p: float) -> int:
+  """p-RoPE: how many of ``n_pairs`` frequencies are kept,
+  ``round(p n_pairs)`` (halves rounded up)."""
+  return int(math.floor(p * n_pairs + 0.5))
+
+
+def p_rope(inv_freq: jax.Array, p: float) -> jax.Array:
+  """p-RoPE: the frequencies ``[..., R/2]`` with all but the highest
+  ``kept_pairs(R/2, p)`` set to 0 (``inv_freq`` falls with the index)."""
+  n_pairs = inv_freq.shape[-1]
+  if p >= 1.0:
+    return inv_freq
+  keep = jnp.arange(n_pairs) < kept_pairs(n_pairs, p)
+  return jnp.where(keep, inv_freq, 0.0)
 
 
 def apply_rope(x_BxTxHxK: jax.Array, positions_BxT: jax.Array,
@@ -63,6 +96,8 @@ class RoPE(PositionEncoding):
     super().__init__(cfg, rngs=rngs)
     self.theta = float(cfg.rope.theta)
     self.scaling = str(cfg.rope.scaling)
+    self.rot_dim = rope_scaling.rotary_dim(cfg)
+    self.p = float(cfg.rope.p)
     # Frozen: hashable, so it can sit in the module's static graph.
     self.scaling_cfg = ml_collections.FrozenConfigDict(cfg.rope)
 
@@ -75,12 +110,29 @@ class RoPE(PositionEncoding):
         # of every method and their defaults.
         'scaling': rope_scaling.NONE,
         **rope_scaling.default_settings(),
+        # Partial rotary: the fraction of each head's channels that turn
+        # (the first ones); 1 = all.
+        'partial': 1.0,
+        # p-RoPE: the fraction of frequencies kept (the highest); the
+        # others are 0. 1 = RoPE, 0 = no rotation.
+        'p': 1.0,
     })
 
   @classmethod
   def check(cls, model_cfg):
     super().check(model_cfg)
-    cls.fields(model_cfg).positive('rope.theta')
+    f = cls.fields(model_cfg)
+    f.positive('rope.theta')
+    partial = f.float('rope.partial', 0.0, 1.0, lo_open=True)
+    head_dim = model_cfg.d_model // model_cfg.num_heads
+    rot = rope_scaling.rotary_dim(model_cfg)
+    require(rot >= 2 and rot % 2 == 0,
+            f'config.model.rope.partial={partial} turns int({head_dim} x '
+            f'{partial}) = {rot} channels of each head; RoPE turns channel '
+            'pairs, so that must be an even number of at least 2. Choose '
+            f'partial so that head_dim x partial is even (e.g. '
+            f'{max(2, rot - rot % 2) / head_dim:g}).')
+    f.float('rope.p', 0.0, 1.0)
     rope_scaling.check(model_cfg)
 
   @classmethod
@@ -91,6 +143,22 @@ class RoPE(PositionEncoding):
             f'frequencies, but this model uses the {model_cfg.position!r} '
             "encoding. Set config.model.rope.scaling='none', or use "
             "config.model.position='rope'.")
+    for key in ('partial', 'p'):
+      value = model_cfg.rope[key]
+      require(value == 1.0,
+              f'config.model.rope.{key}={value} changes which RoPE channels '
+              f'turn, but this model uses the {model_cfg.position!r} '
+              f'encoding. Set config.model.rope.{key}=1.0, or use '
+              "config.model.position='rope'.")
+
+  @classmethod
+  def former_defaults(cls, saved_model):
+    # NTK-by-parts and YaRN ramped over the turns r (the paper's text)
+    # before config.model.rope.ramp existed.
+    rope = saved_model.get('rope', {})
+    if rope.get('scaling') in ('ntk_by_parts', 'yarn'):
+      return {'ramp': 'turns'}
+    return {}
 
   def keys_static(self) -> bool:
     # A scaling that follows the sequence length picks its frequencies
@@ -99,10 +167,20 @@ class RoPE(PositionEncoding):
 
   def rotate(self, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS):
     inv_freq, logit_scale = rope_scaling.scaled_frequencies(
-        self.scaling_cfg, self.head_dim, self.theta, k_positions_BxS)
-    if inv_freq.ndim == 2:  # dynamic: one set per sequence, [B, K/2]
+        self.scaling_cfg, self.rot_dim, self.theta, k_positions_BxS)
+    inv_freq = p_rope(inv_freq, self.p)
+    if inv_freq.ndim == 2:  # one set per sequence (dynamic, longrope)
       inv_freq = inv_freq[:, None, :]
-    # The logits get logit_scale: q and k each its square root.
+    # The logits get logit_scale: q and k each its square root, folded
+    # into the rotation (with partial rotary, on the turned channels only,
+    # as the reference implementations scale cos and sin).
     scale = logit_scale ** 0.5
-    return (apply_rope(q_BxTxHxK, q_positions_BxT, inv_freq, scale),
-            apply_rope(k_BxSxHxK, k_positions_BxS, inv_freq, scale))
+    r = self.rot_dim
+
+    def turn(x, pos):
+      if r == self.head_dim:
+        return apply_rope(x, pos, inv_freq, scale)
+      return jnp.concatenate(
+          [apply_rope(x[..., :r], pos, inv_freq, scale), x[..., r:]], axis=-1)
+
+    return turn(q_BxTxHxK, q_positions_BxT), turn(k_BxSxHxK, k_positions_BxS)

@@ -32,15 +32,31 @@ Methods (``config.model.rope.scaling``):
   ``s_dyn = max(1, s * l' / L - (s - 1))``; ``s = 1`` gives the paper's form exactly).
   ``l'`` is the largest position + 1 of each sequence, computed in-graph.
   At ``l' <= L`` it is plain RoPE, bit for bit.
-* ``ntk_by_parts``: YaRN paper Sec. 3.2: with the ramp
-  ``gamma(r) = 0 if r < alpha, 1 if r > beta, (r - alpha)/(beta - alpha)
-  otherwise``, ``w_i' = (1 - gamma(r_i)) w_i / s + gamma(r_i) w_i``: pairs
-  that turn fewer than ``alpha`` times within L are interpolated like PI,
-  pairs that turn more than ``beta`` times are kept, those between are
-  blended. ``alpha = beta_slow`` (1), ``beta = beta_fast`` (32).
+* ``ntk_by_parts``: YaRN paper Sec. 3.2:
+  ``w_i' = (1 - gamma_i) w_i / s + gamma_i w_i``, so that pairs that turn
+  fewer than ``beta_slow`` (1) times within L are interpolated like PI,
+  pairs that turn more than ``beta_fast`` (32) times are kept, and those
+  between are blended. The blend ``gamma_i`` comes in two forms
+  (``config.model.rope.ramp``):
+
+  - ``index`` (the default): as the authors' released code computes it
+    (``find_correction_range`` / ``linear_ramp_mask`` of the YaRN
+    repository, followed by Hugging Face transformers, and used to train
+    every released YaRN model): the pair index at which a pair makes ``r``
+    turns within L is ``d(r) = K ln(L / (2 pi r)) / (2 ln theta)``; with
+    ``lo = max(floor(d(beta_fast)), 0)`` and
+    ``hi = min(ceil(d(beta_slow)), K - 1)`` (``hi`` nudged by 0.001 if the
+    two meet), ``gamma_i = 1 - clip((i - lo) / (hi - lo), 0, 1)``: linear
+    in the pair index.
+  - ``turns``: the paper's text, linear in ``r`` itself:
+    ``gamma(r) = clip((r - beta_slow) / (beta_fast - beta_slow), 0, 1)``.
+
+  Inside the ramp the two differ a lot (for K = 128, L = 4096, s = 4 by up
+  to 73% in frequency, and more at small L, where the floor at pair 0
+  matters: ``lmx.positions.rope_scaling.ntk_by_parts`` with both forms).
 * ``yarn``: YaRN paper Sec. 3.4: NTK-by-parts frequencies, and
   q and k both multiplied by ``sqrt(1/t) = 0.1 ln(s) + 1``, so the logits
-  are multiplied by ``1/t = (0.1 ln(s) + 1)^2``.
+  are multiplied by ``1/t = (0.1 ln(s) + 1)^2`` (the code's ``mscale``).
 * ``llama3``: the Llama 3.1 scaling (Meta, "The Llama 3 Herd of Models"
   2024, and the ``apply_scaling`` of its reference code): with wavelengths
   ``lambda_i``, pairs with ``lambda_i < L / high_freq_factor`` are kept,
@@ -48,7 +64,17 @@ Methods (``config.model.rope.scaling``):
   between ``w_i' = (1 - smooth) w_i / s + smooth w_i`` with
   ``smooth = (L / lambda_i - low_freq_factor) / (high_freq_factor -
   low_freq_factor)``. Since ``L / lambda_i = r_i`` this is the NTK-by-parts
-  ramp with ``alpha = low_freq_factor`` and ``beta = high_freq_factor``.
+  ramp with ``alpha = low_freq_factor`` and ``beta = high_freq_factor``
+  (linear in ``r``, as Meta's code computes it).
+* ``longrope``: LongRoPE (Ding et al. 2024, "LongRoPE: Extending LLM
+  Context Window Beyond 2 Million Tokens", arXiv:2402.13753, Sec. 3, and
+  the ``longrope`` rope type of the released Phi-3 models): a rescale
+  factor per pair, ``w_i' = w_i / lambda_i``, with two lists:
+  ``long_factor`` for sequences longer than L and ``short_factor`` (all 1
+  if unset) for the others, chosen per sequence from its largest position
+  + 1, and the logits multiplied by ``1 + ln s / ln L`` (q and k each by
+  the attention factor ``sqrt(1 + ln s / ln L)``). The paper finds the
+  lists by evolutionary search; lmx takes them as given.
 
 The attention scale returned by ``scaled_frequencies`` is the factor on the
 LOGITS; ``RoPE.rotate`` multiplies q and k each by its square root.
@@ -60,10 +86,8 @@ set up to run a model trained at ``L`` at a length ``n`` (used by
 ``python -m lmx.extensions``). A new method is one subclass of ``Scaling``
 and one ``register`` call; every list of methods is read from the registry.
 
-Note on YaRN's ramp: the paper defines it on ``r`` (above, what is
-implemented here); the authors' code and Hugging Face ramp linearly over the
-dimension index between rounded (floor/ceil) bounds instead, which gives
-slightly different blends for the pairs in between.
+With partial rotary (``config.model.rope.partial < 1``) every formula takes
+K as the number of rotated channels, as GPT-NeoX and Hugging Face do.
 """
 
 from __future__ import annotations
@@ -149,11 +173,61 @@ def dynamic(head_dim: int, theta: float, factor: float,
   return jnp.where(s_dyn > 1.0, scaled, plain)
 
 
+def correction_dim(turns: float, head_dim: int, theta: float,
+                   original_max_len: float) -> float:
+  """``d(r) = K ln(L / (2 pi r)) / (2 ln theta)``: the (fractional) pair
+  index whose wavelength makes ``r`` turns within ``L`` (the inverse of
+  ``r_i = L w_i / (2 pi)``; YaRN's released code)."""
+  return (head_dim * math.log(original_max_len / (turns * 2.0 * math.pi))
+          / (2.0 * math.log(theta)))
+
+
+def correction_range(beta_fast: float, beta_slow: float, head_dim: int,
+                     theta: float, original_max_len: float) -> tuple[int, int]:
+  """``(lo, hi)``: ``floor(d(beta_fast))`` and ``ceil(d(beta_slow))``,
+  clamped to ``[0, K - 1]`` as the released code clamps them."""
+  lo = math.floor(correction_dim(beta_fast, head_dim, theta, original_max_len))
+  hi = math.ceil(correction_dim(beta_slow, head_dim, theta, original_max_len))
+  return max(lo, 0), min(hi, head_dim - 1)
+
+
+def index_ramp(lo: float, hi: float, n_pairs: int) -> jax.Array:
+  """``clip((i - lo) / (hi - lo), 0, 1)`` over pair indices ``i``; ``hi``
+  is nudged by 0.001 where the bounds meet (the released code's guard)."""
+  if lo == hi:
+    hi = hi + 0.001
+  i = jnp.arange(n_pairs, dtype=jnp.float32)
+  return jnp.clip((i - lo) / (hi - lo), 0.0, 1.0)
+
+
+RAMPS = ('index', 'turns')
+
+
+def by_parts_gamma(inv_freq: jax.Array, original_max_len: float,
+                   beta_fast: float, beta_slow: float, ramp_form: str,
+                   theta: float) -> jax.Array:
+  """The weight ``gamma_i`` that keeps pair i's frequency (1: kept, 0:
+  divided by s), in either form of the module docstring."""
+  if ramp_form == 'turns':
+    return ramp(wavelength_turns(inv_freq, original_max_len), beta_slow,
+                beta_fast)
+  if ramp_form != 'index':
+    raise ValueError(f'Unknown ramp {ramp_form!r}; valid: {RAMPS}.')
+  n_pairs = inv_freq.shape[-1]
+  lo, hi = correction_range(beta_fast, beta_slow, 2 * n_pairs, theta,
+                            original_max_len)
+  return 1.0 - index_ramp(lo, hi, n_pairs)
+
+
 def ntk_by_parts(inv_freq: jax.Array, factor: float, original_max_len: float,
-                 beta_fast: float = 32.0, beta_slow: float = 1.0) -> jax.Array:
-  """NTK-by-parts (YaRN paper Sec. 3.2), ramp on ``r_i``."""
-  gamma = ramp(wavelength_turns(inv_freq, original_max_len), beta_slow,
-               beta_fast)
+                 beta_fast: float = 32.0, beta_slow: float = 1.0,
+                 ramp_form: str = 'index', theta: float = 10000.0
+                 ) -> jax.Array:
+  """NTK-by-parts (YaRN paper Sec. 3.2). ``inv_freq`` are plain RoPE's
+  frequencies of base ``theta`` (``[K/2]``); ``ramp_form`` is ``'index'``
+  (the released code's, the default) or ``'turns'`` (the paper's text)."""
+  gamma = by_parts_gamma(inv_freq, original_max_len, beta_fast, beta_slow,
+                         ramp_form, theta)
   return _blend(inv_freq, factor, gamma)
 
 
@@ -162,6 +236,25 @@ def yarn_attention_scale(factor: float) -> float:
   if factor <= 1.0:
     return 1.0
   return (0.1 * math.log(factor) + 1.0) ** 2
+
+
+def longrope_attention_scale(factor: float, original_max_len: float) -> float:
+  """LongRoPE's factor on the logits: ``1 + ln s / ln L`` (the square of
+  the attention factor ``sqrt(1 + ln s / ln L)`` on q and k); 1 at s <= 1."""
+  if factor <= 1.0:
+    return 1.0
+  return 1.0 + math.log(factor) / math.log(original_max_len)
+
+
+def longrope(inv_freq: jax.Array, long_factor, short_factor,
+             original_max_len: float, length: jax.Array) -> jax.Array:
+  """LongRoPE frequencies ``w_i / lambda_i``: ``long_factor`` where
+  ``length > L``, ``short_factor`` otherwise. ``length`` has any shape
+  ``[...]`` (traced); the result is ``[..., K/2]``."""
+  long_ = jnp.asarray(long_factor, jnp.float32)
+  short = jnp.asarray(short_factor, jnp.float32)
+  is_long = (jnp.asarray(length) > original_max_len)[..., None]
+  return inv_freq / jnp.where(is_long, long_, short)
 
 
 def llama3(inv_freq: jax.Array, factor: float, original_max_len: float,
@@ -242,15 +335,28 @@ class Scaling:
             f'scaling={self.name!r} needs the pretraining context length the '
             'scaling is relative to. Set config.model.rope.original_max_len, '
             "e.g. to the training run's config.train.seq_len.")
-    for key, _ in self.settings:
-      f.float(f'rope.{key}', 0.0)
+    for key, default in self.settings:
+      if isinstance(default, float):
+        f.float(f'rope.{key}', 0.0)
+    if self.follows_length:
+      clamp = _distance_clamp(model_cfg)
+      require(not clamp,
+              f"config.model.rope.scaling={self.name!r} follows the largest "
+              f'key position, which the distance clamp config.model.{clamp} '
+              'moves: use another scaling, or no clamp.')
     self.check_settings(model_cfg.rope)
+    self.check_model(model_cfg)
 
   def check_settings(self, rope_cfg) -> None:
     """Rules among this method's own settings (ConfigError)."""
     del rope_cfg
 
-  def for_length(self, train_len: int, length: int) -> dict:
+  def check_model(self, model_cfg) -> None:
+    """Rules between this method's settings and the model (ConfigError)."""
+    del model_cfg
+
+  def for_length(self, train_len: int, length: int,
+                 model_cfg: ml_collections.ConfigDict) -> dict:
     """The ``config.model.rope`` fields that set this method up to run a
     model trained at ``train_len`` on sequences of ``length``: the scale
     ``s = length / train_len`` relative to ``L = train_len``, and plain
@@ -272,7 +378,7 @@ class NoScaling(Scaling):
   def check(self, model_cfg):
     pass  # factor and L are not read
 
-  def for_length(self, train_len, length):
+  def for_length(self, train_len, length, model_cfg):
     return {'scaling': self.name, 'factor': 1.0,
             'original_max_len': train_len}
 
@@ -309,17 +415,7 @@ class Dynamic(Scaling):
     return dynamic(head_dim, theta, float(rope_cfg.factor),
                    float(rope_cfg.original_max_len), length)
 
-  def check(self, model_cfg):
-    super().check(model_cfg)
-    clamped = (model_cfg.rerope.window > 0
-               or model_cfg.lm_infinite.distance_limit > 0)
-    require(not clamped,
-            f"config.model.rope.scaling={self.name!r} follows the largest "
-            'key position, which a distance clamp (config.model.rerope.window '
-            'or lm_infinite.distance_limit) moves: use another scaling, or no '
-            'clamp.')
-
-  def for_length(self, train_len, length):
+  def for_length(self, train_len, length, model_cfg):
     # The scale follows the length of each call; the factor is its floor.
     return {'scaling': self.name, 'factor': 1.0,
             'original_max_len': train_len}
@@ -331,14 +427,22 @@ class NTKByParts(Scaling):
              'they turn within L')
   # NTK-by-parts / YaRN ramp, in turns within L: pairs turning more than
   # beta_fast times are kept, fewer than beta_slow interpolated.
-  settings = (('beta_fast', 32.0), ('beta_slow', 1.0))
+  # ramp: 'index' (the released code's, over the pair index) or 'turns'
+  # (the paper's text, over r).
+  settings = (('beta_fast', 32.0), ('beta_slow', 1.0), ('ramp', 'index'))
 
   def inv_freq(self, rope_cfg, head_dim, theta, positions):
     return ntk_by_parts(rope_inv_freq(head_dim, theta), float(rope_cfg.factor),
                         float(rope_cfg.original_max_len),
-                        float(rope_cfg.beta_fast), float(rope_cfg.beta_slow))
+                        float(rope_cfg.beta_fast), float(rope_cfg.beta_slow),
+                        str(rope_cfg.ramp), theta)
 
   def check_settings(self, rope_cfg):
+    ramp_form = rope_cfg.ramp
+    require(ramp_form in RAMPS,
+            f'config.model.rope.ramp={ramp_form!r} is not a ramp form; use '
+            "'index' (the YaRN authors' released code: linear in the pair "
+            "index) or 'turns' (the paper's text: linear in the turns r).")
     fast, slow = float(rope_cfg.beta_fast), float(rope_cfg.beta_slow)
     require(fast > slow,
             f'config.model.rope.beta_fast={fast} must be greater than '
@@ -379,6 +483,80 @@ class Llama3(Scaling):
             '1 and 4).')
 
 
+class LongRoPE(Scaling):
+  name = 'longrope'
+  summary = ('LongRoPE (Ding et al. 2024): a rescale factor per pair, long '
+             'or short list by length, logits x (1 + ln s / ln L)')
+  # The per-pair rescale factors lambda_i (K/2 each, K the rotated
+  # channels): long_factor past original_max_len, short_factor up to it
+  # (empty: all 1).
+  settings = (('long_factor', ()), ('short_factor', ()))
+  follows_length = True
+
+  def inv_freq(self, rope_cfg, head_dim, theta, positions):
+    if positions is None:
+      raise ValueError(f"RoPE scaling {self.name!r} needs the positions.")
+    n_pairs = head_dim // 2
+    short = tuple(rope_cfg.short_factor) or (1.0,) * n_pairs
+    length = jnp.max(positions, axis=-1) + 1
+    return longrope(rope_inv_freq(head_dim, theta), tuple(rope_cfg.long_factor),
+                    short, float(rope_cfg.original_max_len), length)
+
+  def logit_scale(self, rope_cfg):
+    return longrope_attention_scale(float(rope_cfg.factor),
+                                    float(rope_cfg.original_max_len))
+
+  def check_model(self, model_cfg):
+    n_pairs = rotary_dim(model_cfg) // 2
+    rope_cfg = model_cfg.rope
+    for key, needed in (('long_factor', True), ('short_factor', False)):
+      value = rope_cfg[key]
+      ok = isinstance(value, (tuple, list)) and all(
+          isinstance(x, (int, float)) and not isinstance(x, bool)
+          and math.isfinite(x) and x > 0 for x in value)
+      require(ok, f'config.model.rope.{key}={value!r} must be a list of '
+              'positive finite numbers (one rescale factor per rotated '
+              'channel pair).')
+      require(len(value) == n_pairs or (not needed and not value),
+              f'config.model.rope.{key} has {len(value)} factors, but the '
+              f'model turns {n_pairs} channel pairs per head (rotated '
+              f'channels / 2): give exactly {n_pairs}'
+              + ('' if needed else ', or none for all 1') + '.')
+
+  def for_length(self, train_len, length, model_cfg):
+    """Without LongRoPE's search, the long factors are the search's starting
+    point: the per-pair ratio ``w_i / w_i'`` of YaRN's frequencies at this
+    scale (so the comparison measures the switch and the attention factor,
+    not searched factors)."""
+    out = super().for_length(train_len, length, model_cfg)
+    if out['scaling'] == NONE:
+      return out
+    k = rotary_dim(model_cfg)
+    theta = float(model_cfg.rope.theta)
+    plain = rope_inv_freq(k, theta)
+    yarn = ntk_by_parts(plain, out['factor'], float(train_len), theta=theta)
+    out['long_factor'] = tuple(float(x) for x in plain / yarn)
+    out['short_factor'] = ()
+    return out
+
+
+def rotary_dim(model_cfg: ml_collections.ConfigDict) -> int:
+  """The channels of each head RoPE turns: ``partial`` of the head
+  dimension (GPT-NeoX's ``rotary_pct``), an even number."""
+  head_dim = model_cfg.d_model // model_cfg.num_heads
+  return int(head_dim * float(model_cfg.rope.partial))
+
+
+def _distance_clamp(model_cfg) -> str:
+  """The field of a distance clamp the config switches on, or ''."""
+  for field in ('rerope.window', 'lm_infinite.distance_limit',
+                'self_extend.window'):
+    section, key = field.split('.')
+    if section in model_cfg and int(model_cfg[section][key]) > 0:
+      return field
+  return ''
+
+
 SCALINGS: dict[str, Scaling] = {}
 
 
@@ -405,7 +583,7 @@ def default_settings() -> dict:
 
 
 for _method in (NoScaling(), Linear(), NTK(), Dynamic(), NTKByParts(), YaRN(),
-                Llama3()):
+                Llama3(), LongRoPE()):
   register(_method)
 NONE = NoScaling.name
 METHODS = tuple(SCALINGS)
@@ -427,7 +605,7 @@ def configure(model_cfg: ml_collections.ConfigDict, train_len: int,
               length: int, name: str) -> None:
   """Sets ``config.model.rope`` up for method ``name`` to run a model
   trained at ``train_len`` on sequences of ``length`` (``for_length``)."""
-  model_cfg.rope.update(get(name).for_length(train_len, length))
+  model_cfg.rope.update(get(name).for_length(train_len, length, model_cfg))
 
 
 def factor_of(model_cfg: ml_collections.ConfigDict) -> float:
