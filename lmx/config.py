@@ -14,6 +14,7 @@ from lmx import sharding
 from lmx.checks import Fields, require
 from lmx.data import tasks
 from lmx.errors import ConfigError
+from lmx.positions import sampling as sampling_lib
 
 __all__ = ['ConfigError', 'check_length', 'eval_lengths', 'position_bound',
            'resolve_eval_sampling', 'task_eval_lengths', 'validate']
@@ -28,8 +29,12 @@ def position_bound(config: ml_collections.ConfigDict, sampling: str,
 
 
 def resolve_eval_sampling(config) -> str:
+  """The position sampling an evaluation uses: ``positions.eval``, or for
+  'train' the training kind (contiguous after PoSE training)."""
   kind = config.positions.eval
-  return config.positions.train if kind == 'train' else kind
+  if kind == 'train':
+    return sampling_lib.eval_kind(config.positions.train)
+  return kind
 
 
 def check_length(config: ml_collections.ConfigDict, length: int,

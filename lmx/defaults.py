@@ -151,10 +151,11 @@ def get_config(arg: str | None = None,
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
 
   c.positions = ml_collections.ConfigDict()
-  c.positions.train = 'contiguous'   # contiguous | randomized | shift
+  # contiguous | randomized | shift | pose (lmx/positions/sampling.py)
+  c.positions.train = 'contiguous'
   # At evaluation: contiguous | randomized | shift, or 'train' for whatever
-  # training used. 'train' is the default because Ruoss et al. evaluate
-  # randomized models with randomized positions too.
+  # training used (contiguous after pose). 'train' is the default because
+  # Ruoss et al. evaluate randomized models with randomized positions too.
   c.positions.eval = 'train'
   c.positions.max_position = 2048
 

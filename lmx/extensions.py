@@ -15,8 +15,17 @@ act at every length:
 * ``leaky_rerope``: ``w = L/2`` and leak ``(L - w) / (n - w)``, so the
   longest distance of a length-``n`` window maps to ``L`` (plain RoPE at
   ``n <= L``);
+* ``rerope_logn``: ReRoPE at ``w = L/2`` with log-n query scaling relative to
+  ``L``, as the ReRoPE author's patch runs it;
+* ``self_extend``: Self-Extend with the neighbour window ``W = L/2`` and the
+  smallest group ``G`` whose largest grouped distance,
+  ``(n - 1) // G + W - W // G``, stays below ``L`` (off at ``n <= L``);
 * ``lm_infinite``: ``n_global = 10``, ``n_local = L - 10`` and the distance
   limit ``L`` (the paper's 10 global tokens; ``n_global + n_local <= L``).
+
+``longrope`` is one of the scalings; without LongRoPE's evolutionary
+search its long factors are the search's starting point, YaRN's per-pair
+ratios at ``s = n / L`` (``rope_scaling.LongRoPE.for_length``).
 
 The methods are a registry (``REGISTRY``): the scalings come from
 ``rope_scaling.SCALINGS``, the attention-side methods are defined here, and
@@ -24,7 +33,8 @@ each is one small definition that sets a run's config up for a length.
 
 Writes
 ``<workdir>/extensions/``: ``results.json``, ``results.csv`` and
-``loss_vs_length.png`` (one curve per method, training length marked).
+``loss_vs_length.png`` (small multiples: each method in its own panel
+beside plain RoPE, on one loss scale, training length marked).
 """
 
 from __future__ import annotations
@@ -76,6 +86,29 @@ def _leaky_rerope(model_cfg, train_len, length):
     model_cfg.rerope.leak = (train_len - window) / (length - window)
 
 
+def _rerope_logn(model_cfg, train_len, length):
+  _rerope(model_cfg, train_len, length)
+  model_cfg.length_scaling.kind = 'logn'
+  model_cfg.length_scaling.base_len = train_len
+
+
+def self_extend_group(train_len: int, window: int, length: int) -> int:
+  """The smallest group G whose largest grouped distance of a
+  length-``length`` window, ``(length - 1) // G + W - W // G``, is below
+  ``train_len``."""
+  group = 1
+  while (length - 1) // group + window - window // group > train_len - 1:
+    group += 1
+  return group
+
+
+def _self_extend(model_cfg, train_len, length):
+  if length > train_len:
+    window = max(train_len // 2, 1)
+    model_cfg.self_extend.window = window
+    model_cfg.self_extend.group = self_extend_group(train_len, window, length)
+
+
 def _lm_infinite(model_cfg, train_len, length):
   del length
   n_global = min(LM_INFINITE_GLOBAL, train_len // 2)
@@ -98,6 +131,10 @@ for _s in rope_scaling.SCALINGS.values():
 register(Method('rerope', 'ReRoPE: distances clamped at L/2', _rerope))
 register(Method('leaky_rerope', 'Leaky ReRoPE: L/2, then leak (L - w)/(n - w)',
                 _leaky_rerope))
+register(Method('rerope_logn', 'ReRoPE at L/2 with log-n query scaling '
+                '(max(1, log(p + 1) / log L))', _rerope_logn))
+register(Method('self_extend', 'Self-Extend: window L/2, grouped positions '
+                'beyond it, G the smallest that fits L', _self_extend))
 register(Method('lm_infinite', 'LM-Infinite: Lambda mask (10 global, L - 10 '
                 'local) and distances clamped at L', _lm_infinite))
 METHODS = tuple(REGISTRY)
@@ -186,22 +223,40 @@ def format_table(results: dict) -> str:
 
 
 def plot(results: dict, path: str) -> None:
+  """Small multiples: one panel per method with its curve and plain RoPE's
+  (grey), every panel on the same axes, so a dozen methods stay readable."""
   plt = plots.pyplot()
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for m in results['methods']:
-    rows = [r for r in results['results'] if r['method'] == m]
-    label = m if m != rope_scaling.NONE else f'{m} (plain RoPE)'
-    ax.plot([r['length'] for r in rows], [r['loss'] for r in rows],
-            marker='o', label=label)
+  methods = results['methods']
   t = results['train_length']
-  ax.axvline(t, color='gray', linestyle='--', label=f'training length ({t})')
-  plots.length_axis(ax, results['lengths'])
-  ax.set_xlabel('evaluation length (tokens, log scale)')
-  ax.set_ylabel('loss (nats / byte)')
-  ax.set_title(f'RoPE extensions without training (step {results["step"]})')
-  ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
+  by = {m: [r for r in results['results'] if r['method'] == m]
+        for m in methods}
+  plain = by.get(rope_scaling.NONE)
+  cols = min(4, len(methods))
+  rows = -(-len(methods) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 2.5 * rows),
+                           sharex=True, sharey=True, squeeze=False)
+  for ax, m in zip(axes.flat, methods):
+    if plain is not None and m != rope_scaling.NONE:
+      ax.plot([r['length'] for r in plain], [r['loss'] for r in plain],
+              color='0.6', linestyle='--', linewidth=1.2)
+    ax.plot([r['length'] for r in by[m]], [r['loss'] for r in by[m]],
+            marker='o', markersize=3, color='C0')
+    ax.axvline(t, color='0.3', linestyle=':', linewidth=1)
+    ax.set_title(m if m != rope_scaling.NONE else f'{m} (plain RoPE)',
+                 fontsize=9)
+    ax.grid(True, alpha=0.3)
+    plots.length_axis(ax, results['lengths'])
+    ax.tick_params(labelsize=7)
+  for ax in list(axes.flat)[len(methods):]:
+    ax.set_visible(False)
+  for ax in axes[-1]:
+    ax.set_xlabel('length (log scale)', fontsize=8)
+  for ax in axes[:, 0]:
+    ax.set_ylabel('loss (nats / byte)', fontsize=8)
+  fig.suptitle(f'RoPE extensions without training (step {results["step"]}): '
+               f'each method (blue) beside plain RoPE (grey dashed); dotted: '
+               f'training length {t}', fontsize=10)
+  fig.tight_layout(rect=(0, 0, 1, 0.96))
   fig.savefig(path, dpi=120)
   plt.close(fig)
 

@@ -29,13 +29,17 @@ def test_every_method_at_every_length(rope_run, tmp_path):
   loss = {(r['method'], r['length']): r['loss'] for r in results['results']}
   assert set(m for m, _ in loss) == set(extensions.METHODS)
   # At the training length every scaling is plain RoPE, to the bit, and so
-  # are Leaky ReRoPE (no leak needed) and LM-Infinite (n_global + n_local
-  # covers the window); ReRoPE clamps at L/2 at every length.
-  plain = set(extensions.METHODS) - {'rerope'}
+  # are Leaky ReRoPE (no leak needed), Self-Extend (off), LM-Infinite
+  # (n_global + n_local covers the window) and log-n (1 below L); ReRoPE
+  # clamps at L/2 at every length.
+  plain = set(extensions.METHODS) - {'rerope', 'rerope_logn'}
   assert len({loss[(m, 16)] for m in plain}) == 1
   assert loss[('rerope', 16)] != loss[('none', 16)]
-  for m in ('rerope', 'leaky_rerope', 'lm_infinite'):
-    assert loss[(m, 32)] != loss[('none', 32)]
+  assert loss[('rerope_logn', 16)] == loss[('rerope', 16)]
+  for m in ('rerope', 'leaky_rerope', 'lm_infinite', 'self_extend',
+            'rerope_logn', 'longrope'):
+    assert loss[(m, 32)] != loss[('none', 32)], m
+  assert loss[('rerope_logn', 32)] != loss[('rerope', 32)]
   # Beyond it they change the model: interpolation differs from none, and
   # dynamic NTK at a full window equals NTK with s = length / L.
   assert loss[('linear', 32)] != loss[('none', 32)]
@@ -81,7 +85,23 @@ def test_scaling_on_another_encoding_is_refused():
 def test_the_methods_come_from_the_registries():
   assert extensions.METHODS[:len(rope_scaling.METHODS)] == rope_scaling.METHODS
   assert extensions.METHODS[len(rope_scaling.METHODS):] == (
-      'rerope', 'leaky_rerope', 'lm_infinite')
+      'rerope', 'leaky_rerope', 'rerope_logn', 'self_extend', 'lm_infinite')
+
+
+@pytest.mark.parametrize('train_len,length,group', [
+    # W = 8: (31 // 2) + 8 - 4 = 19 > 15; G = 3: 10 + 8 - 2 = 16 > 15;
+    # G = 4: 7 + 8 - 2 = 13 <= 15.
+    (16, 32, 4),
+    # W = 32, n = 1024: G = 32: 31 + 32 - 1 = 62 <= 63; G = 31: 33 + 31 = 64.
+    (64, 1024, 32),
+    (64, 65, 2),
+])
+def test_self_extend_group_fits_the_training_length(train_len, length, group):
+  w = train_len // 2
+  assert extensions.self_extend_group(train_len, w, length) == group
+  assert (length - 1) // group + w - w // group <= train_len - 1
+  g = group - 1
+  assert g == 0 or (length - 1) // g + w - w // g > train_len - 1
 
 
 def test_the_command_line(rope_run, tmp_path):

@@ -113,3 +113,24 @@ def test_a_missing_source_is_a_clear_error(tiny_config, tmp_path):
   with pytest.raises(checkpoint.CheckpointError,
                      match='config.init_from=.*must name the --workdir'):
     trainer.params_from_run(c, run_state.abstract_state(c)[1]['params'])
+
+
+def test_pose_fine_tuning_from_a_run(source, tiny_config, tmp_path):
+  # PoSE extends a rope run to a target length of 4x its own with YaRN at
+  # that scale, training on windows of the original length whose positions
+  # skip ahead (lmx/positions/sampling.py).
+  from lmx.data import windows  # pylint: disable=g-import-not-at-top
+  c = tiny_config('rope', **{
+      'init_from': source['rope'], 'train.steps': 2,
+      'positions.train': 'pose', 'positions.max_position': 64,
+      'model.rope.scaling': 'yarn', 'model.rope.factor': 4.0,
+      'model.rope.original_max_len': 16})
+  batch = windows.train_batch(np.arange(5000, dtype=np.int32), seed=0,
+                              step=0, batch=64, seq_len=16, sampling='pose',
+                              max_position=64)
+  assert batch['positions'].max() > 15 and batch['positions'].max() < 64
+  workdir = str(tmp_path / 'pose')
+  trainer.train(c, workdir, progress=False)
+  assert checkpoint.latest_step(workdir) == 2
+  saved = checkpoint.read_config(workdir)
+  assert saved.positions.train == 'pose' and saved.init_from == source['rope']

@@ -425,3 +425,55 @@ def test_eval_windows_tile_the_stream_from_offset_zero(size, length, tokens,
   # As many windows as the token budget and the stream allow, and no more.
   assert n * length <= tokens and n * length + 1 <= size
   assert (n + 1) * length > tokens or (n + 1) * length + 1 > size
+
+
+@FAST
+@given(length=st.integers(2, 40), room=st.integers(0, 60), seed=seeds)
+def test_pose_positions_are_two_chunks_with_a_skip(length, room, seed):
+  # PoSE as its released code draws them: chunk 1 at 0 .. l - 1 with
+  # 1 <= l <= (T + 1) // 2, chunk 2 consecutive after one skip u in
+  # [0, max_position - T].
+  max_position = length + room
+  pos = P.sample_positions('pose', 200, length, max_position,
+                           np.random.default_rng(seed))
+  assert np.all(pos[:, 0] == 0) and pos.max() < max_position
+  steps = np.diff(pos, axis=1)
+  for row, d in zip(pos, steps):
+    jumps = np.flatnonzero(d != 1)
+    assert len(jumps) <= 1
+    first = int(jumps[0]) + 1 if len(jumps) else None
+    if first is not None:
+      assert 1 <= first <= (length + 1) // 2
+      assert 1 < d[jumps[0]] <= room + 1
+  # The last position is T - 1 + u: with a small room every skip occurs
+  # (each value missed by 200 rows with chance <= (5/6)^200 < 1e-15).
+  last = set(pos[:, -1].tolist())
+  assert min(last) >= length - 1
+  if room <= 5:
+    assert last == set(range(length - 1, max_position))
+
+
+@FAST
+@given(length=st.integers(4, 40), room=st.integers(0, 60),
+       chunks=st.integers(1, 4), seed=seeds)
+def test_pose_n_chunks(length, room, chunks, seed):
+  # The paper's N-chunk form: at most N - 1 skips, non-decreasing, all
+  # positions below max_position, the first at 0.
+  from lmx.positions import sampling
+  pos = sampling.pose_positions(
+      50, length, length + room, np.random.default_rng(seed), chunks)
+  assert np.all(pos[:, 0] == 0) and pos.max() < length + room
+  d = np.diff(pos, axis=1)
+  assert np.all(d >= 1) and np.all((d != 1).sum(axis=1) <= chunks - 1)
+
+
+def test_pose_evaluates_with_contiguous_positions():
+  from configs import base as base_cfg
+  from lmx import config as config_lib
+  c = base_cfg.get_config('size=tiny')
+  c.positions.train = 'pose'
+  c.positions.max_position = 256
+  config_lib.validate(c)
+  assert config_lib.resolve_eval_sampling(c) == 'contiguous'
+  c.positions.eval = 'shift'
+  assert config_lib.resolve_eval_sampling(c) == 'shift'
