@@ -48,6 +48,12 @@ VARIANTS = {
     # ReRoPE with log-n query scaling, as the ReRoPE author's patch runs it.
     'rerope_logn': {'rerope.window': 5, 'length_scaling.kind': 'logn',
                     'length_scaling.base_len': 8},
+    # RoPE settings that change the rotation: LongRoPE past its L (the
+    # positions of _inputs(37) reach past 16), partial rotary with p-RoPE.
+    'longrope': {'rope.scaling': 'longrope', 'rope.factor': 4.0,
+                 'rope.original_max_len': 16,
+                 'rope.long_factor': (1.0, 1.0, 2.0, 2.0, 4.0, 4.0, 4.0, 4.0)},
+    'partial_p_rope': {'rope.partial': 0.5, 'rope.p': 0.75},
 }
 # Seen from the attention, an encoding does nothing there (none, learned,
 # sinusoidal: they act on the embedding), turns q and k (rope, xpos) or adds
@@ -71,7 +77,7 @@ def _cases(variant):
     return {e: (MULTI_TILE,) for e in ENCODINGS}
   if variant == 'self_extend':
     return {e: (MULTI_TILE,) for e in REPRESENTATIVE}
-  if variant == 'rerope_logn':
+  if variant in ('rerope_logn', 'longrope', 'partial_p_rope'):
     return {'rope': (MULTI_TILE,)}
   return {e: (MULTI_TILE,) for e in ROTARY}   # rerope, leaky_rerope
 

@@ -438,7 +438,7 @@ def test_pose_positions_are_two_chunks_with_a_skip(length, room, seed):
                            np.random.default_rng(seed))
   assert np.all(pos[:, 0] == 0) and pos.max() < max_position
   steps = np.diff(pos, axis=1)
-  for row, d in zip(pos, steps):
+  for d in steps:
     jumps = np.flatnonzero(d != 1)
     assert len(jumps) <= 1
     first = int(jumps[0]) + 1 if len(jumps) else None
