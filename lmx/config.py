@@ -204,8 +204,9 @@ def _check_attention(config, encoding) -> None:
           f'config.model.self_extend.window={se_window} regroups the '
           f'positions that the rotation or the bias sees, but the '
           f'{m.position!r} encoding has neither (it adds its positions to the '
-          'embeddings, or has none). Use a relative encoding (rope, alibi, '
-          't5, kerple, xpos), or set config.model.self_extend.window=0.')
+          'embeddings, or has none). Use a relative encoding ('
+          + ', '.join(n for n, e in positions.REGISTRY.items() if e.relative())
+          + '), or set config.model.self_extend.window=0.')
   kind = f.choice('model.length_scaling.kind', attention.LENGTH_SCALINGS)
   base_len = f.int('model.length_scaling.base_len', 0)
   require(kind == 'off' or base_len >= 2,

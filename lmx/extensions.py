@@ -249,8 +249,11 @@ def plot(results: dict, path: str) -> None:
     ax.tick_params(labelsize=7)
   for ax in list(axes.flat)[len(methods):]:
     ax.set_visible(False)
-  for ax in axes[-1]:
-    ax.set_xlabel('length (log scale)', fontsize=8)
+  # Each column's lowest panel in use carries the length labels.
+  for col in range(cols):
+    row = max(r for r in range(rows) if r * cols + col < len(methods))
+    axes[row, col].xaxis.set_tick_params(labelbottom=True)
+    axes[row, col].set_xlabel('length (log scale)', fontsize=8)
   for ax in axes[:, 0]:
     ax.set_ylabel('loss (nats / byte)', fontsize=8)
   fig.suptitle(f'RoPE extensions without training (step {results["step"]}): '

@@ -18,6 +18,9 @@ from lmx import positions as P
 ENCODINGS = sorted(P.REGISTRY)
 RELATIVE = ['alibi', 'kerple', 'none', 'rope', 't5', 'xpos']
 ABSOLUTE = ['learned', 'sinusoidal']
+# Relative, normalised by the query position past a threshold (FIRE's
+# progressive interpolation): shift invariant only below the threshold.
+NORMALISED = ['fire']
 B, T, V = 2, 12, 257
 SHIFT = 17
 
@@ -54,8 +57,9 @@ def _positions(kind):
 
 
 def test_every_registered_encoding_is_classified():
-  # A new encoding must be added to RELATIVE or ABSOLUTE to be tested here.
-  assert sorted(RELATIVE + ABSOLUTE) == ENCODINGS
+  # A new encoding must be added to RELATIVE, ABSOLUTE or NORMALISED to be
+  # tested here.
+  assert sorted(RELATIVE + ABSOLUTE + NORMALISED) == ENCODINGS
 
 
 @pytest.mark.parametrize('kind', ['contiguous', 'randomized'])
@@ -94,6 +98,21 @@ def test_relative_encodings_are_shift_invariant(position, kind):
   tokens, pos = _tokens(), _positions(kind)
   np.testing.assert_allclose(model(tokens, pos + SHIFT), model(tokens, pos),
                              atol=1e-4, rtol=0)
+
+
+def test_fire_is_shift_invariant_only_below_its_threshold():
+  # psi(max(L, i)) is psi(L) for every query below L = 512 (the default):
+  # then only i - j matters. With L = 4 the normaliser follows i.
+  tokens, pos = _tokens(), _positions('randomized')
+  assert int(pos.max()) + SHIFT < 512
+  model = _model('fire')
+  np.testing.assert_allclose(model(tokens, pos + SHIFT), model(tokens, pos),
+                             atol=1e-4, rtol=0)
+  cfg = _model_cfg('fire')
+  cfg.fire.init_threshold = 4.0
+  model = model_lib.build(cfg, seed=0)
+  diff = jnp.abs(model(tokens, pos + SHIFT) - model(tokens, pos))
+  assert float(diff.max()) > 1e-3
 
 
 @pytest.mark.parametrize('position', ABSOLUTE)

@@ -626,3 +626,65 @@ def test_partial_or_p_on_another_encoding_is_refused(key):
   cfg.rope[key] = 0.5
   with pytest.raises(ConfigError, match=f'config.model.rope.{key}=0.5'):
     P.RoPE.check_unused(cfg)
+
+
+# ------------------------------------------------------------------- FIRE
+
+
+def test_fire_inputs_by_hand():
+  # c = 0.1, L = 8, eps 0. Query 10 (past L): normaliser psi(10) = log 2.
+  #   d = 10: log(2) / log 2 = 1; d = 5: log 1.5 / log 2 = 0.5849625; d = 0: 0.
+  # Query 4 (below L): normaliser psi(8) = log 1.8 = 0.5877867;
+  #   d = 4: log 1.4 / log 1.8 = 0.3364722 / 0.5877867 = 0.5724394.
+  got = P.fire_inputs(jnp.array([[10]]), jnp.array([[0, 5, 10]]), 0.1, 8.0,
+                      eps=0.0)
+  np.testing.assert_allclose(got, [[[1.0, 0.5849625, 0.0]]], rtol=1e-6)
+  got = P.fire_inputs(jnp.array([[4]]), jnp.array([[0]]), 0.1, 8.0, eps=0.0)
+  np.testing.assert_allclose(got, [[[0.5724394]]], rtol=1e-6)
+
+
+def test_fire_mlp_by_hand():
+  # w1 = [1, -1], b1 = [0, 0.5], w2 = [[2], [3]], b2 = [0.1]:
+  #   x = 0.25: relu([0.25, 0.25]) . [2, 3] + 0.1 = 1.35;
+  #   x = 1:    relu([1, -0.5])   . [2, 3] + 0.1 = 2.1.
+  w1, b1 = jnp.array([1.0, -1.0]), jnp.array([0.0, 0.5])
+  w2, b2 = jnp.array([[2.0], [3.0]]), jnp.array([0.1])
+  np.testing.assert_allclose(P.fire_mlp(jnp.array([0.25, 1.0]), w1, b1, w2, b2),
+                             [[1.35], [2.1]], rtol=1e-6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 5000), min_size=1, max_size=20, unique=True),
+       st.floats(0.01, 10.0), st.floats(1.0, 4096.0))
+def test_fire_inputs_stay_in_the_unit_interval(positions, c, threshold):
+  # Progressive interpolation (Sec. 3.2): for every causal pair the MLP reads
+  # a value in [0, 1], whatever the length.
+  pos = jnp.asarray(sorted(positions))[None]
+  x = np.asarray(P.fire_inputs(pos, pos, c, threshold))[0]
+  causal = np.tril(np.ones_like(x, dtype=bool))
+  assert x[causal].min() >= 0.0 and x[causal].max() <= 1.0 + 1e-6
+
+
+def test_fire_module_bias_is_the_mlp_of_its_inputs():
+  cfg = _model_cfg('fire', num_heads=2, d_model=8)
+  enc = P.FIRE(cfg, rngs=nnx.Rngs(params=0))
+  assert enc.w2[...].shape == (32, 2)
+  assert float(enc.c[...]) == pytest.approx(0.1)
+  pos = jnp.array([[0, 3, 600, 700]])
+  bias = enc.bias(pos, pos)
+  assert bias.shape == (1, 2, 4, 4)
+  x = P.fire_inputs(pos, pos, 0.1, 512.0)
+  want = P.fire_mlp(x, enc.w1[...], enc.b1[...], enc.w2[...], enc.b2[...])
+  np.testing.assert_allclose(bias, jnp.transpose(want, (0, 3, 1, 2)),
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize('field,value', [('mlp_width', 0), ('init_c', 0.0),
+                                         ('init_threshold', -1.0),
+                                         ('eps', 0.0)])
+def test_fire_bad_settings_are_refused(field, value):
+  from lmx.errors import ConfigError
+  cfg = _model_cfg('fire', num_heads=2, d_model=8)
+  cfg.fire[field] = value
+  with pytest.raises(ConfigError, match=f'config.model.fire.{field}'):
+    P.FIRE.check(cfg)

@@ -8,6 +8,7 @@ module, and nothing else in lmx names it.
 
 from lmx.positions.alibi import ALiBi, alibi_bias, alibi_slopes
 from lmx.positions.base import PositionEncoding, relative_distance
+from lmx.positions.fire import FIRE, fire_inputs, fire_mlp
 from lmx.positions.kerple import Kerple, kerple_log, kerple_power
 from lmx.positions.learned import Learned
 from lmx.positions.nope import NoPE
@@ -29,6 +30,7 @@ REGISTRY: dict[str, type[PositionEncoding]] = {
     't5': T5Bias,
     'alibi': ALiBi,
     'kerple': Kerple,
+    'fire': FIRE,
     'xpos': XPos,
     'rope': RoPE,
 }
@@ -55,9 +57,9 @@ def get_encoding(name: str) -> type[PositionEncoding]:
         f'Valid names: {", ".join(sorted(REGISTRY))}.') from None
 
 __all__ = [
-    'ALiBi', 'DEFAULT', 'Kerple', 'Learned', 'NoPE', 'PositionEncoding', 'REGISTRY',
+    'ALiBi', 'DEFAULT', 'FIRE', 'Kerple', 'Learned', 'NoPE', 'PositionEncoding', 'REGISTRY',
     'RoPE', 'SAMPLING_KINDS', 'Sinusoidal', 'T5Bias', 'XPos', 'alibi_bias',
-    'alibi_slopes', 'apply_rope', 'get_encoding', 'kept_pairs', 'p_rope',
+    'alibi_slopes', 'apply_rope', 'fire_inputs', 'fire_mlp', 'get_encoding', 'kept_pairs', 'p_rope',
     'register', 'kerple_log',
     'kerple_power', 'relative_distance', 'rope_angles', 'rope_inv_freq',
     'sample_positions', 'sinusoidal_table', 't5_relative_bucket',
