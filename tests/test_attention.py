@@ -182,10 +182,14 @@ def test_chunked_equals_dense_forward_and_gradients(variant):
         # Relative to this parameter's own gradient, floored at a
         # thousandth of the largest one (a parameter with a vanishing
         # gradient has no scale of its own).
+        # A gradient that is zero by symmetry (FIRE's output bias, added to
+        # every logit of a head, cancels in the softmax) is rounding noise
+        # in both backends: an absolute slack of 1e-6 of the largest.
         leaf_scale = max(_max_abs(g_d), 1e-3 * grad_scale)
         err = _max_abs(g_c - g_d)
         name = jax.tree_util.keystr(path)
-        assert err <= TOL * leaf_scale, (where, name, err, leaf_scale)
+        assert err <= TOL * leaf_scale + 1e-6 * grad_scale, (
+            where, name, err, leaf_scale)
         if 'position' in name and _max_abs(g_d) > 0:
           checked_bias_grads += 1
   if set(encodings) & {'t5', 'kerple', 'learned'}:
