@@ -82,8 +82,7 @@ class FIRE(PositionEncoding):
         'mlp_width': 32,        # hidden units of f
         'init_c': 0.1,          # psi's c at initialisation
         # L at initialisation (L = |L_mult * init_threshold|, L_mult learned
-        # from 1); the paper's code uses 512. configs/fire.py sets the
-        # training length.
+        # from 1), as in the paper's code.
         'init_threshold': 512.0,
         'eps': 1e-6,
     })
