@@ -142,6 +142,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   f.bool('eval.sliding')
   f.int('eval.sliding_stride', 0)
   f.int('eval.diagnostics_windows', 0)
+  f.bool('eval.generation')
+  f.int('eval.generation_tokens', 1)
+  f.int('eval.generation_documents', 1)
+  for field in ('generation_multipliers', 'generation_positions'):
+    values = e[field]
+    require(isinstance(values, (tuple, list)) and all(
+        isinstance(x, int) and not isinstance(x, bool) and x > 0
+        for x in values),
+            f'config.eval.{field} must be positive integers, got {values!r}.')
+  require(not e.generation or e.generation_multipliers
+          or e.generation_positions,
+          'config.eval.generation=true needs positions: set '
+          'config.eval.generation_multipliers (of train.seq_len) or '
+          'config.eval.generation_positions.')
   for length in e.lengths:
     require(isinstance(length, int) and length > 0,
             f'config.eval.lengths must be positive integers, got {length!r}.')

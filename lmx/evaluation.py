@@ -21,6 +21,7 @@ from flax import nnx
 
 from lmx import checkpoint
 from lmx import config as config_lib
+from lmx import generation_eval
 from lmx import model as model_lib
 from lmx import task_eval
 from lmx import plots
@@ -178,6 +179,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   _check_same_task(config, workdir)  # first: the clearest message
   config_lib.validate(config)
   if config.task.name:
+    config_lib.require(
+        not config.eval.generation,
+        'config.eval.generation scores continuations of text documents; '
+        f'this is a {config.task.name!r} task run. Drop '
+        '--config.eval.generation=true (task runs report exact match).')
     return evaluate_task_run(config, workdir, lengths, out_dir, plots, step)
   run_lengths, skipped = config_lib.eval_lengths(config, lengths)
   if not run_lengths:
@@ -185,9 +191,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
         'No evaluation length can be run with this config: '
         + ' '.join(skipped.values()))
   checkpoint.require_checkpoint(workdir, step)
-  stream = corpus.token_stream(corpus.load_documents(config.data, 'validation'))
+  docs = corpus.load_documents(config.data, 'validation')
+  stream = corpus.token_stream(docs)
   for length in run_lengths:  # refuse before compiling anything
     windows.eval_windows(stream, length, config.eval.tokens)
+  gen_plan = (generation_eval.plan(config, docs) if config.eval.generation
+              else None)
 
   graphdef, params, step = run_state.load_params(config, workdir, step)
   token_losses = make_loss_fn(graphdef)
@@ -225,10 +234,25 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     diagnostics = attention_diagnostics(
         graphdef, params, config, stream, diag_rows[-1]['length'],
         min(config.eval.diagnostics_windows, diag_rows[-1]['windows']))
+  generation = None
+  if gen_plan is not None:
+    gen_pos, gen_skipped, gen_docs = gen_plan
+    generation = ({'train_length': config.train.seq_len, 'rows': [],
+                   'skipped': gen_skipped,
+                   'tokens': config.eval.generation_tokens, 'documents': 0,
+                   'position': config.model.position}
+                  if not gen_pos else generation_eval.generation_quality(
+                      graphdef, params, config, gen_pos, gen_skipped,
+                      gen_docs))
   out_dir = out_dir or os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
   write_json(os.path.join(out_dir, 'results.json'), results)
   write_json(os.path.join(out_dir, 'per_position.json'), per_position)
+  if generation is not None:
+    write_json(os.path.join(out_dir, 'generation.json'), generation)
+    if plots and generation['rows']:
+      generation_eval.plot(generation,
+                           os.path.join(out_dir, 'generation.png'))
   if diagnostics is not None:
     write_json(os.path.join(out_dir, 'attention.json'), diagnostics)
   if plots:
@@ -240,6 +264,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                      os.path.join(out_dir, 'attention.png'))
   results['per_position'] = per_position
   results['attention'] = diagnostics
+  results['generation'] = generation
   return results
 
 
