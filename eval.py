@@ -11,7 +11,9 @@ results.json (loss against length, non-overlapping and sliding windows),
 loss_vs_length.png, per_position.json/png, attention.json/png (attention
 entropy and largest logit per layer against position) and, with
 --config.eval.generation=true, generation.json/png (BLEU and ROUGE of greedy
-continuations after each position, lmx.generation_eval). A task run
+continuations after each position, lmx.generation_eval) and, with
+--config.eval.ood=true, ood.json/png (LM-Infinite's factors 1 and 3: logits
+against distance, PCA of hidden states; lmx.ood_diagnostics). A task run
 (configs/tasks/) writes results.json with exact-match accuracy against task
 length, accuracy_vs_length.png and, for passkey, passkey_heatmap.png;
 --lengths are then task lengths.
@@ -73,6 +75,10 @@ def main(argv):
         ['passkey_heatmap.png'] if 'passkey' in results else [])
   elif results.get('attention'):
     written += ['attention.json', 'attention.png']
+  if results.get('ood'):
+    written += ['ood.json', 'ood.png']
+    print(f'Out-of-distribution factors (LM-Infinite) at length '
+          f'{results["ood"]["length"]}: ood.json, ood.png')
   if generation is not None:
     written += ['generation.json'] + (['generation.png'] if generation['rows']
                                       else [])

@@ -200,6 +200,14 @@ def get_config(arg: str | None = None,
   c.eval.generation_positions = ()
   c.eval.generation_tokens = 100
   c.eval.generation_documents = 8
+  # LM-Infinite's out-of-distribution factors (lmx.ood_diagnostics) at the
+  # longest length the dense path reaches: logits against distance for the
+  # last ood_query_rows queries (head ood_head and the max over heads), and
+  # a 2-D PCA of block ood_layer's hidden states (negative: from the last).
+  c.eval.ood = False
+  c.eval.ood_head = 0
+  c.eval.ood_layer = -1
+  c.eval.ood_query_rows = 64
   c.eval.seed = 1234
   return c
 

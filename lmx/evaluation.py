@@ -23,6 +23,7 @@ from lmx import checkpoint
 from lmx import config as config_lib
 from lmx import generation_eval
 from lmx import model as model_lib
+from lmx import ood_diagnostics
 from lmx import task_eval
 from lmx import plots
 from lmx import run_state
@@ -190,6 +191,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise config_lib.ConfigError(
         'No evaluation length can be run with this config: '
         + ' '.join(skipped.values()))
+  dense = [n for n in run_lengths
+           if n <= max(config.model.chunk_threshold, 1)]
+  config_lib.require(
+      not config.eval.ood or dense,
+      'config.eval.ood=true needs each layer\'s dense logits, taken at the '
+      'longest evaluation length up to config.model.chunk_threshold='
+      f'{config.model.chunk_threshold}, but every length asked for '
+      f'({", ".join(map(str, run_lengths))}) is longer. Add a shorter length '
+      '(--lengths) or raise config.model.chunk_threshold.')
   checkpoint.require_checkpoint(workdir, step)
   docs = corpus.load_documents(config.data, 'validation')
   stream = corpus.token_stream(docs)
@@ -244,10 +254,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                   if not gen_pos else generation_eval.generation_quality(
                       graphdef, params, config, gen_pos, gen_skipped,
                       gen_docs))
+  ood = None
+  if config.eval.ood and diag_rows:
+    length = diag_rows[-1]['length']
+    ood = ood_diagnostics.diagnose(
+        graphdef, params, config, stream, length,
+        bucket_edges(length, config.eval.position_buckets))
   out_dir = out_dir or os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
   write_json(os.path.join(out_dir, 'results.json'), results)
   write_json(os.path.join(out_dir, 'per_position.json'), per_position)
+  if ood is not None:
+    write_json(os.path.join(out_dir, 'ood.json'), ood)
+    if plots:
+      ood_diagnostics.plot(ood, os.path.join(out_dir, 'ood.png'))
   if generation is not None:
     write_json(os.path.join(out_dir, 'generation.json'), generation)
     if plots and generation['rows']:
@@ -265,6 +285,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   results['per_position'] = per_position
   results['attention'] = diagnostics
   results['generation'] = generation
+  results['ood'] = ood
   return results
 
 
