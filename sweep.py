@@ -34,6 +34,10 @@ _TRAIN_ARGS = flags.DEFINE_string(
     '"--config.train.steps=50".')
 _EVAL_ARGS = flags.DEFINE_string(
     'eval_args', '', 'Extra eval.py arguments, e.g. "--lengths=64,512".')
+_MRR = flags.DEFINE_enum(
+    'mrr', 'length', list(report.MRR_FORMS), 'Mean reciprocal rank in the '
+    'report: per task and length with average ties (length), or per task '
+    'and seed as the authors\' code (authors); see docs/tasks.md.')
 _REPORT_ONLY = flags.DEFINE_bool(
     'report_only', False, 'Only (re)write the report from the members\' '
     'eval results.')
@@ -96,7 +100,8 @@ def main(argv):
     failed = any(o.status == 'failed' for o in outcomes)
 
   written = report.write(workdirs, sweep_dir, title=title or
-                         os.path.basename(os.path.normpath(sweep_dir)))
+                         os.path.basename(os.path.normpath(sweep_dir)),
+                         mrr=_MRR.value)
   if written:
     print('Report: ' + ', '.join(written))
   else:
