@@ -168,7 +168,10 @@ def load_declaration(spec: str) -> dict:
   module = _load_module(_resolve(path), 'Sweep')
   if not hasattr(module, 'get_sweep'):
     raise SweepError(f'{path} has no get_sweep(arg) function.')
-  decl = _call(module.get_sweep, arg)
+  try:
+    decl = _call(module.get_sweep, arg)
+  except (ValueError, TypeError) as e:  # e.g. a ConfigError of its argument
+    raise SweepError(f'sweep {spec}: {e}') from e
   if not isinstance(decl, dict):
     raise SweepError(f'{path}: get_sweep() must return a dict with keys '
                      f"'config', 'members' and/or 'product'; got {decl!r}.")

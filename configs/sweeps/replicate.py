@@ -33,6 +33,7 @@ config keys (``size=...``) passed to every member's config.
 """
 
 from configs import base
+from lmx.errors import ConfigError
 
 LM_ENCODINGS = ('sinusoidal', 'rope', 't5', 'alibi')
 MRR_ENCODINGS = ('none', 't5', 'alibi', 'rope', 'sinusoidal')
@@ -49,9 +50,13 @@ def _parse(arg):
   items = [a.strip() for a in (arg or '').split(',') if a.strip()]
   quick = 'quick' in items
   rest = ','.join(a for a in items if a != 'quick')
-  args = base.parse_arg(rest, {
-      **base.ARG_KEYS,
-      'seeds': 'seeds of the multi-seed findings (full: 3, quick: 1)'})
+  try:
+    args = base.parse_arg(rest, {
+        **base.ARG_KEYS,
+        'seeds': 'seeds of the multi-seed findings (full: 3, quick: 1)'})
+  except ConfigError as e:
+    raise ConfigError(f'{e} Or the word quick (the quick variant).'
+                           ) from None
   return quick, args
 
 
