@@ -167,7 +167,7 @@ def plot(diag: dict, path: str) -> None:
   sc = ax.scatter(pts[:, 0], pts[:, 1], c=np.arange(len(pts)), s=6,
                   cmap='viridis')
   first = min(4, len(pts))
-  ax.scatter(pts[:first, 0], pts[:first, 1], s=60, facecolors='none',
+  ax.scatter(pts[:first, 0], pts[:first, 1], s=60, facecolors=(0, 0, 0, 0),
              edgecolors='red', label=f'positions 0-{first - 1}')
   fig.colorbar(sc, ax=ax, label='position (token index)')
   ev = diag['pca']['explained']

@@ -13,47 +13,29 @@ finding has one or more *parts*, each a comparison with a stated threshold;
 the finding **holds** when every measured part holds, **partly** when some
 do, **does not hold** when none does, and is **not measured** when the runs
 it needs are absent. With several seeds every number is the mean over seeds
-(the text gives the standard deviation and the seeds). The thresholds are
-judgment calls about what "explodes" or "stays flat" means, named here so
-that a reader can disagree with them:
+(the text gives the standard deviation and the seeds).
+
+This module holds the machinery and the generic checks (a loss ratio
+against a threshold, a gain that shrinks, an MRR order, one accuracy above
+another, RoPE extensions compared); the findings themselves, with the
+encodings, tasks and thresholds they name, are declared beside their sweep
+in ``configs/sweeps/replicate.py`` (``FINDINGS``), whose ``write`` calls
+:func:`write` with them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import operator
 import os
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from lmx import plots
 from lmx import report
 
-EXPLODES = 1.5     # loss at the longest length / at L: "explodes"
-DEGRADES = 1.1     # ... "degrades"
-FLAT = 1.05        # ... "stays flat"
-HOLDS_2L = 1.1     # T5: loss at 2L / at L still "near" the training loss
-RISE_TOL = 0.005   # ReRoPE: nats a longer length may exceed the shorter
-FAILS = 0.5        # induction heads: accuracy beyond 2L / within L: "fails"
-LEARNED = 0.5      # ... within-L accuracy needed to call it learned at all
-
-__doc__ += f"""
-- ``EXPLODES`` = {EXPLODES}, ``DEGRADES`` = {DEGRADES}, ``FLAT`` =
-  {FLAT}: ratios of the loss at the longest evaluated length to the loss at
-  the training length L;
-- ``HOLDS_2L`` = {HOLDS_2L}: T5's ratio at 2L;
-- ``RISE_TOL`` = {RISE_TOL} nats: how much ReRoPE's loss may rise from one
-  length to the next and still count as "keeps falling";
-- ``FAILS`` = {FAILS}: induction heads "fail" beyond 2L when the accuracy
-  there is below this fraction of the accuracy within L, which must be at
-  least ``LEARNED`` = {LEARNED} for the comparison to mean anything.
-"""
-
-PUBLISHED_MRR_ORDER = ('none', 't5', 'alibi', 'rope', 'sinusoidal')
-MRR_TASKS_DEFAULT = None   # every task with contiguous runs of the order
-RUOSS_TASKS = ('reverse', 'duplicate_string')
-MAMBA_ENCODINGS = ('sinusoidal', 'rope', 'xpos')
 EXTENSION_FILE = os.path.join('extensions', 'results.json')
-
 
 # ------------------------------------------------------------ loading
 
@@ -118,99 +100,23 @@ def _ratio(runs, num, den, rows: str = 'results') -> Optional[dict]:
   return _stat(out)
 
 
-def _longest(runs) -> Optional[int]:
-  lengths = [max(_by_length(r['results'])) for r in runs if r['results']]
-  return max(lengths) if lengths else None
-
-
-# ----------------------------------------------------------- findings
-
-
-def press(runs) -> list[dict]:
-  """Press et al. 2022 (ALiBi), fig. 1: sinusoidal explodes past L,
-  rotary degrades, T5 holds near 2L and then rises, ALiBi stays flat."""
-  parts = []
-  s = _ratio(_lm(runs, 'sinusoidal'), 'longest', 1)
-  parts.append(_part(f'sinusoidal explodes: longest / L >= {EXPLODES}',
-                     _fmt(s, 2), None if s is None else s['mean'] >= EXPLODES))
-  s = _ratio(_lm(runs, 'rope'), 'longest', 1)
-  parts.append(_part(f'rotary degrades: longest / L > {DEGRADES}',
-                     _fmt(s, 2), None if s is None else s['mean'] > DEGRADES))
-  t5 = _lm(runs, 't5')
-  near, rise = _ratio(t5, 2, 1), _ratio(t5, 'longest', 2)
-  parts.append(_part(
-      f'T5 holds near 2L (2L / L <= {HOLDS_2L}), then rises (longest / 2L '
-      f'> {DEGRADES})', f'2L / L {_fmt(near, 2)}; longest / 2L '
-      f'{_fmt(rise, 2)}', None if near is None or rise is None else
-      near['mean'] <= HOLDS_2L and rise['mean'] > DEGRADES))
-  s = _ratio(_lm(runs, 'alibi'), 'longest', 1)
-  parts.append(_part(f'ALiBi stays flat: longest / L <= {FLAT}', _fmt(s, 2),
-                     None if s is None else s['mean'] <= FLAT))
-  return parts
-
-
-def _gap(runs, rows: str) -> Optional[dict]:
-  """Per seed: the mean over the other encodings and the lengths beyond L
-  of (their loss - ALiBi's loss), in nats."""
-  alibi = {r['seed']: r for r in _lm(runs, 'alibi')}
+def _gap(runs, reference: str, others: Sequence[str],
+         rows: str) -> Optional[dict]:
+  """Per seed: the mean over ``others`` and the lengths beyond L of (their
+  loss - ``reference``'s), in nats; over seeds."""
   gaps = []
-  for seed, a in alibi.items():
-    ab = _by_length(a.get(rows))
+  for ref in _lm(runs, reference):
+    rb = _by_length(ref.get(rows))
     diffs = []
-    for other in ('sinusoidal', 'rope', 't5'):
+    for other in others:
       for r in _lm(runs, other):
-        if r['seed'] != seed:
-          continue
-        ob = _by_length(r.get(rows))
-        diffs += [ob[n] - ab[n] for n in ob
-                  if n > r['train_length'] and n in ab]
+        if r['seed'] == ref['seed']:
+          ob = _by_length(r.get(rows))
+          diffs += [ob[n] - rb[n] for n in ob
+                    if n > r['train_length'] and n in rb]
     if diffs:
       gaps.append(sum(diffs) / len(diffs))
   return _stat(gaps)
-
-
-def press_sliding(runs) -> list[dict]:
-  """Press et al. 2022, sec. 4 / app. B: with sliding-window evaluation
-  ALiBi's gain over the others shrinks; sinusoidal still explodes."""
-  plain, sliding = _gap(runs, 'results'), _gap(runs, 'sliding')
-  s = _ratio(_lm(runs, 'sinusoidal'), 'longest', 1, rows='sliding')
-  return [
-      _part('ALiBi\'s gain (others\' loss - ALiBi\'s, mean beyond L) is '
-            'smaller with sliding windows',
-            f'non-overlapping {_fmt(plain)}; sliding {_fmt(sliding)} nats',
-            None if plain is None or sliding is None
-            else sliding['mean'] < plain['mean']),
-      _part(f'sinusoidal still explodes (sliding): longest / L >= '
-            f'{EXPLODES}', _fmt(s, 2),
-            None if s is None else s['mean'] >= EXPLODES)]
-
-
-def kazemnejad(runs, mrr: str = 'length') -> list[dict]:
-  """Kazemnejad et al. 2023, fig. 3: MRR across tasks orders NoPE, T5,
-  ALiBi, RoPE, absolute (sinusoidal here); one part per pair."""
-  groups = [g for g in report.group(runs) if g['kind'] == 'task'
-            and g['position'] in PUBLISHED_MRR_ORDER
-            and g['train_sampling'] == 'contiguous'
-            and g['eval_sampling'] == 'contiguous'
-            and g['task'] != 'induction_heads']
-  try:
-    result, _, _ = report.mrr_of_groups(groups, mrr)
-  except ValueError as e:
-    return [_part('MRR order NoPE > T5 > ALiBi > RoPE > absolute',
-                  f'not computed: {e}', None)]
-  got = result['mrr']
-  present = [p for p in PUBLISHED_MRR_ORDER if p in got]
-  cells = len(result['cells'])
-  parts = []
-  for i, a in enumerate(present):
-    for b in present[i + 1:]:
-      parts.append(_part(f'{a} above {b}',
-                         f'MRR {got[a]:.3f} vs {got[b]:.3f} ({cells} cells)',
-                         got[a] > got[b]))
-  missing = [p for p in PUBLISHED_MRR_ORDER if p not in got]
-  if missing:
-    parts.append(_part(f'runs of {", ".join(missing)}', 'absent', None))
-  return parts
 
 
 def _task_acc(runs, task, position, sampling, lo, hi) -> Optional[dict]:
@@ -227,26 +133,11 @@ def _task_acc(runs, task, position, sampling, lo, hi) -> Optional[dict]:
   return _stat(vals)
 
 
-def ruoss(runs) -> list[dict]:
-  """Ruoss et al. 2023: randomized positions remove the cliff past the
-  training length on reverse and duplicate: RoPE's accuracy just beyond L
-  (lengths in (L, 2L]) is higher trained with randomized positions."""
-  parts = []
-  for task in RUOSS_TASKS:
-    c = _task_acc(runs, task, 'rope', 'contiguous', 1, 2)
-    r = _task_acc(runs, task, 'rope', 'randomized', 1, 2)
-    parts.append(_part(
-        f'{task}: RoPE accuracy in (L, 2L], randomized > contiguous',
-        f'randomized {_fmt(r)}; contiguous {_fmt(c)}',
-        None if c is None or r is None else r['mean'] > c['mean']))
-  return parts
-
-
-def _extension_losses(runs) -> dict[str, dict[int, dict]]:
-  """{method: {length: loss over the rope runs' seeds}} from their
-  ``lmx.extensions`` results."""
+def _extension_losses(runs, position: str) -> dict[str, dict[int, dict]]:
+  """{method: {length: loss over seeds}} from the ``lmx.extensions``
+  results of the contiguous LM runs of ``position``."""
   values: dict[str, dict[int, list]] = {}
-  for r in _lm(runs, 'rope'):
+  for r in _lm(runs, position):
     for row in (r.get('extensions') or {}).get('results', ()):
       values.setdefault(row['method'], {}).setdefault(
           row['length'], []).append(row['loss'])
@@ -258,107 +149,196 @@ def _at_longest(ext, method) -> Optional[dict]:
   return by[max(by)] if by else None
 
 
-def peng(runs) -> list[dict]:
-  """Peng et al. 2023 (YaRN), without fine-tuning: NTK-aware beats PI,
-  YaRN beats PI, dynamic scaling avoids the blow-up of plain RoPE; compared
-  at the longest length."""
-  ext = _extension_losses(runs)
-  pi, ntk, yarn = (_at_longest(ext, m) for m in ('linear', 'ntk', 'yarn'))
-  none, dyn = _at_longest(ext, 'none'), _at_longest(ext, 'dynamic')
-
-  def lower(a, b, text, an, bn):
-    return _part(text, f'{an} {_fmt(a)}; {bn} {_fmt(b)}',
-                 None if a is None or b is None else a['mean'] < b['mean'])
-
-  return [lower(ntk, pi, 'NTK-aware has lower loss than PI (longest)',
-                'ntk', 'PI'),
-          lower(yarn, pi, 'YaRN has lower loss than PI (longest)', 'yarn',
-                'PI'),
-          lower(dyn, none, 'dynamic NTK has lower loss than plain RoPE '
-                '(longest)', 'dynamic', 'plain')]
-
-
 def _curve_text(by: dict[int, dict]) -> str:
   return ', '.join(f'{n}: {by[n]["mean"]:.3f}' for n in sorted(by))
 
 
-def rerope(runs) -> list[dict]:
-  """ReRoPE (Su 2023): the loss keeps falling as the context grows past
-  the training length."""
-  ext = _extension_losses(runs)
-  by = ext.get('rerope')
-  if not by:
-    return [_part('loss falls with length past L', 'no rerope results',
-                  None)]
-  t = _lm(runs, 'rope')[0]['train_length']
-  lengths = sorted(n for n in by if n >= t)
-  means = [by[n]['mean'] for n in lengths]
-  below = all(m <= means[0] + RISE_TOL for m in means[1:])
-  falling = all(b <= a + RISE_TOL for a, b in zip(means, means[1:]))
-  text = _curve_text({n: by[n] for n in lengths})
-  return [_part(f'every length past L at most the loss at L (+{RISE_TOL})',
-                text, below if len(means) > 1 else None),
-          _part(f'loss non-increasing from each length to the next '
-                f'(+{RISE_TOL})', text, falling if len(means) > 1 else None)]
+# ------------------------------------------------------------- checks
+#
+# Each check below returns a function ``(runs, options) -> [part]``, where
+# ``options`` holds the report's settings ({'mrr': form}); a finding is a
+# list of checks. Encodings, tasks and methods are arguments: the findings
+# themselves are declared beside their sweep (configs/sweeps/replicate.py).
+
+OPS = {'>=': operator.ge, '>': operator.gt, '<=': operator.le,
+       '<': operator.lt}
 
 
-def han(runs) -> list[dict]:
-  """Han et al. 2023 (LM-Infinite): the loss stays flat far past L with no
-  training (rope with the Lambda mask and the distance limit)."""
-  ext = _extension_losses(runs)
-  by = ext.get('lm_infinite')
-  rope_runs = _lm(runs, 'rope')
-  if not by or not rope_runs:
-    return [_part(f'longest / L <= {FLAT}', 'no lm_infinite results', None)]
-  t = rope_runs[0]['train_length']
-  if t not in by:
-    return [_part(f'longest / L <= {FLAT}', 'no loss at L', None)]
-  ratio = by[max(by)]['mean'] / by[t]['mean']
-  return [_part(f'LM-Infinite: loss at the longest length / at L <= {FLAT}',
-                f'{ratio:.2f} ({_curve_text(by)})', ratio <= FLAT)]
+def loss_ratio(position: str, num, den, op: str, threshold: float,
+               what: str, rows: str = 'results'):
+  """``loss(num x L) / loss(den x L) <op> threshold`` of the contiguous LM
+  runs of ``position`` (``num='longest'``: the longest length evaluated),
+  mean over seeds; ``rows``: 'results' or 'sliding'."""
+  top = 'longest' if num == 'longest' else f'{num}L'
+  below = 'L' if den == 1 else f'{den}L'
+
+  def check(runs, options):
+    del options
+    s = _ratio(_lm(runs, position), num, den, rows)
+    return [_part(f'{what}: loss at {top} / at {below} {op} {threshold}',
+                  _fmt(s, 2),
+                  None if s is None else OPS[op](s['mean'], threshold))]
+  return check
 
 
-def gu_dao(runs) -> list[dict]:
-  """Gu and Dao 2023 (Mamba), table 2: attention with absolute (sinusoidal
-  here), RoPE or xPos positions fails induction heads beyond about 2x."""
-  parts = []
-  for p in MAMBA_ENCODINGS:
-    inside = _task_acc(runs, 'induction_heads', p, 'contiguous', 0, 1)
-    beyond = _task_acc(runs, 'induction_heads', p, 'contiguous', 2, math.inf)
-    measured = f'within L {_fmt(inside)}; beyond 2L {_fmt(beyond)}'
-    if inside is None or beyond is None:
+def gain_shrinks(reference: str, others: Sequence[str], what: str):
+  """The mean over ``others`` and the lengths beyond L of (their loss -
+  ``reference``'s), per seed, is smaller with sliding windows than with
+  non-overlapping ones."""
+
+  def check(runs, options):
+    del options
+    plain = _gap(runs, reference, others, 'results')
+    sliding = _gap(runs, reference, others, 'sliding')
+    return [_part(what, f'non-overlapping {_fmt(plain)}; sliding '
+                  f'{_fmt(sliding)} nats',
+                  None if plain is None or sliding is None
+                  else sliding['mean'] < plain['mean'])]
+  return check
+
+
+def mrr_order(order: Sequence[str], names: dict[str, str],
+              exclude_tasks: Sequence[str] = ()):
+  """One part per pair of ``order`` (best first): the first has the higher
+  mean reciprocal rank (``lmx.report``, form ``options['mrr']``) among the
+  contiguous task runs of these encodings; ``names`` are their names in
+  the text."""
+
+  def check(runs, options):
+    groups = [g for g in report.group(runs) if g['kind'] == 'task'
+              and g['position'] in order
+              and g['train_sampling'] == 'contiguous'
+              and g['eval_sampling'] == 'contiguous'
+              and g['task'] not in exclude_tasks]
+    try:
+      result, _, _ = report.mrr_of_groups(groups, options.get('mrr',
+                                                               'length'))
+    except ValueError as e:
+      return [_part(' > '.join(names.get(p, p) for p in order),
+                    f'not computed: {e}', None)]
+    got = result['mrr']
+    cells = len(result['cells'])
+    parts = []
+    for i, a in enumerate(order):
+      for b in order[i + 1:]:
+        if a in got and b in got:
+          parts.append(_part(
+              f'{names.get(a, a)} above {names.get(b, b)}',
+              f'MRR {got[a]:.3f} vs {got[b]:.3f} ({cells} cells)',
+              got[a] > got[b]))
+    missing = [names.get(p, p) for p in order if p not in got]
+    if missing:
+      parts.append(_part(f'task runs of {", ".join(missing)}', 'absent',
+                         None))
+    return parts
+  return check
+
+
+def accuracy_higher(task: str, position: str, better: str, worse: str,
+                    lo: float, hi: float, what: str):
+  """Mean accuracy over lengths in ``(lo L, hi L]`` of ``position`` on
+  ``task``, trained with sampling ``better``, exceeds that with ``worse``
+  (means over seeds)."""
+
+  def check(runs, options):
+    del options
+    b = _task_acc(runs, task, position, better, lo, hi)
+    w = _task_acc(runs, task, position, worse, lo, hi)
+    return [_part(what, f'{better} {_fmt(b)}; {worse} {_fmt(w)}',
+                  None if b is None or w is None else b['mean'] > w['mean'])]
+  return check
+
+
+def extension_lower(position: str, a: str, b: str, what: str):
+  """At the longest length, method ``a`` of ``python -m lmx.extensions``
+  (on the ``position`` runs) has a lower loss than ``b``."""
+
+  def check(runs, options):
+    del options
+    ext = _extension_losses(runs, position)
+    x, y = _at_longest(ext, a), _at_longest(ext, b)
+    return [_part(what, f'{a} {_fmt(x)}; {b} {_fmt(y)}',
+                  None if x is None or y is None else x['mean'] < y['mean'])]
+  return check
+
+
+def extension_falls(position: str, method: str, tol: float):
+  """Two parts on ``method``'s loss over the lengths from L on: every
+  longer length at most the loss at L, and non-increasing from each length
+  to the next (each with ``tol`` nats of slack)."""
+
+  def check(runs, options):
+    del options
+    by = _extension_losses(runs, position).get(method)
+    lm = _lm(runs, position)
+    if not by or not lm:
+      return [_part(f'{method}: loss falls past L', 'no results', None)]
+    t = lm[0]['train_length']
+    lengths = sorted(n for n in by if n >= t)
+    means = [by[n]['mean'] for n in lengths]
+    text = _curve_text({n: by[n] for n in lengths})
+    enough = len(means) > 1 and lengths[0] == t
+    return [
+        _part(f'{method}: every length past L at most the loss at L '
+              f'(+{tol})', text, all(m <= means[0] + tol for m in means[1:])
+              if enough else None),
+        _part(f'{method}: loss non-increasing from each length to the next '
+              f'(+{tol})', text, all(y <= x + tol for x, y in
+                                     zip(means, means[1:]))
+              if enough else None)]
+  return check
+
+
+def extension_flat(position: str, method: str, threshold: float):
+  """``method``'s loss at the longest length / at L <= ``threshold``."""
+
+  def check(runs, options):
+    del options
+    by = _extension_losses(runs, position).get(method)
+    lm = _lm(runs, position)
+    what = f'{method}: loss at the longest length / at L <= {threshold}'
+    if not by or not lm or lm[0]['train_length'] not in by:
+      return [_part(what, 'no results', None)]
+    ratio = by[max(by)]['mean'] / by[lm[0]['train_length']]['mean']
+    return [_part(what, f'{ratio:.2f} ({_curve_text(by)})',
+                  ratio <= threshold)]
+  return check
+
+
+def fails_beyond(task: str, position: str, name: str, beyond: float,
+                 factor: float, learned: float):
+  """``position``'s accuracy on ``task`` over lengths beyond ``beyond`` x L
+  is below ``factor`` x its accuracy within L; not measured when that is
+  below ``learned`` (the task was not learned at all)."""
+
+  def check(runs, options):
+    del options
+    inside = _task_acc(runs, task, position, 'contiguous', 0, 1)
+    out = _task_acc(runs, task, position, 'contiguous', beyond, math.inf)
+    measured = f'within L {_fmt(inside)}; beyond {beyond:g}L {_fmt(out)}'
+    if inside is None or out is None:
       holds = None
-    elif inside['mean'] < LEARNED:
+    elif inside['mean'] < learned:
       holds, measured = None, measured + ' (not learned within L)'
     else:
-      holds = beyond['mean'] < FAILS * inside['mean']
-    parts.append(_part(f'{p}: accuracy beyond 2L < {FAILS} x within L',
-                       measured, holds))
-  return parts
+      holds = out['mean'] < factor * inside['mean']
+    return [_part(f'{name}: accuracy beyond {beyond:g}L < {factor} x '
+                  'within L', measured, holds)]
+  return check
 
 
-FINDINGS = (
-    ('Press et al. 2022', 'sinusoidal explodes past L, rotary degrades, T5 '
-     'holds near 2L then rises, ALiBi stays flat', press),
-    ('Press et al. 2022 (sliding windows)', 'with sliding-window evaluation '
-     'ALiBi\'s gain over the others shrinks; sinusoidal still explodes',
-     press_sliding),
-    ('Kazemnejad et al. 2023', 'MRR across tasks orders NoPE, T5, ALiBi, '
-     'RoPE, absolute', kazemnejad),
-    ('Ruoss et al. 2023', 'randomized positions remove the cliff past the '
-     'training length on reverse and duplicate', ruoss),
-    ('Peng et al. 2023 (YaRN)', 'without fine-tuning NTK-aware beats PI; '
-     'YaRN beats PI; dynamic scaling avoids the blow-up', peng),
-    ('ReRoPE (Su 2023)', 'loss keeps falling as the context grows past the '
-     'training length', rerope),
-    ('Han et al. 2023 (LM-Infinite)', 'loss stays flat far past L with no '
-     'training', han),
-    ('Gu and Dao 2023 (Mamba)', 'attention with absolute, RoPE or xPos '
-     'positions fails induction heads beyond about 2x', gu_dao),
-)
+@dataclasses.dataclass(frozen=True)
+class Finding:
+  """A published finding: who, the direction they report, and the checks
+  that measure it."""
+  paper: str
+  claim: str
+  checks: tuple
 
 
 def verdict(parts: Sequence[dict]) -> str:
+  """'holds' (every part), 'holds where measured' (every measured part,
+  some not measured), 'partly', 'does not hold' or 'not measured'."""
   measured = [p['holds'] for p in parts if p['holds'] is not None]
   if not measured:
     return 'not measured'
@@ -370,15 +350,15 @@ def verdict(parts: Sequence[dict]) -> str:
   return 'partly'
 
 
-def findings(runs, mrr: str = 'length') -> list[dict]:
+def evaluate(findings: Sequence[Finding], runs,
+             mrr: str = 'length') -> list[dict]:
   """Every finding: ``{'number', 'paper', 'claim', 'parts', 'verdict'}``."""
   out = []
-  for i, (paper, claim, fn) in enumerate(FINDINGS, 1):
-    parts = fn(runs, mrr) if fn is kazemnejad else fn(runs)
-    out.append({'number': i, 'paper': paper, 'claim': claim,
+  for i, f in enumerate(findings, 1):
+    parts = [p for check in f.checks for p in check(runs, {'mrr': mrr})]
+    out.append({'number': i, 'paper': f.paper, 'claim': f.claim,
                 'parts': parts, 'verdict': verdict(parts)})
   return out
-
 
 def _seeds_note(runs) -> str:
   seeds = sorted({r['seed'] for r in runs if r['seed'] is not None})
@@ -388,15 +368,20 @@ def _seeds_note(runs) -> str:
 def markdown(found: Sequence[dict], runs) -> list[str]:
   md = ['# Replication: published findings beside lmx', '',
         f'{len(runs)} evaluated runs (seeds {_seeds_note(runs)}). Each '
-        'verdict is computed from the results below (lmx/replication.py '
+        'verdict is computed from the results below (the sweep declaration '
         'states every threshold); numbers are means over seeds, ± the '
         'sample standard deviation where there are several.', '',
         '| # | paper | published finding | lmx measured | direction |',
         '|---:|---|---|---|---|']
   for f in found:
-    summary = '; '.join(p['measured'] for p in f['parts'][:2])
-    if len(f['parts']) > 2:
-      summary += f'; ... ({len(f["parts"])} parts)'
+    parts = f['parts']
+    if len(parts) <= 4:
+      summary = '; '.join(f'{p["text"].split(":")[0]}: {p["measured"]}'
+                          for p in parts)
+    else:
+      held = sum(p['holds'] is True for p in parts)
+      done = sum(p['holds'] is not None for p in parts)
+      summary = f'{held} of {done} measured parts hold ({len(parts)} parts)'
     md.append(f'| {f["number"]} | {f["paper"]} | {f["claim"]} | {summary} '
               f'| **{f["verdict"]}** |')
   md.append('')
@@ -411,10 +396,10 @@ def markdown(found: Sequence[dict], runs) -> list[str]:
   return md
 
 
-def plot_extensions(runs, path: str) -> bool:
-  """Loss against length of each RoPE extension (mean over the rope runs'
-  seeds); False when there are none."""
-  ext = _extension_losses(runs)
+def plot_extensions(runs, position: str, path: str) -> bool:
+  """Loss against length of each ``lmx.extensions`` method (mean over the
+  ``position`` runs' seeds); False when there are none."""
+  ext = _extension_losses(runs, position)
   if not ext:
     return False
   plt = plots.pyplot()
@@ -424,12 +409,12 @@ def plot_extensions(runs, path: str) -> bool:
     xs = sorted(by)
     lengths += xs
     ax.plot(xs, [by[n]['mean'] for n in xs], marker='o', label=method)
-  t = _lm(runs, 'rope')[0]['train_length']
+  t = _lm(runs, position)[0]['train_length']
   ax.axvline(t, color='gray', linestyle='--', label=f'training length ({t})')
   plots.length_axis(ax, lengths)
   ax.set_xlabel('evaluation length (tokens, log scale)')
   ax.set_ylabel('loss (nats / byte), mean over seeds')
-  ax.set_title('RoPE extensions without training (findings 5-7)')
+  ax.set_title(f'{position}: inference-time extensions without training')
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
@@ -439,20 +424,21 @@ def plot_extensions(runs, path: str) -> bool:
 
 
 def write(workdirs: Sequence[str], out_dir: str, title: str = 'replicate',
-          mrr: str = 'length', **unused: Any) -> list[str]:
-  """The standard report of ``lmx.report.write``, with the findings first
-  in ``report.md``; also ``findings.json`` and ``extensions.png``."""
-  del unused
+          findings: Sequence[Finding] = (), mrr: str = 'length',
+          extensions_of: Optional[str] = None) -> list[str]:
+  """The standard report of ``lmx.report.write``, with ``findings`` first
+  in ``report.md``; also ``findings.json`` and, with ``extensions_of`` (an
+  encoding whose runs ran ``lmx.extensions``), ``extensions.png``."""
   written = report.write(workdirs, out_dir, title, mrr=mrr)
   if not written:
     return written
   runs = load(workdirs)
-  found = findings(runs, mrr)
-  if plot_extensions(runs, os.path.join(out_dir, 'extensions.png')):
-    written.append('extensions.png')
+  found = evaluate(findings, runs, mrr)
   md = markdown(found, runs)
-  if 'extensions.png' in written:
-    md += ['![RoPE extensions](extensions.png)', '']
+  if extensions_of and plot_extensions(
+      runs, extensions_of, os.path.join(out_dir, 'extensions.png')):
+    written.append('extensions.png')
+    md += ['![inference-time extensions](extensions.png)', '']
   path = os.path.join(out_dir, 'report.md')
   with open(path) as f:
     standard = f.read()

@@ -20,7 +20,7 @@ which returns a small dict::
   member, ``'name'`` gives it an explicit run name, and ``'after'`` lists
   commands run after its eval.py (see ``After``), e.g. ``python -m
   lmx.extensions`` on the member's checkpoint.
-- ``report`` (optional): a module (``'lmx.replication'``) whose
+- ``report`` (optional): a module (``'configs.sweeps.replicate'``) whose
   ``write(workdirs, out_dir, title)`` writes the sweep's report instead of
   ``lmx.report.write``.
 

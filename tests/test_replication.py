@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from configs.sweeps import replicate
 from lmx import replication, sweep
 
 L = 16
@@ -38,6 +39,12 @@ def _task(task, position, acc, sampling='contiguous', seed=0):
                       for n, a in sorted(acc.items())]}
 
 
+def _parts(number, runs, mrr='length'):
+  """The parts of finding ``number`` (1-8) of the replicate sweep."""
+  (found,) = replication.evaluate([replicate.FINDINGS[number - 1]], runs, mrr)
+  return found['parts']
+
+
 def _press_runs(alibi):
   runs = []
   for seed in range(3):
@@ -49,19 +56,21 @@ def _press_runs(alibi):
 
 
 def test_press_holds_partly_and_not():
-  parts = replication.press(_press_runs([1, 0.98, 0.97, 0.97]))
-  assert [p['holds'] for p in parts] == [True] * 4
+  parts = _parts(1, _press_runs([1, 0.98, 0.97, 0.97]))
+  assert [p['holds'] for p in parts] == [True] * 5
   assert replication.verdict(parts) == 'holds'
   assert parts[0]['measured'] == '4.10 ± 0.10 (n=3)'      # 4.0, 4.1, 4.2
-  assert parts[2]['measured'] == ('2L / L 1.05 ± 0.00 (n=3); longest / 2L '
-                                 '1.52 ± 0.00 (n=3)')
-  rising = replication.press(_press_runs([1, 1.2, 1.5, 2]))
-  assert [p['holds'] for p in rising] == [True, True, True, False]
+  assert parts[0]['text'] == ('sinusoidal explodes: loss at longest / at L '
+                              '>= 1.5')
+  assert parts[2]['measured'] == '1.05 ± 0.00 (n=3)'      # T5 at 2L / L
+  assert parts[3]['measured'] == '1.52 ± 0.00 (n=3)'      # 1.6 / 1.05
+  rising = _parts(1, _press_runs([1, 1.2, 1.5, 2]))
+  assert [p['holds'] for p in rising] == [True, True, True, True, False]
   assert replication.verdict(rising) == 'partly'
-  flat = [_lm(p, [1, 1, 1, 1]) for p in ('sinusoidal', 'rope', 't5')]
-  flat.append(_lm('alibi', [1, 2, 3, 4]))
-  assert replication.verdict(replication.press(flat)) == 'does not hold'
-  assert replication.verdict(replication.press([])) == 'not measured'
+  flat = [_lm(p, [1, 1, 1, 1]) for p in ('sinusoidal', 'rope')]
+  flat += [_lm('t5', [1, 2, 2, 2]), _lm('alibi', [1, 2, 3, 4])]
+  assert replication.verdict(_parts(1, flat)) == 'does not hold'
+  assert replication.verdict(_parts(1, [])) == 'not measured'
 
 
 def test_sliding_gain_is_computed_per_seed():
@@ -70,27 +79,27 @@ def test_sliding_gain_is_computed_per_seed():
   runs = [_lm('alibi', [1, 1, 1, 1], sliding=[1, 1, 1, 1]),
           _lm('rope', [1, 2, 2, 2], sliding=[1, 1.5, 1.5, 1.5]),
           _lm('sinusoidal', [1, 2, 2, 2], sliding=[1, 1.5, 1.5, 1.6])]
-  gain, explodes = replication.press_sliding(runs)
+  gain, explodes = _parts(2, runs)
   assert gain['holds'] is True
   assert 'non-overlapping 1.000; sliding 0.517' in gain['measured']
   assert explodes['holds'] is True      # 1.6 / 1 >= 1.5
   runs[1]['sliding'][3]['loss'] = 5.0    # gain (6 x .5 + 4 + .1) / 6 = 1.1
-  assert replication.press_sliding(runs)[0]['holds'] is False
+  assert _parts(2, runs)[0]['holds'] is False
 
 
 def test_mrr_order_one_part_per_pair():
   order = ('none', 't5', 'alibi', 'rope', 'sinusoidal')
   runs = [_task('copy', p, {8: 1.0, 16: 0.9 - 0.1 * i, 32: 0.5 - 0.1 * i})
           for i, p in enumerate(order)]
-  parts = replication.kazemnejad(runs)
+  parts = _parts(3, runs)
   assert len(parts) == 10 and all(p['holds'] for p in parts)
-  assert parts[0]['text'] == 'none above t5'
+  assert parts[0]['text'] == 'NoPE above T5'
   runs[0]['results'][1]['accuracy'] = 0.0    # NoPE last at 16, first at 32
   runs[0]['results'][2]['accuracy'] = 0.0
-  parts = replication.kazemnejad(runs)
+  parts = _parts(3, runs)
   assert [p['holds'] for p in parts[:4]] == [False] * 4
   assert replication.verdict(parts) == 'partly'
-  one = replication.kazemnejad(runs[:1])
+  one = _parts(3, runs[:1])
   assert one[0]['holds'] is None and 'at least two encodings' in one[0][
       'measured']
 
@@ -100,13 +109,13 @@ def test_ruoss_and_mamba():
           _task('reverse', 'rope', {8: 0.9, 12: 0.6, 16: 0.2}, 'randomized'),
           _task('duplicate_string', 'rope', {8: 1, 12: 0.5}),
           _task('duplicate_string', 'rope', {8: 1, 12: 0.1}, 'randomized')]
-  parts = replication.ruoss(runs)
+  parts = _parts(4, runs)
   assert [p['holds'] for p in parts] == [True, False]
   assert 'randomized 0.400; contiguous 0.000' in parts[0]['measured']
   runs = [_task('induction_heads', 'rope', {8: 1.0, 16: 0.9, 17: 0.5,
                                             64: 0.1, 128: 0.0}),
           _task('induction_heads', 'xpos', {8: 0.2, 64: 0.0})]
-  parts = replication.gu_dao(runs)
+  parts = _parts(8, runs)
   assert parts[0]['holds'] is None                   # no sinusoidal runs
   assert parts[1]['holds'] is True                   # 0.05 < 0.5 x 1.0
   assert parts[2]['holds'] is None and 'not learned' in parts[2]['measured']
@@ -123,14 +132,14 @@ EXT = {'none': [1.0, 1.5, 2.0, 3.0], 'linear': [1.0, 1.8, 2.4, 3.2],
 def test_extension_findings():
   runs = [_lm('rope', [1, 1.5, 2, 3], seed=s, extensions=EXT)
           for s in range(2)]
-  assert [p['holds'] for p in replication.peng(runs)] == [True, True, True]
-  rerope = replication.rerope(runs)
+  assert [p['holds'] for p in _parts(5, runs)] == [True, True, True]
+  rerope = _parts(6, runs)
   assert [p['holds'] for p in rerope] == [False, False]
-  han = replication.han(runs)
+  han = _parts(7, runs)
   assert han[0]['holds'] is True and han[0]['measured'].startswith('0.98')
   ext = dict(EXT, rerope=[1.0, 0.98, 0.97, 0.97])
-  assert all(p['holds'] for p in replication.rerope(
-      [_lm('rope', [1, 1, 1, 1], extensions=ext)]))
+  assert all(p['holds'] for p in _parts(
+      6, [_lm('rope', [1, 1, 1, 1], extensions=ext)]))
 
 
 def _write(root, run):
@@ -154,7 +163,7 @@ def test_write_puts_the_findings_first(tmp_path):
   runs[1] = _lm('rope', [1, 1.2, 1.5, 2], seed=0, extensions=EXT)
   dirs = [_write(str(tmp_path), r) for r in runs]
   out = str(tmp_path / 'report')
-  written = replication.write(dirs, out, 'replicate')
+  written = replicate.write(dirs, out, 'replicate')
   assert {'report.md', 'findings.json', 'extensions.png'} <= set(written)
   with open(os.path.join(out, 'report.md')) as f:
     md = f.read()
@@ -176,7 +185,7 @@ def test_the_replicate_declaration(tmp_path):
   full = sweep.prepare('configs/sweeps/replicate.py', str(tmp_path))
   assert len(quick) == 20 and len(full) == 46
   assert sweep.report_module('configs/sweeps/replicate.py') == \
-      'lmx.replication'
+      'configs.sweeps.replicate'
   names = [m.name for m in full]
   assert len(set(names)) == len(names)
   assert sum(m.name.startswith('lm-alibi-') for m in full) == 3

@@ -1,6 +1,7 @@
-"""One sweep that replicates eight published findings (issue 18), with the
-report of ``lmx.replication``: each finding beside what lmx measured and
-whether its direction holds.
+"""One sweep that replicates eight published findings (issue 18), and its
+report (``write`` below, through ``lmx.replication``): each finding beside
+what lmx measured and whether its direction holds. ``FINDINGS`` declares
+the eight, with the thresholds that decide them.
 
     python sweep.py --sweep=configs/sweeps/replicate.py:quick \
         --dir=runs/sweeps/replicate_quick --parallel=2
@@ -33,6 +34,7 @@ config keys (``size=...``) passed to every member's config.
 """
 
 from configs import base
+from lmx import replication as rep
 from lmx.errors import ConfigError
 
 LM_ENCODINGS = ('sinusoidal', 'rope', 't5', 'alibi')
@@ -43,7 +45,86 @@ RUOSS_TASKS = ('reverse', 'duplicate_string')
 MAMBA_ENCODINGS = ('sinusoidal', 'rope', 'xpos')
 EXTENSIONS = ('none', 'linear', 'ntk', 'dynamic', 'yarn', 'rerope',
               'lm_infinite')
-REPORT = 'lmx.replication'
+REPORT = 'configs.sweeps.replicate'   # this module's write()
+
+# What "explodes", "degrades", "stays flat" and "fails" mean here: judgment
+# calls, named so that a reader can disagree with them. Ratios are of the
+# loss at the longest evaluated length (or 2L) to the loss at the training
+# length L, means over seeds.
+EXPLODES = 1.5     # sinusoidal: longest / L
+DEGRADES = 1.1     # rotary: longest / L; T5 after 2L: longest / 2L
+FLAT = 1.05        # ALiBi, LM-Infinite: longest / L
+NEAR_2L = 1.1      # T5 still near its training loss: 2L / L
+RISE_TOL = 0.005   # ReRoPE: nats a length may exceed the one before
+FAILS = 0.5        # induction heads: accuracy beyond 2L / within L
+LEARNED = 0.5      # ... within-L accuracy below which it was not learned
+ABSOLUTE = 'sinusoidal'   # the "absolute" encoding of findings 3 and 8
+
+FINDINGS = (
+    rep.Finding(
+        'Press et al. 2022', 'sinusoidal explodes past L, rotary degrades, '
+        'T5 holds near 2L then rises, ALiBi stays flat', (
+            rep.loss_ratio('sinusoidal', 'longest', 1, '>=', EXPLODES,
+                           'sinusoidal explodes'),
+            rep.loss_ratio('rope', 'longest', 1, '>', DEGRADES,
+                           'rotary degrades'),
+            rep.loss_ratio('t5', 2, 1, '<=', NEAR_2L, 'T5 holds near 2L'),
+            rep.loss_ratio('t5', 'longest', 2, '>', DEGRADES,
+                           'T5 then rises'),
+            rep.loss_ratio('alibi', 'longest', 1, '<=', FLAT,
+                           'ALiBi stays flat'))),
+    rep.Finding(
+        'Press et al. 2022 (sliding windows)', 'with sliding-window '
+        'evaluation ALiBi\'s gain over the others shrinks; sinusoidal still '
+        'explodes', (
+            rep.gain_shrinks('alibi', ('sinusoidal', 'rope', 't5'),
+                             'ALiBi\'s gain (others\' loss - ALiBi\'s, mean '
+                             'beyond L) is smaller with sliding windows'),
+            rep.loss_ratio('sinusoidal', 'longest', 1, '>=', EXPLODES,
+                           'sinusoidal still explodes (sliding)',
+                           rows='sliding'))),
+    rep.Finding(
+        'Kazemnejad et al. 2023', 'MRR across tasks orders NoPE, T5, ALiBi, '
+        'RoPE, absolute', (
+            rep.mrr_order(MRR_ENCODINGS, {'none': 'NoPE', 't5': 'T5',
+                                          'alibi': 'ALiBi', 'rope': 'RoPE',
+                                          ABSOLUTE: 'absolute'},
+                          exclude_tasks=('induction_heads',)),)),
+    rep.Finding(
+        'Ruoss et al. 2023', 'randomized positions remove the cliff past the '
+        'training length on reverse and duplicate', tuple(
+            rep.accuracy_higher(t, 'rope', 'randomized', 'contiguous', 1, 2,
+                                f'{t}: RoPE accuracy in (L, 2L], randomized '
+                                '> contiguous') for t in RUOSS_TASKS)),
+    rep.Finding(
+        'Peng et al. 2023 (YaRN)', 'without fine-tuning NTK-aware beats PI; '
+        'YaRN beats PI; dynamic scaling avoids the blow-up', (
+            rep.extension_lower('rope', 'ntk', 'linear', 'NTK-aware has a '
+                                'lower loss than PI (longest length)'),
+            rep.extension_lower('rope', 'yarn', 'linear', 'YaRN has a lower '
+                                'loss than PI (longest length)'),
+            rep.extension_lower('rope', 'dynamic', 'none', 'dynamic NTK has '
+                                'a lower loss than plain RoPE (longest '
+                                'length)'))),
+    rep.Finding(
+        'ReRoPE (Su 2023)', 'loss keeps falling as the context grows past the '
+        'training length', (rep.extension_falls('rope', 'rerope', RISE_TOL),)),
+    rep.Finding(
+        'Han et al. 2023 (LM-Infinite)', 'loss stays flat far past L with no '
+        'training', (rep.extension_flat('rope', 'lm_infinite', FLAT),)),
+    rep.Finding(
+        'Gu and Dao 2023 (Mamba)', 'attention with absolute, RoPE or xPos '
+        'positions fails induction heads beyond about 2x', tuple(
+            rep.fails_beyond('induction_heads', p,
+                             'absolute' if p == ABSOLUTE else p, 2, FAILS,
+                             LEARNED) for p in MAMBA_ENCODINGS)),
+)
+
+
+def write(workdirs, out_dir, title='replicate', mrr='length'):
+  """The sweep's report: FINDINGS beside the results (lmx.replication)."""
+  return rep.write(workdirs, out_dir, title, FINDINGS, mrr=mrr,
+                   extensions_of='rope')
 
 
 def _parse(arg):
