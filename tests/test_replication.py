@@ -183,7 +183,7 @@ def test_write_puts_the_findings_first(tmp_path):
 def test_the_replicate_declaration(tmp_path):
   quick = sweep.prepare('configs/sweeps/replicate.py:quick', str(tmp_path))
   full = sweep.prepare('configs/sweeps/replicate.py', str(tmp_path))
-  assert len(quick) == 20 and len(full) == 46
+  assert len(quick) == 20 and len(full) == 41
   assert sweep.report_module('configs/sweeps/replicate.py') == \
       'configs.sweeps.replicate'
   names = [m.name for m in full]
@@ -193,5 +193,9 @@ def test_the_replicate_declaration(tmp_path):
   assert rope.after[0].done == 'extensions/results.json'
   assert f'--workdir={rope.workdir}' in rope.after[0].command(rope.workdir)
   assert rope.overrides['train.steps'] == 500
+  (ind,) = [m for m in quick
+            if m.name == 'task-induction_heads-rope-contiguous-s0']
+  assert 'task.eval_stride' not in ind.overrides       # its own, 64
+  assert quick[4].overrides['task.eval_stride'] == 4
   with pytest.raises(sweep.SweepError, match='not key=value.*the word quick'):
     sweep.prepare('configs/sweeps/replicate.py:fast', str(tmp_path))
