@@ -174,7 +174,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Evaluates a checkpoint (default: the latest); writes JSON and PNGs.
 
   A text run gets loss against length (both protocols), per-position loss
-  and attention diagnostics; a task run gets accuracy against length (and
+  and attention diagnostics, and on request (``config.eval.generation``,
+  ``config.eval.ood``) generation quality at length
+  (``lmx.generation_eval``) and LM-Infinite's out-of-distribution factors
+  (``lmx.ood_diagnostics``), each checked before anything compiles; a
+  task run gets accuracy against length (and
   the passkey grid), see ``evaluate_task_run``.
   """
   _check_same_task(config, workdir)  # first: the clearest message

@@ -27,7 +27,8 @@ Members (default size, the built-in corpus; docs/replication.md):
 Full: 3 seeds for the findings that rest on small differences (1, 2, 4 and
 the extensions 5-7), 1 seed for the MRR (a rank over many cells) and
 induction heads (a collapse, not a small difference); 1500 steps as every
-default config. Quick (``:quick``): 1 seed, 500 training steps, a quarter
+default config, and half the default evaluation tokens (16,384 per
+length) for the language models. Quick (``:quick``): 1 seed, 500 training steps, a quarter
 of the evaluation tokens, every 4th task length, two MRR tasks. The
 argument takes ``quick``, ``seeds=N`` (overrides the seed count) and the
 config keys (``size=...``) passed to every member's config.
@@ -146,7 +147,7 @@ def get_sweep(arg=None):
   many = int(args.pop('seeds', 1 if quick else 3))
   size = ':' + ','.join(f'{k}={v}' for k, v in args.items()) if args else ''
   lm_quick = ({'train.steps': 500, 'train.warmup_steps': 50,
-               'eval.tokens': 8192} if quick else {})
+               'eval.tokens': 8192} if quick else {'eval.tokens': 16384})
   task_quick = ({'train.steps': 500, 'train.warmup_steps': 50,
                  'task.eval_stride': 4, 'task.eval_examples': 32}
                 if quick else {})
