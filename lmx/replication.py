@@ -338,7 +338,8 @@ class Finding:
 
 def verdict(parts: Sequence[dict]) -> str:
   """'holds' (every part), 'holds where measured' (every measured part,
-  some not measured), 'partly', 'does not hold' or 'not measured'."""
+  some not measured), 'partly', 'does not hold' (no part), 'does not hold
+  where measured' or 'not measured'."""
   measured = [p['holds'] for p in parts if p['holds'] is not None]
   if not measured:
     return 'not measured'
@@ -346,7 +347,8 @@ def verdict(parts: Sequence[dict]) -> str:
     return ('holds' if len(measured) == len(parts)
             else 'holds where measured')
   if not any(measured):
-    return 'does not hold'
+    return ('does not hold' if len(measured) == len(parts)
+            else 'does not hold where measured')
   return 'partly'
 
 
@@ -376,8 +378,8 @@ def markdown(found: Sequence[dict], runs) -> list[str]:
   for f in found:
     parts = f['parts']
     if len(parts) <= 4:
-      summary = '; '.join(f'{p["text"].split(":")[0]}: {p["measured"]}'
-                          for p in parts)
+      summary = '; '.join(dict.fromkeys(  # parts may share their numbers
+          f'{p["text"].split(":")[0]}: {p["measured"]}' for p in parts))
     else:
       held = sum(p['holds'] is True for p in parts)
       done = sum(p['holds'] is not None for p in parts)

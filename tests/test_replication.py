@@ -112,6 +112,9 @@ def test_ruoss_and_mamba():
   parts = _parts(4, runs)
   assert [p['holds'] for p in parts] == [True, False]
   assert 'randomized 0.400; contiguous 0.000' in parts[0]['measured']
+  assert replication.verdict(parts) == 'partly'
+  assert replication.verdict(_parts(4, runs[2:])) == \
+      'does not hold where measured'            # no reverse runs
   runs = [_task('induction_heads', 'rope', {8: 1.0, 16: 0.9, 17: 0.5,
                                             64: 0.1, 128: 0.0}),
           _task('induction_heads', 'xpos', {8: 0.2, 64: 0.0})]
