@@ -407,10 +407,13 @@ def plot_extensions(runs, position: str, path: str) -> bool:
   plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(8.5, 4.8))
   lengths = []
-  for method, by in ext.items():
+  for i, (method, by) in enumerate(ext.items()):
     xs = sorted(by)
     lengths += xs
-    ax.plot(xs, [by[n]['mean'] for n in xs], marker='o', label=method)
+    # Methods can coincide (NTK and dynamic NTK on whole windows): a
+    # marker and dash of their own keep each visible.
+    ax.plot(xs, [by[n]['mean'] for n in xs], marker='os^vDPX*'[i % 8],
+            linestyle=('-', '--', ':', '-.')[i % 4], label=method)
   t = _lm(runs, position)[0]['train_length']
   ax.axvline(t, color='gray', linestyle='--', label=f'training length ({t})')
   plots.length_axis(ax, lengths)
