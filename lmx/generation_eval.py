@@ -166,7 +166,8 @@ def generation_quality(graphdef, params, config, pos: Sequence[int],
                                                    for r in refs])),
                  **s})
     samples.append({'position': p, 'generated': hyps[0],
-                    'reference': refs[0]})
+                    'reference': refs[0],
+                    'generated_tokens': new[0].tolist()})
   return {'train_length': config.train.seq_len, 'tokens': n,
           'documents': len(documents), 'position': config.model.position,
           'rows': rows, 'samples': samples, 'skipped': skipped}

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
+from lmx import config as config_lib
 from lmx import decoding, generation_eval, run_state
+from lmx.data import tokenizer
 from lmx.errors import ConfigError, DataError
 
 TEXT = ('def main(argv): return parse(argv) or None if x else y for z in '
@@ -86,3 +88,37 @@ def test_positions_the_documents_cannot_reach_are_refused(tiny_config):
   c.eval.generation_positions = (16,)
   with pytest.raises(ConfigError, match='generation_positions'):
     generation_eval.plan(c, docs)
+
+
+@pytest.mark.parametrize('position, overrides', [
+    ('rope', {'model.rope.scaling': 'yarn', 'model.rope.factor': 4.0,
+              'model.rope.original_max_len': 16}),
+    ('xpos', {'model.rerope.window': 8}),
+    ('t5', {'model.lm_infinite.n_global': 2, 'model.lm_infinite.n_local': 6,
+            'model.lm_infinite.distance_limit': 16}),
+])
+def test_inference_time_methods_generate_through_the_same_path(
+    tiny_config, position, overrides):
+  """An eval override changes the model, and the scored continuation is
+  the greedy argmax of the overridden model's full forward pass."""
+  c = tiny_config(position, **{'eval.generation_tokens': 6,
+                               'eval.generation_multipliers': (2,)})
+  graphdef, params = run_state.init_model(c)
+  c.update_from_flattened_dict(overrides)
+  config_lib.validate(c)
+  graphdef2, _ = run_state.abstract_model(c)
+  docs = _docs(np.random.default_rng(4), [80])
+  out = generation_eval.generation_quality(graphdef2, params, c, [32], {},
+                                           docs)
+  row = out['rows'][0]
+  assert 0 <= row['bleu'] <= 100 and 0 <= row['rouge1'] <= 1
+  new = np.asarray(out['samples'][0]['generated_tokens'])
+  assert new.size == 6
+  assert out['samples'][0]['generated'] == tokenizer.decode(new)
+  text = np.concatenate([docs[0][:32], new]).astype(np.int32)[None]
+  pos = np.arange(text.shape[1])[None]
+  apply = run_state.apply_fn(graphdef2)
+  logits = np.asarray(apply(params, text, pos))
+  np.testing.assert_array_equal(np.argmax(logits[0, 31:-1], -1), new)
+  plain = np.asarray(run_state.apply_fn(graphdef)(params, text, pos))
+  assert not np.allclose(plain, logits, atol=1e-5)   # the override acts
