@@ -51,6 +51,7 @@ from concurrent import futures
 from typing import Any
 
 from lmx import checkpoint
+from lmx import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECIAL_KEYS = ('config', 'name', 'after')
@@ -213,9 +214,10 @@ def _name_part(key: str, value: Any) -> str:
 
 
 def member_name(overrides: dict, varying: set[str]) -> str:
-  keys = [k for k in overrides if k in varying and k != 'name']
+  named = [k for k in overrides if k not in ('name', 'after')]
+  keys = [k for k in named if k in varying]
   if not keys:  # nothing varies (one member, or duplicates): name them all
-    keys = [k for k in overrides if k != 'name']
+    keys = named
   name = '-'.join(_name_part(k, overrides[k]) for k in keys) or 'run'
   return re.sub(r'[^A-Za-z0-9._=+-]', '-', name)
 
@@ -373,7 +375,6 @@ def write_report(workdirs: Sequence[str], out_dir: str, title: str,
   if module:
     return importlib.import_module(module).write(workdirs, out_dir, title,
                                                  **kwargs)
-  from lmx import report  # pylint: disable=g-import-not-at-top
   return report.write(workdirs, out_dir, title, **kwargs)
 
 

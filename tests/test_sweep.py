@@ -235,6 +235,10 @@ def test_after_commands_are_declared_run_and_resumed(tmp_path):
                        'members': [{'name': 'a', 'after': after}]},
                       str(tmp_path))
   assert 'after' not in m.overrides and m.after[0].name == 'ext'
+  # An 'after' that differs between members does not name them.
+  a, b = sweep.expand({'config': 'configs/base.py:size=tiny', 'members': [
+      {'seed': 0, 'after': after}, {'seed': 1}]}, str(tmp_path))
+  assert (a.name, b.name) == ('s0', 's1') and b.after == ()
   assert m.after[0].command(m.workdir)[1:] == ['-c', f'print("{m.workdir}")']
   # Done once eval and every after command wrote their file after the
   # latest checkpoint.
