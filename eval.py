@@ -9,7 +9,11 @@ field can be overridden with --config.<field>=<value>, as in train.py (for
 example the evaluation-time position sampling). Writes <workdir>/eval/:
 results.json (loss against length, non-overlapping and sliding windows),
 loss_vs_length.png, per_position.json/png, attention.json/png (attention
-entropy and largest logit per layer against position). A task run
+entropy and largest logit per layer against position) and, with
+--config.eval.generation=true, generation.json/png (BLEU and ROUGE of greedy
+continuations after each position, lmx.generation_eval) and, with
+--config.eval.ood=true, ood.json/png (LM-Infinite's factors 1 and 3: logits
+against distance, PCA of hidden states; lmx.ood_diagnostics). A task run
 (configs/tasks/) writes results.json with exact-match accuracy against task
 length, accuracy_vs_length.png and, for passkey, passkey_heatmap.png;
 --lengths are then task lengths.
@@ -23,6 +27,7 @@ from absl import app, flags
 from lmx import checkpoint
 from lmx import cli
 from lmx import evaluation
+from lmx import generation_eval
 from lmx import task_eval
 from lmx.errors import CheckpointError, ConfigError, DataError
 
@@ -53,6 +58,11 @@ def main(argv):
     print(f'{results["position"]} (train {results["train_sampling"]}, eval '
           f'{results["eval_sampling"]} positions), step {results["step"]}:')
     print(evaluation.format_table(results))
+  generation = results.get('generation')
+  if generation is not None:
+    print(f'Generation quality ({generation["tokens"]} greedy tokens after '
+          f'each position, {generation["documents"]} validation documents):')
+    print(generation_eval.format_table(generation))
   if results['skipped']:
     lengths = ', '.join(results['skipped'])
     first = next(iter(results['skipped'].values()))
@@ -65,6 +75,13 @@ def main(argv):
         ['passkey_heatmap.png'] if 'passkey' in results else [])
   elif results.get('attention'):
     written += ['attention.json', 'attention.png']
+  if results.get('ood'):
+    written += ['ood.json', 'ood.png']
+    print(f'Out-of-distribution factors (LM-Infinite) at length '
+          f'{results["ood"]["length"]}: ood.json, ood.png')
+  if generation is not None:
+    written += ['generation.json'] + (['generation.png'] if generation['rows']
+                                      else [])
   print(f'Wrote {", ".join(written)} to {out}')
 
 

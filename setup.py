@@ -26,6 +26,8 @@ setup(
         'matplotlib',
         'tqdm',
         'tensorboardX',
+        'sacrebleu>=2.4',     # lmx.generation_eval: BLEU
+        'rouge-score>=0.1.2',  # lmx.generation_eval: ROUGE
     ],
     extras_require={
         'test': ['pytest>=8', 'hypothesis>=6', 'ruff>=0.6'],

@@ -11,7 +11,10 @@ Each member runs ``train.py --config=<base> --config.<field>=<value>...
 evaluated after their latest checkpoint and resumes the others. The sweep
 exits with 1 if a member failed, 2 on bad input (before anything runs), and
 128 + N when stopped by signal N. Writes ``<dir>/sweep.json`` (the members)
-and ``<dir>/report.md``, ``report.csv`` and plots.
+and ``<dir>/report.md``, ``report.csv`` and plots (the declaration's own
+``report`` module writes them where it names one, as
+configs/sweeps/replicate.py does). Members may run further commands after
+eval.py (a declaration's ``'after'``), resumed the same way.
 """
 
 import os
@@ -34,6 +37,10 @@ _TRAIN_ARGS = flags.DEFINE_string(
     '"--config.train.steps=50".')
 _EVAL_ARGS = flags.DEFINE_string(
     'eval_args', '', 'Extra eval.py arguments, e.g. "--lengths=64,512".')
+_MRR = flags.DEFINE_enum(
+    'mrr', 'length', list(report.MRR_FORMS), 'Mean reciprocal rank in the '
+    'report: per task and length with average ties (length), or per task '
+    'and seed as the authors\' code (authors); see docs/tasks.md.')
 _REPORT_ONLY = flags.DEFINE_bool(
     'report_only', False, 'Only (re)write the report from the members\' '
     'eval results.')
@@ -57,12 +64,16 @@ def main(argv):
   try:
     if _SWEEP.value:
       members = sweep.prepare(_SWEEP.value, sweep_dir, train_args)
+      report_module = sweep.report_module(_SWEEP.value)
       workdirs = [m.workdir for m in members]
       title = _SWEEP.value
     elif _REPORT_ONLY.value:
       manifest = sweep.read_manifest(sweep_dir)
       workdirs = [m['workdir'] for m in manifest['members']]
       title = manifest.get('sweep')
+      report_module = manifest.get('report')
+      if report_module:
+        sweep.check_report_module(report_module)
     else:
       _fail('--sweep is required, e.g. '
             '--sweep=configs/sweeps/encodings.py:size=tiny.')
@@ -72,7 +83,7 @@ def main(argv):
   failed = False
   if not _REPORT_ONLY.value:
     sweep.write_manifest(sweep_dir, _SWEEP.value, members, train_args,
-                         eval_args)
+                         eval_args, report_module)
     print(f'Sweep {_SWEEP.value}: {len(members)} members in {sweep_dir}, '
           f'{_PARALLEL.value} at a time.')
     runner = sweep.Runner(train_args, eval_args, _PARALLEL.value)
@@ -95,8 +106,9 @@ def main(argv):
       sys.exit(128 + received[0])
     failed = any(o.status == 'failed' for o in outcomes)
 
-  written = report.write(workdirs, sweep_dir, title=title or
-                         os.path.basename(os.path.normpath(sweep_dir)))
+  written = sweep.write_report(
+      workdirs, sweep_dir, title or os.path.basename(os.path.normpath(
+          sweep_dir)), report_module, mrr=_MRR.value)
   if written:
     print('Report: ' + ', '.join(written))
   else:

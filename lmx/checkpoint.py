@@ -413,6 +413,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   # which leave the run as it was (e.g. rope.scaling='none'), and can then
   # be overridden on the command line like any field.
   defaults.complete(saved)
+  defaults.as_tuples(saved)
   return ml_collections.ConfigDict(saved)
 
 

@@ -147,6 +147,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
   f.bool('eval.sliding')
   f.int('eval.sliding_stride', 0)
   f.int('eval.diagnostics_windows', 0)
+  f.bool('eval.generation')
+  f.int('eval.generation_tokens', 1)
+  f.int('eval.generation_documents', 1)
+  for field in ('generation_multipliers', 'generation_positions'):
+    values = e[field]
+    require(isinstance(values, (tuple, list)) and all(
+        isinstance(x, int) and not isinstance(x, bool) and x > 0
+        for x in values),
+            f'config.eval.{field} must be positive integers, got {values!r}.')
+  f.bool('eval.ood')
+  f.int('eval.ood_query_rows', 1)
+  heads, layers = int(m.num_heads), int(m.num_layers)
+  require(isinstance(e.ood_head, int) and 0 <= e.ood_head < heads,
+          f'config.eval.ood_head={e.ood_head!r} must name a head of the '
+          f'model: an integer in [0, {heads}) (config.model.num_heads='
+          f'{heads}).')
+  require(isinstance(e.ood_layer, int) and -layers <= e.ood_layer < layers,
+          f'config.eval.ood_layer={e.ood_layer!r} must name a block: an '
+          f'integer in [{-layers}, {layers}) (negative counts from the last; '
+          f'config.model.num_layers={layers}).')
+  require(not e.generation or e.generation_multipliers
+          or e.generation_positions,
+          'config.eval.generation=true needs positions: set '
+          'config.eval.generation_multipliers (of train.seq_len) or '
+          'config.eval.generation_positions.')
   for length in e.lengths:
     require(isinstance(length, int) and length > 0,
             f'config.eval.lengths must be positive integers, got {length!r}.')

@@ -199,6 +199,24 @@ def get_config(arg: str | None = None,
   # Windows of the longest length for attention entropy / max logit per
   # layer against position (0: off).
   c.eval.diagnostics_windows = 2
+  # Generation quality at length (LM-Infinite sec. 5; lmx.generation_eval):
+  # greedy continuations of generation_tokens tokens after each position
+  # (generation_multipliers x train.seq_len, or explicit
+  # generation_positions) in generation_documents validation documents,
+  # scored with BLEU and ROUGE against the true continuation.
+  c.eval.generation = False
+  c.eval.generation_multipliers = (1, 2, 4, 8, 16)
+  c.eval.generation_positions = ()
+  c.eval.generation_tokens = 100
+  c.eval.generation_documents = 8
+  # LM-Infinite's out-of-distribution factors (lmx.ood_diagnostics) at the
+  # longest length the dense path reaches: logits against distance for the
+  # last ood_query_rows queries (head ood_head and the max over heads), and
+  # a 2-D PCA of block ood_layer's hidden states (negative: from the last).
+  c.eval.ood = False
+  c.eval.ood_head = 0
+  c.eval.ood_layer = -1
+  c.eval.ood_query_rows = 64
   c.eval.seed = 1234
   return c
 
@@ -221,6 +239,25 @@ def complete(saved: dict) -> dict:
             section.setdefault(key, value)
   _fill(saved, get_config().to_dict())
   return saved
+
+
+def as_tuples(saved: dict) -> dict:
+  """``saved`` (read from JSON, where tuples become lists) with each list
+  whose default is a tuple made a tuple again, so that it can be
+  overridden on the command line like the field of a config file
+  (ml_collections overrides tuples, not lists). In place; returns it."""
+  _tuples(saved, get_config().to_dict())
+  return saved
+
+
+def _tuples(node: dict, defaults: dict) -> None:
+  for key, value in defaults.items():
+    if key not in node:
+      continue
+    if isinstance(value, dict) and isinstance(node[key], dict):
+      _tuples(node[key], value)
+    elif isinstance(value, tuple) and isinstance(node[key], list):
+      node[key] = tuple(node[key])
 
 
 def _fill(node: dict, defaults: dict) -> None:

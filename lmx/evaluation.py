@@ -21,7 +21,9 @@ from flax import nnx
 
 from lmx import checkpoint
 from lmx import config as config_lib
+from lmx import generation_eval
 from lmx import model as model_lib
+from lmx import ood_diagnostics
 from lmx import task_eval
 from lmx import plots
 from lmx import run_state
@@ -172,22 +174,43 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Evaluates a checkpoint (default: the latest); writes JSON and PNGs.
 
   A text run gets loss against length (both protocols), per-position loss
-  and attention diagnostics; a task run gets accuracy against length (and
+  and attention diagnostics, and on request (``config.eval.generation``,
+  ``config.eval.ood``) generation quality at length
+  (``lmx.generation_eval``) and LM-Infinite's out-of-distribution factors
+  (``lmx.ood_diagnostics``), each checked before anything compiles; a
+  task run gets accuracy against length (and
   the passkey grid), see ``evaluate_task_run``.
   """
   _check_same_task(config, workdir)  # first: the clearest message
   config_lib.validate(config)
   if config.task.name:
+    config_lib.require(
+        not config.eval.generation,
+        'config.eval.generation scores continuations of text documents; '
+        f'this is a {config.task.name!r} task run. Drop '
+        '--config.eval.generation=true (task runs report exact match).')
     return evaluate_task_run(config, workdir, lengths, out_dir, plots, step)
   run_lengths, skipped = config_lib.eval_lengths(config, lengths)
   if not run_lengths:
     raise config_lib.ConfigError(
         'No evaluation length can be run with this config: '
         + ' '.join(skipped.values()))
+  dense = [n for n in run_lengths
+           if n <= max(config.model.chunk_threshold, 1)]
+  config_lib.require(
+      not config.eval.ood or dense,
+      'config.eval.ood=true needs each layer\'s dense logits, taken at the '
+      'longest evaluation length up to config.model.chunk_threshold='
+      f'{config.model.chunk_threshold}, but every length asked for '
+      f'({", ".join(map(str, run_lengths))}) is longer. Add a shorter length '
+      '(--lengths) or raise config.model.chunk_threshold.')
   checkpoint.require_checkpoint(workdir, step)
-  stream = corpus.token_stream(corpus.load_documents(config.data, 'validation'))
+  docs = corpus.load_documents(config.data, 'validation')
+  stream = corpus.token_stream(docs)
   for length in run_lengths:  # refuse before compiling anything
     windows.eval_windows(stream, length, config.eval.tokens)
+  gen_plan = (generation_eval.plan(config, docs) if config.eval.generation
+              else None)
 
   graphdef, params, step = run_state.load_params(config, workdir, step)
   token_losses = make_loss_fn(graphdef)
@@ -225,10 +248,35 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     diagnostics = attention_diagnostics(
         graphdef, params, config, stream, diag_rows[-1]['length'],
         min(config.eval.diagnostics_windows, diag_rows[-1]['windows']))
+  generation = None
+  if gen_plan is not None:
+    gen_pos, gen_skipped, gen_docs = gen_plan
+    generation = ({'train_length': config.train.seq_len, 'rows': [],
+                   'skipped': gen_skipped,
+                   'tokens': config.eval.generation_tokens, 'documents': 0,
+                   'position': config.model.position}
+                  if not gen_pos else generation_eval.generation_quality(
+                      graphdef, params, config, gen_pos, gen_skipped,
+                      gen_docs))
+  ood = None
+  if config.eval.ood and diag_rows:
+    length = diag_rows[-1]['length']
+    ood = ood_diagnostics.diagnose(
+        graphdef, params, config, stream, length,
+        bucket_edges(length, config.eval.position_buckets))
   out_dir = out_dir or os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
   write_json(os.path.join(out_dir, 'results.json'), results)
   write_json(os.path.join(out_dir, 'per_position.json'), per_position)
+  if ood is not None:
+    write_json(os.path.join(out_dir, 'ood.json'), ood)
+    if plots:
+      ood_diagnostics.plot(ood, os.path.join(out_dir, 'ood.png'))
+  if generation is not None:
+    write_json(os.path.join(out_dir, 'generation.json'), generation)
+    if plots and generation['rows']:
+      generation_eval.plot(generation,
+                           os.path.join(out_dir, 'generation.png'))
   if diagnostics is not None:
     write_json(os.path.join(out_dir, 'attention.json'), diagnostics)
   if plots:
@@ -240,6 +288,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                      os.path.join(out_dir, 'attention.png'))
   results['per_position'] = per_position
   results['attention'] = diagnostics
+  results['generation'] = generation
+  results['ood'] = ood
   return results
 
 

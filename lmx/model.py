@@ -69,8 +69,11 @@ class Attention(nnx.Module):
     scaling = cfg.length_scaling
     self.logn_len = (int(scaling.base_len) if scaling.kind == 'logn' else 0)
     # Set by evaluation (lmx.evaluation.attention_diagnostics) to sow
-    # attention statistics; training never pays for them.
+    # attention statistics, and by lmx.ood_diagnostics to sow the masked
+    # logits themselves; Python flags read at trace time, so training and
+    # every other forward pass never pay for them.
     self.collect_stats = False
+    self.collect_logits = False
 
   def branches(self, q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS,
                turned: bool = False):
@@ -128,12 +131,15 @@ class Attention(nnx.Module):
     else:
       near, far = self.branches(q_BxTxHxK, k_BxTxHxK, positions_BxT,
                                 positions_BxT, turned)
-      if self.collect_stats:
+      if self.collect_stats or self.collect_logits:
         mask_TxT = self.mask(jnp.arange(t), jnp.arange(t))
         logits = attention.masked_scores(near, far, window,
                                          self.position.bias, mask_TxT)
-        self.sow(nnx.Intermediate, 'attention_stats',
-                 attention.attention_stats(logits, mask_TxT))
+        if self.collect_stats:
+          self.sow(nnx.Intermediate, 'attention_stats',
+                   attention.attention_stats(logits, mask_TxT))
+        if self.collect_logits:
+          self.sow(nnx.Intermediate, 'attention_logits', logits)
         out_BxTxHxK = attention.attend(logits, v_BxTxHxK)
       else:
         out_BxTxHxK = attention.attention(
@@ -224,6 +230,9 @@ class Transformer(nnx.Module):
     if not self.tie_embeddings:
       self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False,
                              dtype=self.dtype, rngs=rngs)
+    # Set by lmx.ood_diagnostics to sow each block's output (read at trace
+    # time: other forward passes never pay for it).
+    self.collect_hidden = False
 
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
                dropout_key: Optional[jax.Array] = None) -> jax.Array:
@@ -235,6 +244,8 @@ class Transformer(nnx.Module):
     x_BxTxD = _dropout(x_BxTxD, self.dropout, keys[-1])
     for block, key in zip(self.blocks, keys):
       x_BxTxD, _ = block(x_BxTxD, positions_BxT, key)
+      if self.collect_hidden:
+        self.sow(nnx.Intermediate, 'hidden_states', x_BxTxD)
     return self._logits(x_BxTxD)
 
   def _logits(self, x_BxTxD):

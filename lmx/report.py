@@ -420,16 +420,10 @@ def _mrr_label(g: dict, vary_sampling: bool) -> str:
   return name
 
 
-def mrr_table(groups) -> tuple[dict, dict, list[str], dict]:
-  """From task groups: ({task: {label: {length: mean accuracy over
-  seeds}}}, {task: training length}, notes, {label: (position,
-  train_sampling, eval_sampling)}).
-
-  A label is the encoding, plus the sampling where that varies among the
-  task groups. Groups of one task that share a label (they differ in
-  another config field) are pooled, with a note. A task's training length
-  is the largest among its groups, so that every cell beyond it is beyond
-  training for every label."""
+def _mrr_runs(groups) -> tuple[dict, dict, list[str], dict]:
+  """From task groups: ({task: {label: [runs]}} in first-seen label order,
+  {task: training length}, notes, {label: (position, train_sampling,
+  eval_sampling)}); see :func:`mrr_table`."""
   tg = [g for g in groups if g['kind'] == 'task']
   vary = len({(g['train_sampling'], g['eval_sampling']) for g in tg}) > 1
   runs: dict[str, dict[str, list]] = {}
@@ -445,11 +439,96 @@ def mrr_table(groups) -> tuple[dict, dict, list[str], dict]:
   notes = [f'task {t}: {n} groups share the label {l} (other config fields '
            'differ); their runs are pooled' for (t, l), n in counts.items()
            if n > 1]
+  return runs, train_lengths, notes, sampling
+
+
+def mrr_table(groups) -> tuple[dict, dict, list[str], dict]:
+  """From task groups: ({task: {label: {length: mean accuracy over
+  seeds}}}, {task: training length}, notes, {label: (position,
+  train_sampling, eval_sampling)}).
+
+  A label is the encoding, plus the sampling where that varies among the
+  task groups. Groups of one task that share a label (they differ in
+  another config field) are pooled, with a note. A task's training length
+  is the largest among its groups, so that every cell beyond it is beyond
+  training for every label."""
+  runs, train_lengths, notes, sampling = _mrr_runs(groups)
   table = {task: {l: {s['length']: s['mean']
                       for s in aggregate({'runs': rs}, 'accuracy')}
                   for l, rs in by_label.items()}
            for task, by_label in runs.items()}
   return table, train_lengths, notes, sampling
+
+
+def _pooled_beyond(run: dict, t: int):
+  """Exact match pooled over the run's evaluation lengths beyond ``t``
+  (weighted by each length's examples), or None without such a length."""
+  rows = [r for r in run['results'] if r['length'] > t]
+  if not rows:
+    return None
+  weights = [r.get('examples') or 1 for r in rows]
+  return sum(r['accuracy'] * w for r, w in zip(rows, weights)) / sum(weights)
+
+
+def mean_reciprocal_rank_authors(runs: dict, train_lengths) -> dict:
+  """Each label's mean reciprocal rank over (task, seed) cells, as
+  Kazemnejad et al.'s released notebook computes it
+  (github.com/McGill-NLP/length-generalization,
+  notebooks/plot_aggregate_final.ipynb, ``compute_mean_reciprocal_rank``
+  with ``get_mrr_df``): per task and seed, each label's accuracy pooled over
+  the whole beyond-training test split, ranked best first with ties broken
+  by row order (pandas ``rank(method="first")``: here the order in which
+  the labels first appear, i.e. the sweep's member order).
+
+  ``runs`` is {task: {label: [run results dicts with 'seed' and
+  'results']}} (:func:`_mrr_runs`); ``train_lengths`` {task: length} or one
+  int. A (task, seed) cell counts only when every label has a run of that
+  seed with a length beyond training (their ``dropna``); others are left
+  out with a note. Returns the dict of :func:`mean_reciprocal_rank`, with
+  cells ``(task, seed)`` and ``'form': 'authors'``. Raises ValueError for
+  fewer than two labels or no cell."""
+  labels = list(dict.fromkeys(l for by_label in runs.values()
+                              for l in by_label))
+  if len(labels) < 2:
+    raise ValueError(
+        'mean reciprocal rank needs task runs of at least two encodings; '
+        f'all are {labels[0] if labels else "absent"}')
+  cells, ranks, notes = [], {}, []
+  for task in sorted(runs):
+    t = (train_lengths if isinstance(train_lengths, int)
+         else train_lengths[task])
+    by_label = runs[task]
+    missing = [l for l in labels if l not in by_label]
+    if missing:
+      notes.append(f'task {task}: skipped, no runs of {", ".join(missing)}')
+      continue
+    pooled = {l: {r['seed']: _pooled_beyond(r, t) for r in by_label[l]}
+              for l in labels}
+    seeds = sorted({s for p in pooled.values() for s in p},
+                   key=lambda s: (s is None, s))
+    for seed in seeds:
+      values = {l: pooled[l].get(seed) for l in labels}
+      if any(v is None for v in values.values()):
+        lacking = [l for l, v in values.items() if v is None]
+        notes.append(f'task {task} seed {seed}: left out, no accuracy '
+                     f'beyond the training length {t} for '
+                     f'{", ".join(lacking)}')
+        continue
+      order = sorted(labels, key=lambda l: -values[l])   # stable: row order
+      ranks[task, seed] = {l: order.index(l) + 1 for l in labels}
+      cells.append((task, seed))
+  if not cells:
+    raise ValueError('mean reciprocal rank (authors\' form): no (task, seed) '
+                     'with accuracy beyond training for every label'
+                     + (f' ({"; ".join(notes)})' if notes else ''))
+  mrr = {l: sum(1 / ranks[c][l] for c in cells) / len(cells) for l in labels}
+  mean_rank = {l: sum(ranks[c][l] for c in cells) / len(cells)
+               for l in labels}
+  return {'labels': labels, 'mrr': mrr, 'mean_rank': mean_rank,
+          'cells': cells, 'ranks': ranks, 'notes': notes, 'form': 'authors'}
+
+
+MRR_FORMS = ('length', 'authors')
 
 
 def _ranks(values: dict[str, float]) -> dict[str, float]:
@@ -484,7 +563,10 @@ def mean_reciprocal_rank(table: dict, train_lengths) -> dict:
   the best, and MRR = mean over cells of 1 / rank. Where this differs from
   the authors' released code (github.com/McGill-NLP/length-generalization,
   notebooks/plot_aggregate_final.ipynb, ``compute_mean_reciprocal_rank``
-  and ``get_mrr_df``):
+  and ``get_mrr_df``; :func:`mean_reciprocal_rank_authors` is that form,
+  ``--mrr=authors``). This form is the default because its ranks do not
+  depend on the order of the encodings, averaging seeds first damps the
+  noise of single runs, and a cell per length shows where an encoding wins:
 
   - ties share the average of the ranks they span (two best: 1.5 each).
     The authors' code uses pandas ``rank(method="first")``, which breaks
@@ -536,7 +618,7 @@ def mean_reciprocal_rank(table: dict, train_lengths) -> dict:
   mean_rank = {l: sum(ranks[c][l] for c in cells) / len(cells)
                for l in labels}
   return {'labels': labels, 'mrr': mrr, 'mean_rank': mean_rank,
-          'cells': cells, 'ranks': ranks, 'notes': notes}
+          'cells': cells, 'ranks': ranks, 'notes': notes, 'form': 'length'}
 
 
 def _mrr_order(result: dict) -> list[str]:
@@ -554,12 +636,21 @@ def _cells_text(cells) -> str:
 def mrr_markdown(result: dict, train_lengths: dict) -> list[str]:
   """The report's section: a table sorted by MRR, what counted, notes."""
   cells = result['cells']
-  md = ['## Mean reciprocal rank across tasks', '',
-        (f'Per task and per evaluation length beyond training ({len(cells)} '
-         'cells), the labels are ranked by accuracy (mean over seeds), '
-         'rank 1 the best, ties sharing the average rank; MRR is the mean '
-         'of 1 / rank over the cells (after Kazemnejad et al. 2023). '
-         f'Cells: {_cells_text(cells)}.'), '',
+  if result.get('form') == 'authors':
+    how = (f'Per task and seed ({len(cells)} cells), the labels are ranked '
+           'by exact match pooled over every evaluation length beyond '
+           'training, rank 1 the best, ties broken by row order (member '
+           'order), as Kazemnejad et al. 2023\'s released notebook does; MRR '
+           'is the mean of 1 / rank over the cells. Cells (task at seeds): '
+           f'{_cells_text(cells)}.')
+  else:
+    how = (f'Per task and per evaluation length beyond training '
+           f'({len(cells)} cells), the labels are ranked by accuracy (mean '
+           'over seeds), rank 1 the best, ties sharing the average rank; '
+           'MRR is the mean of 1 / rank over the cells (after Kazemnejad et '
+           'al. 2023; `--mrr=authors` ranks per task and seed as their '
+           f'code does). Cells: {_cells_text(cells)}.')
+  md = ['## Mean reciprocal rank across tasks', '', how, '',
         '| label | MRR | mean rank | first places | cells |',
         '|---|---:|---:|---:|---:|']
   for l in _mrr_order(result):
@@ -589,8 +680,10 @@ def mrr_csv_rows(result: dict, sampling: dict) -> list[dict]:
                 'n': len(result['cells']), 'mean': result['mrr'][l]})
     for task, n in result['cells']:
       rr = 1 / result['ranks'][task, n][l]
+      where = ({'seeds': n} if result.get('form') == 'authors'
+               else {'length': n})
       out.append({**base, 'task': task, 'metric': 'reciprocal_rank',
-                  'length': n, 'n': 1, 'mean': rr, 'std': 0.0, 'min': rr,
+                  **where, 'n': 1, 'mean': rr, 'std': 0.0, 'min': rr,
                   'max': rr})
   return out
 
@@ -612,17 +705,44 @@ def plot_mrr(result: dict, path: str) -> None:
   ax.set_ylabel('mean reciprocal rank (higher is better)')
   tasks = sorted({task for task, _ in result['cells']})
   names = ', '.join(tasks) if len(tasks) <= 4 else f'{len(tasks)} tasks'
-  ax.set_title(f'mean reciprocal rank over {len(result["cells"])} (task, '
-               f'length > training) cells: {names}', fontsize=10)
+  cell = ('task, seed' if result.get('form') == 'authors'
+          else 'task, length > training')
+  ax.set_title(f'mean reciprocal rank over {len(result["cells"])} ({cell}) '
+               f'cells: {names}', fontsize=10)
   ax.grid(True, axis='y', alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
 
-def write(workdirs, out_dir: str, title: str = 'sweep') -> list[str]:
+def mrr_of_groups(groups, form: str = 'length'):
+  """(result, train_lengths, sampling) of the task groups' mean
+  reciprocal rank in ``form``: 'length' (default; per task and length
+  beyond training, seed-mean accuracy, average ties:
+  :func:`mean_reciprocal_rank`) or 'authors' (per task and seed, pooled
+  accuracy, ties by row order: :func:`mean_reciprocal_rank_authors`).
+  Raises ValueError when it cannot be computed (one encoding, no cell)."""
+  if form not in MRR_FORMS:
+    raise ValueError(f'Unknown mean reciprocal rank form {form!r}; valid: '
+                     f'{", ".join(MRR_FORMS)}')
+  if form == 'authors':
+    runs, train_lengths, notes, sampling = _mrr_runs(groups)
+    result = mean_reciprocal_rank_authors(runs, train_lengths)
+  else:
+    accuracy, train_lengths, notes, sampling = mrr_table(groups)
+    result = mean_reciprocal_rank(accuracy, train_lengths)
+  result['notes'] = notes + result['notes']
+  return result, train_lengths, sampling
+
+
+def write(workdirs, out_dir: str, title: str = 'sweep',
+          mrr: str = 'length') -> list[str]:
   """Writes report.md, report.csv and the plots; returns the file names
-  (none when no run has results)."""
+  (none when no run has results). ``mrr``: the form of the mean reciprocal
+  rank (:func:`mrr_of_groups`)."""
+  if mrr not in MRR_FORMS:
+    raise ValueError(f'Unknown mean reciprocal rank form {mrr!r}; valid: '
+                     f'{", ".join(MRR_FORMS)}')
   runs = load(workdirs)
   if not runs:
     return []
@@ -682,13 +802,11 @@ def write(workdirs, out_dir: str, title: str = 'sweep') -> list[str]:
     all_rows += csv_rows(tg, labels)
 
   if tasks:
-    accuracy, train_lengths, notes, sampling = mrr_table(groups)
     try:
-      result = mean_reciprocal_rank(accuracy, train_lengths)
+      result, train_lengths, sampling = mrr_of_groups(groups, mrr)
     except ValueError as e:
       md += [f'Mean reciprocal rank across tasks: not computed: {e}.', '']
     else:
-      result['notes'] = notes + result['notes']
       plot_mrr(result, os.path.join(out_dir, 'mrr.png'))
       written.append('mrr.png')
       md += mrr_markdown(result, train_lengths)
@@ -732,6 +850,11 @@ def _define_flags() -> dict:
       'out': flags.DEFINE_string(
           'out', None, 'Write the full report (report.md, report.csv, '
           'plots; seeds grouped) into this directory.'),
+      'mrr': flags.DEFINE_enum(
+          'mrr', 'length', list(MRR_FORMS), 'Mean reciprocal rank across '
+          'tasks: per task and length beyond training with average ties '
+          '(length, the default), or per task and seed on pooled accuracy '
+          'with ties by row order, as the authors\' code (authors).'),
   }
 
 
@@ -754,7 +877,7 @@ def main(argv, fl: dict) -> None:
     plot(lm_runs, fl['plot'].value)
     print(f'Wrote {fl["plot"].value}')
   if fl['out'].value:
-    written = write(workdirs, fl['out'].value)
+    written = write(workdirs, fl['out'].value, mrr=fl['mrr'].value)
     print(f'Wrote {", ".join(written)} to {fl["out"].value}')
 
 

@@ -16,8 +16,13 @@ which returns a small dict::
 - ``product``: axes, field -> list of values; every combination is a member.
 - ``members``: an explicit list of override dicts (field -> value).
   With both, every member is crossed with every point of the product.
-  Two keys are not fields: ``'config'`` replaces the base config for that
-  member, ``'name'`` gives it an explicit run name.
+  Three keys are not fields: ``'config'`` replaces the base config for that
+  member, ``'name'`` gives it an explicit run name, and ``'after'`` lists
+  commands run after its eval.py (see ``After``), e.g. ``python -m
+  lmx.extensions`` on the member's checkpoint.
+- ``report`` (optional): a module (``'configs.sweeps.replicate'``) whose
+  ``write(workdirs, out_dir, title)`` writes the sweep's report instead of
+  ``lmx.report.write``.
 
 A member's name joins its override values that vary across the sweep, in
 declaration order (``alibi-s0``, ``rope-randomized-s1``); its workdir is
@@ -46,9 +51,10 @@ from concurrent import futures
 from typing import Any
 
 from lmx import checkpoint
+from lmx import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPECIAL_KEYS = ('config', 'name')
+SPECIAL_KEYS = ('config', 'name', 'after')
 SHORT = {'seed': 's'}          # field leaf -> prefix used in run names
 MANIFEST = 'sweep.json'
 
@@ -58,11 +64,44 @@ class SweepError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class After:
+  """A command run after a member's eval.py: ``python *args`` from the
+  repo root, ``{workdir}`` in an argument replaced by the member's workdir,
+  logged to ``<workdir>/<name>.log``. It is done once ``done`` (a path
+  relative to the workdir) is newer than the latest checkpoint."""
+  name: str
+  args: tuple[str, ...]
+  done: str
+
+  def command(self, workdir: str) -> list[str]:
+    return [sys.executable,
+            *(a.replace('{workdir}', workdir) for a in self.args)]
+
+
+def _after(value: Any, where: str) -> tuple[After, ...]:
+  if not isinstance(value, (list, tuple)):
+    raise SweepError(f"{where}: 'after' must be a list of {{'name', 'args', "
+                     f"'done'}} dicts, got {value!r}.")
+  out = []
+  for a in value:
+    if (not isinstance(a, dict) or set(a) != {'name', 'args', 'done'}
+        or not isinstance(a['args'], (list, tuple))
+        or not all(isinstance(x, str) for x in a['args'])
+        or not re.fullmatch(r'[A-Za-z0-9_.-]+', str(a['name']))):
+      raise SweepError(f"{where}: each 'after' entry needs exactly 'name' "
+                       "(letters, digits, ._-), 'args' (strings) and 'done' "
+                       f'(a file the command writes), got {a!r}.')
+    out.append(After(a['name'], tuple(a['args']), str(a['done'])))
+  return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
 class Member:
   name: str
   config: str                      # config file[:arg], as given to train.py
   overrides: dict[str, Any]        # field path -> value
   workdir: str
+  after: tuple[After, ...] = ()    # commands run after eval.py
 
   def train_command(self, extra: Sequence[str] = ()) -> list[str]:
     return [sys.executable, os.path.join(ROOT, 'train.py'),
@@ -130,7 +169,10 @@ def load_declaration(spec: str) -> dict:
   module = _load_module(_resolve(path), 'Sweep')
   if not hasattr(module, 'get_sweep'):
     raise SweepError(f'{path} has no get_sweep(arg) function.')
-  decl = _call(module.get_sweep, arg)
+  try:
+    decl = _call(module.get_sweep, arg)
+  except (ValueError, TypeError) as e:  # e.g. a ConfigError of its argument
+    raise SweepError(f'sweep {spec}: {e}') from e
   if not isinstance(decl, dict):
     raise SweepError(f'{path}: get_sweep() must return a dict with keys '
                      f"'config', 'members' and/or 'product'; got {decl!r}.")
@@ -172,19 +214,21 @@ def _name_part(key: str, value: Any) -> str:
 
 
 def member_name(overrides: dict, varying: set[str]) -> str:
-  keys = [k for k in overrides if k in varying and k != 'name']
+  named = [k for k in overrides if k not in ('name', 'after')]
+  keys = [k for k in named if k in varying]
   if not keys:  # nothing varies (one member, or duplicates): name them all
-    keys = [k for k in overrides if k != 'name']
+    keys = named
   name = '-'.join(_name_part(k, overrides[k]) for k in keys) or 'run'
   return re.sub(r'[^A-Za-z0-9._=+-]', '-', name)
 
 
 def expand(decl: dict, sweep_dir: str) -> list[Member]:
   """The members of a declaration, with names and workdirs; checks names."""
-  unknown = set(decl) - {'config', 'members', 'product'}
+  unknown = set(decl) - {'config', 'members', 'product', 'report'}
   if unknown:
     raise SweepError(f'Unknown sweep keys {sorted(unknown)}: a declaration '
-                     "has 'config', 'members' and/or 'product'.")
+                     "has 'config', 'members' and/or 'product' (and "
+                     "optionally 'report').")
   if not decl.get('config'):
     raise SweepError("The sweep declares no base 'config' (e.g. "
                      "'configs/base.py:size=tiny').")
@@ -218,7 +262,8 @@ def expand(decl: dict, sweep_dir: str) -> list[Member]:
     members.append(Member(name=name, config=r.get('config', decl['config']),
                           overrides=overrides,
                           workdir=os.path.join(os.path.abspath(sweep_dir),
-                                               name)))
+                                               name),
+                          after=_after(r.get('after', ()), name)))
   by_name: dict[str, list[Member]] = {}
   for m in members:
     by_name.setdefault(m.name, []).append(m)
@@ -304,18 +349,50 @@ def prepare(spec: str, sweep_dir: str,
   return members
 
 
+def report_module(spec: str) -> str | None:
+  """The declaration's ``report`` module, checked to import and to have
+  ``write``; None for the standard report."""
+  name = load_declaration(spec).get('report')
+  if name is None:
+    return None
+  check_report_module(name)
+  return name
+
+
+def check_report_module(name: Any) -> None:
+  try:
+    module = importlib.import_module(name) if isinstance(name, str) else None
+  except ImportError as e:
+    raise SweepError(f'report module {name!r} does not import: {e}') from e
+  if not callable(getattr(module, 'write', None)):
+    raise SweepError(f"'report' must name a module with write(workdirs, "
+                     f'out_dir, title), got {name!r}.')
+
+
+def write_report(workdirs: Sequence[str], out_dir: str, title: str,
+                 module: str | None = None, **kwargs) -> list[str]:
+  """``module.write`` (a declaration's report) or ``lmx.report.write``."""
+  if module:
+    return importlib.import_module(module).write(workdirs, out_dir, title,
+                                                 **kwargs)
+  return report.write(workdirs, out_dir, title, **kwargs)
+
+
 def write_manifest(sweep_dir: str, spec: str, members: Sequence[Member],
                    train_args: Sequence[str] = (),
-                   eval_args: Sequence[str] = ()) -> str:
+                   eval_args: Sequence[str] = (),
+                   report: str | None = None) -> str:
   os.makedirs(sweep_dir, exist_ok=True)
   path = os.path.join(sweep_dir, MANIFEST)
   manifest = {
-      'sweep': spec, 'dir': os.path.abspath(sweep_dir),
+      'sweep': spec, 'dir': os.path.abspath(sweep_dir), 'report': report,
       'train_args': list(train_args), 'eval_args': list(eval_args),
       'members': [{'name': m.name, 'config': m.config,
                    'overrides': m.overrides, 'workdir': m.workdir,
                    'train': shlex.join(m.train_command(train_args)[1:]),
-                   'eval': shlex.join(m.eval_command(eval_args)[1:])}
+                   'eval': shlex.join(m.eval_command(eval_args)[1:]),
+                   'after': [shlex.join(a.command(m.workdir)[1:])
+                             for a in m.after]}
                   for m in members]}
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
@@ -347,12 +424,21 @@ def latest_checkpoint_time(workdir: str) -> float | None:
               for name in os.listdir(step_dir)])
 
 
-def is_done(workdir: str) -> bool:
-  """Evaluated after its latest checkpoint was written."""
-  results = os.path.join(workdir, 'eval', 'results.json')
+def is_done(workdir: str, done: str = os.path.join('eval',
+                                                     'results.json')) -> bool:
+  """``done`` (default: eval.py's results) written after the latest
+  checkpoint."""
+  results = os.path.join(workdir, done)
   ckpt = latest_checkpoint_time(workdir)
   return (ckpt is not None and os.path.isfile(results)
           and os.path.getmtime(results) >= ckpt)
+
+
+def member_done(member: Member) -> bool:
+  """Evaluated, and every ``after`` command done, since the latest
+  checkpoint."""
+  return is_done(member.workdir) and all(
+      is_done(member.workdir, a.done) for a in member.after)
 
 
 @dataclasses.dataclass
@@ -425,16 +511,23 @@ class Runner:
           self._procs.discard(proc)
 
   def run_member(self, member: Member, index: str) -> Outcome:
-    if is_done(member.workdir):
+    if member_done(member):
       self.say(f'{index} {member.name}: skipped, already evaluated '
                f'({os.path.join(member.workdir, "eval", "results.json")})')
       return Outcome(member, 'skipped')
     if self.stopping:
       return Outcome(member, 'stopped')
     start = time.time()
-    for stage, cmd in (
-        ('train', member.train_command(self.train_args)),
-        ('eval', member.eval_command(self.eval_args))):
+
+    def stages():  # decided after each stage: training may add a checkpoint
+      yield 'train', member.train_command(self.train_args)
+      if not is_done(member.workdir):
+        yield 'eval', member.eval_command(self.eval_args)
+      for a in member.after:
+        if not is_done(member.workdir, a.done):
+          yield a.name, a.command(member.workdir)
+
+    for stage, cmd in stages():
       self.say(f'{index} {member.name}: {stage} (log: '
                f'{os.path.join(member.workdir, stage + ".log")})')
       rc = self._run(member, stage, cmd)

@@ -81,6 +81,32 @@ def test_eval_override_and_explicit_lengths(trained, tmp_path):
   assert proc.returncode == 2 and 'available steps: 3, 6' in proc.stderr
 
 
+def test_eval_generation_quality_and_its_bad_input(trained, tmp_path):
+  workdir, _ = trained
+  out = str(tmp_path / 'gen')
+  flags = ['--lengths=16', '--config.eval.generation=true',
+           '--config.eval.generation_tokens=20',
+           '--config.eval.generation_documents=2',
+           '--config.model.lm_infinite.n_local=8']  # an eval override too
+  proc = run('eval.py', f'--workdir={workdir}', f'--out={out}',
+             '--config.eval.generation_multipliers=(1,2)', *flags)
+  with open(os.path.join(out, 'generation.json')) as f:
+    gen = json.load(f)
+  assert [r['position'] for r in gen['rows']] == [16, 32]
+  assert gen['documents'] == 2 and gen['tokens'] == 20
+  assert all(0 <= r['bleu'] <= 100 and 0 <= r['rougeL'] <= 1
+             for r in gen['rows'])
+  with open(os.path.join(out, 'generation.png'), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  assert '| 32 | 2 |' in proc.stdout and 'generation.png' in proc.stdout
+  proc = run('eval.py', f'--workdir={workdir}', f'--out={out}',
+             '--config.eval.generation_positions=(10000000,)', *flags,
+             check=False)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert proc.stderr.count('\n') == 1
+  assert 'generation_positions' in proc.stderr and '10000000' in proc.stderr
+
+
 def test_rerunning_the_command_resumes(trained, cache_dir):
   workdir, _ = trained
   proc = run('train.py', '--config=configs/alibi.py:size=tiny',

@@ -242,6 +242,34 @@ def test_mean_reciprocal_rank_by_hand(tmp_path):
   assert first['mrr']['nope'] == pytest.approx((0.5 + 1 + 1 / 1.5 + 0.5) / 4)
 
 
+def test_mean_reciprocal_rank_as_the_authors_compute_it(tmp_path):
+  """Per (task, seed), accuracy pooled beyond training, ties by row
+  order. Seed 1 has only alibi (copy) or nope (reverse): left out.
+    copy s0:    alibi (1 + .2 + .5)/3 = .567 (1), nope .55 (2), rope .15 (3)
+    reverse s0: nope .35 (1), alibi .25 and rope .25 tie: row order"""
+  dirs = _mrr_sweep(str(tmp_path))
+  result, _, _ = report.mrr_of_groups(report.group(report.load(dirs)),
+                                      'authors')
+  assert result['cells'] == [('copy', 0), ('reverse', 0)]
+  assert result['ranks']['reverse', 0] == {'nope': 1, 'alibi': 2, 'rope': 3}
+  assert result['mrr'] == pytest.approx({'alibi': 0.75, 'nope': 0.75,
+                                         'rope': 1 / 3})
+  assert len(result['notes']) == 2 and 'seed 1' in result['notes'][0]
+  # Row order decides the tie: with the runs in reverse order rope wins it.
+  flipped, _, _ = report.mrr_of_groups(
+      report.group(report.load(dirs[::-1])), 'authors')
+  assert flipped['ranks']['reverse', 0] == {'nope': 1, 'rope': 2, 'alibi': 3}
+  assert flipped['mrr']['rope'] == pytest.approx((1 / 3 + 1 / 2) / 2)
+  out = str(tmp_path / 'authors')
+  assert _cli(*dirs, '--out', out, '--mrr', 'authors')[0] == 0
+  with open(os.path.join(out, 'report.md')) as f:
+    md = f.read()
+  assert 'ties broken by row order' in md and '| alibi | 0.750 |' in md
+  one = [d for d in dirs if '-alibi-' in d]
+  with pytest.raises(ValueError, match='at least two encodings'):
+    report.mrr_of_groups(report.group(report.load(one)), 'authors')
+
+
 def test_report_mrr_section_csv_and_plot(tmp_path):
   dirs = _mrr_sweep(str(tmp_path))
   out = str(tmp_path / 'report')

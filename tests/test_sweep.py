@@ -226,3 +226,36 @@ def test_resume_reruns_member_evaluated_before_its_checkpoint(tmp_path):
   os.utime(results, (500, 500))   # trained further after the evaluation
   assert not sweep.is_done(str(workdir))
   assert not sweep.is_done(str(tmp_path / 'never'))
+
+
+def test_after_commands_are_declared_run_and_resumed(tmp_path):
+  after = [{'name': 'ext', 'args': ['-c', 'print("{workdir}")'],
+            'done': 'ext/results.json'}]
+  (m,) = sweep.expand({'config': 'configs/base.py:size=tiny',
+                       'members': [{'name': 'a', 'after': after}]},
+                      str(tmp_path))
+  assert 'after' not in m.overrides and m.after[0].name == 'ext'
+  # An 'after' that differs between members does not name them.
+  a, b = sweep.expand({'config': 'configs/base.py:size=tiny', 'members': [
+      {'seed': 0, 'after': after}, {'seed': 1}]}, str(tmp_path))
+  assert (a.name, b.name) == ('s0', 's1') and b.after == ()
+  assert m.after[0].command(m.workdir)[1:] == ['-c', f'print("{m.workdir}")']
+  # Done once eval and every after command wrote their file after the
+  # latest checkpoint.
+  step = tmp_path / 'a' / 'checkpoints' / '4'
+  step.mkdir(parents=True)
+  (tmp_path / 'a' / 'eval').mkdir()
+  (tmp_path / 'a' / 'eval' / 'results.json').write_text('{}')
+  os.utime(step, (1000, 1000))
+  os.utime(tmp_path / 'a' / 'eval' / 'results.json', (2000, 2000))
+  assert sweep.is_done(m.workdir) and not sweep.member_done(m)
+  (tmp_path / 'a' / 'ext').mkdir()
+  (tmp_path / 'a' / 'ext' / 'results.json').write_text('{}')
+  assert sweep.member_done(m)
+  for bad in ([{'name': 'x'}], 'cmd', [{'name': 'a b', 'args': [],
+                                        'done': 'f'}]):
+    with pytest.raises(sweep.SweepError, match="'after'"):
+      sweep.expand({'config': 'configs/base.py', 'members': [
+          {'name': 'a', 'after': bad}]}, str(tmp_path))
+  with pytest.raises(sweep.SweepError, match="'report' must name a module"):
+    sweep.check_report_module('json')

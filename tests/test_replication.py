@@ -1,0 +1,204 @@
+"""The replication report (lmx.replication) on synthetic results: each
+verdict follows from the numbers, for findings that hold and that do not."""
+
+import json
+import os
+
+import pytest
+
+from configs.sweeps import replicate
+from lmx import replication, sweep
+
+L = 16
+LENGTHS = (16, 32, 64, 128)
+
+
+def _lm(position, losses, seed=0, sliding=None, extensions=None):
+  r = {'kind': 'lm', 'task': None, 'position': position,
+       'train_sampling': 'contiguous', 'eval_sampling': 'contiguous',
+       'train_length': L, 'seed': seed, 'config': {}, 'name': f'{position}'
+       f'-s{seed}', 'results': [{'length': n, 'loss': l}
+                                 for n, l in zip(LENGTHS, losses)]}
+  if sliding:
+    r['sliding'] = [{'length': n, 'loss': l, 'stride': n // 4}
+                    for n, l in zip(LENGTHS, sliding)]
+  if extensions:
+    r['extensions'] = {'results': [
+        {'method': m, 'length': n, 'loss': l}
+        for m, losses_ in extensions.items()
+        for n, l in zip(LENGTHS, losses_)]}
+  return r
+
+
+def _task(task, position, acc, sampling='contiguous', seed=0):
+  return {'kind': 'task', 'task': task, 'position': position,
+          'train_sampling': sampling, 'eval_sampling': sampling,
+          'train_length': 8, 'seed': seed, 'config': {},
+          'name': f'{task}-{position}-{sampling}-s{seed}',
+          'results': [{'length': n, 'accuracy': a, 'examples': 10}
+                      for n, a in sorted(acc.items())]}
+
+
+def _parts(number, runs, mrr='length'):
+  """The parts of finding ``number`` (1-8) of the replicate sweep."""
+  (found,) = replication.evaluate([replicate.FINDINGS[number - 1]], runs, mrr)
+  return found['parts']
+
+
+def _press_runs(alibi):
+  runs = []
+  for seed in range(3):
+    runs += [_lm('sinusoidal', [1, 2, 3, 4 + 0.1 * seed], seed),
+             _lm('rope', [1, 1.2, 1.5, 2], seed),
+             _lm('t5', [1, 1.05, 1.3, 1.6], seed),
+             _lm('alibi', alibi, seed)]
+  return runs
+
+
+def test_press_holds_partly_and_not():
+  parts = _parts(1, _press_runs([1, 0.98, 0.97, 0.97]))
+  assert [p['holds'] for p in parts] == [True] * 5
+  assert replication.verdict(parts) == 'holds'
+  assert parts[0]['measured'] == '4.10 ± 0.10 (n=3)'      # 4.0, 4.1, 4.2
+  assert parts[0]['text'] == ('sinusoidal explodes: loss at longest / at L '
+                              '>= 1.5')
+  assert parts[2]['measured'] == '1.05 ± 0.00 (n=3)'      # T5 at 2L / L
+  assert parts[3]['measured'] == '1.52 ± 0.00 (n=3)'      # 1.6 / 1.05
+  rising = _parts(1, _press_runs([1, 1.2, 1.5, 2]))
+  assert [p['holds'] for p in rising] == [True, True, True, True, False]
+  assert replication.verdict(rising) == 'partly'
+  flat = [_lm(p, [1, 1, 1, 1]) for p in ('sinusoidal', 'rope')]
+  flat += [_lm('t5', [1, 2, 2, 2]), _lm('alibi', [1, 2, 3, 4])]
+  assert replication.verdict(_parts(1, flat)) == 'does not hold'
+  assert replication.verdict(_parts(1, [])) == 'not measured'
+
+
+def test_sliding_gain_is_computed_per_seed():
+  # Non-overlapping: the others lose 1 nat more than ALiBi beyond L;
+  # sliding: (5 x 0.5 + 0.6) / 6 = 0.517 more -> the gain shrinks.
+  runs = [_lm('alibi', [1, 1, 1, 1], sliding=[1, 1, 1, 1]),
+          _lm('rope', [1, 2, 2, 2], sliding=[1, 1.5, 1.5, 1.5]),
+          _lm('sinusoidal', [1, 2, 2, 2], sliding=[1, 1.5, 1.5, 1.6])]
+  gain, explodes = _parts(2, runs)
+  assert gain['holds'] is True
+  assert 'non-overlapping 1.000; sliding 0.517' in gain['measured']
+  assert explodes['holds'] is True      # 1.6 / 1 >= 1.5
+  runs[1]['sliding'][3]['loss'] = 5.0    # gain (6 x .5 + 4 + .1) / 6 = 1.1
+  assert _parts(2, runs)[0]['holds'] is False
+
+
+def test_mrr_order_one_part_per_pair():
+  order = ('none', 't5', 'alibi', 'rope', 'sinusoidal')
+  runs = [_task('copy', p, {8: 1.0, 16: 0.9 - 0.1 * i, 32: 0.5 - 0.1 * i})
+          for i, p in enumerate(order)]
+  parts = _parts(3, runs)
+  assert len(parts) == 10 and all(p['holds'] for p in parts)
+  assert parts[0]['text'] == 'NoPE above T5'
+  runs[0]['results'][1]['accuracy'] = 0.0    # NoPE last at 16, first at 32
+  runs[0]['results'][2]['accuracy'] = 0.0
+  parts = _parts(3, runs)
+  assert [p['holds'] for p in parts[:4]] == [False] * 4
+  assert replication.verdict(parts) == 'partly'
+  one = _parts(3, runs[:1])
+  assert one[0]['holds'] is None and 'at least two encodings' in one[0][
+      'measured']
+
+
+def test_ruoss_and_mamba():
+  runs = [_task('reverse', 'rope', {8: 1, 12: 0.0, 16: 0.0}),
+          _task('reverse', 'rope', {8: 0.9, 12: 0.6, 16: 0.2}, 'randomized'),
+          _task('duplicate_string', 'rope', {8: 1, 12: 0.5}),
+          _task('duplicate_string', 'rope', {8: 1, 12: 0.1}, 'randomized')]
+  parts = _parts(4, runs)
+  assert [p['holds'] for p in parts] == [True, False]
+  assert 'randomized 0.400; contiguous 0.000' in parts[0]['measured']
+  assert replication.verdict(parts) == 'partly'
+  assert replication.verdict(_parts(4, runs[2:])) == \
+      'does not hold where measured'            # no reverse runs
+  runs = [_task('induction_heads', 'rope', {8: 1.0, 16: 0.9, 17: 0.5,
+                                            64: 0.1, 128: 0.0}),
+          _task('induction_heads', 'xpos', {8: 0.2, 64: 0.0})]
+  parts = _parts(8, runs)
+  assert parts[0]['holds'] is None                   # no sinusoidal runs
+  assert parts[1]['holds'] is True                   # 0.05 < 0.5 x 1.0
+  assert parts[2]['holds'] is None and 'not learned' in parts[2]['measured']
+  assert replication.verdict(parts) == 'holds where measured'
+
+
+EXT = {'none': [1.0, 1.5, 2.0, 3.0], 'linear': [1.0, 1.8, 2.4, 3.2],
+       'ntk': [1.0, 1.2, 1.6, 2.2], 'dynamic': [1.0, 1.2, 1.6, 2.2],
+       'yarn': [1.0, 1.4, 2.0, 2.9],
+       'rerope': [1.0, 0.98, 1.0, 1.02],            # rises past 2x
+       'lm_infinite': [1.0, 0.99, 0.98, 0.98]}      # flat
+
+
+def test_extension_findings():
+  runs = [_lm('rope', [1, 1.5, 2, 3], seed=s, extensions=EXT)
+          for s in range(2)]
+  assert [p['holds'] for p in _parts(5, runs)] == [True, True, True]
+  rerope = _parts(6, runs)
+  assert [p['holds'] for p in rerope] == [False, False]
+  han = _parts(7, runs)
+  assert han[0]['holds'] is True and han[0]['measured'].startswith('0.98')
+  ext = dict(EXT, rerope=[1.0, 0.98, 0.97, 0.97])
+  assert all(p['holds'] for p in _parts(
+      6, [_lm('rope', [1, 1, 1, 1], extensions=ext)]))
+
+
+def _write(root, run):
+  d = os.path.join(root, run['name'])
+  os.makedirs(os.path.join(d, 'eval'))
+  ext = run.pop('extensions', None)
+  with open(os.path.join(d, 'eval', 'results.json'), 'w') as f:
+    json.dump({k: v for k, v in run.items()
+               if k not in ('seed', 'config', 'name')}, f)
+  with open(os.path.join(d, 'config.json'), 'w') as f:
+    json.dump({'seed': run['seed']}, f)
+  if ext:
+    os.makedirs(os.path.join(d, 'extensions'))
+    with open(os.path.join(d, 'extensions', 'results.json'), 'w') as f:
+      json.dump(ext, f)
+  return d
+
+
+def test_write_puts_the_findings_first(tmp_path):
+  runs = _press_runs([1, 0.98, 0.97, 0.97])
+  runs[1] = _lm('rope', [1, 1.2, 1.5, 2], seed=0, extensions=EXT)
+  dirs = [_write(str(tmp_path), r) for r in runs]
+  out = str(tmp_path / 'report')
+  written = replicate.write(dirs, out, 'replicate')
+  assert {'report.md', 'findings.json', 'extensions.png'} <= set(written)
+  with open(os.path.join(out, 'report.md')) as f:
+    md = f.read()
+  assert md.startswith('# Replication: published findings beside lmx')
+  rows = [l for l in md.splitlines() if l.startswith('| ') and '**' in l]
+  assert len(rows) == 8
+  assert rows[0].startswith('| 1 | Press et al. 2022 |')
+  assert rows[0].endswith('| **holds** |')
+  assert rows[5].endswith('| **does not hold** |')    # ReRoPE rises
+  assert rows[6].endswith('| **holds** |')            # LM-Infinite flat
+  assert rows[7].endswith('| **not measured** |')     # no induction runs
+  assert '## Language modelling' in md                 # the standard report
+  with open(os.path.join(out, 'findings.json')) as f:
+    assert [x['verdict'] for x in json.load(f)][5] == 'does not hold'
+
+
+def test_the_replicate_declaration(tmp_path):
+  quick = sweep.prepare('configs/sweeps/replicate.py:quick', str(tmp_path))
+  full = sweep.prepare('configs/sweeps/replicate.py', str(tmp_path))
+  assert len(quick) == 20 and len(full) == 41
+  assert sweep.report_module('configs/sweeps/replicate.py') == \
+      'configs.sweeps.replicate'
+  names = [m.name for m in full]
+  assert len(set(names)) == len(names)
+  assert sum(m.name.startswith('lm-alibi-') for m in full) == 3
+  (rope,) = [m for m in quick if m.name == 'lm-rope-s0']
+  assert rope.after[0].done == 'extensions/results.json'
+  assert f'--workdir={rope.workdir}' in rope.after[0].command(rope.workdir)
+  assert rope.overrides['train.steps'] == 500
+  (ind,) = [m for m in quick
+            if m.name == 'task-induction_heads-rope-contiguous-s0']
+  assert 'task.eval_stride' not in ind.overrides       # its own, 64
+  assert quick[4].overrides['task.eval_stride'] == 4
+  with pytest.raises(sweep.SweepError, match='not key=value.*the word quick'):
+    sweep.prepare('configs/sweeps/replicate.py:fast', str(tmp_path))
