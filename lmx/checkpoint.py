@@ -413,7 +413,17 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   # which leave the run as it was (e.g. rope.scaling='none'), and can then
   # be overridden on the command line like any field.
   defaults.complete(saved)
-  return ml_collections.ConfigDict(saved)
+  # JSON has no tuples: the config's tuples come back as lists, which
+  # ml_collections cannot override from the command line.
+  return ml_collections.ConfigDict(_tuples(saved))
+
+
+def _tuples(node):
+  if isinstance(node, dict):
+    return {k: _tuples(v) for k, v in node.items()}
+  if isinstance(node, list):
+    return tuple(_tuples(v) for v in node)
+  return node
 
 
 def require_run(workdir: str) -> ml_collections.ConfigDict:
