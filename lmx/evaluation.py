@@ -168,8 +168,12 @@ def bucket(per_position: np.ndarray, buckets: int) -> list[dict]:
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
              lengths: Optional[Sequence[int]] = None,
              out_dir: Optional[str] = None, plots: bool = True,
-             step: Optional[int] = None) -> dict:
+             step: Optional[int] = None,
+             overrides: Optional[dict] = None) -> dict:
   """Evaluates a checkpoint (default: the latest); writes JSON and PNGs.
+
+  ``overrides`` (the command line's ``--config.<field>`` items) are recorded
+  in results.json as ``overrides``.
 
   A text run gets loss against length (both protocols), per-position loss
   and attention diagnostics; a task run gets accuracy against length (and
@@ -178,7 +182,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   _check_same_task(config, workdir)  # first: the clearest message
   config_lib.validate(config)
   if config.task.name:
-    return evaluate_task_run(config, workdir, lengths, out_dir, plots, step)
+    return evaluate_task_run(config, workdir, lengths, out_dir, plots, step,
+                             overrides)
   run_lengths, skipped = config_lib.eval_lengths(config, lengths)
   if not run_lengths:
     raise config_lib.ConfigError(
@@ -210,6 +215,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       'sliding': sliding,
       'sliding_stride': config.eval.sliding_stride,
       'skipped': {str(k): v for k, v in skipped.items()},
+      'overrides': dict(overrides or {}),
   }
   per_position = {
       'length': longest['length'], 'train_length': config.train.seq_len,
@@ -262,7 +268,8 @@ def _check_same_task(config, workdir: str) -> None:
 def evaluate_task_run(config: ml_collections.ConfigDict, workdir: str,
                       lengths: Optional[Sequence[int]] = None,
                       out_dir: Optional[str] = None, plots: bool = True,
-                      step: Optional[int] = None) -> dict:
+                      step: Optional[int] = None,
+                      overrides: Optional[dict] = None) -> dict:
   """Exact-match accuracy against task length (lmx.task_eval)."""
   run_lengths, skipped = config_lib.task_eval_lengths(config, lengths)
   if not run_lengths:
@@ -273,7 +280,8 @@ def evaluate_task_run(config: ml_collections.ConfigDict, workdir: str,
   results = task_eval.evaluate_task(config, run_state.apply_fn(graphdef), params,
                                     lengths=run_lengths)
   results.update(workdir=os.path.abspath(workdir), step=step,
-                 skipped={str(k): v for k, v in skipped.items()})
+                 skipped={str(k): v for k, v in skipped.items()},
+                 overrides=dict(overrides or {}))
   out_dir = out_dir or os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
   write_json(os.path.join(out_dir, 'results.json'), results)

@@ -71,8 +71,12 @@ class Member:
             f'--workdir={self.workdir}', '--progress=false']
 
   def eval_command(self, extra: Sequence[str] = ()) -> list[str]:
+    # The sweep's evaluation is its members' plain one (eval/, which the
+    # report reads), even with --config overrides in --eval_args.
+    out = ([] if any(a.startswith('--out') for a in extra)
+           else [f'--out={os.path.join(self.workdir, "eval")}'])
     return [sys.executable, os.path.join(ROOT, 'eval.py'),
-            f'--workdir={self.workdir}', *extra]
+            f'--workdir={self.workdir}', *extra, *out]
 
 
 # ------------------------------------------------------------ declarations
