@@ -15,6 +15,9 @@ from lmx.checks import Fields, require
 from lmx.data import tasks
 from lmx.errors import ConfigError
 
+# Positions and steps are int32 on the device.
+INT32_MAX = 2**31 - 1
+
 __all__ = ['ConfigError', 'check_length', 'eval_lengths', 'position_bound',
            'resolve_eval_sampling', 'task_eval_lengths', 'validate']
 
@@ -98,12 +101,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   kinds = positions.SAMPLING_KINDS
   f.choice('positions.train', kinds)
   f.choice('positions.eval', kinds + ('train',))
-  f.int('positions.max_position', 1)
+  f.int('positions.max_position', 1, INT32_MAX)
 
   t = config.train
   for field in ('seq_len', 'batch_size', 'steps', 'checkpoint_every',
                 'log_every', 'keep_checkpoints'):
-    f.int(f'train.{field}', 1)
+    f.int(f'train.{field}', 1, INT32_MAX)
   f.int('train.warmup_steps', 0, t.steps - 1)
   f.float('train.learning_rate', 0.0, lo_open=True)
   f.float('train.min_lr_ratio', 0.0, 1.0)

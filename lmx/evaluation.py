@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from lmx import checkpoint
+from lmx import memory
 from lmx import config as config_lib
 from lmx import model as model_lib
 from lmx import task_eval
@@ -193,6 +194,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   stream = corpus.token_stream(corpus.load_documents(config.data, 'validation'))
   for length in run_lengths:  # refuse before compiling anything
     windows.eval_windows(stream, length, config.eval.tokens)
+    memory.check_evaluation(config, length)
 
   graphdef, params, step = run_state.load_params(config, workdir, step)
   token_losses = make_loss_fn(graphdef)

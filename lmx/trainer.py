@@ -34,6 +34,7 @@ import optax
 
 from lmx import checkpoint
 from lmx import config as config_lib
+from lmx import memory
 from lmx import metrics as metrics_lib
 from lmx import model as model_lib
 from lmx import positions
@@ -348,6 +349,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   with the same config and workdir.
   """
   config_lib.validate(config)
+  memory.check_training(config)  # refuse what cannot fit, before compiling
   mesh = sharding.make_mesh(config)  # ConfigError if the devices do not fit
   os.makedirs(workdir, exist_ok=True)
   # One process holds the workdir lock for the whole multi-process run.
