@@ -51,6 +51,7 @@ import orbax.checkpoint as ocp
 
 from lmx import defaults
 from lmx import sharding
+from lmx.fs import is_disk_full, make_writable_dir  # noqa: F401 (re-exported)
 from lmx.errors import CheckpointError
 
 CONFIG_FILE = 'config.json'
@@ -187,7 +188,8 @@ def try_restore(workdir: str, step: int, abstract_state: Any
       restored = restore_step(workdir, step, abstract_state)
   except Exception as e:  # pylint: disable=broad-except
     return None, f'it does not restore ({_first_line(e)})'
-  if problem == UNSEALED and _is_primary():
+  if (problem == UNSEALED and _is_primary()
+      and os.access(step_dir(workdir, step), os.W_OK)):
     seal(workdir, step)  # restored fine: record it as good from now on
   return restored, None
 

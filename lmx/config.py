@@ -125,6 +125,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
           "config.data.source must name 'stdlib', a folder, a glob or "
           "'tfds:<name>'.")
   f.float('data.validation_fraction', 0.0, 1.0, lo_open=True, hi_open=True)
+  require(isinstance(f.get('data.validation_source'), str),
+          'config.data.validation_source must be a file, folder or glob of '
+          "validation text, or '' to split config.data.source.")
+  require(not (d.validation_source and d.source.startswith('tfds:')),
+          'config.data.validation_source applies to local text; a tfds '
+          'catalog dataset names its split in config.data.validation_split.')
 
   problem = tasks.check(config) if 'task' in config else None
   require(problem is None, problem or '')

@@ -191,6 +191,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
         'No evaluation length can be run with this config: '
         + ' '.join(skipped.values()))
   checkpoint.require_checkpoint(workdir, step)
+  out_dir = checkpoint.make_writable_dir(
+      out_dir or os.path.join(workdir, 'eval'), 'The evaluation folder')
   stream = corpus.token_stream(corpus.load_documents(config.data, 'validation'))
   for length in run_lengths:  # refuse before compiling anything
     windows.eval_windows(stream, length, config.eval.tokens)
@@ -278,6 +280,8 @@ def evaluate_task_run(config: ml_collections.ConfigDict, workdir: str,
     raise config_lib.ConfigError(
         'No task length can be evaluated with this config: '
         + ' '.join(skipped.values()))
+  out_dir = checkpoint.make_writable_dir(
+      out_dir or os.path.join(workdir, 'eval'), 'The evaluation folder')
   graphdef, params, step = run_state.load_params(config, workdir, step)
   results = task_eval.evaluate_task(config, run_state.apply_fn(graphdef), params,
                                     lengths=run_lengths)

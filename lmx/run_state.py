@@ -113,7 +113,8 @@ def check_fits_run(config, workdir: str, params) -> None:
   raise ConfigError(
       f'The model asked for does not fit the run in {workdir}: {shown}. '
       f'These change the parameter shapes (e.g. {example}: '
-      f'{have.get(example)} in the checkpoint, {want.get(example)} asked '
+      f'{have.get(example) or "absent"} in the checkpoint, '
+      f'{want.get(example) or "absent"} asked '
       'for); the checkpoint itself is fine. Drop these --config.model '
       'overrides, or train a run with them.')
 

@@ -351,7 +351,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   config_lib.validate(config)
   memory.check_training(config)  # refuse what cannot fit, before compiling
   mesh = sharding.make_mesh(config)  # ConfigError if the devices do not fit
-  os.makedirs(workdir, exist_ok=True)
+  checkpoint.make_writable_dir(workdir, '--workdir')
+  checkpoint.make_writable_dir(checkpoint.checkpoint_dir(workdir),
+                               'The checkpoint folder')
   # One process holds the workdir lock for the whole multi-process run.
   lock = (checkpoint.WorkdirLock(workdir) if sharding.is_primary()
           else contextlib.nullcontext())
@@ -368,6 +370,8 @@ def _train(config, workdir, progress, mesh) -> dict:
           if jax.process_count() > 1 else None)
   local_batch_fn = make_batch_fn(config, rows)
   local_batch_fn(0)  # fails on too little data before anything is compiled
+  if not config.task.name:
+    corpus.check_splits(config.data)  # an evaluation needs validation text
   batch_fn = lambda step: sharding.global_batch(
       local_batch_fn(step), batch_sharding, t.batch_size)
 
