@@ -69,6 +69,9 @@ def main(argv):
   except (ConfigError, DataError, CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except OSError as e:  # anything the checks before did not foresee
+    print(f'error: {cli.os_error(e)}', file=sys.stderr)
+    sys.exit(2)
   task = results.get('kind') == 'task'
   if task:  # the table names the task, encoding and positions
     print(f'step {results["step"]}: ' + task_eval.format_task_table(results))

@@ -15,6 +15,7 @@ commands that read a finished run.
 """
 
 import difflib
+import errno
 import importlib.util
 import os
 import re
@@ -255,6 +256,18 @@ def int_list(values: Optional[Sequence[str]], flag: str) -> Optional[list]:
   except ValueError:
     raise ConfigError(
         f'{flag} must be integers, got {",".join(values)}.') from None
+
+
+def os_error(e: OSError) -> str:
+  """One line for a file-system error no check foresaw."""
+  where = f' ({e.filename})' if getattr(e, 'filename', None) else ''
+  hint = {errno.ENOSPC: 'free space on that disk, then run the same command',
+          errno.EDQUOT: 'free space on that disk, then run the same command',
+          errno.EROFS: 'that file system is read-only: use another path',
+          errno.EACCES: 'fix its permissions or use another path',
+          errno.EPERM: 'fix its permissions or use another path',
+          }.get(e.errno, 'check that path')
+  return f'{e.strerror or e}{where}: {hint}.'
 
 
 class RunFlags(NamedTuple):

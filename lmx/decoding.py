@@ -299,7 +299,7 @@ def generate_from_run(config: ml_collections.ConfigDict, workdir: str,
                      f'A prompt of {prompt_tokens.size} tokens plus '
                      f'{max_new_tokens} new ones (a KV cache of {slots:,} '
                      'tokens)')
-  step = checkpoint.require_checkpoint(workdir, step)
+  checkpoint.require_checkpoint(workdir, step)
   # The checkpoint holds the whole train state; only the params are kept.
   graphdef, params, step = run_state.load_params(config, workdir, step)
   new = generate((graphdef, params), config, prompt_tokens, max_new_tokens,

@@ -123,7 +123,11 @@ def load_params(config, workdir: str, step: Optional[int] = None):
   """(graphdef, params, step) restored from the workdir's checkpoint at
   ``step`` (default: the latest), verified and never moved."""
   graphdef, target = abstract_state(config)
+  latest = step is None
   step = checkpoint.require_checkpoint(workdir, step)
   check_fits_run(config, workdir, target['params'])
-  state = checkpoint.load(workdir, step, target)
+  # The latest step may be pruned by a training run while it is read: the
+  # newest one is then read instead.
+  step, state = checkpoint.load_step(workdir, step, target,
+                                     follow_latest=latest)
   return graphdef, state['params'], int(state['step'])

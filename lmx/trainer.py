@@ -212,8 +212,10 @@ class TrainingInterrupted(Exception):
 class _StopRequest:
   """Turns SIGTERM/SIGINT into a flag the loop checks after each step.
 
-  A second signal while stopping interrupts at once (pending saves are
-  still finished by the trainer's ``finally``).
+  A second signal while stopping does not interrupt the save in flight: it
+  is acknowledged and the run still exits with 128 + the first signal once
+  the checkpoint is written. (SIGKILL stops at once; the next run resumes
+  from the newest checkpoint.)
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -225,7 +227,11 @@ class _StopRequest:
   def _handle(self, signum, frame):
     del frame
     if self.signum is not None:
-      raise KeyboardInterrupt
+      print(f'\n{signal.Signals(signum).name}: already stopping; the '
+            'checkpoint is being saved and lmx exits when it is written '
+            '(SIGKILL stops at once, losing the steps since the last '
+            'checkpoint).', file=sys.stderr, flush=True)
+      return
     self.signum = signum
     print(f'\n{signal.Signals(signum).name}: saving a checkpoint after this '
           'step, then stopping.', file=sys.stderr, flush=True)
@@ -430,18 +436,19 @@ def _train(config, workdir, progress, mesh) -> dict:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(total=t.steps, initial=start, desc='train', unit='step',
                mininterval=1.0, dynamic_ncols=True)
-  try:
-    with _StopRequest() as stop, jax.set_mesh(mesh):
+  with _StopRequest() as stop, jax.set_mesh(mesh):
+    try:
       last = _Loop(config, workdir, batch_fn, saver, writer, bar, stop,
                    int(meta.get('nonfinite_skips', 0))).run(step_fn, state,
                                                             start)
-  finally:
-    # However the loop ended, finish (and seal) the saves in flight and
-    # close the files, so no checkpoint is left half written.
-    if bar is not None:
-      bar.close()
-    saver.close()
-    writer.close()
+    finally:
+      # However the loop ended, finish (and seal) the saves in flight and
+      # close the files, so no checkpoint is left half written. The signal
+      # handlers stay until then: a second signal cannot cut a save short.
+      if bar is not None:
+        bar.close()
+      saver.close()
+      writer.close()
   if last:
     print(f'Done: step {t.steps}, loss {last["loss"]:.4f}, '
           f'{last["tokens_per_second"]:,.0f} tokens/s. Checkpoints in '
