@@ -358,8 +358,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   memory.check_training(config)  # refuse what cannot fit, before compiling
   mesh = sharding.make_mesh(config)  # ConfigError if the devices do not fit
   checkpoint.make_writable_dir(workdir, '--workdir')
-  checkpoint.make_writable_dir(checkpoint.checkpoint_dir(workdir),
-                               'The checkpoint folder')
+  ckpt_dir = checkpoint.checkpoint_dir(workdir)
+  if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
+    raise checkpoint.CheckpointError(
+        f'The checkpoint folder {ckpt_dir} is a file, not a folder: move it '
+        'away (nothing in it can be a checkpoint of this run).')
   # One process holds the workdir lock for the whole multi-process run.
   lock = (checkpoint.WorkdirLock(workdir) if sharding.is_primary()
           else contextlib.nullcontext())
