@@ -426,12 +426,13 @@ def load_step(workdir: str, step: int, abstract_state: Any,
       break  # still there: it is the step itself that is unusable
     newer = [s for s in all_steps(workdir) if s > step]
     if not (follow_latest and newer):
+      now = ', '.join(map(str, all_steps(workdir)))
       raise CheckpointError(
           f'Checkpoint step {step} in {checkpoint_dir(workdir)} was deleted '
           'while it was read (a training run on this workdir prunes old '
-          'checkpoints, config.train.keep_checkpoints). Steps there now: '
-          f'{", ".join(map(str, all_steps(workdir))) or "none"}; evaluate '
-          'one of them (--step), or the latest (no --step).')
+          'checkpoints, config.train.keep_checkpoints). '
+          + (f'Steps there now: {now}; evaluate one of them (--step), or '
+             'the latest (no --step).' if now else 'No step is left.'))
     print(f'Checkpoint step {step} was pruned by training while it was '
           f'read; reading step {newer[-1]} instead.', file=sys.stderr)
     step = newer[-1]
