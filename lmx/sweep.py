@@ -404,7 +404,39 @@ def prepare(spec: str, sweep_dir: str, train_args: Sequence[str] = (),
   check_args(eval_args, 'eval.py', EVAL_FLAGS, '--eval_args')
   check_fields(members, parse_config_args(train_args))
   check_fields(members, parse_config_args(eval_args), '--eval_args')
+  check_values(members, parse_config_args(train_args))
   return members
+
+
+def member_config(member: Member, train_overrides: dict[str, str]):
+  """The config ``train.py`` will run for ``member``: its config file,
+  its overrides, then the --train_args ``--config.<field>`` items."""
+  config = copy.deepcopy(load_config(member.config))
+  config.update_from_flattened_dict(dict(member.overrides))
+  for key, text in train_overrides.items():
+    node = config
+    for part in key.split('.')[:-1]:
+      node = node[part]
+    leaf = key.split('.')[-1]
+    node[leaf] = _parse_like(node[leaf], text)
+  return config
+
+
+def check_values(members: Sequence[Member],
+                 train_overrides: dict[str, str]) -> None:
+  """Every member's config passes ``lmx.config.validate`` (ranges, choices,
+  cross-field rules), as train.py would check it, before any member runs.
+  (What needs the data or the workdir is found by train.py itself.)"""
+  from lmx import config as config_lib  # pylint: disable=g-import-not-at-top
+  problems = []
+  for m in members:
+    try:
+      config_lib.validate(member_config(m, train_overrides))
+    except (ValueError, TypeError, KeyError) as e:
+      problems.append(f'{m.name}: {e}')
+  if problems:
+    raise SweepError('Members whose config train.py would refuse:\n  '
+                     + '\n  '.join(problems))
 
 
 def write_manifest(sweep_dir: str, spec: str, members: Sequence[Member],

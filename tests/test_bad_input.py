@@ -350,6 +350,9 @@ def test_9_every_members_arguments_are_checked_first(tmp_path):
     sweep.prepare(str(decl), out, ['--config.train.steps=abc'])
   with pytest.raises(sweep.SweepError, match='set by the sweep'):
     sweep.prepare(str(decl), out, ['--workdir=x'])
+  with pytest.raises(sweep.SweepError,
+                     match=r'(?s)refuse.*s0: config.train.warmup_steps'):
+    sweep.prepare(str(decl), out, ['--config.train.warmup_steps=50'])
   broken = tmp_path / 'broken.py'
   broken.write_text('def get_config(:\n')
   decl.write_text("def get_sweep(arg=None):\n  return {'config': "
