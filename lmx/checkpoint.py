@@ -495,6 +495,11 @@ def _tuples(node):
 def require_run(workdir: str) -> ml_collections.ConfigDict:
   """``read_config(workdir)``, with the clearer message for a ``--workdir``
   that does not exist at all (train first)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise CheckpointError(
+        f'--workdir={workdir} is a file, not the folder of a run: give the '
+        '--workdir that train.py wrote (it holds config.json and '
+        'checkpoints/).')
   if not os.path.isdir(workdir):
     raise CheckpointError(
         f'--workdir={workdir} does not exist. Train first: python train.py '

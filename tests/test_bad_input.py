@@ -142,6 +142,8 @@ def test_3_paths_in_the_way(tmp_path, monkeypatch):
     fs.make_writable_dir(str(a_file / 'run'), '--workdir')
   with pytest.raises(DataError, match='lies under'):
     fs.make_writable_dir(str(a_file / 'cache'), 'The cache', DataError)
+  with pytest.raises(CheckpointError, match='is a file, not the folder of a'):
+    checkpoint.require_run(str(a_file))  # eval.py / generate.py
   # Root may write anywhere: a read-only folder is simulated.
   monkeypatch.setattr(os, 'access', lambda *a, **k: False)
   with pytest.raises(CheckpointError, match='is not writable'):
