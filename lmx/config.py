@@ -45,6 +45,14 @@ def check_length(config: ml_collections.ConfigDict, length: int,
             f'config.positions.max_position to at least {length} (and train '
             f'with it), or evaluate with shorter lengths.')
   encoding = positions.get_encoding(config.model.position)
+  limit = encoding.max_span(config.model)
+  # Positions of one sequence span its length, or (randomized) up to the
+  # whole range they are drawn from.
+  span = length if sampling != 'randomized' else max(
+      length, int(config.positions.max_position))
+  if limit is not None and span > limit[0]:
+    return (f'{what} length {length} spans {span} positions, but the '
+            f'{config.model.position!r} encoding cannot: {limit[1]}.')
   bound = encoding.max_positions(config.model)
   needed = position_bound(config, sampling, length)
   if bound is not None and needed > bound:

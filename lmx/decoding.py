@@ -176,6 +176,12 @@ def check_lengths(config: ml_collections.ConfigDict, prompt_len: int,
         f'most {max(bound - prompt_len, 0)} new tokens (--max_new_tokens) or '
         f'shorten the prompt; a longer table needs training again with a '
         f'larger {encoding.bound_setting()}.')
+  limit = encoding.max_span(config.model)
+  if limit is not None and total > limit[0]:
+    raise ConfigError(
+        f'A prompt of {prompt_len} tokens plus {max_new_tokens} new ones '
+        f'spans {total} positions, but the {config.model.position!r} encoding '
+        f'cannot: {limit[1]} (--max_new_tokens).')
   lm = config.model.lm_infinite
   n_global, n_local = int(lm.n_global), int(lm.n_local)
   bounded = n_local > 0

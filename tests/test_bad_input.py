@@ -112,6 +112,16 @@ def test_2_settings_the_model_cannot_hold(tiny_config, position, field,
   assert f'config.model.{field}' in _one_line(e) and 'float32' in str(e.value)
 
 
+def test_2_xpos_spans_its_scales_cannot_hold(tiny_config):
+  c = tiny_config('xpos')
+  assert config_lib.check_length(c, 65536, 'contiguous', 'Evaluation') is None
+  problem = config_lib.check_length(c, 80000, 'contiguous', 'Evaluation')
+  assert 'beyond a span of 68661' in problem and 'scale_base' in problem
+  c.model.xpos.scale_base = 1e-3   # finite, but decays within one position
+  with pytest.raises(ConfigError, match='Training length 16 spans 16'):
+    config_lib.validate(c)
+
+
 def test_2_what_cannot_fit_is_refused_before_compiling(tiny_config,
                                                        monkeypatch):
   c = tiny_config('alibi')
