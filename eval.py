@@ -17,9 +17,16 @@ against distance, PCA of hidden states; lmx.ood_diagnostics). A task run
 (configs/tasks/) writes results.json with exact-match accuracy against task
 length, accuracy_vs_length.png and, for passkey, passkey_heatmap.png;
 --lengths are then task lengths.
+
+With --config.<field> overrides the results go to a folder of their own,
+named from the overrides (<workdir>/eval_<field>=<value>,...), and record
+them (results.json's "overrides"); the plain <workdir>/eval/ stays as it
+was. --out=DIR chooses the folder explicitly.
 """
 
+import hashlib
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -38,18 +45,37 @@ _LENGTHS = flags.DEFINE_list(
     'lengths', None, 'Evaluation lengths; default: config.eval.multipliers x '
     'the training length.')
 _OUT = flags.DEFINE_string('out', None, 'Output directory; default '
-                           '<workdir>/eval.')
+                           '<workdir>/eval, or with --config overrides '
+                           '<workdir>/eval_<field>=<value>,...')
+
+
+def override_dir(workdir: str, overrides: dict) -> str:
+  """<workdir>/eval_<field>=<value>,... : the folder of an evaluation with
+  ``--config.<field>`` overrides (long names end in a hash of them all)."""
+  name = ','.join(f'{k}={v}' for k, v in overrides.items())
+  slug = re.sub(r'[^A-Za-z0-9._=,+-]', '-', name)
+  if len(slug) > 100:
+    digest = hashlib.sha256(name.encode('utf-8', 'surrogateescape'))
+    slug = f'{slug[:80]}-{digest.hexdigest()[:12]}'
+  return os.path.join(workdir, f'eval_{slug}')
 
 
 def main(argv):
   workdir = cli.run_workdir(argv, _RUN)
+  overrides = {k: v for k, v in cli.overrides_in(sys.argv).items()}
+  out = _OUT.value or (override_dir(workdir, overrides) if overrides
+                       else os.path.join(workdir, 'eval'))
   try:
     checkpoint.require_run(workdir)  # one clear message for a missing run
     lengths = cli.int_list(_LENGTHS.value, '--lengths')
     results = evaluation.evaluate(_RUN.config.value, workdir, lengths,
-                                  _OUT.value, step=_RUN.step.value)
+                                  out, step=_RUN.step.value,
+                                  overrides=overrides)
   except (ConfigError, DataError, CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:  # anything the checks before did not foresee
+    print(f'error: {cli.os_error(e)}', file=sys.stderr)
     sys.exit(2)
   task = results.get('kind') == 'task'
   if task:  # the table names the task, encoding and positions
@@ -67,7 +93,6 @@ def main(argv):
     lengths = ', '.join(results['skipped'])
     first = next(iter(results['skipped'].values()))
     print(f'Skipped lengths {lengths}. For the first: {first}')
-  out = _OUT.value or os.path.join(workdir, 'eval')
   written = ['results.json', 'loss_vs_length.png', 'per_position.json',
              'per_position.png']
   if task:

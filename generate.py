@@ -54,6 +54,9 @@ def main(argv):
   except (ConfigError, DataError, CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except OSError as e:  # anything the checks before did not foresee
+    print(f'error: {cli.os_error(e)}', file=sys.stderr)
+    sys.exit(2)
   print(text)
 
 

@@ -59,11 +59,16 @@ def main(argv):
     _fail('--dir is required, e.g. --dir=runs/sweeps/encodings.')
   if _PARALLEL.value < 1:
     _fail(f'--parallel must be at least 1, got {_PARALLEL.value}.')
-  train_args = shlex.split(_TRAIN_ARGS.value)
-  eval_args = shlex.split(_EVAL_ARGS.value)
+  try:
+    train_args = shlex.split(_TRAIN_ARGS.value)
+    eval_args = shlex.split(_EVAL_ARGS.value)
+  except ValueError as e:  # e.g. an unbalanced quote
+    _fail(f'--train_args/--eval_args cannot be split into arguments ({e}): '
+          'check their quotes.')
   try:
     if _SWEEP.value:
-      members = sweep.prepare(_SWEEP.value, sweep_dir, train_args)
+      members = sweep.prepare(_SWEEP.value, sweep_dir, train_args,
+                              eval_args)
       report_module = sweep.report_module(_SWEEP.value)
       workdirs = [m.workdir for m in members]
       title = _SWEEP.value

@@ -17,6 +17,7 @@ each, with a shared --workdir, plus
 """
 
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -63,6 +64,14 @@ def main(argv):
   except trainer.TrainingInterrupted as e:
     print(str(e), file=sys.stderr)
     sys.exit(128 + e.signum)
+  except KeyboardInterrupt:  # before the training loop took over signals
+    print('Interrupted before training started; no checkpoint was written '
+          'by this run. Run the same command to start again.',
+          file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
+  except OSError as e:  # anything the checks before did not foresee
+    print(f'error: {cli.os_error(e)}', file=sys.stderr)
+    sys.exit(2)
   except (ConfigError, DataError, CheckpointError,
           FloatingPointError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -51,6 +51,7 @@ import orbax.checkpoint as ocp
 
 from lmx import defaults
 from lmx import sharding
+from lmx.fs import is_disk_full, make_writable_dir  # noqa: F401 (re-exported)
 from lmx.errors import CheckpointError
 
 CONFIG_FILE = 'config.json'
@@ -187,7 +188,8 @@ def try_restore(workdir: str, step: int, abstract_state: Any
       restored = restore_step(workdir, step, abstract_state)
   except Exception as e:  # pylint: disable=broad-except
     return None, f'it does not restore ({_first_line(e)})'
-  if problem == UNSEALED and _is_primary():
+  if (problem == UNSEALED and _is_primary()
+      and os.access(step_dir(workdir, step), os.W_OK)):
     seal(workdir, step)  # restored fine: record it as good from now on
   return restored, None
 
@@ -278,10 +280,14 @@ class Saver:
     self.finish()
     if step in self._mngr.all_steps():
       return  # e.g. a stop request right after a periodic save
-    self._mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                    force=True)
     self._in_flight.append(step)
+    try:
+      self._mngr.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                      force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      self._failed(step, e)
+      raise
 
   def finish(self) -> None:
     """Waits for saves in flight, seals them, prunes old checkpoints.
@@ -289,13 +295,21 @@ class Saver:
     With several processes, all call this: process 0 seals only once every
     process has finished writing, and decides what is pruned; all of them
     then delete those steps through orbax (whose delete is collective).
+
+    A full disk (ENOSPC) while a step is written or sealed is a
+    CheckpointError that names the newest good checkpoint, which is kept;
+    what was written of the failed step is removed.
     """
-    self._mngr.wait_until_finished()
-    if self._in_flight:
-      sharding.barrier('lmx_checkpoint_written')
-    if _is_primary():
-      for step in self._in_flight:
-        seal(self.workdir, step)
+    try:
+      self._mngr.wait_until_finished()
+      if self._in_flight:
+        sharding.barrier('lmx_checkpoint_written')
+      if _is_primary():
+        for step in self._in_flight:
+          seal(self.workdir, step)
+    except Exception as e:  # pylint: disable=broad-except
+      self._failed(self._in_flight[-1] if self._in_flight else None, e)
+      raise
     self._in_flight = []
     steps = sorted(self._mngr.all_steps())
     doomed = self._to_prune(steps) if _is_primary() else []
@@ -303,6 +317,27 @@ class Saver:
       doomed = sharding.broadcast_ints(doomed, len(steps))
     for s in doomed:
       self._mngr.delete(s)
+
+  def _failed(self, step: Optional[int], e: BaseException) -> None:
+    """Turns a full disk during the save of ``step`` into a CheckpointError
+    (other errors are left to propagate as they are)."""
+    failed, self._in_flight = list(self._in_flight), []
+    if not is_disk_full(e):
+      return
+    if _is_primary():
+      for s in failed:  # never sealed: not a checkpoint; frees the space
+        shutil.rmtree(step_dir(self.workdir, s), ignore_errors=True)
+    self._mngr.reload()
+    good = [s for s in sorted(self._mngr.all_steps())
+            if verify(self.workdir, s) is None and s not in failed]
+    kept = (f'The checkpoint of step {good[-1]} is kept and usable'
+            if good else 'No earlier checkpoint was saved')
+    raise CheckpointError(
+        f'The disk is full (no space left on device) while saving step '
+        f'{step} to {checkpoint_dir(self.workdir)}; what was written of '
+        f'step {step} is removed. {kept}. Free space (or lower '
+        'config.train.keep_checkpoints), then run the same command to '
+        'resume.') from None
 
   def _to_prune(self, steps: list[int]) -> list[int]:
     """The steps older than the newest ``keep`` good ones.
@@ -327,7 +362,11 @@ class Saver:
     try:
       self.finish()
     finally:
-      self._mngr.close()
+      try:
+        self._mngr.close()
+      except Exception as e:  # pylint: disable=broad-except
+        if not is_disk_full(e):  # a full disk is reported by finish
+          raise
 
 
 # ----------------------------------------------------------------- listing
@@ -365,17 +404,44 @@ def require_checkpoint(workdir: str, step: Optional[int] = None) -> int:
 
 
 def load(workdir: str, step: int, abstract_state: Any) -> Any:
-  """The state of one step, for reading (evaluation): verified, never moved.
-  An unusable step is a CheckpointError that names the alternatives."""
-  restored, problem = try_restore(workdir, step, abstract_state)
-  if restored is None:
-    older = [s for s in all_steps(workdir) if s < step]
-    alt = (f'Evaluate an older one with --step={older[-1]}.' if older else
-           'There is no older checkpoint; train again.')
-    raise CheckpointError(
-        f'Checkpoint step {step} in {checkpoint_dir(workdir)} is unusable: '
-        f'{problem}. {alt}')
-  return restored[0]
+  """The state of one step, for reading: ``load_step``'s state."""
+  return load_step(workdir, step, abstract_state)[1]
+
+
+def load_step(workdir: str, step: int, abstract_state: Any,
+              follow_latest: bool = False) -> tuple[int, Any]:
+  """(step, state) of one step, for reading (evaluation): verified, never
+  moved. An unusable step is a CheckpointError that names the alternatives.
+
+  A training run on the same workdir may prune the step while it is read
+  (``keep_checkpoints``): with ``follow_latest`` (the step was the latest,
+  not asked for) the newest step is read instead; otherwise the message
+  says that it was pruned.
+  """
+  for _ in range(5):
+    restored, problem = try_restore(workdir, step, abstract_state)
+    if restored is not None:
+      return step, restored[0]
+    if os.path.isdir(step_dir(workdir, step)):
+      break  # still there: it is the step itself that is unusable
+    newer = [s for s in all_steps(workdir) if s > step]
+    if not (follow_latest and newer):
+      now = ', '.join(map(str, all_steps(workdir)))
+      raise CheckpointError(
+          f'Checkpoint step {step} in {checkpoint_dir(workdir)} was deleted '
+          'while it was read (a training run on this workdir prunes old '
+          'checkpoints, config.train.keep_checkpoints). '
+          + (f'Steps there now: {now}; evaluate one of them (--step), or '
+             'the latest (no --step).' if now else 'No step is left.'))
+    print(f'Checkpoint step {step} was pruned by training while it was '
+          f'read; reading step {newer[-1]} instead.', file=sys.stderr)
+    step = newer[-1]
+  older = [s for s in all_steps(workdir) if s < step]
+  alt = (f'Evaluate an older one with --step={older[-1]}.' if older else
+         'There is no older checkpoint; train again.')
+  raise CheckpointError(
+      f'Checkpoint step {step} in {checkpoint_dir(workdir)} is unusable: '
+      f'{problem}. {alt}')
 
 
 def abstract(tree: Any) -> Any:
@@ -420,6 +486,11 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def require_run(workdir: str) -> ml_collections.ConfigDict:
   """``read_config(workdir)``, with the clearer message for a ``--workdir``
   that does not exist at all (train first)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise CheckpointError(
+        f'--workdir={workdir} is a file, not the folder of a run: give the '
+        '--workdir that train.py wrote (it holds config.json and '
+        'checkpoints/).')
   if not os.path.isdir(workdir):
     raise CheckpointError(
         f'--workdir={workdir} does not exist. Train first: python train.py '

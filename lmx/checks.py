@@ -18,6 +18,12 @@ from typing import Any, Optional
 
 from lmx.errors import ConfigError
 
+# The model computes in float32 (or bfloat16, whose range is float32's): a
+# setting beyond these becomes inf or 0 on the device, and the model's
+# outputs NaN.
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32
+
 
 def require(cond: bool, msg: str) -> None:
   """ConfigError(msg) unless ``cond``."""
@@ -66,6 +72,10 @@ class Fields:
     require(isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value),
             f'{name} must be a finite number, got {value!r}.')
+    require(abs(value) <= FLOAT32_MAX,
+            f'{name}={value!r} is beyond float32\'s range (+-{FLOAT32_MAX:.3g}'
+            '), in which the model computes: it would be inf there. Use a '
+            'smaller number.')
     lo_ok = lo is None or (value > lo if lo_open else value >= lo)
     hi_ok = hi is None or (value < hi if hi_open else value <= hi)
     if not (lo_ok and hi_ok):
@@ -77,8 +87,15 @@ class Fields:
     return value
 
   def positive(self, path: str) -> float:
-    """A finite number > 0 (bases, scales, timescales, eps)."""
-    return self.float(path, 0.0, lo_open=True)
+    """A finite number > 0 (bases, scales, timescales, eps) that float32
+    holds without rounding it to 0."""
+    value = self.float(path, 0.0, lo_open=True)
+    require(value >= FLOAT32_TINY,
+            f'{self.name(path)}={value!r} is below float32\'s smallest '
+            f'normal number ({FLOAT32_TINY:.3g}), in which the model '
+            'computes: it would be 0 (or lose its precision) there, and the '
+            'model\'s outputs would not be finite. Use a larger number.')
+    return value
 
   def bool(self, path: str) -> bool:
     value = self.get(path)

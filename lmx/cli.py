@@ -3,22 +3,32 @@
 style (absl), one way to report bad input, and the run flags of the
 commands that read a finished run.
 
-* ``parse_flags``: the ``flags_parser`` of every ``app.run``. A ConfigError
-  raised while a ``--config`` file is read (an unknown key after the colon,
-  say) is one line on stderr and exit status 2, not a traceback.
+* ``parse_flags``: the ``flags_parser`` of every ``app.run``. A bad flag is
+  one line on stderr and exit status 2, not a traceback: a ``--config`` file
+  that is missing, does not parse, has no ``get_config`` or returns no
+  ConfigDict; an override of an unknown field (with "did you mean"), of a
+  whole section, of the wrong type, or without a ``--config``; a ConfigError
+  raised while the file is read (an unknown key after the colon, say).
 * ``define_run_flags``: ``--workdir``, ``--step`` and ``--config`` (the
   run's saved config, read from the ``--workdir`` on the command line, as
   the defaults), listed by the command's own ``--help``.
 """
 
+import difflib
+import errno
+import importlib.util
+import os
+import re
 import sys
 from typing import NamedTuple, Optional, Sequence
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as _config_flags_impl
 
 from lmx import checkpoint
-from lmx.errors import ConfigError
+from lmx.errors import CheckpointError, ConfigError
 
 
 def _config_error(e: BaseException) -> Optional[ConfigError]:
@@ -37,20 +47,204 @@ _HELP = ('--help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
 
 
 def parse_flags(argv: Sequence[str]):
-  """absl's flag parsing, with a bad config argument as one message, and
-  help (which absl ends with status 1) as a success."""
+  """absl's flag parsing, with every bad flag, config file or override as
+  one message on stderr and exit status 2 (never a traceback), and help
+  (which absl ends with status 1) as a success."""
+  if not any(a in _HELP for a in argv[1:]):
+    try:
+      check_config_args(argv)
+    except (ConfigError, CheckpointError) as e:
+      _fail(e)
   try:
     return flags.FLAGS(argv)
   except SystemExit as e:
     if e.code == 1 and any(a in _HELP for a in argv[1:]):
       sys.exit(0)
     raise
-  except flags.Error as e:
+  except Exception as e:  # pylint: disable=broad-except
+    # flags.Error for a bad value; ml_collections raises others (KeyError,
+    # AttributeError, TypeError) for what the checks above did not foresee.
     root = _config_error(e)
-    if root is None:
-      return app.parse_flags_with_usage(argv)  # absl's message, exit 1
-    print(f'error: {root}', file=sys.stderr)
-    sys.exit(2)
+    _fail(root if root is not None else _flag_message(e))
+
+
+def _fail(msg) -> None:
+  print(f'error: {msg}', file=sys.stderr)
+  sys.exit(2)
+
+
+_VALUE_ERROR = re.compile(r'flag --(config\.[\w.]+)=(.*?): (.*)', re.S)
+
+
+def _flag_message(e: BaseException) -> str:
+  """One line for a flag that absl or ml_collections refused."""
+  text = ' '.join(str(e).split())
+  m = _VALUE_ERROR.match(text)
+  if m:
+    name, value, why = m.groups()
+    return (f'--{name}={value} is not a valid value: {why}. Give a value of '
+            f'the type of {name} (see its default with --helpfull, or in '
+            'configs/base.py and lmx/defaults.py).')
+  return text + ' (see --help for the flags this command takes)'
+
+
+# ----------------------------------------------------- config and overrides
+
+
+def _arg_value(argv: Sequence[str], name: str) -> tuple[bool, Optional[str]]:
+  """(given, value) of ``--name=value`` or ``--name value`` in argv."""
+  given, value = False, None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f'--{name}=') or arg.startswith(f'-{name}='):
+      given, value = True, arg.split('=', 1)[1]
+    elif arg in (f'--{name}', f'-{name}'):
+      given = True
+      value = argv[i + 1] if i + 1 < len(argv) else None
+  return given, value
+
+
+_OVERRIDE = re.compile(r'^--?(?:no)?config\.([^=]+)(?:=(.*))?$', re.S)
+
+
+def overrides_in(argv: Sequence[str]) -> dict[str, Optional[str]]:
+  """``{'model.d_model': '64', ...}`` of the ``--config.<field>`` items."""
+  out = {}
+  for arg in argv[1:]:
+    m = _OVERRIDE.match(arg)
+    if m:
+      out[m.group(1)] = m.group(2)
+  return out
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of ``'path.py[:arg]'``, as ml_collections would
+  call it, with a ConfigError for a file that is missing, does not parse,
+  has no ``get_config``, fails in it, or returns something else."""
+  path, colon, arg = spec.partition(':')
+  fix = ('e.g. --config=configs/alibi.py:size=tiny (the files in configs/ '
+         'define get_config(arg)).')
+  if not path:
+    raise ConfigError(f'--config={spec!r} names no file: give a config file, '
+                      f'{fix}')
+  if not os.path.isfile(path):
+    what = ('is a folder' if os.path.isdir(path) else 'does not exist'
+            f' (from {os.getcwd()})')
+    raise ConfigError(f'The config file {path} {what}: give a config file, '
+                      f'{fix}')
+  try:
+    with open(path, 'rb') as f:
+      source = f.read()
+  except OSError as e:
+    raise ConfigError(f'The config file {path} cannot be read '
+                      f'({e.strerror}): check its permissions.') from None
+  try:
+    code = compile(source, path, 'exec')
+  except (SyntaxError, ValueError) as e:
+    where = f' at line {e.lineno}' if getattr(e, 'lineno', None) else ''
+    raise ConfigError(f'The config file {path} does not parse{where}: '
+                      f'{getattr(e, "msg", e)}. Fix the file.') from None
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  if root not in sys.path:  # config files import configs.base
+    sys.path.append(root)
+  name = 'lmx_config_' + re.sub(r'\W', '_', os.path.abspath(path))
+  module = importlib.util.module_from_spec(
+      importlib.util.spec_from_loader(name, loader=None))
+  module.__file__ = path
+  try:
+    exec(code, module.__dict__)  # pylint: disable=exec-used
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'The config file {path} fails when it is loaded '
+                      f'({type(e).__name__}: {e}). Fix the file.') from None
+  get_config = getattr(module, 'get_config', None)
+  if not callable(get_config):
+    raise ConfigError(f'The config file {path} has no get_config(arg) '
+                      f'function: define one that returns an '
+                      f'ml_collections.ConfigDict, {fix}')
+  try:
+    config = get_config(arg) if colon else get_config()
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'get_config({arg!r}) of {path} fails '
+                      f'({type(e).__name__}: {" ".join(str(e).split())}). '
+                      'Fix the file or the argument after the colon.'
+                      ) from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f'get_config() of {path} returned a '
+                      f'{type(config).__name__}, not an ml_collections.'
+                      'ConfigDict: return the config (start from configs/'
+                      'base.py\'s get_config).')
+  return config
+
+
+def check_overrides(config: ml_collections.ConfigDict,
+                    overrides: dict, what: str) -> None:
+  """Every ``--config.<field>`` names a field of ``config`` (not a whole
+  section); else a ConfigError with ml_collections' "did you mean"."""
+  for path, value in overrides.items():
+    node, parts = config, path.split('.')
+    for i, part in enumerate(parts):
+      here = 'config' + ''.join(f'.{p}' for p in parts[:i])
+      if not isinstance(node, ml_collections.ConfigDict):
+        raise ConfigError(f'--config.{path}: {here} is a value, not a '
+                          'section, so it has no fields.')
+      if part not in node:
+        close = difflib.get_close_matches(part, list(node.keys()), 1, 0.6)
+        hint = (f' Did you mean "{".".join(parts[:i] + [close[0]])}"?'
+                if close else
+                f' Its fields: {", ".join(sorted(node.keys()))}.')
+        raise ConfigError(f'--config.{path}: {here} has no field {part!r} '
+                          f'in {what}.{hint}')
+      node = node[part]
+    if isinstance(node, ml_collections.ConfigDict) and value is not None:
+      fields = ', '.join(sorted(node.keys()))
+      raise ConfigError(f'--config.{path}={value} sets a whole section; set '
+                        f'its fields one by one instead '
+                        f'(--config.{path}.<field>=...; fields: {fields}).')
+
+
+def check_config_args(argv: Sequence[str]) -> None:
+  """The --config flag and its overrides, checked before absl parses them.
+
+  With a config-file flag (train.py): the file is loaded here
+  (``load_config_file``) and overrides without a --config are refused. With
+  a config-dict flag (eval.py, generate.py: the run's saved config), an
+  override needs a --workdir that holds a run.
+  """
+  overrides = overrides_in(argv)
+  if 'config' not in flags.FLAGS:
+    return
+  file_flag = isinstance(flags.FLAGS['config'].parser,
+                         _config_flags_impl.ConfigFileFlagParser)
+  if file_flag:
+    given, spec = _arg_value(argv, 'config')
+    if not given:
+      if overrides:
+        first = next(iter(overrides))
+        raise ConfigError(f'--config.{first} overrides a field of the '
+                          'config, but no --config file is given: add one '
+                          'before the overrides, e.g. '
+                          f'--config=configs/alibi.py --config.{first}=...')
+      return
+    config = load_config_file(spec or '')
+    check_overrides(config, overrides, spec)
+    return
+  _check_run_overrides(argv)
+
+
+def _check_run_overrides(argv: Sequence[str]) -> None:
+  """The overrides of a run's saved config (eval.py, generate.py)."""
+  overrides = overrides_in(argv)
+  if not overrides:
+    return
+  _, workdir = _arg_value(argv, 'workdir')
+  if not workdir:
+    raise ConfigError('--config.<field> overrides change the saved config of '
+                      'a run: give the run with --workdir=<dir of train.py>.')
+  saved = checkpoint.require_run(workdir)  # CheckpointError if there is none
+  check_overrides(saved, overrides, f'the config saved in {workdir}')
 
 
 def int_list(values: Optional[Sequence[str]], flag: str) -> Optional[list]:
@@ -64,6 +258,18 @@ def int_list(values: Optional[Sequence[str]], flag: str) -> Optional[list]:
         f'{flag} must be integers, got {",".join(values)}.') from None
 
 
+def os_error(e: OSError) -> str:
+  """One line for a file-system error no check foresaw."""
+  where = f' ({e.filename})' if getattr(e, 'filename', None) else ''
+  hint = {errno.ENOSPC: 'free space on that disk, then run the same command',
+          errno.EDQUOT: 'free space on that disk, then run the same command',
+          errno.EROFS: 'that file system is read-only: use another path',
+          errno.EACCES: 'fix its permissions or use another path',
+          errno.EPERM: 'fix its permissions or use another path',
+          }.get(e.errno, 'check that path')
+  return f'{e.strerror or e}{where}: {hint}.'
+
+
 class RunFlags(NamedTuple):
   workdir: flags.FlagHolder
   step: flags.FlagHolder
@@ -72,7 +278,15 @@ class RunFlags(NamedTuple):
 
 def define_run_flags() -> RunFlags:
   """Defines --workdir, --step and --config. The calling module lists them
-  in its --help with ``flags.adopt_module_key_flags(cli)``."""
+  in its --help with ``flags.adopt_module_key_flags(cli)``.
+
+  ml_collections applies the ``--config.<field>`` overrides of ``sys.argv``
+  to a config-dict flag as it is defined, so they are checked here first."""
+  if not any(a in _HELP for a in sys.argv[1:]):
+    try:
+      _check_run_overrides(sys.argv)
+    except (ConfigError, CheckpointError) as e:
+      _fail(e)
   return RunFlags(
       flags.DEFINE_string('workdir', None, 'Run directory from train.py.'),
       flags.DEFINE_integer('step', None,

@@ -16,6 +16,9 @@ from lmx.data import tasks
 from lmx.errors import ConfigError
 from lmx.positions import sampling as sampling_lib
 
+# Positions and steps are int32 on the device.
+INT32_MAX = 2**31 - 1
+
 __all__ = ['ConfigError', 'check_length', 'eval_lengths', 'position_bound',
            'resolve_eval_sampling', 'task_eval_lengths', 'validate']
 
@@ -47,6 +50,14 @@ def check_length(config: ml_collections.ConfigDict, length: int,
             f'config.positions.max_position to at least {length} (and train '
             f'with it), or evaluate with shorter lengths.')
   encoding = positions.get_encoding(config.model.position)
+  limit = encoding.max_span(config.model)
+  # Positions of one sequence span its length, or (randomized) up to the
+  # whole range they are drawn from.
+  span = length if sampling != 'randomized' else max(
+      length, int(config.positions.max_position))
+  if limit is not None and span > limit[0]:
+    return (f'{what} length {length} spans {span} positions, but the '
+            f'{config.model.position!r} encoding cannot: {limit[1]}.')
   bound = encoding.max_positions(config.model)
   needed = position_bound(config, sampling, length)
   if bound is not None and needed > bound:
@@ -103,12 +114,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   kinds = positions.SAMPLING_KINDS
   f.choice('positions.train', kinds)
   f.choice('positions.eval', kinds + ('train',))
-  f.int('positions.max_position', 1)
+  f.int('positions.max_position', 1, INT32_MAX)
 
   t = config.train
   for field in ('seq_len', 'batch_size', 'steps', 'checkpoint_every',
                 'log_every', 'keep_checkpoints'):
-    f.int(f'train.{field}', 1)
+    f.int(f'train.{field}', 1, INT32_MAX)
   f.int('train.warmup_steps', 0, t.steps - 1)
   f.float('train.learning_rate', 0.0, lo_open=True)
   f.float('train.min_lr_ratio', 0.0, 1.0)
@@ -127,6 +138,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
           "config.data.source must name 'stdlib', a folder, a glob or "
           "'tfds:<name>'.")
   f.float('data.validation_fraction', 0.0, 1.0, lo_open=True, hi_open=True)
+  require(isinstance(f.get('data.validation_source'), str),
+          'config.data.validation_source must be a file, folder or glob of '
+          "validation text, or '' to split config.data.source.")
+  require(not (d.validation_source and d.source.startswith('tfds:')),
+          'config.data.validation_source applies to local text; a tfds '
+          'catalog dataset names its split in config.data.validation_split.')
 
   problem = tasks.check(config) if 'task' in config else None
   require(problem is None, problem or '')

@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from lmx import checkpoint
+from lmx import memory
 from lmx import positions as positions_lib
 from lmx import run_state
 from lmx.errors import ConfigError
@@ -175,6 +176,12 @@ def check_lengths(config: ml_collections.ConfigDict, prompt_len: int,
         f'most {max(bound - prompt_len, 0)} new tokens (--max_new_tokens) or '
         f'shorten the prompt; a longer table needs training again with a '
         f'larger {encoding.bound_setting()}.')
+  limit = encoding.max_span(config.model)
+  if limit is not None and total > limit[0]:
+    raise ConfigError(
+        f'A prompt of {prompt_len} tokens plus {max_new_tokens} new ones '
+        f'spans {total} positions, but the {config.model.position!r} encoding '
+        f'cannot: {limit[1]} (--max_new_tokens).')
   lm = config.model.lm_infinite
   n_global, n_local = int(lm.n_global), int(lm.n_local)
   bounded = n_local > 0
@@ -281,12 +288,24 @@ def generate_from_run(config: ml_collections.ConfigDict, workdir: str,
   CheckpointError, both before anything is compiled. An empty prompt starts
   a new document (the end-of-document token).
   """
-  prompt_tokens = tokenizer.encode(prompt)
-  if prompt_tokens.size == 0:
-    prompt_tokens = np.array([EOD], np.int32)
+  try:  # a prompt from the command line may hold any bytes (see encode)
+    given = tokenizer.encode(prompt)
+  except UnicodeEncodeError as e:
+    raise ConfigError(
+        f'The prompt holds characters that cannot be written as bytes '
+        f'({e.reason} at position {e.start}): give text, or the bytes '
+        'themselves.') from None
+  prompt_tokens = given if given.size else np.array([EOD], np.int32)
   check_sampling(temperature, top_k)
-  check_lengths(config, prompt_tokens.size, max_new_tokens)
-  step = checkpoint.require_checkpoint(workdir, step)
+  total = check_lengths(config, prompt_tokens.size, max_new_tokens)
+  lm = config.model.lm_infinite
+  slots = (min(total, int(lm.n_global) + int(lm.n_local))
+           if int(lm.n_local) > 0 else total)
+  memory.check_cache(config, slots, prompt_tokens.size,
+                     f'A prompt of {prompt_tokens.size} tokens plus '
+                     f'{max_new_tokens} new ones (a KV cache of {slots:,} '
+                     'tokens)')
+  checkpoint.require_checkpoint(workdir, step)
   # The checkpoint holds the whole train state; only the params are kept.
   graphdef, params, step = run_state.load_params(config, workdir, step)
   new = generate((graphdef, params), config, prompt_tokens, max_new_tokens,
@@ -294,4 +313,6 @@ def generate_from_run(config: ml_collections.ConfigDict, workdir: str,
                  stop_at_eod=stop_at_eod)
   if stop_at_eod and new.size and new[-1] == EOD:
     new = new[:-1]
-  return prompt + tokenizer.decode(new), step
+  # Decoded together, so a character split between the prompt and the new
+  # bytes is whole; bytes that are not UTF-8 read as U+FFFD.
+  return tokenizer.decode(np.concatenate([given, new])), step

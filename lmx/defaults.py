@@ -106,6 +106,10 @@ def get_config(arg: str | None = None,
   c.data.train_split = 'train'      # tfds catalog split names
   c.data.validation_split = 'validation'
   c.data.validation_fraction = 0.05  # of files, chosen by path hash
+  # An explicit validation text: a file, folder or glob. Then every file of
+  # data.source trains and validation_fraction is not used; '' = split
+  # data.source by path hash (too few files may leave validation empty).
+  c.data.validation_source = ''
   c.data.cache_dir = '~/.cache/lmx/tfds'
 
   c.model = ml_collections.ConfigDict()

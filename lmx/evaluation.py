@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from lmx import checkpoint
+from lmx import memory
 from lmx import config as config_lib
 from lmx import generation_eval
 from lmx import model as model_lib
@@ -170,8 +171,12 @@ def bucket(per_position: np.ndarray, buckets: int) -> list[dict]:
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
              lengths: Optional[Sequence[int]] = None,
              out_dir: Optional[str] = None, plots: bool = True,
-             step: Optional[int] = None) -> dict:
+             step: Optional[int] = None,
+             overrides: Optional[dict] = None) -> dict:
   """Evaluates a checkpoint (default: the latest); writes JSON and PNGs.
+
+  ``overrides`` (the command line's ``--config.<field>`` items) are recorded
+  in results.json as ``overrides``.
 
   A text run gets loss against length (both protocols), per-position loss
   and attention diagnostics, and on request (``config.eval.generation``,
@@ -189,7 +194,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
         'config.eval.generation scores continuations of text documents; '
         f'this is a {config.task.name!r} task run. Drop '
         '--config.eval.generation=true (task runs report exact match).')
-    return evaluate_task_run(config, workdir, lengths, out_dir, plots, step)
+    return evaluate_task_run(config, workdir, lengths, out_dir, plots, step,
+                             overrides)
   run_lengths, skipped = config_lib.eval_lengths(config, lengths)
   if not run_lengths:
     raise config_lib.ConfigError(
@@ -205,10 +211,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       f'({", ".join(map(str, run_lengths))}) is longer. Add a shorter length '
       '(--lengths) or raise config.model.chunk_threshold.')
   checkpoint.require_checkpoint(workdir, step)
+  out_dir = checkpoint.make_writable_dir(
+      out_dir or os.path.join(workdir, 'eval'), 'The evaluation folder')
   docs = corpus.load_documents(config.data, 'validation')
   stream = corpus.token_stream(docs)
   for length in run_lengths:  # refuse before compiling anything
     windows.eval_windows(stream, length, config.eval.tokens)
+    memory.check_evaluation(config, length)
   gen_plan = (generation_eval.plan(config, docs) if config.eval.generation
               else None)
 
@@ -233,6 +242,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       'sliding': sliding,
       'sliding_stride': config.eval.sliding_stride,
       'skipped': {str(k): v for k, v in skipped.items()},
+      'overrides': dict(overrides or {}),
   }
   per_position = {
       'length': longest['length'], 'train_length': config.train.seq_len,
@@ -312,18 +322,22 @@ def _check_same_task(config, workdir: str) -> None:
 def evaluate_task_run(config: ml_collections.ConfigDict, workdir: str,
                       lengths: Optional[Sequence[int]] = None,
                       out_dir: Optional[str] = None, plots: bool = True,
-                      step: Optional[int] = None) -> dict:
+                      step: Optional[int] = None,
+                      overrides: Optional[dict] = None) -> dict:
   """Exact-match accuracy against task length (lmx.task_eval)."""
   run_lengths, skipped = config_lib.task_eval_lengths(config, lengths)
   if not run_lengths:
     raise config_lib.ConfigError(
         'No task length can be evaluated with this config: '
         + ' '.join(skipped.values()))
+  out_dir = checkpoint.make_writable_dir(
+      out_dir or os.path.join(workdir, 'eval'), 'The evaluation folder')
   graphdef, params, step = run_state.load_params(config, workdir, step)
   results = task_eval.evaluate_task(config, run_state.apply_fn(graphdef), params,
                                     lengths=run_lengths)
   results.update(workdir=os.path.abspath(workdir), step=step,
-                 skipped={str(k): v for k, v in skipped.items()})
+                 skipped={str(k): v for k, v in skipped.items()},
+                 overrides=dict(overrides or {}))
   out_dir = out_dir or os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
   write_json(os.path.join(out_dir, 'results.json'), results)

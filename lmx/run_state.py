@@ -21,6 +21,7 @@ from flax import nnx
 from lmx import checkpoint
 from lmx import model as model_lib
 from lmx import positions as positions_lib
+from lmx.errors import ConfigError
 
 
 def make_schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
@@ -96,10 +97,60 @@ def apply_fn(graphdef) -> Callable:
   return apply
 
 
+def _shapes(tree) -> dict:
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def _flat(node: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in node.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def check_fits_run(config, workdir: str, params) -> None:
+  """A ConfigError naming the fields if ``config`` (the run's saved config
+  with the command line's overrides) builds parameters of other shapes than
+  the run's: an override of a model size is reported as such, before any
+  restore, not as a damaged checkpoint."""
+  try:
+    saved = checkpoint.read_config(workdir)
+  except checkpoint.CheckpointError:
+    return  # the restore reports what is wrong
+  _, saved_params = abstract_model(saved)
+  want, have = _shapes(params), _shapes(saved_params)
+  if want == have:
+    return
+  fields = {k: (v, _flat(config.model.to_dict(), 'model.').get(k))
+            for k, v in _flat(saved.model.to_dict(), 'model.').items()
+            if v != _flat(config.model.to_dict(), 'model.').get(k)}
+  differ = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+  example = differ[0]
+  shown = ('; '.join(f'config.{k}={b!r} (trained with {a!r})'
+                     for k, (a, b) in fields.items())
+           or 'the overrides')
+  raise ConfigError(
+      f'The model asked for does not fit the run in {workdir}: {shown}. '
+      f'These change the parameter shapes (e.g. {example}: '
+      f'{have.get(example) or "absent"} in the checkpoint, '
+      f'{want.get(example) or "absent"} asked '
+      'for); the checkpoint itself is fine. Drop these --config.model '
+      'overrides, or train a run with them.')
+
+
 def load_params(config, workdir: str, step: Optional[int] = None):
   """(graphdef, params, step) restored from the workdir's checkpoint at
   ``step`` (default: the latest), verified and never moved."""
   graphdef, target = abstract_state(config)
+  latest = step is None
   step = checkpoint.require_checkpoint(workdir, step)
-  state = checkpoint.load(workdir, step, target)
+  check_fits_run(config, workdir, target['params'])
+  # The latest step may be pruned by a training run while it is read: the
+  # newest one is then read instead.
+  step, state = checkpoint.load_step(workdir, step, target,
+                                     follow_latest=latest)
   return graphdef, state['params'], int(state['step'])

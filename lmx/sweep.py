@@ -110,8 +110,12 @@ class Member:
             f'--workdir={self.workdir}', '--progress=false']
 
   def eval_command(self, extra: Sequence[str] = ()) -> list[str]:
+    # The sweep's evaluation is its members' plain one (eval/, which the
+    # report reads), even with --config overrides in --eval_args.
+    out = ([] if any(a.startswith('--out') for a in extra)
+           else [f'--out={os.path.join(self.workdir, "eval")}'])
     return [sys.executable, os.path.join(ROOT, 'eval.py'),
-            f'--workdir={self.workdir}', *extra]
+            f'--workdir={self.workdir}', *extra, *out]
 
 
 # ------------------------------------------------------------ declarations
@@ -155,7 +159,14 @@ def _load_module(path: str, what: str):
   name = 'lmx_sweep_' + re.sub(r'\W', '_', os.path.abspath(path))
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise SweepError(f'{what} file {path} does not parse at line {e.lineno}: '
+                     f'{e.msg}. Fix the file.') from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise SweepError(f'{what} file {path} fails when it is loaded '
+                     f'({type(e).__name__}: {e}). Fix the file.') from None
   return module
 
 
@@ -171,8 +182,10 @@ def load_declaration(spec: str) -> dict:
     raise SweepError(f'{path} has no get_sweep(arg) function.')
   try:
     decl = _call(module.get_sweep, arg)
-  except (ValueError, TypeError) as e:  # e.g. a ConfigError of its argument
-    raise SweepError(f'sweep {spec}: {e}') from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise SweepError(f'get_sweep({arg!r}) of {path} fails '
+                     f'({type(e).__name__}: {e}). Fix the file or the '
+                     'argument after the colon.') from None
   if not isinstance(decl, dict):
     raise SweepError(f'{path}: get_sweep() must return a dict with keys '
                      f"'config', 'members' and/or 'product'; got {decl!r}.")
@@ -185,12 +198,13 @@ _CONFIGS: dict[str, Any] = {}
 def load_config(spec: str):
   """The config of ``'configs/x.py[:arg]'``, loaded as train.py would."""
   if spec not in _CONFIGS:
-    path, arg = split_arg(spec)
-    module = _load_module(_resolve(path), 'Config')
+    from lmx import cli  # pylint: disable=g-import-not-at-top
+    if ROOT not in sys.path:  # config files import configs.base
+      sys.path.insert(0, ROOT)
     try:
-      _CONFIGS[spec] = _call(module.get_config, arg)
-    except (ValueError, TypeError) as e:
-      raise SweepError(f'config {spec}: {e}') from e
+      _CONFIGS[spec] = cli.load_config_file(resolve_config_path(spec))
+    except ValueError as e:  # ConfigError: missing, unparsable, wrong type
+      raise SweepError(f'config {spec}: {e}') from None
   return _CONFIGS[spec]
 
 
@@ -295,14 +309,40 @@ def parse_config_args(args: Sequence[str]) -> dict[str, str]:
   return out
 
 
+def _parse_like(current: Any, text: str) -> Any:
+  """``text`` (a command-line value) as the type of ``current``, as
+  ml_collections' --config.<field> parser reads it; ValueError if not."""
+  if isinstance(current, bool):
+    low = text.lower()
+    if low in ('true', 't', '1', 'yes', 'y'):
+      return True
+    if low in ('false', 'f', '0', 'no', 'n'):
+      return False
+    raise ValueError(f'{text!r} is not true or false')
+  if isinstance(current, int):
+    return int(text)
+  if isinstance(current, float):
+    return float(text)
+  if isinstance(current, (tuple, list)):
+    import ast  # pylint: disable=g-import-not-at-top
+    value = ast.literal_eval(text if text.strip().startswith(('(', '['))
+                             else f'({text},)')
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+  return text
+
+
 def check_fields(members: Sequence[Member],
-                 extra_fields: Sequence[str] = ()) -> None:
+                 extra_fields: Sequence[str] | dict = (),
+                 where: str = '--train_args') -> None:
   """Every override names an existing field of its member's config and
-  holds a value of that field's type."""
+  holds a value of that field's type; so does every ``--config.<field>``
+  of ``extra_fields`` (``{field: command-line value}``, or field names)."""
+  extra = (dict(extra_fields) if isinstance(extra_fields, dict)
+           else dict.fromkeys(extra_fields))
   problems = []
   for m in members:
     config = load_config(m.config)
-    for key in [*m.overrides, *extra_fields]:
+    for key in [*m.overrides, *extra]:
       node, parts = config, key.split('.')
       for i, part in enumerate(parts):
         if not hasattr(node, 'keys') or part not in node:
@@ -320,6 +360,12 @@ def check_fields(members: Sequence[Member],
           except (TypeError, ValueError, KeyError) as e:
             problems.append(f'{m.name}: config.{key}={m.overrides[key]!r}: '
                             f'{e}')
+        elif extra.get(key) is not None:
+          try:
+            _parse_like(node, extra[key])
+          except (ValueError, SyntaxError) as e:
+            problems.append(f'{m.name}: {where} --config.{key}={extra[key]}'
+                            f' is not a {type(node).__name__} ({e}).')
   if problems:
     seen = list(dict.fromkeys(problems))
     raise SweepError('Unknown or mistyped override fields:\n  '
@@ -341,11 +387,66 @@ def config_args(overrides: dict[str, Any]) -> list[str]:
   return [f'--config.{k}={format_value(v)}' for k, v in overrides.items()]
 
 
-def prepare(spec: str, sweep_dir: str,
-            train_args: Sequence[str] = ()) -> list[Member]:
-  """Loads, expands and checks a sweep: every input error before any run."""
+# The flags of train.py and eval.py a sweep passes on (--train_args,
+# --eval_args), with their kinds; the sweep sets --config and --workdir
+# itself. tests/test_bad_input.py checks these against the commands.
+TRAIN_FLAGS = {'progress': 'bool', 'coordinator': 'str',
+               'num_processes': 'int', 'process_id': 'int'}
+EVAL_FLAGS = {'lengths': 'ints', 'step': 'int', 'out': 'str'}
+SET_BY_SWEEP = {'train.py': ('config', 'workdir'), 'eval.py': ('workdir',)}
+
+
+def check_args(args: Sequence[str], command: str, known: dict[str, str],
+               option: str) -> None:
+  """Every item of ``--train_args`` / ``--eval_args`` is a flag the command
+  takes, with a value of its kind; ``--config.<field>`` items are checked
+  against each member's config by ``check_fields``."""
+  problems = []
+  for a in args:
+    name, eq, value = a.lstrip('-').partition('=')
+    if not a.startswith('-'):
+      problems.append(f'{a!r} is not a flag (--name=value).')
+      continue
+    if name.startswith('config.'):
+      continue
+    if name in SET_BY_SWEEP[command]:
+      problems.append(f'--{name} is set by the sweep for each member; '
+                      'drop it.')
+      continue
+    kind = known.get(name)
+    if kind is None and name.startswith('no') and known.get(name[2:]) == 'bool':
+      kind, eq = 'bool', ''
+    if kind is None:
+      problems.append(f'{command} has no flag --{name}; its flags: '
+                      + ', '.join(f'--{k}' for k in known) + ', and '
+                      '--config.<field>.')
+      continue
+    try:
+      if kind == 'int':
+        int(value)
+      elif kind == 'ints':
+        [int(x) for x in value.split(',')]  # pylint: disable=expression-not-assigned
+      elif kind == 'bool' and eq:
+        _parse_like(True, value)
+    except ValueError:
+      wants = {'ints': 'integers', 'int': 'an integer'}.get(kind,
+                                                            'true or false')
+      problems.append(f'--{name}={value}: {command} wants {wants}.')
+  if problems:
+    raise SweepError(f'{option} that {command} would refuse (checked before '
+                     'any member runs):\n  ' + '\n  '.join(problems))
+
+
+def prepare(spec: str, sweep_dir: str, train_args: Sequence[str] = (),
+            eval_args: Sequence[str] = ()) -> list[Member]:
+  """Loads, expands and checks a sweep: every input error before any run,
+  the --train_args and --eval_args of every member included."""
   members = expand(load_declaration(spec), sweep_dir)
-  check_fields(members, list(parse_config_args(train_args)))
+  check_args(train_args, 'train.py', TRAIN_FLAGS, '--train_args')
+  check_args(eval_args, 'eval.py', EVAL_FLAGS, '--eval_args')
+  check_fields(members, parse_config_args(train_args))
+  check_fields(members, parse_config_args(eval_args), '--eval_args')
+  check_values(members, parse_config_args(train_args))
   return members
 
 
@@ -376,6 +477,37 @@ def write_report(workdirs: Sequence[str], out_dir: str, title: str,
     return importlib.import_module(module).write(workdirs, out_dir, title,
                                                  **kwargs)
   return report.write(workdirs, out_dir, title, **kwargs)
+
+
+def member_config(member: Member, train_overrides: dict[str, str]):
+  """The config ``train.py`` will run for ``member``: its config file,
+  its overrides, then the --train_args ``--config.<field>`` items."""
+  config = copy.deepcopy(load_config(member.config))
+  config.update_from_flattened_dict(dict(member.overrides))
+  for key, text in train_overrides.items():
+    node = config
+    for part in key.split('.')[:-1]:
+      node = node[part]
+    leaf = key.split('.')[-1]
+    node[leaf] = _parse_like(node[leaf], text)
+  return config
+
+
+def check_values(members: Sequence[Member],
+                 train_overrides: dict[str, str]) -> None:
+  """Every member's config passes ``lmx.config.validate`` (ranges, choices,
+  cross-field rules), as train.py would check it, before any member runs.
+  (What needs the data or the workdir is found by train.py itself.)"""
+  from lmx import config as config_lib  # pylint: disable=g-import-not-at-top
+  problems = []
+  for m in members:
+    try:
+      config_lib.validate(member_config(m, train_overrides))
+    except (ValueError, TypeError, KeyError) as e:
+      problems.append(f'{m.name}: {e}')
+  if problems:
+    raise SweepError('Members whose config train.py would refuse:\n  '
+                     + '\n  '.join(problems))
 
 
 def write_manifest(sweep_dir: str, spec: str, members: Sequence[Member],

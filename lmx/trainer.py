@@ -34,6 +34,7 @@ import optax
 
 from lmx import checkpoint
 from lmx import config as config_lib
+from lmx import memory
 from lmx import metrics as metrics_lib
 from lmx import model as model_lib
 from lmx import positions
@@ -212,8 +213,10 @@ class TrainingInterrupted(Exception):
 class _StopRequest:
   """Turns SIGTERM/SIGINT into a flag the loop checks after each step.
 
-  A second signal while stopping interrupts at once (pending saves are
-  still finished by the trainer's ``finally``).
+  A second signal while stopping does not interrupt the save in flight: it
+  is acknowledged and the run still exits with 128 + the first signal once
+  the checkpoint is written. (SIGKILL stops at once; the next run resumes
+  from the newest checkpoint.)
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -225,7 +228,11 @@ class _StopRequest:
   def _handle(self, signum, frame):
     del frame
     if self.signum is not None:
-      raise KeyboardInterrupt
+      print(f'\n{signal.Signals(signum).name}: already stopping; the '
+            'checkpoint is being saved and lmx exits when it is written '
+            '(SIGKILL stops at once, losing the steps since the last '
+            'checkpoint).', file=sys.stderr, flush=True)
+      return
     self.signum = signum
     print(f'\n{signal.Signals(signum).name}: saving a checkpoint after this '
           'step, then stopping.', file=sys.stderr, flush=True)
@@ -242,19 +249,76 @@ class _StopRequest:
     self._previous = {}
 
 
-def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Refuses to resume a workdir whose saved model differs from config's."""
+# Fields a resumed run may change: they do not alter what the steps already
+# taken computed, so the run stays the run it continues. A change to one is
+# used from the resumed step on and recorded in <workdir>/resume_log.jsonl;
+# config.json keeps the values of the first checkpoint. Extending
+# train.steps stretches the cosine schedule from the resumed step on.
+SAFE_ON_RESUME = (
+    'train.steps', 'train.log_every', 'train.checkpoint_every',
+    'train.keep_checkpoints', 'train.on_corrupt_checkpoint',
+    'train.max_nonfinite_skips', 'data.cache_dir',
+    # Only read by a run's first start (a resumed run never re-initialises).
+    'init_from', 'init_from_step', 'init_interpolate',
+)
+RESUME_LOG = 'resume_log.jsonl'
+
+
+def _flat(node, prefix=''):
+  out = {}
+  for key, value in node.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def _differences(workdir: str, config: ml_collections.ConfigDict) -> dict:
+  """``{field: (saved, now)}`` for every field that differs from the
+  config saved in ``workdir`` (JSON values: tuples read as lists)."""
+  saved = _flat(json.loads(checkpoint.read_config(workdir).to_json()))
+  now = _flat(json.loads(config.to_json()))
+  return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
+          if saved.get(k) != now.get(k)}
+
+
+def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> dict:
+  """The safe changes (``SAFE_ON_RESUME``) of a resumed run, as
+  ``{field: (saved, now)}``; refuses any other change to the saved config.
+
+  A run's config.json never changes after its first checkpoint: an
+  evaluation reads the settings the model was trained with.
+  """
   path = os.path.join(workdir, checkpoint.CONFIG_FILE)
   if not os.path.isfile(path) or checkpoint.latest_step(workdir) is None:
-    return
-  saved = json.loads(checkpoint.read_config(workdir).to_json())
-  now = json.loads(config.to_json())
-  for section in ('model', 'seed'):
-    if saved.get(section) != now.get(section):
-      raise config_lib.ConfigError(
-          f'{workdir} already holds checkpoints of a run whose config.'
-          f'{section} differs from this one, so it cannot be resumed. Use a '
-          'new --workdir (or delete the old one).')
+    return {}
+  changed = _differences(workdir, config)
+  refused = {k: v for k, v in changed.items() if k not in SAFE_ON_RESUME}
+  if refused:
+    shown = '; '.join(f'config.{k}: saved {a!r}, now {b!r}'
+                      for k, (a, b) in list(refused.items())[:6])
+    more = f' (and {len(refused) - 6} more)' if len(refused) > 6 else ''
+    raise config_lib.ConfigError(
+        f'{workdir} already holds checkpoints of a run with another config, '
+        f'so it cannot be resumed with this one: {shown}{more}. Its '
+        f'{checkpoint.CONFIG_FILE} stays as it is. Drop these overrides to '
+        f'resume the run (only {", ".join(SAFE_ON_RESUME)} may change on '
+        'resume), or use a new --workdir.')
+  return changed
+
+
+def _record_resume(workdir: str, step: int, changed: dict) -> None:
+  """Appends the safe changes of this resume to resume_log.jsonl."""
+  row = {'time': time.strftime('%Y-%m-%dT%H:%M:%S'), 'step': step,
+         'changed': {k: {'saved': a, 'now': b} for k, (a, b) in
+                     changed.items()}}
+  with open(os.path.join(workdir, RESUME_LOG), 'a') as f:
+    f.write(json.dumps(row) + '\n')
+  print(f'Resuming with changed settings (recorded in '
+        f'{os.path.join(workdir, RESUME_LOG)}; config.json keeps the saved '
+        'ones): ' + ', '.join(f'config.{k}={b!r} (saved {a!r})'
+                              for k, (a, b) in changed.items()))
 
 
 def make_batch_fn(config: ml_collections.ConfigDict,
@@ -292,8 +356,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   with the same config and workdir.
   """
   config_lib.validate(config)
+  memory.check_training(config)  # refuse what cannot fit, before compiling
   mesh = sharding.make_mesh(config)  # ConfigError if the devices do not fit
-  os.makedirs(workdir, exist_ok=True)
+  checkpoint.make_writable_dir(workdir, '--workdir')
+  ckpt_dir = checkpoint.checkpoint_dir(workdir)
+  if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
+    raise checkpoint.CheckpointError(
+        f'The checkpoint folder {ckpt_dir} is a file, not a folder: move it '
+        'away (nothing in it can be a checkpoint of this run).')
   # One process holds the workdir lock for the whole multi-process run.
   lock = (checkpoint.WorkdirLock(workdir) if sharding.is_primary()
           else contextlib.nullcontext())
@@ -302,7 +372,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _train(config, workdir, progress, mesh) -> dict:
-  _check_same_run(workdir, config)
+  changed = _check_same_run(workdir, config)
   t = config.train
   primary = sharding.is_primary()
   batch_sharding = sharding.batch_sharding(mesh)
@@ -310,6 +380,8 @@ def _train(config, workdir, progress, mesh) -> dict:
           if jax.process_count() > 1 else None)
   local_batch_fn = make_batch_fn(config, rows)
   local_batch_fn(0)  # fails on too little data before anything is compiled
+  if not config.task.name:
+    corpus.check_splits(config.data)  # an evaluation needs validation text
   batch_fn = lambda step: sharding.global_batch(
       local_batch_fn(step), batch_sharding, t.batch_size)
 
@@ -336,7 +408,12 @@ def _train(config, workdir, progress, mesh) -> dict:
       state = init_state_on_mesh(config, params, tx, state_shardings)
     start, meta = 0, {}
   if primary:
-    checkpoint.write_config(workdir, config)
+    if found is None:  # the config is saved once, before the first save
+      checkpoint.write_config(workdir, config)
+    elif changed:
+      _record_resume(workdir, start, changed)
+    elif not os.path.isfile(os.path.join(workdir, checkpoint.CONFIG_FILE)):
+      checkpoint.write_config(workdir, config)
   if start >= t.steps:
     print(f'{workdir} is already trained to step {start} (config.train.steps='
           f'{t.steps}); nothing to do. Raise --config.train.steps to train '
@@ -363,18 +440,19 @@ def _train(config, workdir, progress, mesh) -> dict:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(total=t.steps, initial=start, desc='train', unit='step',
                mininterval=1.0, dynamic_ncols=True)
-  try:
-    with _StopRequest() as stop, jax.set_mesh(mesh):
+  with _StopRequest() as stop, jax.set_mesh(mesh):
+    try:
       last = _Loop(config, workdir, batch_fn, saver, writer, bar, stop,
                    int(meta.get('nonfinite_skips', 0))).run(step_fn, state,
                                                             start)
-  finally:
-    # However the loop ended, finish (and seal) the saves in flight and
-    # close the files, so no checkpoint is left half written.
-    if bar is not None:
-      bar.close()
-    saver.close()
-    writer.close()
+    finally:
+      # However the loop ended, finish (and seal) the saves in flight and
+      # close the files, so no checkpoint is left half written. The signal
+      # handlers stay until then: a second signal cannot cut a save short.
+      if bar is not None:
+        bar.close()
+      saver.close()
+      writer.close()
   if last:
     print(f'Done: step {t.steps}, loss {last["loss"]:.4f}, '
           f'{last["tokens_per_second"]:,.0f} tokens/s. Checkpoints in '

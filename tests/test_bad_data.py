@@ -226,7 +226,8 @@ def test_split_with_no_files_is_a_clear_error(tmp_path):
     corpus.load_documents(cfg, 'train')
   message = str(info.value)
   assert 'train split' in message and repr(str(src)) in message
-  assert 'Add files or change the fraction' in message
+  assert 'Add files, change the fraction' in message
+  assert 'config.data.validation_source' in message
 
 
 def test_single_file_source(tmp_path):

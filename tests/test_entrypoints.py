@@ -193,7 +193,8 @@ def test_resuming_with_a_different_model_is_refused(trained, cache_dir):
              f'--workdir={workdir}', f'--config.data.cache_dir={cache_dir}',
              '--config.model.num_layers=3', '--progress=false', check=False)
   assert proc.returncode == 2
-  assert 'config.model differs' in proc.stderr and 'new --workdir' in proc.stderr
+  assert 'config.model.num_layers: saved 2, now 3' in proc.stderr
+  assert 'new --workdir' in proc.stderr
   # Nothing already saved is touched.
   assert sorted(os.listdir(ckpts)) == before
   with open(os.path.join(workdir, 'config.json')) as f:

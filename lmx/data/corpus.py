@@ -33,6 +33,7 @@ import numpy as np
 
 from lmx.data import tokenizer
 from lmx.errors import DataError
+from lmx.fs import make_writable_dir
 
 
 
@@ -79,9 +80,15 @@ def list_files(source: str) -> tuple[str, list[str]]:
   return root, sorted(os.path.relpath(os.path.abspath(f), root) for f in files)
 
 
+def printable_path(relpath: str) -> str:
+  """The path as valid UTF-8 (a name that is not shows its bytes escaped)."""
+  return os.fsencode(relpath).decode('utf-8', 'backslashreplace')
+
+
 def is_validation(relpath: str, fraction: float) -> bool:
   """Deterministic split: a file is held out if its path hash is small."""
-  digest = hashlib.sha256(relpath.encode('utf-8')).digest()
+  # os.fsencode: a file name that is not valid UTF-8 hashes as its bytes.
+  digest = hashlib.sha256(os.fsencode(relpath)).digest()
   return int.from_bytes(digest[:8], 'big') / 2.0**64 < fraction
 
 
@@ -89,7 +96,7 @@ def _fingerprint(root: str, files: Sequence[str], fraction: float) -> str:
   h = hashlib.sha256(f'{root}|{fraction}'.encode())
   for rel in files:
     st = os.stat(os.path.join(root, rel))
-    h.update(f'{rel}|{st.st_size}|{int(st.st_mtime)}\n'.encode())
+    h.update(os.fsencode(f'{rel}|{st.st_size}|{int(st.st_mtime)}\n'))
   return h.hexdigest()[:12]
 
 
@@ -142,7 +149,8 @@ def _builder_class():
         with open(os.path.join(cfg.root, rel), 'rb') as f:
           data = f.read()
         if data:
-          yield rel, {'path': rel, 'bytes': np.frombuffer(data, np.uint8)}
+          name = printable_path(rel)
+          yield name, {'path': name, 'bytes': np.frombuffer(data, np.uint8)}
 
   return LmxText, LmxTextConfig
 
@@ -152,6 +160,14 @@ def build_local(source: str, cache_dir: str, validation_fraction: float):
   root, files = list_files(source)
   # Empty files hold no document; dropped here so that no split is left
   # with files but no examples. The name still fingerprints every file.
+  unreadable = [rel for rel in files
+                if not os.access(os.path.join(root, rel), os.R_OK)]
+  if unreadable:
+    shown = ', '.join(printable_path(r) for r in unreadable[:3])
+    raise DataError(
+        f'config.data.source={source!r}: {len(unreadable)} of its files under '
+        f'{root} cannot be read by this user (e.g. {shown}): fix their '
+        'permissions, or move them out of the source.')
   texts = [rel for rel in files if os.path.getsize(os.path.join(root, rel))]
   if not texts:
     raise DataError(
@@ -162,12 +178,12 @@ def build_local(source: str, cache_dir: str, validation_fraction: float):
   slug = 'stdlib' if source == 'stdlib' else 'files'
   name = f'{slug}_{_fingerprint(root, files, validation_fraction)}'
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  data_dir = make_writable_dir(
+      cache_dir, 'The dataset cache config.data.cache_dir', DataError)
   verbosity = absl_logging.get_verbosity()
   # tfds warns that a config outside BUILDER_CONFIGS is "custom": it is, by
   # design (one per source and fingerprint), so that warning is noise.
   absl_logging.set_verbosity(absl_logging.ERROR)
-  data_dir = os.path.expanduser(cache_dir)
-  os.makedirs(data_dir, exist_ok=True)
   try:
     # Runs started together (a sweep, two terminals) would both prepare
     # the dataset and race on tfds' final rename: one prepares, the others
@@ -214,6 +230,32 @@ def load_documents(data_cfg, split: str) -> list[np.ndarray]:
       docs.append(np.frombuffer(value, np.uint8) if isinstance(value, bytes)
                   else np.asarray(value, np.uint8).reshape(-1))
     return [d for d in docs if d.size]
+  builder, split = _local_split(data_cfg, split)
+  ds = builder.as_data_source(split)
+  records = [ds[i] for i in range(len(ds))]
+  records.sort(key=lambda r: r['path'])
+  return [np.asarray(r['bytes'], np.uint8) for r in records]
+
+
+def _local_split(data_cfg, split: str):
+  """(builder, its split name) of a local source's ``split``, or a
+  DataError if that split has no document.
+
+  With ``data_cfg.validation_source`` every file of ``source`` trains and
+  every file of ``validation_source`` validates (each is one builder whose
+  files all fall in its 'train' split); otherwise files are split by path
+  hash."""
+  explicit = data_cfg.get('validation_source', '')
+  if explicit:
+    source = explicit if split == 'validation' else data_cfg.source
+    field = ('config.data.validation_source' if split == 'validation'
+             else 'config.data.source')
+    # No file is held out (fraction 0): all are in the 'train' split.
+    builder = build_local(source, data_cfg.cache_dir, 0.0)
+    if 'train' not in builder.info.splits:
+      raise DataError(f'{field}={source!r} holds no document.')
+    return builder, 'train'
+  source = data_cfg.source
   builder = build_local(source, data_cfg.cache_dir,
                         data_cfg.validation_fraction)
   if split not in builder.info.splits or not builder.info.splits[split].num_examples:
@@ -222,11 +264,20 @@ def load_documents(data_cfg, split: str) -> list[np.ndarray]:
         f'The {split} split of config.data.source={source!r} is empty: '
         f'none of its {n} non-empty files is a {split} file ({split} files '
         'are chosen by path hash with config.data.validation_fraction='
-        f'{data_cfg.validation_fraction}). Add files or change the fraction.')
-  ds = builder.as_data_source(split)
-  records = [ds[i] for i in range(len(ds))]
-  records.sort(key=lambda r: r['path'])
-  return [np.asarray(r['bytes'], np.uint8) for r in records]
+        f'{data_cfg.validation_fraction}). Add files, change the fraction, '
+        'or give the validation text explicitly with '
+        '--config.data.validation_source=<file, folder or glob>.')
+  return builder, split
+
+
+def check_splits(data_cfg) -> None:
+  """DataError unless a local source has both a train and a validation
+  split: a run that could train but never be evaluated is refused before
+  training. (A tfds catalog dataset names its own splits.)"""
+  if data_cfg.source.startswith('tfds:'):
+    return
+  for split in ('train', 'validation'):
+    _local_split(data_cfg, split)
 
 
 def token_stream(docs: Sequence[np.ndarray]) -> np.ndarray:

@@ -7,9 +7,12 @@ VOCAB_SIZE = 257
 
 
 def encode(text) -> np.ndarray:
-  """UTF-8 bytes of ``text`` (str, bytes, or uint8 array) as int32 ids."""
+  """UTF-8 bytes of ``text`` (str, bytes, or uint8 array) as int32 ids.
+
+  A str from the command line that is not valid UTF-8 holds its bytes as
+  lone surrogates (Python's surrogateescape): they are those bytes again."""
   if isinstance(text, str):
-    text = text.encode('utf-8')
+    text = text.encode('utf-8', 'surrogateescape')
   return np.frombuffer(bytes(text), dtype=np.uint8).astype(np.int32)
 
 

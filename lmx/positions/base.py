@@ -31,6 +31,8 @@ needs, so neither has to branch on its name:
   today's default (``lmx.defaults.complete`` fills it in).
 * ``max_positions(cfg)``: the largest position + 1 the encoding can represent,
   or ``None`` if unbounded (a learned table has ``max_len``).
+* ``max_span(cfg)``: the widest span of positions in one sequence whose
+  values stay finite in float32, with the reason (xPos's decay), or None.
 * ``keys_static()``: whether ``rotate`` turns each key by its own position
   alone, so a KV cache may hold turned keys (not xPos, not dynamic NTK).
 
@@ -145,6 +147,14 @@ class PositionEncoding(nnx.Module):
   def bound_setting(cls) -> str:
     """Name of the config field that sets ``max_positions``, for messages."""
     return ''
+
+  @classmethod
+  def max_span(cls, model_cfg: ml_collections.ConfigDict
+               ) -> Optional[tuple[int, str]]:
+    """The widest span of positions in one sequence that the encoding keeps
+    finite in float32, with why and what to change; None: any span."""
+    del model_cfg
+    return None
 
   @classmethod
   def resize(cls, name: str, value: np.ndarray,

@@ -32,7 +32,7 @@ class Learned(PositionEncoding):
   def check(cls, model_cfg):
     super().check(model_cfg)
     f = cls.fields(model_cfg)
-    f.int('learned.max_len', 1)
+    f.int('learned.max_len', 1, 2**31 - 1)  # positions are int32
     f.positive('learned.init_std')
 
   @classmethod

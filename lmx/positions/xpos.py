@@ -15,6 +15,8 @@ positions), which keeps ``zeta^(+-p/scale_base)`` inside float32 range at long
 positions without changing any logit.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -64,6 +66,23 @@ class XPos(PositionEncoding):
     # gamma > 0 keeps zeta_0 = gamma / (1 + gamma) > 0 (no 0^-x).
     f.positive('xpos.gamma')
     f.positive('xpos.scale_base')
+
+  # zeta^(+-p / scale_base) leaves float32 (overflows, or underflows to 0,
+  # which the key then divides by) near exp(+-87); 84 leaves room for the
+  # magnitude of q and k.
+  _LOG_LIMIT = 84.0
+
+  @classmethod
+  def max_span(cls, model_cfg):
+    c = model_cfg.xpos
+    gamma, scale_base = float(c.gamma), float(c.scale_base)
+    decay = math.log((1.0 + gamma) / gamma)  # -log zeta_0, the fastest
+    span = int(2 * cls._LOG_LIMIT * scale_base / decay)
+    return span, (
+        f'its scales zeta^(+-p/scale_base), taken from the centre of the '
+        f'keys, leave float32 beyond a span of {span} positions with '
+        f'config.model.xpos.gamma={gamma} and scale_base={scale_base}. Raise '
+        'config.model.xpos.scale_base (or gamma), or use shorter lengths')
 
   def keys_static(self) -> bool:
     # A key's scale is centred on the span of all the keys' positions.
