@@ -367,7 +367,10 @@ def test_blocked_dense_model_equals_one_block(monkeypatch):
     for path, a in flat1:
       err = _max_abs(flat2[path] - a)
       name = jax.tree_util.keystr(path)
-      assert err <= TOL * max(_max_abs(a), 1e-3 * scale), (enc, name, err)
+      # (A gradient zero by symmetry, FIRE's output bias, is rounding
+      # noise: an absolute slack of 1e-6 of the largest.)
+      assert err <= TOL * max(_max_abs(a), 1e-3 * scale) + 1e-6 * scale, (
+          enc, name, err)
       checked_bias_grads += 'position' in name and _max_abs(a) > 0
   assert checked_bias_grads >= 2   # t5's table, kerple's parameters
 
