@@ -258,6 +258,9 @@ SAFE_ON_RESUME = (
     'train.steps', 'train.log_every', 'train.checkpoint_every',
     'train.keep_checkpoints', 'train.on_corrupt_checkpoint',
     'train.max_nonfinite_skips', 'data.cache_dir',
+    # The device mesh: a checkpoint restores under any mesh (resharded), and
+    # the model is the same on every mesh.
+    'mesh.data', 'mesh.fsdp', 'mesh.tensor',
     # Only read by a run's first start (a resumed run never re-initialises).
     'init_from', 'init_from_step', 'init_interpolate',
 )
