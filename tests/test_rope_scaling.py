@@ -619,8 +619,14 @@ def test_configs_saved_before_the_ramp_existed_keep_the_paper_ramp():
 
 def test_configs_saved_before_kerple_sharing_keep_per_layer_parameters():
   saved = base.get_config('size=tiny').to_dict()
+  saved['model']['position'] = 'kerple'
   del saved['model']['kerple']['per_layer']
   assert defaults.complete(saved)['model']['kerple']['per_layer'] is True
+  # Another encoding's run gets today's default (so resuming it with
+  # today's config changes nothing).
+  saved = base.get_config('size=tiny').to_dict()
+  del saved['model']['kerple']['per_layer']
+  assert defaults.complete(saved)['model']['kerple']['per_layer'] is False
   # A field that is there is never changed.
   saved = base.get_config('size=tiny').to_dict()
   assert defaults.complete(saved)['model']['kerple']['per_layer'] is False

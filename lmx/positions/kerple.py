@@ -88,8 +88,11 @@ class Kerple(PositionEncoding):
 
   @classmethod
   def former_defaults(cls, saved_model):
-    # Runs saved before kerple.per_layer existed had a set per layer.
-    return {'per_layer': True}
+    # KERPLE runs saved before kerple.per_layer existed had a set per layer
+    # (for another encoding the setting is unused: today's default).
+    if saved_model.get('position') == 'kerple':
+      return {'per_layer': True}
+    return {}
 
   @classmethod
   def param_bounds(cls, model_cfg):
