@@ -640,8 +640,8 @@ def check(model_cfg: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the field and the fix if
   ``config.model.rope``'s scaling settings are inconsistent.
 
-  Factor rules: ``linear``, ``ntk``, ``ntk_by_parts``, ``yarn`` and
-  ``llama3`` need ``factor > 1`` (at 1 they are plain RoPE, below 1 they
+  Factor rules: ``linear``, ``ntk``, ``ntk_by_parts``, ``yarn``, ``llama3``
+  and ``longrope`` need ``factor > 1`` (at 1 they are plain RoPE, below 1 they
   would shrink the context); ``dynamic`` needs ``factor >= 1`` (1 is the
   YaRN paper's dynamic NTK, > 1 emozilla's steeper variant). ``factor`` is
   not read by ``none``.
