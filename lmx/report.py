@@ -470,6 +470,41 @@ def _pooled_beyond(run: dict, t: int):
   return sum(r['accuracy'] * w for r, w in zip(rows, weights)) / sum(weights)
 
 
+def _two_labels(labels) -> list[str]:
+  """``labels`` as a list; ValueError for fewer than two (a rank among one
+  is always 1)."""
+  labels = list(labels)
+  if len(labels) < 2:
+    raise ValueError(
+        'mean reciprocal rank needs task runs of at least two encodings; '
+        f'all are {labels[0] if labels else "absent"}')
+  return labels
+
+
+def _tasks_of_every_label(table: dict, labels: list[str], train_lengths,
+                          notes: list[str]):
+  """``(task, training length, {label: runs})`` for each task of ``table``
+  that has runs of every label, in task order; a note for each other."""
+  for task in sorted(table):
+    t = (train_lengths if isinstance(train_lengths, int)
+         else train_lengths[task])
+    by_label = table[task]
+    missing = [l for l in labels if l not in by_label]
+    if missing:
+      notes.append(f'task {task}: skipped, no runs of {", ".join(missing)}')
+      continue
+    yield task, t, by_label
+
+
+def _mrr_result(labels, cells, ranks, notes, form: str) -> dict:
+  """Each label's MRR and mean rank over ``cells`` (the result dict)."""
+  mrr = {l: sum(1 / ranks[c][l] for c in cells) / len(cells) for l in labels}
+  mean_rank = {l: sum(ranks[c][l] for c in cells) / len(cells)
+               for l in labels}
+  return {'labels': labels, 'mrr': mrr, 'mean_rank': mean_rank,
+          'cells': cells, 'ranks': ranks, 'notes': notes, 'form': form}
+
+
 def mean_reciprocal_rank_authors(runs: dict, train_lengths) -> dict:
   """Each label's mean reciprocal rank over (task, seed) cells, as
   Kazemnejad et al.'s released notebook computes it
@@ -487,21 +522,11 @@ def mean_reciprocal_rank_authors(runs: dict, train_lengths) -> dict:
   out with a note. Returns the dict of :func:`mean_reciprocal_rank`, with
   cells ``(task, seed)`` and ``'form': 'authors'``. Raises ValueError for
   fewer than two labels or no cell."""
-  labels = list(dict.fromkeys(l for by_label in runs.values()
-                              for l in by_label))
-  if len(labels) < 2:
-    raise ValueError(
-        'mean reciprocal rank needs task runs of at least two encodings; '
-        f'all are {labels[0] if labels else "absent"}')
+  labels = _two_labels(dict.fromkeys(l for by_label in runs.values()
+                                     for l in by_label))
   cells, ranks, notes = [], {}, []
-  for task in sorted(runs):
-    t = (train_lengths if isinstance(train_lengths, int)
-         else train_lengths[task])
-    by_label = runs[task]
-    missing = [l for l in labels if l not in by_label]
-    if missing:
-      notes.append(f'task {task}: skipped, no runs of {", ".join(missing)}')
-      continue
+  for task, t, by_label in _tasks_of_every_label(runs, labels, train_lengths,
+                                                 notes):
     pooled = {l: {r['seed']: _pooled_beyond(r, t) for r in by_label[l]}
               for l in labels}
     seeds = sorted({s for p in pooled.values() for s in p},
@@ -521,11 +546,7 @@ def mean_reciprocal_rank_authors(runs: dict, train_lengths) -> dict:
     raise ValueError('mean reciprocal rank (authors\' form): no (task, seed) '
                      'with accuracy beyond training for every label'
                      + (f' ({"; ".join(notes)})' if notes else ''))
-  mrr = {l: sum(1 / ranks[c][l] for c in cells) / len(cells) for l in labels}
-  mean_rank = {l: sum(ranks[c][l] for c in cells) / len(cells)
-               for l in labels}
-  return {'labels': labels, 'mrr': mrr, 'mean_rank': mean_rank,
-          'cells': cells, 'ranks': ranks, 'notes': notes, 'form': 'authors'}
+  return _mrr_result(labels, cells, ranks, notes, 'authors')
 
 
 MRR_FORMS = ('length', 'authors')
@@ -583,20 +604,11 @@ def mean_reciprocal_rank(table: dict, train_lengths) -> dict:
   'cells': [(task, length)], 'ranks': {(task, length): {label: rank}},
   'notes': [why a task or length did not count]}. Raises ValueError for
   fewer than two labels (a rank among one is always 1) or no cell."""
-  labels = sorted({l for by_label in table.values() for l in by_label})
-  if len(labels) < 2:
-    raise ValueError(
-        'mean reciprocal rank needs task runs of at least two encodings; '
-        f'all are {labels[0] if labels else "absent"}')
+  labels = _two_labels(sorted({l for by_label in table.values()
+                               for l in by_label}))
   cells, ranks, notes = [], {}, []
-  for task in sorted(table):
-    t = (train_lengths if isinstance(train_lengths, int)
-         else train_lengths[task])
-    by_label = table[task]
-    missing = [l for l in labels if l not in by_label]
-    if missing:
-      notes.append(f'task {task}: skipped, no runs of {", ".join(missing)}')
-      continue
+  for task, t, by_label in _tasks_of_every_label(table, labels, train_lengths,
+                                                 notes):
     beyond = sorted({n for acc in by_label.values() for n in acc if n > t})
     if not beyond:
       notes.append(f'task {task}: skipped, no evaluation length beyond the '
@@ -614,11 +626,7 @@ def mean_reciprocal_rank(table: dict, train_lengths) -> dict:
     raise ValueError('mean reciprocal rank: no task has a length beyond '
                      'training evaluated for every label'
                      + (f' ({"; ".join(notes)})' if notes else ''))
-  mrr = {l: sum(1 / ranks[c][l] for c in cells) / len(cells) for l in labels}
-  mean_rank = {l: sum(ranks[c][l] for c in cells) / len(cells)
-               for l in labels}
-  return {'labels': labels, 'mrr': mrr, 'mean_rank': mean_rank,
-          'cells': cells, 'ranks': ranks, 'notes': notes, 'form': 'length'}
+  return _mrr_result(labels, cells, ranks, notes, 'length')
 
 
 def _mrr_order(result: dict) -> list[str]:
