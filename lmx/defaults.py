@@ -264,6 +264,18 @@ def _tuples(node: dict, defaults: dict) -> None:
       node[key] = tuple(node[key])
 
 
+def flatten(node: dict, prefix: str = '') -> dict:
+  """``{'a': {'b': 1}}`` -> ``{'a.b': 1}``: a nested config dict by dotted
+  field names (``prefix`` before each)."""
+  out = {}
+  for key, value in node.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
 def _fill(node: dict, defaults: dict) -> None:
   for key, value in defaults.items():
     if key not in node:

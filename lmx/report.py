@@ -36,21 +36,12 @@ import sys
 from absl import app, flags
 
 from lmx import cli
+from lmx import defaults
 from lmx import plots
 from lmx import task_eval
 
 # Config fields that do not make two runs different experiments.
 IGNORED_FIELDS = ('seed', 'name', 'data.cache_dir')
-
-
-def _flatten(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
 
 
 def load(workdirs):
@@ -70,7 +61,7 @@ def load(workdirs):
     if os.path.isfile(config_path):
       try:
         with open(config_path) as f:
-          config = _flatten(json.load(f))
+          config = defaults.flatten(json.load(f))
       except ValueError:
         config = {}
     r['seed'] = config.get('seed')

@@ -19,6 +19,7 @@ import optax
 from flax import nnx
 
 from lmx import checkpoint
+from lmx import defaults
 from lmx import model as model_lib
 from lmx import positions as positions_lib
 from lmx.errors import ConfigError
@@ -102,16 +103,6 @@ def _shapes(tree) -> dict:
   return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in flat}
 
 
-def _flat(node: dict, prefix: str = '') -> dict:
-  out = {}
-  for key, value in node.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
 def check_fits_run(config, workdir: str, params) -> None:
   """A ConfigError naming the fields if ``config`` (the run's saved config
   with the command line's overrides) builds parameters of other shapes than
@@ -125,9 +116,11 @@ def check_fits_run(config, workdir: str, params) -> None:
   want, have = _shapes(params), _shapes(saved_params)
   if want == have:
     return
-  fields = {k: (v, _flat(config.model.to_dict(), 'model.').get(k))
-            for k, v in _flat(saved.model.to_dict(), 'model.').items()
-            if v != _flat(config.model.to_dict(), 'model.').get(k)}
+  asked = defaults.flatten(config.model.to_dict(), 'model.')
+  fields = {k: (v, asked.get(k))
+            for k, v in defaults.flatten(saved.model.to_dict(),
+                                         'model.').items()
+            if v != asked.get(k)}
   differ = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
   example = differ[0]
   shown = ('; '.join(f'config.{k}={b!r} (trained with {a!r})'

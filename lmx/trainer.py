@@ -34,6 +34,7 @@ import optax
 
 from lmx import checkpoint
 from lmx import config as config_lib
+from lmx import defaults
 from lmx import memory
 from lmx import metrics as metrics_lib
 from lmx import model as model_lib
@@ -267,21 +268,12 @@ SAFE_ON_RESUME = (
 RESUME_LOG = 'resume_log.jsonl'
 
 
-def _flat(node, prefix=''):
-  out = {}
-  for key, value in node.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
 def _differences(workdir: str, config: ml_collections.ConfigDict) -> dict:
   """``{field: (saved, now)}`` for every field that differs from the
   config saved in ``workdir`` (JSON values: tuples read as lists)."""
-  saved = _flat(json.loads(checkpoint.read_config(workdir).to_json()))
-  now = _flat(json.loads(config.to_json()))
+  saved = defaults.flatten(json.loads(
+      checkpoint.read_config(workdir).to_json()))
+  now = defaults.flatten(json.loads(config.to_json()))
   return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
           if saved.get(k) != now.get(k)}
 
