@@ -274,8 +274,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     ood = ood_diagnostics.diagnose(
         graphdef, params, config, stream, length,
         bucket_edges(length, config.eval.position_buckets))
-  out_dir = out_dir or os.path.join(workdir, 'eval')
-  os.makedirs(out_dir, exist_ok=True)
   write_json(os.path.join(out_dir, 'results.json'), results)
   write_json(os.path.join(out_dir, 'per_position.json'), per_position)
   if ood is not None:
@@ -338,8 +336,6 @@ def evaluate_task_run(config: ml_collections.ConfigDict, workdir: str,
   results.update(workdir=os.path.abspath(workdir), step=step,
                  skipped={str(k): v for k, v in skipped.items()},
                  overrides=dict(overrides or {}))
-  out_dir = out_dir or os.path.join(workdir, 'eval')
-  os.makedirs(out_dir, exist_ok=True)
   write_json(os.path.join(out_dir, 'results.json'), results)
   if plots:
     task_eval.plot_accuracy_vs_length(
