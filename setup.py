@@ -36,5 +36,10 @@ setup(
         # bench/train_throughput.py: x-transformers (PyTorch, CPU build);
         # bench/profile_step.py: xprof, to read the trace.
         'bench': ['torch==2.13.0', 'x-transformers', 'xprof'],
+        # bench/aot.py: XLA's TPU compiler (libtpu) to compile for TPU
+        # slices from a CPU host; pinned to the JAX that the core resolves.
+        # Install it in its own environment: with libtpu present every JAX
+        # start looks for a TPU first.
+        'tpu': ['jax[tpu]==0.10.2'],
     },
 )

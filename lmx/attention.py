@@ -18,6 +18,15 @@ Three backends compute the same softmax attention:
   clamp, statistics wanted) the call falls back to the other backends and
   says so once in the log.
 
+``auto`` chooses per platform (``choose_backend``; the platform is
+``lmx.ops.platform()``, so compiling for a TPU from a CPU host chooses as
+the TPU would): cudnn on a GPU where it can run; else dense up to
+``chunk_threshold`` keys on a CPU, where XLA runs the dense products
+fastest and memory is plentiful, but only up to
+``accelerator_chunk_threshold`` keys (512 by default) on a GPU or TPU,
+whose memory would otherwise hold ``B x H x T x T`` logits for the
+backward pass; chunked beyond.
+
 Logits and the softmax are float32 whatever the compute dtype. Causality is
 a property of token order (index ``j <= i``), never of position values, so
 it holds for randomized and shifted positions alike.
@@ -45,6 +54,8 @@ from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+
+from lmx import ops
 
 NEG_INF = -1e30
 BACKENDS = ('auto', 'dense', 'chunked', 'cudnn')
@@ -334,8 +345,8 @@ def _warn_once(message: str) -> None:
 
 def cudnn_unavailable(q_dtype, head_dim: int, far: bool) -> Optional[str]:
   """Why the cuDNN kernel cannot take this call, or None if it can."""
-  if jax.default_backend() != 'gpu':
-    return f'the platform is {jax.default_backend()}, not gpu'
+  if ops.platform() != 'gpu':
+    return f'the platform is {ops.platform()}, not gpu'
   if q_dtype not in (jnp.bfloat16, jnp.float16):
     return (f'it needs bfloat16 or float16, and config.model.dtype gives '
             f'{jnp.dtype(q_dtype).name}')
@@ -363,16 +374,26 @@ def cudnn_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask):
 # ----------------------------------------------------------------- dispatch
 
 
+def dense_key_limit(threshold: int, accelerator_threshold: int) -> int:
+  """The most keys ``auto`` computes densely on this platform."""
+  if ops.platform() == 'cpu':
+    return threshold
+  return min(threshold, accelerator_threshold)
+
+
 def choose_backend(requested: str, *, num_keys: int, q_dtype, head_dim: int,
-                   far: bool, threshold: int) -> str:
+                   far: bool, threshold: int,
+                   accelerator_threshold: int = 512) -> str:
   """The backend that runs: ``requested``, or for ``auto`` cudnn where it
-  can run, else dense up to ``threshold`` keys and chunked beyond. An
-  explicit ``cudnn`` that cannot take the call falls back (logged once)."""
+  can run, else dense up to ``dense_key_limit`` keys and chunked beyond.
+  An explicit ``cudnn`` that cannot take the call falls back (logged
+  once)."""
   if requested in ('auto', 'cudnn'):
     why = cudnn_unavailable(q_dtype, head_dim, far)
     if why is None:
       return 'cudnn'
-    fallback = 'dense' if num_keys <= threshold else 'chunked'
+    limit = dense_key_limit(threshold, accelerator_threshold)
+    fallback = 'dense' if num_keys <= limit else 'chunked'
     if requested == 'cudnn':
       _warn_once(f'cudnn attention cannot run here ({why}); using the '
                  f'{fallback} backend instead.')
@@ -383,13 +404,15 @@ def choose_backend(requested: str, *, num_keys: int, q_dtype, head_dim: int,
 def attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
               mask: Mask = Mask(), far: Optional[Branch] = None,
               window: int = 0, backend: str = 'dense', block: int = 512,
-              threshold: int = 2048) -> jax.Array:
+              threshold: int = 2048,
+              accelerator_threshold: int = 512) -> jax.Array:
   """Softmax attention of ``near`` (and ``far`` past ``window``) through the
   chosen backend; queries are the last T of the S keys. ``[B, T, H, K]``."""
   s = near.k.shape[1]
   backend = choose_backend(backend, num_keys=s, q_dtype=near.q.dtype,
                            head_dim=near.q.shape[-1], far=far is not None,
-                           threshold=threshold)
+                           threshold=threshold,
+                           accelerator_threshold=accelerator_threshold)
   if backend == 'cudnn':
     return cudnn_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask)
   if backend == 'chunked':

@@ -9,6 +9,7 @@ import jax
 import ml_collections
 
 from lmx import attention
+from lmx import model as model_lib
 from lmx import positions
 from lmx import sharding
 from lmx.checks import Fields, require
@@ -104,6 +105,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   f.choice('model.dtype', ('float32', 'bfloat16'))
   f.float('model.dropout', 0.0, 1.0, hi_open=True)
   f.bool('model.tie_embeddings')
+  f.bool('model.scan_layers')
+  f.choice('model.remat', tuple(model_lib.REMAT_POLICIES))
   encoding = positions.get_encoding(m.position)
   _check_attention(config, encoding)
   encoding.check(m)
@@ -208,6 +211,7 @@ def _check_attention(config, encoding) -> None:
           "platform), 'dense' or 'chunked'.")
   f.int('model.attention_block', 1)
   f.int('model.chunk_threshold', 0)
+  f.int('model.accelerator_chunk_threshold', 0)
   window = f.int('model.rerope.window', 0)
   leak = f.float('model.rerope.leak', 0.0, 1.0, hi_open=True)
   require(leak == 0.0 or window > 0,

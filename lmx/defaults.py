@@ -122,12 +122,20 @@ def get_config(arg: str | None = None,
   c.model.dropout = 0.0
   c.model.dtype = 'float32'
   c.model.tie_embeddings = False
+  # Compute choices that leave the parameters and the values as they are
+  # (lmx.model): the layers under one jax.lax.scan (compile time flat in
+  # depth), and rematerialisation of each block: none | full | dots (keep
+  # the products with weights, recompute the rest).
+  c.model.scan_layers = False
+  c.model.remat = 'none'
   # Attention backend (lmx.attention): auto | dense | chunked | cudnn. auto
   # takes cudnn on a GPU when the dtype and the encoding allow it, dense up
-  # to chunk_threshold tokens and chunked (linear memory) beyond.
+  # to chunk_threshold tokens (accelerator_chunk_threshold on a GPU or TPU)
+  # and chunked (linear memory) beyond.
   c.model.attention = 'auto'
   c.model.attention_block = 512       # chunked: query and key tile length
-  c.model.chunk_threshold = 2048      # auto: chunked above this many keys
+  c.model.chunk_threshold = 2048      # auto on CPU: chunked above this many keys
+  c.model.accelerator_chunk_threshold = 512  # auto on GPU/TPU: the same
   # ReRoPE (rotary encodings): distances from `window` on are computed as
   # window + leak * (d - window); leak 0 clamps them at the window (ReRoPE),
   # leak in (0, 1) is Leaky ReRoPE. window 0 = off.

@@ -9,6 +9,18 @@ the registry and calls its three hooks. A per-layer encoding
 (``is_per_layer``) gets one instance per block (the first also serves ``embed``), otherwise one
 instance is shared by the embedding and every block.
 
+Layers run one after another in Python (unrolled), or with
+``scan_layers`` under one ``jax.lax.scan`` whose body is traced and
+compiled once, so compile time does not grow with depth. The parameters
+are stored per layer either way (``blocks/<i>/...``): the scan stacks them
+inside the step (one copy of the block parameters, and of their gradient,
+per step), so a checkpoint has one layout, every run saved before the
+field existed loads unchanged, and a run may switch between the two at any
+time (even on resume or for one evaluation). ``remat`` recomputes each
+block's activations in the backward pass: ``full`` keeps only the block's
+input, ``dots`` also keeps the products with weight matrices (not the
+attention logits, whose products have batch dimensions).
+
 Dense products go through ``lmx.ops`` (the plain product, or on CPU the
 XLA:CPU workarounds of ``lmx.xla_cpu``); the KV cache's layout and slot
 bookkeeping live in ``lmx.kv_cache``.
@@ -28,6 +40,13 @@ from lmx import positions as positions_lib
 from lmx.kv_cache import LayerCache
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# config.model.remat -> what jax.checkpoint keeps of a block for the
+# backward pass ('none': everything, no recomputation).
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def _dropout(x, rate: float, key: Optional[jax.Array]):
@@ -64,6 +83,7 @@ class Attention(nnx.Module):
     self.backend = cfg.attention
     self.block = int(cfg.attention_block)
     self.threshold = int(cfg.chunk_threshold)
+    self.accelerator_threshold = int(cfg.accelerator_chunk_threshold)
     self.mask = mask_from_config(cfg)
     self.clamp = clamp_from_config(cfg)
     scaling = cfg.length_scaling
@@ -145,7 +165,8 @@ class Attention(nnx.Module):
         out_BxTxHxK = attention.attention(
             near, v_BxTxHxK, bias_fn=self.position.bias, mask=self.mask,
             far=far, window=window, backend=self.backend, block=self.block,
-            threshold=self.threshold)
+            threshold=self.threshold,
+            accelerator_threshold=self.accelerator_threshold)
     return ops.dense(self.out, out_BxTxHxK.reshape(b, t, -1)), stored
 
 
@@ -227,6 +248,8 @@ class Transformer(nnx.Module):
     self.position = layer_positions[0]
     self.blocks = nnx.List([Block(cfg, p, rngs=rngs) for p in layer_positions])
     self.final_norm = nnx.RMSNorm(cfg.d_model, rngs=rngs)
+    self.scan_layers = bool(cfg.scan_layers)
+    self.remat = str(cfg.remat)
     if not self.tie_embeddings:
       self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False,
                              dtype=self.dtype, rngs=rngs)
@@ -242,11 +265,55 @@ class Transformer(nnx.Module):
     if dropout_key is not None and self.dropout > 0:
       keys = list(jax.random.split(dropout_key, len(self.blocks) + 1))
     x_BxTxD = _dropout(x_BxTxD, self.dropout, keys[-1])
+    return self._logits(self._blocks(x_BxTxD, positions_BxT, keys[:-1]))
+
+  def _diagnosing(self) -> bool:
+    """Whether a forward pass sows intermediates (evaluation diagnostics),
+    which only the unrolled layers do."""
+    return self.collect_hidden or any(
+        b.attn.collect_stats or b.attn.collect_logits for b in self.blocks)
+
+  def _blocks(self, x_BxTxD, positions_BxT, keys):
+    """Every block on ``x``: unrolled, or under one scan (``scan_layers``);
+    each under ``jax.checkpoint`` with ``remat``."""
+    policy = REMAT_POLICIES[self.remat]
+    diagnosing = self._diagnosing()
+    if self.scan_layers and not diagnosing and len(self.blocks) > 1:
+      return self._scanned(x_BxTxD, positions_BxT, keys, policy)
     for block, key in zip(self.blocks, keys):
-      x_BxTxD, _ = block(x_BxTxD, positions_BxT, key)
+      if policy is None or diagnosing:
+        x_BxTxD, _ = block(x_BxTxD, positions_BxT, key)
+      else:
+        graphdef, state = nnx.split(block)
+        x_BxTxD = jax.checkpoint(_block_fn(graphdef, positions_BxT),
+                                 policy=policy)(state, x_BxTxD, key)
       if self.collect_hidden:
         self.sow(nnx.Intermediate, 'hidden_states', x_BxTxD)
-    return self._logits(x_BxTxD)
+    return x_BxTxD
+
+  def _scanned(self, x_BxTxD, positions_BxT, keys, policy):
+    splits = [nnx.split(block) for block in self.blocks]
+    graphdef = splits[0][0]
+    states = [state for _, state in splits]
+    structure = jax.tree.structure(states[0])
+    if any(jax.tree.structure(s) != structure for s in states[1:]):
+      raise ValueError('scan_layers needs blocks of one structure.')
+    # Each layer's state holds the parameters it reads, a shared encoding's
+    # included: the stack repeats those, and their gradients add up again
+    # through it.
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    fn = _block_fn(graphdef, positions_BxT)
+    if policy is not None:
+      fn = jax.checkpoint(fn, policy=policy)
+    with_keys = keys[0] is not None
+    xs = (stacked, jnp.stack(keys)) if with_keys else stacked
+
+    def body(x, layer):
+      state, key = layer if with_keys else (layer, None)
+      return fn(state, x, key), None
+
+    x_BxTxD, _ = jax.lax.scan(body, x_BxTxD, xs)
+    return x_BxTxD
 
   def _logits(self, x_BxTxD):
     x_BxTxD = self.final_norm(x_BxTxD)
@@ -291,6 +358,14 @@ class Transformer(nnx.Module):
       new_k.append(k_c)
       new_v.append(v_c)
     return self._logits(x_BxTxD), call.finish(new_k, new_v)
+
+
+def _block_fn(graphdef, positions_BxT):
+  """``(block state, x, dropout key) -> x``: one block as a pure function,
+  for ``jax.checkpoint`` and the scan body."""
+  def fn(state, x_BxTxD, key):
+    return nnx.merge(graphdef, state)(x_BxTxD, positions_BxT, key)[0]
+  return fn
 
 
 def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:

@@ -1,0 +1,139 @@
+"""Compile lmx's real train and evaluation steps for a TPU slice that is not
+attached, and print per-chip memory, FLOPs and a roofline (``lmx.aot``).
+
+    pip install -e ".[tpu]"     # libtpu: in its own environment
+    python bench/aot.py --preset=125m --topology=v5e:4x4 --mesh=4,4,1 \
+        --seq_len=2048 --batch=64
+    python bench/aot.py --preset=1.3b --seq_len=2048 --batch=256 \
+        --remat=full --scan_layers --out=aot.json
+    python bench/aot.py --preset=125m --depths=2,4,8,12 --scan_layers
+        # compile time against depth
+
+``--mesh`` is data,fsdp,tensor (one may be -1: the devices the others
+leave). Each run prints one table: compile time; per-chip argument, output,
+temporary and peak bytes and whether they fit the chip's memory, with the
+margin; FLOPs and bytes moved per chip (the compiler's cost analysis); the
+roofline step time from the chip's published peaks; and an upper bound on
+the model FLOPs utilisation. A run that does not fit says by how much per
+chip and what to change, and exits with 1. Bad flags exit with 2 before
+anything compiles.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+
+from lmx import aot  # noqa: E402  pylint: disable=g-import-not-at-top
+from lmx import config as config_lib  # noqa: E402
+from lmx import positions  # noqa: E402
+from lmx.errors import ConfigError  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('topology', 'v5e:4x4',
+                    f'TPU slice: {", ".join(aot.TOPOLOGIES)}.')
+flags.DEFINE_string('preset', '125m', f'Model: {", ".join(aot.PRESETS)}.')
+flags.DEFINE_integer('seq_len', 2048, 'Tokens per sequence.')
+flags.DEFINE_integer('batch', 64, 'Global batch, in sequences.')
+flags.DEFINE_string('mesh', '4,4,1', 'data,fsdp,tensor axis sizes.')
+flags.DEFINE_integer('vocab', aot.DEFAULT_VOCAB, 'Vocabulary size.')
+flags.DEFINE_string('position', 'alibi', 'Position encoding.')
+flags.DEFINE_string('attention', 'auto', 'config.model.attention.')
+flags.DEFINE_integer('attention_block', 512, 'config.model.attention_block.')
+flags.DEFINE_string('remat', 'none', 'config.model.remat: none, full, dots.')
+flags.DEFINE_bool('scan_layers', False, 'config.model.scan_layers.')
+flags.DEFINE_list('steps', ['train', 'eval'], 'Steps to compile.')
+flags.DEFINE_list('depths', [], 'Compile at each of these depths instead '
+                  "of the preset's (compile time against depth).")
+flags.DEFINE_string('out', '', 'Also write the reports as JSON here.')
+
+
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _configs():
+  """The configs to compile, each checked before anything compiles."""
+  try:
+    mesh = [int(x) for x in FLAGS.mesh.split(',')]
+  except ValueError:
+    mesh = []
+  if len(mesh) != 3:
+    _fail(f'--mesh={FLAGS.mesh!r} must be three integers data,fsdp,tensor '
+          '(e.g. 4,4,1; one of them may be -1).')
+  unknown = [s for s in FLAGS.steps if s not in ('train', 'eval')]
+  if unknown or not FLAGS.steps:
+    _fail(f'--steps={",".join(FLAGS.steps)}: give train, eval or both.')
+  if FLAGS.position not in positions.REGISTRY:
+    _fail(f'--position={FLAGS.position!r} is not an encoding. Valid: '
+          f'{", ".join(sorted(positions.REGISTRY))}.')
+  try:
+    depths = [int(d) for d in FLAGS.depths]
+  except ValueError:
+    depths = [0]
+  if any(d < 1 for d in depths):
+    _fail(f'--depths={",".join(FLAGS.depths)} must be positive integers.')
+  overrides = {'model.position': FLAGS.position,
+               'model.attention': FLAGS.attention,
+               'model.attention_block': FLAGS.attention_block,
+               'model.remat': FLAGS.remat,
+               'model.scan_layers': FLAGS.scan_layers}
+  configs = []
+  try:
+    aot.check_topology(FLAGS.topology)
+    why = aot.tpu_available()
+    if why:
+      raise ConfigError(why)
+    chips = len(aot.topology_devices(FLAGS.topology))
+    for depth in depths or [None]:
+      extra = dict(overrides)
+      if depth:
+        extra['model.num_layers'] = depth
+      c = aot.make_config(FLAGS.preset, seq_len=FLAGS.seq_len,
+                          batch=FLAGS.batch,
+                          mesh=dict(zip(('data', 'fsdp', 'tensor'), mesh)),
+                          overrides=extra, vocab_size=FLAGS.vocab)
+      # The model and run checks of train.py; the mesh against the slice
+      # (the cudnn check asks for this host's platform, so it is skipped).
+      config_lib.validate(c)
+      aot.sharding.resolve(c, device_count=chips)
+      configs.append(c)
+  except ConfigError as e:
+    _fail(str(e))
+  return configs
+
+
+def main(argv):
+  del argv
+  configs = _configs()
+  devices = aot.topology_devices(FLAGS.topology)
+  chip = aot.chip_of(FLAGS.topology)
+  reports, fits = [], True
+  for c in configs:
+    mesh = aot.mesh_over(devices, c)
+    results = []
+    if 'train' in FLAGS.steps:
+      results.append(aot.compile_train_step(c, mesh))
+    if 'eval' in FLAGS.steps:
+      results.append(aot.compile_eval_step(c, mesh))
+    r = aot.report(c, FLAGS.topology, results, FLAGS.preset)
+    reports.append(r)
+    print(aot.format_report(r), flush=True)
+    if not all(row['fits'] for row in r['rows']):
+      fits = False
+      print(aot.advice(r, chip.hbm_bytes), flush=True)
+    print(flush=True)
+  if FLAGS.out:
+    with open(FLAGS.out, 'w') as f:
+      json.dump(reports, f, indent=1)
+  sys.exit(0 if fits else 1)
+
+
+if __name__ == '__main__':
+  app.run(main)

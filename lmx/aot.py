@@ -1,0 +1,333 @@
+"""Ahead-of-time compilation of the real train and evaluation steps for TPU
+topologies that are not attached: memory per chip, FLOPs and a roofline.
+
+XLA's TPU compiler (``libtpu``, the ``[tpu]`` extra) runs on a CPU host.
+``jax.experimental.topologies.get_topology_desc`` gives abstract devices of
+a named slice (``v5e:4x4`` is 16 v5e chips); ``jax.jit(step).lower(...)
+.compile()`` on a mesh of them compiles the step exactly as a TPU job
+would, and the compiled executable reports its per-chip memory
+(``memory_analysis``) and cost (``cost_analysis``). Nothing is executed.
+
+The steps are lmx's own: ``trainer.make_train_step`` (forward, backward,
+AdamW, the encoding's projection) and the evaluation's per-token losses,
+traced under ``ops.on_platform('tpu')`` so the products take the TPU path
+and none of the CPU workarounds of ``lmx.xla_cpu`` reaches the TPU
+program.
+
+Chip figures are Google Cloud's published per-chip peaks (bf16 dense
+FLOP/s, HBM capacity and bandwidth) from the system-architecture pages of
+the Cloud TPU documentation (docs.cloud.google.com/tpu/docs/v5e, /v5p,
+/v6e). The roofline step time is ``max(FLOPs / peak, bytes / bandwidth)``
+per chip, with the compiler's own FLOP and byte counts; the MFU bound is
+the model's FLOPs (``6 N`` per token plus the attention products, as in
+the PaLM paper's appendix) over ``chips x peak x roofline time``: a real
+step is slower (collectives, imperfect overlap), so the real MFU is lower.
+
+``libtpu`` holds a process lock at ``/tmp/libtpu_lockfile``; the command
+sets ``ALLOW_MULTIPLE_LIBTPU_LOAD=1`` so several compilations (or tests)
+may run at once on one host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lmx import defaults
+from lmx import evaluation
+from lmx import ops
+from lmx import run_state
+from lmx import sharding
+from lmx import trainer
+from lmx.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  name: str
+  peak_flops: float      # dense bf16 FLOP/s
+  hbm_bytes: float
+  hbm_bandwidth: float   # bytes/s
+
+
+# Cloud TPU documentation, system architecture of each generation.
+CHIPS = {
+    'v5e': Chip('TPU v5e', 197e12, 16e9, 819e9),
+    'v5p': Chip('TPU v5p', 459e12, 95e9, 2765e9),
+    'v6e': Chip('TPU v6e', 918e12, 32e9, 1638e9),
+}
+
+# Topology names this command compiles for (one device per chip): the
+# generation, then the chip grid of the slice.
+TOPOLOGIES = ('v5e:2x2', 'v5e:4x4', 'v5e:8x8', 'v5e:16x16',
+              'v5p:2x2x1', 'v5p:2x2x2', 'v5p:4x4x4',
+              'v6e:2x2', 'v6e:4x4', 'v6e:8x8', 'v6e:16x16')
+
+# Model presets: width, depth, heads, MLP width (4x), vocabulary. The
+# parameter counts are printed with each table.
+PRESETS = {
+    '125m': dict(d_model=768, num_layers=12, num_heads=12, mlp_dim=3072),
+    '350m': dict(d_model=1024, num_layers=24, num_heads=16, mlp_dim=4096),
+    '1.3b': dict(d_model=2048, num_layers=24, num_heads=16, mlp_dim=8192),
+    '7b': dict(d_model=4096, num_layers=32, num_heads=32, mlp_dim=16384),
+}
+DEFAULT_VOCAB = 32768
+
+
+def chip_of(topology: str) -> Chip:
+  return CHIPS[topology.split(':')[0]]
+
+
+def check_topology(topology: str) -> None:
+  if topology not in TOPOLOGIES:
+    raise ConfigError(
+        f'Unknown topology {topology!r}. Valid topologies: '
+        f'{", ".join(TOPOLOGIES)}.')
+
+
+def tpu_available() -> Optional[str]:
+  """None if TPU topologies can be compiled for here, else why not."""
+  try:
+    import libtpu  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return ('libtpu is not installed: pip install "lmx[tpu]" (jax[tpu] '
+            'pinned to the installed JAX) in its own environment.')
+  return None
+
+
+def topology_devices(topology: str) -> list:
+  """The abstract devices of a named slice (nothing is attached)."""
+  check_topology(topology)
+  why = tpu_available()
+  if why:
+    raise ConfigError(why)
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  desc = topologies.get_topology_desc(
+      platform='tpu', topology_name=topology, chip_config_name='default',
+      chips_per_host_bounds=(2, 2, 1), num_slices=1)
+  return list(desc.devices)
+
+
+def make_config(preset: str, *, seq_len: int, batch: int, mesh: dict,
+                overrides: Optional[dict] = None,
+                vocab_size: int = DEFAULT_VOCAB) -> ml_collections.ConfigDict:
+  """An lmx config of ``preset`` in bfloat16: ``batch`` sequences of
+  ``seq_len`` tokens per step, on ``mesh`` (data, fsdp, tensor), with
+  ``overrides`` (dotted field -> value) applied last."""
+  if preset not in PRESETS:
+    raise ConfigError(f'Unknown preset {preset!r}. Valid presets: '
+                      f'{", ".join(PRESETS)}.')
+  c = defaults.get_config()
+  for k, v in PRESETS[preset].items():
+    c.model[k] = v
+  c.model.vocab_size = vocab_size
+  c.model.dtype = 'bfloat16'
+  c.train.seq_len, c.train.batch_size = seq_len, batch
+  c.eval.batch_tokens = seq_len * batch
+  for axis, n in mesh.items():
+    c.mesh[axis] = n
+  for field, value in (overrides or {}).items():
+    node, *path = field.split('.')
+    target = c
+    for key in [node] + path[:-1]:
+      target = target[key]
+    target[path[-1] if path else node] = value
+  return c
+
+
+def mesh_over(devices: list, config) -> jax.sharding.Mesh:
+  sizes = sharding.resolve(config, device_count=len(devices))
+  shape = tuple(sizes[a] for a in sharding.MESH_AXES)
+  return jax.sharding.Mesh(np.asarray(devices).reshape(shape),
+                           sharding.MESH_AXES)
+
+
+def model_flops_per_token(m, seq_len: int) -> float:
+  """Training FLOPs per token: ``6 N`` over the non-embedding and head
+  weights, plus the causal attention products (``6 x 2 x L x T x d`` halved
+  by the mask): the usual MFU numerator."""
+  d, layers = int(m.d_model), int(m.num_layers)
+  per_layer = 4 * d * d + 2 * d * int(m.mlp_dim)
+  n = layers * per_layer + d * int(m.vocab_size)  # the head's product
+  return 6 * n + 6 * layers * seq_len * d
+
+
+@dataclasses.dataclass
+class Compiled:
+  """One compiled step's figures, per chip."""
+  what: str
+  compile_s: float
+  argument_bytes: int
+  output_bytes: int
+  alias_bytes: int
+  temp_bytes: int
+  flops: float
+  bytes_accessed: float
+  text: str = dataclasses.field(repr=False, default='')
+
+  @property
+  def peak_bytes(self) -> int:
+    """Live at once at the peak: arguments, outputs not aliased to
+    (donated) arguments, and temporaries."""
+    return (self.argument_bytes + self.output_bytes - self.alias_bytes
+            + self.temp_bytes)
+
+
+def _analyse(what: str, lowered, started: float) -> Compiled:
+  compiled = lowered.compile()
+  seconds = time.perf_counter() - started
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
+    cost = cost[0] if cost else {}
+  cost = cost or {}
+  return Compiled(
+      what=what, compile_s=seconds,
+      argument_bytes=int(mem.argument_size_in_bytes),
+      output_bytes=int(mem.output_size_in_bytes),
+      alias_bytes=int(mem.alias_size_in_bytes),
+      temp_bytes=int(mem.temp_size_in_bytes),
+      flops=float(cost.get('flops', 0.0)),
+      bytes_accessed=float(cost.get('bytes accessed', 0.0)),
+      text=compiled.as_text() or '')
+
+
+def _struct(tree, shardings):
+  return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      tree, shardings)
+
+
+def compile_train_step(config, mesh) -> Compiled:
+  """The train step of ``config`` compiled for ``mesh``'s devices."""
+  tx = run_state.make_optimizer(config.train)
+  started = time.perf_counter()
+  with ops.on_platform(mesh.devices.flat[0].platform):
+    graphdef, target = run_state.abstract_state(config, tx)
+    state_shardings = sharding.tree_shardings(target, mesh)
+    state = _struct(target, state_shardings)
+    t = config.train
+    rows = sharding.batch_sharding(mesh)
+    tokens = jax.ShapeDtypeStruct((t.batch_size, t.seq_len), jnp.int32,
+                                  sharding=rows)
+    batch = {'inputs': tokens, 'targets': tokens, 'positions': tokens}
+    step = trainer.make_train_step(graphdef, tx, config, mesh,
+                                   state_shardings)
+    with jax.set_mesh(mesh):
+      lowered = step.lower(state, batch)
+  return _analyse('train', lowered, started)
+
+
+def compile_eval_step(config, mesh) -> Compiled:
+  """The evaluation's per-token losses at ``train.seq_len`` tokens (the
+  batch of ``eval.batch_tokens``) compiled for ``mesh``'s devices."""
+  started = time.perf_counter()
+  with ops.on_platform(mesh.devices.flat[0].platform):
+    graphdef, params = run_state.abstract_model(config)
+    params = _struct(params, sharding.tree_shardings(params, mesh))
+    t = config.train
+    rows = max(1, int(config.eval.batch_tokens) // t.seq_len)
+    tokens = jax.ShapeDtypeStruct((rows, t.seq_len), jnp.int32,
+                                  sharding=sharding.batch_sharding(mesh))
+    fn = evaluation.make_loss_fn(graphdef)
+    with jax.set_mesh(mesh):
+      lowered = fn.lower(params, tokens, tokens, tokens)
+  return _analyse('eval', lowered, started)
+
+
+def param_count(config) -> int:
+  _, params = run_state.abstract_model(config)
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+
+
+def roofline(c: Compiled, chip: Chip) -> dict[str, float]:
+  compute = c.flops / chip.peak_flops
+  memory = c.bytes_accessed / chip.hbm_bandwidth
+  return {'compute_s': compute, 'memory_s': memory,
+          'step_s': max(compute, memory),
+          'bound': 'compute' if compute >= memory else 'memory'}
+
+
+def report(config, topology: str, results: list[Compiled],
+           preset: str = '') -> dict[str, Any]:
+  """The figures of one run (a preset on a topology), as a dict."""
+  chip = chip_of(topology)
+  chips = int(math.prod(sharding.resolve(
+      config, device_count=len(topology_devices(topology))).values()))
+  t = config.train
+  rows = []
+  for c in results:
+    roof = roofline(c, chip)
+    row = {'step': c.what, 'compile_s': c.compile_s,
+           'argument_gb': c.argument_bytes / 1e9,
+           'output_gb': c.output_bytes / 1e9,
+           'alias_gb': c.alias_bytes / 1e9,
+           'temp_gb': c.temp_bytes / 1e9, 'peak_gb': c.peak_bytes / 1e9,
+           'fits': c.peak_bytes <= chip.hbm_bytes,
+           'margin': 1 - c.peak_bytes / chip.hbm_bytes,
+           'tflops_per_chip': c.flops / 1e12,
+           'gb_accessed_per_chip': c.bytes_accessed / 1e9,
+           'roofline_ms': roof['step_s'] * 1e3, 'bound': roof['bound']}
+    if c.what == 'train':
+      tokens = t.batch_size * t.seq_len
+      model = model_flops_per_token(config.model, t.seq_len) * tokens
+      row['mfu_bound'] = model / (chips * chip.peak_flops * roof['step_s'])
+    rows.append(row)
+  m = config.model
+  return {'preset': preset, 'topology': topology, 'chip': chip.name,
+          'chips': chips, 'params': param_count(config),
+          'seq_len': int(t.seq_len), 'global_batch': int(t.batch_size),
+          'mesh': dict(sharding.resolve(config, device_count=chips)),
+          'attention': str(m.attention), 'remat': str(m.remat),
+          'scan_layers': bool(m.scan_layers), 'rows': rows}
+
+
+def format_report(r: dict[str, Any]) -> str:
+  mesh = ' x '.join(f'{a} {n}' for a, n in r['mesh'].items() if n > 1)
+  head = (f"{r['preset'] or 'model'} ({r['params'] / 1e6:,.0f}M parameters)"
+          f" on {r['topology']} ({r['chips']} x {r['chip']}), mesh "
+          f"{mesh or 'one device'}; {r['global_batch']} x {r['seq_len']} "
+          f"tokens; attention {r['attention']}, remat {r['remat']}, "
+          f"scan_layers {r['scan_layers']}")
+  lines = [head, '',
+           '| step | compile s | args GB | out GB | temp GB | peak GB | fits '
+           '(margin) | TFLOP/chip | GB moved/chip | roofline ms | MFU bound |',
+           '|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|']
+  for row in r['rows']:
+    fits = 'yes' if row['fits'] else 'NO'
+    mfu = f"{row['mfu_bound']:.0%}" if 'mfu_bound' in row else ''
+    lines.append(
+        f"| {row['step']} | {row['compile_s']:.1f} | {row['argument_gb']:.2f}"
+        f" | {row['output_gb']:.2f} | {row['temp_gb']:.2f} | "
+        f"{row['peak_gb']:.2f} | {fits} ({row['margin']:+.0%}) | "
+        f"{row['tflops_per_chip']:.1f} | {row['gb_accessed_per_chip']:.1f} | "
+        f"{row['roofline_ms']:.1f} ({row['bound']}) | {mfu} |")
+  return '\n'.join(lines)
+
+
+def advice(r: dict[str, Any], hbm_bytes: float) -> str:
+  """What would make a run that does not fit fit: by how much it is over
+  per chip, and the settings that lower the peak."""
+  worst = max(r['rows'], key=lambda row: row['peak_gb'])
+  over = worst['peak_gb'] - hbm_bytes / 1e9
+  tips = []
+  if r['remat'] != 'full':
+    tips.append('--remat=full (or dots) keeps less for the backward pass')
+  if r['attention'] in ('dense', 'auto'):
+    tips.append('--attention=chunked never keeps T x T logits')
+  if r['mesh'].get('fsdp', 1) < r['chips']:
+    tips.append('more of the mesh on fsdp shards the parameters and the '
+                'optimizer state further')
+  tips.append(f"a smaller global batch (now {r['global_batch']})")
+  return (f"The {worst['step']} step needs {worst['peak_gb']:.2f} GB per "
+          f"chip, {over:.2f} GB more than the {hbm_bytes / 1e9:.0f} GB of a "
+          f"{r['chip']}. Try: " + '; '.join(tips) + '.')

@@ -1,0 +1,131 @@
+"""Layers under a scan and rematerialisation: compute choices that leave the
+values, the gradients and the checkpoint layout as they are."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmx import attention
+from lmx import config as config_lib
+from lmx import ops
+from lmx import run_state
+from lmx.errors import ConfigError
+
+
+def _batch(t=37, b=2, seed=0):
+  rng = np.random.default_rng(seed)
+  tokens = jnp.asarray(rng.integers(0, 257, (b, t)), jnp.int32)
+  # Shifted positions: the encodings see positions that are not indices.
+  positions = jnp.broadcast_to(jnp.arange(t) + 5, (b, t))
+  return tokens, positions
+
+
+def _loss(config, tokens, positions):
+  graphdef, _ = run_state.abstract_model(config)
+  apply = run_state.apply_fn(graphdef)
+
+  def loss(params):
+    logits = apply(params, tokens, positions)
+    return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), logits
+  return loss
+
+
+def _variant(config, **model):
+  c = config.copy_and_resolve_references()
+  c.model.update(model)
+  return c
+
+
+# A shared encoding (alibi: no parameters; kerple: shared parameters read by
+# every layer) and a per-layer one (fire).
+@pytest.mark.parametrize('position', ['alibi', 'kerple', 'fire'])
+def test_scan_and_remat_give_the_unrolled_values_and_gradients(
+    tiny_config, position):
+  config = tiny_config(position, **{'model.num_layers': 3})
+  _, params = run_state.init_model(config)
+  tokens, positions = _batch()
+  (ref, ref_logits), ref_grads = jax.value_and_grad(
+      _loss(config, tokens, positions), has_aux=True)(params)
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(ref_grads))
+  for scan, remat in [(True, 'none'), (False, 'full'), (True, 'dots'),
+                      (True, 'full')]:
+    c = _variant(config, scan_layers=scan, remat=remat)
+    (value, logits), grads = jax.value_and_grad(
+        _loss(c, tokens, positions), has_aux=True)(params)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(value, ref, atol=1e-6)
+    assert jax.tree.structure(grads) == jax.tree.structure(ref_grads)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+      np.testing.assert_allclose(g, r, atol=1e-5 * scale + 1e-7, rtol=1e-4)
+
+
+def test_remat_is_in_the_backward_pass_only_when_asked(tiny_config):
+  config = tiny_config('rope', **{'model.num_layers': 2})
+  _, params = run_state.init_model(config)
+  tokens, positions = _batch(t=16)
+  for remat, policy in [('none', None), ('full', 'nothing_saveable'),
+                        ('dots', 'DotsSaveable(only_if_no_batch_dims=True)')]:
+    for scan in (False, True):
+      c = _variant(config, remat=remat, scan_layers=scan)
+      grad = jax.grad(lambda p, c=c: _loss(c, tokens, positions)(p)[0])
+      text = str(jax.make_jaxpr(grad)(params))
+      assert ('remat' in text) == (policy is not None), (remat, scan)
+      if policy:
+        assert policy in text
+      assert ('scan[' in text) == scan
+
+
+def test_scanned_layers_trace_once_whatever_the_depth(tiny_config):
+  """The property that keeps compile time flat in depth: the lowered
+  forward pass has as many products at 6 layers as at 2 under the scan,
+  and three times as many unrolled."""
+  tokens, positions = _batch(t=16)
+
+  def products(layers, scan):
+    c = tiny_config('rope', **{'model.num_layers': layers,
+                               'model.scan_layers': scan})
+    graphdef, params = run_state.abstract_model(c)
+    apply = run_state.apply_fn(graphdef)
+    with ops.on_platform('tpu'):  # the plain products, as an accelerator
+      text = jax.jit(apply).lower(params, tokens, positions).as_text()
+    return text.count('dot_general')
+
+  assert products(6, True) == products(2, True)
+  unrolled_2, unrolled_6 = products(2, False), products(6, False)
+  assert unrolled_6 > 2.5 * unrolled_2 - 4  # the head's product is shared
+  assert products(6, True) < unrolled_6
+
+
+def test_a_run_switches_freely_between_the_layouts(tiny_config):
+  """One parameter layout: the parameters of an unrolled model are the
+  parameters of a scanned one (blocks/<i>/...), so old checkpoints load."""
+  config = tiny_config('t5')
+  _, unrolled = run_state.abstract_model(config)
+  _, scanned = run_state.abstract_model(_variant(config, scan_layers=True,
+                                                 remat='full'))
+  assert jax.tree.structure(unrolled) == jax.tree.structure(scanned)
+  assert '0' in unrolled['blocks'] or 0 in unrolled['blocks']
+
+
+def test_a_bad_remat_value_gets_one_message(tiny_config):
+  with pytest.raises(ConfigError, match="model.remat.*'none', 'full', 'dots'"):
+    config_lib.validate(tiny_config('rope', **{'model.remat': 'some'}))
+
+
+def test_auto_attention_never_goes_dense_at_2048_keys_on_an_accelerator():
+  def chosen(platform, keys):
+    with ops.on_platform(platform):
+      return attention.choose_backend(
+          'auto', num_keys=keys, q_dtype=jnp.bfloat16, head_dim=64,
+          far=False, threshold=2048, accelerator_threshold=512)
+  assert chosen('cpu', 2048) == 'dense'
+  assert chosen('cpu', 2049) == 'chunked'
+  assert chosen('tpu', 512) == 'dense'
+  assert chosen('tpu', 2048) == 'chunked'
+  # On a "GPU" traced from this host cudnn is refused only by the dtype or
+  # shape, so float32 shows the fallback.
+  with ops.on_platform('gpu'):
+    assert attention.choose_backend(
+        'auto', num_keys=2048, q_dtype=jnp.float32, head_dim=64, far=False,
+        threshold=2048, accelerator_threshold=512) == 'chunked'
