@@ -288,7 +288,8 @@ def report(config, topology: str, results: list[Compiled],
           'seq_len': int(t.seq_len), 'global_batch': int(t.batch_size),
           'mesh': dict(sharding.resolve(config, device_count=chips)),
           'attention': str(m.attention), 'remat': str(m.remat),
-          'scan_layers': bool(m.scan_layers), 'rows': rows}
+          'scan_layers': bool(m.scan_layers),
+          'loss_chunk': int(t.loss_chunk), 'rows': rows}
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -297,7 +298,7 @@ def format_report(r: dict[str, Any]) -> str:
           f" on {r['topology']} ({r['chips']} x {r['chip']}), mesh "
           f"{mesh or 'one device'}; {r['global_batch']} x {r['seq_len']} "
           f"tokens; attention {r['attention']}, remat {r['remat']}, "
-          f"scan_layers {r['scan_layers']}")
+          f"scan_layers {r['scan_layers']}, loss_chunk {r['loss_chunk']}")
   lines = [head, '',
            '| step | compile s | args GB | out GB | temp GB | peak GB | fits '
            '(margin) | TFLOP/chip | GB moved/chip | roofline ms | MFU bound |',
@@ -327,6 +328,8 @@ def advice(r: dict[str, Any], hbm_bytes: float) -> str:
   if r['mesh'].get('fsdp', 1) < r['chips']:
     tips.append('more of the mesh on fsdp shards the parameters and the '
                 'optimizer state further')
+  if not r.get('loss_chunk'):
+    tips.append('--loss_chunk=512 never keeps [B, T, vocab] float32 logits')
   tips.append(f"a smaller global batch (now {r['global_batch']})")
   return (f"The {worst['step']} step needs {worst['peak_gb']:.2f} GB per "
           f"chip, {over:.2f} GB more than the {hbm_bytes / 1e9:.0f} GB of a "

@@ -131,6 +131,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   f.float('train.b2', 0.0, 1.0, hi_open=True)
   f.float('train.grad_clip', 0.0, lo_open=True)
   f.choice('train.on_corrupt_checkpoint', ('previous', 'refuse'))
+  f.int('train.loss_chunk', 0)
   f.int('train.max_nonfinite_skips', 0)
   sharding.validate_config(config)
   problem = check_length(config, t.seq_len, config.positions.train, 'Training')

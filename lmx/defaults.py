@@ -192,6 +192,10 @@ def get_config(arg: str | None = None,
   # Non-finite loss or gradient: 0 stops the run at that step (the default);
   # N > 0 skips up to N such updates before stopping.
   c.train.max_nonfinite_skips = 0
+  # The final norm, head and loss on this many tokens of each sequence at a
+  # time (0: all at once), so [B, T, vocab] float32 logits never exist in
+  # the step: a memory choice that leaves the loss as it is.
+  c.train.loss_chunk = 0
 
   # An algorithmic task or passkey retrieval instead of language modelling
   # (lmx/data/tasks.py, configs/tasks/); name '' = the text corpus.

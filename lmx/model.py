@@ -259,13 +259,19 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
                dropout_key: Optional[jax.Array] = None) -> jax.Array:
+    return self._logits(self.features(tokens_BxT, positions_BxT, dropout_key))
+
+  def features(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
+               dropout_key: Optional[jax.Array] = None) -> jax.Array:
+    """The last block's output ``[B, T, D]``, before the final norm and the
+    head (``token_losses`` computes those a chunk of tokens at a time)."""
     x_BxTxD = self.embed(tokens_BxT).astype(self.dtype)
     x_BxTxD = self.position.embed(x_BxTxD, positions_BxT)
     keys = [None] * (len(self.blocks) + 1)
     if dropout_key is not None and self.dropout > 0:
       keys = list(jax.random.split(dropout_key, len(self.blocks) + 1))
     x_BxTxD = _dropout(x_BxTxD, self.dropout, keys[-1])
-    return self._logits(self._blocks(x_BxTxD, positions_BxT, keys[:-1]))
+    return self._blocks(x_BxTxD, positions_BxT, keys[:-1])
 
   def _diagnosing(self) -> bool:
     """Whether a forward pass sows intermediates (evaluation diagnostics),
@@ -366,6 +372,39 @@ def _block_fn(graphdef, positions_BxT):
   def fn(state, x_BxTxD, key):
     return nnx.merge(graphdef, state)(x_BxTxD, positions_BxT, key)[0]
   return fn
+
+
+def token_losses(model: Transformer, tokens_BxT: jax.Array,
+                 positions_BxT: jax.Array, targets_BxT: jax.Array,
+                 dropout_key: Optional[jax.Array] = None,
+                 chunk: int = 0) -> jax.Array:
+  """Per-token losses ``[B, T]`` (nats, float32) of ``model``.
+
+  With ``chunk`` > 0 the final norm, the head and the loss run on ``chunk``
+  tokens of each sequence at a time under ``jax.checkpoint``, so the
+  float32 logits ``[B, T, V]`` never exist at once, in the forward pass or
+  the backward one: only ``[B, chunk, V]`` (the same values, per token).
+  """
+  t = tokens_BxT.shape[1]
+  if not chunk or chunk >= t:
+    return cross_entropy(model(tokens_BxT, positions_BxT, dropout_key),
+                         targets_BxT)
+  x_BxTxD = model.features(tokens_BxT, positions_BxT, dropout_key)
+  b, _, d = x_BxTxD.shape
+  n = -(-t // chunk)
+  pad = n * chunk - t
+  x_BxTxD = jnp.pad(x_BxTxD, ((0, 0), (0, pad), (0, 0)))
+  y_BxT = jnp.pad(targets_BxT, ((0, 0), (0, pad)))
+  x_NxBxCxD = x_BxTxD.reshape(b, n, chunk, d).swapaxes(0, 1)
+  y_NxBxC = y_BxT.reshape(b, n, chunk).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one(x_BxCxD, y_BxC):
+    return cross_entropy(model._logits(x_BxCxD), y_BxC)  # pylint: disable=protected-access
+
+  _, losses_NxBxC = jax.lax.scan(
+      lambda carry, xy: (carry, one(*xy)), None, (x_NxBxCxD, y_NxBxC))
+  return losses_NxBxC.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
 
 
 def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:

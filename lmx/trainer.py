@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import nnx
 
 from lmx import checkpoint
 from lmx import config as config_lib
@@ -40,7 +41,7 @@ from lmx import metrics as metrics_lib
 from lmx import model as model_lib
 from lmx import positions
 from lmx import sharding
-from lmx.run_state import (abstract_state, apply_fn, init_model, init_state,
+from lmx.run_state import (abstract_state, init_model, init_state,
                            make_optimizer, make_schedule, project)
 from lmx.data import corpus, tasks, windows
 
@@ -61,16 +62,17 @@ def make_train_step(graphdef, tx, config, mesh=None,
   still advances, so the next step sees the next batch); otherwise the
   trainer stops on the flag before anything is saved.
   """
-  apply = apply_fn(graphdef)
   schedule = make_schedule(config.train)
   use_dropout = config.model.dropout > 0
   guard = config.train.max_nonfinite_skips > 0
   constrain = project(config)
 
+  chunk = int(config.train.loss_chunk)
+
   def loss_fn(params, batch, key):
-    logits = apply(params, batch['inputs'], batch['positions'],
-                   key if use_dropout else None)
-    losses = model_lib.cross_entropy(logits, batch['targets'])
+    losses = model_lib.token_losses(
+        nnx.merge(graphdef, params), batch['inputs'], batch['positions'],
+        batch['targets'], key if use_dropout else None, chunk)
     if 'weights' in batch:  # per-token loss weights, e.g. answer-only masks
       w = batch['weights'].astype(losses.dtype)
       return (losses * w).sum() / jnp.maximum(w.sum(), 1.0)
@@ -259,6 +261,8 @@ SAFE_ON_RESUME = (
     'train.steps', 'train.log_every', 'train.checkpoint_every',
     'train.keep_checkpoints', 'train.on_corrupt_checkpoint',
     'train.max_nonfinite_skips', 'data.cache_dir',
+    # Compute choices that leave the values as they are (to rounding).
+    'train.loss_chunk', 'model.scan_layers', 'model.remat',
     # The device mesh: a checkpoint restores under any mesh (resharded), and
     # the model is the same on every mesh.
     'mesh.data', 'mesh.fsdp', 'mesh.tensor',

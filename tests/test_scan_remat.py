@@ -129,3 +129,28 @@ def test_auto_attention_never_goes_dense_at_2048_keys_on_an_accelerator():
     assert attention.choose_backend(
         'auto', num_keys=2048, q_dtype=jnp.float32, head_dim=64, far=False,
         threshold=2048, accelerator_threshold=512) == 'chunked'
+
+
+def test_chunked_loss_gives_the_per_token_losses_and_gradients(tiny_config):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from lmx import model as model_lib  # pylint: disable=g-import-not-at-top
+  config = tiny_config('alibi')
+  graphdef, params = run_state.init_model(config)
+  tokens, positions = _batch(t=37)
+  targets = jnp.roll(tokens, -1, axis=1)
+
+  def losses(p, chunk):
+    return model_lib.token_losses(nnx.merge(graphdef, p), tokens, positions,
+                                  targets, chunk=chunk)
+
+  ref = losses(params, 0)
+  ref_grads = jax.grad(lambda p: losses(p, 0).mean())(params)
+  for chunk in (8, 37, 64):  # a ragged last chunk, one chunk, more than T
+    np.testing.assert_allclose(losses(params, chunk), ref, atol=1e-5)
+    grads = jax.grad(lambda p, c=chunk: losses(p, c).mean())(params)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+      np.testing.assert_allclose(g, r, atol=1e-6, rtol=1e-4)
+  # Under the chunks no [B, T, V] array is built: the largest logits-shaped
+  # value in the backward pass is [B, chunk, V].
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: losses(p, 8).mean()))(params))
+  assert 'f32[2,37,257]' not in jaxpr and 'f32[2,8,257]' in jaxpr
