@@ -987,14 +987,17 @@ class Runner:
                eval_args: Sequence[str] = (), parallel: int = 1,
                print_fn: Callable[[str], None] = print,
                launcher: str = 'local', sweep_dir: str = '.',
-               slurm: dict[str, Any] | None = None, poll_s: float = 0.5):
+               slurm: dict[str, Any] | None = None,
+               poll_s: float | None = None):
     self.train_args = list(train_args)
     self.eval_args = list(eval_args)
     self.parallel = max(1, parallel)
     self.launcher = launcher
     self.sweep_dir = sweep_dir
     self.slurm = dict(SLURM_DEFAULTS, **(slurm or {}))
-    self.poll_s = poll_s
+    # Each poll looks for every running job's result file: on a cluster's
+    # shared file system, not twice a second.
+    self.poll_s = poll_s or (0.5 if launcher == 'local' else 10.0)
     self._print = print_fn
     self._lock = threading.Lock()
     self.stopping = False

@@ -513,3 +513,112 @@ def test_local_launcher_bounds_parallel_and_reports_lost_jobs(
   text = sweep.summary(outcomes)
   assert 'FAILED lost: its job ended without a result' in text
   assert any('lost: job' in s and 'without a result' in s for s in said)
+
+
+FAKE_SBATCH = '''
+import os, re, shutil, subprocess, sys
+here = os.path.dirname(os.path.abspath(__file__))
+calls = os.path.join(here, 'sbatch.calls')
+base = 4242 + (len(open(calls).readlines()) if os.path.exists(calls) else 0)
+with open(calls, 'a') as f:
+  f.write(sys.argv[1] + '\\n')
+script = os.path.join(here, f'{base}.sh')   # sbatch keeps its own copy
+shutil.copy(sys.argv[1], script)
+array = re.search(r'^#SBATCH --array=0-(\\d+)%\\d+$', open(script).read(),
+                  re.M)
+for i in range(int(array[1]) + 1) if array else [None]:
+  env = dict(os.environ, SLURM_JOB_ID=str(base + (i or 0)), SLURM_NTASKS='1',
+             SLURM_PROCID='0', SLURM_LOCALID='0', SLURM_NODEID='0',
+             SLURM_JOB_NUM_NODES='1')
+  if i is not None:
+    env.update(SLURM_ARRAY_JOB_ID=str(base), SLURM_ARRAY_TASK_ID=str(i))
+  subprocess.Popen(['bash', script], env=env, stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   start_new_session=True)
+print(f'Submitted batch job {base}')
+'''
+FAKE_SRUN = '''
+import os, sys
+args = sys.argv[1:]
+at = args.index('--output')
+env = os.environ
+array = env.get('SLURM_ARRAY_JOB_ID')
+job = f"{array}_{env['SLURM_ARRAY_TASK_ID']}" if array else env['SLURM_JOB_ID']
+out = (args[at + 1].replace('%A', array or '')
+       .replace('%a', env.get('SLURM_ARRAY_TASK_ID', ''))
+       .replace('%j', env['SLURM_JOB_ID']).replace('%t', '0'))
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                       job + '.pid'), 'w') as f:
+  f.write(str(os.getpid()))
+fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+os.dup2(fd, 1)
+os.dup2(fd, 2)
+os.execv(args[at + 2], args[at + 2:])
+'''
+FAKE_SCANCEL = '''
+import os, signal, sys, time
+here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, 'scancel.calls'), 'a') as f:
+  f.write(' '.join(sys.argv[1:]) + '\\n')
+pid = os.path.join(here, sys.argv[1] + '.pid')
+for _ in range(100):
+  if os.path.exists(pid):
+    break
+  time.sleep(0.1)
+os.kill(int(open(pid).read()), signal.SIGKILL)  # as SLURM after KillWait
+'''
+
+
+def _stand_in_slurm(bin_dir):
+  """sbatch, srun, scancel and sacct enough like SLURM's to run jobs here:
+  sbatch starts each array task's script in the background with SLURM's
+  variables, srun runs the command into its --output file."""
+  bin_dir.mkdir()
+  for name, code in (('sbatch', FAKE_SBATCH), ('srun', FAKE_SRUN),
+                     ('scancel', FAKE_SCANCEL),
+                     ('sacct', 'print("JobID|State|NodeList")\n')):
+    (bin_dir / name).write_text(f'#!{sys.executable}\n{code}')
+    os.chmod(bin_dir / name, 0o755)
+
+
+def test_slurm_run_collects_results_and_cancels_on_stop(tmp_path,
+                                                        monkeypatch):
+  import functools  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  import cloudpickle  # pylint: disable=g-import-not-at-top
+  bin_dir = tmp_path / 'bin'
+  _stand_in_slurm(bin_dir)
+  monkeypatch.setenv('PATH', f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
+  out = tmp_path / 'runs'
+  members = sweep.expand({'config': 'configs/base.py', 'members': [
+      {'name': n} for n in ('a', 'b', 'slow')]}, str(out))
+  fns = {'a': functools.partial(_timed, str(tmp_path / 'a'), 0.5),
+         'b': functools.partial(_timed, str(tmp_path / 'b'), 0.5),
+         'slow': functools.partial(_timed, str(tmp_path / 'slow'), 120)}
+  monkeypatch.setattr(sweep.Runner, 'job_function',
+                      lambda self, m: fns[m.name])
+  said = []
+
+  def hear(msg):   # Ctrl-C once a and b are done
+    said.append(msg)
+    if sum(': done in ' in s for s in said) == 2:
+      runner.stop(signal.SIGINT)
+
+  runner = sweep.Runner(parallel=2, launcher='slurm', sweep_dir=str(out),
+                        slurm={'partition': 'debug'}, print_fn=hear,
+                        poll_s=0.2)
+  cloudpickle.register_pickle_by_value(sys.modules[__name__])
+  try:
+    outcomes = runner.run(members)
+  finally:
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+  assert [o.status for o in outcomes] == ['done', 'done', 'stopped']
+  assert '[1/3] a: SLURM job 4242_0 (stage logs in ' in said[0]
+  assert '[3/3] slow: cancelled SLURM job 4242_2' in said
+  assert (bin_dir / 'scancel.calls').read_text() == '4242_2\n'
+  assert len((bin_dir / 'sbatch.calls').read_text().splitlines()) == 1
+  # a ran inside the SLURM job environment submitit sets up.
+  log = (out / 'submitit' / '4242_0_0_log.out').read_text()
+  assert 'JobEnvironment(job_id=4242_0' in log
+  assert (out / 'submitit' / '4242_0_0_result.pkl').exists()
+  assert not (tmp_path / 'slow').exists()      # killed before its end
