@@ -16,8 +16,9 @@ with the declaration's 'slurm' settings, overridden by --slurm). It runs
 ``eval.log``. Running the same command again skips members already
 evaluated after their latest checkpoint and resumes the others;
 --dry_run shows what would run (and the SLURM job script). The sweep
-exits with 1 if a member failed, 2 on bad input (before anything runs), and
-128 + N when stopped by signal N. Writes ``<dir>/sweep.json`` (the members)
+exits with 1 if a member failed (or a signal to its job alone stopped it,
+e.g. a preemption), 2 on bad input (before anything runs), and 128 + N
+when stopped by signal N. Writes ``<dir>/sweep.json`` (the members)
 and ``<dir>/report.md``, ``report.csv`` and plots (the declaration's own
 ``report`` module writes them where it names one, as
 configs/sweeps/replicate.py does). Members may run further commands after
@@ -145,7 +146,8 @@ def main(argv):
     print(sweep.summary(outcomes))
     if received:
       sys.exit(128 + received[0])
-    failed = any(o.status == 'failed' for o in outcomes)
+    # Stopped with no signal to the sweep: by one to the job (preemption).
+    failed = any(o.status in ('failed', 'stopped') for o in outcomes)
 
   written = sweep.write_report(
       workdirs, sweep_dir, title or os.path.basename(os.path.normpath(

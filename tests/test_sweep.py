@@ -622,3 +622,43 @@ def test_slurm_run_collects_results_and_cancels_on_stop(tmp_path,
   assert 'JobEnvironment(job_id=4242_0' in log
   assert (out / 'submitit' / '4242_0_0_result.pkl').exists()
   assert not (tmp_path / 'slow').exists()      # killed before its end
+
+
+def test_local_stop_reaches_the_stage_through_submitit(tmp_path,
+                                                       monkeypatch):
+  """A stop reaches the running stage (SIGTERM: it saves and exits) through
+  submitit's job controller, which ignores a Ctrl-C of its own: it would
+  kill the member's job a second later, mid-save."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  import cloudpickle  # pylint: disable=g-import-not-at-top
+  (m,) = sweep.expand({'config': 'configs/base.py', 'members': [
+      {'name': 'a'}]}, str(tmp_path))
+  monkeypatch.setattr(sweep.Runner, 'job_function',
+                      lambda self, member: _TwoStages(member))
+  log = tmp_path / 'a' / 'first.log'
+  said = []
+
+  def interrupt():
+    for _ in range(600):
+      if log.exists() and 'ready' in log.read_text().splitlines():
+        break
+      threading.Event().wait(0.1)
+    controller = int(next(s for s in said if 'local job' in s).split()[-5])
+    os.kill(controller, signal.SIGINT)   # the terminal's Ctrl-C, to it
+    threading.Event().wait(2.0)
+    runner.stop(signal.SIGINT)           # what sweep.py's handler does
+
+  runner = sweep.Runner(sweep_dir=str(tmp_path), print_fn=said.append,
+                        poll_s=0.1)
+  cloudpickle.register_pickle_by_value(sys.modules[__name__])
+  thread = threading.Thread(target=interrupt)
+  thread.start()
+  try:
+    (outcome,) = runner.run([m])
+  finally:
+    thread.join()
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+  assert (outcome.status, outcome.stage, outcome.returncode) == (
+      'stopped', 'first', 7), said
+  assert not (tmp_path / 'a' / 'second.log').exists()
