@@ -662,3 +662,36 @@ def test_local_stop_reaches_the_stage_through_submitit(tmp_path,
   assert (outcome.status, outcome.stage, outcome.returncode) == (
       'stopped', 'first', 7), said
   assert not (tmp_path / 'a' / 'second.log').exists()
+
+
+class _ShowDevices(sweep.MemberJob):
+
+  def stages(self):
+    yield 'show', [sys.executable, '-c', 'import os; print("devices=" + '
+                   'os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))']
+
+
+def test_local_stages_see_the_devices_of_the_sweep(tmp_path, monkeypatch):
+  """submitit's local jobs set CUDA_VISIBLE_DEVICES="" (no GPU asked for);
+  the stages get back what sweep.py's own environment had."""
+  import signal  # pylint: disable=g-import-not-at-top
+  before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  members = sweep.expand({'config': 'configs/base.py', 'members': [
+      {'name': 'unset'}, {'name': 'two'}]}, str(tmp_path))
+  try:
+    for member, sweep_env, want in ((members[0], None, 'unset'),
+                                    (members[1], '0,1', '0,1')):
+      if sweep_env is None:
+        monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
+      else:
+        monkeypatch.setenv('CUDA_VISIBLE_DEVICES', sweep_env)
+      env = sweep.Runner().job_function(member).env
+      assert env == {'CUDA_VISIBLE_DEVICES': sweep_env}
+      monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')   # as in the job
+      assert _ShowDevices(member, env=env)()['status'] == 'done'
+      shown = (tmp_path / member.name / 'show.log').read_text()
+      assert shown.splitlines()[-1] == f'devices={want}'
+  finally:
+    for s, handler in before.items():
+      signal.signal(s, handler)
+  assert sweep.Runner(launcher='slurm').job_function(members[0]).env == {}
