@@ -26,6 +26,7 @@ setup(
         'matplotlib',
         'tqdm',
         'tensorboardX',
+        'submitit>=1.5',       # sweep.py: local and SLURM launchers
         'sacrebleu>=2.4',     # lmx.generation_eval: BLEU
         'rouge-score>=0.1.2',  # lmx.generation_eval: ROUGE
     ],

@@ -2,15 +2,23 @@
 
     python sweep.py --sweep=configs/sweeps/encodings.py:size=tiny \
         --dir=runs/sweeps/encodings --parallel=2
+    python sweep.py --sweep=configs/sweeps/encodings.py \
+        --dir=runs/sweeps/encodings --launcher=slurm --parallel=16 \
+        --slurm=partition=gpu,time_min=240
     python sweep.py --dir=runs/sweeps/encodings --report_only
 
-Each member runs ``train.py --config=<base> --config.<field>=<value>...
+Each member is one submitit job (--launcher=local: on this machine,
+--parallel at a time; --launcher=slurm: one job array of that parallelism,
+with the declaration's 'slurm' settings, overridden by --slurm). It runs
+``train.py --config=<base> --config.<field>=<value>...
 --workdir=<dir>/<name> --progress=false`` and then ``eval.py
 --workdir=<dir>/<name>``, logging to ``<dir>/<name>/train.log`` and
 ``eval.log``. Running the same command again skips members already
-evaluated after their latest checkpoint and resumes the others. The sweep
-exits with 1 if a member failed, 2 on bad input (before anything runs), and
-128 + N when stopped by signal N. Writes ``<dir>/sweep.json`` (the members)
+evaluated after their latest checkpoint and resumes the others;
+--dry_run shows what would run (and the SLURM job script). The sweep
+exits with 1 if a member failed (or a signal to its job alone stopped it,
+e.g. a preemption), 2 on bad input (before anything runs), and 128 + N
+when stopped by signal N. Writes ``<dir>/sweep.json`` (the members)
 and ``<dir>/report.md``, ``report.csv`` and plots (the declaration's own
 ``report`` module writes them where it names one, as
 configs/sweeps/replicate.py does). Members may run further commands after
@@ -31,7 +39,19 @@ _SWEEP = flags.DEFINE_string(
     '[:size=tiny].')
 _DIR = flags.DEFINE_string('dir', None, 'Sweep directory: one workdir per '
                            'member, sweep.json and the report.')
-_PARALLEL = flags.DEFINE_integer('parallel', 1, 'Members run at once.')
+_PARALLEL = flags.DEFINE_integer(
+    'parallel', 1, 'Members run at once (on SLURM: the job array\'s '
+    'parallelism).')
+_LAUNCHER = flags.DEFINE_enum(
+    'launcher', 'local', list(sweep.LAUNCHERS), 'Where members run: '
+    'submitit\'s local executor on this machine, or SLURM jobs.')
+_SLURM = flags.DEFINE_string(
+    'slurm', '', 'SLURM settings over the declaration\'s \'slurm\' dict, '
+    'e.g. "partition=gpu,time_min=240,gpus_per_node=1" (with '
+    '--launcher=slurm).')
+_DRY_RUN = flags.DEFINE_bool(
+    'dry_run', False, 'Print what would run (each member\'s commands, and '
+    'the SLURM job script) and exit; starts and writes nothing.')
 _TRAIN_ARGS = flags.DEFINE_string(
     'train_args', '', 'Extra train.py arguments for every member, e.g. '
     '"--config.train.steps=50".')
@@ -65,11 +85,17 @@ def main(argv):
   except ValueError as e:  # e.g. an unbalanced quote
     _fail(f'--train_args/--eval_args cannot be split into arguments ({e}): '
           'check their quotes.')
+  if _REPORT_ONLY.value and _DRY_RUN.value:
+    _fail('--dry_run and --report_only exclude each other: drop one.')
   try:
     if _SWEEP.value:
       members = sweep.prepare(_SWEEP.value, sweep_dir, train_args,
                               eval_args)
       report_module = sweep.report_module(_SWEEP.value)
+      slurm = sweep.launch_settings(_SWEEP.value, _LAUNCHER.value,
+                                    _SLURM.value, _DRY_RUN.value)
+      if slurm is not None and not _DRY_RUN.value:
+        sweep.check_no_active_jobs(members, sweep_dir)
       workdirs = [m.workdir for m in members]
       title = _SWEEP.value
     elif _REPORT_ONLY.value:
@@ -85,31 +111,43 @@ def main(argv):
   except sweep.SweepError as e:
     _fail(str(e))
 
+  if _DRY_RUN.value:
+    print(sweep.plan(members, train_args, eval_args, _LAUNCHER.value,
+                     sweep_dir, slurm, _PARALLEL.value))
+    sys.exit(0)
+
   failed = False
   if not _REPORT_ONLY.value:
     sweep.write_manifest(sweep_dir, _SWEEP.value, members, train_args,
-                         eval_args, report_module)
+                         eval_args, report_module, _LAUNCHER.value)
     print(f'Sweep {_SWEEP.value}: {len(members)} members in {sweep_dir}, '
-          f'{_PARALLEL.value} at a time.')
-    runner = sweep.Runner(train_args, eval_args, _PARALLEL.value)
+          f'{_PARALLEL.value} at a time ({_LAUNCHER.value} launcher).')
+    runner = sweep.Runner(train_args, eval_args, _PARALLEL.value,
+                          launcher=_LAUNCHER.value, sweep_dir=sweep_dir,
+                          slurm=slurm)
     received = []
 
     def on_signal(signum, frame):  # pylint: disable=unused-argument
+      if received:
+        print(f'Signal {signum}: already stopping; waiting for the running '
+              'members to save.', file=sys.stderr)
+        return
       received.append(signum)
       print(f'Signal {signum}: stopping the running members (they save a '
             'checkpoint); rerun the same command to resume.', file=sys.stderr)
       runner.stop(signum)
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
       outcomes = runner.run(members)
-    except KeyboardInterrupt:
-      print('Interrupted; rerun the same command to resume.', file=sys.stderr)
-      sys.exit(128 + signal.SIGINT)
+    except sweep.SweepError as e:   # sbatch refused the submission
+      _fail(str(e))
     print(sweep.summary(outcomes))
     if received:
       sys.exit(128 + received[0])
-    failed = any(o.status == 'failed' for o in outcomes)
+    # Stopped with no signal to the sweep: by one to the job (preemption).
+    failed = any(o.status in ('failed', 'stopped') for o in outcomes)
 
   written = sweep.write_report(
       workdirs, sweep_dir, title or os.path.basename(os.path.normpath(

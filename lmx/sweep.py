@@ -23,15 +23,20 @@ which returns a small dict::
 - ``report`` (optional): a module (``'configs.sweeps.replicate'``) whose
   ``write(workdirs, out_dir, title)`` writes the sweep's report instead of
   ``lmx.report.write``.
+- ``slurm`` (optional): cluster settings for ``--launcher=slurm``
+  (``SLURM_KEYS``), e.g. ``{'partition': 'gpu', 'time_min': 240,
+  'gpus_per_node': 1, 'setup': ['module load cuda']}``.
 
 A member's name joins its override values that vary across the sweep, in
 declaration order (``alibi-s0``, ``rope-randomized-s1``); its workdir is
 ``<sweep dir>/<name>``. ``python sweep.py`` runs ``train.py`` and
-``eval.py`` for each (see sweep.py).
+``eval.py`` for each as one submitit job (``MemberJob``), on this machine
+or on a SLURM cluster (``Runner``; see sweep.py and docs/sweeps.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -41,17 +46,19 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent import futures
 from typing import Any
 
-from lmx import checkpoint
-from lmx import report
+import submitit
+
+# lmx.checkpoint and lmx.report (JAX, matplotlib) are imported where they
+# are used: every member's job imports this module.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECIAL_KEYS = ('config', 'name', 'after')
@@ -238,11 +245,11 @@ def member_name(overrides: dict, varying: set[str]) -> str:
 
 def expand(decl: dict, sweep_dir: str) -> list[Member]:
   """The members of a declaration, with names and workdirs; checks names."""
-  unknown = set(decl) - {'config', 'members', 'product', 'report'}
+  unknown = set(decl) - {'config', 'members', 'product', 'report', 'slurm'}
   if unknown:
     raise SweepError(f'Unknown sweep keys {sorted(unknown)}: a declaration '
                      "has 'config', 'members' and/or 'product' (and "
-                     "optionally 'report').")
+                     "optionally 'report' and 'slurm').")
   if not decl.get('config'):
     raise SweepError("The sweep declares no base 'config' (e.g. "
                      "'configs/base.py:size=tiny').")
@@ -476,6 +483,7 @@ def write_report(workdirs: Sequence[str], out_dir: str, title: str,
   if module:
     return importlib.import_module(module).write(workdirs, out_dir, title,
                                                  **kwargs)
+  from lmx import report  # pylint: disable=g-import-not-at-top
   return report.write(workdirs, out_dir, title, **kwargs)
 
 
@@ -513,11 +521,13 @@ def check_values(members: Sequence[Member],
 def write_manifest(sweep_dir: str, spec: str, members: Sequence[Member],
                    train_args: Sequence[str] = (),
                    eval_args: Sequence[str] = (),
-                   report: str | None = None) -> str:
+                   report: str | None = None,
+                   launcher: str = 'local') -> str:
   os.makedirs(sweep_dir, exist_ok=True)
   path = os.path.join(sweep_dir, MANIFEST)
   manifest = {
       'sweep': spec, 'dir': os.path.abspath(sweep_dir), 'report': report,
+      'launcher': launcher,
       'train_args': list(train_args), 'eval_args': list(eval_args),
       'members': [{'name': m.name, 'config': m.config,
                    'overrides': m.overrides, 'workdir': m.workdir,
@@ -547,6 +557,7 @@ def read_manifest(sweep_dir: str) -> dict:
 
 def latest_checkpoint_time(workdir: str) -> float | None:
   """The modification time of the newest finished checkpoint, or None."""
+  from lmx import checkpoint  # pylint: disable=g-import-not-at-top
   step = checkpoint.latest_step(workdir)
   if step is None:
     return None
@@ -573,16 +584,369 @@ def member_done(member: Member) -> bool:
       is_done(member.workdir, a.done) for a in member.after)
 
 
+# ------------------------------------------------------------- launchers
+#
+# Every member runs as one submitit job: submitit's LocalExecutor on this
+# machine (--launcher=local) or its SlurmExecutor on a cluster
+# (--launcher=slurm). The job runs the member's stages (train.py, then
+# eval.py and the 'after' commands not done yet) as subprocesses, each
+# logging to <workdir>/<stage>.log as a stage run by hand would: each stage
+# is its own absl program with its own flags, exit codes and signal
+# handling, a fresh process frees the accelerator between stages, and one
+# job per member means one wait in a cluster queue, not three.
+
+LAUNCHERS = ('local', 'slurm')
+SUBMITIT_DIR = 'submitit'       # under the sweep dir: job pickles and logs
+LOCAL_TIMEOUT_MIN = 60 * 24 * 365  # local jobs have no time limit
+RESIGNAL_S = 10.0               # a stopping local job is signalled again
+SLURM_JOBS = 'slurm_jobs.json'  # in <dir>/submitit: member -> SLURM job id
+# sacct states of a job that may still train in its member's workdir.
+SLURM_ACTIVE = ('PENDING', 'RUNNING', 'REQUEUED', 'REQUEUE_HOLD',
+                'CONFIGURING', 'COMPLETING', 'SUSPENDED', 'RESIZING')
+
+# A declaration's 'slurm' settings (and --slurm): key -> (kind, meaning).
+SLURM_KEYS = {
+    'partition': (str, 'sbatch --partition'),
+    'account': (str, 'sbatch --account'),
+    'qos': (str, 'sbatch --qos'),
+    'constraint': (str, 'sbatch --constraint'),
+    'job_name': (str, 'sbatch --job-name (default: lmx-<sweep dir name>)'),
+    'time_min': (int, 'time limit of each member job in minutes'),
+    'gpus_per_node': (int, 'sbatch --gpus-per-node'),
+    'cpus_per_task': (int, 'sbatch --cpus-per-task'),
+    'mem_gb': (float, 'memory of each member job in GB (sbatch --mem)'),
+    'signal_delay_s': (int, 'seconds before the time limit at which the '
+                       'job is warned (USR2), saves and is requeued'),
+    'setup': (list, 'shell lines run before the member, e.g. module load'),
+    'sbatch': (dict, 'further #SBATCH options, name -> value'),
+}
+SLURM_DEFAULTS = {'time_min': 24 * 60, 'signal_delay_s': 120}
+_AT_LEAST = {'time_min': 1, 'cpus_per_task': 1, 'signal_delay_s': 1,
+             'gpus_per_node': 0}
+
+
+def check_slurm(value: Any, where: str) -> dict[str, Any]:
+  """The 'slurm' settings, checked: known keys, values of their kind."""
+  if not isinstance(value, dict):
+    raise SweepError(f"{where}: 'slurm' must be a dict of cluster settings "
+                     f'({", ".join(SLURM_KEYS)}), got {value!r}.')
+  problems = []
+  for key, v in value.items():
+    if key not in SLURM_KEYS:
+      problems.append(f'{key!r} is not a SLURM setting; the settings: '
+                      + ', '.join(SLURM_KEYS) + '.')
+      continue
+    kind, _ = SLURM_KEYS[key]
+    if kind is list:
+      ok = (isinstance(v, (list, tuple))
+            and all(isinstance(x, str) for x in v))
+      wants = 'a list of shell lines (strings)'
+    elif kind is dict:
+      ok = isinstance(v, dict) and all(
+          isinstance(k, str) and re.fullmatch(r'[a-z][a-z0-9-]*', k)
+          and isinstance(x, (str, int)) and not isinstance(x, bool)
+          for k, x in v.items())
+      wants = ('a dict of sbatch option names (e.g. "mail-type") to '
+               'strings or integers')
+    elif kind is float:
+      ok = (isinstance(v, (int, float)) and not isinstance(v, bool)
+            and v > 0)
+      wants = 'a positive number'
+    elif kind is int:
+      low = _AT_LEAST[key]
+      ok = isinstance(v, int) and not isinstance(v, bool) and v >= low
+      wants = f'an integer of at least {low}'
+    else:
+      ok, wants = isinstance(v, str) and bool(v), 'a non-empty string'
+    if not ok:
+      problems.append(f'{key}={v!r} ({SLURM_KEYS[key][1]}) must be {wants}.')
+  if problems:
+    raise SweepError(f'{where}: bad SLURM settings:\n  '
+                     + '\n  '.join(problems))
+  return dict(value)
+
+
+def parse_slurm_flag(text: str) -> dict[str, Any]:
+  """``--slurm=partition=gpu,time_min=120`` as settings (scalars only)."""
+  out: dict[str, Any] = {}
+  for item in filter(None, (x.strip() for x in text.split(','))):
+    key, eq, value = item.partition('=')
+    if not eq:
+      raise SweepError(f'--slurm: {item!r} is not key=value, e.g. '
+                       '--slurm=partition=gpu,time_min=120.')
+    kind = SLURM_KEYS.get(key, (None,))[0]
+    if kind in (list, dict):
+      raise SweepError(f"--slurm: {key!r} is set in the declaration's "
+                       "'slurm' dict, not on the command line.")
+    try:
+      out[key] = kind(value) if kind in (int, float) else value
+    except ValueError:
+      out[key] = value   # check_slurm names the key and what it wants
+  return check_slurm(out, '--slurm')
+
+
+def launch_settings(spec: str, launcher: str, slurm_flag: str = '',
+                    dry_run: bool = False) -> dict[str, Any] | None:
+  """The SLURM settings (declaration, then --slurm, over the defaults), or
+  None for the local launcher; every problem before anything runs."""
+  if launcher not in LAUNCHERS:
+    raise SweepError(f'--launcher={launcher} is not a launcher; use one of '
+                     + ', '.join(LAUNCHERS) + '.')
+  declared = load_declaration(spec).get('slurm')
+  settings = dict(SLURM_DEFAULTS)
+  if declared is not None:
+    settings.update(check_slurm(declared, split_arg(spec)[0]))
+  if launcher == 'local':
+    if slurm_flag:
+      raise SweepError('--slurm sets cluster settings, which only '
+                       '--launcher=slurm uses: drop it or add '
+                       '--launcher=slurm.')
+    return None
+  settings.update(parse_slurm_flag(slurm_flag or ''))
+  try:  # submitit's own checks of the parameters, before anything runs
+    slurm_script('.', settings, 1, 2)
+  except ValueError as e:
+    raise SweepError(f'SLURM settings that submitit refuses: {e}') from None
+  missing = [c for c in ('sbatch', 'srun') if shutil.which(c) is None]
+  if missing and not dry_run:
+    raise SweepError(f'--launcher=slurm needs {" and ".join(missing)} on '
+                     'PATH (run on a SLURM login node), or add --dry_run to '
+                     'see the job script without submitting it.')
+  return settings
+
+
+def _mem(gb: float) -> str:
+  return f'{int(gb)}GB' if gb == int(gb) else f'{int(gb * 1024)}MB'
+
+
+def slurm_parameters(settings: dict[str, Any], sweep_dir: str,
+                     parallel: int) -> dict[str, Any]:
+  """submitit SlurmExecutor parameters from the sweep's SLURM settings;
+  ``parallel`` is the job array's parallelism (%N of sbatch --array)."""
+  settings = {**SLURM_DEFAULTS, **settings}
+  name = (settings.get('job_name') or 'lmx-' + os.path.basename(
+      os.path.normpath(os.path.abspath(sweep_dir))))
+  params: dict[str, Any] = {
+      'job_name': name, 'time': settings['time_min'],
+      'signal_delay_s': settings['signal_delay_s'],
+      'array_parallelism': parallel, 'stderr_to_stdout': True,
+      # The job imports lmx.sweep from this checkout, wherever it runs.
+      'setup': [f'export PYTHONPATH={shlex.quote(ROOT)}'
+                '${PYTHONPATH:+:$PYTHONPATH}', *settings.get('setup', ())]}
+  for key in ('partition', 'account', 'qos', 'constraint', 'gpus_per_node',
+              'cpus_per_task'):
+    if key in settings:
+      params[key] = settings[key]
+  if 'mem_gb' in settings:
+    params['mem'] = _mem(settings['mem_gb'])
+  if settings.get('sbatch'):
+    params['additional_parameters'] = dict(settings['sbatch'])
+  return params
+
+
+def submitit_folder(sweep_dir: str) -> str:
+  return os.path.join(os.path.abspath(sweep_dir), SUBMITIT_DIR)
+
+
+def _slurm_jobs_path(sweep_dir: str) -> str:
+  return os.path.join(submitit_folder(sweep_dir), SLURM_JOBS)
+
+
+def record_slurm_jobs(sweep_dir: str, jobs: dict[str, str]) -> None:
+  """Adds ``{member name: job id}`` to ``<dir>/submitit/slurm_jobs.json``."""
+  path = _slurm_jobs_path(sweep_dir)
+  recorded = {}
+  if os.path.isfile(path):
+    with open(path) as f:
+      recorded = json.load(f)
+  recorded.update(jobs)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(recorded, f, indent=2)
+  os.replace(path + '.tmp', path)
+
+
+def active_slurm_jobs(members: Sequence[Member],
+                      sweep_dir: str) -> dict[str, tuple[str, str]]:
+  """Members not done whose last recorded SLURM job is still queued or
+  running (one sacct call): ``{name: (job id, state)}``."""
+  path = _slurm_jobs_path(sweep_dir)
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    recorded = json.load(f)
+  todo = {m.name: recorded[m.name] for m in members
+          if m.name in recorded and not member_done(m)}
+  if not todo:
+    return {}
+  watcher = submitit.SlurmJob.watcher
+  for job_id in todo.values():
+    watcher.register_job(str(job_id))
+  watcher.update()
+  out = {}
+  for name, job_id in todo.items():
+    state = (watcher.get_state(str(job_id), mode='cache').split() or ['?'])[0]
+    if state.upper() in SLURM_ACTIVE:
+      out[name] = (str(job_id), state)
+  return out
+
+
+def check_no_active_jobs(members: Sequence[Member], sweep_dir: str) -> None:
+  """A rerun must not submit a member whose earlier job still runs: two
+  jobs would train in one workdir."""
+  busy = active_slurm_jobs(members, sweep_dir)
+  if busy:
+    raise SweepError(
+        'Members whose SLURM job from an earlier run is still queued or '
+        'running (two jobs would train in one workdir); wait for them or '
+        'scancel them, then rerun:\n  ' + '\n  '.join(
+            f'{name}: job {job_id} {state}'
+            for name, (job_id, state) in busy.items()))
+
+
+class _ScriptOnlySlurmExecutor(submitit.SlurmExecutor):
+  """Writes job scripts without a cluster (dry runs): no srun check."""
+
+  @classmethod
+  def affinity(cls) -> int:
+    return 2
+
+
+def slurm_script(sweep_dir: str, settings: dict[str, Any], parallel: int,
+                 count: int) -> str:
+  """The sbatch script submitit writes for ``count`` member jobs (an array
+  when more than one), built by submitit itself; submits nothing."""
+  ex = _ScriptOnlySlurmExecutor(submitit_folder(sweep_dir))
+  ex.update_parameters(**slurm_parameters(settings, sweep_dir, parallel))
+  if count > 1:   # as SlurmExecutor does for an array
+    ex.parameters['map_count'] = count
+  return ex._make_submission_file_text(  # pylint: disable=protected-access
+      ex._submitit_command_str, 'dry-run')  # pylint: disable=protected-access
+
+
+class MemberJob:
+  """What a member's submitit job runs: train.py, then eval.py and the
+  'after' commands not done yet, each a subprocess logging to
+  ``<workdir>/<stage>.log``; returns a dict (status, stage, returncode,
+  seconds, stages run).
+
+  SIGTERM or SIGINT is passed to the running stage (train.py saves a
+  checkpoint and exits) and no later stage starts. On SLURM, submitit
+  calls ``checkpoint`` on the warning before the time limit (USR2): the
+  stage saves and submitit requeues the job, which resumes.
+  """
+
+  def __init__(self, member: Member, train_args: Sequence[str] = (),
+               eval_args: Sequence[str] = (),
+               env: dict[str, str | None] | None = None,
+               stop_wait_s: float = 100.0):
+    self.member = member
+    self.train_args = list(train_args)
+    self.eval_args = list(eval_args)
+    self.env = dict(env or {})     # set (None: unset) for every stage
+    self.stop_wait_s = stop_wait_s
+    self._proc: subprocess.Popen | None = None
+    self._signal: int | None = None
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state['_proc'], state['_signal'] = None, None
+    return state
+
+  def stages(self):
+    """(stage, command) pairs, decided one at a time: training may add a
+    checkpoint that makes an earlier evaluation stale."""
+    m = self.member
+    yield 'train', m.train_command(self.train_args)
+    if not is_done(m.workdir):
+      yield 'eval', m.eval_command(self.eval_args)
+    for a in m.after:
+      if not is_done(m.workdir, a.done):
+        yield a.name, a.command(m.workdir)
+
+  def _forward(self, signum: int) -> None:
+    proc = self._proc
+    if proc is not None and proc.poll() is None:
+      try:
+        proc.send_signal(signum)
+      except OSError:
+        pass
+
+  def _on_signal(self, signum, frame):  # pylint: disable=unused-argument
+    if self._signal is None:   # the stage acknowledges further signals
+      self._signal = signum    # itself; one is enough
+      print(f'{self.member.name}: {signal.Signals(signum).name}, stopping '
+            'the running stage', flush=True)
+      self._forward(signum)
+
+  def _run_stage(self, stage: str, cmd: list[str]) -> int:
+    os.makedirs(self.member.workdir, exist_ok=True)
+    env = dict(os.environ)
+    for key, value in self.env.items():
+      if value is None:
+        env.pop(key, None)
+      else:
+        env[key] = value
+    with open(os.path.join(self.member.workdir, f'{stage}.log'), 'a') as log:
+      stamp = datetime.datetime.now().isoformat(timespec='seconds')
+      log.write(f'# {stamp} $ {shlex.join(cmd)}\n')
+      log.flush()
+      self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=ROOT, env=env)
+      if self._signal is not None:   # arrived while it was starting
+        self._forward(self._signal)
+      # poll(), not wait(): checkpoint() may wait on it from a handler.
+      while self._proc.poll() is None:
+        time.sleep(0.2)
+      return self._proc.returncode
+
+  def __call__(self) -> dict[str, Any]:
+    if threading.current_thread() is threading.main_thread():
+      for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, self._on_signal)
+    start, ran = time.time(), []
+    for stage, cmd in self.stages():
+      if self._signal is not None:   # stopped before this stage
+        return {'status': 'stopped', 'stage': stage, 'returncode': 0,
+                'seconds': time.time() - start, 'stages': ran}
+      print(f'{self.member.name}: {stage}: {shlex.join(cmd)}', flush=True)
+      rc = self._run_stage(stage, cmd)
+      ran.append(stage)
+      if rc != 0:
+        status = 'stopped' if self._signal is not None else 'failed'
+        return {'status': status, 'stage': stage, 'returncode': rc,
+                'seconds': time.time() - start, 'stages': ran}
+    return {'status': 'done', 'stage': '', 'returncode': 0,
+            'seconds': time.time() - start, 'stages': ran}
+
+  def checkpoint(self, *args, **kwargs):  # pylint: disable=unused-argument
+    """submitit's hook before a requeue: the running stage saves a
+    checkpoint and exits; the requeued job (a fresh copy) resumes."""
+    if self._signal is None:
+      self._signal = signal.SIGTERM
+    self._forward(signal.SIGTERM)
+    deadline = time.time() + self.stop_wait_s
+    while (self._proc is not None and self._proc.poll() is None
+           and time.time() < deadline):
+      time.sleep(0.2)
+    return submitit.helpers.DelayedSubmission(MemberJob(
+        self.member, self.train_args, self.eval_args, self.env,
+        self.stop_wait_s))
+
+
 @dataclasses.dataclass
 class Outcome:
   member: Member
   status: str                      # 'done', 'skipped', 'failed', 'stopped'
-  stage: str = ''
+  stage: str = ''                  # a stage, or 'job': ended without result
   returncode: int = 0
   seconds: float = 0.0
+  stages: tuple[str, ...] = ()     # the stages the job ran
+  log: str = ''                    # the log to show, if not <stage>.log
+  note: str = ''
 
   def log_path(self) -> str:
-    return os.path.join(self.member.workdir, f'{self.stage}.log')
+    return self.log or os.path.join(self.member.workdir, f'{self.stage}.log')
 
 
 def tail(path: str, lines: int = 15) -> str:
@@ -593,18 +957,49 @@ def tail(path: str, lines: int = 15) -> str:
     return ''
 
 
+@contextlib.contextmanager
+def _local_job_start():
+  """Local jobs start with SIGINT ignored and this checkout on PYTHONPATH.
+  The job controller submitit starts would answer Ctrl-C by killing the
+  member's job a second later; ignored, the job's own handler gets it and
+  its stage saves a checkpoint, however long that takes."""
+  old_path = os.environ.get('PYTHONPATH')
+  os.environ['PYTHONPATH'] = ROOT + (os.pathsep + old_path if old_path
+                                     else '')
+  main = threading.current_thread() is threading.main_thread()
+  old_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+  try:
+    yield
+  finally:
+    if main:
+      signal.signal(signal.SIGINT, old_int)
+    if old_path is None:
+      os.environ.pop('PYTHONPATH', None)
+    else:
+      os.environ['PYTHONPATH'] = old_path
+
+
 class Runner:
-  """Runs members, ``parallel`` at a time, each as train.py then eval.py."""
+  """Runs members as submitit jobs: ``parallel`` at a time on this machine
+  (local), or as one SLURM job array of that parallelism (slurm)."""
 
   def __init__(self, train_args: Sequence[str] = (),
                eval_args: Sequence[str] = (), parallel: int = 1,
-               print_fn: Callable[[str], None] = print):
+               print_fn: Callable[[str], None] = print,
+               launcher: str = 'local', sweep_dir: str = '.',
+               slurm: dict[str, Any] | None = None,
+               poll_s: float | None = None):
     self.train_args = list(train_args)
     self.eval_args = list(eval_args)
     self.parallel = max(1, parallel)
+    self.launcher = launcher
+    self.sweep_dir = sweep_dir
+    self.slurm = dict(SLURM_DEFAULTS, **(slurm or {}))
+    # Each poll looks for every running job's result file: on a cluster's
+    # shared file system, not twice a second.
+    self.poll_s = poll_s or (0.5 if launcher == 'local' else 10.0)
     self._print = print_fn
     self._lock = threading.Lock()
-    self._procs: set[subprocess.Popen] = set()
     self.stopping = False
 
   def say(self, msg: str) -> None:
@@ -612,80 +1007,148 @@ class Runner:
       self._print(msg)
       sys.stdout.flush()
 
-  def stop(self, signum: int) -> None:
-    """Stops starting members and passes ``signum`` to the running ones."""
+  def stop(self, signum: int) -> None:  # pylint: disable=unused-argument
+    """Starts no further member; the running ones are signalled (local) or
+    cancelled (slurm, which sends them SIGTERM) by ``run``."""
     self.stopping = True
-    with self._lock:
-      procs = list(self._procs)
-    for p in procs:
-      try:
-        p.send_signal(signum)
-      except OSError:
-        pass
 
-  def _run(self, member: Member, stage: str, cmd: list[str]) -> int:
-    os.makedirs(member.workdir, exist_ok=True)
-    path = os.path.join(member.workdir, f'{stage}.log')
-    with open(path, 'a') as log:
-      stamp = datetime.datetime.now().isoformat(timespec='seconds')
-      log.write(f'# {stamp} $ {shlex.join(cmd)}\n')
-      log.flush()
-      with self._lock:
-        if self.stopping:
-          return -1
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                cwd=ROOT)
-        self._procs.add(proc)
-      try:
-        return proc.wait()
-      finally:
-        with self._lock:
-          self._procs.discard(proc)
+  def executor(self):
+    folder = submitit_folder(self.sweep_dir)
+    if self.launcher == 'local':
+      ex = submitit.LocalExecutor(folder)
+      ex.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN,
+                           stderr_to_stdout=True)
+    else:
+      ex = submitit.SlurmExecutor(folder)
+      ex.update_parameters(**slurm_parameters(self.slurm, self.sweep_dir,
+                                              self.parallel))
+    return ex
 
-  def run_member(self, member: Member, index: str) -> Outcome:
-    if member_done(member):
-      self.say(f'{index} {member.name}: skipped, already evaluated '
-               f'({os.path.join(member.workdir, "eval", "results.json")})')
-      return Outcome(member, 'skipped')
-    if self.stopping:
-      return Outcome(member, 'stopped')
-    start = time.time()
+  def job_function(self, member: Member) -> MemberJob:
+    env = ({'CUDA_VISIBLE_DEVICES': os.environ.get('CUDA_VISIBLE_DEVICES')}
+           if self.launcher == 'local' else {})  # submitit's local jobs
+    return MemberJob(member, self.train_args, self.eval_args, env,  # hide
+                     max(1, self.slurm['signal_delay_s'] - 20))     # GPUs
 
-    def stages():  # decided after each stage: training may add a checkpoint
-      yield 'train', member.train_command(self.train_args)
-      if not is_done(member.workdir):
-        yield 'eval', member.eval_command(self.eval_args)
-      for a in member.after:
-        if not is_done(member.workdir, a.done):
-          yield a.name, a.command(member.workdir)
+  def submit(self, executor, members: Sequence[Member]) -> list:
+    """Submits one job per member (an array of them on SLURM)."""
+    fns = [self.job_function(m) for m in members]
+    try:
+      if self.launcher == 'local':
+        with _local_job_start():
+          return [executor.submit(fn) for fn in fns]
+      jobs = ([executor.submit(fns[0])] if len(fns) == 1
+              else executor.submit_array(fns))
+      record_slurm_jobs(self.sweep_dir, {m.name: j.job_id
+                                         for m, j in zip(members, jobs)})
+      return jobs
+    except submitit.core.utils.FailedJobError as e:
+      raise SweepError(f'sbatch refused the submission: {e}') from None
 
-    for stage, cmd in stages():
-      self.say(f'{index} {member.name}: {stage} (log: '
-               f'{os.path.join(member.workdir, stage + ".log")})')
-      rc = self._run(member, stage, cmd)
-      if rc != 0:
-        status = 'stopped' if self.stopping else 'failed'
-        self.say(f'{index} {member.name}: {stage} {status} (exit code {rc})')
-        return Outcome(member, status, stage, rc, time.time() - start)
-    seconds = time.time() - start
-    self.say(f'{index} {member.name}: done in {seconds:.0f} s')
-    return Outcome(member, 'done', seconds=seconds)
+  def _outcome(self, member: Member, job, index: str) -> Outcome:
+    try:
+      r = job.result()
+    except Exception as e:  # pylint: disable=broad-except
+      # Ended without a result: killed, out of memory, out of time.
+      note = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      status = 'stopped' if self.stopping else 'failed'
+      out = Outcome(member, status, 'job', -1, log=str(job.paths.stdout),
+                    note=note)
+      self.say(f'{index} {member.name}: job {job.job_id} {status} without '
+               f'a result ({note}; log: {out.log})')
+      return out
+    out = Outcome(member, r['status'], r['stage'], r['returncode'],
+                  r['seconds'], tuple(r['stages']))
+    if out.status == 'done':
+      self.say(f'{index} {member.name}: done in {out.seconds:.0f} s ('
+               + ', '.join(out.stages) + ')')
+    elif out.status == 'stopped' and out.returncode == 0:
+      self.say(f'{index} {member.name}: stopped before {out.stage}')
+    else:
+      self.say(f'{index} {member.name}: {out.stage} {out.status} (exit '
+               f'code {out.returncode}; log: {out.log_path()})')
+    return out
 
   def run(self, members: Sequence[Member]) -> list[Outcome]:
-    """Runs every member; returns their outcomes in order."""
+    """Runs every member not done yet; returns their outcomes in order."""
     n = len(members)
+    index = [f'[{i + 1}/{n}]' for i in range(n)]
+    outcomes: list[Outcome | None] = [None] * n
+    queue = []
+    for i, m in enumerate(members):
+      if member_done(m):
+        self.say(f'{index[i]} {m.name}: skipped, already evaluated '
+                 f'({os.path.join(m.workdir, "eval", "results.json")})')
+        outcomes[i] = Outcome(m, 'skipped')
+      else:
+        queue.append(i)
+    running: dict[int, Any] = {}
+    if queue and not self.stopping:
+      ex = self.executor()
+      if self.launcher == 'slurm':   # one array; SLURM bounds parallelism
+        jobs = self.submit(ex, [members[i] for i in queue])
+        for i, job in zip(queue, jobs):
+          running[i] = job
+          self.say(f'{index[i]} {members[i].name}: SLURM job {job.job_id} '
+                   f'(stage logs in {members[i].workdir})')
+        queue = []
     # Members starting together prepare a shared dataset once: a file lock
     # in lmx.data.corpus.build_local makes the others wait for it.
-    with futures.ThreadPoolExecutor(self.parallel) as pool:
-      jobs = [pool.submit(self.run_member, m, f'[{i + 1}/{n}]')
-              for i, m in enumerate(members)]
-      try:
-        return [j.result() for j in jobs]
-      except KeyboardInterrupt:
-        self.stop(signal.SIGINT)
-        for j in jobs:
-          j.cancel()
-        raise
+    signalled = None
+    while running or (queue and not self.stopping):
+      while queue and not self.stopping and len(running) < self.parallel:
+        i = queue.pop(0)
+        (running[i],) = self.submit(ex, [members[i]])
+        self.say(f'{index[i]} {members[i].name}: local job '
+                 f'{running[i].job_id} (stage logs in {members[i].workdir})')
+      for i, job in list(running.items()):
+        if job.done():
+          outcomes[i] = self._outcome(members[i], job, index[i])
+          del running[i]
+      if self.stopping and running:
+        if self.launcher == 'slurm':
+          for i, job in running.items():
+            job.cancel(check=False)   # scancel: SIGTERM, the stage saves
+            self.say(f'{index[i]} {members[i].name}: cancelled SLURM job '
+                     f'{job.job_id}')
+            outcomes[i] = Outcome(members[i], 'stopped', 'job')
+          running = {}
+        elif signalled is None or time.time() - signalled > RESIGNAL_S:
+          signalled = time.time()
+          for job in running.values():   # the controller passes SIGTERM on
+            try:
+              os.kill(int(job.job_id), signal.SIGTERM)
+            except OSError:
+              pass
+      if running:
+        time.sleep(self.poll_s)
+    for i in queue:
+      outcomes[i] = Outcome(members[i], 'stopped')
+    return outcomes
+
+
+def plan(members: Sequence[Member], train_args: Sequence[str] = (),
+         eval_args: Sequence[str] = (), launcher: str = 'local',
+         sweep_dir: str = '.', slurm: dict[str, Any] | None = None,
+         parallel: int = 1) -> str:
+  """What a run would do (--dry_run): each member skipped or its stages'
+  commands, and on SLURM the job script; starts and writes nothing."""
+  lines, todo = [], 0
+  n = len(members)
+  for i, m in enumerate(members):
+    if member_done(m):
+      lines.append(f'[{i + 1}/{n}] {m.name}: skipped, already evaluated')
+      continue
+    todo += 1
+    lines.append(f'[{i + 1}/{n}] {m.name}:')
+    for stage, cmd in MemberJob(m, train_args, eval_args).stages():
+      lines.append(f'    {stage}: {shlex.join(cmd)}')
+  if launcher == 'slurm' and todo:
+    what = 'one job' if todo == 1 else f'a job array of {todo}'
+    lines += ['', f'sbatch script ({what}; not submitted):',
+              slurm_script(sweep_dir, dict(SLURM_DEFAULTS, **(slurm or {})),
+                           parallel, todo)]
+  return '\n'.join(lines)
 
 
 def summary(outcomes: Sequence[Outcome]) -> str:
@@ -697,7 +1160,11 @@ def summary(outcomes: Sequence[Outcome]) -> str:
            + f' of {len(outcomes)} members.']
   for o in outcomes:
     if o.status == 'failed':
-      lines.append(f'FAILED {o.member.name}: {o.stage}.py exited with code '
-                   f'{o.returncode}; last lines of {o.log_path()}:')
+      if o.stage == 'job':
+        lines.append(f'FAILED {o.member.name}: its job ended without a '
+                     f'result ({o.note}); last lines of {o.log_path()}:')
+      else:
+        lines.append(f'FAILED {o.member.name}: {o.stage}.py exited with '
+                     f'code {o.returncode}; last lines of {o.log_path()}:')
       lines += ['    ' + line for line in tail(o.log_path()).splitlines()]
   return '\n'.join(lines)
