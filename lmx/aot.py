@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import time
 from typing import Any, Optional
 
@@ -173,6 +174,9 @@ class Compiled:
   flops: float
   bytes_accessed: float
   text: str = dataclasses.field(repr=False, default='')
+  # The compiler's message when it refused the step for want of memory
+  # (then only temp_bytes is known: the temporaries it asked for).
+  refused: str = ''
 
   @property
   def peak_bytes(self) -> int:
@@ -182,8 +186,33 @@ class Compiled:
             + self.temp_bytes)
 
 
+_OUT_OF_HBM = re.compile(
+    r'HLO temporaries \(([0-9.]+)([KMGT])\) exceeds available HBM '
+    r'\(([0-9.]+)([KMGT])\)')
+_UNITS = {'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
+
+
+def _refused(what: str, error: Exception, started: float) -> Compiled:
+  """A step the TPU compiler refused for want of memory: the temporaries
+  it asked for (from its message), no cost figures."""
+  found = _OUT_OF_HBM.search(str(error))
+  if not found:
+    raise error
+  temp = float(found.group(1)) * _UNITS[found.group(2)]
+  return Compiled(what=what, compile_s=time.perf_counter() - started,
+                  argument_bytes=0, output_bytes=0, alias_bytes=0,
+                  temp_bytes=int(temp), flops=float('nan'),
+                  bytes_accessed=float('nan'),
+                  refused=str(found.group(0)))
+
+
 def _analyse(what: str, lowered, started: float) -> Compiled:
-  compiled = lowered.compile()
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    return _refused(what, e, started)
   seconds = time.perf_counter() - started
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
@@ -266,6 +295,13 @@ def report(config, topology: str, results: list[Compiled],
   t = config.train
   rows = []
   for c in results:
+    if c.refused:
+      rows.append({'step': c.what, 'compile_s': c.compile_s,
+                   'temp_gb': c.temp_bytes / 1e9,
+                   'peak_gb': c.temp_bytes / 1e9, 'fits': False,
+                   'margin': 1 - c.temp_bytes / chip.hbm_bytes,
+                   'refused': c.refused})
+      continue
     roof = roofline(c, chip)
     row = {'step': c.what, 'compile_s': c.compile_s,
            'argument_gb': c.argument_bytes / 1e9,
@@ -304,6 +340,12 @@ def format_report(r: dict[str, Any]) -> str:
            '(margin) | TFLOP/chip | GB moved/chip | roofline ms | MFU bound |',
            '|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|']
   for row in r['rows']:
+    if row.get('refused'):
+      lines.append(
+          f"| {row['step']} | {row['compile_s']:.1f} | | | "
+          f"{row['temp_gb']:.2f} | >= {row['peak_gb']:.2f} | NO "
+          f"({row['margin']:+.0%}): the compiler refused it | | | | |")
+      continue
     fits = 'yes' if row['fits'] else 'NO'
     mfu = f"{row['mfu_bound']:.0%}" if 'mfu_bound' in row else ''
     lines.append(

@@ -345,8 +345,8 @@ def _warn_once(message: str) -> None:
 
 def cudnn_unavailable(q_dtype, head_dim: int, far: bool) -> Optional[str]:
   """Why the cuDNN kernel cannot take this call, or None if it can."""
-  if ops.platform() != 'gpu':
-    return f'the platform is {ops.platform()}, not gpu'
+  if jax.default_backend() != 'gpu':  # the kernel needs a GPU attached
+    return f'the platform is {jax.default_backend()}, not gpu'
   if q_dtype not in (jnp.bfloat16, jnp.float16):
     return (f'it needs bfloat16 or float16, and config.model.dtype gives '
             f'{jnp.dtype(q_dtype).name}')

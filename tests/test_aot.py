@@ -129,3 +129,44 @@ def test_the_command_prints_a_table_per_run():
   assert r.returncode == 0, r.stderr[-2000:]
   assert '| train |' in r.stdout and '| eval |' in r.stdout
   assert 'on v5e:2x2 (4 x TPU v5e)' in r.stdout
+
+
+def test_a_step_the_compiler_refuses_is_reported_with_its_temporaries():
+  e = RuntimeError('RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total '
+                   'memory required for HLO temporaries (20.00G) exceeds '
+                   'available HBM (15.75G).')
+  c = aot._refused('train', e, 0.0)  # pylint: disable=protected-access
+  assert c.temp_bytes == 20 * 2**30 and c.refused
+  config = aot.make_config('125m', seq_len=128, batch=4,
+                           mesh={'data': 2, 'fsdp': 2})
+  r = {'preset': '125m', 'topology': 'v5e:2x2', 'chip': 'TPU v5e',
+       'chips': 4, 'params': aot.param_count(config), 'seq_len': 128,
+       'global_batch': 4, 'mesh': {'data': 2, 'fsdp': 2, 'tensor': 1},
+       'attention': 'auto', 'remat': 'full', 'scan_layers': True,
+       'loss_chunk': 0,
+       'rows': [{'step': 'train', 'compile_s': 1.0, 'temp_gb': 21.47,
+                 'peak_gb': 21.47, 'fits': False, 'margin': -0.34,
+                 'refused': c.refused}]}
+  table = aot.format_report(r)
+  assert 'the compiler refused it' in table and '>= 21.47' in table
+  advice = aot.advice(r, 16e9)
+  assert '5.47 GB more' in advice and '--loss_chunk' in advice
+  assert '--remat' not in advice  # already full
+  with pytest.raises(ValueError):  # any other failure is not swallowed
+    aot._refused('train', ValueError('something else'), 0.0)  # pylint: disable=protected-access
+
+
+def test_the_mlp_activation_is_float32_on_cpu_only(tiny_config):
+  """The CPU's float32 activation (bf16 elementwise arithmetic is emulated
+  there) does not reach an accelerator, which keeps it in bfloat16."""
+  c = tiny_config('alibi', **{'model.dtype': 'bfloat16'})
+  graphdef, params = run_state.abstract_model(c)
+  tokens = jnp.zeros((3, 5), jnp.int32)  # 15 rows: no parameter's shape
+  f = c.model.mlp_dim
+  shapes = (f'f32[3,5,{f}]', f'f32[15,{f}]')
+  for platform, float32 in [('cpu', True), ('tpu', False)]:
+    # A new function per platform: a traced function is not traced again.
+    apply = run_state.apply_fn(graphdef)
+    with ops.on_platform(platform):
+      text = str(jax.make_jaxpr(apply)(params, tokens, tokens))
+    assert any(s in text for s in shapes) == float32, platform
