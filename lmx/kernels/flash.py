@@ -231,6 +231,25 @@ def _specs(st: _Static, kd: int):
   )
 
 
+def _cost(st: _Static, b: int, h: int, kd: int, itemsize: int, n_tiles: int,
+          matmuls: int, block_reads: tuple[int, int]):
+  """What the kernel tells XLA it costs (XLA cannot see inside it): per
+  visited tile ``matmuls`` products of ``bq x bk x K`` and ``bq * bk``
+  exponentials; bytes: ``block_reads = (q-side blocks, k-side blocks)``
+  read or written once per query block / key block, and the other side's
+  blocks once per visited tile (``2`` k-side blocks per tile forward)."""
+  bq, bk = st.block_q, st.block_k
+  q_side, k_side = block_reads
+  if q_side >= k_side:   # walks by query block: loads k, v per tile
+    bytes_ = st.nq * bq * q_side + n_tiles * bk * 2
+  else:                  # walks by key block: loads q, dO per tile
+    bytes_ = st.nk * bk * k_side + n_tiles * bq * 2
+  return pl.CostEstimate(
+      flops=b * h * n_tiles * matmuls * 2 * bq * bk * kd,
+      transcendentals=b * h * n_tiles * bq * bk,
+      bytes_accessed=b * h * bytes_ * kd * itemsize)
+
+
 def _params_2d(st: _Static, params_HxP, h: int):
   # SMEM wants at least one column; a bias-free call carries a dummy one.
   return params_HxP if st.n_params else jnp.zeros((h, 1), jnp.float32)
@@ -260,6 +279,8 @@ def _forward(st: _Static, q, k, v, qpos, kpos, params_HxP):
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=('parallel', 'parallel', 'arbitrary')),
       interpret=st.interpret,
+      cost_estimate=_cost(st, b, h, kd, q.dtype.itemsize,
+                          int(sched[2].sum()), 2, (2, 0)),
       name='lmx_flash_fwd',
   )(*(jnp.asarray(a) for a in sched), _params_2d(st, params_HxP, h), qpos,
     kpos, q, k, v)
@@ -313,7 +334,7 @@ def _bias_grad_row(st: _Static, params_ref, h, qpos, kpos, ds):
   lane = jax.lax.broadcasted_iota(jnp.int32, (1, LANES), 1)
   row = jnp.zeros((1, LANES), jnp.float32)
   c = 0
-  for name, n in st.leaf_sizes:
+  for name, _ in st.leaf_sizes:
     for g in grads[name]:
       row = row + jnp.where(lane == c, g, 0.0)
       c += 1
@@ -379,6 +400,8 @@ def _backward(st: _Static, q, k, v, qpos, kpos, params_HxP, out, lse, do):
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
                  jax.ShapeDtypeStruct(v.shape, v.dtype)],
       compiler_params=sem, interpret=st.interpret, name='lmx_flash_dkv',
+      cost_estimate=_cost(st, b, h, kd, q.dtype.itemsize, len(pairs), 4,
+                          (0, 4)),
   )(*(jnp.asarray(a) for a in sched_k), *args)
 
   sched_q = _schedule(pairs, st.nq, 0)
@@ -398,6 +421,8 @@ def _backward(st: _Static, q, k, v, qpos, kpos, params_HxP, out, lse, do):
           num_scalar_prefetch=5, grid=(b, h, len(sched_q[0])),
           in_specs=in_specs, out_specs=out_specs, scratch_shapes=scratch),
       out_shape=out_shape, compiler_params=sem, interpret=st.interpret,
+      cost_estimate=_cost(st, b, h, kd, q.dtype.itemsize, len(pairs), 3,
+                          (3, 0)),
       name='lmx_flash_dq',
   )(*(jnp.asarray(a) for a in sched_q), *args)
   dq = res[0]

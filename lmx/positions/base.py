@@ -204,13 +204,19 @@ class PositionEncoding(nnx.Module):
     return None
 
   @classmethod
-  def kernel_ready(cls, model_cfg=None) -> bool:
-    """Whether a fused kernel can compute this encoding's attention (with
-    ``model_cfg``'s settings, if given): it has no bias, or gives one as
-    ``kernel_bias``."""
+  def has_bias(cls) -> bool:
+    """Whether it adds a bias to the logits (overrides ``bias``)."""
+    return cls.bias is not PositionEncoding.bias
+
+  @classmethod
+  def kernel_refusal(cls, model_cfg=None) -> Optional[str]:
+    """Why a fused kernel cannot compute this encoding's attention (with
+    ``model_cfg``'s settings, if given), or None: it has no bias, or gives
+    one as ``kernel_bias``."""
     del model_cfg
-    return (cls.bias is PositionEncoding.bias
-            or cls.kernel_bias is not PositionEncoding.kernel_bias)
+    if cls.has_bias() and cls.kernel_bias is PositionEncoding.kernel_bias:
+      return 'its bias has no kernel form (kernel_bias)'
+    return None
 
   def embed(self, x_BxTxD: jax.Array, positions_BxT: jax.Array) -> jax.Array:
     del positions_BxT

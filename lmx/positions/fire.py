@@ -122,8 +122,13 @@ class FIRE(PositionEncoding):
     f.positive('fire.eps')
 
   @classmethod
-  def kernel_ready(cls, model_cfg=None):
-    return model_cfg is None or int(model_cfg.fire.mlp_width) <= KERNEL_MAX_WIDTH
+  def kernel_refusal(cls, model_cfg=None):
+    if model_cfg is not None and int(model_cfg.fire.mlp_width) > (
+        KERNEL_MAX_WIDTH):
+      return (f'a kernel holds the MLP of at most {KERNEL_MAX_WIDTH} hidden '
+              f'units, and config.model.fire.mlp_width is '
+              f'{model_cfg.fire.mlp_width}')
+    return None
 
   def kernel_bias(self):
     width, h = self.w1.shape[0], self.num_heads
