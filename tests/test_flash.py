@@ -118,6 +118,12 @@ def test_flash_equals_dense_forward_and_gradients(case):
   # from the large ones it is summed beside).
   grad_scale = max(np.abs(g).max() for _, g in flat_d)
   for (path, gd), (_, gf) in zip(flat_d, flat_f):
+    if "['b2']" in path:
+      # FIRE's output bias adds one constant per head to every logit, and
+      # softmax ignores constants: its gradient is 0 up to the rounding of
+      # summing every logit gradient, in both backends.
+      assert max(np.abs(gd).max(), np.abs(gf).max()) <= 1e-5 * grad_scale
+      continue
     scale = max(np.abs(gd).max(), 1e-3 * grad_scale)
     err = np.abs(gf - gd).max()
     assert err <= TOL * scale + 1e-6 * grad_scale, (case, path, err, scale)

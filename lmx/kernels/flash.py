@@ -59,6 +59,8 @@ NEG_INF = -1e30
 NT_DIMS = (((1,), (1,)), ((), ()))   # a @ b.T
 # The bias-gradient partials are one lane row per (batch, head, q block).
 LANES = 128
+# Tile entries per slice of the bias-parameter pullback (``_bias_grad_row``).
+BIAS_GRAD_ELEMENTS = 128 * 128
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -329,15 +331,22 @@ def _bias_grad_row(st: _Static, params_ref, h, qpos, kpos, ds):
   """The tile's contribution to head ``h``'s bias-parameter gradient, as a
   ``[1, LANES]`` row (parameter ``c`` in lane ``c``)."""
   head = _head_params(st, params_ref, h)
-  _, pull = jax.vjp(lambda prm: st.bias_fn(prm, qpos, kpos), head)
-  (grads,) = pull(ds)
   lane = jax.lax.broadcasted_iota(jnp.int32, (1, LANES), 1)
   row = jnp.zeros((1, LANES), jnp.float32)
-  c = 0
-  for name, _ in st.leaf_sizes:
-    for g in grads[name]:
-      row = row + jnp.where(lane == c, g, 0.0)
-      c += 1
+  # The pullback keeps the bias function's intermediates alive (FIRE's:
+  # one tile per hidden unit), so it runs on slices of at most
+  # BIAS_GRAD_ELEMENTS entries, which bounds the VMEM it needs.
+  rows = max(8, BIAS_GRAD_ELEMENTS // st.block_k)
+  for r in range(0, st.block_q, rows):
+    sl = slice(r, min(r + rows, st.block_q))
+    _, pull = jax.vjp(lambda prm, sl=sl: st.bias_fn(prm, qpos[sl], kpos),
+                      head)
+    (grads,) = pull(ds[sl])
+    c = 0
+    for name, _ in st.leaf_sizes:
+      for g in grads[name]:
+        row = row + jnp.where(lane == c, g, 0.0)
+        c += 1
   return row
 
 
