@@ -295,3 +295,31 @@ def test_compiles_for_tpu_v5e():
     text = compiled.as_text()
     assert 'lmx_flash_dq' in text and 'lmx_flash_dkv' in text
     assert compiled.memory_analysis() is not None
+
+
+def test_model_with_flash_equals_dense(monkeypatch):
+  """Through the model (one layer, T5 bias, Lambda mask): the per-token
+  logits of config.model.attention='flash' equal dense's, and the kernel
+  ran (no fallback)."""
+  from lmx import model as model_lib
+  calls = []
+  real = flash.pl.pallas_call
+  monkeypatch.setattr(flash.pl, 'pallas_call',
+                      lambda kernel, **kw: calls.append(kw['name'])
+                      or real(kernel, **kw))
+  t = 37
+  r = np.random.default_rng(1)
+  tokens = jnp.asarray(r.integers(0, 257, (2, t)), jnp.int32)
+  pos = jnp.asarray(np.sort(r.choice(3 * t, (2, t)), axis=1), jnp.int32)
+  logits = {}
+  for backend in ('dense', 'flash'):
+    c = _config('t5', **{'lm_infinite.n_local': 5, 'lm_infinite.n_global': 2})
+    c.model.attention, c.model.attention_block = backend, 16
+    c.model.num_layers = 1
+    config_lib.validate(c)
+    model = model_lib.build(c.model, seed=0)
+    logits[backend] = np.asarray(jax.jit(lambda x, p, m=model: m(x, p))(
+        tokens, pos))
+  assert calls == ['lmx_flash_fwd']
+  np.testing.assert_allclose(logits['flash'], logits['dense'], atol=TOL,
+                             rtol=0)
