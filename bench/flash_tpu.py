@@ -5,6 +5,12 @@ the pure-JAX ``chunked`` backend.
     /work/venv-tpu/bin/python bench/flash_tpu.py --position=alibi
     /work/venv-tpu/bin/python bench/flash_tpu.py --position=t5 \
         --dtype=float32 --head_dim=128 --block=512
+    /work/venv-tpu/bin/python bench/flash_tpu.py --matrix
+
+``--matrix`` compiles the kernel alone for every encoding with a kernel
+bias (and none), float32 and bfloat16, head dimension 64 and 128, blocks
+of 128 and 512, at B = 1, T = 1024, H = 2, and prints one line each: its
+analyses, or the error.
 
 Needs a JAX with libtpu (it asks ``jax.experimental.topologies`` for a TPU
 topology, ``--topology``, and compiles for its first chip ahead of time; no
@@ -105,6 +111,35 @@ def analyses(compiled) -> dict:
   }
 
 
+MATRIX_POSITIONS = ('alibi', 'kerple', 'kerple_power', 't5', 'fire', 'none')
+
+
+def matrix(topology: str) -> int:
+  device = tpu_device(topology)
+  failures = 0
+  for position in MATRIX_POSITIONS:
+    name, fields = ((('kerple', {'kerple.kernel': 'power'}))
+                    if position == 'kerple_power' else (position, {}))
+    for dtype in ('float32', 'bfloat16'):
+      for head_dim in (64, 128):
+        enc = encoding(name, 2, head_dim, **fields)
+        for block in (128, 512):
+          row = {'position': position, 'dtype': dtype, 'head_dim': head_dim,
+                 'block': block}
+          try:
+            compiled = compile_step(
+                'flash', enc, device, batch=1, seq=1024, heads=2,
+                head_dim=head_dim, dtype=jnp.dtype(dtype), block=block,
+                mask=A.Mask())
+            row.update(analyses(compiled))
+          except Exception as e:  # noqa: BLE001 - reported, then the next
+            failures += 1
+            row['error'] = str(e).splitlines()[0][:300]
+          print(json.dumps(row), flush=True)
+  print(f'{failures} of {len(MATRIX_POSITIONS) * 8} failed to compile')
+  return 1 if failures else 0
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--position', default='alibi',
@@ -119,7 +154,12 @@ def main(argv=None):
   ap.add_argument('--n_local', type=int, default=0)
   ap.add_argument('--backends', default='flash,chunked')
   ap.add_argument('--topology', default='v5e:2x2')
+  ap.add_argument('--matrix', action='store_true',
+                  help='compile flash for every encoding, dtype, head '
+                  'dimension and block; one line each')
   a = ap.parse_args(argv)
+  if a.matrix:
+    return matrix(a.topology)
   fields = {}
   position = a.position
   if position == 'kerple_power':
@@ -138,4 +178,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())
