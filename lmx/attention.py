@@ -17,6 +17,11 @@ Three backends compute the same softmax attention:
   GPU in bfloat16/float16; where it cannot run (another dtype, a distance
   clamp, statistics wanted) the call falls back to the other backends and
   says so once in the log.
+* ``flash``: the fused Pallas kernel of ``lmx.kernels.flash`` (TPU; Pallas's
+  interpreter elsewhere), with the encoding's bias computed in the kernel
+  from its ``kernel_bias()``. Only when asked for (never chosen by
+  ``auto``); a call it cannot take (a far branch, a bias without a kernel
+  form) falls back as cudnn's does (``flash_unavailable``).
 
 ``auto`` chooses per platform (``choose_backend``; the platform is
 ``lmx.ops.platform()``, so compiling for a TPU from a CPU host chooses as
@@ -58,7 +63,7 @@ import jax.numpy as jnp
 from lmx import ops
 
 NEG_INF = -1e30
-BACKENDS = ('auto', 'dense', 'chunked', 'cudnn')
+BACKENDS = ('auto', 'dense', 'chunked', 'cudnn', 'flash')
 
 log = logging.getLogger('lmx')
 
@@ -371,6 +376,52 @@ def cudnn_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask):
                                       implementation='cudnn', **kw)
 
 
+# --------------------------------------------------------------------- flash
+
+
+def _encoding_of(bias_fn):
+  """The position encoding whose bound ``bias`` method ``bias_fn`` is, or
+  None (the model passes ``self.position.bias``)."""
+  enc = getattr(bias_fn, '__self__', None)
+  return enc if hasattr(enc, 'kernel_bias') else None
+
+
+def flash_unavailable(*, far: bool, bias_fn, block: int = 512,
+                      num_queries: int = 0, num_keys: int = 0
+                      ) -> Optional[str]:
+  """Why the fused kernel (``lmx.kernels.flash``) cannot take this call,
+  or None if it can."""
+  platform = ops.platform()
+  if platform == 'gpu':
+    return ('it is written for TPU (Mosaic); on a GPU use cudnn or chunked')
+  if far:
+    return ('a distance clamp or Self-Extend needs a second (far) logit '
+            'branch, which the kernel does not compute')
+  if bias_fn is not None:
+    enc = _encoding_of(bias_fn)
+    if enc is None:
+      return 'the bias is a plain function, not an encoding with kernel_bias'
+    if enc.has_bias() and enc.kernel_bias() is None:
+      return (f'the {type(enc).__name__} bias has no kernel form '
+              '(kernel_bias)')
+  if platform == 'tpu' and block % 128 and max(num_queries,
+                                               num_keys) > block:
+    return (f'on TPU its tiles must be multiples of 128 tokens, and '
+            f'config.model.attention_block is {block}')
+  return None
+
+
+def flash_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask,
+                    block: int):
+  from lmx.kernels import flash
+  enc = _encoding_of(bias_fn) if bias_fn is not None else None
+  return flash.flash_attention(
+      near.q, near.k, v, near.q_pos, near.k_pos,
+      enc.kernel_bias() if enc is not None else None,
+      n_global=mask.n_global, n_local=mask.n_local, block_q=block,
+      block_k=block)
+
+
 # ----------------------------------------------------------------- dispatch
 
 
@@ -409,6 +460,15 @@ def attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
   """Softmax attention of ``near`` (and ``far`` past ``window``) through the
   chosen backend; queries are the last T of the S keys. ``[B, T, H, K]``."""
   s = near.k.shape[1]
+  if backend == 'flash':
+    why = flash_unavailable(far=far is not None, bias_fn=bias_fn, block=block,
+                            num_queries=near.q.shape[1], num_keys=s)
+    if why is None:
+      return flash_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask,
+                             block=block)
+    backend = 'dense' if s <= threshold else 'chunked'
+    _warn_once(f'flash attention cannot run here ({why}); using the '
+               f'{backend} backend instead.')
   backend = choose_backend(backend, num_keys=s, q_dtype=near.q.dtype,
                            head_dim=near.q.shape[-1], far=far is not None,
                            threshold=threshold,

@@ -201,6 +201,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(problem is None, problem or '')
 
 
+def _check_flash(config, encoding, *, far: bool) -> None:
+  """``model.attention='flash'``: what the fused kernel cannot compute is
+  refused here, where the config already says it (a call outside a config
+  falls back instead, ``attention.flash_unavailable``)."""
+  m = config.model
+  if m.attention != 'flash':
+    return
+  require(not far,
+          "config.model.attention='flash' computes one logit branch, but a "
+          'distance clamp (config.model.rerope.window, config.model.'
+          'lm_infinite.distance_limit) or config.model.self_extend.window '
+          "scores far pairs with a second one. Use 'chunked' or 'dense', or "
+          'set those to 0.')
+  why = encoding.kernel_refusal(m)
+  require(why is None,
+          f"config.model.attention='flash' computes the bias inside the "
+          f'kernel, but for the {m.position!r} encoding {why}. Use '
+          "'chunked' or 'dense'.")
+
+
 def _check_attention(config, encoding) -> None:
   """The attention backend, ReRoPE and LM-Infinite settings."""
   f = Fields(config, 'config')
@@ -210,6 +230,10 @@ def _check_attention(config, encoding) -> None:
           f"config.model.attention='cudnn' needs a GPU, but JAX runs on "
           f"{jax.default_backend()} here. Use 'auto' (it picks per "
           "platform), 'dense' or 'chunked'.")
+  require(m.attention != 'flash' or jax.default_backend() != 'gpu',
+          "config.model.attention='flash' is a TPU kernel (Pallas/Mosaic; "
+          'elsewhere it runs in the Pallas interpreter), but JAX runs on a '
+          "GPU here. Use 'cudnn', 'auto', 'dense' or 'chunked'.")
   f.int('model.attention_block', 1)
   f.int('model.chunk_threshold', 0)
   f.int('model.accelerator_chunk_threshold', 0)
@@ -254,6 +278,7 @@ def _check_attention(config, encoding) -> None:
           'embeddings, or has none). Use a relative encoding ('
           + ', '.join(n for n, e in positions.REGISTRY.items() if e.relative())
           + '), or set config.model.self_extend.window=0.')
+  _check_flash(config, encoding, far=bool(window or limit or se_window))
   kind = f.choice('model.length_scaling.kind', attention.LENGTH_SCALINGS)
   base_len = f.int('model.length_scaling.base_len', 0)
   require(kind == 'off' or base_len >= 2,

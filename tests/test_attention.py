@@ -784,7 +784,7 @@ def _full_config(position='rope', **fields):
 
 BAD = {
     'unknown backend': (
-        dict(model__attention='flash'), ['config.model.attention', 'chunked']),
+        dict(model__attention='fused'), ['config.model.attention', 'chunked']),
     'cudnn on cpu': (
         dict(model__attention='cudnn'), ['config.model.attention', 'GPU']),
     'rerope on alibi': (

@@ -14,7 +14,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from lmx.positions.base import PositionEncoding, relative_distance
+from lmx.positions.base import KernelBias, PositionEncoding, relative_distance
 
 
 def _power_of_two_slopes(n: int) -> list[float]:
@@ -43,6 +43,12 @@ def alibi_bias(q_positions_BxT, k_positions_BxS, slopes_H):
       jnp.float32)
 
 
+def alibi_tile(p, q_pos_Qx1, k_pos_1xK):
+  """One head's ALiBi bias on a tile (``KernelBias.fn``): ``-m |i - j|``."""
+  dist = jnp.abs(q_pos_Qx1 - k_pos_1xK).astype(jnp.float32)
+  return -p['slope'][0] * dist
+
+
 class ALiBi(PositionEncoding):
   """Fixed per-head linear distance penalties, shared by every layer."""
 
@@ -54,3 +60,7 @@ class ALiBi(PositionEncoding):
   def bias(self, q_positions_BxT, k_positions_BxS):
     return alibi_bias(q_positions_BxT, k_positions_BxS,
                       np.asarray(self.slopes, np.float32))
+
+  def kernel_bias(self):
+    slopes = jnp.asarray(self.slopes, jnp.float32)[:, None]
+    return KernelBias({'slope': slopes}, alibi_tile)

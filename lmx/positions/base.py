@@ -35,6 +35,8 @@ needs, so neither has to branch on its name:
   values stay finite in float32, with the reason (xPos's decay), or None.
 * ``keys_static()``: whether ``rotate`` turns each key by its own position
   alone, so a KV cache may hold turned keys (not xPos, not dynamic NTK).
+* ``kernel_bias()``: the bias in a form a fused attention kernel computes
+  itself, tile by tile (``KernelBias``; ``lmx.kernels.flash``), or None.
 
 An encoding owns its settings and their rules: ``default_config()`` gives
 its section ``config.model.<name>`` (the one place its defaults are
@@ -47,7 +49,8 @@ encoding is chosen.
 
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+import dataclasses
+from typing import Callable, ClassVar, Optional
 
 import jax
 import ml_collections
@@ -55,6 +58,24 @@ import numpy as np
 from flax import nnx
 
 from lmx.checks import Fields, require
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelBias:
+  """An encoding's bias in the form a fused kernel computes in place.
+
+  * ``params``: ``{name: [heads, n] float32}``, the parameters of each
+    head (a setting shared by the heads is broadcast to them, so its
+    gradient is the sum over heads). Differentiable: the kernel returns
+    their gradients.
+  * ``fn(p, q_pos_Qx1, k_pos_1xK) -> [Q, K]`` float32: the bias of one head
+    on one tile, from ``p = {name: [n scalars]}`` (that head's parameters)
+    and the int32 position tiles. Only elementwise math and comparisons
+    (no gathers, no tables indexed by data), so that Mosaic (TPU Pallas)
+    lowers it; must equal ``bias`` on the same positions.
+  """
+  params: dict
+  fn: Callable
 
 
 class PositionEncoding(nnx.Module):
@@ -175,6 +196,27 @@ class PositionEncoding(nnx.Module):
     cost of turning every cached key again at each step.
     """
     return type(self).rotate is PositionEncoding.rotate
+
+  def kernel_bias(self) -> Optional[KernelBias]:
+    """The bias as a ``KernelBias`` for a fused kernel, or None: no bias,
+    or one a kernel cannot compute tile by tile. An encoding that overrides
+    ``bias`` and not this one cannot run in ``lmx.kernels.flash``."""
+    return None
+
+  @classmethod
+  def has_bias(cls) -> bool:
+    """Whether it adds a bias to the logits (overrides ``bias``)."""
+    return cls.bias is not PositionEncoding.bias
+
+  @classmethod
+  def kernel_refusal(cls, model_cfg=None) -> Optional[str]:
+    """Why a fused kernel cannot compute this encoding's attention (with
+    ``model_cfg``'s settings, if given), or None: it has no bias, or gives
+    one as ``kernel_bias``."""
+    del model_cfg
+    if cls.has_bias() and cls.kernel_bias is PositionEncoding.kernel_bias:
+      return 'its bias has no kernel form (kernel_bias)'
+    return None
 
   def embed(self, x_BxTxD: jax.Array, positions_BxT: jax.Array) -> jax.Array:
     del positions_BxT

@@ -23,12 +23,14 @@ reference code. The bias depends on the query position, not only on
 ``i - j``: FIRE is not shift invariant.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from lmx.positions.base import PositionEncoding, relative_distance
+from lmx.positions.base import KernelBias, PositionEncoding, relative_distance
 
 
 def fire_inputs(q_positions_BxT: jax.Array, k_positions_BxS: jax.Array,
@@ -38,10 +40,33 @@ def fire_inputs(q_positions_BxT: jax.Array, k_positions_BxS: jax.Array,
   FIRE's MLP reads (``psi(x) = log(|c x| + 1)``, ``L = threshold``)."""
   d_BxTxS = relative_distance(q_positions_BxT, k_positions_BxS).astype(
       jnp.float32)
-  q_BxT = q_positions_BxT.astype(jnp.float32)
-  normaliser_BxT = jnp.log(jnp.abs(c * jnp.maximum(q_BxT, threshold)) + 1.0)
-  return jnp.log(jnp.abs(c * d_BxTxS) + 1.0) / (normaliser_BxT[:, :, None]
-                                                  + eps)
+  q_BxTx1 = q_positions_BxT.astype(jnp.float32)[:, :, None]
+  return fire_ratio(d_BxTxS, q_BxTx1, c, threshold, eps)
+
+
+def fire_ratio(d, q, c, threshold, eps):
+  """``psi(d) / (psi(max(L, q)) + eps)`` elementwise, for float distances
+  ``d`` and query positions ``q`` that broadcast against each other."""
+  normaliser = jnp.log(jnp.abs(c * jnp.maximum(q, threshold)) + 1.0)
+  return jnp.log(jnp.abs(c * d) + 1.0) / (normaliser + eps)
+
+
+def fire_tile(width, eps, p, q_pos_Qx1, k_pos_1xK):
+  """One head's FIRE bias on a tile (``KernelBias.fn``): the MLP written out
+  over its ``width`` hidden units, each a scalar weight on the tile."""
+  d = (q_pos_Qx1 - k_pos_1xK).astype(jnp.float32)
+  x = fire_ratio(d, q_pos_Qx1.astype(jnp.float32), p['c'][0],
+                 p['threshold'][0], eps)
+  out = jnp.zeros(x.shape, jnp.float32) + p['b2'][0]
+  for w in range(width):
+    hidden = jnp.maximum(x * p['w1'][w] + p['b1'][w], 0.0)
+    out = out + hidden * p['w2'][w]
+  return out
+
+
+# A fused kernel reads 3 * width + 3 parameters per head (lmx.kernels.flash
+# holds at most 128).
+KERNEL_MAX_WIDTH = (128 - 3) // 3
 
 
 def fire_mlp(x: jax.Array, w1_W: jax.Array, b1_W: jax.Array,
@@ -95,6 +120,28 @@ class FIRE(PositionEncoding):
     f.positive('fire.init_c')
     f.positive('fire.init_threshold')
     f.positive('fire.eps')
+
+  @classmethod
+  def kernel_refusal(cls, model_cfg=None):
+    if model_cfg is not None and int(model_cfg.fire.mlp_width) > (
+        KERNEL_MAX_WIDTH):
+      return (f'a kernel holds the MLP of at most {KERNEL_MAX_WIDTH} hidden '
+              f'units, and config.model.fire.mlp_width is '
+              f'{model_cfg.fire.mlp_width}')
+    return None
+
+  def kernel_bias(self):
+    width, h = self.w1.shape[0], self.num_heads
+    if width > KERNEL_MAX_WIDTH:
+      return None
+    threshold = jnp.abs(self.threshold_mult[...] * self.init_threshold)
+    per_head = lambda x: jnp.broadcast_to(jnp.reshape(x, (1, -1)),
+                                          (h, jnp.size(x)))
+    return KernelBias(
+        {'w1': per_head(self.w1[...]), 'b1': per_head(self.b1[...]),
+         'w2': self.w2[...].T, 'b2': self.b2[...][:, None],
+         'c': per_head(self.c[...]), 'threshold': per_head(threshold)},
+        functools.partial(fire_tile, width, self.eps))
 
   def bias(self, q_positions_BxT, k_positions_BxS):
     threshold = jnp.abs(self.threshold_mult[...] * self.init_threshold)

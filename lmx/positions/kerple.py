@@ -25,12 +25,14 @@ projection does), so parameters restored from elsewhere are used inside the
 set too.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from lmx.positions.base import PositionEncoding, relative_distance
+from lmx.positions.base import KernelBias, PositionEncoding, relative_distance
 
 KERNELS = ('log', 'power')
 
@@ -49,6 +51,13 @@ def kerple_power(distance: jax.Array, a: jax.Array, p: jax.Array) -> jax.Array:
   positive = distance > 0
   safe = jnp.where(positive, distance, 1.0)
   return jnp.where(positive, -a * jnp.exp(p * jnp.log(safe)), 0.0)
+
+
+def kerple_tile(kernel, p, q_pos_Qx1, k_pos_1xK):
+  """One head's KERPLE bias on a tile (``KernelBias.fn``)."""
+  dist = jnp.abs(q_pos_Qx1 - k_pos_1xK).astype(jnp.float32)
+  fn = kerple_log if kernel == 'log' else kerple_power
+  return fn(dist, p['first'][0], p['second'][0])
 
 
 def _clamp(x, lo, hi=None):
@@ -124,3 +133,8 @@ class Kerple(PositionEncoding):
     second = second[None, :, None, None]
     fn = kerple_log if self.kernel == 'log' else kerple_power
     return fn(dist_Bx1xTxS, first, second)
+
+  def kernel_bias(self):
+    first, second = self.kernel_parameters()
+    return KernelBias({'first': first[:, None], 'second': second[:, None]},
+                      functools.partial(kerple_tile, self.kernel))

@@ -14,6 +14,7 @@ only ``n = max(i - j, 0)`` matters:
 Bidirectional mode halves the buckets and spends one half on each sign.
 """
 
+import functools
 import math
 
 import jax
@@ -22,7 +23,7 @@ import ml_collections
 from flax import nnx
 
 from lmx.checks import require
-from lmx.positions.base import PositionEncoding, relative_distance
+from lmx.positions.base import KernelBias, PositionEncoding, relative_distance
 
 
 def t5_relative_bucket(relative_position: jax.Array, num_buckets: int = 32,
@@ -46,6 +47,21 @@ def t5_relative_bucket(relative_position: jax.Array, num_buckets: int = 32,
   large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(jnp.int32)
   large = jnp.minimum(large, num_buckets - 1)
   return offset + jnp.where(is_small, n, large)
+
+
+def t5_tile(num_buckets, max_distance, bidirectional, p, q_pos_Qx1,
+            k_pos_1xK):
+  """One head's T5 bias on a tile (``KernelBias.fn``). The table lookup is
+  written as a select per bucket (a one-hot contraction), not a gather, so
+  a TPU kernel can run it; its gradient is the tile's logit gradient summed
+  per bucket."""
+  bucket = t5_relative_bucket(k_pos_1xK - q_pos_Qx1, num_buckets,
+                              max_distance, bidirectional)
+  table = p['table']
+  out = jnp.zeros(bucket.shape, jnp.float32)
+  for n in range(num_buckets):
+    out = jnp.where(bucket == n, table[n], out)
+  return out
 
 
 class T5Bias(PositionEncoding):
@@ -88,3 +104,8 @@ class T5Bias(PositionEncoding):
                                       self.max_distance, self.bidirectional)
     bias_BxTxSxH = jnp.take(self.table[...], bucket_BxTxS, axis=0)
     return jnp.transpose(bias_BxTxSxH, (0, 3, 1, 2))
+
+  def kernel_bias(self):
+    return KernelBias({'table': self.table[...].T},
+                      functools.partial(t5_tile, self.num_buckets,
+                                        self.max_distance, self.bidirectional))
