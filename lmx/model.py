@@ -37,6 +37,7 @@ from lmx import attention
 from lmx import kv_cache
 from lmx import ops
 from lmx import positions as positions_lib
+from lmx import sharding
 from lmx.kv_cache import LayerCache
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -311,7 +312,8 @@ class Transformer(nnx.Module):
     # Each layer's state holds the parameters it reads, a shared encoding's
     # included: the stack repeats those, and their gradients add up again
     # through it.
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    stacked = sharding.constrain_stacked(
+        jax.tree.map(lambda *xs: jnp.stack(xs), *states))
     fn = _block_fn(graphdef, positions_BxT)
     if policy is not None:
       fn = jax.checkpoint(fn, policy=policy)
@@ -320,7 +322,7 @@ class Transformer(nnx.Module):
 
     def body(x, layer):
       state, key = layer if with_keys else (layer, None)
-      return fn(state, x, key), None
+      return sharding.constrain_rows(fn(state, x, key)), None
 
     x_BxTxD, _ = jax.lax.scan(body, x_BxTxD, xs)
     return x_BxTxD

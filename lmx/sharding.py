@@ -244,6 +244,36 @@ def tree_shardings(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   return jax.tree_util.tree_map_with_path(one, tree)
 
 
+def constrain_stacked(tree: Any) -> Any:
+  """Layers' parameters stacked on a new leading axis (``model.scan_layers``)
+  kept sharded as each layer's own are, under the current mesh: without
+  the constraint the compiler may gather the stack whole. The identity
+  outside a mesh."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return tree
+
+  def one(path, leaf):
+    # nnx State paths end in the Variable's 'value'.
+    name = path_str(path).removesuffix('/value')
+    axes = logical_axes(name, leaf.ndim - 1)
+    spec = logical_to_spec(axes, leaf.shape[1:], mesh)
+    return jax.lax.with_sharding_constraint(leaf, P(None, *spec))
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def constrain_rows(x: jax.Array) -> jax.Array:
+  """Activations ``[B, ...]`` with their rows over the data axes, under the
+  current mesh (the identity outside one)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return x
+  sizes = math.prod(mesh.shape[a] for a in DATA_AXES if a in mesh.shape)
+  if x.shape[0] % sizes:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(DATA_AXES))
+
+
 def with_shardings(abstract_tree: Any, shardings: Any) -> Any:
   """The abstract tree with each ShapeDtypeStruct carrying its sharding:
   a restore target that lands on the current mesh."""

@@ -170,3 +170,14 @@ def test_the_mlp_activation_is_float32_on_cpu_only(tiny_config):
     with ops.on_platform(platform):
       text = str(jax.make_jaxpr(apply)(params, tokens, tokens))
     assert any(s in text for s in shapes) == float32, platform
+
+
+def test_hardware_flops_add_what_remat_and_tiles_recompute(tiny_config):
+  m = tiny_config('alibi').model
+  m.d_model, m.num_layers, m.mlp_dim, m.vocab_size = 2, 1, 4, 3
+  m.attention, m.remat = 'dense', 'none'
+  assert aot.hardware_flops_per_token(m, 5, dense_limit=512) == 288
+  m.attention = 'chunked'  # tiles recompute the attention products: 60 -> 80
+  assert aot.hardware_flops_per_token(m, 5, dense_limit=512) == 228 + 80
+  m.remat = 'full'  # and the weight products: 228 -> 304
+  assert aot.hardware_flops_per_token(m, 5, dense_limit=512) == 304 + 80
