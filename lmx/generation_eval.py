@@ -187,9 +187,10 @@ def format_table(result: dict) -> str:
   return '\n'.join(lines)
 
 
-def plot(result: dict, path: str) -> None:
+def plot(result: dict, path: str, overrides=None) -> None:
   """BLEU (left) and the ROUGE F-measures (right) against position, the
-  training length marked; legends outside the axes."""
+  training length marked; legends outside the axes; the evaluation's
+  ``overrides`` in the title."""
   plt = plots.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
   xs = [r['position'] for r in result['rows']]
@@ -209,8 +210,8 @@ def plot(result: dict, path: str) -> None:
     ax.set_xlabel('position generated after (tokens of context)')
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))
-  fig.suptitle(f'{name}: greedy continuations of {result["tokens"]} tokens '
-               f'vs the true ones ({result["documents"]} documents)')
+  fig.suptitle(plots.titled(
+      f'{name}: greedy continuations of {result["tokens"]} tokens vs the '
+      f'true ones ({result["documents"]} documents)', overrides))
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(fig, path)
