@@ -76,9 +76,12 @@ def read_jsonl(path: str) -> list[dict]:
 def write_tensorboard(logdir: str, step: int,
                       scalars: Mapping[str, float]) -> None:
   """Adds ``scalars`` ({tag: value}) at ``step`` to a new event file in
-  ``logdir`` (beside any the training wrote)."""
+  ``logdir``, beside any the training wrote. Its name ends in a random
+  suffix: event files are named by the second they are opened, and one
+  opened in the same second as another would replace it."""
+  import uuid  # pylint: disable=g-import-not-at-top
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  tb = SummaryWriter(logdir)
+  tb = SummaryWriter(logdir, filename_suffix=f'.{uuid.uuid4().hex[:12]}')
   try:
     for tag, value in scalars.items():
       tb.add_scalar(tag, float(value), int(step))

@@ -421,10 +421,9 @@ def plot_extensions(runs, position: str, path: str) -> bool:
   ax.set_ylabel('loss (nats / byte), mean over seeds')
   ax.set_title(f'{position}: inference-time extensions without training')
   ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))
+  plots.legend_outside(ax)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(fig, path)  # the legend right of the axes stays in the image
   return True
 
 
