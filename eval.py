@@ -78,7 +78,7 @@ def main(argv):
     print(plots.titled(
         f'{results["position"]} (train {results["train_sampling"]}, eval '
         f'{results["eval_sampling"]} positions), step {results["step"]}',
-        overrides) + ':')
+        overrides, width=None) + ':')
     print(evaluation.format_table(results))
   generation = results.get('generation')
   if generation is not None:

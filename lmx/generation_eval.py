@@ -197,11 +197,11 @@ def plot(result: dict, path: str, overrides=None) -> None:
   name = result['position']
   axes[0].plot(xs, [r['bleu'] for r in result['rows']], marker='o',
                label=f'{name}: BLEU')
-  axes[0].set_ylabel('BLEU (0-100; axis fitted to the data)')
+  axes[0].set_ylabel('BLEU (0-100)\naxis fitted to the data')
   for kind, marker in zip(ROUGE_TYPES, 'os^'):
     axes[1].plot(xs, [r[kind] for r in result['rows']], marker=marker,
                  label=f'{name}: {kind.upper().replace("ROUGE", "ROUGE-")}')
-  axes[1].set_ylabel('ROUGE F-measure (0-1; axis fitted to the data)')
+  axes[1].set_ylabel('ROUGE F-measure (0-1)\naxis fitted to the data')
   for ax in axes:
     ax.set_ylim(bottom=0)
     ax.axvline(result['train_length'], color='gray', linestyle='--',

@@ -145,7 +145,7 @@ def plot_training_curve(rows: list[dict], path: str, title: str = '') -> dict:
         ticker.LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
     ax_loss.yaxis.set_major_formatter(ticker.FormatStrFormatter('%g'))
     ax_loss.yaxis.set_minor_formatter(ticker.NullFormatter())
-  ax_loss.set_ylabel('training loss (nats / token'
+  ax_loss.set_ylabel("loss of the logged step's batch\n(nats / token"
                      + (', log scale)' if log_y else ')'))
   ax_loss.grid(True, which='both', alpha=0.3)
   ax_lr.plot(data['step'], data['learning_rate'], color='C1', marker=marker,

@@ -39,6 +39,7 @@ import math
 import os
 import re
 import sys
+import textwrap
 
 from absl import app, flags
 
@@ -393,7 +394,7 @@ def _length_panels(groups, labels, metric, ylabel, title, path,
     if ylim:
       ax.set_ylim(*ylim)
     if not overlay:
-      ax.set_title(labels[own[0]], fontsize=8, wrap=True)
+      ax.set_title(textwrap.fill(labels[own[0]], 44), fontsize=8)
       ax.tick_params(labelsize=7)
   for ax in axes[:len(owners)]:
     plots.length_axis(ax, lengths, max_ticks=6 if not overlay else 12)

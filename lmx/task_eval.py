@@ -146,7 +146,7 @@ def format_task_table(results: dict) -> str:
   title = (f"{results['task']} ({results['position']}, positions "
            f"{results['train_sampling']} -> {results['eval_sampling']}), "
            f'trained on lengths up to {train_len}')
-  title = plots.titled(title, results.get('overrides')) + ':'
+  title = plots.titled(title, results.get('overrides'), width=None) + ':'
   header = ('| length | x train | exact match | token accuracy | answer loss '
             '| examples |')
   lines = [title, '', header, '|---:|---:|---:|---:|---:|---:|']
