@@ -41,9 +41,13 @@ EXTENSION_FILE = os.path.join('extensions', 'results.json')
 
 
 def load(workdirs: Sequence[str]) -> list[dict]:
-  """``lmx.report.load`` of the runs, each with its ``extensions`` results
-  (``python -m lmx.extensions``) when the workdir has them."""
-  runs = report.load(workdirs)
+  """``lmx.report.load`` of the runs' plain evaluations (``eval/``, which
+  the sweep writes: the findings compare those, and an evaluation with
+  other overrides in an ``eval_<...>/`` folder is no extra seed), each with
+  its ``extensions`` results (``python -m lmx.extensions``) when the
+  workdir has them."""
+  runs = [r for r in report.load(workdirs)
+          if r['eval_dir'] == report.PLAIN_EVAL]
   by_name = {os.path.basename(os.path.normpath(w)): w for w in workdirs}
   for r in runs:
     path = os.path.join(by_name.get(r['name'], ''), EXTENSION_FILE)
