@@ -168,12 +168,6 @@ def bucket_edges(length: int, buckets: int) -> list[tuple[int, int]]:
   return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
 
 
-def bucket(per_position: np.ndarray, buckets: int) -> list[dict]:
-  """Mean loss over ``buckets`` equal ranges of positions."""
-  return [{'start': a, 'end': b, 'loss': float(per_position[a:b].mean())}
-          for a, b in bucket_edges(per_position.size, buckets)]
-
-
 def log_bucket_edges(length: int, buckets: int) -> list[tuple[int, int]]:
   """At most ``buckets`` ranges of positions ``[a, b)`` whose 1-based ends
   are near-evenly spaced on a log scale: single positions first, wider
@@ -238,7 +232,8 @@ def tensorboard_scalars(results: dict, prefix: str = 'eval') -> dict:
 def folder_name(overrides: Optional[dict]) -> str:
   """``eval``, or for an evaluation with ``--config.<field>`` overrides
   ``eval_<field>=<value>,...`` (long names end in a hash of them all): the
-  name of its folder in the run and its TensorBoard tag prefix."""
+  name of its folder in the run (eval.py) and, made fit for a tag, its
+  TensorBoard prefix (``tag_prefix``)."""
   if not overrides:
     return 'eval'
   name = ','.join(f'{k}={v}' for k, v in overrides.items())
