@@ -24,9 +24,7 @@ them (results.json's "overrides"); the plain <workdir>/eval/ stays as it
 was. --out=DIR chooses the folder explicitly.
 """
 
-import hashlib
 import os
-import re
 import sys
 
 from absl import app, flags
@@ -35,6 +33,7 @@ from lmx import checkpoint
 from lmx import cli
 from lmx import evaluation
 from lmx import generation_eval
+from lmx import plots
 from lmx import task_eval
 from lmx.errors import CheckpointError, ConfigError, DataError
 
@@ -52,12 +51,7 @@ _OUT = flags.DEFINE_string('out', None, 'Output directory; default '
 def override_dir(workdir: str, overrides: dict) -> str:
   """<workdir>/eval_<field>=<value>,... : the folder of an evaluation with
   ``--config.<field>`` overrides (long names end in a hash of them all)."""
-  name = ','.join(f'{k}={v}' for k, v in overrides.items())
-  slug = re.sub(r'[^A-Za-z0-9._=,+-]', '-', name)
-  if len(slug) > 100:
-    digest = hashlib.sha256(name.encode('utf-8', 'surrogateescape'))
-    slug = f'{slug[:80]}-{digest.hexdigest()[:12]}'
-  return os.path.join(workdir, f'eval_{slug}')
+  return os.path.join(workdir, evaluation.folder_name(overrides))
 
 
 def main(argv):
@@ -81,8 +75,10 @@ def main(argv):
   if task:  # the table names the task, encoding and positions
     print(f'step {results["step"]}: ' + task_eval.format_task_table(results))
   else:
-    print(f'{results["position"]} (train {results["train_sampling"]}, eval '
-          f'{results["eval_sampling"]} positions), step {results["step"]}:')
+    print(plots.titled(
+        f'{results["position"]} (train {results["train_sampling"]}, eval '
+        f'{results["eval_sampling"]} positions), step {results["step"]}',
+        overrides, width=None) + ':')
     print(evaluation.format_table(results))
   generation = results.get('generation')
   if generation is not None:

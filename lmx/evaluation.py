@@ -9,9 +9,13 @@ only in how much context each token gets. Positions follow
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
+import sys
+import time
 from typing import Optional, Sequence
 
 import jax
@@ -21,6 +25,7 @@ from flax import nnx
 
 from lmx import checkpoint
 from lmx import memory
+from lmx import metrics as metrics_lib
 from lmx import config as config_lib
 from lmx import generation_eval
 from lmx import model as model_lib
@@ -71,15 +76,16 @@ def _summary(length: int, loss: float) -> dict:
 
 def loss_at_length(token_losses, params, config, stream: np.ndarray,
                    length: int) -> dict:
-  """Non-overlapping windows: mean loss over the scored tokens and the mean
-  loss at each position."""
+  """Non-overlapping windows: mean loss over the scored tokens, the mean
+  loss at each position and (``per_window``, not saved) every window's
+  per-token losses ``[windows, length]``."""
   inputs, targets = windows.eval_windows(stream, length, config.eval.tokens)
   losses = _window_losses(token_losses, params, config, inputs, targets,
                           windows.step_rng(config.eval.seed, length))
   per_position = losses.mean(axis=0)
   return {**_summary(length, float(per_position.mean())),
           'windows': inputs.shape[0], 'tokens': losses.size,
-          'per_position': per_position}
+          'per_position': per_position, 'per_window': losses}
 
 
 def sliding_stride(config, length: int) -> int:
@@ -162,21 +168,134 @@ def bucket_edges(length: int, buckets: int) -> list[tuple[int, int]]:
   return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
 
 
-def bucket(per_position: np.ndarray, buckets: int) -> list[dict]:
-  """Mean loss over ``buckets`` equal ranges of positions."""
-  return [{'start': a, 'end': b, 'loss': float(per_position[a:b].mean())}
-          for a, b in bucket_edges(per_position.size, buckets)]
+def log_bucket_edges(length: int, buckets: int) -> list[tuple[int, int]]:
+  """At most ``buckets`` ranges of positions ``[a, b)`` whose 1-based ends
+  are near-evenly spaced on a log scale: single positions first, wider
+  ranges further on. They tile ``0 .. length``."""
+  edges = np.geomspace(1, length + 1, min(buckets, length) + 1)
+  edges = np.unique(np.round(edges).astype(int)) - 1
+  edges[0], edges[-1] = 0, length
+  edges = np.unique(edges)
+  return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+
+
+def position_profile(per_window: np.ndarray, edges) -> list[dict]:
+  """Per range of positions ``(a, b)`` in ``edges``: the mean loss over all
+  windows (``loss``) and the 25th, 50th and 75th percentiles over windows
+  of each window's mean loss in that range (``q25``, ``median``, ``q75``).
+  ``per_window`` is ``[windows, length]``."""
+  out = []
+  for a, b in edges:
+    means = per_window[:, a:b].mean(axis=1)
+    q25, q50, q75 = np.percentile(means, (25, 50, 75))
+    out.append({'start': a, 'end': b, 'loss': float(means.mean()),
+                'q25': float(q25), 'median': float(q50), 'q75': float(q75)})
+  return out
+
+
+def per_position_result(row: dict, config) -> dict:
+  """per_position.json: the loss by position at ``row``'s length, in equal
+  ranges (``buckets``) and log-spaced ranges (``log_buckets``), each with
+  the interquartile range over windows."""
+  length = row['length']
+  buckets = config.eval.position_buckets
+  return {'length': length, 'train_length': config.train.seq_len,
+          'windows': int(row['per_window'].shape[0]),
+          'band': 'q25-q75: interquartile range over windows of each '
+                  "window's mean loss in the range",
+          'buckets': position_profile(row['per_window'],
+                                      bucket_edges(length, buckets)),
+          'log_buckets': position_profile(row['per_window'],
+                                          log_bucket_edges(length, buckets))}
+
+
+def config_dict(config: ml_collections.ConfigDict) -> dict:
+  """The complete config as plain JSON values."""
+  return json.loads(config.to_json())
+
+
+def tensorboard_scalars(results: dict, prefix: str = 'eval') -> dict:
+  """``{tag: value}`` of an evaluation, for TensorBoard: ``<prefix>/loss_len
+  <L>`` (and bits_per_byte, perplexity, sliding_loss; accuracy and
+  token_accuracy for a task run), one tag per length."""
+  out = {}
+  for r in results['results']:
+    for key in ('loss', 'bits_per_byte', 'perplexity', 'accuracy',
+                'token_accuracy'):
+      if r.get(key) is not None:
+        out[f'{prefix}/{key}_len{r["length"]}'] = r[key]
+  for r in results.get('sliding') or ():
+    out[f'{prefix}/sliding_loss_len{r["length"]}'] = r['loss']
+  return out
+
+
+def folder_name(overrides: Optional[dict]) -> str:
+  """``eval``, or for an evaluation with ``--config.<field>`` overrides
+  ``eval_<field>=<value>,...`` (long names end in a hash of them all): the
+  name of its folder in the run (eval.py) and, made fit for a tag, its
+  TensorBoard prefix (``tag_prefix``)."""
+  if not overrides:
+    return 'eval'
+  name = ','.join(f'{k}={v}' for k, v in overrides.items())
+  slug = re.sub(r'[^A-Za-z0-9._=,+-]', '-', name)
+  if len(slug) > 100:
+    digest = hashlib.sha256(name.encode('utf-8', 'surrogateescape'))
+    slug = f'{slug[:80]}-{digest.hexdigest()[:12]}'
+  return f'eval_{slug}'
+
+
+def tag_prefix(overrides: Optional[dict]) -> str:
+  """The TensorBoard tag prefix of an evaluation: its ``folder_name`` with
+  each character TensorBoard does not keep in a tag (``=``, ``,``) as
+  ``_``: ``eval``, ``eval_model.rope.scaling_yarn``."""
+  return re.sub(r'[^-\w.]', '_', folder_name(overrides))
+
+
+def write_tensorboard(workdir: str, results: dict,
+                      overrides: Optional[dict]) -> None:
+  """The evaluation's scalars at the checkpoint's step, in the run's
+  TensorBoard folder beside the training scalars, under tags of their own
+  (``tensorboard_scalars`` with ``tag_prefix(overrides)``). A run folder
+  that cannot be written to is a warning: the results are already saved."""
+  logdir = os.path.join(workdir, metrics_lib.TENSORBOARD_DIR)
+  try:
+    metrics_lib.write_tensorboard(
+        logdir, results['step'],
+        tensorboard_scalars(results, tag_prefix(overrides)))
+  except OSError as e:
+    print(f'warning: evaluation scalars not written to TensorBoard in '
+          f'{logdir} ({e.strerror or e}); results.json has them.',
+          file=sys.stderr, flush=True)
+
+
+def _progress(enabled: bool):
+  """``(i, n, length, row) -> None``: a line per evaluated length."""
+  start = time.perf_counter()
+
+  def report(i, n, length, row):
+    if not enabled:
+      return
+    what = (f'accuracy {row["accuracy"]:.3f}' if 'accuracy' in row
+            else f'loss {row["loss"]:.4f}')
+    print(f'eval length {i}/{n} ({length}): {what}, elapsed '
+          f'{time.perf_counter() - start:.1f}s', flush=True)
+
+  return report
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
              lengths: Optional[Sequence[int]] = None,
              out_dir: Optional[str] = None, plots: bool = True,
              step: Optional[int] = None,
-             overrides: Optional[dict] = None) -> dict:
+             overrides: Optional[dict] = None,
+             progress: bool = True) -> dict:
   """Evaluates a checkpoint (default: the latest); writes JSON and PNGs.
 
-  ``overrides`` (the command line's ``--config.<field>`` items) are recorded
-  in results.json as ``overrides``.
+  results.json records the complete config of the evaluation (``config``)
+  and the command line's ``--config.<field>`` items (``overrides``), which
+  the plot titles also show. The scalars go to the run's TensorBoard
+  folder too (``write_tensorboard``). With ``progress`` (and in the primary
+  process) a line is printed per length evaluated.
 
   A text run gets loss against length (both protocols), per-position loss
   and attention diagnostics, and on request (``config.eval.generation``,
@@ -195,7 +314,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
         f'this is a {config.task.name!r} task run. Drop '
         '--config.eval.generation=true (task runs report exact match).')
     return evaluate_task_run(config, workdir, lengths, out_dir, plots, step,
-                             overrides)
+                             overrides, progress)
   run_lengths, skipped = config_lib.eval_lengths(config, lengths)
   if not run_lengths:
     raise config_lib.ConfigError(
@@ -224,11 +343,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   graphdef, params, step = run_state.load_params(config, workdir, step)
   token_losses = make_loss_fn(graphdef)
   rows, sliding = [], []
-  for length in run_lengths:
+  report = _progress(progress and jax.process_index() == 0)
+  for i, length in enumerate(run_lengths, 1):
     rows.append(loss_at_length(token_losses, params, config, stream, length))
     if config.eval.sliding:
       sliding.append(sliding_loss_at_length(token_losses, params, config,
                                             stream, length))
+    report(i, len(run_lengths), length, rows[-1])
   longest = rows[-1]
   results = {
       'kind': 'lm',
@@ -237,17 +358,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       'train_sampling': config.positions.train,
       'eval_sampling': config_lib.resolve_eval_sampling(config),
       'train_length': config.train.seq_len,
-      'results': [{k: v for k, v in r.items() if k != 'per_position'}
-                  for r in rows],
+      'results': [{k: v for k, v in r.items()
+                   if k not in ('per_position', 'per_window')} for r in rows],
       'sliding': sliding,
       'sliding_stride': config.eval.sliding_stride,
       'skipped': {str(k): v for k, v in skipped.items()},
       'overrides': dict(overrides or {}),
+      'config': config_dict(config),
   }
-  per_position = {
-      'length': longest['length'], 'train_length': config.train.seq_len,
-      'buckets': bucket(longest['per_position'], config.eval.position_buckets),
-  }
+  per_position = per_position_result(longest, config)
   diagnostics = None
   # The statistics need each layer's dense T x T logits: taken at the
   # longest length the dense backend would run (config.model.
@@ -279,21 +398,23 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   if ood is not None:
     write_json(os.path.join(out_dir, 'ood.json'), ood)
     if plots:
-      ood_diagnostics.plot(ood, os.path.join(out_dir, 'ood.png'))
+      ood_diagnostics.plot(ood, os.path.join(out_dir, 'ood.png'), overrides)
   if generation is not None:
     write_json(os.path.join(out_dir, 'generation.json'), generation)
     if plots and generation['rows']:
       generation_eval.plot(generation,
-                           os.path.join(out_dir, 'generation.png'))
+                           os.path.join(out_dir, 'generation.png'), overrides)
   if diagnostics is not None:
     write_json(os.path.join(out_dir, 'attention.json'), diagnostics)
+  if jax.process_index() == 0:
+    write_tensorboard(workdir, results, overrides)
   if plots:
     plot_loss_vs_length(results, os.path.join(out_dir, 'loss_vs_length.png'))
     plot_per_position(per_position, config.model.position,
-                      os.path.join(out_dir, 'per_position.png'))
+                      os.path.join(out_dir, 'per_position.png'), overrides)
     if diagnostics is not None:
       plot_attention(diagnostics, config.model.position,
-                     os.path.join(out_dir, 'attention.png'))
+                     os.path.join(out_dir, 'attention.png'), overrides)
   results['per_position'] = per_position
   results['attention'] = diagnostics
   results['generation'] = generation
@@ -321,8 +442,10 @@ def evaluate_task_run(config: ml_collections.ConfigDict, workdir: str,
                       lengths: Optional[Sequence[int]] = None,
                       out_dir: Optional[str] = None, plots: bool = True,
                       step: Optional[int] = None,
-                      overrides: Optional[dict] = None) -> dict:
-  """Exact-match accuracy against task length (lmx.task_eval)."""
+                      overrides: Optional[dict] = None,
+                      progress: bool = True) -> dict:
+  """Exact-match accuracy against task length (lmx.task_eval); results.json
+  and TensorBoard as in ``evaluate``."""
   run_lengths, skipped = config_lib.task_eval_lengths(config, lengths)
   if not run_lengths:
     raise config_lib.ConfigError(
@@ -331,12 +454,16 @@ def evaluate_task_run(config: ml_collections.ConfigDict, workdir: str,
   out_dir = checkpoint.make_writable_dir(
       out_dir or os.path.join(workdir, 'eval'), 'The evaluation folder')
   graphdef, params, step = run_state.load_params(config, workdir, step)
-  results = task_eval.evaluate_task(config, run_state.apply_fn(graphdef), params,
-                                    lengths=run_lengths)
+  results = task_eval.evaluate_task(
+      config, run_state.apply_fn(graphdef), params, lengths=run_lengths,
+      progress=_progress(progress and jax.process_index() == 0))
   results.update(workdir=os.path.abspath(workdir), step=step,
                  skipped={str(k): v for k, v in skipped.items()},
-                 overrides=dict(overrides or {}))
+                 overrides=dict(overrides or {}),
+                 config=config_dict(config))
   write_json(os.path.join(out_dir, 'results.json'), results)
+  if jax.process_index() == 0:
+    write_tensorboard(workdir, results, overrides)
   if plots:
     task_eval.plot_accuracy_vs_length(
         results, os.path.join(out_dir, 'accuracy_vs_length.png'))
@@ -378,6 +505,8 @@ def format_table(results: dict) -> str:
 
 
 def plot_loss_vs_length(results: dict, path: str) -> None:
+  """Loss against length (both protocols), training length marked; the
+  title shows the evaluation overrides."""
   plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   xs = [r['length'] for r in results['results']]
@@ -393,36 +522,56 @@ def plot_loss_vs_length(results: dict, path: str) -> None:
   ax.axvline(results['train_length'], color='gray', linestyle='--',
              label=f'training length ({results["train_length"]})')
   plots.length_axis(ax, xs)
-  ax.set_xlabel('evaluation length (tokens)')
+  ax.set_xlabel('evaluation length (tokens, log scale)')
   ax.set_ylabel('loss (nats / byte)')
-  ax.set_title(f'{results["position"]}: loss against length '
-               f'(step {results["step"]})')
+  ax.set_title(plots.titled(f'{results["position"]}: loss against length '
+                            f'(step {results["step"]})',
+                            results.get('overrides')), fontsize=10, wrap=True)
   ax.grid(True, alpha=0.3)
-  ax.legend()
+  plots.legend_outside(ax, 'below')
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(fig, path)
 
 
-def plot_per_position(per_position: dict, name: str, path: str) -> None:
+def plot_per_position(per_position: dict, name: str, path: str,
+                      overrides=None) -> None:
+  """Mean loss against position on a log axis (log-spaced ranges of
+  positions), with the interquartile range over windows as a band and the
+  training length marked. Files written before ``log_buckets`` existed
+  are drawn from their equal ranges, without a band."""
   plt = plots.pyplot()
-  fig, ax = plt.subplots(figsize=(6, 4))
-  b = per_position['buckets']
-  xs = [(x['start'] + x['end'] - 1) / 2 for x in b]
-  ax.plot(xs, [x['loss'] for x in b], marker='.', label=name)
-  ax.axvline(per_position['train_length'], color='gray', linestyle='--',
-             label=f'training length ({per_position["train_length"]})')
-  ax.set_xlabel('position in the sequence (token index)')
-  ax.set_ylabel('mean loss (nats / byte)')
-  ax.set_title(f'{name}: loss by position at length {per_position["length"]}')
-  ax.grid(True, alpha=0.3)
-  ax.legend()
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  b = per_position.get('log_buckets') or per_position['buckets']
+  # 1-based positions, so the first token sits at 1 on the log axis; a
+  # range is drawn at its geometric middle.
+  xs = [math.sqrt((x['start'] + 1) * x['end']) for x in b]
+  ax.plot(xs, [x['loss'] for x in b], marker='.', markersize=4,
+          label=f'{name}: mean over windows')
+  if all('q25' in x for x in b):
+    windows_n = per_position.get('windows')
+    ax.fill_between(xs, [x['q25'] for x in b], [x['q75'] for x in b],
+                    alpha=0.25, linewidth=0,
+                    label='25th-75th percentile over '
+                    f'{windows_n or "the"} windows')
+  t = per_position['train_length']
+  ax.axvline(t, color='gray', linestyle='--',
+             label=f'training length ({t})')
+  ax.set_xscale('log')
+  ax.xaxis.set_major_formatter(plots.plain_numbers())
+  ax.set_xlim(1, per_position['length'])
+  ax.set_xlabel('position in the window (1 = first token, log scale)')
+  ax.set_ylabel('loss (nats / byte)')
+  ax.set_title(plots.titled(f'{name}: loss by position at length '
+                            f'{per_position["length"]}', overrides),
+               fontsize=10, wrap=True)
+  ax.grid(True, which='both', alpha=0.3)
+  plots.legend_outside(ax, 'below')
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(fig, path)
 
 
-def plot_attention(diagnostics: dict, name: str, path: str) -> None:
+def plot_attention(diagnostics: dict, name: str, path: str,
+                   overrides=None) -> None:
   """Attention entropy and maximum logit against position, one curve per
   layer, training length marked."""
   plt = plots.pyplot()
@@ -439,9 +588,13 @@ def plot_attention(diagnostics: dict, name: str, path: str) -> None:
     ax.grid(True, alpha=0.3)
   axes[0].plot(xs, np.log(np.asarray(xs) + 1), color='black', linewidth=0.8,
                linestyle=':', label='uniform: log(position + 1)')
-  axes[0].legend(fontsize=8)
-  fig.suptitle(f'{name}: attention at length {diagnostics["length"]} '
-               f'({diagnostics["windows"]} windows)')
+  # One legend for both panels (the layers, the training length, the
+  # uniform entropy), right of them.
+  handles, labels = axes[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc='upper left', bbox_to_anchor=(1.0, 0.9),
+             fontsize=8)
+  fig.suptitle(plots.titled(f'{name}: attention at length '
+                            f'{diagnostics["length"]} '
+                            f'({diagnostics["windows"]} windows)', overrides))
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(fig, path)

@@ -187,20 +187,21 @@ def format_table(result: dict) -> str:
   return '\n'.join(lines)
 
 
-def plot(result: dict, path: str) -> None:
+def plot(result: dict, path: str, overrides=None) -> None:
   """BLEU (left) and the ROUGE F-measures (right) against position, the
-  training length marked; legends outside the axes."""
+  training length marked; legends outside the axes; the evaluation's
+  ``overrides`` in the title."""
   plt = plots.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
   xs = [r['position'] for r in result['rows']]
   name = result['position']
   axes[0].plot(xs, [r['bleu'] for r in result['rows']], marker='o',
                label=f'{name}: BLEU')
-  axes[0].set_ylabel('BLEU (0-100; axis fitted to the data)')
+  axes[0].set_ylabel('BLEU (0-100)\naxis fitted to the data')
   for kind, marker in zip(ROUGE_TYPES, 'os^'):
     axes[1].plot(xs, [r[kind] for r in result['rows']], marker=marker,
                  label=f'{name}: {kind.upper().replace("ROUGE", "ROUGE-")}')
-  axes[1].set_ylabel('ROUGE F-measure (0-1; axis fitted to the data)')
+  axes[1].set_ylabel('ROUGE F-measure (0-1)\naxis fitted to the data')
   for ax in axes:
     ax.set_ylim(bottom=0)
     ax.axvline(result['train_length'], color='gray', linestyle='--',
@@ -209,8 +210,8 @@ def plot(result: dict, path: str) -> None:
     ax.set_xlabel('position generated after (tokens of context)')
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))
-  fig.suptitle(f'{name}: greedy continuations of {result["tokens"]} tokens '
-               f'vs the true ones ({result["documents"]} documents)')
+  fig.suptitle(plots.titled(
+      f'{name}: greedy continuations of {result["tokens"]} tokens vs the '
+      f'true ones ({result["documents"]} documents)', overrides))
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(fig, path)

@@ -1,10 +1,17 @@
-"""Metrics to JSONL and TensorBoard event files in the workdir."""
+"""Metrics to JSONL and TensorBoard event files in the workdir, and the
+training-curve plot drawn from them."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Mapping
+
+from lmx import plots
+
+METRICS_FILE = 'metrics.jsonl'
+TENSORBOARD_DIR = 'tensorboard'
 
 
 class MetricWriter:
@@ -19,13 +26,13 @@ class MetricWriter:
   def __init__(self, workdir: str, enabled: bool = True,
                resume_step: int = 0):
     self.enabled = enabled
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = os.path.join(workdir, METRICS_FILE)
     self._tb = None
     if enabled and os.path.exists(self.path):
       _truncate(self.path, resume_step)
     if enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -64,3 +71,92 @@ def _truncate(path: str, step: int) -> None:
 def read_jsonl(path: str) -> list[dict]:
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def write_tensorboard(logdir: str, step: int,
+                      scalars: Mapping[str, float]) -> None:
+  """Adds ``scalars`` ({tag: value}) at ``step`` to a new event file in
+  ``logdir``, beside any the training wrote. Its name ends in a random
+  suffix: event files are named by the second they are opened, and one
+  opened in the same second as another would replace it."""
+  import uuid  # pylint: disable=g-import-not-at-top
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  tb = SummaryWriter(logdir, filename_suffix=f'.{uuid.uuid4().hex[:12]}')
+  try:
+    for tag, value in scalars.items():
+      tb.add_scalar(tag, float(value), int(step))
+  finally:
+    tb.close()
+
+
+def read_tensorboard(logdir: str) -> dict[str, list[tuple[int, float]]]:
+  """``{tag: [(step, value), ...]}`` of the scalars in every event file of
+  ``logdir``, in file order (for tests and notebooks; TensorBoard itself
+  is not needed)."""
+  import struct  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out: dict[str, list[tuple[int, float]]] = {}
+  for name in sorted(os.listdir(logdir)):
+    if 'tfevents' not in name:
+      continue
+    with open(os.path.join(logdir, name), 'rb') as f:
+      data = f.read()
+    i = 0
+    while i + 12 <= len(data):  # records: length, crc, event, crc
+      (n,) = struct.unpack('<Q', data[i:i + 8])
+      event = event_pb2.Event()
+      event.ParseFromString(data[i + 12:i + 12 + n])
+      i += 12 + n + 4
+      for v in event.summary.value:
+        if v.WhichOneof('value') == 'simple_value':
+          out.setdefault(v.tag, []).append((int(event.step), v.simple_value))
+  return out
+
+
+def curve_data(rows: list[dict]) -> dict:
+  """Steps, loss and learning rate of metrics.jsonl rows, in step order
+  (one point per step: a later row of a step replaces an earlier one)."""
+  by_step = {}
+  for r in rows:
+    if 'step' in r and 'loss' in r:
+      by_step[int(r['step'])] = r
+  steps = sorted(by_step)
+  return {'step': steps,
+          'loss': [float(by_step[s]['loss']) for s in steps],
+          'learning_rate': [float(by_step[s].get('learning_rate', math.nan))
+                            for s in steps]}
+
+
+def plot_training_curve(rows: list[dict], path: str, title: str = '') -> dict:
+  """Loss (log scale) and learning rate against step, two panels sharing
+  the step axis; returns the ``curve_data`` drawn."""
+  data = curve_data(rows)
+  plt = plots.pyplot()
+  fig, (ax_loss, ax_lr) = plt.subplots(
+      2, 1, figsize=(7, 5), sharex=True, gridspec_kw={'height_ratios': (2, 1)})
+  marker = 'o' if len(data['step']) <= 40 else None
+  ax_loss.plot(data['step'], data['loss'], marker=marker, markersize=3)
+  finite = [v for v in data['loss'] if math.isfinite(v)]
+  log_y = bool(finite) and min(finite) > 0 and max(finite) > 2 * min(finite)
+  if log_y:  # a loss that falls a lot: log scale, plain tick labels
+    from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+    ax_loss.set_yscale('log')
+    ax_loss.yaxis.set_major_locator(
+        ticker.LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax_loss.yaxis.set_major_formatter(ticker.FormatStrFormatter('%g'))
+    ax_loss.yaxis.set_minor_formatter(ticker.NullFormatter())
+  ax_loss.set_ylabel("loss of the logged step's batch\n(nats / token"
+                     + (', log scale)' if log_y else ')'))
+  ax_loss.grid(True, which='both', alpha=0.3)
+  ax_lr.plot(data['step'], data['learning_rate'], color='C1', marker=marker,
+             markersize=3)
+  ax_lr.set_ylabel('learning rate')
+  ax_lr.set_xlabel('step')
+  ax_lr.ticklabel_format(axis='y', style='sci', scilimits=(-2, 3))
+  ax_lr.grid(True, alpha=0.3)
+  n = len(data['step'])
+  ax_loss.set_title((f'{title}: ' if title else '') + 'training loss and '
+                    f'learning rate ({n} logged steps)', fontsize=10)
+  fig.tight_layout()
+  plots.save(fig, path)
+  return data

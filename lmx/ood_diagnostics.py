@@ -138,9 +138,10 @@ def diagnose(graphdef, params, config, stream: np.ndarray, length: int,
   }
 
 
-def plot(diag: dict, path: str) -> None:
+def plot(diag: dict, path: str, overrides=None) -> None:
   """Left, middle: mean and max logit against distance per layer (solid:
-  the chosen head; dotted: max over heads). Right: the PCA scatter."""
+  the chosen head; dotted: max over heads). Right: the PCA scatter. The
+  evaluation's ``overrides`` are in the title."""
   plt = plots.pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
   b = diag['distance_buckets']
@@ -177,8 +178,8 @@ def plot(diag: dict, path: str) -> None:
                'states', fontsize=10)
   ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(0.0, -0.15))
   ax.grid(True, alpha=0.3)
-  fig.suptitle(f'{diag["position"]}: out-of-distribution factors at length '
-               f'{diag["length"]} (LM-Infinite)')
+  fig.suptitle(plots.titled(
+      f'{diag["position"]}: out-of-distribution factors at length '
+      f'{diag["length"]} (LM-Infinite)', overrides))
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(fig, path)

@@ -23,3 +23,53 @@ def length_axis(ax, lengths, max_ticks: int = 12) -> None:
   ax.set_xticks(ticks)
   ax.set_xticklabels([str(t) for t in ticks])
   ax.minorticks_off()
+
+
+def legend_outside(ax, where: str = 'right', **kwargs):
+  """A legend beside the axes (``where='right'``) or below them
+  (``'below'``), never over the data; save with ``save`` so it is kept."""
+  kwargs.setdefault('fontsize', 8)
+  if where == 'below':  # under the tick labels and the axis label
+    from matplotlib import transforms  # pylint: disable=g-import-not-at-top
+    under = transforms.offset_copy(ax.transAxes, fig=ax.figure, y=-40,
+                                   units='points')
+    return ax.legend(loc='upper left', bbox_to_anchor=(0.0, 0.0),
+                     bbox_transform=under, borderaxespad=0.0, **kwargs)
+  return ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0),
+                   borderaxespad=0.0, **kwargs)
+
+
+def save(fig, path: str, dpi: int = 120) -> None:
+  """Writes the figure with everything drawn outside the axes (legends,
+  long titles) inside the image, then closes it."""
+  fig.savefig(path, dpi=dpi, bbox_inches='tight')
+  pyplot().close(fig)
+
+
+def overrides_note(overrides) -> str:
+  """``'eval overrides: a=1, b=2'`` for an evaluation's ``--config``
+  overrides, or '' without any."""
+  if not overrides:
+    return ''
+  return 'eval overrides: ' + ', '.join(f'{k}={v}'
+                                        for k, v in overrides.items())
+
+
+def titled(name: str, overrides, width: int | None = 80) -> str:
+  """``name``, with the evaluation overrides after a dash when any. With a
+  ``width`` (characters; None for one line), a title longer than that puts
+  the overrides on lines of their own, wrapped, so a plot with many
+  overrides keeps its width."""
+  note = overrides_note(overrides)
+  if not note:
+    return name
+  if width is None or len(name) + len(note) + 3 <= width:
+    return f'{name} — {note}'
+  import textwrap  # pylint: disable=g-import-not-at-top
+  return name + '\n' + textwrap.fill(note, width, break_long_words=True)
+
+
+def plain_numbers():
+  """A tick formatter writing 1, 10, 100 rather than powers of ten."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  return ticker.FuncFormatter(lambda v, _: f'{v:g}')

@@ -41,9 +41,13 @@ EXTENSION_FILE = os.path.join('extensions', 'results.json')
 
 
 def load(workdirs: Sequence[str]) -> list[dict]:
-  """``lmx.report.load`` of the runs, each with its ``extensions`` results
-  (``python -m lmx.extensions``) when the workdir has them."""
-  runs = report.load(workdirs)
+  """``lmx.report.load`` of the runs' plain evaluations (``eval/``, which
+  the sweep writes: the findings compare those, and an evaluation with
+  other overrides in an ``eval_<...>/`` folder is no extra seed), each with
+  its ``extensions`` results (``python -m lmx.extensions``) when the
+  workdir has them."""
+  runs = [r for r in report.load(workdirs)
+          if r['eval_dir'] == report.PLAIN_EVAL]
   by_name = {os.path.basename(os.path.normpath(w)): w for w in workdirs}
   for r in runs:
     path = os.path.join(by_name.get(r['name'], ''), EXTENSION_FILE)
@@ -421,10 +425,9 @@ def plot_extensions(runs, position: str, path: str) -> bool:
   ax.set_ylabel('loss (nats / byte), mean over seeds')
   ax.set_title(f'{position}: inference-time extensions without training')
   ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))
+  plots.legend_outside(ax)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(fig, path)  # the legend right of the axes stays in the image
   return True
 
 

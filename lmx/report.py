@@ -2,10 +2,15 @@
 
     python -m lmx.report [--plot=loss_vs_length.png] [--out=DIR] runs/*
 
-reads ``<workdir>/eval/results.json`` of each run and prints a markdown table
-of loss (nats/byte) against length, one row per run, plus the ratio of the
-loss at 8x the training length to the loss at 1x. ``--plot`` draws every run
-on one loss-against-length plot, training length marked.
+reads every evaluation folder of each run (``<workdir>/eval/`` and each
+``<workdir>/eval_<field>=<value>,.../`` that eval.py writes for an
+evaluation with ``--config`` overrides, :func:`eval_dirs`) and prints a
+markdown table of loss (nats/byte) against length, one row per evaluation,
+plus the ratio of the loss at 8x the training length to the loss at 1x.
+An evaluation with overrides is its own row (``<run>/<folder>``) and, in
+the full report, its own group, labelled with its overrides. ``--plot``
+draws every evaluation on one loss-against-length plot, training length
+marked.
 
 ``--out DIR`` (and ``python sweep.py``, through :func:`write`) writes the
 full report into DIR: ``report.md``, ``report.csv`` and plots. There, runs
@@ -13,10 +18,12 @@ that differ only in their seed (``config.json``'s ``seed``) form one group,
 shown as the mean over seeds with the sample standard deviation (tables) or
 the min-max range (a band in the plots):
 
-- LM runs: loss against length, one curve per group (``loss_vs_length.png``);
-  the sliding-window loss, when evaluated, as dashed curves and columns.
+- LM runs: loss against length (``loss_vs_length.png``), one curve per
+  group; with more than three groups, small multiples: one panel per group
+  on shared axes, the other groups in grey behind it. The sliding-window
+  loss, when evaluated, as dotted curves and columns.
 - Task runs (``'kind': 'task'``): accuracy against length, one plot per
-  task (``accuracy_<task>.png``).
+  task (``accuracy_<task>.png``), drawn the same way.
 - Passkey runs: accuracy over lengths x depths, one heatmap per group
   (``passkey_<label>.png``), averaged over seeds.
 - Task runs of two or more encodings: each encoding's mean reciprocal rank
@@ -32,6 +39,7 @@ import math
 import os
 import re
 import sys
+import textwrap
 
 from absl import app, flags
 
@@ -44,30 +52,54 @@ from lmx import task_eval
 IGNORED_FIELDS = ('seed', 'name', 'data.cache_dir')
 
 
+PLAIN_EVAL = 'eval'
+
+
+def eval_dirs(workdir: str) -> list[str]:
+  """The names of ``workdir``'s evaluation folders holding a results.json:
+  ``eval`` first, then each ``eval_<overrides>`` in name order."""
+  try:
+    names = os.listdir(workdir)
+  except OSError:
+    return []
+  found = [n for n in names if n == PLAIN_EVAL or n.startswith('eval_')]
+  found = [n for n in found
+           if os.path.isfile(os.path.join(workdir, n, 'results.json'))]
+  return sorted(found, key=lambda n: (n != PLAIN_EVAL, n))
+
+
 def load(workdirs):
-  """The results.json of each evaluated run, with its name, kind and seed."""
+  """The results.json of every evaluation folder of each run
+  (:func:`eval_dirs`), with its name (the run's folder, plus
+  ``/<evaluation folder>`` for all but ``eval``), kind, seed and
+  ``overrides``."""
   runs = []
   for w in workdirs:
-    path = os.path.join(w, 'eval', 'results.json')
-    if not os.path.isfile(path):
-      continue
-    with open(path) as f:
-      r = json.load(f)
-    r['name'] = os.path.basename(os.path.normpath(w))
-    r.setdefault('kind', 'lm')
-    r.setdefault('eval_sampling', r.get('train_sampling', 'contiguous'))
-    config = {}
-    config_path = os.path.join(w, 'config.json')
-    if os.path.isfile(config_path):
-      try:
-        with open(config_path) as f:
-          config = defaults.flatten(json.load(f))
-      except ValueError:
-        config = {}
-    r['seed'] = config.get('seed')
-    r['config'] = {k: v for k, v in config.items() if k not in IGNORED_FIELDS}
-    runs.append(r)
+    for folder in eval_dirs(w):
+      runs.append(_load_one(w, folder))
   return runs
+
+
+def _load_one(w: str, folder: str) -> dict:
+  with open(os.path.join(w, folder, 'results.json')) as f:
+    r = json.load(f)
+  name = os.path.basename(os.path.normpath(w))
+  r['name'] = name if folder == PLAIN_EVAL else f'{name}/{folder}'
+  r['eval_dir'] = folder
+  r['overrides'] = dict(r.get('overrides') or {})
+  r.setdefault('kind', 'lm')
+  r.setdefault('eval_sampling', r.get('train_sampling', 'contiguous'))
+  config = {}
+  config_path = os.path.join(w, 'config.json')
+  if os.path.isfile(config_path):
+    try:
+      with open(config_path) as f:
+        config = defaults.flatten(json.load(f))
+    except ValueError:
+      config = {}
+  r['seed'] = config.get('seed')
+  r['config'] = {k: v for k, v in config.items() if k not in IGNORED_FIELDS}
+  return r
 
 
 def _mult(length: int, train_length: int) -> str:
@@ -100,6 +132,8 @@ def label(run) -> str:
   name = run['position']
   if run['train_sampling'] != 'contiguous':
     name += f' ({run["train_sampling"]})'
+  if run.get('overrides'):
+    name += f' ({plots.overrides_note(run["overrides"])})'
   return name
 
 
@@ -108,10 +142,11 @@ def plot(runs, path: str) -> None:
   plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5))
   lengths = []
-  for run in runs:
+  for i, run in enumerate(runs):
     xs = [r['length'] for r in run['results']]
     lengths += xs
     ax.plot(xs, [r['loss'] for r in run['results']], marker='o',
+            linestyle=('-', '--', ':')[i // 10 % 3], color=f'C{i % 10}',
             label=label(run))
   train_lengths = sorted({run['train_length'] for run in runs})
   for t in train_lengths:
@@ -121,10 +156,9 @@ def plot(runs, path: str) -> None:
   ax.set_ylabel('loss (nats / byte)')
   ax.set_title('loss against length')
   ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=8, ncol=2)
+  plots.legend_outside(ax)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(fig, path)
 
 
 # ------------------------------------------------------------- grouping
@@ -133,7 +167,8 @@ def plot(runs, path: str) -> None:
 def _group_key(run) -> tuple:
   return (run['kind'], run.get('task'), run['position'],
           run['train_sampling'], run['eval_sampling'], run['train_length'],
-          json.dumps(run['config'], sort_keys=True, default=repr))
+          json.dumps(run['config'], sort_keys=True, default=repr),
+          json.dumps(run.get('overrides') or {}, sort_keys=True, default=repr))
 
 
 def group(runs) -> list[dict]:
@@ -146,6 +181,7 @@ def group(runs) -> list[dict]:
           'kind', 'task', 'position', 'train_sampling', 'eval_sampling',
           'train_length')}
       groups[key]['config'] = run['config']
+      groups[key]['overrides'] = run.get('overrides') or {}
       groups[key]['runs'] = []
     groups[key]['runs'].append(run)
   out = list(groups.values())
@@ -165,6 +201,8 @@ def label_groups(groups) -> list[str]:
               for l, g in zip(labels, groups)]
   if len({g['train_length'] for g in groups}) > 1:
     labels = [f'{l}, T={g["train_length"]}' for l, g in zip(labels, groups)]
+  labels = [f'{l} ({plots.overrides_note(g.get("overrides"))})'
+            if g.get('overrides') else l for l, g in zip(labels, groups)]
   if len(set(labels)) < len(labels):  # other config fields differ
     keys = sorted({k for g in groups for k in g['config']})
     varying = [k for k in keys
@@ -287,43 +325,111 @@ def _slug(text: str) -> str:
   return re.sub(r'[^A-Za-z0-9]+', '-', text).strip('-').lower() or 'run'
 
 
-def _curves(ax, groups, labels, metric, rows='results', linestyle='-',
-            with_label=True, colors=None):
-  lengths = []
-  for i, (g, l) in enumerate(zip(groups, labels)):
-    stats = aggregate(g, metric, rows)
-    if not stats:
-      continue
-    xs = [s['length'] for s in stats]
-    lengths += xs
-    color = colors[i] if colors else None
-    (line,) = ax.plot(xs, [s['mean'] for s in stats], marker='o',
-                      linestyle=linestyle, color=color,
-                      label=l if with_label else None)
-    if colors is not None:
-      colors[i] = line.get_color()
-    if any(s['n'] > 1 for s in stats):
-      ax.fill_between(xs, [s['min'] for s in stats],
-                      [s['max'] for s in stats], color=line.get_color(),
-                      alpha=0.15, linewidth=0)
-  return lengths
+def _curve(ax, g, metric, rows='results', **style):
+  """The group's mean of ``metric`` against length, with the min-max band
+  over seeds when there are several; returns (lengths, line) or ([], None)."""
+  stats = aggregate(g, metric, rows)
+  if not stats:
+    return [], None
+  xs = [s['length'] for s in stats]
+  (line,) = ax.plot(xs, [s['mean'] for s in stats], **style)
+  if style.get('color') != GREY and any(s['n'] > 1 for s in stats):
+    ax.fill_between(xs, [s['min'] for s in stats],
+                    [s['max'] for s in stats], color=line.get_color(),
+                    alpha=0.2, linewidth=0)
+  return xs, line
 
 
-def _finish_length_plot(fig, ax, groups, lengths, ylabel, title, path,
-                        unit='tokens'):
+GREY = '0.75'
+# More groups than this: one panel per group (small multiples).
+OVERLAY_MAX = 3
+
+
+def _has_sliding(groups) -> bool:
+  return any(r.get('sliding') for g in groups for r in g['runs'])
+
+
+def _length_panels(groups, labels, metric, ylabel, title, path,
+                   unit='tokens', ylim=None) -> int:
+  """``metric`` against length, one curve per group: on one axes for up to
+  ``OVERLAY_MAX`` groups, else one panel per group on shared axes with
+  every other group's mean in grey behind it (small multiples). The
+  sliding-window loss, when there is one, is dotted. Legends sit outside
+  the data. Returns the number of panels."""
   plt = plots.pyplot()
-  for t in sorted({g['train_length'] for g in groups}):
-    ax.axvline(t, color='gray', linestyle='--', linewidth=1)
-  plots.length_axis(ax, lengths)
-  ax.set_xlabel(f'evaluation length ({unit}, log scale); dashed vertical: '
-                'training length')
-  ax.set_ylabel(ylabel)
-  ax.set_title(title, fontsize=10)
-  ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=8, ncol=2)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  sliding = metric == 'loss' and _has_sliding(groups)
+  band = _band_note(groups)
+  overlay = len(groups) <= OVERLAY_MAX
+  if overlay:
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    axes, owners = [ax], [list(range(len(groups)))]
+  else:
+    cols = min(4, len(groups))
+    nrows = -(-len(groups) // cols)
+    fig, grid = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows),
+                             sharex=True, sharey=True, squeeze=False)
+    axes = list(grid.flat)
+    owners = [[i] for i in range(len(groups))]
+    for ax in axes[len(groups):]:
+      ax.set_visible(False)
+  lengths = []
+  for ax, own in zip(axes, owners):
+    if not overlay:  # the other groups, for reference
+      for j, g in enumerate(groups):
+        if j not in own:
+          _curve(ax, g, metric, color=GREY, linewidth=0.9, zorder=1)
+    for i in own:
+      color = f'C{i % 10}'
+      xs, _ = _curve(ax, groups[i], metric, color=color, marker='o',
+                     markersize=3, zorder=3,
+                     label=labels[i] if overlay else None)
+      lengths += xs
+      if sliding:
+        xs, _ = _curve(ax, groups[i], metric, rows='sliding', color=color,
+                       linestyle=':', marker='s', markersize=2.5, zorder=2)
+        lengths += xs
+    for t in sorted({groups[i]['train_length'] for i in own}):
+      ax.axvline(t, color='0.35', linestyle='--', linewidth=1)
+    ax.grid(True, alpha=0.3)
+    if ylim:
+      ax.set_ylim(*ylim)
+    if not overlay:
+      ax.set_title(textwrap.fill(labels[own[0]], 44), fontsize=8)
+      ax.tick_params(labelsize=7)
+  for ax in axes[:len(owners)]:
+    plots.length_axis(ax, lengths, max_ticks=6 if not overlay else 12)
+  xlabel = f'evaluation length ({unit}, log scale)'
+  # What the line styles mean, once, outside the data.
+  key = []
+  from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
+  if not overlay:
+    key.append(Line2D([], [], color='C0', marker='o', markersize=3,
+                      label=f'coloured: the panel\'s group ({band})'))
+    key.append(Line2D([], [], color=GREY, label='the other groups (mean)'))
+  if sliding:
+    key.append(Line2D([], [], color='0.2', linestyle=':', marker='s',
+                      markersize=2.5, label='sliding-window loss'))
+  key.append(Line2D([], [], color='0.35', linestyle='--',
+                    label='training length'))
+  if overlay:
+    ax = axes[0]
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f'{title} ({band})', fontsize=10)
+    handles, names = ax.get_legend_handles_labels()
+    ax.legend(handles + key, names + [k.get_label() for k in key],
+              loc='upper left', bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+              fontsize=8)
+    fig.tight_layout()
+  else:
+    fig.supxlabel(xlabel, fontsize=9)
+    fig.supylabel(ylabel, fontsize=9)
+    fig.suptitle(f'{title}: one panel per group', fontsize=10)
+    fig.tight_layout()
+    fig.legend(handles=key, loc='upper center', bbox_to_anchor=(0.5, 0.0),
+               ncol=len(key), fontsize=8, frameon=False)
+  plots.save(fig, path)
+  return len(axes) if overlay else len(groups)
 
 
 def _band_note(groups) -> str:
@@ -332,29 +438,18 @@ def _band_note(groups) -> str:
   return 'one seed per curve'
 
 
-def plot_lm(groups, labels, path: str) -> None:
-  plt = plots.pyplot()
-  fig, ax = plt.subplots(figsize=(7.5, 4.8))
-  colors = [None] * len(groups)
-  lengths = _curves(ax, groups, labels, 'loss', colors=colors)
-  if any(r.get('sliding') for g in groups for r in g['runs']):
-    lengths += _curves(ax, groups, labels, 'loss', rows='sliding',
-                       linestyle=':', with_label=False, colors=colors)
-    ax.plot([], [], color='gray', linestyle=':',
-            label='dotted: sliding window')
-  _finish_length_plot(fig, ax, groups, lengths, 'loss (nats / byte)',
-                      f'loss against length ({_band_note(groups)})', path)
+def plot_lm(groups, labels, path: str) -> int:
+  """Loss against length of the LM groups (:func:`_length_panels`)."""
+  return _length_panels(groups, labels, 'loss', 'loss (nats / byte)',
+                        'loss against length', path)
 
 
-def plot_task(groups, labels, task: str, path: str) -> None:
-  plt = plots.pyplot()
-  fig, ax = plt.subplots(figsize=(7.5, 4.8))
-  lengths = _curves(ax, groups, labels, 'accuracy')
-  ax.set_ylim(-0.02, 1.02)
-  _finish_length_plot(fig, ax, groups, lengths, 'accuracy (whole answer)',
-                      f'{task}: accuracy against length '
-                      f'({_band_note(groups)})', path,
-                      unit='task length n')
+def plot_task(groups, labels, task: str, path: str) -> int:
+  """Accuracy against length of one task's groups."""
+  return _length_panels(groups, labels, 'accuracy',
+                        'accuracy (whole answer)',
+                        f'{task}: accuracy against length', path,
+                        unit='task length n', ylim=(-0.02, 1.02))
 
 
 def plot_passkey(g: dict, title: str, path: str) -> None:
@@ -366,7 +461,8 @@ def plot_passkey(g: dict, title: str, path: str) -> None:
 
 CSV_FIELDS = ['kind', 'task', 'group', 'position', 'train_sampling',
               'eval_sampling', 'train_length', 'metric', 'length', 'depth',
-              'n', 'mean', 'std', 'min', 'max', 'seeds', 'runs']
+              'n', 'mean', 'std', 'min', 'max', 'seeds', 'runs',
+              'eval_overrides']
 
 
 def csv_rows(groups, labels) -> list[dict]:
@@ -376,7 +472,9 @@ def csv_rows(groups, labels) -> list[dict]:
     base = {k: g[k] for k in ('kind', 'task', 'position', 'train_sampling',
                               'eval_sampling', 'train_length')}
     base.update(group=l, seeds=_seeds(g),
-                runs=' '.join(r['name'] for r in g['runs']))
+                runs=' '.join(r['name'] for r in g['runs']),
+                eval_overrides=' '.join(
+                    f'{k}={v}' for k, v in (g.get('overrides') or {}).items()))
     metrics = ([('loss', 'results', 'loss'),
                 ('bits_per_byte', 'results', 'bits_per_byte'),
                 ('sliding_loss', 'sliding', 'loss')] if g['kind'] == 'lm' else
@@ -747,7 +845,7 @@ def write(workdirs, out_dir: str, title: str = 'sweep',
     return []
   os.makedirs(out_dir, exist_ok=True)
   missing = [os.path.basename(os.path.normpath(w)) for w in workdirs
-             if not os.path.isfile(os.path.join(w, 'eval', 'results.json'))]
+             if not eval_dirs(w)]
   groups = group(runs)
   written = []
   md = [f'# Report: {title}', '',
@@ -858,15 +956,17 @@ def _define_flags() -> dict:
 
 
 def main(argv, fl: dict) -> None:
-  """``argv[1:]`` are run directories (``<workdir>/eval/results.json``)."""
+  """``argv[1:]`` are run directories (their evaluation folders:
+  :func:`eval_dirs`)."""
   workdirs = list(argv[1:])
   if not workdirs:
     raise app.UsageError('Name at least one run directory, e.g. '
                          'python -m lmx.report runs/*', exitcode=2)
   runs = load(workdirs)
   if not runs:
-    print('error: no <workdir>/eval/results.json found in '
-          f'{", ".join(workdirs)}: run eval.py on them first.',
+    print('error: no evaluation (<workdir>/eval/results.json or '
+          f'<workdir>/eval_*/results.json) found in {", ".join(workdirs)}: '
+          'run eval.py on them first.',
           file=sys.stderr)
     sys.exit(2)
   lm_runs = [r for r in runs if r['kind'] == 'lm']

@@ -97,7 +97,8 @@ def _row(length: int, s: dict) -> dict:
 
 
 def evaluate_task(config, apply_fn: Callable, params, *,
-                  lengths: Sequence[int] | None = None) -> dict:
+                  lengths: Sequence[int] | None = None,
+                  progress: Callable | None = None) -> dict:
   """Teacher-forced exact-match accuracy per length of ``config.task``.
 
   ``apply_fn(params, tokens [B,T], positions [B,T]) -> logits [B,T,V]``.
@@ -106,7 +107,8 @@ def evaluate_task(config, apply_fn: Callable, params, *,
   'token_accuracy', 'loss', 'examples'}]}``; passkey adds ``'passkey':
   {'lengths', 'depths', 'accuracy'}`` with one row of accuracies (one per
   length) for each depth. The results row of a passkey length pools all
-  depths.
+  depths. ``progress(i, n, length, row)``, if given, is called after each
+  length.
   """
   tc = config.task
   tasks.get_task(tc.name)
@@ -126,6 +128,8 @@ def evaluate_task(config, apply_fn: Callable, params, *,
       grid[i][j] = s['exact'] / s['examples']
       pooled = s if pooled is None else {k: pooled[k] + s[k] for k in s}
     rows.append(_row(n, pooled))
+    if progress is not None:
+      progress(j + 1, len(lengths), n, rows[-1])
   out = {'kind': 'task', 'task': tc.name, 'position': config.model.position,
          'train_sampling': config.positions.train, 'eval_sampling': sampling,
          'train_length': int(tc.train_max_length), 'results': rows}
@@ -141,7 +145,8 @@ def format_task_table(results: dict) -> str:
   train_len = results['train_length']
   title = (f"{results['task']} ({results['position']}, positions "
            f"{results['train_sampling']} -> {results['eval_sampling']}), "
-           f'trained on lengths up to {train_len}:')
+           f'trained on lengths up to {train_len}')
+  title = plots.titled(title, results.get('overrides'), width=None) + ':'
   header = ('| length | x train | exact match | token accuracy | answer loss '
             '| examples |')
   lines = [title, '', header, '|---:|---:|---:|---:|---:|---:|']
@@ -167,7 +172,8 @@ def _label(results: dict) -> str:
 
 def plot_accuracy_vs_length(results, path: str) -> None:
   """Exact match against length; ``results`` is one result dict or a list
-  (one line per run, labelled with its encoding)."""
+  (one line per run, labelled with its encoding). The title shows the
+  evaluation overrides of a single result."""
   runs = [results] if isinstance(results, dict) else list(results)
   plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -186,19 +192,21 @@ def plot_accuracy_vs_length(results, path: str) -> None:
   ax.set_ylim(-0.03, 1.03)
   ax.set_xlabel('task length n (log2 scale)')
   ax.set_ylabel('exact-match accuracy (teacher-forced)')
-  ax.set_title(f"{runs[0]['task']}: accuracy against length")
+  overrides = runs[0].get('overrides') if len(runs) == 1 else None
+  ax.set_title(plots.titled(f"{runs[0]['task']}: accuracy against length",
+                            overrides), fontsize=10, wrap=True)
   ax.grid(True, alpha=0.3)
-  ax.legend(fontsize='small')
+  plots.legend_outside(ax)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(fig, path)
 
 
 def plot_passkey_heatmap(results: dict, path: str) -> None:
   """Passkey exact match of one run: x = length, y = key depth."""
   pk = results['passkey']
   draw_passkey_heatmap(pk['lengths'], pk['depths'], pk['accuracy'],
-                       f'passkey: exact match, {_label(results)}', path,
+                       plots.titled(f'passkey: exact match, {_label(results)}',
+                                    results.get('overrides')), path,
                        train_length=results['train_length'])
 
 
@@ -231,5 +239,4 @@ def draw_passkey_heatmap(lengths, depths, accuracy, title: str, path: str,
   ax.set_title(title, fontsize=9)
   fig.colorbar(im, ax=ax, label='exact-match accuracy')
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(fig, path)

@@ -442,8 +442,9 @@ def _train(config, workdir, progress, mesh) -> dict:
   with _StopRequest() as stop, jax.set_mesh(mesh):
     try:
       last = _Loop(config, workdir, batch_fn, saver, writer, bar, stop,
-                   int(meta.get('nonfinite_skips', 0))).run(step_fn, state,
-                                                            start)
+                   int(meta.get('nonfinite_skips', 0)),
+                   log_lines=primary and bar is None).run(step_fn, state,
+                                                          start)
     finally:
       # However the loop ended, finish (and seal) the saves in flight and
       # close the files, so no checkpoint is left half written. The signal
@@ -452,6 +453,8 @@ def _train(config, workdir, progress, mesh) -> dict:
         bar.close()
       saver.close()
       writer.close()
+      if primary:
+        _write_training_curve(workdir, config.name)
   if last:
     print(f'Done: step {t.steps}, loss {last["loss"]:.4f}, '
           f'{last["tokens_per_second"]:,.0f} tokens/s. Checkpoints in '
@@ -459,14 +462,54 @@ def _train(config, workdir, progress, mesh) -> dict:
   return last
 
 
+CURVE_FILE = 'training_curve.png'
+
+
+def _write_training_curve(workdir: str, title: str) -> None:
+  """``training_curve.png`` from the whole metrics.jsonl (a resumed run's
+  file holds the steps before the resume too). A plot that fails is a
+  warning: it must not hide how the run ended."""
+  path = os.path.join(workdir, metrics_lib.METRICS_FILE)
+  try:
+    rows = metrics_lib.read_jsonl(path) if os.path.isfile(path) else []
+    if rows:
+      metrics_lib.plot_training_curve(rows, os.path.join(workdir, CURVE_FILE),
+                                      title)
+  except Exception as e:  # pylint: disable=broad-except
+    print(f'warning: {CURVE_FILE} not written ({type(e).__name__}: {e}).',
+          file=sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+  """``h:mm:ss`` of a duration."""
+  s = int(round(max(seconds, 0.0)))
+  return f'{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}'
+
+
+def log_line(done: int, total: int, m: dict, elapsed: float,
+             eta: float) -> str:
+  """The line a headless run (``--progress=false``) prints each
+  ``train.log_every`` steps."""
+  width = len(str(total))
+  return (f'step {done:>{width}}/{total} loss {m["loss"]:.4f} '
+          f'lr {m["learning_rate"]:.3g} '
+          f'{m["tokens_per_second"]:,.0f} tok/s elapsed {_clock(elapsed)} '
+          f'ETA {_clock(eta)}')
+
+
 class _Loop:
-  """Steps ``start .. train.steps``: check, log, checkpoint, stop."""
+  """Steps ``start .. train.steps``: check, log, checkpoint, stop.
+
+  ``log_lines``: print a line (``log_line``) at each logged step, flushed,
+  for runs without a progress bar (``--progress=false``, sweep members'
+  logs); only the primary process is given it."""
 
   def __init__(self, config, workdir, batch_fn, saver, writer, bar, stop,
-               skips):
+               skips, log_lines=False):
     self.config, self.workdir, self.batch_fn = config, workdir, batch_fn
     self.saver, self.writer, self.bar, self.stop = saver, writer, bar, stop
     self.skips = skips
+    self.log_lines = log_lines
     self.last_saved = None
 
   def _check(self, done: int, m) -> None:
@@ -498,7 +541,8 @@ class _Loop:
     tokens_per_step = t.batch_size * t.seq_len
     last, unchecked = {}, None
     self.last_saved = start or None
-    window_start, window_steps = time.perf_counter(), 0
+    run_start = window_start = time.perf_counter()
+    window_steps = 0
     for step in range(start, t.steps):
       state, m = step_fn(state, dict(self.batch_fn(step)))
       done = step + 1
@@ -528,6 +572,11 @@ class _Loop:
                 'learning_rate': float(m['learning_rate']),
                 'nonfinite_skips': self.skips, 'tokens_per_second': tok_s}
         self.writer.write(done, last)
+        if self.log_lines:
+          now = time.perf_counter()
+          eta = (t.steps - done) * elapsed / max(window_steps, 1)
+          print(log_line(done, t.steps, last, now - run_start, eta),
+                flush=True)
         if self.bar is not None:
           self.bar.set_postfix(loss=f'{last["loss"]:.3f}',
                                tok_s=f'{tok_s:,.0f}')

@@ -2,9 +2,13 @@
 
 import json
 import os
+import re
+import shutil
 
 import pytest
+from PIL import Image
 
+from lmx import metrics
 from scripts import run
 
 
@@ -32,6 +36,62 @@ def test_train_writes_checkpoints_config_and_metrics(trained):
   assert all(r['loss'] > 0 and r['tokens_per_second'] > 0 for r in rows)
   assert any(n.startswith('events.out.tfevents')
              for n in os.listdir(os.path.join(workdir, 'tensorboard')))
+
+
+def test_headless_training_logs_a_line_every_log_every_steps(trained):
+  workdir, proc = trained
+  line = re.compile(r'^step +(\d+)/6 loss (\d+\.\d{4}) lr \S+ [\d,]+ tok/s '
+                    r'elapsed \d+:\d\d:\d\d ETA \d+:\d\d:\d\d$')
+  found = [line.match(x) for x in proc.stdout.splitlines()]
+  found = [m for m in found if m]
+  assert [int(m.group(1)) for m in found] == [2, 4, 6]  # log_every=2
+  rows = [r for r in metrics.read_jsonl(os.path.join(workdir,
+                                                     'metrics.jsonl'))
+          if r['step'] <= 6]
+  assert [m.group(2) for m in found] == [f'{r["loss"]:.4f}' for r in rows]
+  assert '\r' not in proc.stderr  # no progress bar
+  # The training curve: one point per logged step, in a valid PNG.
+  assert metrics.curve_data(rows)['step'] == [2, 4, 6]
+  with Image.open(os.path.join(workdir, 'training_curve.png')) as im:
+    assert im.format == 'PNG'
+
+
+def test_eval_progress_full_config_tensorboard_and_report(trained, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(trained[0], workdir)
+  plain = run('eval.py', f'--workdir={workdir}', '--lengths=16,32')
+  assert re.search(r'^eval length 1/2 \(16\): loss \d+\.\d{4}, elapsed ',
+                   plain.stdout, re.M)
+  assert 'eval length 2/2 (32)' in plain.stdout
+  over = run('eval.py', f'--workdir={workdir}', '--lengths=16,32',
+             '--config.model.lm_infinite.n_local=8')
+  assert 'eval overrides: model.lm_infinite.n_local=8' in over.stdout
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)
+  with open(os.path.join(workdir, 'eval', 'results.json')) as f:
+    plain_results = json.load(f)
+  folder = 'eval_model.lm_infinite.n_local=8'
+  with open(os.path.join(workdir, folder, 'results.json')) as f:
+    over_results = json.load(f)
+  assert plain_results['overrides'] == {}
+  assert plain_results['config'] == saved  # nothing overridden
+  assert over_results['overrides'] == {'model.lm_infinite.n_local': '8'}
+  assert over_results['config']['model']['lm_infinite']['n_local'] == 8
+  over_results['config']['model']['lm_infinite']['n_local'] = (
+      saved['model']['lm_infinite']['n_local'])
+  assert over_results['config'] == saved  # and nothing else changed
+  # Evaluation scalars beside the training ones, at the checkpoint's step.
+  tb = metrics.read_tensorboard(os.path.join(workdir, 'tensorboard'))
+  assert [s for s, _ in tb['loss']] == [2, 4, 6]
+  for prefix, results in (('eval', plain_results),
+                          ('eval_model.lm_infinite.n_local_8', over_results)):
+    for r in results['results']:
+      ((step, value),) = tb[f'{prefix}/loss_len{r["length"]}']
+      assert step == 6 and value == pytest.approx(r['loss'], rel=1e-6)
+  # The report reads both evaluation folders, as separate rows.
+  proc = run('-m', 'lmx.report', workdir)
+  assert '| run | alibi |' in proc.stdout
+  assert f'| run/{folder} | alibi |' in proc.stdout
 
 
 def test_eval_writes_table_json_and_plots(trained):
@@ -109,6 +169,8 @@ def test_eval_generation_quality_and_its_bad_input(trained, tmp_path):
 
 def test_rerunning_the_command_resumes(trained, cache_dir):
   workdir, _ = trained
+  curve = os.path.join(workdir, 'training_curve.png')
+  before_curve = os.stat(curve).st_mtime_ns
   proc = run('train.py', '--config=configs/alibi.py:size=tiny',
              f'--workdir={workdir}', f'--config.data.cache_dir={cache_dir}',
              '--config.train.steps=8', '--config.train.checkpoint_every=3',
@@ -116,6 +178,10 @@ def test_rerunning_the_command_resumes(trained, cache_dir):
   assert 'Resuming from the checkpoint at step 6' in proc.stdout
   assert 'Done: step 8' in proc.stdout
   assert '8' in os.listdir(os.path.join(workdir, 'checkpoints'))
+  # The curve is drawn again over the whole history, before the resume too.
+  assert os.stat(curve).st_mtime_ns > before_curve
+  rows = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  assert metrics.curve_data(rows)['step'] == [2, 4, 6, 8]
   # Once finished, the same command changes nothing.
   before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
   proc = run('train.py', '--config=configs/alibi.py:size=tiny',

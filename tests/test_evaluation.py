@@ -135,3 +135,93 @@ def test_stats_are_only_collected_when_asked(tiny_config):
   assert logits.shape == (1, 16, c.model.vocab_size)
   assert len(stats) == c.model.num_layers
   assert stats[0]['entropy'].shape == (1, 16)
+
+
+@settings(max_examples=60, deadline=None)
+@given(length=st.integers(1, 5000), buckets=st.integers(1, 80))
+def test_log_buckets_tile_the_window_and_widen(length, buckets):
+  edges = evaluation.log_bucket_edges(length, buckets)
+  assert edges[0][0] == 0 and edges[-1][1] == length
+  assert all(a < b for a, b in edges)
+  assert all(b == a2 for (_, b), (a2, _) in zip(edges, edges[1:]))
+  assert len(edges) <= min(buckets, length)
+  widths = [b - a for a, b in edges]
+  # Widths grow (up to rounding by one position).
+  assert all(w2 >= w1 - 1 for w1, w2 in zip(widths, widths[1:]))
+
+
+def test_log_buckets_start_with_single_positions():
+  # 64 ranges over 1024: the ends grow by 1025 ** (1 / 64) ~ 1.114 each,
+  # less than one position at first, so the first ranges are one token.
+  edges = evaluation.log_bucket_edges(1024, 64)
+  assert edges[:3] == [(0, 1), (1, 2), (2, 3)]
+  assert edges[-1][1] - edges[-1][0] > 64  # and the last ones are wide
+
+
+def test_position_profile_band_is_the_interquartile_range_over_windows():
+  # Four windows of 6 tokens, every token of window i with loss i, except
+  # that the last window's second half is 7: in positions 3..5 the window
+  # means are 0, 1, 2, 7.
+  per_window = np.repeat(np.arange(4.0)[:, None], 6, axis=1)
+  per_window[3, 3:] = 7.0
+  first, second = evaluation.position_profile(per_window, [(0, 3), (3, 6)])
+  assert (first['start'], first['end'], second['end']) == (0, 3, 6)
+  # Percentiles of 0, 1, 2, 3 by linear interpolation: q25 at rank 0.75.
+  assert first == {'start': 0, 'end': 3, 'loss': 1.5, 'q25': 0.75,
+                   'median': 1.5, 'q75': 2.25}
+  assert second['loss'] == 2.5 and second['median'] == 1.5
+  assert second['q25'] == 0.75 and second['q75'] == 3.25  # 2 + 0.25 * 5
+
+
+def test_tensorboard_tags_name_the_metric_length_and_overrides():
+  results = {'results': [{'length': 16, 'loss': 1.0, 'bits_per_byte': 1.5,
+                          'perplexity': 2.7},
+                         {'length': 32, 'accuracy': 0.5}],
+             'sliding': [{'length': 16, 'loss': 0.9}]}
+  tags = evaluation.tensorboard_scalars(results, 'eval')
+  assert tags == {'eval/loss_len16': 1.0, 'eval/bits_per_byte_len16': 1.5,
+                  'eval/perplexity_len16': 2.7, 'eval/accuracy_len32': 0.5,
+                  'eval/sliding_loss_len16': 0.9}
+  assert evaluation.tag_prefix({}) == 'eval'
+  assert evaluation.folder_name({'model.rope.scaling': 'yarn'}) == (
+      'eval_model.rope.scaling=yarn')
+  assert evaluation.tag_prefix({'model.rope.scaling': 'yarn',
+                                'eval.tokens': '64'}) == (
+      'eval_model.rope.scaling_yarn_eval.tokens_64')
+
+
+def test_eval_plots_draw_synthetic_results_with_overrides(tmp_path):
+  from PIL import Image
+  overrides = {'model.rope.scaling': 'yarn'}
+  results = {'position': 'rope', 'step': 5, 'train_length': 16,
+             'overrides': overrides, 'sliding_stride': 0,
+             'results': [{'length': n, 'loss': 2 + n / 100}
+                         for n in (16, 32, 64)],
+             'sliding': [{'length': n, 'loss': 1.9 + n / 100}
+                         for n in (16, 32, 64)]}
+  per_window = np.random.default_rng(0).uniform(1, 3, (5, 64))
+  row = {'length': 64, 'per_window': per_window}
+  from configs import base
+  c = base.get_config('size=tiny')
+  c.train.seq_len = 16
+  pp = evaluation.per_position_result(row, c)
+  assert pp['windows'] == 5 and pp['log_buckets'][0] == {
+      **pp['log_buckets'][0], 'start': 0, 'end': 1}
+  assert sum(b['end'] - b['start'] for b in pp['buckets']) == 64
+  old = {'length': 64, 'train_length': 16,  # a file from before the band
+         'buckets': [{'start': a, 'end': b, 'loss': 2.0}
+                     for a, b in evaluation.bucket_edges(64, 8)]}
+  diag = {'length': 64, 'train_length': 16, 'windows': 2,
+          'buckets': [{'start': 0, 'end': 32}, {'start': 32, 'end': 64}],
+          'layers': [{'layer': 0, 'entropy': [1.0, 2.0],
+                      'max_logit': [3.0, 4.0]}]}
+  for name, draw in (
+      ('loss.png', lambda p: evaluation.plot_loss_vs_length(results, p)),
+      ('pp.png', lambda p: evaluation.plot_per_position(pp, 'rope', p,
+                                                        overrides)),
+      ('old.png', lambda p: evaluation.plot_per_position(old, 'rope', p)),
+      ('attn.png', lambda p: evaluation.plot_attention(diag, 'rope', p,
+                                                       overrides))):
+    draw(str(tmp_path / name))
+    with Image.open(tmp_path / name) as im:
+      assert im.format == 'PNG'

@@ -183,6 +183,18 @@ def test_write_puts_the_findings_first(tmp_path):
     assert [x['verdict'] for x in json.load(f)][5] == 'does not hold'
 
 
+def test_findings_read_only_the_plain_evaluation(tmp_path):
+  d = _write(str(tmp_path), _lm('rope', [1, 1.2, 1.5, 2], seed=0))
+  other = os.path.join(d, 'eval_model.rope.scaling=yarn')
+  os.makedirs(other)
+  with open(os.path.join(d, 'eval', 'results.json')) as f:
+    results = json.load(f)
+  with open(os.path.join(other, 'results.json'), 'w') as f:
+    json.dump({**results, 'overrides': {'model.rope.scaling': 'yarn'}}, f)
+  runs = replication.load([d])
+  assert [r['eval_dir'] for r in runs] == ['eval']  # not a second seed
+
+
 def test_the_replicate_declaration(tmp_path):
   quick = sweep.prepare('configs/sweeps/replicate.py:quick', str(tmp_path))
   full = sweep.prepare('configs/sweeps/replicate.py', str(tmp_path))

@@ -338,3 +338,56 @@ def test_mrr_refuses_one_label_and_skips_tasks_without_extrapolation(
     md = f.read()
   assert '| rope (randomized) | 1.000 | 1.00 | 1 | 1 |' in md
   assert 'Not counted: task sort: skipped, no evaluation length' in md
+
+
+def test_report_reads_every_evaluation_folder_of_a_run(tmp_path):
+  root = str(tmp_path)
+  run = _write(root, 'rope-s0', _lm('rope', [2.0, 2.5, 4.0]), seed=0)
+  yarn = _lm('rope', [1.9, 2.1, 2.2])
+  yarn['overrides'] = {'model.rope.scaling': 'yarn'}
+  folder = os.path.join(run, 'eval_model.rope.scaling=yarn')
+  os.makedirs(folder)
+  with open(os.path.join(folder, 'results.json'), 'w') as f:
+    json.dump(yarn, f)
+  os.makedirs(os.path.join(run, 'eval_empty'))  # no results.json: not read
+  assert report.eval_dirs(run) == ['eval', 'eval_model.rope.scaling=yarn']
+  runs = report.load([run])
+  assert [r['name'] for r in runs] == [
+      'rope-s0', 'rope-s0/eval_model.rope.scaling=yarn']
+  groups = report.group(runs)
+  assert report.label_groups(groups) == [
+      'rope', 'rope (eval overrides: model.rope.scaling=yarn)']
+  out = str(tmp_path / 'report')
+  report.write([run], out)
+  with open(os.path.join(out, 'report.md')) as f:
+    md = f.read()
+  assert ('| rope (eval overrides: model.rope.scaling=yarn) | 16 | 0 | '
+          '1.900 | 2.100 | 2.200 | 1.16 |') in md
+  assert '| rope-s0/eval_model.rope.scaling=yarn | rope |' in md
+  rows = _csv(os.path.join(out, 'report.csv'))
+  assert {r['eval_overrides'] for r in rows} == {
+      '', 'model.rope.scaling=yarn'}
+  code, out = _cli(run)
+  assert code == 0 and 'rope-s0/eval_model.rope.scaling=yarn' in out
+
+
+def test_many_groups_are_drawn_as_small_multiples(tmp_path):
+  root = str(tmp_path)
+  names = ['none', 'sinusoidal', 'learned', 't5', 'alibi', 'kerple', 'fire',
+           'xpos', 'rope', 'cope']
+  dirs = [_write(root, n, _lm(n, [2.0, 2.0 + i / 10, 2.0 + i / 5],
+                              sliding=[1.9, 1.9, 1.9]), seed=0)
+          for i, n in enumerate(names)]
+  groups = report.group(report.load(dirs))
+  labels = report.label_groups(groups)
+  assert report.plot_lm(groups, labels, str(tmp_path / 'ten.png')) == 10
+  assert report.plot_lm(groups[:3], labels[:3],
+                        str(tmp_path / 'three.png')) == 1
+  tasks = [_write(root, f'task-{n}', _task('reverse', n, [1.0, 0.1 * i]),
+                  seed=0) for i, n in enumerate(names[:5])]
+  tg = report.group(report.load(tasks))
+  assert report.plot_task(tg, report.label_groups(tg), 'reverse',
+                          str(tmp_path / 'task.png')) == 5
+  for png in ('ten.png', 'three.png', 'task.png'):
+    with open(tmp_path / png, 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'

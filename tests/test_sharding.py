@@ -8,6 +8,7 @@ the two 4-device processes run tests/multihost_worker.py in subprocesses
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -86,8 +87,13 @@ def runs(tmp_path_factory, cache_dir):
     for proc, _, _ in procs:
       if proc.poll() is None:
         proc.kill()
+  logs = []
+  for i in range(2):
+    with open(root / f'process{i}.log') as f:
+      logs.append(f.read())
   return {'one_device': worker.losses(str(reference)),
-          'meshes': results[0], 'processes': results[1:]}
+          'meshes': results[0], 'processes': results[1:],
+          'process_logs': logs}
 
 
 # ------------------------------------------------------- rules, no devices
@@ -249,3 +255,9 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step(runs):
     assert p['stopped_at'] == 3
     assert p['steps_saved'] == [3]     # saved by both, sealed by process 0
     assert p['steps_final'] == [3, 5]  # and resumed by both
+
+
+def test_only_the_primary_process_prints_log_lines(runs):
+  line = re.compile(r'^step +\d+/\d+ loss ', re.M)
+  first, second = runs['process_logs']
+  assert line.search(first) and not line.search(second)

@@ -144,3 +144,12 @@ def test_kerple_parameters_are_projected_after_every_update(kernel,
       on_bound += int(np.sum(got[key] == np.float32(eps)))
   # Some parameter was pushed past eps and sits exactly on it.
   assert on_bound > 0
+
+
+def test_headless_log_line_has_step_loss_lr_speed_and_times():
+  from lmx import trainer  # pylint: disable=g-import-not-at-top
+  m = {'loss': 1.23456, 'learning_rate': 0.00125, 'tokens_per_second': 17832.4}
+  line = trainer.log_line(50, 1500, m, elapsed=3725.2, eta=59.6)
+  # 3725 s = 1 h 2 min 5 s; 59.6 s rounds to one minute.
+  assert line == ('step   50/1500 loss 1.2346 lr 0.00125 17,832 tok/s '
+                  'elapsed 1:02:05 ETA 0:01:00')
