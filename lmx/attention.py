@@ -413,13 +413,39 @@ def flash_unavailable(*, far: bool, bias_fn, block: int = 512,
 
 def flash_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask,
                     block: int):
-  from lmx.kernels import flash
+  """The fused kernel on ``near``. Under a mesh of several devices it runs
+  per shard (``jax.shard_map``): rows over the data axes and heads over
+  the tensor axis where they divide, each head's bias parameters with its
+  head, so the compiler never has to partition the kernel itself."""
+  from lmx.kernels import flash  # pylint: disable=g-import-not-at-top
+  from lmx.positions.base import KernelBias  # pylint: disable=g-import-not-at-top
   enc = _encoding_of(bias_fn) if bias_fn is not None else None
-  return flash.flash_attention(
-      near.q, near.k, v, near.q_pos, near.k_pos,
-      enc.kernel_bias() if enc is not None else None,
-      n_global=mask.n_global, n_local=mask.n_local, block_q=block,
-      block_k=block)
+  kb = enc.kernel_bias() if enc is not None else None
+  params = dict(kb.params) if kb is not None else {}
+
+  def run(q, k, v, q_pos, k_pos, params):
+    bias = KernelBias(params, kb.fn) if kb is not None else None
+    return flash.flash_attention(
+        q, k, v, q_pos, k_pos, bias, n_global=mask.n_global,
+        n_local=mask.n_local, block_q=block, block_k=block)
+
+  args = (near.q, near.k, v, near.q_pos, near.k_pos, params)
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return run(*args)
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  b, _, h, _ = near.q.shape
+  data = tuple(a for a in ('data', 'fsdp') if mesh.shape.get(a, 1) > 1)
+  rows = data if data and b % math.prod(mesh.shape[a] for a in data) == 0 \
+      else None
+  tensor = mesh.shape.get('tensor', 1)
+  heads = 'tensor' if tensor > 1 and h % tensor == 0 else None
+  qkv, pos = P(rows, None, heads, None), P(rows, None)
+  specs = (qkv, qkv, qkv, pos, pos,
+           {n: P(heads, None) for n in params})
+  # Pallas outputs carry no varying-axes type, hence check_vma=False.
+  return jax.shard_map(run, mesh=mesh, in_specs=specs, out_specs=qkv,
+                       check_vma=False)(*args)
 
 
 # ----------------------------------------------------------------- dispatch

@@ -7,6 +7,7 @@ lengths that are no multiple of either) keep the interpreter fast.
 """
 
 import logging
+import os
 
 import jax
 import jax.numpy as jnp
@@ -324,3 +325,24 @@ def test_model_with_flash_equals_dense(monkeypatch):
   assert calls == ['lmx_flash_fwd']
   np.testing.assert_allclose(logits['flash'], logits['dense'], atol=TOL,
                              rtol=0)
+
+
+def test_the_kernel_runs_per_shard_under_a_mesh_with_every_gradient():
+  """On 8 CPU devices (data 2 x fsdp 2 x tensor 2) the model with the fused
+  kernel, run per shard through jax.shard_map (rows and heads split, each
+  head's bias parameters with its head), gives the dense backend's
+  gradient of every parameter, the encodings' own included."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  worker = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                        'flash_mesh_worker.py')
+  r = subprocess.run([sys.executable, worker, 'alibi', 'kerple', 't5'],
+                     capture_output=True, text=True, timeout=600,
+                     env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert r.returncode == 0, r.stderr[-3000:]
+  result = json.loads(r.stdout.strip().splitlines()[-1])
+  for position, (diff, scale, pos_diff, pos_scale) in result.items():
+    assert diff <= 1e-5 * scale, position
+    if position != 'alibi':  # learned bias parameters
+      assert pos_scale > 0 and pos_diff <= 1e-5 * pos_scale, position
