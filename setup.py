@@ -28,6 +28,7 @@ setup(
         'tensorboardX',
         'sacrebleu>=2.4',     # lmx.generation_eval: BLEU
         'rouge-score>=0.1.2',  # lmx.generation_eval: ROUGE
+        'sentencepiece>=0.2',  # lmx.data.subword: subword tokenizers
     ],
     extras_require={
         'test': ['pytest>=8', 'hypothesis>=6', 'ruff>=0.6'],
