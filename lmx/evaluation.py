@@ -427,7 +427,7 @@ def plot_loss_vs_length(results: dict, path: str) -> None:
 def _unit(results: dict) -> str:
   """What one token is: a byte, or a subword token."""
   kind = (results.get('tokenizer') or {}).get('kind', 'bytes')
-  return 'byte' if kind == 'bytes' else f'{kind} token'
+  return 'byte' if kind == 'bytes' else 'subword token'
 
 
 def plot_per_position(per_position: dict, name: str, path: str) -> None:

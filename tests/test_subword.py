@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from configs import base
 from lmx import config as config_lib
@@ -113,6 +115,18 @@ def test_ids_and_round_trips(tok):
   assert (stream == tok.eod).sum() == len(docs)
   assert tok.decode(stream) == tokenizer.BYTES.decode(
       corpus.token_stream(docs))
+
+
+@settings(max_examples=60, deadline=None)
+@given(raw=st.one_of(st.binary(max_size=120),
+                     st.text(max_size=60).map(lambda t: t.encode(
+                         'utf-8', 'surrogatepass'))))
+def test_any_bytes_round_trip(tok, raw):
+  ids = tok.encode(raw)
+  assert ids.dtype == np.int32 and ((0 <= ids) & (ids < tok.vocab_size)).all()
+  assert tok.eod not in ids.tolist()  # only the stream adds EOD
+  assert tok.decode_bytes(ids) == raw
+  assert int(tok.byte_lengths[ids].sum()) == len(raw)
 
 
 def test_byte_tokenizer_object_is_the_module_functions():
