@@ -228,6 +228,10 @@ def test_train_eval_generate_end_to_end(texts, sp_cache, tmp_path):
   prompt_ids = subword.for_run(run_config, workdir).encode('the model')
   tok = subword.for_run(run_config, workdir)
   assert tok.encode(text).size >= prompt_ids.size
+  # generate.py encodes the prompt and decodes through the run's tokenizer.
+  proc = run('generate.py', f'--workdir={workdir}', '--prompt=the model',
+             '--max_new_tokens=5', '--temperature=0')
+  assert proc.stdout.rstrip('\n') == text.rstrip('\n')
   # Overriding the tokenizer of a trained run is refused.
   other = checkpoint.read_config(workdir)
   other.data.sentencepiece.vocab_size = 400
