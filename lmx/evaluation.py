@@ -226,9 +226,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       f'({", ".join(map(str, run_lengths))}) is longer. Add a shorter length '
       '(--lengths) or raise config.model.chunk_threshold.')
   checkpoint.require_checkpoint(workdir, step)
+  tok = subword.for_run(config, workdir)  # the run's own tokenizer
   out_dir = checkpoint.make_writable_dir(
       out_dir or os.path.join(workdir, 'eval'), 'The evaluation folder')
-  tok = subword.for_run(config, workdir)  # the run's own tokenizer
   docs = corpus.load_documents(config.data, 'validation')
   stream = corpus.token_stream(docs, tok)
   byte_lengths = None if tok.kind == 'bytes' else tok.byte_lengths
