@@ -11,8 +11,10 @@ Loads the config saved in --workdir and the parameters of its latest
 checkpoint (--step=N for another). Any config field can be overridden with
 --config.<field>=<value>, as in eval.py (e.g. LM-Infinite's Lambda-shaped
 mask, whose KV cache is bounded, or a RoPE scaling). The prompt is encoded
-as bytes; the prompt and its continuation are printed. --temperature=0 is
-greedy decoding; --top_k=K samples among the K most likely bytes (0: all).
+by the run's tokenizer (bytes, or the SentencePiece model the run keeps in
+its workdir), and the prompt and its continuation are decoded by it and
+printed. --temperature=0 is greedy decoding; --top_k=K samples among the K
+most likely tokens (0: all).
 Same seed, same text. Bad input exits with 2 and one message.
 """
 
@@ -29,9 +31,11 @@ from lmx.errors import CheckpointError, ConfigError, DataError
 
 _RUN = cli.define_run_flags()
 flags.adopt_module_key_flags(cli)  # --help lists --workdir, --step, --config
-_PROMPT = flags.DEFINE_string('prompt', '', 'Text to continue (bytes); '
-                              'empty: start a new document.')
-_MAX_NEW = flags.DEFINE_integer('max_new_tokens', 200, 'Bytes to generate.')
+_PROMPT = flags.DEFINE_string('prompt', '', 'Text to continue (encoded by '
+                              "the run's tokenizer); empty: start a new "
+                              'document.')
+_MAX_NEW = flags.DEFINE_integer('max_new_tokens', 200, 'Tokens to generate '
+                                "(bytes, or the run's subword tokens).")
 _TEMPERATURE = flags.DEFINE_float('temperature', 1.0, 'Sampling temperature; '
                                   '0 = greedy.')
 _TOP_K = flags.DEFINE_integer('top_k', 0, 'Sample among the K most likely '

@@ -29,6 +29,7 @@ setup(
         'submitit>=1.5',       # sweep.py: local and SLURM launchers
         'sacrebleu>=2.4',     # lmx.generation_eval: BLEU
         'rouge-score>=0.1.2',  # lmx.generation_eval: ROUGE
+        'sentencepiece>=0.2',  # lmx.data.subword: subword tokenizers
     ],
     extras_require={
         'test': ['pytest>=8', 'hypothesis>=6', 'ruff>=0.6'],

@@ -13,7 +13,9 @@ from lmx import model as model_lib
 from lmx import positions
 from lmx import sharding
 from lmx.checks import Fields, require
+from lmx.data import subword
 from lmx.data import tasks
+from lmx.data import tokenizer as tokenizer_lib
 from lmx.errors import ConfigError
 from lmx.positions import sampling as sampling_lib
 
@@ -99,9 +101,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f'config.model.d_model={m.d_model}: choose heads that divide the '
           f'width (e.g. num_heads='
           f'{max(h for h in range(1, m.num_heads + 1) if m.d_model % h == 0)}).')
-  require(m.vocab_size >= 257,
-          f'config.model.vocab_size={m.vocab_size} is too small for 256 '
-          f'bytes plus the end-of-document token: use at least 257.')
+  _check_tokenizer(config)
   f.choice('model.dtype', ('float32', 'bfloat16'))
   f.float('model.dropout', 0.0, 1.0, hi_open=True)
   f.bool('model.tie_embeddings')
@@ -149,6 +149,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
           'config.data.validation_source applies to local text; a tfds '
           'catalog dataset names its split in config.data.validation_split.')
 
+  require(not ('task' in config and config.task.name
+               and d.tokenizer != 'bytes'),
+          f'config.task.name={config.task.name!r} is a synthetic task, '
+          'written in byte tokens; config.data.tokenizer='
+          f'{d.tokenizer!r} applies to text corpora only. Drop '
+          "--config.data.tokenizer (tasks use 'bytes').")
   problem = tasks.check(config) if 'task' in config else None
   require(problem is None, problem or '')
   if 'task' in config and config.task.name:
@@ -219,6 +225,30 @@ def _check_flash(config, encoding, *, far: bool) -> None:
           f"config.model.attention='flash' computes the bias inside the "
           f'kernel, but for the {m.position!r} encoding {why}. Use '
           "'chunked' or 'dense'.")
+
+
+def _check_tokenizer(config) -> None:
+  """config.data.tokenizer and its settings; model.vocab_size against it.
+
+  A given SentencePiece file is read when a run starts
+  (``lmx.data.subword.resolve``, still before anything compiles); a
+  trained run reads its own copy instead."""
+  f = Fields(config, 'config')
+  kind = f.choice('data.tokenizer', tokenizer_lib.KINDS)
+  vocab = int(config.model.vocab_size)
+  if kind == 'bytes':
+    require(vocab >= tokenizer_lib.VOCAB_SIZE,
+            f'config.model.vocab_size={vocab} is too small for 256 '
+            f'bytes plus the end-of-document token: use at least 257.')
+    return
+  f.choice('data.sentencepiece.model_type', subword.MODEL_TYPES)
+  f.int('data.sentencepiece.vocab_size', subword.MIN_VOCAB + 1,
+        subword.MAX_VOCAB)
+  f.float('data.sentencepiece.character_coverage', 0.9, 1.0)
+  model_file = f.get('data.sentencepiece.model_file')
+  require(isinstance(model_file, str),
+          'config.data.sentencepiece.model_file must be the path of a '
+          "SentencePiece .model file, or '' to train one.")
 
 
 def _check_attention(config, encoding) -> None:

@@ -41,6 +41,7 @@ from lmx import memory
 from lmx import positions as positions_lib
 from lmx import run_state
 from lmx.errors import ConfigError
+from lmx.data import subword
 from lmx.data import tokenizer
 
 EOD = tokenizer.EOD
@@ -209,7 +210,7 @@ def generate(model_or_split, config: ml_collections.ConfigDict,
              prompt_tokens: Union[Sequence[int], np.ndarray],
              max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int = 0, seed: int = 0, stop_at_eod: bool = False,
-             max_len: Optional[int] = None) -> np.ndarray:
+             max_len: Optional[int] = None, eod: int = EOD) -> np.ndarray:
   """The tokens generated after ``prompt_tokens`` (int32 numpy).
 
   ``model_or_split`` is a ``Transformer`` or its ``(graphdef, params)``;
@@ -218,7 +219,8 @@ def generate(model_or_split, config: ml_collections.ConfigDict,
   equal-length prompts (returns ``[B, N]``). Generation stops after
   ``max_new_tokens``, or with ``stop_at_eod`` once every row has produced
   the end-of-document token (included; a finished row is padded with it).
-  ``max_len`` is the cache length (default: prompt + new tokens).
+  ``max_len`` is the cache length (default: prompt + new tokens); ``eod``
+  the end-of-document id (the tokenizer's; default: the byte tokenizer's).
   """
   prompt = np.asarray(prompt_tokens, dtype=np.int32)
   single = prompt.ndim == 1
@@ -257,7 +259,7 @@ def generate(model_or_split, config: ml_collections.ConfigDict,
   done_B = np.zeros((batch,), bool)
   for i in range(1, max_new_tokens):
     if stop_at_eod:
-      done_B |= np.asarray(tokens[-1]) == EOD
+      done_B |= np.asarray(tokens[-1]) == eod
       if done_B.all():
         break
     position_B = jnp.full((batch,), prompt_len + i - 1, jnp.int32)
@@ -267,8 +269,8 @@ def generate(model_or_split, config: ml_collections.ConfigDict,
   out = np.asarray(jnp.stack(tokens, axis=1))
   if stop_at_eod:
     # Everything after a row's first end-of-document is padding.
-    after_eod = np.cumsum(out == EOD, axis=1) - (out == EOD) > 0
-    out = np.where(after_eod, EOD, out).astype(np.int32)
+    after_eod = np.cumsum(out == eod, axis=1) - (out == eod) > 0
+    out = np.where(after_eod, eod, out).astype(np.int32)
   return out[0] if single else out
 
 
@@ -281,21 +283,23 @@ def generate_from_run(config: ml_collections.ConfigDict, workdir: str,
                       seed: int = 0, step: Optional[int] = None,
                       stop_at_eod: bool = False) -> tuple[str, int]:
   """``(text, step)``: the prompt and its continuation by the checkpoint of
-  ``workdir`` at ``step`` (default: the latest), decoded from bytes.
+  ``workdir`` at ``step`` (default: the latest), encoded and decoded by the
+  run's tokenizer (bytes, or its SentencePiece model).
 
   ``config`` is the run's saved config (with any overrides). Bad lengths or
   sampling settings raise ConfigError and a missing or unusable checkpoint
   CheckpointError, both before anything is compiled. An empty prompt starts
   a new document (the end-of-document token).
   """
+  tok = subword.for_run(config, workdir)
   try:  # a prompt from the command line may hold any bytes (see encode)
-    given = tokenizer.encode(prompt)
+    given = tok.encode(prompt)
   except UnicodeEncodeError as e:
     raise ConfigError(
         f'The prompt holds characters that cannot be written as bytes '
         f'({e.reason} at position {e.start}): give text, or the bytes '
         'themselves.') from None
-  prompt_tokens = given if given.size else np.array([EOD], np.int32)
+  prompt_tokens = given if given.size else np.array([tok.eod], np.int32)
   check_sampling(temperature, top_k)
   total = check_lengths(config, prompt_tokens.size, max_new_tokens)
   lm = config.model.lm_infinite
@@ -310,9 +314,9 @@ def generate_from_run(config: ml_collections.ConfigDict, workdir: str,
   graphdef, params, step = run_state.load_params(config, workdir, step)
   new = generate((graphdef, params), config, prompt_tokens, max_new_tokens,
                  temperature=temperature, top_k=top_k, seed=seed,
-                 stop_at_eod=stop_at_eod)
-  if stop_at_eod and new.size and new[-1] == EOD:
+                 stop_at_eod=stop_at_eod, eod=tok.eod)
+  if stop_at_eod and new.size and new[-1] == tok.eod:
     new = new[:-1]
   # Decoded together, so a character split between the prompt and the new
   # bytes is whole; bytes that are not UTF-8 read as U+FFFD.
-  return tokenizer.decode(np.concatenate([given, new])), step
+  return tok.decode(np.concatenate([given, new])), step

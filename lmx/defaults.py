@@ -111,10 +111,26 @@ def get_config(arg: str | None = None,
   # data.source by path hash (too few files may leave validation empty).
   c.data.validation_source = ''
   c.data.cache_dir = '~/.cache/lmx/tfds'
+  # 'bytes' (256 bytes + end-of-document) or 'sentencepiece' (a subword
+  # vocabulary, lmx.data.subword). With sentencepiece, model.vocab_size
+  # follows the tokenizer and a trained run keeps its copy of the model.
+  c.data.tokenizer = 'bytes'
+  c.data.sentencepiece = ml_collections.ConfigDict({
+      # A given .model file; '' = train one on the training split (cached
+      # beside the prepared dataset).
+      'model_file': '',
+      # What lmx trains: 'bpe' | 'unigram', with vocab_size ids in all
+      # (2 special, 256 bytes, the rest pieces), and the characters that
+      # cover this fraction of the text (rarer ones fall back to bytes).
+      'model_type': 'bpe',
+      'vocab_size': 1024,
+      'character_coverage': 0.9995,
+  })
 
   c.model = ml_collections.ConfigDict()
   c.model.position = positions.DEFAULT
-  c.model.vocab_size = 257           # 256 bytes + end-of-document
+  # 256 bytes + end-of-document; set from data.sentencepiece's tokenizer.
+  c.model.vocab_size = 257
   c.model.d_model = s['d_model']
   c.model.num_layers = s['num_layers']
   c.model.num_heads = s['num_heads']

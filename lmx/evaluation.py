@@ -33,7 +33,7 @@ from lmx import ood_diagnostics
 from lmx import task_eval
 from lmx import plots
 from lmx import run_state
-from lmx.data import corpus, windows
+from lmx.data import corpus, subword, windows
 from lmx.positions import sample_positions
 
 
@@ -69,21 +69,34 @@ def _window_losses(token_losses, params, config, inputs: np.ndarray,
   return out
 
 
-def _summary(length: int, loss: float) -> dict:
+def _summary(length: int, loss: float, tokens: int, nbytes: int) -> dict:
+  """Loss per token (nats), perplexity per token, and bits per byte: the
+  same total over the UTF-8 bytes the scored tokens decode to
+  (``tokenizer.byte_lengths``; EOD is one byte, its newline). With bytes,
+  tokens == bytes and bits per byte is exactly loss / ln 2."""
   return {'length': length, 'loss': loss, 'perplexity': math.exp(loss),
-          'bits_per_byte': loss / math.log(2)}
+          'bits_per_byte': loss * (tokens / nbytes) / math.log(2),
+          'bytes': nbytes}
+
+
+def _scored_bytes(targets: np.ndarray, byte_lengths) -> int:
+  if byte_lengths is None:  # the byte tokenizer: one byte per token
+    return int(targets.size)
+  return int(np.asarray(byte_lengths)[targets].sum())
 
 
 def loss_at_length(token_losses, params, config, stream: np.ndarray,
-                   length: int) -> dict:
+                   length: int, byte_lengths=None) -> dict:
   """Non-overlapping windows: mean loss over the scored tokens, the mean
   loss at each position and (``per_window``, not saved) every window's
-  per-token losses ``[windows, length]``."""
+  per-token losses ``[windows, length]``. ``byte_lengths`` (the
+  tokenizer's; None: bytes) gives bits per byte."""
   inputs, targets = windows.eval_windows(stream, length, config.eval.tokens)
   losses = _window_losses(token_losses, params, config, inputs, targets,
                           windows.step_rng(config.eval.seed, length))
   per_position = losses.mean(axis=0)
-  return {**_summary(length, float(per_position.mean())),
+  return {**_summary(length, float(per_position.mean()), losses.size,
+                     _scored_bytes(targets, byte_lengths)),
           'windows': inputs.shape[0], 'tokens': losses.size,
           'per_position': per_position, 'per_window': losses}
 
@@ -95,7 +108,7 @@ def sliding_stride(config, length: int) -> int:
 
 
 def sliding_loss_at_length(token_losses, params, config, stream: np.ndarray,
-                           length: int) -> dict:
+                           length: int, byte_lengths=None) -> dict:
   """The sliding-window protocol: windows every ``stride`` tokens, each
   scoring only its last ``stride`` targets (Press et al. 2022 compare it
   with non-overlapping windows). The scored tokens are the same as in
@@ -107,7 +120,9 @@ def sliding_loss_at_length(token_losses, params, config, stream: np.ndarray,
   losses = _window_losses(token_losses, params, config, inputs, targets,
                           windows.step_rng(config.eval.seed, length, 1))
   loss = float(losses[scored].mean())
-  return {**_summary(length, loss), 'stride': stride,
+  return {**_summary(length, loss, int(scored.sum()),
+                     _scored_bytes(targets[scored], byte_lengths)),
+          'stride': stride,
           'windows': inputs.shape[0], 'tokens': int(scored.sum())}
 
 
@@ -330,25 +345,28 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       f'({", ".join(map(str, run_lengths))}) is longer. Add a shorter length '
       '(--lengths) or raise config.model.chunk_threshold.')
   checkpoint.require_checkpoint(workdir, step)
+  tok = subword.for_run(config, workdir)  # the run's own tokenizer
   out_dir = checkpoint.make_writable_dir(
       out_dir or os.path.join(workdir, 'eval'), 'The evaluation folder')
   docs = corpus.load_documents(config.data, 'validation')
-  stream = corpus.token_stream(docs)
+  stream = corpus.token_stream(docs, tok)
+  byte_lengths = None if tok.kind == 'bytes' else tok.byte_lengths
   for length in run_lengths:  # refuse before compiling anything
     windows.eval_windows(stream, length, config.eval.tokens)
     memory.check_evaluation(config, length)
-  gen_plan = (generation_eval.plan(config, docs) if config.eval.generation
-              else None)
+  gen_plan = (generation_eval.plan(config, tok.encode_documents(docs))
+              if config.eval.generation else None)
 
   graphdef, params, step = run_state.load_params(config, workdir, step)
   token_losses = make_loss_fn(graphdef)
   rows, sliding = [], []
   report = _progress(progress and jax.process_index() == 0)
   for i, length in enumerate(run_lengths, 1):
-    rows.append(loss_at_length(token_losses, params, config, stream, length))
+    rows.append(loss_at_length(token_losses, params, config, stream, length,
+                               byte_lengths))
     if config.eval.sliding:
       sliding.append(sliding_loss_at_length(token_losses, params, config,
-                                            stream, length))
+                                            stream, length, byte_lengths))
     report(i, len(run_lengths), length, rows[-1])
   longest = rows[-1]
   results = {
@@ -358,6 +376,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       'train_sampling': config.positions.train,
       'eval_sampling': config_lib.resolve_eval_sampling(config),
       'train_length': config.train.seq_len,
+      'tokenizer': tok.describe(),
       'results': [{k: v for k, v in r.items()
                    if k not in ('per_position', 'per_window')} for r in rows],
       'sliding': sliding,
@@ -367,6 +386,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       'config': config_dict(config),
   }
   per_position = per_position_result(longest, config)
+  per_position['tokenizer'] = tok.describe()
   diagnostics = None
   # The statistics need each layer's dense T x T logits: taken at the
   # longest length the dense backend would run (config.model.
@@ -386,7 +406,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                    'position': config.model.position}
                   if not gen_pos else generation_eval.generation_quality(
                       graphdef, params, config, gen_pos, gen_skipped,
-                      gen_docs))
+                      gen_docs, tok))
   ood = None
   if config.eval.ood and diag_rows:
     length = diag_rows[-1]['length']
@@ -523,7 +543,7 @@ def plot_loss_vs_length(results: dict, path: str) -> None:
              label=f'training length ({results["train_length"]})')
   plots.length_axis(ax, xs)
   ax.set_xlabel('evaluation length (tokens, log scale)')
-  ax.set_ylabel('loss (nats / byte)')
+  ax.set_ylabel(f'loss (nats / {_unit(results)})')
   ax.set_title(plots.titled(f'{results["position"]}: loss against length '
                             f'(step {results["step"]})',
                             results.get('overrides')), fontsize=10, wrap=True)
@@ -531,6 +551,12 @@ def plot_loss_vs_length(results: dict, path: str) -> None:
   plots.legend_outside(ax, 'below')
   fig.tight_layout()
   plots.save(fig, path)
+
+
+def _unit(results: dict) -> str:
+  """What one token is: a byte, or a subword token."""
+  kind = (results.get('tokenizer') or {}).get('kind', 'bytes')
+  return 'byte' if kind == 'bytes' else 'subword token'
 
 
 def plot_per_position(per_position: dict, name: str, path: str,
@@ -560,7 +586,7 @@ def plot_per_position(per_position: dict, name: str, path: str,
   ax.xaxis.set_major_formatter(plots.plain_numbers())
   ax.set_xlim(1, per_position['length'])
   ax.set_xlabel('position in the window (1 = first token, log scale)')
-  ax.set_ylabel('loss (nats / byte)')
+  ax.set_ylabel(f'mean loss (nats / {_unit(per_position)})')
   ax.set_title(plots.titled(f'{name}: loss by position at length '
                             f'{per_position["length"]}', overrides),
                fontsize=10, wrap=True)

@@ -56,7 +56,7 @@ from lmx import evaluation
 from lmx import plots
 from lmx import positions
 from lmx import run_state
-from lmx.data import corpus, windows
+from lmx.data import corpus, subword, windows
 from lmx.errors import CheckpointError, ConfigError, DataError
 from lmx.positions import rope_scaling
 
@@ -174,8 +174,10 @@ def compare(workdir: str, lengths: Sequence[int] | None = None,
     for n in lengths:
       config_lib.validate(method_config(config, m, n))
   checkpoint.require_checkpoint(workdir, step)
-  stream = corpus.token_stream(corpus.load_documents(config.data,
-                                                     'validation'))
+  tok = subword.for_run(config, workdir)
+  stream = corpus.token_stream(
+      corpus.load_documents(config.data, 'validation'), tok)
+  byte_lengths = None if tok.kind == 'bytes' else tok.byte_lengths
   for n in lengths:
     windows.eval_windows(stream, n, config.eval.tokens)
   _, params, step = run_state.load_params(config, workdir, step)
@@ -188,7 +190,8 @@ def compare(workdir: str, lengths: Sequence[int] | None = None,
       if key not in done:
         graphdef, _ = run_state.abstract_model(c)
         done[key] = evaluation.loss_at_length(
-            evaluation.make_loss_fn(graphdef), params, c, stream, n)
+            evaluation.make_loss_fn(graphdef), params, c, stream, n,
+            byte_lengths)
       r = done[key]
       rows.append({'method': m, 'length': n,
                    'factor': rope_scaling.factor_of(c.model),

@@ -145,7 +145,8 @@ def plan(config, docs: Sequence[np.ndarray]):
 
 
 def generation_quality(graphdef, params, config, pos: Sequence[int],
-                       skipped: dict, documents: Sequence[np.ndarray]) -> dict:
+                       skipped: dict, documents: Sequence[np.ndarray],
+                       tok=tokenizer.BYTES) -> dict:
   """Greedy continuations after each position, scored (see the module
   docstring). One cache length (the longest position plus N) serves every
   position, so the decoding step compiles once."""
@@ -157,8 +158,8 @@ def generation_quality(graphdef, params, config, pos: Sequence[int],
     truth = np.stack([d[p:p + n] for d in documents]).astype(np.int32)
     new = decoding.generate((graphdef, params), config, prompts, n,
                             temperature=0, max_len=cache_len)
-    hyps = [tokenizer.decode(row) for row in new]
-    refs = [tokenizer.decode(row) for row in truth]
+    hyps = [tok.decode(row) for row in new]
+    refs = [tok.decode(row) for row in truth]
     s = score(hyps, refs)
     rows.append({'position': p, 'multiple': p / config.train.seq_len,
                  'exact_tokens': float((new == truth).mean()),

@@ -43,7 +43,7 @@ from lmx import positions
 from lmx import sharding
 from lmx.run_state import (abstract_state, init_model, init_state,
                            make_optimizer, make_schedule, project)
-from lmx.data import corpus, tasks, windows
+from lmx.data import corpus, subword, tasks, windows
 
 log = logging.getLogger('lmx')
 
@@ -321,7 +321,7 @@ def _record_resume(workdir: str, step: int, changed: dict) -> None:
 
 
 def make_batch_fn(config: ml_collections.ConfigDict,
-                  rows: np.ndarray | None = None) -> Callable:
+                  rows: np.ndarray | None = None, tok=None) -> Callable:
   """``step -> batch``, a pure function of (config, step): windows of the
   text corpus, or generated examples of ``config.task`` (with loss weights
   on the answer tokens). ``rows`` (global row indices, e.g.
@@ -335,7 +335,9 @@ def make_batch_fn(config: ml_collections.ConfigDict,
     # Examples share one generator, so all are drawn; only ours are kept.
     return lambda step: {k: v[rows] for k, v in tasks.train_batch(
         config, step=step, batch=t.batch_size).items()}
-  stream = corpus.token_stream(corpus.load_documents(config.data, 'train'))
+  tok = tok or subword.for_config(config)  # the tokenizer of the run
+  stream = corpus.token_stream(corpus.load_documents(config.data, 'train'),
+                               tok)
   return lambda step: windows.train_batch(
       stream, seed=config.seed, step=step, batch=t.batch_size,
       seq_len=t.seq_len, sampling=config.positions.train,
@@ -355,10 +357,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   with the same config and workdir.
   """
   config_lib.validate(config)
+  # The tokenizer (trained once, or the run's own copy) sets
+  # config.model.vocab_size, which the memory estimate needs.
+  ckpt_dir = checkpoint.checkpoint_dir(workdir)
+  tok = subword.resolve(config, workdir, resuming=os.path.isdir(ckpt_dir)
+                        and checkpoint.latest_step(workdir) is not None)
   memory.check_training(config)  # refuse what cannot fit, before compiling
   mesh = sharding.make_mesh(config)  # ConfigError if the devices do not fit
   checkpoint.make_writable_dir(workdir, '--workdir')
-  ckpt_dir = checkpoint.checkpoint_dir(workdir)
   if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
     raise checkpoint.CheckpointError(
         f'The checkpoint folder {ckpt_dir} is a file, not a folder: move it '
@@ -367,17 +373,17 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   lock = (checkpoint.WorkdirLock(workdir) if sharding.is_primary()
           else contextlib.nullcontext())
   with lock:
-    return _train(config, workdir, progress, mesh)
+    return _train(config, workdir, progress, mesh, tok)
 
 
-def _train(config, workdir, progress, mesh) -> dict:
+def _train(config, workdir, progress, mesh, tok) -> dict:
   changed = _check_same_run(workdir, config)
   t = config.train
   primary = sharding.is_primary()
   batch_sharding = sharding.batch_sharding(mesh)
   rows = (sharding.local_rows(batch_sharding, t.batch_size)
           if jax.process_count() > 1 else None)
-  local_batch_fn = make_batch_fn(config, rows)
+  local_batch_fn = make_batch_fn(config, rows, tok)
   local_batch_fn(0)  # fails on too little data before anything is compiled
   if not config.task.name:
     corpus.check_splits(config.data)  # an evaluation needs validation text
@@ -408,10 +414,12 @@ def _train(config, workdir, progress, mesh) -> dict:
     start, meta = 0, {}
   if primary:
     if found is None:  # the config is saved once, before the first save
+      subword.install(tok, workdir)  # the run's own tokenizer, beside it
       checkpoint.write_config(workdir, config)
     elif changed:
       _record_resume(workdir, start, changed)
     elif not os.path.isfile(os.path.join(workdir, checkpoint.CONFIG_FILE)):
+      subword.install(tok, workdir)
       checkpoint.write_config(workdir, config)
   if start >= t.steps:
     print(f'{workdir} is already trained to step {start} (config.train.steps='

@@ -79,9 +79,9 @@ def _stop_at_step_3(out: dict, process: int = 0):
   from lmx import trainer  # pylint: disable=g-import-not-at-top
   original = trainer.make_batch_fn
 
-  def make_batch_fn(config, rows=None):
+  def make_batch_fn(config, rows=None, tok=None):
     out['rows'] = None if rows is None else [int(r) for r in rows]
-    fn = original(config, rows)
+    fn = original(config, rows, tok)
 
     def batch(step):
       if (out.get('arm') and step == 2 and jax.process_index() == process

@@ -1,1 +1,1 @@
-"""Corpora (tfds builders), the byte tokenizer, and windows."""
+"""Corpora (tfds builders), tokenizers (bytes, SentencePiece), and windows."""

@@ -5,7 +5,7 @@ library source of the running interpreter (``source='stdlib'``), or any
 folder or glob of text files. It writes array_record shards under the cache
 directory and is read back with ``as_data_source``, which needs no
 TensorFlow. Documents are stored as raw bytes, so invalid UTF-8 is kept
-byte-for-byte (the tokenizer is byte-level); empty files are skipped, and a
+byte-for-byte (each tokenizer keeps every byte); empty files are skipped, and a
 source with no non-empty file, or a split with none, is a ``DataError`` that
 says what to change (never a tfds traceback).
 
@@ -280,17 +280,18 @@ def check_splits(data_cfg) -> None:
     _local_split(data_cfg, split)
 
 
-def token_stream(docs: Sequence[np.ndarray]) -> np.ndarray:
-  """All documents as one int32 id stream, each followed by EOD.
+def token_stream(docs: Sequence[np.ndarray], tok=tokenizer.BYTES
+                 ) -> np.ndarray:
+  """All documents as one int32 id stream of ``tok`` (default: bytes),
+  each followed by its end-of-document id.
 
   An empty document adds nothing (not even an EOD).
   """
   pieces = []
-  for d in docs:
-    if not np.size(d):
-      continue
-    pieces.append(d.astype(np.int32))
-    pieces.append(np.array([tokenizer.EOD], np.int32))
+  docs = [d for d in docs if np.size(d)]
+  for ids in tok.encode_documents(docs):
+    pieces.append(ids.astype(np.int32))
+    pieces.append(np.array([tok.eod], np.int32))
   if not pieces:
     return np.zeros((0,), np.int32)
   return np.concatenate(pieces)
