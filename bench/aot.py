@@ -48,6 +48,7 @@ flags.DEFINE_integer('attention_block', 512, 'config.model.attention_block.')
 flags.DEFINE_string('remat', 'none', 'config.model.remat: none, full, dots.')
 flags.DEFINE_bool('scan_layers', False, 'config.model.scan_layers.')
 flags.DEFINE_integer('loss_chunk', 0, 'config.train.loss_chunk.')
+flags.DEFINE_integer('microbatches', 1, 'config.train.microbatches.')
 flags.DEFINE_list('steps', ['train', 'eval'], 'Steps to compile.')
 flags.DEFINE_list('depths', [], 'Compile at each of these depths instead '
                   "of the preset's (compile time against depth).")
@@ -85,7 +86,8 @@ def _configs():
                'model.attention_block': FLAGS.attention_block,
                'model.remat': FLAGS.remat,
                'model.scan_layers': FLAGS.scan_layers,
-               'train.loss_chunk': FLAGS.loss_chunk}
+               'train.loss_chunk': FLAGS.loss_chunk,
+               'train.microbatches': FLAGS.microbatches}
   configs = []
   try:
     aot.check_topology(FLAGS.topology)

@@ -361,7 +361,8 @@ def report(config, topology: str, results: list[Compiled],
           'mesh': dict(sharding.resolve(config, device_count=chips)),
           'attention': str(m.attention), 'remat': str(m.remat),
           'scan_layers': bool(m.scan_layers),
-          'loss_chunk': int(t.loss_chunk), 'rows': rows}
+          'loss_chunk': int(t.loss_chunk),
+          'microbatches': int(t.microbatches), 'rows': rows}
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -370,7 +371,8 @@ def format_report(r: dict[str, Any]) -> str:
           f" on {r['topology']} ({r['chips']} x {r['chip']}), mesh "
           f"{mesh or 'one device'}; {r['global_batch']} x {r['seq_len']} "
           f"tokens; attention {r['attention']}, remat {r['remat']}, "
-          f"scan_layers {r['scan_layers']}, loss_chunk {r['loss_chunk']}")
+          f"scan_layers {r['scan_layers']}, loss_chunk {r['loss_chunk']}, "
+          f"microbatches {r.get('microbatches', 1)}")
   lines = [head, '',
            '| step | compile s | args GB | out GB | temp GB | peak GB | fits '
            '(margin) | TFLOP/chip | compiler TFLOP/chip | GB moved/chip | '
@@ -411,6 +413,8 @@ def advice(r: dict[str, Any], hbm_bytes: float) -> str:
                 'optimizer state further')
   if not r.get('loss_chunk'):
     tips.append('--loss_chunk=512 never keeps [B, T, vocab] float32 logits')
+  tips.append(f"--microbatches (now {r.get('microbatches', 1)}) keeps one "
+              'slice of the batch\'s activations at a time')
   tips.append(f"a smaller global batch (now {r['global_batch']})")
   return (f"The {worst['step']} step needs {worst['peak_gb']:.2f} GB per "
           f"chip, {over:.2f} GB more than the {hbm_bytes / 1e9:.0f} GB of a "

@@ -132,6 +132,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   f.float('train.grad_clip', 0.0, lo_open=True)
   f.choice('train.on_corrupt_checkpoint', ('previous', 'refuse'))
   f.int('train.loss_chunk', 0)
+  micro = f.int('train.microbatches', 1)
+  require(t.batch_size % micro == 0,
+          f'config.train.microbatches={micro} does not divide '
+          f'config.train.batch_size={t.batch_size}: choose a divisor (e.g. '
+          f'{max(d for d in range(1, micro + 1) if t.batch_size % d == 0)}).')
   f.int('train.max_nonfinite_skips', 0)
   sharding.validate_config(config)
   problem = check_length(config, t.seq_len, config.positions.train, 'Training')

@@ -212,6 +212,10 @@ def get_config(arg: str | None = None,
   # time (0: all at once), so [B, T, vocab] float32 logits never exist in
   # the step: a memory choice that leaves the loss as it is.
   c.train.loss_chunk = 0
+  # Gradient accumulation: each step's batch in this many slices of rows,
+  # one after another (activations of one slice at a time); the same
+  # update as the whole batch at once, to rounding.
+  c.train.microbatches = 1
 
   # An algorithmic task or passkey retrieval instead of language modelling
   # (lmx/data/tasks.py, configs/tasks/); name '' = the text corpus.

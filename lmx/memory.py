@@ -127,8 +127,8 @@ def check_training(config) -> None:
   sizes = _param_sizes(config)
   p = sum(n for n, _ in sizes.values())
   largest = max(sizes, key=lambda k: sizes[k][0])
-  need = 4 * 4 * p + activation_bytes(m, int(t.batch_size), int(t.seq_len),
-                                      backward=True)
+  rows = int(t.batch_size) // max(int(t.get('microbatches', 1)), 1)
+  need = 4 * 4 * p + activation_bytes(m, rows, int(t.seq_len), backward=True)
   _refuse(f'Training this model ({p:,} parameters, the largest {largest} '
           f'of shape {sizes[largest][1]}; batches of {t.batch_size} x '
           f'{t.seq_len} tokens)', need,

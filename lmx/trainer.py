@@ -69,18 +69,57 @@ def make_train_step(graphdef, tx, config, mesh=None,
 
   chunk = int(config.train.loss_chunk)
 
-  def loss_fn(params, batch, key):
+  micro = int(config.train.microbatches)
+
+  def loss_parts(params, batch, key):
+    """(sum of the weighted token losses, sum of the weights)."""
     losses = model_lib.token_losses(
         nnx.merge(graphdef, params), batch['inputs'], batch['positions'],
         batch['targets'], key if use_dropout else None, chunk)
     if 'weights' in batch:  # per-token loss weights, e.g. answer-only masks
       w = batch['weights'].astype(losses.dtype)
+      return (losses * w).sum(), w.sum()
+    return losses.sum(), jnp.asarray(losses.size, losses.dtype)
+
+  def loss_fn(params, batch, key):
+    losses = model_lib.token_losses(
+        nnx.merge(graphdef, params), batch['inputs'], batch['positions'],
+        batch['targets'], key if use_dropout else None, chunk)
+    if 'weights' in batch:
+      w = batch['weights'].astype(losses.dtype)
       return (losses * w).sum() / jnp.maximum(w.sum(), 1.0)
     return losses.mean()
 
+  def accumulated(params, batch, key):
+    """The loss and gradient of the whole batch from ``micro`` slices of
+    its rows, one after another (only one slice's activations live at a
+    time): the gradients of the slices' loss sums, added, over the total
+    weight. Slice i takes rows i, i + micro, ..., so each slice is spread
+    over the data axes as the whole batch is."""
+    sliced = jax.tree.map(
+        lambda x: x.reshape(x.shape[0] // micro, micro, *x.shape[1:])
+        .swapaxes(0, 1), batch)
+    grad_parts = jax.value_and_grad(loss_parts, has_aux=True)
+
+    def body(acc, xs):
+      i, part = xs
+      part = jax.tree.map(sharding.constrain_rows, part)
+      (num, den), g = grad_parts(params, part, jax.random.fold_in(key, i))
+      return jax.tree.map(jnp.add, acc, (num, den, g)), None
+
+    zero = jax.tree.map(jnp.zeros_like, params)
+    (num, den, grads), _ = jax.lax.scan(
+        body, (jnp.zeros(()), jnp.zeros(()), zero),
+        (jnp.arange(micro), sliced))
+    den = jnp.maximum(den, 1.0)
+    return num / den, jax.tree.map(lambda g: g / den, grads)
+
   def train_step(state, batch):
     key = jax.random.fold_in(jax.random.key(config.seed), state['step'])
-    loss, grads = jax.value_and_grad(loss_fn)(state['params'], batch, key)
+    if micro > 1:
+      loss, grads = accumulated(state['params'], batch, key)
+    else:
+      loss, grads = jax.value_and_grad(loss_fn)(state['params'], batch, key)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
@@ -262,7 +301,8 @@ SAFE_ON_RESUME = (
     'train.keep_checkpoints', 'train.on_corrupt_checkpoint',
     'train.max_nonfinite_skips', 'data.cache_dir',
     # Compute choices that leave the values as they are (to rounding).
-    'train.loss_chunk', 'model.scan_layers', 'model.remat',
+    'train.loss_chunk', 'train.microbatches', 'model.scan_layers',
+    'model.remat',
     # The device mesh: a checkpoint restores under any mesh (resharded), and
     # the model is the same on every mesh.
     'mesh.data', 'mesh.fsdp', 'mesh.tensor',

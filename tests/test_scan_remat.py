@@ -154,3 +154,40 @@ def test_chunked_loss_gives_the_per_token_losses_and_gradients(tiny_config):
   # value in the backward pass is [B, chunk, V].
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: losses(p, 8).mean()))(params))
   assert 'f32[2,37,257]' not in jaxpr and 'f32[2,8,257]' in jaxpr
+
+
+@pytest.mark.parametrize('weights', [False, True])
+def test_microbatches_give_the_whole_batch_update(tiny_config, weights):
+  """Gradient accumulation over 4 slices of rows: the loss, the gradient
+  norm and the updated parameters of one step at once, also with per-token
+  weights that differ between the slices (the total weight divides)."""
+  from lmx import trainer  # pylint: disable=g-import-not-at-top
+  config = tiny_config('kerple', **{'train.batch_size': 8})
+  _, params = run_state.init_model(config)
+  rng = np.random.default_rng(1)
+  tokens = jnp.asarray(rng.integers(0, 257, (8, 16)), jnp.int32)
+  batch = {'inputs': tokens, 'targets': jnp.roll(tokens, -1, 1),
+           'positions': jnp.broadcast_to(jnp.arange(16), (8, 16))}
+  if weights:
+    batch['weights'] = jnp.asarray(rng.random((8, 16)) < 0.3, jnp.float32)
+  out = {}
+  for micro in (1, 4):
+    c = config.copy_and_resolve_references()
+    c.train.microbatches = micro
+    tx = run_state.make_optimizer(c.train)
+    graphdef, _ = run_state.abstract_model(c)
+    step = trainer.make_train_step(graphdef, tx, c)
+    state = run_state.init_state(c, jax.tree.map(jnp.copy, params), tx)
+    state = {**state, 'step': jnp.asarray(5, jnp.int32)}  # past warm-up
+    out[micro] = step(state, batch)
+  (s1, m1), (s4, m4) = out[1], out[4]
+  np.testing.assert_allclose(m4['loss'], m1['loss'], rtol=1e-6)
+  np.testing.assert_allclose(m4['grad_norm'], m1['grad_norm'], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(s4['params']), jax.tree.leaves(s1['params'])):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_microbatches_must_divide_the_batch(tiny_config):
+  with pytest.raises(ConfigError, match='microbatches=3 does not divide'):
+    config_lib.validate(tiny_config('rope', **{'train.batch_size': 4,
+                                               'train.microbatches': 3}))
