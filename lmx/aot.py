@@ -406,8 +406,11 @@ def advice(r: dict[str, Any], hbm_bytes: float) -> str:
   tips = []
   if r['remat'] != 'full':
     tips.append('--remat=full (or dots) keeps less for the backward pass')
-  if r['attention'] in ('dense', 'auto'):
-    tips.append('--attention=chunked never keeps T x T logits')
+  if r['attention'] == 'dense':
+    tips.append('--attention=chunked or flash never keeps T x T logits')
+  elif r['attention'] in ('auto', 'chunked'):
+    tips.append('--attention=flash keeps a log-sum-exp per row for the '
+                'backward pass instead of the chunked tiles')
   if r['mesh'].get('fsdp', 1) < r['chips']:
     tips.append('more of the mesh on fsdp shards the parameters and the '
                 'optimizer state further')

@@ -61,7 +61,8 @@ def test_advice_says_by_how_much_and_what_to_change():
        'chips': 16, 'global_batch': 64, 'chip': 'TPU v5e'}
   text = aot.advice(r, 16e9)
   assert '3.50 GB more than the 16 GB' in text
-  for knob in ('--remat=full', '--attention=chunked', 'fsdp', 'batch'):
+  for knob in ('--remat=full', '--attention=flash', 'fsdp', '--microbatches',
+               'batch'):
     assert knob in text
 
 
