@@ -140,10 +140,10 @@ def get_config(arg: str | None = None,
   c.model.tie_embeddings = False
   # Compute choices that leave the parameters and the values as they are
   # (lmx.model): the layers under one jax.lax.scan (compile time flat in
-  # depth), and rematerialisation of each block: none | full | dots (keep
+  # depth), and rematerialisation of each block: off | full | dots (keep
   # the products with weights, recompute the rest).
   c.model.scan_layers = False
-  c.model.remat = 'none'
+  c.model.remat = 'off'
   # Attention backend (lmx.attention): auto | dense | chunked | cudnn. auto
   # takes cudnn on a GPU when the dtype and the encoding allow it, dense up
   # to chunk_threshold tokens (accelerator_chunk_threshold on a GPU or TPU)

@@ -42,9 +42,9 @@ from lmx.kv_cache import LayerCache
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # config.model.remat -> what jax.checkpoint keeps of a block for the
-# backward pass ('none': everything, no recomputation).
+# backward pass ('off': everything, no recomputation).
 REMAT_POLICIES = {
-    'none': None,
+    'off': None,
     'full': jax.checkpoint_policies.nothing_saveable,
     'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }

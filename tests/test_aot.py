@@ -56,7 +56,7 @@ def test_peak_bytes_count_donated_outputs_once():
 
 def test_advice_says_by_how_much_and_what_to_change():
   r = {'rows': [{'step': 'train', 'peak_gb': 19.5}],
-       'remat': 'none', 'attention': 'auto', 'mesh': {'data': 4, 'fsdp': 4,
+       'remat': 'off', 'attention': 'auto', 'mesh': {'data': 4, 'fsdp': 4,
                                                       'tensor': 1},
        'chips': 16, 'global_batch': 64, 'chip': 'TPU v5e'}
   text = aot.advice(r, 16e9)
@@ -176,7 +176,7 @@ def test_the_mlp_activation_is_float32_on_cpu_only(tiny_config):
 def test_hardware_flops_add_what_remat_and_tiles_recompute(tiny_config):
   m = tiny_config('alibi').model
   m.d_model, m.num_layers, m.mlp_dim, m.vocab_size = 2, 1, 4, 3
-  m.attention, m.remat = 'dense', 'none'
+  m.attention, m.remat = 'dense', 'off'
   assert aot.hardware_flops_per_token(m, 5, dense_limit=512) == 288
   m.attention = 'chunked'  # tiles recompute the attention products: 60 -> 80
   assert aot.hardware_flops_per_token(m, 5, dense_limit=512) == 228 + 80

@@ -48,7 +48,7 @@ def test_scan_and_remat_give_the_unrolled_values_and_gradients(
   (ref, ref_logits), ref_grads = jax.value_and_grad(
       _loss(config, tokens, positions), has_aux=True)(params)
   scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(ref_grads))
-  for scan, remat in [(True, 'none'), (False, 'full'), (True, 'dots'),
+  for scan, remat in [(True, 'off'), (False, 'full'), (True, 'dots'),
                       (True, 'full')]:
     c = _variant(config, scan_layers=scan, remat=remat)
     (value, logits), grads = jax.value_and_grad(
@@ -64,7 +64,7 @@ def test_remat_is_in_the_backward_pass_only_when_asked(tiny_config):
   config = tiny_config('rope', **{'model.num_layers': 2})
   _, params = run_state.init_model(config)
   tokens, positions = _batch(t=16)
-  for remat, policy in [('none', None), ('full', 'nothing_saveable'),
+  for remat, policy in [('off', None), ('full', 'nothing_saveable'),
                         ('dots', 'DotsSaveable(only_if_no_batch_dims=True)')]:
     for scan in (False, True):
       c = _variant(config, remat=remat, scan_layers=scan)
@@ -109,7 +109,7 @@ def test_a_run_switches_freely_between_the_layouts(tiny_config):
 
 
 def test_a_bad_remat_value_gets_one_message(tiny_config):
-  with pytest.raises(ConfigError, match="model.remat.*'none', 'full', 'dots'"):
+  with pytest.raises(ConfigError, match="model.remat.*'off', 'full', 'dots'"):
     config_lib.validate(tiny_config('rope', **{'model.remat': 'some'}))
 
 
