@@ -50,7 +50,7 @@ encoding is chosen.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, NamedTuple, Optional
 
 import jax
 import ml_collections
@@ -76,6 +76,30 @@ class KernelBias:
   """
   params: dict
   fn: Callable
+
+
+# Stand-in for the content hook the lead is adding on main (the names are
+# final); main's version replaces this on merge.
+class Tile(NamedTuple):
+  """What a content term sees of one tile of query/key pairs."""
+  q: jax.Array        # [B, t, H, K] queries (as rotate left them)
+  k: jax.Array        # [B, s, H, K] keys
+  q_pos: jax.Array    # [B, t]
+  k_pos: jax.Array    # [B, s]
+  q_side: Any         # ContentTerm.q_side sliced to these queries
+  k_side: Any         # ContentTerm.k_side sliced to these keys
+  logits: jax.Array   # [B, H, t, s] float32, unmasked
+  visible: jax.Array  # [t, s] bool
+  k_idx: jax.Array    # [s] int32 token indices (-1: empty slot)
+
+
+@dataclasses.dataclass(frozen=True)
+class ContentTerm:
+  """A score term that depends on queries or hidden states."""
+  q_side: Any
+  k_side: Any
+  fn: Callable
+  tiled: bool = True
 
 
 class PositionEncoding(nnx.Module):
@@ -217,6 +241,15 @@ class PositionEncoding(nnx.Module):
     if cls.has_bias() and cls.kernel_bias is PositionEncoding.kernel_bias:
       return 'its bias has no kernel form (kernel_bias)'
     return None
+
+  def content(self, x_BxTxD, q_BxTxHxK, k_BxTxHxK, positions_BxT,
+              previous=None) -> Optional[ContentTerm]:
+    del x_BxTxD, q_BxTxHxK, k_BxTxHxK, positions_BxT, previous
+    return None
+
+  @classmethod
+  def has_content(cls) -> bool:
+    return cls.content is not PositionEncoding.content
 
   def embed(self, x_BxTxD: jax.Array, positions_BxT: jax.Array) -> jax.Array:
     del positions_BxT
