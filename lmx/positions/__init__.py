@@ -8,7 +8,10 @@ module, and nothing else in lmx names it.
 
 from lmx.positions.alibi import ALiBi, alibi_bias, alibi_slopes
 from lmx.positions.base import PositionEncoding, relative_distance
+from lmx.positions.cope import (CoPE, cope_interpolate, cope_positions,
+                                cope_query_table)
 from lmx.positions.fire import FIRE, fire_inputs, fire_mlp
+from lmx.positions.fox import FoX, fox_decay, fox_log_gates, fox_prefix
 from lmx.positions.kerple import Kerple, kerple_log, kerple_power
 from lmx.positions.learned import Learned
 from lmx.positions.nope import NoPE
@@ -16,6 +19,8 @@ from lmx.positions.rope import (RoPE, apply_rope, kept_pairs, p_rope,
                                 rope_angles, rope_inv_freq)
 from lmx.positions.sampling import KINDS as SAMPLING_KINDS
 from lmx.positions.sampling import sample_positions
+from lmx.positions.shaw import (Shaw, shaw_distances, shaw_query_table,
+                                shaw_scores)
 from lmx.positions.sinusoidal import Sinusoidal, sinusoidal_table
 from lmx.positions.t5 import T5Bias, t5_relative_bucket
 from lmx.positions.xpos import XPos, xpos_scale, xpos_zeta
@@ -31,6 +36,9 @@ REGISTRY: dict[str, type[PositionEncoding]] = {
     'alibi': ALiBi,
     'kerple': Kerple,
     'fire': FIRE,
+    'shaw': Shaw,
+    'fox': FoX,
+    'cope': CoPE,
     'xpos': XPos,
     'rope': RoPE,
 }
@@ -57,11 +65,15 @@ def get_encoding(name: str) -> type[PositionEncoding]:
         f'Valid names: {", ".join(sorted(REGISTRY))}.') from None
 
 __all__ = [
-    'ALiBi', 'DEFAULT', 'FIRE', 'Kerple', 'Learned', 'NoPE', 'PositionEncoding', 'REGISTRY',
-    'RoPE', 'SAMPLING_KINDS', 'Sinusoidal', 'T5Bias', 'XPos', 'alibi_bias',
-    'alibi_slopes', 'apply_rope', 'fire_inputs', 'fire_mlp', 'get_encoding', 'kept_pairs', 'p_rope',
+    'ALiBi', 'CoPE', 'DEFAULT', 'FIRE', 'FoX', 'Kerple', 'Learned', 'NoPE',
+    'PositionEncoding', 'REGISTRY',
+    'RoPE', 'SAMPLING_KINDS', 'Shaw', 'Sinusoidal', 'T5Bias', 'XPos', 'alibi_bias',
+    'alibi_slopes', 'apply_rope', 'cope_interpolate', 'cope_positions',
+    'cope_query_table', 'fire_inputs', 'fire_mlp', 'fox_decay',
+    'fox_log_gates', 'fox_prefix', 'get_encoding', 'kept_pairs', 'p_rope',
     'register', 'kerple_log',
     'kerple_power', 'relative_distance', 'rope_angles', 'rope_inv_freq',
-    'sample_positions', 'sinusoidal_table', 't5_relative_bucket',
+    'sample_positions', 'shaw_distances', 'shaw_query_table', 'shaw_scores',
+    'sinusoidal_table', 't5_relative_bucket',
     'xpos_scale', 'xpos_zeta',
 ]
