@@ -23,8 +23,8 @@ head its own) are interpolated:
 Scale. ``z`` is added to ``q.k`` before the division by ``sqrt(d_head)``,
 as the released code does by default (without ``--cope-nodiv``): the
 added logit is ``z / sqrt(d_head)``, on the scale of the other logits (the
-paper's listing adds it unscaled; with embeddings learned from zero, as
-both initialise them, the two differ by a constant factor on ``e``).
+paper's listing adds it unscaled; the two express the same functions,
+``e`` scaled by ``sqrt(d_head)``, and both start the embeddings at zero).
 ``q_side = q . e / sqrt(d_head)`` (``[B, T, H, npos_max]``) is computed
 once per query, and each pair gathers its two entries.
 
