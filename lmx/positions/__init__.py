@@ -37,8 +37,8 @@ REGISTRY: dict[str, type[PositionEncoding]] = {
     'fire': FIRE,
     'sandwich': Sandwich,
     'xpos': XPos,
-    'rope': RoPE,
     'keynorm': KeyNorm,
+    'rope': RoPE,
 }
 
 

@@ -18,11 +18,11 @@ moves every logit of a row by the same constant, so it changes no attention
 weight; it only keeps the bias non-positive, as ALiBi's is.
 
 The sum runs over ``i = 1 .. d'/2`` as the paper's equation writes it (the
-highest frequency is ``10000^(-2/d')``, not 1). The authors' training code
-is not among the sources stored here (the KERPLE repository of the same
-authors holds no Sandwich), so the formulas follow the paper's equation and
-the per-head scaling of its Fig. 1; an independent implementation that
-cites the paper (NeMo's) computes the same bias.
+highest frequency is ``10000^(-2/d')``, not 1). The KERPLE repository of
+the same authors has no Sandwich code to compare against, so the formulas
+follow the paper's equation and the per-head ratios of its Fig. 1; an
+independent implementation that cites the paper (NVIDIA NeMo's) computes
+the same bias.
 
 The bias depends on positions only through ``m - n``: Sandwich is shift
 invariant. Real-valued positions (CAPE's sampling) are taken as they are.
