@@ -22,14 +22,22 @@ Every encoding acts at one or more of four places of the Transformer:
   call (a running sum, for instance).
 
 A hook an encoding does not use returns its input unchanged (or ``None`` for
-the bias and the content term). Positions are explicit integer arrays, never assumed to be
-``arange(T)``: randomized and shifted positions, cached decoding and distance
-clamps all go through the same arrays.
+the bias and the content term). Positions are explicit arrays, never
+assumed to be ``arange(T)``: randomized and shifted positions, cached
+decoding and distance clamps all go through the same arrays. They are integers, except under a sampling that
+draws real positions (CAPE's, ``lmx.positions.sampling.REAL_KINDS``): then
+training gives float32 positions, to the encodings that take them
+(``real_positions``).
 
 Class attributes tell the model and the config validator what an encoding
 needs, so neither has to branch on its name:
 
 * ``rotary``: queries/keys are rotated in pairs, so the head dim must be even.
+* ``real_positions``: its hooks are defined on real-valued positions and
+  compute them in float32 (sinusoids, rotations), so a sampling that draws
+  float32 positions (CAPE) may train it; one that indexes a table, buckets
+  distances or casts them to integers leaves it False (the default), and
+  ``lmx.config.validate`` refuses such a sampling for it.
 * ``scalable``: its frequencies follow ``config.model.rope.scaling``, so the
   RoPE scalings of ``lmx.positions.rope_scaling`` apply to it.
 * ``per_layer`` (or ``is_per_layer(cfg)`` where a setting chooses): every
@@ -139,6 +147,8 @@ class PositionEncoding(nnx.Module):
   """Base class: acts nowhere. Subclasses override the hooks they use."""
 
   rotary: ClassVar[bool] = False
+  # Its hooks take float32 positions (module docstring).
+  real_positions: ClassVar[bool] = False
   per_layer: ClassVar[bool] = False
   # Its frequencies follow the RoPE scalings of lmx.positions.rope_scaling
   # (config.model.rope.scaling), so the inference-time scalings apply.
