@@ -17,7 +17,7 @@ from lmx import positions as P
 
 ENCODINGS = sorted(P.REGISTRY)
 RELATIVE = ['alibi', 'keynorm', 'kerple', 'none', 'rope', 'sandwich', 't5',
-            'xpos']
+            'txl', 'xpos']
 ABSOLUTE = ['learned', 'sinusoidal']
 # Relative, normalised by the query position past a threshold (FIRE's
 # progressive interpolation): shift invariant only below the threshold.

@@ -13,7 +13,9 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lmx import attention as A
 from lmx import positions as P
+from lmx.errors import ConfigError
 
 
 def _model_cfg(position, num_heads, d_model):
@@ -610,7 +612,6 @@ def test_partial_one_and_p_one_are_plain_rope_exactly():
     (dict(p=1.5), ['config.model.rope.p ']),
 ])
 def test_bad_partial_and_p_are_refused(rope, words):
-  from lmx.errors import ConfigError
   cfg = _model_cfg('rope', num_heads=2, d_model=32)
   cfg.rope.update(rope)
   with pytest.raises(ConfigError) as err:
@@ -922,3 +923,67 @@ def test_cape_is_evaluated_on_contiguous_integer_positions():
   pos = P.sample_positions(sampling.eval_kind('cape'), 2, 6, 0,
                            np.random.default_rng(0))
   assert pos.dtype == np.int32 and pos.tolist() == [list(range(6))] * 2
+
+
+# ------------------------------------------------------------ Transformer-XL
+
+
+def test_txl_relative_sinusoid_by_hand():
+  # dim 4: w = (1, 10000^-1/2 = 0.01); sines first, then cosines.
+  got = np.asarray(P.txl_relative_sinusoid(jnp.array([0.0, 2.0]), 4))
+  want = [[0, 0, 1, 1],
+          [np.sin(2.0), np.sin(0.02), np.cos(2.0), np.cos(0.02)]]
+  np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_txl_position_scores_by_hand():
+  # One head, one frequency (w = 1): a . R_d = a_s sin d + a_c cos d.
+  a = jnp.array([[[[0.5, -2.0]]]])                 # [B=1, T=1, H=1, C=2]
+  got = P.txl_position_scores(a, jnp.array([[7]]), jnp.array([[7, 6, 4]]))
+  d = np.array([0.0, 1.0, 3.0])
+  np.testing.assert_allclose(np.asarray(got)[0, 0, 0],
+                             0.5 * np.sin(d) - 2.0 * np.cos(d), atol=1e-5)
+
+
+@settings(deadline=None, max_examples=20)
+@given(st.integers(0, 2000), st.integers(0, 10**6))
+def test_txl_position_scores_equal_the_direct_form(offset, seed):
+  # The angle-difference form against R_(i-j) built per pair, at shifted
+  # positions (it depends on i - j alone).
+  rng = np.random.default_rng(seed)
+  a = jnp.asarray(rng.normal(size=(2, 5, 3, 8)), jnp.float32)
+  q_pos = jnp.asarray(offset + np.sort(rng.choice(50, (2, 5))), jnp.int32)
+  k_pos = jnp.asarray(offset + np.sort(rng.choice(50, (2, 6))), jnp.int32)
+  r = P.txl_relative_sinusoid(q_pos[:, :, None] - k_pos[:, None, :], 8)
+  want = np.einsum('bthc,btsc->bhts', a, r)
+  got = P.txl_position_scores(a, q_pos, k_pos)
+  np.testing.assert_allclose(got, want, atol=2e-3)
+
+
+def test_txl_logits_are_the_papers_four_terms():
+  # A^rel = q.k + q.W_R R_(i-j) + u.k_j + v.W_R R_(i-j), all / sqrt(d_head),
+  # built here term by term from the paper's equation.
+  cfg = _model_cfg('txl', num_heads=2, d_model=8)
+  enc = P.TransformerXL(cfg, rngs=nnx.Rngs(params=0))
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.normal(size=(1, 5, 2, 4)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(1, 5, 2, 4)), jnp.float32)
+  pos = jnp.arange(5, dtype=jnp.int32)[None] + 3
+  term = enc.content(None, q, k, pos)
+  got = A.masked_scores(A.Branch(q, k, pos, pos), None, 0, None,
+                        jnp.ones((5, 5), bool), term)
+  w_r, u, v = enc.w_r[...], enc.u[...], enc.v[...]
+  r = P.txl_relative_sinusoid(pos[0][:, None] - pos[0][None, :], 8)   # i,j,c
+  wr_r = np.einsum('chk,ijc->hijk', w_r, r)
+  want = (np.einsum('ihk,jhk->hij', q[0], k[0])                        # (a)
+          + np.einsum('ihk,hijk->hij', q[0], wr_r)                     # (b)
+          + np.einsum('hk,jhk->hj', u, k[0])[:, None, :]               # (c)
+          + np.einsum('hk,hijk->hij', v, wr_r)) / 2.0                  # (d)
+  np.testing.assert_allclose(np.asarray(got)[0], want, atol=1e-4)
+
+
+def test_txl_odd_dim_is_refused():
+  cfg = _model_cfg('txl', num_heads=2, d_model=8)
+  cfg.txl.dim = 5
+  with pytest.raises(ConfigError, match='config.model.txl.dim'):
+    P.TransformerXL.check(cfg)

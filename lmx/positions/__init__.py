@@ -22,6 +22,8 @@ from lmx.positions.sandwich import (Sandwich, sandwich_bias,
                                     sandwich_scales)
 from lmx.positions.sinusoidal import Sinusoidal, sinusoidal_table
 from lmx.positions.t5 import T5Bias, t5_relative_bucket
+from lmx.positions.txl import (TransformerXL, txl_inv_freq,
+                               txl_position_scores, txl_relative_sinusoid)
 from lmx.positions.xpos import XPos, xpos_scale, xpos_zeta
 
 # The encoding of config.model.position unless a config chooses another.
@@ -36,6 +38,7 @@ REGISTRY: dict[str, type[PositionEncoding]] = {
     'kerple': Kerple,
     'fire': FIRE,
     'sandwich': Sandwich,
+    'txl': TransformerXL,
     'xpos': XPos,
     'keynorm': KeyNorm,
     'rope': RoPE,
@@ -65,11 +68,13 @@ def get_encoding(name: str) -> type[PositionEncoding]:
 __all__ = [
     'ALiBi', 'DEFAULT', 'FIRE', 'KeyNorm', 'Kerple', 'Learned', 'NoPE',
     'PositionEncoding', 'REGISTRY', 'RoPE', 'SAMPLING_KINDS', 'Sandwich',
-    'Sinusoidal', 'T5Bias', 'XPos', 'alibi_bias', 'alibi_slopes',
+    'Sinusoidal', 'T5Bias', 'TransformerXL', 'XPos', 'alibi_bias',
+    'alibi_slopes',
     'apply_rope', 'cape_positions', 'fire_inputs', 'fire_mlp', 'get_encoding',
     'kept_pairs', 'keynorm_logits', 'normalize_keys', 'p_rope', 'register',
     'kerple_log', 'kerple_power', 'relative_distance', 'rope_angles',
     'rope_inv_freq', 'sample_positions', 'sandwich_bias',
     'sandwich_frequencies', 'sandwich_kernel', 'sandwich_scales',
-    'sinusoidal_table', 't5_relative_bucket', 'xpos_scale', 'xpos_zeta',
+    'sinusoidal_table', 't5_relative_bucket', 'txl_inv_freq',
+    'txl_position_scores', 'txl_relative_sinusoid', 'xpos_scale', 'xpos_zeta',
 ]

@@ -24,10 +24,10 @@ Every encoding acts at one or more of four places of the Transformer:
 A hook an encoding does not use returns its input unchanged (or ``None`` for
 the bias and the content term). Positions are explicit arrays, never
 assumed to be ``arange(T)``: randomized and shifted positions, cached
-decoding and distance clamps all go through the same arrays. They are integers, except under a sampling that
-draws real positions (CAPE's, ``lmx.positions.sampling.REAL_KINDS``): then
-training gives float32 positions, to the encodings that take them
-(``real_positions``).
+decoding and distance clamps all go through the same arrays. They are
+integers, except under a sampling that draws real positions (CAPE's,
+``lmx.positions.sampling.REAL_KINDS``): then training gives float32
+positions, to the encodings that take them (``real_positions``).
 
 Class attributes tell the model and the config validator what an encoding
 needs, so neither has to branch on its name:
