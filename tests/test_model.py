@@ -16,8 +16,8 @@ from lmx import model as model_lib
 from lmx import positions as P
 
 ENCODINGS = sorted(P.REGISTRY)
-RELATIVE = ['alibi', 'keynorm', 'kerple', 'none', 'rope', 'sandwich', 't5',
-            'txl', 'xpos']
+RELATIVE = ['alibi', 'cope', 'fox', 'keynorm', 'kerple', 'none', 'rope',
+            'sandwich', 'shaw', 't5', 'txl', 'xpos']
 ABSOLUTE = ['learned', 'sinusoidal']
 # Relative, normalised by the query position past a threshold (FIRE's
 # progressive interpolation): shift invariant only below the threshold.

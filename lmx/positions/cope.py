@@ -99,6 +99,7 @@ class CoPE(PositionEncoding):
   """Counted positions with interpolated learned embeddings, per layer."""
 
   per_layer = True
+  real_positions = True   # positions never enter (CAPE may train it)
 
   def __init__(self, cfg, *, rngs):
     super().__init__(cfg, rngs=rngs)

@@ -97,6 +97,7 @@ class FoX(PositionEncoding):
   """A data-dependent forget gate per head and token, one map per layer."""
 
   per_layer = True
+  real_positions = True   # positions never enter (CAPE may train it)
 
   def __init__(self, cfg, *, rngs):
     super().__init__(cfg, rngs=rngs)
