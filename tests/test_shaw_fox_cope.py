@@ -404,3 +404,29 @@ def test_decoding_matches_the_full_pass(position, mask):
   model = _built(position, **fields)
   got, want = _decode_all(model, _tokens(1, 13), n_prompt=4)
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('position', ['shaw', 'fox'])
+def test_flash_is_refused_where_the_config_asks_for_it(position):
+  # The fused kernel computes no content term: asked for by name, the
+  # config says so before anything compiles (a call outside a config
+  # falls back to another backend instead).
+  from configs import base
+  from lmx import config as config_lib
+  c = base.get_config('size=tiny')
+  c.model.position = position
+  c.model.attention = 'flash'
+  with pytest.raises(ConfigError, match="attention='flash'.*content"):
+    config_lib.validate(c)
+
+
+def test_fox_chunked_equals_dense_at_100_tokens_of_strong_decay():
+  # bias_init -1: log f ~ -1.3 per token, F ~ -130 at the end, where a
+  # float32 step is 1.5e-5; the term is F_i - F_j from the two-float F.
+  models = [_built('fox', fox__bias_init=-1.0, attention=backend,
+                   attention_block=16) for backend in ('dense', 'chunked')]
+  tokens = _tokens(1, 101)
+  pos = jnp.arange(101, dtype=jnp.int32)[None]
+  dense, chunked = (m(tokens, pos) for m in models)
+  np.testing.assert_allclose(chunked, dense, atol=1e-5 * max(
+      1.0, float(jnp.abs(dense).max())), rtol=0)
