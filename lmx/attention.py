@@ -198,6 +198,45 @@ def _content_slice(term, q_lo: int, q_len: int, k_lo: int, k_len: int,
       visible, k_idx)
 
 
+class Prefix(NamedTuple):
+  """Slots every query attends to before the sequence's keys, whatever the
+  mask: attention sinks (``sink_prefix``). Visible to every query and
+  scored without positions."""
+  logits: jax.Array   # [B, H, T, P] float32, already scaled
+  v: jax.Array        # [B, P, H, K]
+
+
+def sink_prefix(q_BxTxHxK: jax.Array, sink_logit_H: Optional[jax.Array] = None,
+                mem_k_MxHxK: Optional[jax.Array] = None,
+                mem_v_MxHxK: Optional[jax.Array] = None) -> Optional[Prefix]:
+  """Attention sinks as slots before the keys, or None without any.
+
+  * ``mem_k``/``mem_v``: ``M`` learned key/value slots per head (persistent
+    memory, Sukhbaatar et al. 2019; StreamingLLM's learnable sink token,
+    Xiao et al. 2024, Sec. 3.3, as keys and values of its own): scored
+    ``q . k_m / sqrt(K)`` with no position, so every query, however far,
+    scores them alike.
+  * ``sink_logit``: one learned logit per head with a zero value: the
+    softmax denominator gains ``exp(s_h)`` and a query may put weight on
+    nothing (the off-by-one softmax when ``s_h = 0``, its initial value).
+  """
+  b, t, h, kd = q_BxTxHxK.shape
+  logits, values = [], []
+  if mem_k_MxHxK is not None:
+    logits.append(jnp.einsum('bthk,mhk->bhtm', q_BxTxHxK, mem_k_MxHxK,
+                             preferred_element_type=jnp.float32) * kd ** -0.5)
+    values.append(jnp.broadcast_to(mem_v_MxHxK[None],
+                                   (b,) + mem_v_MxHxK.shape))
+  if sink_logit_H is not None:
+    logits.append(jnp.broadcast_to(
+        sink_logit_H.astype(jnp.float32)[None, :, None, None], (b, h, t, 1)))
+    values.append(jnp.zeros((b, 1, h, kd), q_BxTxHxK.dtype))
+  if not logits:
+    return None
+  return Prefix(jnp.concatenate(logits, -1),
+                jnp.concatenate(values, 1).astype(q_BxTxHxK.dtype))
+
+
 def _branch_logits(br: Branch, bias_fn: Optional[BiasFn], scale: float,
                    content: Optional[Content] = None):
   logits = jnp.einsum('bthk,bshk->bhts', br.q, br.k,
@@ -248,8 +287,14 @@ def masked_scores(near: Branch, far: Optional[Branch], window: int,
                    NEG_INF)
 
 
-def attend(logits_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array) -> jax.Array:
-  """Softmax over keys (float32), then the weighted sum of values."""
+def attend(logits_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array,
+           prefix: Optional[Prefix] = None) -> jax.Array:
+  """Softmax over keys (float32), then the weighted sum of values; with a
+  ``prefix`` (sinks), over its slots and the keys together."""
+  if prefix is not None:
+    logits_BxHxTxS = jnp.concatenate([prefix.logits, logits_BxHxTxS], -1)
+    v_BxSxHxK = jnp.concatenate([prefix.v.astype(v_BxSxHxK.dtype),
+                                 v_BxSxHxK], 1)
   probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
   return jnp.einsum('bhts,bshk->bthk', probs_BxHxTxS.astype(v_BxSxHxK.dtype),
                     v_BxSxHxK)
@@ -275,14 +320,16 @@ def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
                       bias_fn: Optional[BiasFn] = None, mask: Mask = Mask(),
                       far: Optional[Branch] = None, window: int = 0,
                       block_q: int = 512, block_k: int = 512,
-                      content=None) -> jax.Array:
+                      content=None,
+                      prefix: Optional[Prefix] = None) -> jax.Array:
   """Blockwise attention with an online softmax; equals the dense backend.
 
   Queries are the last ``T`` of the ``S`` keys (token indices
   ``S - T .. S - 1`` against ``0 .. S - 1``). Any length works: the arrays
   are padded to whole tiles, padded keys are masked and padded queries
   dropped. ``content``: a tiled ``ContentTerm``, computed tile by tile from
-  its per-token arrays sliced with the tile. Returns ``[B, T, H, K]`` in
+  its per-token arrays sliced with the tile. ``prefix``: sink slots, which
+  start each query block's running softmax. Returns ``[B, T, H, K]`` in
   ``v``'s dtype.
   """
   if content is not None and not content.tiled:
@@ -308,6 +355,8 @@ def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
         q_side=jax.tree.map(lambda x: _pad(x, 1, nq * bq), content.q_side),
         k_side=jax.tree.map(lambda x: _pad(x, 1, nk * bk), content.k_side))
   k_idx_all = jnp.where(jnp.arange(nk * bk) < s, jnp.arange(nk * bk), -1)
+  prefix_p = None if prefix is None else Prefix(
+      _pad(prefix.logits, 2, nq * bq), prefix.v)
 
   # The key tiles a query block visits. Causal: every tile, those wholly in
   # the future skipped. Lambda-shaped: the tiles holding the global tokens,
@@ -378,9 +427,16 @@ def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
                            lambda c: compute(c, j), lambda c: c, carry)
       return carry, None
 
-    init = (jnp.full((b, h, bq), NEG_INF, jnp.float32),
-            jnp.zeros((b, h, bq), jnp.float32),
-            jnp.zeros((b, h, bq, kd), jnp.float32))
+    if prefix_p is None:
+      init = (jnp.full((b, h, bq), NEG_INF, jnp.float32),
+              jnp.zeros((b, h, bq), jnp.float32),
+              jnp.zeros((b, h, bq, kd), jnp.float32))
+    else:   # the sink slots, as a first tile every query sees
+      pl = jax.lax.dynamic_slice_in_dim(prefix_p.logits, q0, bq, axis=2)
+      m0 = pl.max(axis=-1)
+      p0 = jnp.exp(pl - m0[..., None])
+      init = (m0, p0.sum(axis=-1), jnp.einsum(
+          'bhtp,bphk->bhtk', p0, prefix_p.v.astype(jnp.float32)))
     (_, l, acc), _ = jax.lax.scan(body, init, jnp.arange(n_iter))
     out = acc / jnp.where(l > 0, l, 1.0)[..., None]
     return jnp.transpose(out, (0, 2, 1, 3)).astype(v_BxSxHxK.dtype)
@@ -403,15 +459,20 @@ def _warn_once(message: str) -> None:
 
 CONTENT_REFUSAL = ('the encoding adds a content-dependent score term '
                    '(content), which a fused kernel does not compute')
+SINK_REFUSAL = ('attention sinks (config.model.sinks) add slots the fused '
+                'kernel does not compute')
 
 
 def cudnn_unavailable(q_dtype, head_dim: int, far: bool,
-                      content: bool = False) -> Optional[str]:
+                      content: bool = False,
+                      sinks: bool = False) -> Optional[str]:
   """Why the cuDNN kernel cannot take this call, or None if it can."""
   if jax.default_backend() != 'gpu':  # the kernel needs a GPU attached
     return f'the platform is {jax.default_backend()}, not gpu'
   if content:
     return CONTENT_REFUSAL
+  if sinks:
+    return SINK_REFUSAL
   if q_dtype not in (jnp.bfloat16, jnp.float16):
     return (f'it needs bfloat16 or float16, and config.model.dtype gives '
             f'{jnp.dtype(q_dtype).name}')
@@ -448,7 +509,8 @@ def _encoding_of(bias_fn):
 
 def flash_unavailable(*, far: bool, bias_fn, block: int = 512,
                       num_queries: int = 0, num_keys: int = 0,
-                      content: bool = False) -> Optional[str]:
+                      content: bool = False,
+                      sinks: bool = False) -> Optional[str]:
   """Why the fused kernel (``lmx.kernels.flash``) cannot take this call,
   or None if it can."""
   platform = ops.platform()
@@ -456,6 +518,8 @@ def flash_unavailable(*, far: bool, bias_fn, block: int = 512,
     return ('it is written for TPU (Mosaic); on a GPU use cudnn or chunked')
   if content:
     return CONTENT_REFUSAL
+  if sinks:
+    return SINK_REFUSAL
   if far:
     return ('a distance clamp or Self-Extend needs a second (far) logit '
             'branch, which the kernel does not compute')
@@ -523,13 +587,14 @@ def dense_key_limit(threshold: int, accelerator_threshold: int) -> int:
 def choose_backend(requested: str, *, num_keys: int, q_dtype, head_dim: int,
                    far: bool, threshold: int,
                    accelerator_threshold: int = 512,
-                   content: bool = False, tiled: bool = True) -> str:
+                   content: bool = False, tiled: bool = True,
+                   sinks: bool = False) -> str:
   """The backend that runs: ``requested``, or for ``auto`` cudnn where it
   can run, else dense up to ``dense_key_limit`` keys and chunked beyond
   (always dense for a content term that is not ``tiled``). An explicit
   ``cudnn`` that cannot take the call falls back (logged once)."""
   if requested in ('auto', 'cudnn'):
-    why = cudnn_unavailable(q_dtype, head_dim, far, content)
+    why = cudnn_unavailable(q_dtype, head_dim, far, content, sinks)
     if why is None:
       return 'cudnn'
     limit = dense_key_limit(threshold, accelerator_threshold)
@@ -545,18 +610,19 @@ def attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
               mask: Mask = Mask(), far: Optional[Branch] = None,
               window: int = 0, backend: str = 'dense', block: int = 512,
               threshold: int = 2048,
-              accelerator_threshold: int = 512, content=None) -> jax.Array:
+              accelerator_threshold: int = 512, content=None,
+              prefix: Optional[Prefix] = None) -> jax.Array:
   """Softmax attention of ``near`` (and ``far`` past ``window``) through the
   chosen backend; queries are the last T of the S keys. ``[B, T, H, K]``.
   ``content``: the encoding's ``ContentTerm`` over these queries and keys,
-  or None."""
+  or None; ``prefix``: attention sinks (``sink_prefix``), or None."""
   s = near.k.shape[1]
   has_content = content is not None
   tiled = content is None or content.tiled
   if backend == 'flash':
     why = flash_unavailable(far=far is not None, bias_fn=bias_fn, block=block,
                             num_queries=near.q.shape[1], num_keys=s,
-                            content=has_content)
+                            content=has_content, sinks=prefix is not None)
     if why is None:
       return flash_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask,
                              block=block)
@@ -567,15 +633,16 @@ def attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
                            head_dim=near.q.shape[-1], far=far is not None,
                            threshold=threshold,
                            accelerator_threshold=accelerator_threshold,
-                           content=has_content, tiled=tiled)
+                           content=has_content, tiled=tiled,
+                           sinks=prefix is not None)
   if backend == 'cudnn':
     return cudnn_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask)
   if backend == 'chunked':
     return chunked_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask,
                              far=far, window=window, block_q=block,
-                             block_k=block, content=content)
+                             block_k=block, content=content, prefix=prefix)
   return dense_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask, far=far,
-                         window=window, content=content)
+                         window=window, content=content, prefix=prefix)
 
 
 # Query rows per block of the dense backend (at least), and at most this
@@ -594,7 +661,8 @@ def dense_query_blocks(t: int) -> list[tuple[int, int]]:
 
 def dense_attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
                     mask: Mask = Mask(), far: Optional[Branch] = None,
-                    window: int = 0, content=None) -> jax.Array:
+                    window: int = 0, content=None,
+                    prefix: Optional[Prefix] = None) -> jax.Array:
   """The dense backend: the logits materialized, one block of queries at a
   time, each against the keys up to its own last query.
 
@@ -619,7 +687,9 @@ def dense_attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
         part(near), part(far) if far is not None else None, window, bias_fn,
         _content_slice(content, lo, hi - lo, 0, offset + hi, visible, k_idx)),
                        NEG_INF)
-    outs.append(attend(logits, v_BxSxHxK[:, :offset + hi]))
+    part_prefix = None if prefix is None else Prefix(
+        prefix.logits[:, :, lo:hi], prefix.v)
+    outs.append(attend(logits, v_BxSxHxK[:, :offset + hi], part_prefix))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 

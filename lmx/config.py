@@ -267,6 +267,10 @@ def _check_flash(config, encoding, *, far: bool) -> None:
           f"config.model.attention='flash' computes the bias inside the "
           f'kernel, but for the {m.position!r} encoding {why}. Use '
           "'chunked' or 'dense'.")
+  require(not (m.sinks.logit or m.sinks.memory),
+          "config.model.attention='flash' computes the keys of the sequence "
+          'alone, but config.model.sinks adds sink slots. Use '
+          "'chunked' or 'dense', or turn the sinks off.")
 
 
 def _check_tokenizer(config) -> None:
@@ -350,6 +354,8 @@ def _check_attention(config, encoding) -> None:
           'embeddings, or has none). Use a relative encoding ('
           + ', '.join(n for n, e in positions.REGISTRY.items() if e.relative())
           + '), or set config.model.self_extend.window=0.')
+  f.bool('model.sinks.logit')
+  f.int('model.sinks.memory', 0, 4096)
   _check_flash(config, encoding, far=bool(window or limit or se_window))
   kind = f.choice('model.length_scaling.kind', attention.LENGTH_SCALINGS)
   base_len = f.int('model.length_scaling.base_len', 0)

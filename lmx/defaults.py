@@ -166,6 +166,12 @@ def get_config(arg: str | None = None,
   # at grouped positions (query q // group + window - window // group, key
   # k // group). window 0 = off.
   c.model.self_extend = ml_collections.ConfigDict({'window': 0, 'group': 2})
+  # Attention sinks (lmx.attention.sink_prefix), in every layer: `logit`
+  # adds a learned logit per head with a zero value to each softmax;
+  # `memory` > 0 adds that many learned key/value slots per head. Both are
+  # seen by every query, under the Lambda-shaped mask too, and carry no
+  # position.
+  c.model.sinks = ml_collections.ConfigDict({'logit': False, 'memory': 0})
   # Length scaling of the queries: 'logn' multiplies a query at position p
   # by max(1, log(p + 1) / log(base_len)) (base_len: the training length).
   c.model.length_scaling = ml_collections.ConfigDict(

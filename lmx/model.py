@@ -97,6 +97,23 @@ class Attention(nnx.Module):
     self.collect_stats = False
     self.collect_logits = False
     self.dtype = dtype
+    # Attention sinks (config.model.sinks; lmx.attention.sink_prefix): a
+    # learned logit per head, and learned key/value slots.
+    sinks = cfg.sinks
+    self.sink_logit = (nnx.Param(jnp.zeros((h,), jnp.float32))
+                       if sinks.logit else None)
+    m = int(sinks.memory)
+    memory = lambda: nnx.Param(jax.random.normal(rngs.params(),
+                                                 (m, h, self.head_dim)))
+    self.mem_k = memory() if m else None
+    self.mem_v = memory() if m else None
+
+  def prefix(self, q_BxTxHxK) -> Optional[attention.Prefix]:
+    """The sink slots for these (turned) queries, or None."""
+    value = lambda p: None if p is None else p[...].astype(q_BxTxHxK.dtype)
+    return attention.sink_prefix(
+        q_BxTxHxK, None if self.sink_logit is None else self.sink_logit[...],
+        value(self.mem_k), value(self.mem_v))
 
   def content_shapes(self, batch: int):
     """What one token's content key side looks like, for the KV cache."""
@@ -166,7 +183,7 @@ class Attention(nnx.Module):
       logits = attention.masked_scores(near, far, window, self.position.bias,
                                        self.mask(cache.new_idx, k_idx),
                                        content, k_idx)
-      out_BxTxHxK = attention.attend(logits, v_all)
+      out_BxTxHxK = attention.attend(logits, v_all, self.prefix(near.q))
     else:
       near, far = self.branches(q_BxTxHxK, k_BxTxHxK, positions_BxT,
                                 positions_BxT, turned)
@@ -180,14 +197,15 @@ class Attention(nnx.Module):
                    attention.attention_stats(logits, mask_TxT))
         if self.collect_logits:
           self.sow(nnx.Intermediate, 'attention_logits', logits)
-        out_BxTxHxK = attention.attend(logits, v_BxTxHxK)
+        out_BxTxHxK = attention.attend(logits, v_BxTxHxK,
+                                       self.prefix(near.q))
       else:
         out_BxTxHxK = attention.attention(
             near, v_BxTxHxK, bias_fn=self.position.bias, mask=self.mask,
             far=far, window=window, backend=self.backend, block=self.block,
             threshold=self.threshold,
             accelerator_threshold=self.accelerator_threshold,
-            content=content)
+            content=content, prefix=self.prefix(near.q))
     return ops.dense(self.out, out_BxTxHxK.reshape(b, t, -1)), stored
 
 

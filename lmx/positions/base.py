@@ -281,6 +281,8 @@ class PositionEncoding(nnx.Module):
     ``model_cfg``'s settings, if given), or None: it has no bias, or gives
     one as ``kernel_bias``."""
     del model_cfg
+    if cls.has_content():
+      return 'its content-dependent score term has no kernel form'
     if cls.has_bias() and cls.kernel_bias is PositionEncoding.kernel_bias:
       return 'its bias has no kernel form (kernel_bias)'
     return None
