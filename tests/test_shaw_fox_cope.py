@@ -172,7 +172,8 @@ def test_fox_decay_stays_exact_over_long_sequences():
                       rng.integers(0, 16, 2000)])
   want = exact[i] - exact[j]
   got = (hi[i] - hi[j]) + (lo[i] - lo[j])
-  assert np.abs(got - want).max() <= 2e-7 * np.maximum(np.abs(want), 4).max()
+  # Every pair within a few float32 roundings of its own difference.
+  assert np.all(np.abs(got - want) <= 3e-7 * np.maximum(np.abs(want), 16))
   near = slice(0, 2000)
   assert np.abs(got - want)[near].max() < 1e-5
   plain = np.asarray(jnp.cumsum(jnp.asarray(log_f), axis=1))[0, :, 0]

@@ -32,7 +32,7 @@ of absolute precision, and a float32 prefix sum loses more than that.
 compensated prefix sum, ``fox_prefix``: Knuth's two-sum in each step of
 an associative scan), and a pair's term is ``(hi_i - hi_j) + (lo_i -
 lo_j)``: correct to float32 rounding of ``F_i - F_j`` itself, at any
-length (tests/test_positions.py checks 2^17 tokens against float64).
+length (tests/test_shaw_fox_cope.py checks 2^17 tokens against float64).
 """
 
 import jax
