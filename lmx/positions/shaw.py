@@ -5,7 +5,7 @@ them).
 
 A learned vector ``a^K_d`` (``head_dim`` wide, shared by the heads of a
 layer, one table per layer) for every relative distance ``d``, clipped at
-``k = shaw.max_distance`` (Eq. 5), is added to the key in the logit
+``k = shaw.max_distance`` (Sec. 3.2), is added to the key in the logit
 (Eq. 4):
 
     e_ij = q_i (k_j + a^K_clip(i - j))^T / sqrt(d_head)
@@ -38,7 +38,7 @@ from lmx.positions.base import ContentTerm, PositionEncoding, Tile
 def shaw_distances(q_pos_BxT: jax.Array, k_pos_BxS: jax.Array,
                    max_distance: int) -> jax.Array:
   """``clip(i - j, 0, k)``, ``[B, T, S]`` int32: the row of ``a^K`` each
-  pair reads (Eq. 5, one-sided for a causal decoder). Fractional positions
+  pair reads (Sec. 3.2, one-sided for a causal decoder). Fractional positions
   (a far branch) are truncated after clipping."""
   d = q_pos_BxT[:, :, None] - k_pos_BxS[:, None, :]
   return jnp.clip(d, 0, max_distance).astype(jnp.int32)
@@ -86,7 +86,7 @@ class Shaw(PositionEncoding):
 
   @classmethod
   def default_config(cls):
-    # k = 16: the clipping distance of the paper's experiments (Sec. 4.2).
+    # The paper finds small clipping distances enough (its ablation of k).
     return ml_collections.ConfigDict({'max_distance': 16})
 
   @classmethod
