@@ -1,5 +1,6 @@
 """Every position encoding on the built-in corpus, three seeds each, plus
-randomized positions (Ruoss et al. 2023) for RoPE and sinusoidal.
+randomized positions (Ruoss et al. 2023) for RoPE and sinusoidal, and
+CAPE's augmented positions for sinusoidal.
 
     python sweep.py --sweep=configs/sweeps/encodings.py \
         --dir=runs/sweeps/encodings --parallel=2
@@ -8,7 +9,7 @@ randomized positions (Ruoss et al. 2023) for RoPE and sinusoidal.
 
 The argument is passed to every member's config (``size=tiny``), except
 ``seeds=N`` (default 3), which sets the number of seeds. Members are named
-``<encoding>-s<seed>`` and ``rope-randomized-s<seed>``.
+``<encoding>-s<seed>``, ``rope-randomized-s<seed>`` and ``cape-s<seed>``.
 """
 
 from configs import base
@@ -23,6 +24,7 @@ def get_sweep(arg=None):
   members = [{'model.position': name} for name in positions.REGISTRY]
   members += [{'config': f'configs/{name}_randomized.py{size}'}
               for name in ('rope', 'sinusoidal')]
+  members.append({'config': f'configs/cape.py{size}'})
   return {
       'config': f'configs/base.py{size}',
       'members': members,
