@@ -81,12 +81,7 @@ def _cfg(**overrides):
   c.model.position = NAME
   c.model.num_layers = 2
   c.model.attention_block = 8
-  for key, value in overrides.items():
-    node = c.model
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict({f'model.{k}': v for k, v in overrides.items()})
   config_lib.validate(c)
   return c
 

@@ -275,6 +275,9 @@ def test_every_bias_encoding_has_a_kernel_form():
   for name, cls in P.REGISTRY.items():
     if cls.has_bias():
       assert cls.kernel_refusal() is None, name
+    # A content term (Transformer-XL, Shaw, FoX, CoPE) never has one.
+    if cls.has_content():
+      assert 'content' in cls.kernel_refusal(), name
 
 
 # --------------------------------------------------------------------- TPU

@@ -341,12 +341,8 @@ def _built(position, seed=0, **fields):
   from lmx import model as model_lib
   c = base.get_config('size=tiny')
   c.model.position = position
-  for path, value in fields.items():
-    node = c.model
-    *parents, leaf = path.split('__')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(
+      {'model.' + k.replace('__', '.'): v for k, v in fields.items()})
   config_lib.validate(c)
   model = model_lib.build(c.model, seed=0)
   if position == 'cope':

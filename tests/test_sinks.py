@@ -26,12 +26,7 @@ def _cfg(position='rope', **overrides):
   c.model.attention_block = 8
   c.model.sinks.logit = True
   c.model.sinks.memory = 3
-  for key, value in overrides.items():
-    node = c.model
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict({f'model.{k}': v for k, v in overrides.items()})
   config_lib.validate(c)
   return c
 

@@ -123,12 +123,6 @@ class FoX(PositionEncoding):
     f.float('fox.bias_init')
 
   @classmethod
-  def kernel_refusal(cls, model_cfg=None):
-    del model_cfg
-    return ('its score term depends on the queries or hidden states '
-            '(content), which the fused kernel does not compute')
-
-  @classmethod
   def relative(cls):
     return False   # positions never enter: a clamp or regrouping has no effect
 

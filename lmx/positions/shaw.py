@@ -95,12 +95,6 @@ class Shaw(PositionEncoding):
     cls.fields(model_cfg).int('shaw.max_distance', 1)
 
   @classmethod
-  def kernel_refusal(cls, model_cfg=None):
-    del model_cfg
-    return ('its score term depends on the queries or hidden states '
-            '(content), which the fused kernel does not compute')
-
-  @classmethod
   def relative(cls):
     return True   # its term reads positions: clamps and regrouping reach it
 
