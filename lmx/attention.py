@@ -45,9 +45,13 @@ is how ReRoPE, Leaky ReRoPE and LM-Infinite's distance limit act on any
 encoding through its position arrays; Self-Extend's grouped positions
 (``SelfExtend``) are one more far branch of the same kind.
 
-log-n scaling (``logn_query_scale``) multiplies the queries by a function of
-their own positions before either branch, so it too is the same in every
-backend and in decoding.
+log-n scaling (``logn_query_scale``) and Llama 4's query temperature
+(``llama4_query_scale``) multiply the queries by a function of their own
+positions before either branch, so they too are the same in every backend
+and in decoding. SSMax (``ssmax_logit_scale``) multiplies each query's whole
+score, bias included, by ``s_h log n`` (``n`` the keys it sees): a
+``logit_scale [B, H, T]`` per query and head that every backend applies to
+its logits before the mask, tile by tile in the chunked one.
 """
 
 from __future__ import annotations
@@ -93,6 +97,16 @@ class Mask:
     if self.n_local:
       visible_TxS &= (q - k < self.n_local) | (k < self.n_global)
     return visible_TxS
+
+  def visible_count(self, q_idx_T: jax.Array) -> jax.Array:
+    """How many keys query ``i`` sees when every earlier token is there:
+    ``i + 1`` (causal), or ``min(i + 1, n_local)`` plus the global tokens
+    before the local window. ``[T]`` int32."""
+    n = q_idx_T.astype(jnp.int32) + 1
+    if not self.n_local:
+      return n
+    far = jnp.clip(n - self.n_local, 0, self.n_global)
+    return jnp.minimum(n, self.n_local) + far
 
 
 def causal_mask(q_len: int, k_len: int) -> jax.Array:
@@ -165,7 +179,40 @@ def logn_query_scale(q_pos_BxT: jax.Array, base_len: int) -> jax.Array:
   return jnp.maximum(1.0, jnp.log(p + 1.0) / math.log(base_len))
 
 
-LENGTH_SCALINGS = ('off', 'logn')
+def llama4_query_scale(q_pos_BxT: jax.Array, floor_scale: float,
+                       attn_scale: float) -> jax.Array:
+  """Llama 4's query temperature of its NoPE layers
+  (``attn_temperature_tuning`` in its released code): ``1 + attn_scale *
+  log(floor((p + 1) / floor_scale) + 1)`` for a query at position ``p``.
+  1 up to position ``floor_scale - 2``, then growing in steps of
+  ``floor_scale`` positions. ``[B, T]`` float32."""
+  p = q_pos_BxT.astype(jnp.float32)
+  return 1.0 + attn_scale * jnp.log(jnp.floor((p + 1.0) / floor_scale) + 1.0)
+
+
+def ssmax_logit_scale(s_H: jax.Array, q_idx_T: jax.Array,
+                      mask: 'Mask') -> jax.Array:
+  """Scalable-Softmax (Nakanishi 2025, eq. 1): the scores of a query that
+  sees ``n`` keys go into the softmax times ``s log n``, ``s`` learned per
+  head (and per layer). ``n`` is the number of keys the query attends over
+  (``Mask.visible_count`` of its token index), so a sliding window or the
+  Lambda mask stops its growth. ``[H, T]`` float32; 0 for the first token,
+  which sees itself alone (its softmax is 1 whatever the scale)."""
+  log_n_T = jnp.log(mask.visible_count(q_idx_T).astype(jnp.float32))
+  return s_H.astype(jnp.float32)[:, None] * log_n_T[None, :]
+
+
+def ssmax_init(base_len: int) -> float:
+  """The initial ``s``: ``1 / mean(log n)`` over ``n = 1 .. base_len``,
+  so that over the training length the scale ``s log n`` averages 1 and the
+  untrained model starts as close to plain softmax as one ``s`` allows."""
+  mean_log = sum(math.log(n) for n in range(1, base_len + 1)) / base_len
+  return 1.0 / mean_log
+
+
+# 'off'; 'logn' and 'llama4' scale the queries by their positions; 'ssmax'
+# scales each query's scores by a learned s per head times log n.
+LENGTH_SCALINGS = ('off', 'logn', 'ssmax', 'llama4')
 
 
 class Branch(NamedTuple):
@@ -176,24 +223,29 @@ class Branch(NamedTuple):
   k_pos: jax.Array   # [B, S]
 
 
-def _branch_logits(br: Branch, bias_fn: Optional[BiasFn], scale: float):
+def _branch_logits(br: Branch, bias_fn: Optional[BiasFn], scale: float,
+                   logit_scale: Optional[jax.Array] = None):
   logits = jnp.einsum('bthk,bshk->bhts', br.q, br.k,
                       preferred_element_type=jnp.float32) * scale
   if bias_fn is not None:
     bias = bias_fn(br.q_pos, br.k_pos)
     if bias is not None:
       logits = logits + bias.astype(jnp.float32)
+  if logit_scale is not None:   # [B, H, T]: the whole score of each query
+    logits = logits * logit_scale[..., None]
   return logits
 
 
 def scores(near: Branch, far: Optional[Branch], window: int,
-           bias_fn: Optional[BiasFn]) -> jax.Array:
+           bias_fn: Optional[BiasFn],
+           logit_scale: Optional[jax.Array] = None) -> jax.Array:
   """Unmasked float32 logits ``[B, H, T, S]``: the near branch, and the far
-  branch wherever the (near) distance reaches ``window``."""
+  branch wherever the (near) distance reaches ``window``; each query's
+  times ``logit_scale [B, H, T]`` if given (SSMax)."""
   scale = near.q.shape[-1] ** -0.5
-  logits = _branch_logits(near, bias_fn, scale)
+  logits = _branch_logits(near, bias_fn, scale, logit_scale)
   if far is not None:
-    far_logits = _branch_logits(far, bias_fn, scale)
+    far_logits = _branch_logits(far, bias_fn, scale, logit_scale)
     dist_BxTxS = (near.q_pos[:, :, None].astype(jnp.float32)
                   - near.k_pos[:, None, :].astype(jnp.float32))
     logits = jnp.where((dist_BxTxS >= window)[:, None], far_logits, logits)
@@ -204,9 +256,11 @@ def scores(near: Branch, far: Optional[Branch], window: int,
 
 
 def masked_scores(near: Branch, far: Optional[Branch], window: int,
-                  bias_fn: Optional[BiasFn], visible_TxS: jax.Array):
+                  bias_fn: Optional[BiasFn], visible_TxS: jax.Array,
+                  logit_scale: Optional[jax.Array] = None):
   """``scores`` with the keys ``visible_TxS`` hides at ``NEG_INF``."""
-  return jnp.where(visible_TxS, scores(near, far, window, bias_fn), NEG_INF)
+  return jnp.where(visible_TxS,
+                   scores(near, far, window, bias_fn, logit_scale), NEG_INF)
 
 
 def attend(logits_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array) -> jax.Array:
@@ -235,13 +289,16 @@ def _pad(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
 def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
                       bias_fn: Optional[BiasFn] = None, mask: Mask = Mask(),
                       far: Optional[Branch] = None, window: int = 0,
-                      block_q: int = 512, block_k: int = 512) -> jax.Array:
+                      block_q: int = 512, block_k: int = 512,
+                      logit_scale: Optional[jax.Array] = None) -> jax.Array:
   """Blockwise attention with an online softmax; equals the dense backend.
 
   Queries are the last ``T`` of the ``S`` keys (token indices
   ``S - T .. S - 1`` against ``0 .. S - 1``). Any length works: the arrays
   are padded to whole tiles, padded keys are masked and padded queries
-  dropped. Returns ``[B, T, H, K]`` in ``v``'s dtype.
+  dropped. ``logit_scale [B, H, T]`` (SSMax) multiplies each query's
+  scores, a block of queries at a time. Returns ``[B, T, H, K]`` in ``v``'s
+  dtype.
   """
   b, t, h, kd = near.q.shape
   s = near.k.shape[1]
@@ -257,6 +314,7 @@ def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
   near_p = pad_branch(near)
   far_p = pad_branch(far) if far is not None else None
   v_p = _pad(v_BxSxHxK, 1, nk * bk)
+  ls_p = (_pad(logit_scale, 2, nq * bq) if logit_scale is not None else None)
   k_idx_all = jnp.where(jnp.arange(nk * bk) < s, jnp.arange(nk * bk), -1)
 
   # The key tiles a query block visits. Causal: every tile, those wholly in
@@ -295,6 +353,8 @@ def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
     nq_t = Branch(sl(near_p.q, q0, bq), None, sl(near_p.q_pos, q0, bq), None)
     fq_t = (Branch(sl(far_p.q, q0, bq), None, sl(far_p.q_pos, q0, bq), None)
             if far_p is not None else None)
+    ls_t = (jax.lax.dynamic_slice_in_dim(ls_p, q0, bq, axis=2)
+            if ls_p is not None else None)
 
     def compute(carry, j):
       m, l, acc = carry
@@ -305,8 +365,9 @@ def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
       if fq_t is not None:
         far_tile = Branch(fq_t.q, sl(far_p.k, k0, bk), fq_t.q_pos,
                           sl(far_p.k_pos, k0, bk))
-      logits = (scores(tile, far_tile, window, bias_fn) if far_tile is not None
-                else _branch_logits(tile, bias_fn, scale))
+      logits = (scores(tile, far_tile, window, bias_fn, ls_t)
+                if far_tile is not None
+                else _branch_logits(tile, bias_fn, scale, ls_t))
       visible = mask(q_idx, jax.lax.dynamic_slice_in_dim(k_idx_all, k0, bk))
       logits = jnp.where(visible, logits, NEG_INF)
       m_new = jnp.maximum(m, logits.max(axis=-1))
@@ -362,9 +423,16 @@ def cudnn_unavailable(q_dtype, head_dim: int, far: bool) -> Optional[str]:
   return None
 
 
-def cudnn_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask):
+def cudnn_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask,
+                    logit_scale: Optional[jax.Array] = None):
   t, s = near.q.shape[1], near.k.shape[1]
   bias = bias_fn(near.q_pos, near.k_pos) if bias_fn is not None else None
+  q = near.q
+  if logit_scale is not None:  # the whole score: q, and the bias
+    q = (q.astype(jnp.float32) * jnp.transpose(logit_scale, (0, 2, 1))[
+        ..., None]).astype(q.dtype)
+    if bias is not None:
+      bias = bias.astype(jnp.float32) * logit_scale[..., None]
   if bias is not None:
     bias = bias.astype(near.q.dtype)
   kw = {}
@@ -372,7 +440,7 @@ def cudnn_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask):
     kw['mask'] = mask(jnp.arange(t) + (s - t), jnp.arange(s))[None, None]
   else:
     kw['is_causal'] = True
-  return jax.nn.dot_product_attention(near.q, near.k, v, bias=bias,
+  return jax.nn.dot_product_attention(q, near.k, v, bias=bias,
                                       implementation='cudnn', **kw)
 
 
@@ -387,8 +455,8 @@ def _encoding_of(bias_fn):
 
 
 def flash_unavailable(*, far: bool, bias_fn, block: int = 512,
-                      num_queries: int = 0, num_keys: int = 0
-                      ) -> Optional[str]:
+                      num_queries: int = 0, num_keys: int = 0,
+                      logit_scale: bool = False) -> Optional[str]:
   """Why the fused kernel (``lmx.kernels.flash``) cannot take this call,
   or None if it can."""
   platform = ops.platform()
@@ -404,6 +472,9 @@ def flash_unavailable(*, far: bool, bias_fn, block: int = 512,
     if enc.has_bias() and enc.kernel_bias() is None:
       return (f'the {type(enc).__name__} bias has no kernel form '
               '(kernel_bias)')
+    if logit_scale and enc.has_bias():
+      return ('SSMax scales the bias with the scores, and the kernel adds '
+              'the bias unscaled')
   if platform == 'tpu' and block % 128 and max(num_queries,
                                                num_keys) > block:
     return (f'on TPU its tiles must be multiples of 128 tokens, and '
@@ -412,7 +483,7 @@ def flash_unavailable(*, far: bool, bias_fn, block: int = 512,
 
 
 def flash_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask,
-                    block: int):
+                    block: int, logit_scale: Optional[jax.Array] = None):
   """The fused kernel on ``near``. Under a mesh of several devices it runs
   per shard (``jax.shard_map``): rows over the data axes and heads over
   the tensor axis where they divide, each head's bias parameters with its
@@ -429,7 +500,11 @@ def flash_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask,
         q, k, v, q_pos, k_pos, bias, n_global=mask.n_global,
         n_local=mask.n_local, block_q=block, block_k=block)
 
-  args = (near.q, near.k, v, near.q_pos, near.k_pos, params)
+  q = near.q
+  if logit_scale is not None:   # no bias here (flash_unavailable): q alone
+    q = (q.astype(jnp.float32) * jnp.transpose(logit_scale, (0, 2, 1))[
+        ..., None]).astype(q.dtype)
+  args = (q, near.k, v, near.q_pos, near.k_pos, params)
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
     return run(*args)
@@ -481,17 +556,20 @@ def choose_backend(requested: str, *, num_keys: int, q_dtype, head_dim: int,
 def attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
               mask: Mask = Mask(), far: Optional[Branch] = None,
               window: int = 0, backend: str = 'dense', block: int = 512,
-              threshold: int = 2048,
-              accelerator_threshold: int = 512) -> jax.Array:
+              threshold: int = 2048, accelerator_threshold: int = 512,
+              logit_scale: Optional[jax.Array] = None) -> jax.Array:
   """Softmax attention of ``near`` (and ``far`` past ``window``) through the
-  chosen backend; queries are the last T of the S keys. ``[B, T, H, K]``."""
+  chosen backend; queries are the last T of the S keys; each query's scores
+  times ``logit_scale [B, H, T]`` if given. ``[B, T, H, K]``."""
   s = near.k.shape[1]
+  ls = logit_scale
   if backend == 'flash':
     why = flash_unavailable(far=far is not None, bias_fn=bias_fn, block=block,
-                            num_queries=near.q.shape[1], num_keys=s)
+                            num_queries=near.q.shape[1], num_keys=s,
+                            logit_scale=ls is not None)
     if why is None:
       return flash_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask,
-                             block=block)
+                             block=block, logit_scale=ls)
     backend = 'dense' if s <= threshold else 'chunked'
     _warn_once(f'flash attention cannot run here ({why}); using the '
                f'{backend} backend instead.')
@@ -500,13 +578,14 @@ def attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
                            threshold=threshold,
                            accelerator_threshold=accelerator_threshold)
   if backend == 'cudnn':
-    return cudnn_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask)
+    return cudnn_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask,
+                           logit_scale=ls)
   if backend == 'chunked':
     return chunked_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask,
                              far=far, window=window, block_q=block,
-                             block_k=block)
+                             block_k=block, logit_scale=ls)
   return dense_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask, far=far,
-                         window=window)
+                         window=window, logit_scale=ls)
 
 
 # Query rows per block of the dense backend (at least), and at most this
@@ -525,7 +604,8 @@ def dense_query_blocks(t: int) -> list[tuple[int, int]]:
 
 def dense_attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
                     mask: Mask = Mask(), far: Optional[Branch] = None,
-                    window: int = 0) -> jax.Array:
+                    window: int = 0,
+                    logit_scale: Optional[jax.Array] = None) -> jax.Array:
   """The dense backend: the logits materialized, one block of queries at a
   time, each against the keys up to its own last query.
 
@@ -545,8 +625,9 @@ def dense_attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
       return Branch(br.q[:, lo:hi], br.k[:, :offset + hi],
                     br.q_pos[:, lo:hi], br.k_pos[:, :offset + hi])
     visible = mask(jnp.arange(lo, hi) + offset, jnp.arange(offset + hi))
+    ls = logit_scale[:, :, lo:hi] if logit_scale is not None else None
     logits = masked_scores(part(near), part(far) if far is not None else None,
-                           window, bias_fn, visible)
+                           window, bias_fn, visible, ls)
     outs.append(attend(logits, v_BxSxHxK[:, :offset + hi]))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 

@@ -37,8 +37,8 @@ import numpy as np
 from flax import nnx
 
 from lmx import checkpoint
+from lmx import layer_plan
 from lmx import memory
-from lmx import positions as positions_lib
 from lmx import run_state
 from lmx.errors import ConfigError
 from lmx.data import subword
@@ -166,23 +166,24 @@ def check_lengths(config: ml_collections.ConfigDict, prompt_len: int,
     raise ConfigError(f'max_new_tokens must be an integer >= 0, got '
                       f'{max_new_tokens!r}.')
   total = prompt_len + int(max_new_tokens)
-  encoding = positions_lib.get_encoding(config.model.position)
-  bound = encoding.max_positions(config.model)
-  if bound is not None and total > bound:
-    raise ConfigError(
-        f'A prompt of {prompt_len} tokens plus {max_new_tokens} new ones '
-        f'needs positions up to {total - 1}, but the '
-        f'{config.model.position!r} encoding has rows for positions 0 .. '
-        f'{bound - 1} only ({encoding.bound_setting()}={bound}). Ask for at '
-        f'most {max(bound - prompt_len, 0)} new tokens (--max_new_tokens) or '
-        f'shorten the prompt; a longer table needs training again with a '
-        f'larger {encoding.bound_setting()}.')
-  limit = encoding.max_span(config.model)
-  if limit is not None and total > limit[0]:
-    raise ConfigError(
-        f'A prompt of {prompt_len} tokens plus {max_new_tokens} new ones '
-        f'spans {total} positions, but the {config.model.position!r} encoding '
-        f'cannot: {limit[1]} (--max_new_tokens).')
+  for name, encoding in layer_plan.used_encodings(config.model).items():
+    view = layer_plan.view(config.model, name)
+    bound = encoding.max_positions(view)
+    if bound is not None and total > bound:
+      raise ConfigError(
+          f'A prompt of {prompt_len} tokens plus {max_new_tokens} new ones '
+          f'needs positions up to {total - 1}, but the '
+          f'{name!r} encoding has rows for positions 0 .. '
+          f'{bound - 1} only ({encoding.bound_setting()}={bound}). Ask for '
+          f'at most {max(bound - prompt_len, 0)} new tokens '
+          '(--max_new_tokens) or shorten the prompt; a longer table needs '
+          f'training again with a larger {encoding.bound_setting()}.')
+    limit = encoding.max_span(view)
+    if limit is not None and total > limit[0]:
+      raise ConfigError(
+          f'A prompt of {prompt_len} tokens plus {max_new_tokens} new ones '
+          f'spans {total} positions, but the {name!r} encoding '
+          f'cannot: {limit[1]} (--max_new_tokens).')
   lm = config.model.lm_infinite
   n_global, n_local = int(lm.n_global), int(lm.n_local)
   bounded = n_local > 0
