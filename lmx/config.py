@@ -341,9 +341,10 @@ def _check_attention(config, used) -> None:
   kind = f.choice('model.length_scaling.kind', attention.LENGTH_SCALINGS)
   base_len = f.int('model.length_scaling.base_len', 0)
   kinds = {s.length_scaling for s in layer_plan.plan(m)}
-  where = (f'config.model.length_scaling.kind={kind!r}'
-           if layer_plan.is_default(m) or kind in kinds else
-           'config.model.layers.length_scaling')
+  where = ('config.model.layers.length_scaling'
+           f'={tuple(m.layers.length_scaling)!r}'
+           if tuple(m.layers.length_scaling) else
+           f'config.model.length_scaling.kind={kind!r}')
   require(not ({'logn', 'ssmax'} & kinds) or base_len >= 2,
           f"{where} ('logn' or 'ssmax') needs "
           'config.model.length_scaling.base_len >= 2 (logn scales queries '

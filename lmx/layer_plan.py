@@ -93,12 +93,6 @@ def plan(model_cfg: ml_collections.ConfigDict) -> list[LayerSpec]:
   return [LayerSpec(p, w, s) for p, w, s in zip(pos, win, scal)]
 
 
-def is_default(model_cfg) -> bool:
-  """Whether every tuple is empty (no layer differs from the model)."""
-  section = _section(model_cfg)
-  return not any(tuple(section[f]) for f in FIELDS)
-
-
 def used_encodings(model_cfg) -> dict[str, type]:
   """``{name: encoding class}`` of every encoding some layer uses, in layer
   order (``config.model.position`` alone without a per-layer list)."""
@@ -153,6 +147,12 @@ def check(model_cfg: ml_collections.ConfigDict) -> None:
   require(not unknown,
           f'config.model.layers has unknown field(s) {sorted(unknown)}; '
           f'valid: {", ".join(FIELDS)}.')
+  for field in FIELDS:
+    values = section[field]
+    require(isinstance(values, (tuple, list)),
+            f'config.model.layers.{field} must be a tuple (one entry per '
+            'layer, or a pattern whose length divides num_layers; () for '
+            f'the model-level setting), got {values!r}.')
   for name in section.position:
     require(isinstance(name, str) and name in positions.REGISTRY,
             f'config.model.layers.position names {name!r}, which is not a '
