@@ -184,8 +184,10 @@ def check_lengths(config: ml_collections.ConfigDict, prompt_len: int,
           f'A prompt of {prompt_len} tokens plus {max_new_tokens} new ones '
           f'spans {total} positions, but the {name!r} encoding '
           f'cannot: {limit[1]} (--max_new_tokens).')
-  lm = config.model.lm_infinite
-  n_global, n_local = int(lm.n_global), int(lm.n_local)
+  # The mask the cache's slots follow: LM-Infinite's, or one sliding
+  # window every layer shares (lmx.layer_plan.cache_mask).
+  mask = layer_plan.cache_mask(config.model)
+  n_global, n_local = mask.n_global, mask.n_local
   bounded = n_local > 0
   if max_len is None:
     return total
@@ -194,7 +196,8 @@ def check_lengths(config: ml_collections.ConfigDict, prompt_len: int,
     if max_len < needed:
       raise ConfigError(
           f'max_len={max_len} is smaller than the bounded cache of the '
-          f'Lambda-shaped mask needs ({needed} slots: n_global={n_global} + '
+          f'Lambda-shaped mask (or of the one sliding window of every '
+          f'layer) needs ({needed} slots: n_global={n_global} + '
           f'n_local={n_local}, or the whole text if shorter). Pass '
           f'max_len >= {needed}, or leave it unset.')
   elif total > max_len:
@@ -303,9 +306,9 @@ def generate_from_run(config: ml_collections.ConfigDict, workdir: str,
   prompt_tokens = given if given.size else np.array([tok.eod], np.int32)
   check_sampling(temperature, top_k)
   total = check_lengths(config, prompt_tokens.size, max_new_tokens)
-  lm = config.model.lm_infinite
-  slots = (min(total, int(lm.n_global) + int(lm.n_local))
-           if int(lm.n_local) > 0 else total)
+  mask = layer_plan.cache_mask(config.model)
+  slots = (min(total, mask.n_global + mask.n_local) if mask.n_local
+           else total)
   memory.check_cache(config, slots, prompt_tokens.size,
                      f'A prompt of {prompt_tokens.size} tokens plus '
                      f'{max_new_tokens} new ones (a KV cache of {slots:,} '
