@@ -49,9 +49,9 @@ log-n scaling (``logn_query_scale``) and Llama 4's query temperature
 (``llama4_query_scale``) multiply the queries by a function of their own
 positions before either branch, so they too are the same in every backend
 and in decoding. SSMax (``ssmax_logit_scale``) multiplies each query's whole
-score, bias included, by ``s_h log n`` (``n`` the keys it sees): a
-``logit_scale [B, H, T]`` per query and head that every backend applies to
-its logits before the mask, tile by tile in the chunked one.
+score (bias and content term included) by ``s_h log n`` (``n`` the keys it
+sees): a ``logit_scale [B, H, T]`` per query and head that every backend
+applies to its logits before the mask, tile by tile in the chunked one.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ import jax
 import jax.numpy as jnp
 
 from lmx import ops
+from lmx.positions import base as positions_base
 
 NEG_INF = -1e30
 BACKENDS = ('auto', 'dense', 'chunked', 'cudnn', 'flash')
@@ -223,7 +224,29 @@ class Branch(NamedTuple):
   k_pos: jax.Array   # [B, S]
 
 
+class Content(NamedTuple):
+  """A ``ContentTerm`` (``lmx.positions.base``) where one block of pairs
+  is scored: its per-token arrays already sliced to the block's queries and
+  keys, with the keys' mask and token indices, for ``Tile``."""
+  term: object        # the ContentTerm (q_side/k_side sliced)
+  visible: jax.Array  # [t, s] bool
+  k_idx: jax.Array    # [s] int32
+
+
+def _content_slice(term, q_lo: int, q_len: int, k_lo: int, k_len: int,
+                   visible, k_idx) -> Optional[Content]:
+  """``term`` restricted to queries ``[q_lo, q_lo + q_len)`` and keys
+  ``[k_lo, k_lo + k_len)`` (None for no term)."""
+  if term is None:
+    return None
+  return Content(dataclasses.replace(
+      term, q_side=positions_base.slice_tokens(term.q_side, q_lo, q_len),
+      k_side=positions_base.slice_tokens(term.k_side, k_lo, k_len)),
+      visible, k_idx)
+
+
 def _branch_logits(br: Branch, bias_fn: Optional[BiasFn], scale: float,
+                   content: Optional[Content] = None,
                    logit_scale: Optional[jax.Array] = None):
   logits = jnp.einsum('bthk,bshk->bhts', br.q, br.k,
                       preferred_element_type=jnp.float32) * scale
@@ -231,6 +254,11 @@ def _branch_logits(br: Branch, bias_fn: Optional[BiasFn], scale: float,
     bias = bias_fn(br.q_pos, br.k_pos)
     if bias is not None:
       logits = logits + bias.astype(jnp.float32)
+  if content is not None:
+    term = content.term
+    logits = logits + term.fn(positions_base.Tile(
+        br.q, br.k, br.q_pos, br.k_pos, term.q_side, term.k_side, logits,
+        content.visible, content.k_idx)).astype(jnp.float32)
   if logit_scale is not None:   # [B, H, T]: the whole score of each query
     logits = logits * logit_scale[..., None]
   return logits
@@ -238,14 +266,16 @@ def _branch_logits(br: Branch, bias_fn: Optional[BiasFn], scale: float,
 
 def scores(near: Branch, far: Optional[Branch], window: int,
            bias_fn: Optional[BiasFn],
+           content: Optional[Content] = None,
            logit_scale: Optional[jax.Array] = None) -> jax.Array:
   """Unmasked float32 logits ``[B, H, T, S]``: the near branch, and the far
-  branch wherever the (near) distance reaches ``window``; each query's
-  times ``logit_scale [B, H, T]`` if given (SSMax)."""
+  branch wherever the (near) distance reaches ``window``; each with the
+  content term (``content``) at its own positions, and each query's times
+  ``logit_scale [B, H, T]`` if given (SSMax)."""
   scale = near.q.shape[-1] ** -0.5
-  logits = _branch_logits(near, bias_fn, scale, logit_scale)
+  logits = _branch_logits(near, bias_fn, scale, content, logit_scale)
   if far is not None:
-    far_logits = _branch_logits(far, bias_fn, scale, logit_scale)
+    far_logits = _branch_logits(far, bias_fn, scale, content, logit_scale)
     dist_BxTxS = (near.q_pos[:, :, None].astype(jnp.float32)
                   - near.k_pos[:, None, :].astype(jnp.float32))
     logits = jnp.where((dist_BxTxS >= window)[:, None], far_logits, logits)
@@ -257,10 +287,19 @@ def scores(near: Branch, far: Optional[Branch], window: int,
 
 def masked_scores(near: Branch, far: Optional[Branch], window: int,
                   bias_fn: Optional[BiasFn], visible_TxS: jax.Array,
+                  content=None, k_idx_S: Optional[jax.Array] = None,
                   logit_scale: Optional[jax.Array] = None):
-  """``scores`` with the keys ``visible_TxS`` hides at ``NEG_INF``."""
-  return jnp.where(visible_TxS,
-                   scores(near, far, window, bias_fn, logit_scale), NEG_INF)
+  """``scores`` with the keys ``visible_TxS`` hides at ``NEG_INF``.
+  ``content``: a ``ContentTerm`` over exactly these queries and keys (token
+  indices ``k_idx_S``, by default ``0 .. S - 1``); ``logit_scale``: SSMax's
+  ``[B, H, T]``."""
+  if content is not None:
+    s = near.k.shape[1]
+    k_idx_S = (jnp.arange(s, dtype=jnp.int32) if k_idx_S is None
+               else k_idx_S)
+    content = Content(content, visible_TxS, k_idx_S)
+  return jnp.where(visible_TxS, scores(near, far, window, bias_fn, content,
+                                      logit_scale), NEG_INF)
 
 
 def attend(logits_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array) -> jax.Array:
@@ -290,16 +329,21 @@ def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
                       bias_fn: Optional[BiasFn] = None, mask: Mask = Mask(),
                       far: Optional[Branch] = None, window: int = 0,
                       block_q: int = 512, block_k: int = 512,
+                      content=None,
                       logit_scale: Optional[jax.Array] = None) -> jax.Array:
   """Blockwise attention with an online softmax; equals the dense backend.
 
   Queries are the last ``T`` of the ``S`` keys (token indices
   ``S - T .. S - 1`` against ``0 .. S - 1``). Any length works: the arrays
   are padded to whole tiles, padded keys are masked and padded queries
-  dropped. ``logit_scale [B, H, T]`` (SSMax) multiplies each query's
-  scores, a block of queries at a time. Returns ``[B, T, H, K]`` in ``v``'s
-  dtype.
+  dropped. ``content``: a tiled ``ContentTerm``, computed tile by tile from
+  its per-token arrays sliced with the tile. ``logit_scale [B, H, T]``
+  (SSMax) multiplies each query's scores, a block of queries at a time.
+  Returns ``[B, T, H, K]`` in ``v``'s dtype.
   """
+  if content is not None and not content.tiled:
+    raise ValueError('A content term that is not tiled cannot run in the '
+                     'chunked backend.')
   b, t, h, kd = near.q.shape
   s = near.k.shape[1]
   bq, bk = min(block_q, t), min(block_k, s)
@@ -315,6 +359,11 @@ def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
   far_p = pad_branch(far) if far is not None else None
   v_p = _pad(v_BxSxHxK, 1, nk * bk)
   ls_p = (_pad(logit_scale, 2, nq * bq) if logit_scale is not None else None)
+  if content is not None:
+    content = dataclasses.replace(
+        content,
+        q_side=jax.tree.map(lambda x: _pad(x, 1, nq * bq), content.q_side),
+        k_side=jax.tree.map(lambda x: _pad(x, 1, nk * bk), content.k_side))
   k_idx_all = jnp.where(jnp.arange(nk * bk) < s, jnp.arange(nk * bk), -1)
 
   # The key tiles a query block visits. Causal: every tile, those wholly in
@@ -365,10 +414,12 @@ def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
       if fq_t is not None:
         far_tile = Branch(fq_t.q, sl(far_p.k, k0, bk), fq_t.q_pos,
                           sl(far_p.k_pos, k0, bk))
-      logits = (scores(tile, far_tile, window, bias_fn, ls_t)
+      k_idx = jax.lax.dynamic_slice_in_dim(k_idx_all, k0, bk)
+      visible = mask(q_idx, k_idx)
+      part = _content_slice(content, q0, bq, k0, bk, visible, k_idx)
+      logits = (scores(tile, far_tile, window, bias_fn, part, ls_t)
                 if far_tile is not None
-                else _branch_logits(tile, bias_fn, scale, ls_t))
-      visible = mask(q_idx, jax.lax.dynamic_slice_in_dim(k_idx_all, k0, bk))
+                else _branch_logits(tile, bias_fn, scale, part, ls_t))
       logits = jnp.where(visible, logits, NEG_INF)
       m_new = jnp.maximum(m, logits.max(axis=-1))
       p = jnp.where(visible, jnp.exp(logits - m_new[..., None]), 0.0)
@@ -409,10 +460,17 @@ def _warn_once(message: str) -> None:
     log.warning(message)
 
 
-def cudnn_unavailable(q_dtype, head_dim: int, far: bool) -> Optional[str]:
+CONTENT_REFUSAL = ('the encoding adds a content-dependent score term '
+                   '(content), which a fused kernel does not compute')
+
+
+def cudnn_unavailable(q_dtype, head_dim: int, far: bool,
+                      content: bool = False) -> Optional[str]:
   """Why the cuDNN kernel cannot take this call, or None if it can."""
   if jax.default_backend() != 'gpu':  # the kernel needs a GPU attached
     return f'the platform is {jax.default_backend()}, not gpu'
+  if content:
+    return CONTENT_REFUSAL
   if q_dtype not in (jnp.bfloat16, jnp.float16):
     return (f'it needs bfloat16 or float16, and config.model.dtype gives '
             f'{jnp.dtype(q_dtype).name}')
@@ -456,12 +514,15 @@ def _encoding_of(bias_fn):
 
 def flash_unavailable(*, far: bool, bias_fn, block: int = 512,
                       num_queries: int = 0, num_keys: int = 0,
+                      content: bool = False,
                       logit_scale: bool = False) -> Optional[str]:
   """Why the fused kernel (``lmx.kernels.flash``) cannot take this call,
   or None if it can."""
   platform = ops.platform()
   if platform == 'gpu':
     return ('it is written for TPU (Mosaic); on a GPU use cudnn or chunked')
+  if content:
+    return CONTENT_REFUSAL
   if far:
     return ('a distance clamp or Self-Extend needs a second (far) logit '
             'branch, which the kernel does not compute')
@@ -535,17 +596,18 @@ def dense_key_limit(threshold: int, accelerator_threshold: int) -> int:
 
 def choose_backend(requested: str, *, num_keys: int, q_dtype, head_dim: int,
                    far: bool, threshold: int,
-                   accelerator_threshold: int = 512) -> str:
+                   accelerator_threshold: int = 512,
+                   content: bool = False, tiled: bool = True) -> str:
   """The backend that runs: ``requested``, or for ``auto`` cudnn where it
-  can run, else dense up to ``dense_key_limit`` keys and chunked beyond.
-  An explicit ``cudnn`` that cannot take the call falls back (logged
-  once)."""
+  can run, else dense up to ``dense_key_limit`` keys and chunked beyond
+  (always dense for a content term that is not ``tiled``). An explicit
+  ``cudnn`` that cannot take the call falls back (logged once)."""
   if requested in ('auto', 'cudnn'):
-    why = cudnn_unavailable(q_dtype, head_dim, far)
+    why = cudnn_unavailable(q_dtype, head_dim, far, content)
     if why is None:
       return 'cudnn'
     limit = dense_key_limit(threshold, accelerator_threshold)
-    fallback = 'dense' if num_keys <= limit else 'chunked'
+    fallback = 'dense' if num_keys <= limit or not tiled else 'chunked'
     if requested == 'cudnn':
       _warn_once(f'cudnn attention cannot run here ({why}); using the '
                  f'{fallback} backend instead.')
@@ -556,36 +618,42 @@ def choose_backend(requested: str, *, num_keys: int, q_dtype, head_dim: int,
 def attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
               mask: Mask = Mask(), far: Optional[Branch] = None,
               window: int = 0, backend: str = 'dense', block: int = 512,
-              threshold: int = 2048, accelerator_threshold: int = 512,
+              threshold: int = 2048,
+              accelerator_threshold: int = 512, content=None,
               logit_scale: Optional[jax.Array] = None) -> jax.Array:
   """Softmax attention of ``near`` (and ``far`` past ``window``) through the
-  chosen backend; queries are the last T of the S keys; each query's scores
-  times ``logit_scale [B, H, T]`` if given. ``[B, T, H, K]``."""
+  chosen backend; queries are the last T of the S keys. ``[B, T, H, K]``.
+  ``content``: the encoding's ``ContentTerm`` over these queries and keys,
+  or None; ``logit_scale``: each query's scores times it (SSMax,
+  ``[B, H, T]``), or None."""
   s = near.k.shape[1]
   ls = logit_scale
+  has_content = content is not None
+  tiled = content is None or content.tiled
   if backend == 'flash':
     why = flash_unavailable(far=far is not None, bias_fn=bias_fn, block=block,
                             num_queries=near.q.shape[1], num_keys=s,
-                            logit_scale=ls is not None)
+                            content=has_content, logit_scale=ls is not None)
     if why is None:
       return flash_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask,
                              block=block, logit_scale=ls)
-    backend = 'dense' if s <= threshold else 'chunked'
+    backend = 'dense' if s <= threshold or not tiled else 'chunked'
     _warn_once(f'flash attention cannot run here ({why}); using the '
                f'{backend} backend instead.')
   backend = choose_backend(backend, num_keys=s, q_dtype=near.q.dtype,
                            head_dim=near.q.shape[-1], far=far is not None,
                            threshold=threshold,
-                           accelerator_threshold=accelerator_threshold)
+                           accelerator_threshold=accelerator_threshold,
+                           content=has_content, tiled=tiled)
   if backend == 'cudnn':
     return cudnn_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask,
                            logit_scale=ls)
   if backend == 'chunked':
     return chunked_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask,
                              far=far, window=window, block_q=block,
-                             block_k=block, logit_scale=ls)
+                             block_k=block, content=content, logit_scale=ls)
   return dense_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask, far=far,
-                         window=window, logit_scale=ls)
+                         window=window, content=content, logit_scale=ls)
 
 
 # Query rows per block of the dense backend (at least), and at most this
@@ -604,7 +672,7 @@ def dense_query_blocks(t: int) -> list[tuple[int, int]]:
 
 def dense_attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
                     mask: Mask = Mask(), far: Optional[Branch] = None,
-                    window: int = 0,
+                    window: int = 0, content=None,
                     logit_scale: Optional[jax.Array] = None) -> jax.Array:
   """The dense backend: the logits materialized, one block of queries at a
   time, each against the keys up to its own last query.
@@ -625,9 +693,12 @@ def dense_attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
       return Branch(br.q[:, lo:hi], br.k[:, :offset + hi],
                     br.q_pos[:, lo:hi], br.k_pos[:, :offset + hi])
     visible = mask(jnp.arange(lo, hi) + offset, jnp.arange(offset + hi))
+    k_idx = jnp.arange(offset + hi, dtype=jnp.int32)
     ls = logit_scale[:, :, lo:hi] if logit_scale is not None else None
-    logits = masked_scores(part(near), part(far) if far is not None else None,
-                           window, bias_fn, visible, ls)
+    logits = jnp.where(visible, scores(
+        part(near), part(far) if far is not None else None, window, bias_fn,
+        _content_slice(content, lo, hi - lo, 0, offset + hi, visible, k_idx),
+        ls), NEG_INF)
     outs.append(attend(logits, v_BxSxHxK[:, :offset + hi]))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 

@@ -32,6 +32,8 @@ def position_bound(config: ml_collections.ConfigDict, sampling: str,
   """The largest position + 1 a sequence of ``length`` may use."""
   if sampling == 'contiguous':
     return length
+  if sampling in sampling_lib.REAL_KINDS:
+    return sampling_lib.cape_bound(length, config.positions.cape)
   return int(config.positions.max_position)
 
 
@@ -47,7 +49,8 @@ def resolve_eval_sampling(config) -> str:
 def check_length(config: ml_collections.ConfigDict, length: int,
                  sampling: str, what: str) -> Optional[str]:
   """Why ``length`` cannot be run with this config, or None if it can."""
-  if sampling != 'contiguous' and length > config.positions.max_position:
+  drawn = sampling not in ('contiguous',) + sampling_lib.REAL_KINDS
+  if drawn and length > config.positions.max_position:
     return (f'{what} length {length} is longer than '
             f'config.positions.max_position={config.positions.max_position}: '
             f'{sampling} positions are drawn from [0, max_position). Raise '
@@ -55,8 +58,11 @@ def check_length(config: ml_collections.ConfigDict, length: int,
             f'with it), or evaluate with shorter lengths.')
   # Positions of one sequence span its length, or (randomized) up to the
   # whole range they are drawn from.
-  span = length if sampling != 'randomized' else max(
-      length, int(config.positions.max_position))
+  span = length
+  if sampling == 'randomized':
+    span = max(length, int(config.positions.max_position))
+  elif sampling in sampling_lib.REAL_KINDS:
+    span = sampling_lib.cape_span(length, config.positions.cape)
   needed = position_bound(config, sampling, length)
   # Every encoding some layer uses (config.model.layers.position).
   for name, encoding in layer_plan.used_encodings(config.model).items():
@@ -131,6 +137,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   f.choice('positions.train', kinds)
   f.choice('positions.eval', kinds + ('train',))
   f.int('positions.max_position', 1, INT32_MAX)
+  _check_real_positions(config, used)
 
   t = config.train
   for field in ('seq_len', 'batch_size', 'steps', 'checkpoint_every',
@@ -223,6 +230,38 @@ def validate(config: ml_collections.ConfigDict) -> None:
     problem = check_length(config, length, resolve_eval_sampling(config),
                            'Evaluation')
     require(problem is None, problem or '')
+
+
+def _check_real_positions(config, used) -> None:
+  """CAPE's settings, and the rules of a sampling that draws real-valued
+  positions: only for training, and only for an encoding that takes them
+  (``real_positions``)."""
+  f = Fields(config, 'config')
+  f.float('positions.cape.max_global_shift', 0.0)
+  f.float('positions.cape.max_local_shift', 0.0, 1.0)
+  f.float('positions.cape.max_global_scaling', 1.0)
+  p, m = config.positions, config.model
+  require(p.eval not in sampling_lib.REAL_KINDS,
+          f'config.positions.eval={p.eval!r} augments positions for '
+          'training; an evaluation uses contiguous integer positions (as '
+          "the paper evaluates). Set config.positions.eval='train' (which "
+          "means contiguous after it) or 'contiguous'.")
+  if p.train not in sampling_lib.REAL_KINDS:
+    return
+  takers = ', '.join(n for n, e in positions.REGISTRY.items()
+                     if e.real_positions)
+  integer = [n for n, e in used.items() if not e.real_positions]
+  require(not integer,
+          f'config.positions.train={p.train!r} trains on real-valued '
+          f'(float32) positions, but the {", ".join(map(repr, integer))} '
+          'encoding needs '
+          'integer positions (it indexes a table, buckets distances or '
+          'computes them in integers). Use an encoding that takes real '
+          f'positions ({takers}), or another config.positions.train.')
+  require(m.attention != 'flash',
+          f"config.model.attention='flash' reads int32 position tiles, so "
+          f'the real-valued positions of config.positions.train={p.train!r} '
+          "would be cut to integers. Use 'chunked', 'dense' or 'auto'.")
 
 
 def _check_flash(config, used, *, far: bool) -> None:

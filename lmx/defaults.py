@@ -27,6 +27,7 @@ from lmx import layer_plan
 from lmx import positions
 from lmx.data import tasks
 from lmx.errors import ConfigError
+from lmx.positions import sampling as sampling_lib
 
 SIZES = {
     # d_model, layers, heads, mlp, seq_len, batch, steps, warmup, eval tokens
@@ -189,13 +190,20 @@ def get_config(arg: str | None = None,
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
 
   c.positions = ml_collections.ConfigDict()
-  # contiguous | randomized | shift | pose (lmx/positions/sampling.py)
+  # contiguous | randomized | shift | pose | cape
+  # (lmx/positions/sampling.py)
   c.positions.train = 'contiguous'
   # At evaluation: contiguous | randomized | shift, or 'train' for whatever
-  # training used (contiguous after pose). 'train' is the default because
-  # Ruoss et al. evaluate randomized models with randomized positions too.
+  # training used (contiguous after pose and cape). 'train' is the default
+  # because Ruoss et al. evaluate randomized models with randomized
+  # positions too.
   c.positions.eval = 'train'
   c.positions.max_position = 2048
+  # CAPE (positions.train='cape'): real positions lambda (i + Delta + eps_i)
+  # with Delta ~ U[-max_global_shift, +], eps_i ~ U[-max_local_shift/2, +],
+  # log lambda ~ U[-log max_global_scaling, +]; the settings for text.
+  c.positions.cape = ml_collections.ConfigDict(
+      dict(sampling_lib.CAPE_DEFAULTS))
 
   c.train = ml_collections.ConfigDict()
   c.train.seq_len = s['seq_len']

@@ -1,9 +1,12 @@
 """The KV cache of decoding: its layout and its slot bookkeeping.
 
 A cache is a dict of arrays (a pytree, donated to each jitted step):
-``k``/``v`` (one ``[B, C, H, K]`` array per layer), ``pos`` (``[B, C]``
-the positions of the cached tokens), ``idx`` (``[C]`` their token indices,
--1 for an empty slot) and ``next`` (the index of the next token).
+``k``/``v`` (one ``[B, C, H, K]`` array per layer), ``aux`` (per layer, the
+key side of the encoding's content term, each leaf ``[B, C, ...]``, or None
+for a layer without one: ``lmx.positions.base.ContentTerm``), ``pos``
+(``[B, C]`` the positions of the cached tokens), ``idx`` (``[C]`` their
+token indices, -1 for an empty slot) and ``next`` (the index of the next
+token).
 
 An unbounded cache has a slot per token. Under LM-Infinite's Lambda-shaped
 mask (``n_local > 0``) a query sees only the first ``n_global`` tokens and
@@ -31,11 +34,16 @@ def capacity(mask: attention.Mask, max_len: int) -> int:
 
 
 def init(num_layers: int, batch: int, slots_: int, num_heads: int,
-         head_dim: int, dtype) -> dict:
-  """An empty cache of ``slots_`` slots."""
+         head_dim: int, dtype, aux=None) -> dict:
+  """An empty cache of ``slots_`` slots. ``aux``: per layer, the shapes of
+  one token's content key side (a pytree of ``[B, 1, ...]`` shape-dtype
+  structs, or None)."""
   zeros = lambda: jnp.zeros((batch, slots_, num_heads, head_dim), dtype)
+  aux = aux if aux is not None else [None] * num_layers
+  empty = lambda a: jnp.zeros((a.shape[0], slots_, *a.shape[2:]), a.dtype)
   return {'k': [zeros() for _ in range(num_layers)],
           'v': [zeros() for _ in range(num_layers)],
+          'aux': [jax.tree.map(empty, a) for a in aux],
           'pos': jnp.zeros((batch, slots_), jnp.int32),
           'idx': jnp.full((slots_,), -1, jnp.int32),
           'next': jnp.zeros((), jnp.int32)}
@@ -71,6 +79,8 @@ class LayerCache(NamedTuple):
   new_idx: jax.Array   # [T] token indices of this call's tokens
   slots: jax.Array     # [T] their slots; C for a token not kept
   mode: str
+  aux: object = None   # the content term's cached key side, or None
+  prev_slot: jax.Array = None  # [] slot of the token before this call's
 
   def store(self, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.Array):
     """``(k, v)`` of the cache with this call's keys and values stored."""
@@ -78,6 +88,34 @@ class LayerCache(NamedTuple):
                                          mode='drop'),
             self.v.at[:, self.slots].set(v_BxTxHxK.astype(self.v.dtype),
                                          mode='drop'))
+
+  def store_aux(self, aux_new):
+    """The cached content key side with this call's ``[B, T, ...]`` stored
+    (None without one)."""
+    if self.aux is None:
+      return None
+    return jax.tree.map(
+        lambda c, x: c.at[:, self.slots].set(x.astype(c.dtype), mode='drop'),
+        self.aux, aux_new)
+
+  def visible_aux(self, stored_aux, aux_new):
+    """The content key side of the keys ``visible`` returns."""
+    if self.mode == 'write':
+      return stored_aux
+    return jax.tree.map(lambda c, x: jnp.concatenate([c, x.astype(c.dtype)],
+                                                     axis=1),
+                        self.aux, aux_new)
+
+  def previous_aux(self):
+    """The cached content key side of the token just before this call's
+    first (each leaf ``[B, ...]``), zeros if there is none; None without a
+    cached key side."""
+    if self.aux is None:
+      return None
+    has = self.new_idx[0] > 0
+    return jax.tree.map(
+        lambda c: jnp.where(has, jnp.take(c, self.prev_slot, axis=1), 0
+                            ).astype(c.dtype), self.aux)
 
   def visible(self, stored, k_BxTxHxK, v_BxTxHxK, positions_BxT):
     """``(k, v, positions, token indices)`` the new queries attend over:
@@ -102,14 +140,16 @@ class Call(NamedTuple):
   slots: jax.Array
   mode: str
   next: jax.Array
+  prev_slot: jax.Array
 
-  def layer(self, k: jax.Array, v: jax.Array) -> LayerCache:
+  def layer(self, k: jax.Array, v: jax.Array, aux=None) -> LayerCache:
     return LayerCache(k, v, self.seen_pos, self.seen_idx, self.new_idx,
-                      self.slots, self.mode)
+                      self.slots, self.mode, aux, self.prev_slot)
 
-  def finish(self, new_k: list, new_v: list) -> dict:
-    return {'k': new_k, 'v': new_v, 'pos': self.pos, 'idx': self.idx,
-            'next': self.next}
+  def finish(self, new_k: list, new_v: list, new_aux=None) -> dict:
+    new_aux = new_aux if new_aux is not None else [None] * len(new_k)
+    return {'k': new_k, 'v': new_v, 'aux': new_aux, 'pos': self.pos,
+            'idx': self.idx, 'next': self.next}
 
 
 def begin(cache: dict, mask: attention.Mask, positions_BxT: jax.Array,
@@ -132,4 +172,9 @@ def begin(cache: dict, mask: attention.Mask, positions_BxT: jax.Array,
   mode = 'prefill' if prefill else ('concat' if ring and t > 1 else 'write')
   seen_pos, seen_idx = ((pos, idx) if mode == 'write'
                         else (cache['pos'], cache['idx']))
-  return Call(pos, idx, seen_pos, seen_idx, new_idx, where, mode, start + t)
+  # The token before this call's first is always kept (the last of the
+  # previous call), so its slot holds its content key side.
+  prev_slot = jnp.clip(slots(mask, start[None] - 1, start - 1, c)[0], 0,
+                       c - 1)
+  return Call(pos, idx, seen_pos, seen_idx, new_idx, where, mode, start + t,
+              prev_slot)

@@ -29,6 +29,7 @@ XLA:CPU workarounds of ``lmx.xla_cpu``); the KV cache's layout and slot
 bookkeeping live in ``lmx.kv_cache``.
 """
 
+import dataclasses
 from typing import Optional
 
 import jax
@@ -108,6 +109,11 @@ class Attention(nnx.Module):
     # every other forward pass never pay for them.
     self.collect_stats = False
     self.collect_logits = False
+    self.dtype = dtype
+
+  def content_shapes(self, batch: int):
+    """What one token's content key side looks like, for the KV cache."""
+    return _content_shapes(self, batch)
 
   def branches(self, q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS,
                turned: bool = False):
@@ -126,8 +132,8 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BxTxD, positions_BxT,
                cache: Optional[LayerCache] = None):
-    """``(out [B,T,D], (k, v) of the cache with this call's stored)``; the
-    second is None without a cache."""
+    """``(out [B,T,D], (k, v, aux) of the cache with this call's stored)``;
+    the second is None without a cache."""
     b, t, _ = x_BxTxD.shape
     # Three products from the slices of the one qkv kernel: the same values
     # as one product split three ways, but the backward pass then adds three
@@ -151,6 +157,12 @@ class Attention(nnx.Module):
           attention.ssmax_logit_scale(self.ssmax[...], q_idx_T, self.mask),
           (b, self.num_heads, t))
     window = self.clamp.window if self.clamp is not None else 0
+    # The content term (None for most encodings), from the projected q, k
+    # before any turn; when decoding it continues from the cached token
+    # before this call's.
+    content = self.position.content(
+        x_BxTxD, q_BxTxHxK, k_BxTxHxK, positions_BxT,
+        None if cache is None else cache.previous_aux())
     # Decoding with static keys: turn the new queries and keys once, and
     # cache the keys turned (see the class docstring).
     turned = (cache is not None and self.clamp is None
@@ -158,17 +170,22 @@ class Attention(nnx.Module):
     if turned:
       q_BxTxHxK, k_BxTxHxK = self.position.rotate(
           q_BxTxHxK, k_BxTxHxK, positions_BxT, positions_BxT)
-    stored = None if cache is None else cache.store(k_BxTxHxK, v_BxTxHxK)
+    aux_new = None if content is None else content.k_side
+    stored = None if cache is None else (
+        *cache.store(k_BxTxHxK, v_BxTxHxK), cache.store_aux(aux_new))
     if cache is not None and cache.mode != 'prefill':
       # Decoding: the new queries against the cached keys (their own
       # included), masked by token index; dense, a row per new token.
-      k_all, v_all, k_pos, k_idx = cache.visible(stored, k_BxTxHxK,
+      k_all, v_all, k_pos, k_idx = cache.visible(stored[:2], k_BxTxHxK,
                                                  v_BxTxHxK, positions_BxT)
+      if content is not None:
+        content = dataclasses.replace(
+            content, k_side=cache.visible_aux(stored[2], aux_new))
       near, far = self.branches(q_BxTxHxK, k_all, positions_BxT, k_pos,
                                 turned)
       logits = attention.masked_scores(near, far, window, self.position.bias,
                                        self.mask(cache.new_idx, k_idx),
-                                       ls_BxHxT)
+                                       content, k_idx, logit_scale=ls_BxHxT)
       out_BxTxHxK = attention.attend(logits, v_all)
     else:
       near, far = self.branches(q_BxTxHxK, k_BxTxHxK, positions_BxT,
@@ -177,7 +194,7 @@ class Attention(nnx.Module):
         mask_TxT = self.mask(jnp.arange(t), jnp.arange(t))
         logits = attention.masked_scores(near, far, window,
                                          self.position.bias, mask_TxT,
-                                         ls_BxHxT)
+                                         content, logit_scale=ls_BxHxT)
         if self.collect_stats:
           self.sow(nnx.Intermediate, 'attention_stats',
                    attention.attention_stats(logits, mask_TxT))
@@ -190,8 +207,27 @@ class Attention(nnx.Module):
             far=far, window=window, backend=self.backend, block=self.block,
             threshold=self.threshold,
             accelerator_threshold=self.accelerator_threshold,
-            logit_scale=ls_BxHxT)
+            content=content, logit_scale=ls_BxHxT)
     return ops.dense(self.out, out_BxTxHxK.reshape(b, t, -1)), stored
+
+
+def _content_shapes(attn: 'Attention', batch: int):
+  """One token's content key side (shape-dtype structs ``[B, 1, ...]``)
+  of ``attn``'s encoding, or None."""
+  if not attn.position.has_content():
+    return None
+  d = attn.num_heads * attn.head_dim
+  x = jax.ShapeDtypeStruct((batch, 1, d), attn.dtype)
+  qk = jax.ShapeDtypeStruct((batch, 1, attn.num_heads, attn.head_dim),
+                            attn.dtype)
+  pos = jax.ShapeDtypeStruct((batch, 1), jnp.int32)
+  graphdef, state = nnx.split(attn.position)
+
+  def k_side(state, x, q, k, pos):
+    term = nnx.merge(graphdef, state).content(x, q, k, pos)
+    return None if term is None else term.k_side
+
+  return jax.eval_shape(k_side, state, x, qk, qk, pos)
 
 
 def mask_from_config(cfg: ml_collections.ConfigDict,
@@ -389,7 +425,8 @@ class Transformer(nnx.Module):
     attn = self.blocks[0].attn
     return kv_cache.init(len(self.blocks), batch,
                          self.cache_capacity(max_len), attn.num_heads,
-                         attn.head_dim, self.dtype)
+                         attn.head_dim, self.dtype,
+                         [b.attn.content_shapes(batch) for b in self.blocks])
 
   def decode(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
              cache: dict, prefill: bool = False):
@@ -404,13 +441,15 @@ class Transformer(nnx.Module):
     call = kv_cache.begin(cache, self.cache_mask, positions_BxT, prefill)
     x_BxTxD = self.embed(tokens_BxT).astype(self.dtype)
     x_BxTxD = self.position.embed(x_BxTxD, positions_BxT)
-    new_k, new_v = [], []
-    for block, k_c, v_c in zip(self.blocks, cache['k'], cache['v']):
-      x_BxTxD, (k_c, v_c) = block(x_BxTxD, positions_BxT, None,
-                                  call.layer(k_c, v_c))
+    new_k, new_v, new_aux = [], [], []
+    aux = cache.get('aux') or [None] * len(self.blocks)
+    for block, k_c, v_c, a_c in zip(self.blocks, cache['k'], cache['v'], aux):
+      x_BxTxD, (k_c, v_c, a_c) = block(x_BxTxD, positions_BxT, None,
+                                       call.layer(k_c, v_c, a_c))
       new_k.append(k_c)
       new_v.append(v_c)
-    return self._logits(x_BxTxD), call.finish(new_k, new_v)
+      new_aux.append(a_c)
+    return self._logits(x_BxTxD), call.finish(new_k, new_v, new_aux)
 
 
 def _block_fn(graphdef, positions_BxT):

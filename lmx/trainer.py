@@ -381,7 +381,8 @@ def make_batch_fn(config: ml_collections.ConfigDict,
   return lambda step: windows.train_batch(
       stream, seed=config.seed, step=step, batch=t.batch_size,
       seq_len=t.seq_len, sampling=config.positions.train,
-      max_position=config.positions.max_position, rows=rows)
+      max_position=config.positions.max_position, rows=rows,
+      cape=config.positions.cape)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,

@@ -227,3 +227,56 @@ def test_warmup_must_be_shorter_than_the_run():
   with pytest.raises(config_lib.ConfigError,
                      match='warmup_steps must be at most 9'):
     config_lib.validate(_from_dict(edit))
+
+
+# ------------------------------------------------- CAPE's real positions
+
+
+def _cape(position='sinusoidal', **fields):
+  c = base.get_config('size=tiny')
+  c.model.position = position
+  c.positions.train = 'cape'
+  c.update_from_flattened_dict(fields)
+  return c
+
+
+@pytest.mark.parametrize('position', sorted(
+    n for n, e in positions.REGISTRY.items() if e.real_positions))
+def test_cape_is_accepted_by_encodings_that_take_real_positions(position):
+  config_lib.validate(_cape(position))
+
+
+@pytest.mark.parametrize('position', ['learned', 't5', 'alibi', 'kerple',
+                                      'fire'])
+def test_cape_is_refused_for_encodings_that_need_integers(position):
+  assert not positions.REGISTRY[position].real_positions
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(_cape(position))
+  msg = str(e.value)
+  assert "config.positions.train='cape'" in msg and repr(position) in msg
+  assert 'sinusoidal' in msg and 'rope' in msg   # what to use instead
+
+
+@pytest.mark.parametrize('fields,needle', [
+    ({'positions.eval': 'cape'}, "config.positions.eval='cape'"),
+    ({'model.attention': 'flash'}, "config.model.attention='flash'"),
+    ({'positions.cape.max_global_shift': -1.0},
+     'config.positions.cape.max_global_shift'),
+    ({'positions.cape.max_local_shift': 1.5},
+     'config.positions.cape.max_local_shift'),
+    ({'positions.cape.max_global_scaling': 0.9},
+     'config.positions.cape.max_global_scaling'),
+])
+def test_bad_cape_settings_are_refused(fields, needle):
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(_cape(**fields))
+  assert needle in str(e.value), str(e.value)
+
+
+def test_cape_ignores_max_position_and_evaluates_contiguous():
+  # Positions.max_position bounds randomized draws, not CAPE's.
+  c = _cape(**{'positions.max_position': 4})
+  config_lib.validate(c)
+  assert config_lib.resolve_eval_sampling(c) == 'contiguous'
+  lengths, skipped = config_lib.eval_lengths(c)
+  assert lengths == [16 * m for m in c.eval.multipliers] and not skipped

@@ -110,6 +110,8 @@ CASES.update({
     # Partial rotary (half the channels of the head of 16) and p-RoPE.
     'rope_partial': {'position': 'rope', 'model.rope.partial': 0.5},
     'p_rope': {'position': 'rope', 'model.rope.p': 0.5},
+    # KeyNorm without RoPE: normalised keys alone, cached normalised.
+    'keynorm_no_rope': {'position': 'keynorm', 'model.keynorm.rope': False},
     # LongRoPE switches to its long factors past original_max_len = 8 (one
     # layer: see the test).
     'rope_longrope': {'position': 'rope', 'model.num_layers': 1,
@@ -145,7 +147,8 @@ def test_incremental_decoding_matches_forward(case):
 
 @pytest.mark.parametrize('case,turned', [
     ('rope', True), ('rope_yarn', True), ('lm_infinite_rope_no_limit', True),
-    ('alibi', True), ('xpos', False), ('rope_dynamic', False),
+    ('alibi', True), ('keynorm', True), ('xpos', False),
+    ('rope_dynamic', False),
     ('rerope', False), ('lm_infinite_rope', False)])
 def test_decoding_turns_only_new_keys_where_keys_are_static(
     monkeypatch, case, turned):

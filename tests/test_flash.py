@@ -99,6 +99,8 @@ CASES = {
     # FIRE's MLP narrowed to 4 units: the kernel unrolls it per unit, and
     # the interpreter's cost grows with it.
     'fire_causal': ('fire', {'fire.mlp_width': 4}, (37, 37), A.Mask()),
+    # Sandwich with d' = 8: four cosines per logit in the kernel.
+    'sandwich_lambda': ('sandwich', {'sandwich.dim': 8}, (37, 37), LAMBDA),
     # no bias, and fewer queries than keys (the last T of S)
     'none_fewer_queries': ('none', {}, (20, 37), A.Mask()),
 }
@@ -128,7 +130,7 @@ def test_flash_equals_dense_forward_and_gradients(case):
     scale = max(np.abs(gd).max(), 1e-3 * grad_scale)
     err = np.abs(gf - gd).max()
     assert err <= TOL * scale + 1e-6 * grad_scale, (case, path, err, scale)
-  if name not in ('alibi', 'none'):   # learned bias: a real gradient
+  if jax.tree.leaves(nnx.state(enc, nnx.Param)):  # learned: a real gradient
     assert any(np.abs(g).max() > 0 for p, g in flat_d if p.startswith('[0]'))
 
 
@@ -264,7 +266,7 @@ def test_flash_config_refuses_what_the_kernel_cannot_compute(position,
 
 
 @pytest.mark.parametrize('position', ['alibi', 'kerple', 't5', 'fire', 'rope',
-                                      'none'])
+                                      'none', 'sandwich', 'keynorm'])
 def test_flash_config_accepts_the_kernel_encodings(position):
   config_lib.validate(_config(position, **{'lm_infinite.n_local': 8}))
 

@@ -16,7 +16,8 @@ from lmx import model as model_lib
 from lmx import positions as P
 
 ENCODINGS = sorted(P.REGISTRY)
-RELATIVE = ['alibi', 'kerple', 'none', 'rope', 't5', 'xpos']
+RELATIVE = ['alibi', 'keynorm', 'kerple', 'none', 'rope', 'sandwich', 't5',
+            'txl', 'xpos']
 ABSOLUTE = ['learned', 'sinusoidal']
 # Relative, normalised by the query position past a threshold (FIRE's
 # progressive interpolation): shift invariant only below the threshold.

@@ -13,7 +13,9 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lmx import attention as A
 from lmx import positions as P
+from lmx.errors import ConfigError
 
 
 def _model_cfg(position, num_heads, d_model):
@@ -610,7 +612,6 @@ def test_partial_one_and_p_one_are_plain_rope_exactly():
     (dict(p=1.5), ['config.model.rope.p ']),
 ])
 def test_bad_partial_and_p_are_refused(rope, words):
-  from lmx.errors import ConfigError
   cfg = _model_cfg('rope', num_heads=2, d_model=32)
   cfg.rope.update(rope)
   with pytest.raises(ConfigError) as err:
@@ -688,3 +689,301 @@ def test_fire_bad_settings_are_refused(field, value):
   cfg.fire[field] = value
   with pytest.raises(ConfigError, match=f'config.model.fire.{field}'):
     P.FIRE.check(cfg)
+
+
+# --------------------------------------------------------------- Sandwich
+# Chi et al. 2023, Sec. 5: head h of H adds
+# (sum_{i=1}^{d'/2} cos((m - n) / 10000^(2i/d')) - d'/2) / (8h / H).
+
+
+def test_sandwich_frequencies_and_scales_by_hand():
+  # d' = 4: 10000^(-2/4) = 0.01 and 10000^(-4/4) = 0.0001 (i = 1, 2).
+  np.testing.assert_allclose(P.sandwich_frequencies(4), [1e-2, 1e-4],
+                             rtol=1e-12)
+  # 4 heads: 8h/4 = 2, 4, 6, 8.
+  np.testing.assert_allclose(P.sandwich_scales(4), [2.0, 4.0, 6.0, 8.0])
+  with pytest.raises(ValueError):
+    P.sandwich_scales(0)
+
+
+def test_sandwich_bias_by_hand():
+  # d' = 4, H = 2 (divisors 4 and 8). Distance 100:
+  #   cos(100 * 0.01) + cos(100 * 1e-4) - 2
+  #   = cos 1 + cos 0.01 - 2 = 0.5403023 + 0.99995 - 2 = -0.4597477;
+  #   head 1: / 4 = -0.1149369, head 2: / 8 = -0.0574685.
+  # Distance 0: 1 + 1 - 2 = 0. Distance 300 (cos 3 = -0.9899925,
+  #   cos 0.03 = 0.99955003): -1.9904425 / 4 = -0.4976106.
+  q = jnp.array([[300]])
+  k = jnp.array([[0, 200, 300]])
+  got = np.asarray(P.sandwich_bias(q, k, 4, 2))
+  assert got.shape == (1, 2, 1, 3)
+  np.testing.assert_allclose(got[0, :, 0, 1], [-0.1149369, -0.0574685],
+                             atol=2e-7)
+  np.testing.assert_allclose(got[0, :, 0, 2], [0.0, 0.0], atol=1e-7)
+  np.testing.assert_allclose(got[0, 0, 0, 0], -0.4976106, atol=3e-7)
+
+
+def test_sandwich_module_and_kernel_tile_give_the_bias():
+  cfg = _model_cfg('sandwich', num_heads=2, d_model=8)
+  cfg.sandwich.dim = 4
+  enc = P.Sandwich(cfg, rngs=nnx.Rngs(params=0))
+  pos = jnp.array([[0, 3, 100, 300]])
+  want = P.sandwich_bias(pos, pos, 4, 2)
+  np.testing.assert_allclose(enc.bias(pos, pos), want, rtol=0, atol=0)
+  kb = enc.kernel_bias()
+  for h in range(2):
+    p = {name: value[h] for name, value in kb.params.items()}
+    tile = kb.fn(p, pos[0][:, None], pos[0][None, :])
+    np.testing.assert_allclose(tile, want[0, h], rtol=1e-6, atol=1e-7)
+  # Real positions are taken as they are: distance 100.5 is not 100.
+  real = enc.bias(jnp.array([[100.5]]), jnp.array([[0.0]]))
+  assert float(jnp.abs(real - want[:, :, 2:3, 0:1]).max()) > 1e-4
+
+
+@pytest.mark.parametrize('field,value', [('dim', 3), ('dim', 0),
+                                         ('dim', 2048),
+                                         ('max_timescale', 0.0)])
+def test_sandwich_bad_settings_are_refused(field, value):
+  from lmx.errors import ConfigError
+  cfg = _model_cfg('sandwich', num_heads=2, d_model=8)
+  cfg.sandwich[field] = value
+  with pytest.raises(ConfigError, match=f'config.model.sandwich.{field}'):
+    P.Sandwich.check(cfg)
+
+
+# ---------------------------------------------------------------- KeyNorm
+# Su 2023 (kexue.fm/archives/9859): logit(i, j) = q_i . k_j / ||k_j||, the
+# keys' norm in place of sqrt(d); on top of RoPE by default.
+
+
+def _keynorm(rope, head_dim=2, heads=1):
+  cfg = _model_cfg('keynorm', num_heads=heads, d_model=heads * head_dim)
+  cfg.keynorm.rope = rope
+  return P.KeyNorm(cfg, rngs=nnx.Rngs(params=0))
+
+
+def _model_logits(enc, q, k, q_pos, k_pos):
+  """The logits the model computes: the encoding's q and k, scaled by
+  1/sqrt(head_dim) (lmx.attention.scores)."""
+  from lmx import attention
+  qr, kr = enc.rotate(q, k, q_pos, k_pos)
+  return attention.scores(attention.Branch(qr, kr, q_pos, k_pos), None, 0,
+                          None)
+
+
+def test_keynorm_logits_by_hand():
+  # q = (1, 2), k = (3, 4): q . k / ||k|| = (3 + 8) / 5 = 2.2; and
+  # k = (0, -2): (0 - 4) / 2 = -2.
+  q = jnp.array([[[[1.0, 2.0]]]])
+  k = jnp.array([[[[3.0, 4.0]], [[0.0, -2.0]]]])
+  np.testing.assert_allclose(P.keynorm_logits(q, k), [[[[2.2, -2.0]]]],
+                             rtol=1e-6)
+  # Through the encoding and the model's 1/sqrt(d) (no rotation): the same.
+  pos = jnp.array([[0]]), jnp.array([[0, 1]])
+  np.testing.assert_allclose(_model_logits(_keynorm(False), q, k, *pos),
+                             [[[[2.2, -2.0]]]], rtol=1e-6)
+
+
+def test_keynorm_with_rope_by_hand():
+  # Head of 2 channels: one pair, frequency theta^0 = 1. q = (1, 0) at 0,
+  # k = (3, 4) at 1 turned by 1 radian: (3 cos 1 - 4 sin 1, ...); the logit
+  # is (3 cos 1 - 4 sin 1) / 5 = (1.6209069 - 3.3658839) / 5 = -0.3489954.
+  q = jnp.array([[[[1.0, 0.0]]]])
+  k = jnp.array([[[[3.0, 4.0]]]])
+  got = _model_logits(_keynorm(True), q, k, jnp.array([[0]]),
+                      jnp.array([[1]]))
+  np.testing.assert_allclose(got, [[[[-0.3489954]]]], rtol=1e-5)
+
+
+def test_keynorm_keys_have_the_norm_that_cancels_the_scale():
+  # Every key leaves with norm sqrt(head_dim) (against the model's
+  # 1/sqrt(head_dim)); queries keep theirs (a rotation keeps lengths).
+  r = np.random.default_rng(0)
+  q = jnp.asarray(r.normal(size=(2, 5, 2, 8)) * 3, jnp.float32)
+  k = jnp.asarray(r.normal(size=(2, 5, 2, 8)) * 7, jnp.float32)
+  pos = jnp.broadcast_to(jnp.arange(5), (2, 5))
+  qr, kr = _keynorm(True, head_dim=8, heads=2).rotate(q, k, pos, pos)
+  np.testing.assert_allclose(jnp.linalg.norm(kr, axis=-1), np.sqrt(8.0),
+                             rtol=1e-5)
+  np.testing.assert_allclose(jnp.linalg.norm(qr, axis=-1),
+                             jnp.linalg.norm(q, axis=-1), rtol=1e-5)
+
+
+def test_keynorm_normalises_bfloat16_keys_in_float32():
+  r = np.random.default_rng(1)
+  k32 = jnp.asarray(r.normal(size=(1, 6, 2, 8)) * 50, jnp.float32)
+  k16 = k32.astype(jnp.bfloat16)
+  out = P.normalize_keys(k16, np.sqrt(8.0))
+  assert out.dtype == jnp.bfloat16
+  want = P.normalize_keys(k16.astype(jnp.float32), np.sqrt(8.0))
+  # One rounding to bfloat16 (2^-9 relative) of the float32 result.
+  np.testing.assert_allclose(out.astype(jnp.float32), want,
+                             atol=2.0 ** -8 * np.sqrt(8.0), rtol=0)
+
+
+def test_keynorm_keys_are_static():
+  assert _keynorm(True).keys_static() and _keynorm(False).keys_static()
+
+
+@pytest.mark.parametrize('fields,needle', [
+    ({'keynorm.theta': 0.0}, 'config.model.keynorm.theta'),
+    ({'keynorm.eps': -1.0}, 'config.model.keynorm.eps'),
+    ({'keynorm.rope': False, 'rerope.window': 4},
+     'config.model.keynorm.rope=false'),
+])
+def test_keynorm_bad_settings_are_refused(fields, needle):
+  from lmx.errors import ConfigError
+  cfg = _model_cfg('keynorm', num_heads=2, d_model=8)
+  cfg.rerope = ml_collections.ConfigDict({'window': 0, 'leak': 0.0})
+  for path, value in fields.items():
+    section, key = path.split('.')
+    cfg[section][key] = value
+  with pytest.raises(ConfigError) as err:
+    P.KeyNorm.check(cfg)
+  assert needle in str(err.value), str(err.value)
+
+
+def test_keynorm_rope_needs_an_even_head_dim_only_with_rope():
+  from lmx.errors import ConfigError
+  cfg = _model_cfg('keynorm', num_heads=1, d_model=3)
+  cfg.rerope = ml_collections.ConfigDict({'window': 0, 'leak': 0.0})
+  with pytest.raises(ConfigError, match='even'):
+    P.KeyNorm.check(cfg)
+  cfg.keynorm.rope = False
+  P.KeyNorm.check(cfg)   # no pairs to turn
+
+
+# ------------------------------------------------------------------- CAPE
+# Likhomanenko et al. 2021, Sec. 3: x_i' = lambda (x_i + Delta + eps_i),
+# Delta ~ U[-G, G], eps_i ~ U[-L/2, L/2], log lambda ~ U[-log S, log S].
+
+CAPE = {'max_global_shift': 5.0, 'max_local_shift': 1.0,
+        'max_global_scaling': 1.03}
+
+
+def _cape(batch, length, seed, **settings):
+  return P.sample_positions('cape', batch, length, 0,
+                            np.random.default_rng(seed),
+                            cape={**CAPE, **settings})
+
+
+def test_cape_global_shift_alone():
+  # L = 0, S = 1: x' - i is one constant per row, within [-G, G].
+  pos = _cape(64, 10, 0, max_local_shift=0.0, max_global_scaling=1.0)
+  assert pos.dtype == np.float32 and pos.shape == (64, 10)
+  delta = pos - np.arange(10)
+  np.testing.assert_allclose(delta, delta[:, :1].repeat(10, 1), atol=1e-5)
+  assert np.abs(delta).max() <= 5.0
+  # The rows spread over the range (64 uniform draws on [-5, 5]).
+  assert delta.min() < -4.0 and delta.max() > 4.0
+
+
+def test_cape_local_shift_alone():
+  # G = 0, S = 1: x' - i = eps_i, per token, within [-L/2, L/2].
+  pos = _cape(16, 50, 1, max_global_shift=0.0, max_global_scaling=1.0,
+              max_local_shift=0.6)
+  eps = pos - np.arange(50)
+  assert np.abs(eps).max() <= 0.3 + 1e-6 and np.abs(eps).max() > 0.25
+  assert np.std(eps[0]) > 0.05          # varies along the sequence
+  # Width 0.6 < 1 keeps the order of neighbours.
+  assert np.all(np.diff(pos, axis=1) > 0)
+
+
+def test_cape_global_scaling_alone():
+  # G = 0, L = 0: x' = lambda i, with lambda in [1/S, S] per row, and
+  # log lambda uniform: as many rows shrink as stretch.
+  pos = _cape(200, 8, 2, max_global_shift=0.0, max_local_shift=0.0,
+              max_global_scaling=1.5)
+  lam = pos[:, 1]
+  np.testing.assert_allclose(pos, lam[:, None] * np.arange(8), rtol=1e-6)
+  assert lam.min() >= 1 / 1.5 - 1e-6 and lam.max() <= 1.5 + 1e-6
+  assert 60 < int(np.sum(lam < 1.0)) < 140
+
+
+def test_cape_draws_are_reproducible_and_bounded():
+  a, b, c = _cape(4, 20, 7), _cape(4, 20, 7), _cape(4, 20, 8)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  # Every position lies in [-S (G + L/2), S (T - 1 + G + L/2)]:
+  # [-1.03 x 5.5, 1.03 x 24.5] = [-5.665, 25.235].
+  many = _cape(256, 20, 3)
+  assert many.min() >= -5.665 and many.max() <= 25.235
+  from lmx.positions import sampling
+  assert sampling.cape_bound(20, CAPE) == 27   # ceil(25.235) + 1
+  assert sampling.cape_span(20, CAPE) == 22    # ceil(1.03 x 20) + 1
+  # The spread of a row: lambda (T - 1 + eps_last - eps_first) <= 20.6.
+  assert (many.max(1) - many.min(1)).max() <= 1.03 * 20
+  with pytest.raises(ValueError, match='config.positions.cape'):
+    P.sample_positions('cape', 1, 4, 0, np.random.default_rng(0))
+
+
+def test_cape_is_evaluated_on_contiguous_integer_positions():
+  from lmx.positions import sampling
+  assert sampling.eval_kind('cape') == 'contiguous'
+  pos = P.sample_positions(sampling.eval_kind('cape'), 2, 6, 0,
+                           np.random.default_rng(0))
+  assert pos.dtype == np.int32 and pos.tolist() == [list(range(6))] * 2
+
+
+# ------------------------------------------------------------ Transformer-XL
+
+
+def test_txl_relative_sinusoid_by_hand():
+  # dim 4: w = (1, 10000^-1/2 = 0.01); sines first, then cosines.
+  got = np.asarray(P.txl_relative_sinusoid(jnp.array([0.0, 2.0]), 4))
+  want = [[0, 0, 1, 1],
+          [np.sin(2.0), np.sin(0.02), np.cos(2.0), np.cos(0.02)]]
+  np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_txl_position_scores_by_hand():
+  # One head, one frequency (w = 1): a . R_d = a_s sin d + a_c cos d.
+  a = jnp.array([[[[0.5, -2.0]]]])                 # [B=1, T=1, H=1, C=2]
+  got = P.txl_position_scores(a, jnp.array([[7]]), jnp.array([[7, 6, 4]]))
+  d = np.array([0.0, 1.0, 3.0])
+  np.testing.assert_allclose(np.asarray(got)[0, 0, 0],
+                             0.5 * np.sin(d) - 2.0 * np.cos(d), atol=1e-5)
+
+
+@settings(deadline=None, max_examples=20)
+@given(st.integers(0, 2000), st.integers(0, 10**6))
+def test_txl_position_scores_equal_the_direct_form(offset, seed):
+  # The angle-difference form against R_(i-j) built per pair, at shifted
+  # positions (it depends on i - j alone).
+  rng = np.random.default_rng(seed)
+  a = jnp.asarray(rng.normal(size=(2, 5, 3, 8)), jnp.float32)
+  q_pos = jnp.asarray(offset + np.sort(rng.choice(50, (2, 5))), jnp.int32)
+  k_pos = jnp.asarray(offset + np.sort(rng.choice(50, (2, 6))), jnp.int32)
+  r = P.txl_relative_sinusoid(q_pos[:, :, None] - k_pos[:, None, :], 8)
+  want = np.einsum('bthc,btsc->bhts', a, r)
+  got = P.txl_position_scores(a, q_pos, k_pos)
+  np.testing.assert_allclose(got, want, atol=2e-3)
+
+
+def test_txl_logits_are_the_papers_four_terms():
+  # A^rel = q.k + q.W_R R_(i-j) + u.k_j + v.W_R R_(i-j), all / sqrt(d_head),
+  # built here term by term from the paper's equation.
+  cfg = _model_cfg('txl', num_heads=2, d_model=8)
+  enc = P.TransformerXL(cfg, rngs=nnx.Rngs(params=0))
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.normal(size=(1, 5, 2, 4)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(1, 5, 2, 4)), jnp.float32)
+  pos = jnp.arange(5, dtype=jnp.int32)[None] + 3
+  term = enc.content(None, q, k, pos)
+  got = A.masked_scores(A.Branch(q, k, pos, pos), None, 0, None,
+                        jnp.ones((5, 5), bool), term)
+  w_r, u, v = enc.w_r[...], enc.u[...], enc.v[...]
+  r = P.txl_relative_sinusoid(pos[0][:, None] - pos[0][None, :], 8)   # i,j,c
+  wr_r = np.einsum('chk,ijc->hijk', w_r, r)
+  want = (np.einsum('ihk,jhk->hij', q[0], k[0])                        # (a)
+          + np.einsum('ihk,hijk->hij', q[0], wr_r)                     # (b)
+          + np.einsum('hk,jhk->hj', u, k[0])[:, None, :]               # (c)
+          + np.einsum('hk,hijk->hij', v, wr_r)) / 2.0                  # (d)
+  np.testing.assert_allclose(np.asarray(got)[0], want, atol=1e-4)
+
+
+def test_txl_odd_dim_is_refused():
+  cfg = _model_cfg('txl', num_heads=2, d_model=8)
+  cfg.txl.dim = 5
+  with pytest.raises(ConfigError, match='config.model.txl.dim'):
+    P.TransformerXL.check(cfg)

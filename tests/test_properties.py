@@ -71,7 +71,7 @@ def _logits(enc, q, k, q_pos, k_pos):
 # positions only through i - j. Row 0 of the batch gets positions p, row 1
 # gets p + offset; both rows must give the same logits.
 
-RELATIVE = ['t5', 'alibi', 'kerple', 'rope', 'xpos']
+RELATIVE = ['t5', 'alibi', 'kerple', 'rope', 'xpos', 'sandwich', 'keynorm']
 
 
 @pytest.mark.parametrize('position', RELATIVE)

@@ -789,3 +789,24 @@ def test_table_and_plots(tmp_path):
   task_eval.plot_passkey_heatmap(r, str(tmp_path / 'heat.png'))
   assert os.path.getsize(tmp_path / 'acc.png') > 1000
   assert os.path.getsize(tmp_path / 'heat.png') > 1000
+
+
+def test_cape_task_batches_train_on_real_positions_and_evaluate_on_integers():
+  # Training: each example's own CAPE draw (float32), padding repeating the
+  # last; evaluation with positions.eval='train': contiguous integers.
+  c = _config(NAMES[0], train_min_length=2, train_max_length=6)
+  c.model.position = 'sinusoidal'
+  c.positions.train = 'cape'
+  c.train.seq_len = tasks.sequence_length(c.task, 6) + 3  # some padding
+  a = tasks.train_batch(c, step=5, batch=8)
+  pos = a['positions']
+  assert pos.dtype == np.float32 and np.any(pos % 1 != 0)
+  np.testing.assert_array_equal(pos, tasks.train_batch(c, step=5,
+                                                       batch=8)['positions'])
+  for text, p in zip(_examples(a), pos):
+    t = tasks.sequence_length(c.task, _length_of(NAMES[0], _split(text)[0],
+                                                 c.task))
+    assert np.all(np.diff(p[:t]) >= 0) and np.all(p[t:] == p[t - 1])
+  e = tasks.eval_batch(c, length=4, count=3, seed=0)['positions']
+  width = tasks.sequence_length(c.task, 4)
+  assert e.dtype == np.int32 and e.tolist() == [list(range(width))] * 3

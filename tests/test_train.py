@@ -18,11 +18,18 @@ def stream(cache_dir):
   return corpus.token_stream(corpus.load_documents(cfg, 'train'))
 
 
-@pytest.mark.parametrize('position', sorted(positions.REGISTRY))
-def test_a_few_steps_lower_the_loss(position, tiny_config, stream):
+# Every encoding with contiguous positions; CAPE's real-valued positions on
+# the sinusoidal embeddings it augments.
+RUNS = [(p, 'contiguous') for p in sorted(positions.REGISTRY)] + [
+    ('sinusoidal', 'cape')]
+
+
+@pytest.mark.parametrize('position,sampling', RUNS)
+def test_a_few_steps_lower_the_loss(position, sampling, tiny_config, stream):
   c = tiny_config(position, **{'train.steps': 30, 'train.warmup_steps': 3,
                                'train.batch_size': 8,
-                               'train.learning_rate': 1e-2})
+                               'train.learning_rate': 1e-2,
+                               'positions.train': sampling})
   tx = run_state.make_optimizer(c.train)
   graphdef, params = run_state.init_model(c)
   state = run_state.init_state(c, params, tx)
@@ -39,8 +46,11 @@ def test_a_few_steps_lower_the_loss(position, tiny_config, stream):
   before = held_out_loss(state['params'])
   for step in range(c.train.steps):
     batch = windows.train_batch(stream, seed=0, step=step, batch=8,
-                                seq_len=c.train.seq_len, sampling='contiguous',
-                                max_position=2048)
+                                seq_len=c.train.seq_len, sampling=sampling,
+                                max_position=2048, cape=c.positions.cape)
+    if sampling == 'cape':   # real positions reach the step
+      assert batch['positions'].dtype == np.float32
+      assert np.any(batch['positions'] % 1 != 0)
     state, m = step_fn(state, dict(batch))
     assert np.isfinite(float(m['loss']))
   after = held_out_loss(state['params'])
@@ -153,3 +163,27 @@ def test_headless_log_line_has_step_loss_lr_speed_and_times():
   # 3725 s = 1 h 2 min 5 s; 59.6 s rounds to one minute.
   assert line == ('step   50/1500 loss 1.2346 lr 0.00125 17,832 tok/s '
                   'elapsed 1:02:05 ETA 0:01:00')
+
+
+def test_cape_run_trains_on_real_positions_and_evaluates_on_integers(
+    tiny_config, tmp_path):
+  """configs/cape.py end to end: the trainer's batches carry CAPE's float32
+  positions, and the evaluation of the run (positions.eval='train') uses
+  contiguous integer positions, as the paper evaluates."""
+  from configs import cape
+  c = cape.get_config('size=tiny')
+  c.data.cache_dir = tiny_config().data.cache_dir
+  c.train.steps = 2
+  c.eval.lengths = (16, 32)
+  c.eval.sliding = False
+  c.eval.diagnostics_windows = 0
+  batch = trainer.make_batch_fn(c)(0)
+  assert batch['positions'].dtype == np.float32
+  assert np.any(batch['positions'] % 1 != 0)
+  workdir = str(tmp_path / 'cape')
+  trainer.train(c, workdir, progress=False)
+  results = evaluation.evaluate(c, workdir, plots=False, progress=False)
+  assert results['train_sampling'] == 'cape'
+  assert results['eval_sampling'] == 'contiguous'
+  losses = [r['loss'] for r in results['results']]
+  assert len(losses) == 2 and all(np.isfinite(losses))

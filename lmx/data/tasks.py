@@ -151,6 +151,7 @@ import numpy as np
 from lmx.data import tokenizer
 from lmx.data.windows import step_rng
 from lmx.positions import sample_positions
+from lmx.positions import sampling as sampling_lib
 
 SYMBOLS = string.ascii_lowercase + string.ascii_uppercase
 PAD = tokenizer.EOD
@@ -855,16 +856,20 @@ def _layout(tc, rows, width: int) -> dict:
 
 
 def _positions(kind: str, lengths: Sequence[int], width: int,
-               max_position: int, rng: np.random.Generator) -> np.ndarray:
+               max_position: int, rng: np.random.Generator,
+               cape=None) -> np.ndarray:
   """Positions drawn for each example's own length, padding repeats the last.
 
   Drawing for the padded width instead would give a short example only the
   first few of ``width`` sorted random positions: a narrower spread than
-  the same example gets at evaluation, where it is not padded.
+  the same example gets at evaluation, where it is not padded. int32, or
+  float32 for a sampling of real positions (CAPE's, with ``cape`` its
+  settings).
   """
-  out = np.zeros((len(lengths), width), np.int32)
+  real = kind in sampling_lib.REAL_KINDS
+  out = np.zeros((len(lengths), width), np.float32 if real else np.int32)
   for i, t in enumerate(lengths):
-    p = sample_positions(kind, 1, int(t), max_position, rng)[0]
+    p = sample_positions(kind, 1, int(t), max_position, rng, cape=cape)[0]
     out[i, :t], out[i, t:] = p, p[-1]
   return out
 
@@ -884,7 +889,8 @@ def train_batch(config, *, step: int, batch: int) -> dict:
   out = _layout(tc, rows, int(config.train.seq_len))
   out['positions'] = _positions(
       config.positions.train, [sequence_length(tc, n) for n in lengths],
-      int(config.train.seq_len), int(config.positions.max_position), rng)
+      int(config.train.seq_len), int(config.positions.max_position), rng,
+      cape=config.positions.cape)
   return out
 
 
@@ -907,7 +913,7 @@ def eval_batch(config, *, length: int, count: int, seed: int,
   if sampling is None:
     sampling = config.positions.eval
     if sampling == 'train':
-      sampling = config.positions.train
+      sampling = sampling_lib.eval_kind(config.positions.train)
   rng = eval_rng(seed, length, depth)
   rows = [example(tc, length, rng, depth) for _ in range(count)]
   width = sequence_length(tc, length)

@@ -15,6 +15,8 @@ its neighbours, separated by EOD, exactly as in training.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from lmx.data.corpus import DataError
@@ -22,7 +24,8 @@ from lmx.positions import sample_positions
 
 
 class Batch(dict):
-  """``inputs``, ``targets``, ``positions``: ``[B, T]`` int32 arrays."""
+  """``inputs``, ``targets``, ``positions``: ``[B, T]`` int32 arrays (the
+  positions float32 under a sampling of real positions, CAPE's)."""
 
 
 def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
@@ -31,11 +34,13 @@ def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
 
 def train_batch(stream: np.ndarray, *, seed: int, step: int, batch: int,
                 seq_len: int, sampling: str, max_position: int,
-                rows: np.ndarray | None = None) -> Batch:
+                rows: np.ndarray | None = None,
+                cape: Mapping | None = None) -> Batch:
   """The training batch of ``step``; a pure function of its arguments.
 
   ``rows`` (global row indices) builds only those rows of the batch, as one
   process of a multi-host run does; they equal the same rows of the whole.
+  ``cape``: the settings of CAPE's sampling (``config.positions.cape``).
   """
   if stream.size < seq_len + 2:
     raise DataError(f'The training stream has {stream.size} tokens, fewer '
@@ -43,7 +48,8 @@ def train_batch(stream: np.ndarray, *, seed: int, step: int, batch: int,
                      'or a shorter config.train.seq_len.')
   rng = step_rng(seed, step)
   starts = rng.integers(0, stream.size - seq_len - 1, size=batch)
-  pos = sample_positions(sampling, batch, seq_len, max_position, rng)
+  pos = sample_positions(sampling, batch, seq_len, max_position, rng,
+                         cape=cape)
   if rows is not None:
     starts, pos = starts[rows], pos[rows]
   w = stream[starts[:, None] + np.arange(seq_len + 1)[None, :]]

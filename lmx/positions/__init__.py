@@ -9,15 +9,21 @@ module, and nothing else in lmx names it.
 from lmx.positions.alibi import ALiBi, alibi_bias, alibi_slopes
 from lmx.positions.base import PositionEncoding, relative_distance
 from lmx.positions.fire import FIRE, fire_inputs, fire_mlp
+from lmx.positions.keynorm import KeyNorm, keynorm_logits, normalize_keys
 from lmx.positions.kerple import Kerple, kerple_log, kerple_power
 from lmx.positions.learned import Learned
 from lmx.positions.nope import NoPE
 from lmx.positions.rope import (RoPE, apply_rope, kept_pairs, p_rope,
                                 rope_angles, rope_inv_freq)
 from lmx.positions.sampling import KINDS as SAMPLING_KINDS
-from lmx.positions.sampling import sample_positions
+from lmx.positions.sampling import cape_positions, sample_positions
+from lmx.positions.sandwich import (Sandwich, sandwich_bias,
+                                    sandwich_frequencies, sandwich_kernel,
+                                    sandwich_scales)
 from lmx.positions.sinusoidal import Sinusoidal, sinusoidal_table
 from lmx.positions.t5 import T5Bias, t5_relative_bucket
+from lmx.positions.txl import (TransformerXL, txl_inv_freq,
+                               txl_position_scores, txl_relative_sinusoid)
 from lmx.positions.xpos import XPos, xpos_scale, xpos_zeta
 
 # The encoding of config.model.position unless a config chooses another.
@@ -31,7 +37,10 @@ REGISTRY: dict[str, type[PositionEncoding]] = {
     'alibi': ALiBi,
     'kerple': Kerple,
     'fire': FIRE,
+    'sandwich': Sandwich,
+    'txl': TransformerXL,
     'xpos': XPos,
+    'keynorm': KeyNorm,
     'rope': RoPE,
 }
 
@@ -57,11 +66,15 @@ def get_encoding(name: str) -> type[PositionEncoding]:
         f'Valid names: {", ".join(sorted(REGISTRY))}.') from None
 
 __all__ = [
-    'ALiBi', 'DEFAULT', 'FIRE', 'Kerple', 'Learned', 'NoPE', 'PositionEncoding', 'REGISTRY',
-    'RoPE', 'SAMPLING_KINDS', 'Sinusoidal', 'T5Bias', 'XPos', 'alibi_bias',
-    'alibi_slopes', 'apply_rope', 'fire_inputs', 'fire_mlp', 'get_encoding', 'kept_pairs', 'p_rope',
-    'register', 'kerple_log',
-    'kerple_power', 'relative_distance', 'rope_angles', 'rope_inv_freq',
-    'sample_positions', 'sinusoidal_table', 't5_relative_bucket',
-    'xpos_scale', 'xpos_zeta',
+    'ALiBi', 'DEFAULT', 'FIRE', 'KeyNorm', 'Kerple', 'Learned', 'NoPE',
+    'PositionEncoding', 'REGISTRY', 'RoPE', 'SAMPLING_KINDS', 'Sandwich',
+    'Sinusoidal', 'T5Bias', 'TransformerXL', 'XPos', 'alibi_bias',
+    'alibi_slopes',
+    'apply_rope', 'cape_positions', 'fire_inputs', 'fire_mlp', 'get_encoding',
+    'kept_pairs', 'keynorm_logits', 'normalize_keys', 'p_rope', 'register',
+    'kerple_log', 'kerple_power', 'relative_distance', 'rope_angles',
+    'rope_inv_freq', 'sample_positions', 'sandwich_bias',
+    'sandwich_frequencies', 'sandwich_kernel', 'sandwich_scales',
+    'sinusoidal_table', 't5_relative_bucket', 'txl_inv_freq',
+    'txl_position_scores', 'txl_relative_sinusoid', 'xpos_scale', 'xpos_zeta',
 ]

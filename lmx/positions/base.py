@@ -1,6 +1,6 @@
-"""The position-encoding interface: three hooks the model asks once each.
+"""The position-encoding interface: four hooks the model asks once each.
 
-Every encoding acts at one or more of three places of the Transformer:
+Every encoding acts at one or more of four places of the Transformer:
 
 * ``embed(x_BxTxD, positions_BxT)``: absolute encodings add a vector to the
   token embeddings (sinusoidal, learned).
@@ -8,16 +8,36 @@ Every encoding acts at one or more of three places of the Transformer:
   encodings turn queries and keys (RoPE, xPos).
 * ``bias(q_positions_BxT, k_positions_BxS)``: relative encodings return a
   ``[B, H, T, S]`` bias added to the attention logits (T5, ALiBi, KERPLE).
+* ``content(x_BxTxD, q_BxTxHxK, k_BxTxHxK, positions_BxT, previous)``:
+  encodings whose score term depends on the queries, keys or hidden states,
+  not on positions alone (Shaw et al., Transformer-XL, CoPE, forgetting
+  gates), return a ``ContentTerm``: per-token arrays for the query side and
+  the key side, and a function that turns one tile of query/key pairs
+  (``Tile``) into the term added to its logits. The backends slice the
+  per-token arrays with the tile, so the chunked backend computes the term
+  tile by tile and never builds a ``T x S`` array; a term that does not
+  decompose over key tiles says so (``ContentTerm.tiled``) and runs dense.
+  When decoding, the key side is stored in the KV cache with the keys, and
+  ``previous`` carries the latest cached token's key side into the next
+  call (a running sum, for instance).
 
 A hook an encoding does not use returns its input unchanged (or ``None`` for
-the bias). Positions are explicit integer arrays, never assumed to be
-``arange(T)``: randomized and shifted positions, cached decoding and distance
-clamps all go through the same arrays.
+the bias and the content term). Positions are explicit arrays, never
+assumed to be ``arange(T)``: randomized and shifted positions, cached
+decoding and distance clamps all go through the same arrays. They are
+integers, except under a sampling that draws real positions (CAPE's,
+``lmx.positions.sampling.REAL_KINDS``): then training gives float32
+positions, to the encodings that take them (``real_positions``).
 
 Class attributes tell the model and the config validator what an encoding
 needs, so neither has to branch on its name:
 
 * ``rotary``: queries/keys are rotated in pairs, so the head dim must be even.
+* ``real_positions``: its hooks are defined on real-valued positions and
+  compute them in float32 (sinusoids, rotations), so a sampling that draws
+  float32 positions (CAPE) may train it; one that indexes a table, buckets
+  distances or casts them to integers leaves it False (the default), and
+  ``lmx.config.validate`` refuses such a sampling for it.
 * ``scalable``: its frequencies follow ``config.model.rope.scaling``, so the
   RoPE scalings of ``lmx.positions.rope_scaling`` apply to it.
 * ``per_layer`` (or ``is_per_layer(cfg)`` where a setting chooses): every
@@ -37,6 +57,7 @@ needs, so neither has to branch on its name:
   alone, so a KV cache may hold turned keys (not xPos, not dynamic NTK).
 * ``kernel_bias()``: the bias in a form a fused attention kernel computes
   itself, tile by tile (``KernelBias``; ``lmx.kernels.flash``), or None.
+  A content term never runs in a fused kernel (flash and cuDNN fall back).
 
 An encoding owns its settings and their rules: ``default_config()`` gives
 its section ``config.model.<name>`` (the one place its defaults are
@@ -50,7 +71,7 @@ encoding is chosen.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, NamedTuple, Optional
 
 import jax
 import ml_collections
@@ -78,10 +99,56 @@ class KernelBias:
   fn: Callable
 
 
+class Tile(NamedTuple):
+  """What a content term sees of one tile of query/key pairs (the whole
+  ``T x S`` block in the dense backend and in decoding, one tile of it in
+  the chunked backend). ``t`` queries, ``s`` keys."""
+  q: jax.Array        # [B, t, H, K] queries, as the encoding's rotate left them
+  k: jax.Array        # [B, s, H, K] keys, idem
+  q_pos: jax.Array    # [B, t] positions (a far branch's may be fractional)
+  k_pos: jax.Array    # [B, s]
+  q_side: Any         # ContentTerm.q_side, each leaf sliced to [B, t, ...]
+  k_side: Any         # ContentTerm.k_side, each leaf sliced to [B, s, ...]
+  logits: jax.Array   # [B, H, t, s] float32: q.k / sqrt(K) + bias, unmasked
+  visible: jax.Array  # [t, s] bool: which keys each query sees (the mask)
+  k_idx: jax.Array    # [s] int32 token indices (-1: empty slot; ascending
+                      # except in the ring of a bounded KV cache)
+
+
+@dataclasses.dataclass(frozen=True)
+class ContentTerm:
+  """A score term that depends on content (``PositionEncoding.content``).
+
+  * ``q_side``, ``k_side``: pytrees of per-token arrays ``[B, T, ...]``,
+    computed once per layer call; the backends slice them along the token
+    axis with the queries and the keys. When decoding, ``k_side`` is stored
+    in the KV cache beside the keys (its leaves' trailing shapes and dtypes
+    must not depend on ``T``).
+  * ``fn(tile) -> [B, H, t, s]`` float32: the term added to the tile's
+    logits. Hidden pairs are masked afterwards, whatever it returns there.
+  * ``tiled``: whether ``fn`` on a tile of keys equals the same keys' part of
+    ``fn`` on all of them. False for a term coupled across keys (CoPE's sum
+    over the keys between two tokens): such a term runs dense only.
+  """
+  q_side: Any
+  k_side: Any
+  fn: Callable[[Tile], jax.Array]
+  tiled: bool = True
+
+
+def slice_tokens(tree: Any, start, size: int) -> Any:
+  """Each leaf of a per-token pytree sliced to tokens ``[start, start +
+  size)`` along axis 1 (``start`` may be traced)."""
+  return jax.tree.map(
+      lambda x: jax.lax.dynamic_slice_in_dim(x, start, size, axis=1), tree)
+
+
 class PositionEncoding(nnx.Module):
   """Base class: acts nowhere. Subclasses override the hooks they use."""
 
   rotary: ClassVar[bool] = False
+  # Its hooks take float32 positions (module docstring).
+  real_positions: ClassVar[bool] = False
   per_layer: ClassVar[bool] = False
   # Its frequencies follow the RoPE scalings of lmx.positions.rope_scaling
   # (config.model.rope.scaling), so the inference-time scalings apply.
@@ -231,6 +298,26 @@ class PositionEncoding(nnx.Module):
            k_positions_BxS: jax.Array) -> Optional[jax.Array]:
     del q_positions_BxT, k_positions_BxS
     return None
+
+  def content(self, x_BxTxD: jax.Array, q_BxTxHxK: jax.Array,
+              k_BxTxHxK: jax.Array, positions_BxT: jax.Array,
+              previous: Any = None) -> Optional[ContentTerm]:
+    """The content-dependent score term of this layer call, or None.
+
+    ``x``: the attention layer's input (after its norm); ``q``, ``k``: the
+    projected queries and keys, before ``rotate`` (a ``Tile`` carries the
+    turned ones); ``positions``: their positions. ``previous``: when
+    decoding with a KV cache, the ``k_side`` the cache holds for the token
+    just before this call's first (each leaf ``[B, ...]``; zeros when the
+    cache is empty); None outside decoding.
+    """
+    del x_BxTxD, q_BxTxHxK, k_BxTxHxK, positions_BxT, previous
+    return None
+
+  @classmethod
+  def has_content(cls) -> bool:
+    """Whether it adds a content-dependent term (overrides ``content``)."""
+    return cls.content is not PositionEncoding.content
 
 
 def relative_distance(q_positions_BxT: jax.Array,

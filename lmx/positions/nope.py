@@ -9,3 +9,5 @@ from lmx.positions.base import PositionEncoding
 
 class NoPE(PositionEncoding):
   """Acts nowhere: embeddings, queries, keys and logits are left unchanged."""
+
+  real_positions = True   # it reads none

@@ -91,6 +91,7 @@ class RoPE(PositionEncoding):
 
   rotary = True
   scalable = True
+  real_positions = True   # angles of float32 positions
 
   def __init__(self, cfg, *, rngs):
     super().__init__(cfg, rngs=rngs)

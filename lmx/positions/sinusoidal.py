@@ -35,6 +35,8 @@ def sinusoidal_table(positions: jax.Array, d_model: int,
 class Sinusoidal(PositionEncoding):
   """Adds ``sinusoidal_table(positions)`` to the token embeddings."""
 
+  real_positions = True   # sinusoids of float32 positions
+
   def __init__(self, cfg, *, rngs):
     super().__init__(cfg, rngs=rngs)
     self.max_timescale = float(cfg.sinusoidal.max_timescale)

@@ -45,6 +45,7 @@ class XPos(PositionEncoding):
   """RoPE rotation with xPos's distance-dependent decay."""
 
   rotary = True
+  real_positions = True   # angles and scales of float32 positions
 
   def __init__(self, cfg, *, rngs):
     super().__init__(cfg, rngs=rngs)

@@ -1,0 +1,17 @@
+"""CAPE (Likhomanenko et al. 2021): sinusoidal embeddings trained on
+augmented real-valued positions lambda (i + Delta + eps_i)
+(config.positions.cape: max global shift 5, max local shift 1, max global
+scaling 1.03), evaluated on contiguous integer positions.
+
+    python train.py --config=configs/cape.py
+    python eval.py --workdir=runs/cape
+
+Not measured yet at the default size.
+"""
+
+from configs import base
+
+
+def get_config(arg=None):
+  return base.encoding_config('sinusoidal', arg, name='cape',
+                              sampling='cape')
