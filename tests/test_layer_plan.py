@@ -190,7 +190,12 @@ def _decode_all(model, tokens, n_prompt):
     dict(layers__position=('rope', 'none'), layers__window=(6,),
          layers__length_scaling=('ssmax', 'llama4'),
          length_scaling__base_len=8, length_scaling__floor_scale=4.0),
-], ids=['mixed', 'ring'])
+    # Transformer-XL's content term (tiled) in a layer with SSMax and a
+    # window, beside RoPE and NoPE.
+    dict(layers__position=('txl', 'rope', 'none'), layers__window=(5, 0, 0),
+         layers__length_scaling=('ssmax', 'off', 'logn'),
+         length_scaling__base_len=8),
+], ids=['mixed', 'ring', 'content'])
 def test_dense_equals_chunked_equals_decoding(fields):
   """A model whose layers differ in encoding, window and length scaling
   (RoPE with a window, ALiBi with SSMax, NoPE with a window and log-n):

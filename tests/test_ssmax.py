@@ -76,11 +76,12 @@ def test_initial_s_averages_the_scale_to_one_over_the_training_length():
   np.testing.assert_allclose(m.blocks[0].attn.ssmax[...], [0.3, 0.3])
 
 
-@pytest.mark.parametrize('position', ['rope', 'alibi'])
+@pytest.mark.parametrize('position', ['rope', 'alibi', 'txl'])
 def test_ssmax_scales_the_whole_score_bias_included(position):
   """The masked logits of an SSMax layer are those of the same layer
-  without it (same parameters) times s_h log(i + 1) for query i: q.k and
-  ALiBi's bias alike, the scores of the paper's definition."""
+  without it (same parameters) times s_h log(i + 1) for query i: q.k,
+  ALiBi's bias and Transformer-XL's content term alike, the scores of the
+  paper's definition."""
   t = 9
   tokens = _tokens(1, t)
   pos = jnp.arange(t)[None] + 2
