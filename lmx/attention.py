@@ -45,9 +45,13 @@ is how ReRoPE, Leaky ReRoPE and LM-Infinite's distance limit act on any
 encoding through its position arrays; Self-Extend's grouped positions
 (``SelfExtend``) are one more far branch of the same kind.
 
-log-n scaling (``logn_query_scale``) multiplies the queries by a function of
-their own positions before either branch, so it too is the same in every
-backend and in decoding.
+log-n scaling (``logn_query_scale``) and Llama 4's query temperature
+(``llama4_query_scale``) multiply the queries by a function of their own
+positions before either branch, so they too are the same in every backend
+and in decoding. SSMax (``ssmax_logit_scale``) multiplies each query's whole
+score (bias and content term included) by ``s_h log n`` (``n`` the keys it
+sees): a ``logit_scale [B, H, T]`` per query and head that every backend
+applies to its logits before the mask, tile by tile in the chunked one.
 """
 
 from __future__ import annotations
@@ -94,6 +98,16 @@ class Mask:
     if self.n_local:
       visible_TxS &= (q - k < self.n_local) | (k < self.n_global)
     return visible_TxS
+
+  def visible_count(self, q_idx_T: jax.Array) -> jax.Array:
+    """How many keys query ``i`` sees when every earlier token is there:
+    ``i + 1`` (causal), or ``min(i + 1, n_local)`` plus the global tokens
+    before the local window. ``[T]`` int32."""
+    n = q_idx_T.astype(jnp.int32) + 1
+    if not self.n_local:
+      return n
+    far = jnp.clip(n - self.n_local, 0, self.n_global)
+    return jnp.minimum(n, self.n_local) + far
 
 
 def causal_mask(q_len: int, k_len: int) -> jax.Array:
@@ -166,7 +180,40 @@ def logn_query_scale(q_pos_BxT: jax.Array, base_len: int) -> jax.Array:
   return jnp.maximum(1.0, jnp.log(p + 1.0) / math.log(base_len))
 
 
-LENGTH_SCALINGS = ('off', 'logn')
+def llama4_query_scale(q_pos_BxT: jax.Array, floor_scale: float,
+                       attn_scale: float) -> jax.Array:
+  """Llama 4's query temperature of its NoPE layers
+  (``attn_temperature_tuning`` in its released code): ``1 + attn_scale *
+  log(floor((p + 1) / floor_scale) + 1)`` for a query at position ``p``.
+  1 up to position ``floor_scale - 2``, then growing in steps of
+  ``floor_scale`` positions. ``[B, T]`` float32."""
+  p = q_pos_BxT.astype(jnp.float32)
+  return 1.0 + attn_scale * jnp.log(jnp.floor((p + 1.0) / floor_scale) + 1.0)
+
+
+def ssmax_logit_scale(s_H: jax.Array, q_idx_T: jax.Array,
+                      mask: 'Mask') -> jax.Array:
+  """Scalable-Softmax (Nakanishi 2025, eq. 1): the scores of a query that
+  sees ``n`` keys go into the softmax times ``s log n``, ``s`` learned per
+  head (and per layer). ``n`` is the number of keys the query attends over
+  (``Mask.visible_count`` of its token index), so a sliding window or the
+  Lambda mask stops its growth. ``[H, T]`` float32; 0 for the first token,
+  which sees itself alone (its softmax is 1 whatever the scale)."""
+  log_n_T = jnp.log(mask.visible_count(q_idx_T).astype(jnp.float32))
+  return s_H.astype(jnp.float32)[:, None] * log_n_T[None, :]
+
+
+def ssmax_init(base_len: int) -> float:
+  """The initial ``s``: ``1 / mean(log n)`` over ``n = 1 .. base_len``,
+  so that over the training length the scale ``s log n`` averages 1 and the
+  untrained model starts as close to plain softmax as one ``s`` allows."""
+  mean_log = sum(math.log(n) for n in range(1, base_len + 1)) / base_len
+  return 1.0 / mean_log
+
+
+# 'off'; 'logn' and 'llama4' scale the queries by their positions; 'ssmax'
+# scales each query's scores by a learned s per head times log n.
+LENGTH_SCALINGS = ('off', 'logn', 'ssmax', 'llama4')
 
 
 class Branch(NamedTuple):
@@ -238,7 +285,8 @@ def sink_prefix(q_BxTxHxK: jax.Array, sink_logit_H: Optional[jax.Array] = None,
 
 
 def _branch_logits(br: Branch, bias_fn: Optional[BiasFn], scale: float,
-                   content: Optional[Content] = None):
+                   content: Optional[Content] = None,
+                   logit_scale: Optional[jax.Array] = None):
   logits = jnp.einsum('bthk,bshk->bhts', br.q, br.k,
                       preferred_element_type=jnp.float32) * scale
   if bias_fn is not None:
@@ -250,19 +298,23 @@ def _branch_logits(br: Branch, bias_fn: Optional[BiasFn], scale: float,
     logits = logits + term.fn(positions_base.Tile(
         br.q, br.k, br.q_pos, br.k_pos, term.q_side, term.k_side, logits,
         content.visible, content.k_idx)).astype(jnp.float32)
+  if logit_scale is not None:   # [B, H, T]: the whole score of each query
+    logits = logits * logit_scale[..., None]
   return logits
 
 
 def scores(near: Branch, far: Optional[Branch], window: int,
            bias_fn: Optional[BiasFn],
-           content: Optional[Content] = None) -> jax.Array:
+           content: Optional[Content] = None,
+           logit_scale: Optional[jax.Array] = None) -> jax.Array:
   """Unmasked float32 logits ``[B, H, T, S]``: the near branch, and the far
   branch wherever the (near) distance reaches ``window``; each with the
-  content term (``content``) at its own positions."""
+  content term (``content``) at its own positions, and each query's times
+  ``logit_scale [B, H, T]`` if given (SSMax)."""
   scale = near.q.shape[-1] ** -0.5
-  logits = _branch_logits(near, bias_fn, scale, content)
+  logits = _branch_logits(near, bias_fn, scale, content, logit_scale)
   if far is not None:
-    far_logits = _branch_logits(far, bias_fn, scale, content)
+    far_logits = _branch_logits(far, bias_fn, scale, content, logit_scale)
     dist_BxTxS = (near.q_pos[:, :, None].astype(jnp.float32)
                   - near.k_pos[:, None, :].astype(jnp.float32))
     logits = jnp.where((dist_BxTxS >= window)[:, None], far_logits, logits)
@@ -274,17 +326,19 @@ def scores(near: Branch, far: Optional[Branch], window: int,
 
 def masked_scores(near: Branch, far: Optional[Branch], window: int,
                   bias_fn: Optional[BiasFn], visible_TxS: jax.Array,
-                  content=None, k_idx_S: Optional[jax.Array] = None):
+                  content=None, k_idx_S: Optional[jax.Array] = None,
+                  logit_scale: Optional[jax.Array] = None):
   """``scores`` with the keys ``visible_TxS`` hides at ``NEG_INF``.
   ``content``: a ``ContentTerm`` over exactly these queries and keys (token
-  indices ``k_idx_S``, by default ``0 .. S - 1``)."""
+  indices ``k_idx_S``, by default ``0 .. S - 1``); ``logit_scale``: SSMax's
+  ``[B, H, T]``."""
   if content is not None:
     s = near.k.shape[1]
     k_idx_S = (jnp.arange(s, dtype=jnp.int32) if k_idx_S is None
                else k_idx_S)
     content = Content(content, visible_TxS, k_idx_S)
-  return jnp.where(visible_TxS, scores(near, far, window, bias_fn, content),
-                   NEG_INF)
+  return jnp.where(visible_TxS, scores(near, far, window, bias_fn, content,
+                                      logit_scale), NEG_INF)
 
 
 def attend(logits_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array,
@@ -321,7 +375,8 @@ def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
                       far: Optional[Branch] = None, window: int = 0,
                       block_q: int = 512, block_k: int = 512,
                       content=None,
-                      prefix: Optional[Prefix] = None) -> jax.Array:
+                      prefix: Optional[Prefix] = None,
+                      logit_scale: Optional[jax.Array] = None) -> jax.Array:
   """Blockwise attention with an online softmax; equals the dense backend.
 
   Queries are the last ``T`` of the ``S`` keys (token indices
@@ -329,8 +384,9 @@ def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
   are padded to whole tiles, padded keys are masked and padded queries
   dropped. ``content``: a tiled ``ContentTerm``, computed tile by tile from
   its per-token arrays sliced with the tile. ``prefix``: sink slots, which
-  start each query block's running softmax. Returns ``[B, T, H, K]`` in
-  ``v``'s dtype.
+  start each query block's running softmax. ``logit_scale [B, H, T]``
+  (SSMax) multiplies each query's scores, a block of queries at a time.
+  Returns ``[B, T, H, K]`` in ``v``'s dtype.
   """
   if content is not None and not content.tiled:
     raise ValueError('A content term that is not tiled cannot run in the '
@@ -349,6 +405,7 @@ def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
   near_p = pad_branch(near)
   far_p = pad_branch(far) if far is not None else None
   v_p = _pad(v_BxSxHxK, 1, nk * bk)
+  ls_p = (_pad(logit_scale, 2, nq * bq) if logit_scale is not None else None)
   if content is not None:
     content = dataclasses.replace(
         content,
@@ -394,6 +451,8 @@ def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
     nq_t = Branch(sl(near_p.q, q0, bq), None, sl(near_p.q_pos, q0, bq), None)
     fq_t = (Branch(sl(far_p.q, q0, bq), None, sl(far_p.q_pos, q0, bq), None)
             if far_p is not None else None)
+    ls_t = (jax.lax.dynamic_slice_in_dim(ls_p, q0, bq, axis=2)
+            if ls_p is not None else None)
 
     def compute(carry, j):
       m, l, acc = carry
@@ -407,9 +466,9 @@ def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
       k_idx = jax.lax.dynamic_slice_in_dim(k_idx_all, k0, bk)
       visible = mask(q_idx, k_idx)
       part = _content_slice(content, q0, bq, k0, bk, visible, k_idx)
-      logits = (scores(tile, far_tile, window, bias_fn, part)
+      logits = (scores(tile, far_tile, window, bias_fn, part, ls_t)
                 if far_tile is not None
-                else _branch_logits(tile, bias_fn, scale, part))
+                else _branch_logits(tile, bias_fn, scale, part, ls_t))
       logits = jnp.where(visible, logits, NEG_INF)
       m_new = jnp.maximum(m, logits.max(axis=-1))
       p = jnp.where(visible, jnp.exp(logits - m_new[..., None]), 0.0)
@@ -483,9 +542,16 @@ def cudnn_unavailable(q_dtype, head_dim: int, far: bool,
   return None
 
 
-def cudnn_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask):
+def cudnn_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask,
+                    logit_scale: Optional[jax.Array] = None):
   t, s = near.q.shape[1], near.k.shape[1]
   bias = bias_fn(near.q_pos, near.k_pos) if bias_fn is not None else None
+  q = near.q
+  if logit_scale is not None:  # the whole score: q, and the bias
+    q = (q.astype(jnp.float32) * jnp.transpose(logit_scale, (0, 2, 1))[
+        ..., None]).astype(q.dtype)
+    if bias is not None:
+      bias = bias.astype(jnp.float32) * logit_scale[..., None]
   if bias is not None:
     bias = bias.astype(near.q.dtype)
   kw = {}
@@ -493,7 +559,7 @@ def cudnn_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask):
     kw['mask'] = mask(jnp.arange(t) + (s - t), jnp.arange(s))[None, None]
   else:
     kw['is_causal'] = True
-  return jax.nn.dot_product_attention(near.q, near.k, v, bias=bias,
+  return jax.nn.dot_product_attention(q, near.k, v, bias=bias,
                                       implementation='cudnn', **kw)
 
 
@@ -510,7 +576,8 @@ def _encoding_of(bias_fn):
 def flash_unavailable(*, far: bool, bias_fn, block: int = 512,
                       num_queries: int = 0, num_keys: int = 0,
                       content: bool = False,
-                      sinks: bool = False) -> Optional[str]:
+                      sinks: bool = False,
+                      logit_scale: bool = False) -> Optional[str]:
   """Why the fused kernel (``lmx.kernels.flash``) cannot take this call,
   or None if it can."""
   platform = ops.platform()
@@ -530,6 +597,9 @@ def flash_unavailable(*, far: bool, bias_fn, block: int = 512,
     if enc.has_bias() and enc.kernel_bias() is None:
       return (f'the {type(enc).__name__} bias has no kernel form '
               '(kernel_bias)')
+    if logit_scale and enc.has_bias():
+      return ('SSMax scales the bias with the scores, and the kernel adds '
+              'the bias unscaled')
   if platform == 'tpu' and block % 128 and max(num_queries,
                                                num_keys) > block:
     return (f'on TPU its tiles must be multiples of 128 tokens, and '
@@ -538,7 +608,7 @@ def flash_unavailable(*, far: bool, bias_fn, block: int = 512,
 
 
 def flash_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask,
-                    block: int):
+                    block: int, logit_scale: Optional[jax.Array] = None):
   """The fused kernel on ``near``. Under a mesh of several devices it runs
   per shard (``jax.shard_map``): rows over the data axes and heads over
   the tensor axis where they divide, each head's bias parameters with its
@@ -555,7 +625,11 @@ def flash_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask,
         q, k, v, q_pos, k_pos, bias, n_global=mask.n_global,
         n_local=mask.n_local, block_q=block, block_k=block)
 
-  args = (near.q, near.k, v, near.q_pos, near.k_pos, params)
+  q = near.q
+  if logit_scale is not None:   # no bias here (flash_unavailable): q alone
+    q = (q.astype(jnp.float32) * jnp.transpose(logit_scale, (0, 2, 1))[
+        ..., None]).astype(q.dtype)
+  args = (q, near.k, v, near.q_pos, near.k_pos, params)
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
     return run(*args)
@@ -611,21 +685,26 @@ def attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
               window: int = 0, backend: str = 'dense', block: int = 512,
               threshold: int = 2048,
               accelerator_threshold: int = 512, content=None,
-              prefix: Optional[Prefix] = None) -> jax.Array:
+              prefix: Optional[Prefix] = None,
+              logit_scale: Optional[jax.Array] = None) -> jax.Array:
   """Softmax attention of ``near`` (and ``far`` past ``window``) through the
   chosen backend; queries are the last T of the S keys. ``[B, T, H, K]``.
   ``content``: the encoding's ``ContentTerm`` over these queries and keys,
-  or None; ``prefix``: attention sinks (``sink_prefix``), or None."""
+  or None; ``prefix``: attention sinks (``sink_prefix``), or None;
+  ``logit_scale``: each query's scores times it (SSMax, ``[B, H, T]``), or
+  None."""
   s = near.k.shape[1]
+  ls = logit_scale
   has_content = content is not None
   tiled = content is None or content.tiled
   if backend == 'flash':
     why = flash_unavailable(far=far is not None, bias_fn=bias_fn, block=block,
                             num_queries=near.q.shape[1], num_keys=s,
-                            content=has_content, sinks=prefix is not None)
+                            content=has_content, sinks=prefix is not None,
+                            logit_scale=ls is not None)
     if why is None:
       return flash_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask,
-                             block=block)
+                             block=block, logit_scale=ls)
     backend = 'dense' if s <= threshold or not tiled else 'chunked'
     _warn_once(f'flash attention cannot run here ({why}); using the '
                f'{backend} backend instead.')
@@ -636,13 +715,16 @@ def attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
                            content=has_content, tiled=tiled,
                            sinks=prefix is not None)
   if backend == 'cudnn':
-    return cudnn_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask)
+    return cudnn_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask,
+                           logit_scale=ls)
   if backend == 'chunked':
     return chunked_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask,
                              far=far, window=window, block_q=block,
-                             block_k=block, content=content, prefix=prefix)
+                             block_k=block, content=content, prefix=prefix,
+                             logit_scale=ls)
   return dense_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask, far=far,
-                         window=window, content=content, prefix=prefix)
+                         window=window, content=content, prefix=prefix,
+                         logit_scale=ls)
 
 
 # Query rows per block of the dense backend (at least), and at most this
@@ -662,7 +744,8 @@ def dense_query_blocks(t: int) -> list[tuple[int, int]]:
 def dense_attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
                     mask: Mask = Mask(), far: Optional[Branch] = None,
                     window: int = 0, content=None,
-                    prefix: Optional[Prefix] = None) -> jax.Array:
+                    prefix: Optional[Prefix] = None,
+                    logit_scale: Optional[jax.Array] = None) -> jax.Array:
   """The dense backend: the logits materialized, one block of queries at a
   time, each against the keys up to its own last query.
 
@@ -683,10 +766,11 @@ def dense_attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
                     br.q_pos[:, lo:hi], br.k_pos[:, :offset + hi])
     visible = mask(jnp.arange(lo, hi) + offset, jnp.arange(offset + hi))
     k_idx = jnp.arange(offset + hi, dtype=jnp.int32)
+    ls = logit_scale[:, :, lo:hi] if logit_scale is not None else None
     logits = jnp.where(visible, scores(
         part(near), part(far) if far is not None else None, window, bias_fn,
-        _content_slice(content, lo, hi - lo, 0, offset + hi, visible, k_idx)),
-                       NEG_INF)
+        _content_slice(content, lo, hi - lo, 0, offset + hi, visible, k_idx),
+        ls), NEG_INF)
     part_prefix = None if prefix is None else Prefix(
         prefix.logits[:, :, lo:hi], prefix.v)
     outs.append(attend(logits, v_BxSxHxK[:, :offset + hi], part_prefix))

@@ -9,6 +9,7 @@ import jax
 import ml_collections
 
 from lmx import attention
+from lmx import layer_plan
 from lmx import model as model_lib
 from lmx import positions
 from lmx import sharding
@@ -55,8 +56,6 @@ def check_length(config: ml_collections.ConfigDict, length: int,
             f'{sampling} positions are drawn from [0, max_position). Raise '
             f'config.positions.max_position to at least {length} (and train '
             f'with it), or evaluate with shorter lengths.')
-  encoding = positions.get_encoding(config.model.position)
-  limit = encoding.max_span(config.model)
   # Positions of one sequence span its length, or (randomized) up to the
   # whole range they are drawn from.
   span = length
@@ -64,18 +63,22 @@ def check_length(config: ml_collections.ConfigDict, length: int,
     span = max(length, int(config.positions.max_position))
   elif sampling in sampling_lib.REAL_KINDS:
     span = sampling_lib.cape_span(length, config.positions.cape)
-  if limit is not None and span > limit[0]:
-    return (f'{what} length {length} spans {span} positions, but the '
-            f'{config.model.position!r} encoding cannot: {limit[1]}.')
-  bound = encoding.max_positions(config.model)
   needed = position_bound(config, sampling, length)
-  if bound is not None and needed > bound:
-    return (f'{what} length {length} needs positions up to {needed - 1}, but '
-            f'the {config.model.position!r} encoding only has {bound} '
-            f'({encoding.bound_setting()}={bound}). A learned table cannot '
-            f'represent positions it has no row for: raise '
-            f'{encoding.bound_setting()} and train again, or use shorter '
-            f'lengths.')
+  # Every encoding some layer uses (config.model.layers.position).
+  for name, encoding in layer_plan.used_encodings(config.model).items():
+    view = layer_plan.view(config.model, name)
+    limit = encoding.max_span(view)
+    if limit is not None and span > limit[0]:
+      return (f'{what} length {length} spans {span} positions, but the '
+              f'{name!r} encoding cannot: {limit[1]}.')
+    bound = encoding.max_positions(view)
+    if bound is not None and needed > bound:
+      return (f'{what} length {length} needs positions up to {needed - 1}, '
+              f'but the {name!r} encoding only has {bound} '
+              f'({encoding.bound_setting()}={bound}). A learned table cannot '
+              f'represent positions it has no row for: raise '
+              f'{encoding.bound_setting()} and train again, or use shorter '
+              f'lengths.')
   return None
 
 
@@ -113,18 +116,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
   f.bool('model.tie_embeddings')
   f.bool('model.scan_layers')
   f.choice('model.remat', tuple(model_lib.REMAT_POLICIES))
-  encoding = positions.get_encoding(m.position)
-  _check_attention(config, encoding)
-  encoding.check(m)
+  require('layers' in m,
+          'config.model.layers is missing. Start from a config in configs/ '
+          '(they build on lmx/defaults.py, which sets it).')
+  layer_plan.check(m)
+  # The encodings the layers use (config.model.position alone unless
+  # config.model.layers.position names them): each checks the model as
+  # its own, and every other one that none of its settings asks for an
+  # effect.
+  used = layer_plan.used_encodings(m)
+  _check_attention(config, used)
+  for name, encoding in used.items():
+    encoding.check(layer_plan.view(m, name))
+  first = layer_plan.view(m, next(iter(used)))
   for name, other in positions.REGISTRY.items():
-    if name != m.position:
-      other.check_unused(m)
+    if name not in used:
+      other.check_unused(first)
 
   kinds = positions.SAMPLING_KINDS
   f.choice('positions.train', kinds)
   f.choice('positions.eval', kinds + ('train',))
   f.int('positions.max_position', 1, INT32_MAX)
-  _check_real_positions(config, encoding)
+  _check_real_positions(config, used)
 
   t = config.train
   for field in ('seq_len', 'batch_size', 'steps', 'checkpoint_every',
@@ -219,7 +232,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(problem is None, problem or '')
 
 
-def _check_real_positions(config, encoding) -> None:
+def _check_real_positions(config, used) -> None:
   """CAPE's settings, and the rules of a sampling that draws real-valued
   positions: only for training, and only for an encoding that takes them
   (``real_positions``)."""
@@ -237,9 +250,11 @@ def _check_real_positions(config, encoding) -> None:
     return
   takers = ', '.join(n for n, e in positions.REGISTRY.items()
                      if e.real_positions)
-  require(encoding.real_positions,
+  integer = [n for n, e in used.items() if not e.real_positions]
+  require(not integer,
           f'config.positions.train={p.train!r} trains on real-valued '
-          f'(float32) positions, but the {m.position!r} encoding needs '
+          f'(float32) positions, but the {", ".join(map(repr, integer))} '
+          'encoding needs '
           'integer positions (it indexes a table, buckets distances or '
           'computes them in integers). Use an encoding that takes real '
           f'positions ({takers}), or another config.positions.train.')
@@ -249,7 +264,7 @@ def _check_real_positions(config, encoding) -> None:
           "would be cut to integers. Use 'chunked', 'dense' or 'auto'.")
 
 
-def _check_flash(config, encoding, *, far: bool) -> None:
+def _check_flash(config, used, *, far: bool) -> None:
   """``model.attention='flash'``: what the fused kernel cannot compute is
   refused here, where the config already says it (a call outside a config
   falls back instead, ``attention.flash_unavailable``)."""
@@ -262,11 +277,18 @@ def _check_flash(config, encoding, *, far: bool) -> None:
           'lm_infinite.distance_limit) or config.model.self_extend.window '
           "scores far pairs with a second one. Use 'chunked' or 'dense', or "
           'set those to 0.')
-  why = encoding.kernel_refusal(m)
-  require(why is None,
-          f"config.model.attention='flash' computes the bias inside the "
-          f'kernel, but for the {m.position!r} encoding {why}. Use '
-          "'chunked' or 'dense'.")
+  ssmax = 'ssmax' in {s.length_scaling for s in layer_plan.plan(m)}
+  for name, encoding in used.items():
+    why = encoding.kernel_refusal(layer_plan.view(m, name))
+    require(why is None,
+            f"config.model.attention='flash' computes the bias inside the "
+            f'kernel, but for the {name!r} encoding {why}. Use '
+            "'chunked' or 'dense'.")
+    require(not (ssmax and encoding.has_bias()),
+            "config.model.attention='flash' adds the bias inside the "
+            "kernel, and SSMax (length_scaling 'ssmax') scales the whole "
+            f'score, the {name!r} bias included. Use \'chunked\' or '
+            "'dense', or another length scaling.")
   require(not (m.sinks.logit or m.sinks.memory),
           "config.model.attention='flash' computes the keys of the sequence "
           'alone, but config.model.sinks adds sink slots. Use '
@@ -297,10 +319,14 @@ def _check_tokenizer(config) -> None:
           "SentencePiece .model file, or '' to train one.")
 
 
-def _check_attention(config, encoding) -> None:
-  """The attention backend, ReRoPE and LM-Infinite settings."""
+def _check_attention(config, used) -> None:
+  """The attention backend, ReRoPE and LM-Infinite settings; ``used``:
+  ``{name: encoding}`` of the encodings the layers use."""
   f = Fields(config, 'config')
   m = config.model
+  names = ', '.join(map(repr, used))
+  rotary = any(e.rotary for e in used.values())
+  relative = any(e.relative() for e in used.values())
   f.choice('model.attention', attention.BACKENDS)
   require(m.attention != 'cudnn' or jax.default_backend() == 'gpu',
           f"config.model.attention='cudnn' needs a GPU, but JAX runs on "
@@ -318,9 +344,9 @@ def _check_attention(config, encoding) -> None:
   require(leak == 0.0 or window > 0,
           f'config.model.rerope.leak={leak} acts beyond the ReRoPE window: '
           'set config.model.rerope.window too (e.g. the training length).')
-  require(window == 0 or encoding.rotary,
+  require(window == 0 or rotary,
           f'config.model.rerope.window={window} clamps rotary angles, but the '
-          f'{m.position!r} encoding is not rotary. Use a rotary encoding '
+          f'{names} encoding is not rotary. Use a rotary encoding '
           '(rotary = True: rope, xpos), or LM-Infinite\'s '
           'config.model.lm_infinite.distance_limit, which clamps the '
           'distances of any encoding.')
@@ -347,23 +373,33 @@ def _check_attention(config, encoding) -> None:
           + ('config.model.rerope.window' if window else
              'config.model.lm_infinite.distance_limit')
           + ' both rescore distant pairs; set one of them to 0.')
-  require(not se_window or encoding.relative(),
+  require(not se_window or relative,
           f'config.model.self_extend.window={se_window} regroups the '
           f'positions that the rotation or the bias sees, but the '
-          f'{m.position!r} encoding has neither (it adds its positions to the '
+          f'{names} encoding has neither (it adds its positions to the '
           'embeddings, or has none). Use a relative encoding ('
           + ', '.join(n for n, e in positions.REGISTRY.items() if e.relative())
           + '), or set config.model.self_extend.window=0.')
   f.bool('model.sinks.logit')
   f.int('model.sinks.memory', 0, 4096)
-  _check_flash(config, encoding, far=bool(window or limit or se_window))
+  _check_flash(config, used, far=bool(window or limit or se_window))
   kind = f.choice('model.length_scaling.kind', attention.LENGTH_SCALINGS)
   base_len = f.int('model.length_scaling.base_len', 0)
-  require(kind == 'off' or base_len >= 2,
-          f"config.model.length_scaling.kind={kind!r} scales queries by "
-          'log(p + 1) / log(base_len), which needs base_len >= 2, but it is '
-          f'{base_len}. Set config.model.length_scaling.base_len to the '
-          "training length (config.train.seq_len), or kind='off'.")
+  kinds = {s.length_scaling for s in layer_plan.plan(m)}
+  where = ('config.model.layers.length_scaling'
+           f'={tuple(m.layers.length_scaling)!r}'
+           if tuple(m.layers.length_scaling) else
+           f'config.model.length_scaling.kind={kind!r}')
+  require(not ({'logn', 'ssmax'} & kinds) or base_len >= 2,
+          f"{where} ('logn' or 'ssmax') needs "
+          'config.model.length_scaling.base_len >= 2 (logn scales queries '
+          'by log(p + 1) / log(base_len); ssmax starts s at 1 / mean(log n) '
+          f'over 1 .. base_len), but it is {base_len}. Set '
+          'config.model.length_scaling.base_len to the training length '
+          "(config.train.seq_len), or kind='off'.")
+  f.positive('model.length_scaling.floor_scale')
+  f.float('model.length_scaling.attn_scale', 0.0)
+  f.float('model.length_scaling.ssmax_init', 0.0)
 
 
 def eval_lengths(config: ml_collections.ConfigDict,

@@ -37,8 +37,8 @@ import numpy as np
 from flax import nnx
 
 from lmx import checkpoint
+from lmx import layer_plan
 from lmx import memory
-from lmx import positions as positions_lib
 from lmx import run_state
 from lmx.errors import ConfigError
 from lmx.data import subword
@@ -166,25 +166,28 @@ def check_lengths(config: ml_collections.ConfigDict, prompt_len: int,
     raise ConfigError(f'max_new_tokens must be an integer >= 0, got '
                       f'{max_new_tokens!r}.')
   total = prompt_len + int(max_new_tokens)
-  encoding = positions_lib.get_encoding(config.model.position)
-  bound = encoding.max_positions(config.model)
-  if bound is not None and total > bound:
-    raise ConfigError(
-        f'A prompt of {prompt_len} tokens plus {max_new_tokens} new ones '
-        f'needs positions up to {total - 1}, but the '
-        f'{config.model.position!r} encoding has rows for positions 0 .. '
-        f'{bound - 1} only ({encoding.bound_setting()}={bound}). Ask for at '
-        f'most {max(bound - prompt_len, 0)} new tokens (--max_new_tokens) or '
-        f'shorten the prompt; a longer table needs training again with a '
-        f'larger {encoding.bound_setting()}.')
-  limit = encoding.max_span(config.model)
-  if limit is not None and total > limit[0]:
-    raise ConfigError(
-        f'A prompt of {prompt_len} tokens plus {max_new_tokens} new ones '
-        f'spans {total} positions, but the {config.model.position!r} encoding '
-        f'cannot: {limit[1]} (--max_new_tokens).')
-  lm = config.model.lm_infinite
-  n_global, n_local = int(lm.n_global), int(lm.n_local)
+  for name, encoding in layer_plan.used_encodings(config.model).items():
+    view = layer_plan.view(config.model, name)
+    bound = encoding.max_positions(view)
+    if bound is not None and total > bound:
+      raise ConfigError(
+          f'A prompt of {prompt_len} tokens plus {max_new_tokens} new ones '
+          f'needs positions up to {total - 1}, but the '
+          f'{name!r} encoding has rows for positions 0 .. '
+          f'{bound - 1} only ({encoding.bound_setting()}={bound}). Ask for '
+          f'at most {max(bound - prompt_len, 0)} new tokens '
+          '(--max_new_tokens) or shorten the prompt; a longer table needs '
+          f'training again with a larger {encoding.bound_setting()}.')
+    limit = encoding.max_span(view)
+    if limit is not None and total > limit[0]:
+      raise ConfigError(
+          f'A prompt of {prompt_len} tokens plus {max_new_tokens} new ones '
+          f'spans {total} positions, but the {name!r} encoding '
+          f'cannot: {limit[1]} (--max_new_tokens).')
+  # The mask the cache's slots follow: LM-Infinite's, or one sliding
+  # window every layer shares (lmx.layer_plan.cache_mask).
+  mask = layer_plan.cache_mask(config.model)
+  n_global, n_local = mask.n_global, mask.n_local
   bounded = n_local > 0
   if max_len is None:
     return total
@@ -193,7 +196,8 @@ def check_lengths(config: ml_collections.ConfigDict, prompt_len: int,
     if max_len < needed:
       raise ConfigError(
           f'max_len={max_len} is smaller than the bounded cache of the '
-          f'Lambda-shaped mask needs ({needed} slots: n_global={n_global} + '
+          f'Lambda-shaped mask (or of the one sliding window of every '
+          f'layer) needs ({needed} slots: n_global={n_global} + '
           f'n_local={n_local}, or the whole text if shorter). Pass '
           f'max_len >= {needed}, or leave it unset.')
   elif total > max_len:
@@ -302,9 +306,9 @@ def generate_from_run(config: ml_collections.ConfigDict, workdir: str,
   prompt_tokens = given if given.size else np.array([tok.eod], np.int32)
   check_sampling(temperature, top_k)
   total = check_lengths(config, prompt_tokens.size, max_new_tokens)
-  lm = config.model.lm_infinite
-  slots = (min(total, int(lm.n_global) + int(lm.n_local))
-           if int(lm.n_local) > 0 else total)
+  mask = layer_plan.cache_mask(config.model)
+  slots = (min(total, mask.n_global + mask.n_local) if mask.n_local
+           else total)
   memory.check_cache(config, slots, prompt_tokens.size,
                      f'A prompt of {prompt_tokens.size} tokens plus '
                      f'{max_new_tokens} new ones (a KV cache of {slots:,} '

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 
 import ml_collections
 
+from lmx import layer_plan
 from lmx import positions
 from lmx.data import tasks
 from lmx.errors import ConfigError
@@ -172,10 +173,19 @@ def get_config(arg: str | None = None,
   # seen by every query, under the Lambda-shaped mask too, and carry no
   # position.
   c.model.sinks = ml_collections.ConfigDict({'logit': False, 'memory': 0})
-  # Length scaling of the queries: 'logn' multiplies a query at position p
-  # by max(1, log(p + 1) / log(base_len)) (base_len: the training length).
+  # Length scaling (lmx.attention): 'logn' multiplies a query at position p
+  # by max(1, log(p + 1) / log(base_len)) (base_len: the training length);
+  # 'llama4' by 1 + attn_scale * log(floor((p + 1) / floor_scale) + 1)
+  # (Llama 4's NoPE layers); 'ssmax' (Scalable-Softmax) multiplies the
+  # scores of a query that sees n keys by s log n, s learned per head and
+  # layer, starting at ssmax_init (0: 1 / mean(log n) over 1 .. base_len).
   c.model.length_scaling = ml_collections.ConfigDict(
-      {'kind': 'off', 'base_len': 0})
+      {'kind': 'off', 'base_len': 0, 'floor_scale': 8192.0,
+       'attn_scale': 0.1, 'ssmax_init': 0.0})
+  # Per-layer encodings, sliding windows and length scalings (tuples; ()
+  # = every layer as the model-level setting; a pattern whose length
+  # divides num_layers repeats): lmx/layer_plan.py, configs/hwfa.py.
+  c.model.layers = layer_plan.default_config()
   # Each encoding's own settings, at config.model.<name>.
   for name, encoding in positions.REGISTRY.items():
     c.model[name] = encoding.default_config()

@@ -7,7 +7,10 @@ final norm -> LM head.
 The model never branches on the encoding's name: it builds the encoding from
 the registry and calls its three hooks. A per-layer encoding
 (``is_per_layer``) gets one instance per block (the first also serves ``embed``), otherwise one
-instance is shared by the embedding and every block.
+instance is shared by the embedding and every block. ``config.model.layers``
+(``lmx.layer_plan``) may give each block its own encoding, sliding window
+and length scaling: each encoding named there is built as above among the
+blocks that use it.
 
 Layers run one after another in Python (unrolled), or with
 ``scan_layers`` under one ``jax.lax.scan`` whose body is traced and
@@ -36,6 +39,7 @@ from flax import nnx
 
 from lmx import attention
 from lmx import kv_cache
+from lmx import layer_plan
 from lmx import ops
 from lmx import positions as positions_lib
 from lmx import sharding
@@ -75,7 +79,8 @@ class Attention(nnx.Module):
   """
 
   def __init__(self, cfg: ml_collections.ConfigDict,
-               position: positions_lib.PositionEncoding, *, rngs: nnx.Rngs):
+               position: positions_lib.PositionEncoding, *, rngs: nnx.Rngs,
+               layer: Optional[layer_plan.LayerSpec] = None):
     d, h = cfg.d_model, cfg.num_heads
     self.num_heads, self.head_dim = h, d // h
     dtype = DTYPES[cfg.dtype]
@@ -86,10 +91,18 @@ class Attention(nnx.Module):
     self.block = int(cfg.attention_block)
     self.threshold = int(cfg.chunk_threshold)
     self.accelerator_threshold = int(cfg.accelerator_chunk_threshold)
-    self.mask = mask_from_config(cfg)
+    self.mask = mask_from_config(cfg, layer)
     self.clamp = clamp_from_config(cfg)
     scaling = cfg.length_scaling
-    self.logn_len = (int(scaling.base_len) if scaling.kind == 'logn' else 0)
+    kind = layer.length_scaling if layer is not None else scaling.kind
+    self.logn_len = (int(scaling.base_len) if kind == 'logn' else 0)
+    self.llama4 = ((float(scaling.floor_scale), float(scaling.attn_scale))
+                   if kind == 'llama4' else None)
+    # SSMax: a learned s per head of this layer (``attention.ssmax_init``).
+    init = (float(scaling.ssmax_init) or attention.ssmax_init(
+        int(scaling.base_len))) if kind == 'ssmax' else 0.0
+    self.ssmax = (nnx.Param(jnp.full((h,), init, jnp.float32))
+                  if kind == 'ssmax' else None)
     # Set by evaluation (lmx.evaluation.attention_diagnostics) to sow
     # attention statistics, and by lmx.ood_diagnostics to sow the masked
     # logits themselves; Python flags read at trace time, so training and
@@ -148,11 +161,18 @@ class Attention(nnx.Module):
     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (
         ops.dense(self.qkv, x_BxTxD, slice(i * d, (i + 1) * d)).reshape(
             b, t, self.num_heads, self.head_dim) for i in range(3))
-    if self.logn_len:
-      scale_BxTx1x1 = attention.logn_query_scale(
-          positions_BxT, self.logn_len)[:, :, None, None]
-      q_BxTxHxK = (q_BxTxHxK.astype(jnp.float32) * scale_BxTx1x1).astype(
-          q_BxTxHxK.dtype)
+    if self.logn_len or self.llama4:
+      scale_BxT = (attention.logn_query_scale(positions_BxT, self.logn_len)
+                   if self.logn_len else
+                   attention.llama4_query_scale(positions_BxT, *self.llama4))
+      q_BxTxHxK = (q_BxTxHxK.astype(jnp.float32)
+                   * scale_BxT[:, :, None, None]).astype(q_BxTxHxK.dtype)
+    ls_BxHxT = None
+    if self.ssmax is not None:   # n from the token index of each query
+      q_idx_T = cache.new_idx if cache is not None else jnp.arange(t)
+      ls_BxHxT = jnp.broadcast_to(
+          attention.ssmax_logit_scale(self.ssmax[...], q_idx_T, self.mask),
+          (b, self.num_heads, t))
     window = self.clamp.window if self.clamp is not None else 0
     # The content term (None for most encodings), from the projected q, k
     # before any turn; when decoding it continues from the cached token
@@ -182,7 +202,7 @@ class Attention(nnx.Module):
                                 turned)
       logits = attention.masked_scores(near, far, window, self.position.bias,
                                        self.mask(cache.new_idx, k_idx),
-                                       content, k_idx)
+                                       content, k_idx, logit_scale=ls_BxHxT)
       out_BxTxHxK = attention.attend(logits, v_all, self.prefix(near.q))
     else:
       near, far = self.branches(q_BxTxHxK, k_BxTxHxK, positions_BxT,
@@ -191,7 +211,7 @@ class Attention(nnx.Module):
         mask_TxT = self.mask(jnp.arange(t), jnp.arange(t))
         logits = attention.masked_scores(near, far, window,
                                          self.position.bias, mask_TxT,
-                                         content)
+                                         content, logit_scale=ls_BxHxT)
         if self.collect_stats:
           self.sow(nnx.Intermediate, 'attention_stats',
                    attention.attention_stats(logits, mask_TxT))
@@ -205,7 +225,8 @@ class Attention(nnx.Module):
             far=far, window=window, backend=self.backend, block=self.block,
             threshold=self.threshold,
             accelerator_threshold=self.accelerator_threshold,
-            content=content, prefix=self.prefix(near.q))
+            content=content, prefix=self.prefix(near.q),
+            logit_scale=ls_BxHxT)
     return ops.dense(self.out, out_BxTxHxK.reshape(b, t, -1)), stored
 
 
@@ -228,8 +249,13 @@ def _content_shapes(attn: 'Attention', batch: int):
   return jax.eval_shape(k_side, state, x, qk, qk, pos)
 
 
-def mask_from_config(cfg: ml_collections.ConfigDict) -> attention.Mask:
-  """Causal, or LM-Infinite's Lambda-shaped mask (``cfg.lm_infinite``)."""
+def mask_from_config(cfg: ml_collections.ConfigDict,
+                     layer: Optional[layer_plan.LayerSpec] = None
+                     ) -> attention.Mask:
+  """Causal, LM-Infinite's Lambda-shaped mask (``cfg.lm_infinite``), or
+  the layer's sliding window (``cfg.layers.window``)."""
+  if layer is not None:
+    return layer_plan.layer_mask(cfg, layer)
   lm = cfg.lm_infinite
   return attention.Mask(n_global=int(lm.n_global), n_local=int(lm.n_local))
 
@@ -270,9 +296,9 @@ class Mlp(nnx.Module):
 class Block(nnx.Module):
   """Pre-norm residual block: x + attn(norm(x)); x + mlp(norm(x))."""
 
-  def __init__(self, cfg, position, *, rngs):
+  def __init__(self, cfg, position, *, rngs, layer=None):
     self.attn_norm = nnx.RMSNorm(cfg.d_model, rngs=rngs)
-    self.attn = Attention(cfg, position, rngs=rngs)
+    self.attn = Attention(cfg, position, rngs=rngs, layer=layer)
     self.mlp_norm = nnx.RMSNorm(cfg.d_model, rngs=rngs)
     self.mlp = Mlp(cfg, rngs=rngs)
     self.dropout = float(cfg.dropout)
@@ -293,22 +319,36 @@ class Transformer(nnx.Module):
   """Decoder-only LM: ``(tokens [B,T], positions [B,T]) -> logits [B,T,V]``."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    encoding_cls = positions_lib.get_encoding(cfg.position)
     self.dtype = DTYPES[cfg.dtype]
     self.dropout = float(cfg.dropout)
     self.tie_embeddings = bool(cfg.tie_embeddings)
     self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model,
                            embedding_init=nnx.initializers.normal(1.0),
                            rngs=rngs)
-    if encoding_cls.is_per_layer(cfg):
-      layer_positions = [encoding_cls(cfg, rngs=rngs)
-                         for _ in range(cfg.num_layers)]
-    else:
-      layer_positions = [encoding_cls(cfg, rngs=rngs)] * cfg.num_layers
+    specs = layer_plan.plan(cfg)
+    # Each encoding a layer names: an instance per block that uses it
+    # (is_per_layer), or one shared by those blocks.
+    shared = {}
+    layer_positions = []
+    for spec in specs:
+      encoding_cls = positions_lib.get_encoding(spec.position)
+      view = layer_plan.view(cfg, spec.position)
+      if encoding_cls.is_per_layer(view):
+        layer_positions.append(encoding_cls(view, rngs=rngs))
+      else:
+        if spec.position not in shared:
+          shared[spec.position] = encoding_cls(view, rngs=rngs)
+        layer_positions.append(shared[spec.position])
     # The embedding hook is asked of the first layer's instance, so a
-    # per-layer encoding has no extra, unused copy here.
+    # per-layer encoding has no extra, unused copy here (per-layer lists
+    # hold no absolute encoding: lmx.layer_plan.check).
     self.position = layer_positions[0]
-    self.blocks = nnx.List([Block(cfg, p, rngs=rngs) for p in layer_positions])
+    self.blocks = nnx.List([
+        Block(cfg, p, rngs=rngs, layer=spec)
+        for p, spec in zip(layer_positions, specs)])
+    # The KV cache's slots follow the mask every layer shares, else one
+    # slot per token (each layer masks the cached token indices itself).
+    self.cache_mask = layer_plan.cache_mask(cfg)
     self.final_norm = nnx.RMSNorm(cfg.d_model, rngs=rngs)
     self.scan_layers = bool(cfg.scan_layers)
     self.remat = str(cfg.remat)
@@ -396,7 +436,7 @@ class Transformer(nnx.Module):
 
   def cache_capacity(self, max_len: int) -> int:
     """Slots a KV cache needs for ``max_len`` tokens (``lmx.kv_cache``)."""
-    return kv_cache.capacity(self.blocks[0].attn.mask, max_len)
+    return kv_cache.capacity(self.cache_mask, max_len)
 
   def init_cache(self, batch: int, max_len: int) -> dict:
     """An empty KV cache for ``batch`` sequences of up to ``max_len`` tokens
@@ -417,8 +457,7 @@ class Transformer(nnx.Module):
     forward pass costs; otherwise the new tokens attend densely over the
     cache and themselves (``lmx.kv_cache.begin``).
     """
-    call = kv_cache.begin(cache, self.blocks[0].attn.mask, positions_BxT,
-                          prefill)
+    call = kv_cache.begin(cache, self.cache_mask, positions_BxT, prefill)
     x_BxTxD = self.embed(tokens_BxT).astype(self.dtype)
     x_BxTxD = self.position.embed(x_BxTxD, positions_BxT)
     new_k, new_v, new_aux = [], [], []

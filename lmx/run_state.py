@@ -20,8 +20,8 @@ from flax import nnx
 
 from lmx import checkpoint
 from lmx import defaults
+from lmx import layer_plan
 from lmx import model as model_lib
-from lmx import positions as positions_lib
 from lmx.errors import ConfigError
 
 
@@ -56,8 +56,9 @@ def project(config: ml_collections.ConfigDict) -> Callable[[dict], dict]:
   train step applies it after every update, so a stored parameter pushed
   past a bound restarts from the bound (KERPLE's released code projects
   its parameters the same way)."""
-  bounds = positions_lib.get_encoding(config.model.position).param_bounds(
-      config.model)
+  bounds = {}
+  for name, encoding in layer_plan.used_encodings(config.model).items():
+    bounds.update(encoding.param_bounds(layer_plan.view(config.model, name)))
   if not bounds:
     return lambda params: params
 

@@ -702,6 +702,9 @@ def _visible_tiles(t, block, mask):
     (37, 8, A.Mask(), False),
     (37, 8, A.Mask(2, 5), False),
     (61, 8, A.Mask(5, 9), True),
+    # Sliding windows (config.model.layers.window): no global tokens.
+    (37, 8, A.Mask(0, 5), False),
+    (29, 4, A.Mask(0, 9), False),
 ])
 def test_chunked_computes_only_visible_tiles(monkeypatch, t, block, mask, far):
   counted = _count_tiles(monkeypatch, t, block, mask, far)

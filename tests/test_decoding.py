@@ -97,6 +97,16 @@ CASES.update({
     'rerope_logn': {'position': 'rope', 'model.rerope.window': 5,
                     'model.length_scaling.kind': 'logn',
                     'model.length_scaling.base_len': 6},
+    # Per-layer encodings, windows and length scalings (config.model.layers):
+    # HWFA's RoPE layer with a window and NoPE layer with log-n; one window
+    # for every layer (a ring of 4 slots); SSMax over ALiBi's bias.
+    'hwfa': {'position': 'rope', 'model.layers.position': ('rope', 'none'),
+             'model.layers.window': (4, 0),
+             'model.layers.length_scaling': ('off', 'logn'),
+             'model.length_scaling.base_len': 6},
+    'window_ring': {'position': 'rope', 'model.layers.window': (4,)},
+    'ssmax_alibi': {'position': 'alibi', 'model.length_scaling.kind': 'ssmax',
+                    'model.length_scaling.base_len': 6},
     # Partial rotary (half the channels of the head of 16) and p-RoPE.
     'rope_partial': {'position': 'rope', 'model.rope.partial': 0.5},
     'p_rope': {'position': 'rope', 'model.rope.p': 0.5},

@@ -332,6 +332,37 @@ def test_model_with_flash_equals_dense(monkeypatch):
                              rtol=0)
 
 
+def test_model_with_flash_takes_a_window_and_ssmax_without_a_bias(
+    monkeypatch):
+  """RoPE with a sliding window (config.model.layers.window) and SSMax:
+  the kernel runs (the window is its local mask, SSMax's factor is folded
+  into q, there being no bias to scale) and equals dense."""
+  from lmx import model as model_lib
+  calls = []
+  real = flash.pl.pallas_call
+  monkeypatch.setattr(flash.pl, 'pallas_call',
+                      lambda kernel, **kw: calls.append(kw['name'])
+                      or real(kernel, **kw))
+  t = 37
+  r = np.random.default_rng(2)
+  tokens = jnp.asarray(r.integers(0, 257, (2, t)), jnp.int32)
+  pos = jnp.broadcast_to(jnp.arange(t), (2, t))
+  logits = {}
+  for backend in ('dense', 'flash'):
+    c = _config('rope', **{'layers.window': (6,),
+                           'length_scaling.kind': 'ssmax',
+                           'length_scaling.base_len': 16})
+    c.model.attention, c.model.attention_block = backend, 16
+    c.model.num_layers = 1
+    config_lib.validate(c)
+    model = model_lib.build(c.model, seed=0)
+    logits[backend] = np.asarray(jax.jit(lambda x, p, m=model: m(x, p))(
+        tokens, pos))
+  assert calls == ['lmx_flash_fwd']
+  np.testing.assert_allclose(logits['flash'], logits['dense'], atol=TOL,
+                             rtol=0)
+
+
 def test_the_kernel_runs_per_shard_under_a_mesh_with_every_gradient():
   """On 8 CPU devices (data 2 x fsdp 2 x tensor 2) the model with the fused
   kernel, run per shard through jax.shard_map (rows and heads split, each

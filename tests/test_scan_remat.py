@@ -38,11 +38,18 @@ def _variant(config, **model):
 
 
 # A shared encoding (alibi: no parameters; kerple: shared parameters read by
-# every layer) and a per-layer one (fire).
-@pytest.mark.parametrize('position', ['alibi', 'kerple', 'fire'])
+# every layer), a per-layer one (fire), and alike layers of
+# config.model.layers (one sliding window, SSMax's s in every layer).
+@pytest.mark.parametrize('position', ['alibi', 'kerple', 'fire',
+                                      'alibi_window_ssmax'])
 def test_scan_and_remat_give_the_unrolled_values_and_gradients(
     tiny_config, position):
-  config = tiny_config(position, **{'model.num_layers': 3})
+  extra = {}
+  if position == 'alibi_window_ssmax':
+    position, extra = 'alibi', {'model.layers.window': (5,),
+                                'model.length_scaling.kind': 'ssmax',
+                                'model.length_scaling.base_len': 8}
+  config = tiny_config(position, **{'model.num_layers': 3}, **extra)
   _, params = run_state.init_model(config)
   tokens, positions = _batch()
   (ref, ref_logits), ref_grads = jax.value_and_grad(

@@ -1,0 +1,204 @@
+"""Per-layer encodings, windows and length scalings (``config.model.layers``).
+
+Each block of the Transformer may have its own position encoding, its own
+sliding window and its own length scaling. Three tuples say so:
+
+* ``layers.position``: encoding names (``lmx.positions.REGISTRY``);
+* ``layers.window``: ``0`` (every earlier key, or the model's LM-Infinite
+  mask) or ``w > 0``: a sliding window, query ``i`` sees keys
+  ``i - w < j <= i`` (``attention.Mask(n_global=0, n_local=w)``);
+* ``layers.length_scaling``: length scaling kinds
+  (``attention.LENGTH_SCALINGS``), their settings read from
+  ``config.model.length_scaling``.
+
+An empty tuple gives every layer the model-level setting
+(``config.model.position``, no window, ``config.model.length_scaling.kind``).
+A tuple of ``num_layers`` entries gives one per layer; a shorter tuple whose
+length divides ``num_layers`` repeats as a pattern. So HWFA (Su 2023: every
+layer but the last RoPE with a window, the last NoPE over everything with
+log-n) is ``position=('rope',) * (N - 1) + ('none',)``,
+``window=(w,) * (N - 1) + (0,)``, ``length_scaling=('off',) * (N - 1) +
+('logn',)``, and Llama 4's iRoPE pattern (three RoPE layers with local
+attention, then one NoPE layer over everything with its query temperature)
+is ``position=('rope', 'rope', 'rope', 'none')``, ``window=(w, w, w, 0)``,
+``length_scaling=('off', 'off', 'off', 'llama4')`` for any multiple of four
+layers.
+
+This module is the one place that reads those tuples: ``plan`` expands them
+into a ``LayerSpec`` per layer, ``check`` refuses what cannot run (before
+anything is built), and ``used_encodings`` lists the encodings a model
+really uses, for the checks that ask an encoding about the whole model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import ml_collections
+
+from lmx import attention
+from lmx import positions
+from lmx.checks import require
+from lmx.errors import ConfigError
+
+FIELDS = ('position', 'window', 'length_scaling')
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """``config.model.layers``: every tuple empty, every layer as the model."""
+  return ml_collections.ConfigDict(
+      {'position': (), 'window': (), 'length_scaling': ()})
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+  """What one block's attention uses."""
+  position: str          # an encoding name
+  window: int            # 0: no sliding window
+  length_scaling: str    # a kind of attention.LENGTH_SCALINGS
+
+
+def _section(model_cfg):
+  return model_cfg.get('layers', None) or default_config()
+
+
+def _expand(values: Sequence, n: int, name: str) -> list | None:
+  """``values`` repeated to ``n`` entries, or None if empty."""
+  if isinstance(values, str) or not isinstance(values, (tuple, list)):
+    raise ConfigError(
+        f'config.model.layers.{name} must be a tuple (one entry per layer, '
+        f'or a pattern whose length divides num_layers), got {values!r}.')
+  values = tuple(values)
+  if not values:
+    return None
+  require(n % len(values) == 0,
+          f'config.model.layers.{name} has {len(values)} entries, which '
+          f'neither equals nor divides config.model.num_layers={n}. Give one '
+          f'entry per layer ({n}), or a pattern whose length divides {n} '
+          f'(e.g. {", ".join(str(d) for d in range(1, n + 1) if n % d == 0)}'
+          ' entries), or () for the model-level setting.')
+  return list(values * (n // len(values)))
+
+
+def plan(model_cfg: ml_collections.ConfigDict) -> list[LayerSpec]:
+  """One ``LayerSpec`` per block (the model-level setting where a tuple is
+  empty). Raises ConfigError for a tuple of the wrong length."""
+  n = int(model_cfg.num_layers)
+  section = _section(model_cfg)
+  pos = _expand(section.position, n, 'position') or [model_cfg.position] * n
+  win = _expand(section.window, n, 'window') or [0] * n
+  kind = model_cfg.length_scaling.kind
+  scal = _expand(section.length_scaling, n, 'length_scaling') or [kind] * n
+  return [LayerSpec(p, w, s) for p, w, s in zip(pos, win, scal)]
+
+
+def used_encodings(model_cfg) -> dict[str, type]:
+  """``{name: encoding class}`` of every encoding some layer uses, in layer
+  order (``config.model.position`` alone without a per-layer list)."""
+  out = {}
+  for spec in plan(model_cfg):
+    out.setdefault(spec.position, positions.get_encoding(spec.position))
+  return out
+
+
+def view(model_cfg: ml_collections.ConfigDict,
+         position: str) -> ml_collections.ConfigDict:
+  """``model_cfg`` as one encoding of a per-layer model sees it: the same
+  fields with ``position`` set to its name (its checks and messages speak
+  of the model's encoding)."""
+  if model_cfg.position == position:
+    return model_cfg
+  cfg = ml_collections.ConfigDict(model_cfg.to_dict())
+  cfg.position = position
+  return cfg
+
+
+def layer_mask(model_cfg, spec: LayerSpec) -> attention.Mask:
+  """The layer's mask: its sliding window, else the model's (causal, or
+  LM-Infinite's Lambda-shaped mask)."""
+  if spec.window:
+    return attention.Mask(n_global=0, n_local=int(spec.window))
+  lm = model_cfg.lm_infinite
+  return attention.Mask(n_global=int(lm.n_global), n_local=int(lm.n_local))
+
+
+def cache_mask(model_cfg) -> attention.Mask:
+  """The mask the KV cache's slots follow: the one every layer shares (a
+  bounded ring when it is a window or the Lambda-shaped mask), or plain
+  causal (a slot per token) when layers differ; each layer still applies
+  its own mask to the token indices of the cached keys."""
+  masks = {layer_mask(model_cfg, s) for s in plan(model_cfg)}
+  return masks.pop() if len(masks) == 1 else attention.Mask()
+
+
+def check(model_cfg: ml_collections.ConfigDict) -> None:
+  """ConfigError for ``config.model.layers`` settings that cannot run: a
+  tuple length that neither equals nor divides num_layers, an unknown
+  encoding or length scaling, an absolute encoding in a per-layer list, a
+  window that is not a non-negative integer or that meets LM-Infinite's
+  mask, and ``scan_layers`` over layers that differ."""
+  section = _section(model_cfg)
+  for field in FIELDS:
+    require(field in section,
+            f'config.model.layers.{field} is missing. Start from a config '
+            'in configs/ (they build on lmx/defaults.py, which sets it).')
+  unknown = set(section) - set(FIELDS)
+  require(not unknown,
+          f'config.model.layers has unknown field(s) {sorted(unknown)}; '
+          f'valid: {", ".join(FIELDS)}.')
+  for field in FIELDS:
+    values = section[field]
+    require(isinstance(values, (tuple, list)),
+            f'config.model.layers.{field} must be a tuple (one entry per '
+            'layer, or a pattern whose length divides num_layers; () for '
+            f'the model-level setting), got {values!r}.')
+  for name in section.position:
+    require(isinstance(name, str) and name in positions.REGISTRY,
+            f'config.model.layers.position names {name!r}, which is not a '
+            f'registered encoding. Valid names: '
+            f'{", ".join(sorted(positions.REGISTRY))}.')
+    enc = positions.get_encoding(name)
+    require(not _absolute(enc),
+            f'config.model.layers.position names {name!r}, an absolute '
+            'encoding: it adds to the token embeddings once, before the '
+            'first layer, so it cannot be chosen per layer. Give it as '
+            "config.model.position and leave layers.position=(), or use "
+            'relative encodings (' + ', '.join(
+                n for n, e in positions.REGISTRY.items() if e.relative())
+            + ', or none) per layer.')
+  for w in section.window:
+    require(isinstance(w, int) and not isinstance(w, bool) and w >= 0,
+            f'config.model.layers.window entries must be integers >= 0 (0: '
+            f'no window), got {w!r} in {tuple(section.window)!r}.')
+  for kind in section.length_scaling:
+    require(kind in attention.LENGTH_SCALINGS,
+            f'config.model.layers.length_scaling names {kind!r}, which is '
+            f'not one of: {", ".join(map(repr, attention.LENGTH_SCALINGS))}.')
+  specs = plan(model_cfg)
+  if tuple(section.position):
+    enc = positions.get_encoding(model_cfg.position)
+    require(not _absolute(enc),
+            f'config.model.layers.position gives every layer its encoding, '
+            f'so config.model.position={model_cfg.position!r} (an absolute '
+            'encoding, which adds to the embeddings) would act nowhere. Set '
+            "config.model.position to a relative encoding or 'none', or "
+            'leave config.model.layers.position=().')
+  if any(s.window for s in specs):
+    lm = model_cfg.lm_infinite
+    require(int(lm.n_local) == 0,
+            'config.model.layers.window gives layers a sliding window, and '
+            'config.model.lm_infinite.n_local gives every layer '
+            "LM-Infinite's Lambda-shaped mask: a layer has one mask. Set "
+            'config.model.lm_infinite.n_local=0 (its n_global and '
+            'distance_limit with it), or the windows to 0.')
+  require(not (model_cfg.scan_layers and len(set(specs)) > 1),
+          'config.model.scan_layers=True traces one block for every layer, '
+          'but config.model.layers gives the layers different encodings, '
+          'windows or length scalings. Set config.model.scan_layers=False, '
+          'or make the layers alike.')
+
+
+def _absolute(enc) -> bool:
+  """Whether the encoding acts on the embeddings (``embed``)."""
+  return enc.embed is not positions.PositionEncoding.embed
