@@ -36,12 +36,8 @@ def _config(num_layers=2, **fields):
   """The tiny config; ``fields`` are config.model paths with '__' for '.'."""
   c = base.get_config('size=tiny')
   c.model.num_layers = num_layers
-  for path, value in fields.items():
-    node = c.model
-    *parents, leaf = path.split('__')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(
+      {'model.' + k.replace('__', '.'): v for k, v in fields.items()})
   return c
 
 
@@ -305,12 +301,8 @@ BAD = {
 def test_bad_layer_settings_are_refused_with_the_field(case):
   fields, words = BAD[case]
   c = _config(4)
-  for path, value in fields.items():
-    node = c.model
-    *parents, leaf = path.split('__')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(
+      {'model.' + k.replace('__', '.'): v for k, v in fields.items()})
   with pytest.raises(ConfigError) as err:
     config_lib.validate(c)
   for word in words:

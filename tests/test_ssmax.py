@@ -30,12 +30,8 @@ def _config(position='rope', num_layers=1, **fields):
   c.model.num_layers = num_layers
   c.model.length_scaling.kind = 'ssmax'
   c.model.length_scaling.base_len = 8
-  for path, value in fields.items():
-    node = c.model
-    *parents, leaf = path.split('__')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(
+      {'model.' + k.replace('__', '.'): v for k, v in fields.items()})
   return c
 
 
