@@ -126,7 +126,8 @@ def main(argv):
       results.append(aot.compile_train_step(c, mesh))
     if 'eval' in FLAGS.steps:
       results.append(aot.compile_eval_step(c, mesh))
-    r = aot.report(c, FLAGS.topology, results, FLAGS.preset)
+    r = aot.report(c, FLAGS.topology, len(devices), results,
+                   FLAGS.preset)
     reports.append(r)
     print(aot.format_report(r), flush=True)
     if not all(row['fits'] for row in r['rows']):

@@ -35,43 +35,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 REFERENCE = 'alibi'
 
 
-class Runner:
-  """One encoding's compiled train step on a fixed batch."""
-
-  def __init__(self, config, position: str, warmup: int):
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    from lmx import config as config_lib  # pylint: disable=g-import-not-at-top
-    from lmx import run_state, trainer  # pylint: disable=g-import-not-at-top
-    c = config.copy_and_resolve_references()
-    c.model.position = position
-    config_lib.validate(c)
-    tx = run_state.make_optimizer(c.train)
-    graphdef, params = run_state.init_model(c)
-    self.params = int(sum(x.size for x in jax.tree.leaves(params)))
-    self.state = run_state.init_state(c, params, tx)
-    self.step = trainer.make_train_step(graphdef, tx, c)
-    b, t = int(c.train.batch_size), int(c.train.seq_len)
-    self.tokens = b * t
-    toks = np.random.default_rng(0).integers(0, int(c.model.vocab_size),
-                                             (b, t + 1))
-    self.batch = {
-        'inputs': jnp.asarray(toks[:, :-1], jnp.int32),
-        'targets': jnp.asarray(toks[:, 1:], jnp.int32),
-        'positions': jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)),
-    }
-    for _ in range(max(warmup, 1)):
-      self.state, m = self.step(self.state, self.batch)
-    self.loss = float(m['loss'])
-
-  def time(self, steps: int) -> float:
-    """Seconds per step over ``steps`` steps."""
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      self.state, m = self.step(self.state, self.batch)
-    self.loss = float(m['loss'])   # waits for the last step
-    return (time.perf_counter() - t0) / steps
+def runner(config, position: str, warmup: int):
+  """``position``'s train step on ``config`` with that encoding's
+  defaults (``bench.train_throughput.LmxRunner``)."""
+  from bench import train_throughput  # pylint: disable=g-import-not-at-top
+  c = config.copy_and_resolve_references()
+  c.model.position = position
+  return train_throughput.LmxRunner(c, warmup)
 
 
 def measure(config, positions, steps: int, repeats: int, warmup: int,
@@ -82,7 +52,7 @@ def measure(config, positions, steps: int, repeats: int, warmup: int,
   runners = {}
   for name in names:
     t0 = time.perf_counter()
-    runners[name] = Runner(config, name, warmup)
+    runners[name] = runner(config, name, warmup)
     log(f'{name}: compiled and warmed up in {time.perf_counter() - t0:.1f} s')
   times = {name: [] for name in names}
   for r in range(repeats):

@@ -56,12 +56,7 @@ def encoding(position: str, heads: int, head_dim: int, **fields):
   c.model.position = position
   c.model.num_heads = heads
   c.model.d_model = heads * head_dim
-  for path, value in fields.items():
-    *parents, leaf = path.split('.')
-    node = c.model
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.model.update_from_flattened_dict(fields)
   return P.REGISTRY[position](c.model, rngs=nnx.Rngs(0))
 
 

@@ -185,7 +185,8 @@ def main(argv: Sequence[str], fl: dict) -> dict:
   jax.config.update('jax_platforms', os.environ['JAX_PLATFORMS'])
   from bench import train_throughput  # pylint: disable=g-import-not-at-top
 
-  runner = train_throughput.LmxRunner(args.position, args.warmup, args.dtype)
+  runner = train_throughput.LmxRunner(
+      train_throughput.lmx_config(args.position, args.dtype), args.warmup)
   wall = [runner.time(args.steps) for _ in range(3)]
   hlo_text = runner.step.lower(runner.state, runner.batch).compile().as_text()
   hlo = parse_hlo(hlo_text)

@@ -226,32 +226,39 @@ def lmx_config(position: str, dtype: str = 'float32'):
 
 
 class LmxRunner:
+  """One config's compiled train step (``lmx.trainer.make_train_step``:
+  forward, backward, AdamW) on one fixed batch of random tokens, so the
+  data pipeline is not timed. ``config`` is validated here; compilation
+  happens in the ``warmup`` untimed steps (at least one)."""
 
-  def __init__(self, position: str, warmup: int, dtype: str = 'float32'):
+  def __init__(self, config, warmup: int):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
+    from lmx import config as config_lib  # pylint: disable=g-import-not-at-top
     from lmx import run_state, trainer  # pylint: disable=g-import-not-at-top
-    self.jax = jax
-    c = lmx_config(position, dtype)
+    c = config.copy_and_resolve_references()
+    config_lib.validate(c)
     tx = run_state.make_optimizer(c.train)
     graphdef, params = run_state.init_model(c)
-    self.params = sum(x.size for x in jax.tree.leaves(params))
+    self.params = int(sum(x.size for x in jax.tree.leaves(params)))
     self.state = run_state.init_state(c, params, tx)
     self.step = trainer.make_train_step(graphdef, tx, c)
-    b, t = MODEL['batch_size'], MODEL['seq_len']
-    toks = np.random.default_rng(0).integers(0, MODEL['vocab_size'],
+    b, t = int(c.train.batch_size), int(c.train.seq_len)
+    self.tokens = b * t
+    toks = np.random.default_rng(0).integers(0, int(c.model.vocab_size),
                                              (b, t + 1))
     self.batch = {
         'inputs': jnp.asarray(toks[:, :-1], jnp.int32),
         'targets': jnp.asarray(toks[:, 1:], jnp.int32),
         'positions': jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)),
     }
-    for _ in range(warmup):
+    for _ in range(max(warmup, 1)):
       self.state, m = self.step(self.state, self.batch)
     self.loss = float(m['loss'])
 
   def time(self, steps: int) -> float:
+    """Seconds per step over ``steps`` steps."""
     t0 = time.perf_counter()
     for _ in range(steps):
       self.state, m = self.step(self.state, self.batch)
@@ -361,7 +368,7 @@ def main(argv: Sequence[str], fl: dict) -> dict:
                                 if k.endswith(args.dtype))
     result['results'] = {}
     for pos in positions:
-      lmx = LmxRunner(pos, args.warmup, args.dtype)
+      lmx = LmxRunner(lmx_config(pos, args.dtype), args.warmup)
       row = {'lmx': {'params': lmx.params, 'seconds': []}}
       if torch:
         row['x_transformers'] = dict(torch(op='build', position=pos,

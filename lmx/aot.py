@@ -142,12 +142,7 @@ def make_config(preset: str, *, seq_len: int, batch: int, mesh: dict,
   c.eval.batch_tokens = seq_len * batch
   for axis, n in mesh.items():
     c.mesh[axis] = n
-  for field, value in (overrides or {}).items():
-    node, *path = field.split('.')
-    target = c
-    for key in [node] + path[:-1]:
-      target = target[key]
-    target[path[-1] if path else node] = value
+  c.update_from_flattened_dict(overrides or {})
   return c
 
 
@@ -314,12 +309,13 @@ def roofline(c: Compiled, chip: Chip,
           'bound': 'compute' if compute >= memory else 'memory'}
 
 
-def report(config, topology: str, results: list[Compiled],
-           preset: str = '') -> dict[str, Any]:
-  """The figures of one run (a preset on a topology), as a dict."""
+def report(config, topology: str, device_count: int,
+           results: list[Compiled], preset: str = '') -> dict[str, Any]:
+  """The figures of one run (a preset on a topology of ``device_count``
+  chips), as a dict."""
   chip = chip_of(topology)
   chips = int(math.prod(sharding.resolve(
-      config, device_count=len(topology_devices(topology))).values()))
+      config, device_count=device_count).values()))
   rows = []
   for c in results:
     if c.refused:

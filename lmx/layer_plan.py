@@ -102,6 +102,31 @@ def used_encodings(model_cfg) -> dict[str, type]:
   return out
 
 
+def describe(model_cfg) -> str:
+  """The model's attention in a few words, for log lines: the encoding's
+  name when every layer is alike without a window (``'rope'``), else the
+  layers in order, a run of equal layers once with its count
+  (``'rope window 16 x3, none logn'``)."""
+  specs = plan(model_cfg)
+  if len(set(specs)) == 1 and not specs[0].window:
+    return specs[0].position
+  runs = []
+  for spec in specs:
+    if runs and runs[-1][0] == spec:
+      runs[-1][1] += 1
+    else:
+      runs.append([spec, 1])
+  parts = []
+  for spec, count in runs:
+    words = [spec.position]
+    if spec.window:
+      words.append(f'window {spec.window}')
+    if spec.length_scaling != 'off':
+      words.append(spec.length_scaling)
+    parts.append(' '.join(words) + (f' x{count}' if count > 1 else ''))
+  return ', '.join(parts)
+
+
 def view(model_cfg: ml_collections.ConfigDict,
          position: str) -> ml_collections.ConfigDict:
   """``model_cfg`` as one encoding of a per-layer model sees it: the same

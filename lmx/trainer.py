@@ -36,6 +36,7 @@ from flax import nnx
 from lmx import checkpoint
 from lmx import config as config_lib
 from lmx import defaults
+from lmx import layer_plan
 from lmx import memory
 from lmx import metrics as metrics_lib
 from lmx import model as model_lib
@@ -82,13 +83,9 @@ def make_train_step(graphdef, tx, config, mesh=None,
     return losses.sum(), jnp.asarray(losses.size, losses.dtype)
 
   def loss_fn(params, batch, key):
-    losses = model_lib.token_losses(
-        nnx.merge(graphdef, params), batch['inputs'], batch['positions'],
-        batch['targets'], key if use_dropout else None, chunk)
-    if 'weights' in batch:
-      w = batch['weights'].astype(losses.dtype)
-      return (losses * w).sum() / jnp.maximum(w.sum(), 1.0)
-    return losses.mean()
+    """The weighted mean token loss (the plain mean without weights)."""
+    num, den = loss_parts(params, batch, key)
+    return num / jnp.maximum(den, 1.0)
 
   def accumulated(params, batch, key):
     """The loss and gradient of the whole batch from ``micro`` slices of
@@ -475,7 +472,7 @@ def _train(config, workdir, progress, mesh, tok) -> dict:
         f'{a}={n}' for a, n in mesh.shape.items()) + ')' + (
             f' in {jax.process_count()} processes'
             if jax.process_count() > 1 else ''))
-  print(f'lmx: {config.model.position} model{task}, {n_params:,} parameters, '
+  print(f'lmx: {layer_plan.describe(config.model)} model{task}, {n_params:,} parameters, '
         f'{t.steps} steps of {t.batch_size}x{t.seq_len} tokens{devices} -> '
         f'{workdir}')
 

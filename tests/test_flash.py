@@ -39,12 +39,7 @@ def _encoding(name, **fields):
   c = base.get_config('size=tiny')
   c.model.position = name
   c.model.num_heads, c.model.d_model = H, H * KD
-  for path, value in fields.items():
-    *parents, leaf = path.split('.')
-    node = c.model
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.model.update_from_flattened_dict(fields)
   return P.REGISTRY[name](c.model, rngs=nnx.Rngs(0))
 
 

@@ -324,3 +324,17 @@ def test_train_py_exits_2_on_a_bad_layer_tuple(tmp_path):
   assert 'Traceback' not in proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1
   assert not (tmp_path / 'w').exists()
+
+
+def test_describe_names_the_encoding_or_the_layers_in_order():
+  c = _config(4, position='alibi')
+  assert layer_plan.describe(c.model) == 'alibi'
+  c = hwfa.get_config('size=default')
+  w = c.train.seq_len // 4
+  n = c.model.num_layers
+  assert layer_plan.describe(c.model) == (
+      f'rope window {w} x{n - 1}, none logn')
+  c = irope.get_config('size=default')
+  c.model.num_layers = 8
+  layer = f'rope window {c.model.layers.window[0]} x3, none llama4'
+  assert layer_plan.describe(c.model) == f'{layer}, {layer}'
