@@ -321,6 +321,45 @@ def scores(near: Branch, far: Optional[Branch], window: int,
   return logits
 
 
+def _values(near: Branch, far: Optional[Branch], window: int,
+            content: Optional[Content]):
+  """The content term's share of the output (``ContentTerm.value``) as a
+  function of these pairs' weights ``p [B, H, t, s]`` -> ``[B, H, t, K]``
+  float32, or None without one. Under a distance clamp each branch's tile
+  gets the weights of its own pairs (the near ones below ``window``, the far
+  ones at or past it), as ``scores`` picks their logits."""
+  if content is None or content.term.value is None:
+    return None
+  term = content.term
+
+  def tile(br: Branch) -> positions_base.Tile:
+    return positions_base.Tile(br.q, br.k, br.q_pos, br.k_pos, term.q_side,
+                               term.k_side, None, content.visible,
+                               content.k_idx)
+
+  near_tile = tile(near)
+  if far is None:
+    return lambda p: term.value(near_tile, p)
+  far_tile = tile(far)
+  is_far = ((near.q_pos[:, :, None].astype(jnp.float32)
+             - near.k_pos[:, None, :].astype(jnp.float32)) >= window)[:, None]
+  return lambda p: (term.value(near_tile, jnp.where(is_far, 0.0, p))
+                    + term.value(far_tile, jnp.where(is_far, p, 0.0)))
+
+
+def content_values(near: Branch, far: Optional[Branch], window: int,
+                   term, visible_TxS: jax.Array,
+                   k_idx_S: Optional[jax.Array] = None):
+  """``_values`` of a ``ContentTerm`` (or None) over exactly these queries
+  and keys, as ``masked_scores`` takes them: the ``values`` argument of
+  ``attend``."""
+  if term is None:
+    return None
+  s = near.k.shape[1]
+  k_idx_S = jnp.arange(s, dtype=jnp.int32) if k_idx_S is None else k_idx_S
+  return _values(near, far, window, Content(term, visible_TxS, k_idx_S))
+
+
 # -------------------------------------------------------------------- dense
 
 
@@ -342,16 +381,25 @@ def masked_scores(near: Branch, far: Optional[Branch], window: int,
 
 
 def attend(logits_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array,
-           prefix: Optional[Prefix] = None) -> jax.Array:
+           prefix: Optional[Prefix] = None, values=None) -> jax.Array:
   """Softmax over keys (float32), then the weighted sum of values; with a
-  ``prefix`` (sinks), over its slots and the keys together."""
+  ``prefix`` (sinks), over its slots and the keys together; ``values``
+  (``content_values``): the content term's share, from the keys' weights
+  (the sink slots have none)."""
+  n_prefix = 0
   if prefix is not None:
+    n_prefix = prefix.logits.shape[-1]
     logits_BxHxTxS = jnp.concatenate([prefix.logits, logits_BxHxTxS], -1)
     v_BxSxHxK = jnp.concatenate([prefix.v.astype(v_BxSxHxK.dtype),
                                  v_BxSxHxK], 1)
   probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
-  return jnp.einsum('bhts,bshk->bthk', probs_BxHxTxS.astype(v_BxSxHxK.dtype),
-                    v_BxSxHxK)
+  out = jnp.einsum('bhts,bshk->bthk', probs_BxHxTxS.astype(v_BxSxHxK.dtype),
+                   v_BxSxHxK)
+  if values is None:
+    return out
+  extra_BxHxTxK = values(probs_BxHxTxS[..., n_prefix:])
+  return (out.astype(jnp.float32)
+          + jnp.transpose(extra_BxHxTxK, (0, 2, 1, 3))).astype(out.dtype)
 
 
 # ------------------------------------------------------------------ chunked
@@ -478,6 +526,9 @@ def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
       acc = acc * correction[..., None] + jnp.einsum(
           'bhts,bshk->bhtk', p.astype(v_t.dtype), v_t,
           preferred_element_type=jnp.float32)
+      values = _values(tile, far_tile, window, part)
+      if values is not None:   # linear in p: divided by l with the rest
+        acc = acc + values(p)
       return m_new, l, acc
 
     def body(carry, slot):
@@ -767,13 +818,16 @@ def dense_attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
     visible = mask(jnp.arange(lo, hi) + offset, jnp.arange(offset + hi))
     k_idx = jnp.arange(offset + hi, dtype=jnp.int32)
     ls = logit_scale[:, :, lo:hi] if logit_scale is not None else None
-    logits = jnp.where(visible, scores(
-        part(near), part(far) if far is not None else None, window, bias_fn,
-        _content_slice(content, lo, hi - lo, 0, offset + hi, visible, k_idx),
-        ls), NEG_INF)
+    near_part = part(near)
+    far_part = part(far) if far is not None else None
+    content_part = _content_slice(content, lo, hi - lo, 0, offset + hi,
+                                  visible, k_idx)
+    logits = jnp.where(visible, scores(near_part, far_part, window, bias_fn,
+                                       content_part, ls), NEG_INF)
     part_prefix = None if prefix is None else Prefix(
         prefix.logits[:, :, lo:hi], prefix.v)
-    outs.append(attend(logits, v_BxSxHxK[:, :offset + hi], part_prefix))
+    outs.append(attend(logits, v_BxSxHxK[:, :offset + hi], part_prefix,
+                       _values(near_part, far_part, window, content_part)))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 

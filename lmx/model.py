@@ -200,10 +200,14 @@ class Attention(nnx.Module):
             content, k_side=cache.visible_aux(stored[2], aux_new))
       near, far = self.branches(q_BxTxHxK, k_all, positions_BxT, k_pos,
                                 turned)
+      visible = self.mask(cache.new_idx, k_idx)
       logits = attention.masked_scores(near, far, window, self.position.bias,
-                                       self.mask(cache.new_idx, k_idx),
-                                       content, k_idx, logit_scale=ls_BxHxT)
-      out_BxTxHxK = attention.attend(logits, v_all, self.prefix(near.q))
+                                       visible, content, k_idx,
+                                       logit_scale=ls_BxHxT)
+      out_BxTxHxK = attention.attend(
+          logits, v_all, self.prefix(near.q),
+          attention.content_values(near, far, window, content, visible,
+                                   k_idx))
     else:
       near, far = self.branches(q_BxTxHxK, k_BxTxHxK, positions_BxT,
                                 positions_BxT, turned)
@@ -217,8 +221,9 @@ class Attention(nnx.Module):
                    attention.attention_stats(logits, mask_TxT))
         if self.collect_logits:
           self.sow(nnx.Intermediate, 'attention_logits', logits)
-        out_BxTxHxK = attention.attend(logits, v_BxTxHxK,
-                                       self.prefix(near.q))
+        out_BxTxHxK = attention.attend(
+            logits, v_BxTxHxK, self.prefix(near.q),
+            attention.content_values(near, far, window, content, mask_TxT))
       else:
         out_BxTxHxK = attention.attention(
             near, v_BxTxHxK, bias_fn=self.position.bias, mask=self.mask,

@@ -111,11 +111,102 @@ def test_shaw_term_depends_only_on_the_distance():
   assert float(jnp.abs(c - a)[..., 2].max()) > 1e-4
 
 
+def test_shaw_weight_sums_and_values_by_hand():
+  # Query at 5, keys at 0 3 4 5, k = 2: clipped distances 2 2 1 0. Weights
+  # .1 .2 .3 .4: per distance 0, 1, 2: .4, .3, .1 + .2 = .3. Rows a^V_0 =
+  # (1, 0), a^V_1 = (0, 2), a^V_2 = (-1, 1): .4 (1, 0) + .3 (0, 2) + .3 (-1,
+  # 1) = (.1, .9).
+  p = jnp.array([0.1, 0.2, 0.3, 0.4]).reshape(1, 1, 1, 4)
+  sums = P.shaw_weight_sums(p, jnp.array([[5]]), jnp.array([[0, 3, 4, 5]]), 2)
+  np.testing.assert_allclose(sums, [[[[0.4, 0.3, 0.3]]]], rtol=1e-6)
+  table = jnp.array([[1.0, 0.0], [0.0, 2.0], [-1.0, 1.0]])
+  np.testing.assert_allclose(P.shaw_values(sums, table), [[[[0.1, 0.9]]]],
+                             rtol=1e-6)
+
+
+def _shaw_values_layer(t=11, seed=0, max_distance=3):
+  cfg = _model_cfg('shaw', num_heads=2, d_model=16, shaw__values=True,
+                   shaw__max_distance=max_distance)
+  P.Shaw.check(cfg)
+  enc = P.Shaw(cfg, rngs=nnx.Rngs(params=seed))
+  rng = np.random.default_rng(seed)
+  q, k = _qk(2, t, 2, 8, seed)
+  v = jnp.asarray(rng.normal(size=(2, t, 2, 8)), jnp.float32)
+  pos = jnp.asarray(np.stack([np.sort(rng.choice(3 * t, t, replace=False))
+                              for _ in range(2)]), jnp.int32)
+  return enc, q, k, v, pos
+
+
+def test_shaw_values_are_eq3_in_dense_and_chunked():
+  # Eq. 3 and 4 directly, with [T, S, K] arrays of embeddings:
+  # e_ij = q_i (k_j + a^K_ij) / sqrt(d), alpha = causal softmax of e,
+  # z_i = sum_j alpha_ij (v_j + a^V_ij).
+  from lmx import attention as A
+  enc, q, k, v, pos = _shaw_values_layer()
+  d = np.clip(np.asarray(pos)[:, :, None] - np.asarray(pos)[:, None, :], 0, 3)
+  a_k = np.asarray(enc.table[...])[d]
+  a_v = np.asarray(enc.value_table[...])[d]
+  qn, kn, vn = (np.asarray(x, np.float64) for x in (q, k, v))
+  e = np.einsum('bthk,btshk->bhts', qn, kn[:, None] + a_k[:, :, :, None])
+  e = e / math.sqrt(8) + np.where(np.tril(np.ones((11, 11))), 0, -np.inf)
+  alpha = np.exp(e - e.max(-1, keepdims=True))
+  alpha /= alpha.sum(-1, keepdims=True)
+  want = np.einsum('bhts,btshk->bthk', alpha, vn[:, None] + a_v[:, :, :, None])
+  near = A.Branch(q, k, pos, pos)
+  for backend in ('dense', 'chunked'):
+    got = A.attention(near, v, backend=backend, block=4,
+                      content=enc.content(None, q, k, pos))
+    np.testing.assert_allclose(got, want, atol=2e-5, err_msg=backend)
+
+
+@pytest.mark.parametrize('window', [0, 5])
+def test_shaw_values_chunked_equals_dense_with_every_gradient(window):
+  # Odd length, tiles of 4; window 5: a distance clamp (ReRoPE's), whose
+  # far pairs take the value row of the clamped distance.
+  from lmx import attention as A
+  enc, q, k, v, pos = _shaw_values_layer(max_distance=6, seed=1)
+  graphdef, state = nnx.split(enc)
+  clamp = A.Clamp(window) if window else None
+  cot = jnp.asarray(np.random.default_rng(3).normal(size=q.shape),
+                    jnp.float32)
+
+  def loss(state, q, k, v, backend):
+    e = nnx.merge(graphdef, state)
+    near = A.Branch(q, k, pos, pos)
+    far = None
+    if clamp is not None:
+      fq, fk = clamp.far_positions(pos, pos)
+      far = A.Branch(q, k, fq, fk)
+    out = A.attention(near, v, backend=backend, block=4, far=far,
+                      window=window, content=e.content(None, q, k, pos))
+    return jnp.sum(out * cot)
+
+  dense = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(
+      state, q, k, v, 'dense')
+  chunked = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(
+      state, q, k, v, 'chunked')
+  np.testing.assert_allclose(chunked[0], dense[0], atol=1e-4, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(chunked[1]), jax.tree.leaves(dense[1])):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+  # The value table is learned: its gradient is not zero.
+  assert float(jnp.abs(dense[1][0]['value_table'][...]).max()) > 1e-3
+
+
 @pytest.mark.parametrize('value', [0, -1])
 def test_shaw_bad_max_distance_is_refused(value):
   cfg = _model_cfg('shaw', shaw__max_distance=value)
   with pytest.raises(ConfigError, match='config.model.shaw.max_distance'):
     P.Shaw.check(cfg)
+
+
+def test_shaw_values_on_another_encoding_is_refused():
+  from configs import base
+  from lmx import config as config_lib
+  c = base.get_config('size=tiny')
+  c.model.position = 'alibi'
+  c.model.shaw.values = True
+  with pytest.raises(ConfigError, match="shaw.values=True.*'alibi'"):
+    config_lib.validate(c)
 
 
 # -------------------------------------------------------------------- FoX
@@ -377,6 +468,24 @@ def test_cope_with_embeddings_is_causal_shift_invariant_and_acts():
   assert float(jnp.abs(model(tokens, pos) - logits).max()) > 1e-3
 
 
+def test_shaw_with_values_is_causal_shift_invariant_and_the_values_act():
+  model = _built('shaw', shaw__values=True, shaw__max_distance=3)
+  tokens = _tokens(2, 12)
+  pos = jnp.asarray(P.sample_positions('randomized', 2, 12, 200,
+                                       np.random.default_rng(1)))
+  logits = model(tokens, pos)
+  for j in (1, 6, 11):
+    new = model(tokens.at[:, j].set((tokens[:, j] + 100) % 257), pos)
+    np.testing.assert_allclose(new[:, :j], logits[:, :j], atol=1e-5, rtol=0)
+    assert float(jnp.abs(new[:, j] - logits[:, j]).max()) > 1e-3
+  np.testing.assert_allclose(model(tokens, pos + 17), logits, atol=1e-4,
+                             rtol=0)
+  for block in model.blocks:
+    table = block.attn.position.value_table
+    table[...] = jnp.zeros(table.shape, jnp.float32)
+  assert float(jnp.abs(model(tokens, pos) - logits).max()) > 1e-3
+
+
 def _decode_all(model, tokens, n_prompt):
   t = tokens.shape[1]
   pos = jnp.arange(t, dtype=jnp.int32)[None]
@@ -390,14 +499,18 @@ def _decode_all(model, tokens, n_prompt):
   return jnp.concatenate(out, axis=1), model(tokens, pos)
 
 
-@pytest.mark.parametrize('position', ['cope', 'fox'])
+@pytest.mark.parametrize('position', ['cope', 'fox', 'shaw_values'])
 @pytest.mark.parametrize('mask', ['causal', 'lambda'])
 def test_decoding_matches_the_full_pass(position, mask):
   # Lambda: 2 global + 5 local slots, so after 7 tokens the ring holds its
   # keys out of token order (CoPE counts in token order; FoX continues F
-  # from the latest token, not the latest slot).
+  # from the latest token, not the latest slot; Shaw's value rows follow the
+  # cached keys' positions).
   fields = ({'lm_infinite__n_global': 2, 'lm_infinite__n_local': 5}
             if mask == 'lambda' else {})
+  if position == 'shaw_values':
+    position, fields = 'shaw', {**fields, 'shaw__values': True,
+                                'shaw__max_distance': 3}
   model = _built(position, **fields)
   got, want = _decode_all(model, _tokens(1, 13), n_prompt=4)
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)

@@ -19,17 +19,20 @@ def stream(cache_dir):
 
 
 # Every encoding with contiguous positions; CAPE's real-valued positions on
-# the sinusoidal embeddings it augments.
-RUNS = [(p, 'contiguous') for p in sorted(positions.REGISTRY)] + [
-    ('sinusoidal', 'cape')]
+# the sinusoidal embeddings it augments; Shaw's value embeddings.
+RUNS = [(p, 'contiguous', {}) for p in sorted(positions.REGISTRY)] + [
+    ('sinusoidal', 'cape', {}),
+    ('shaw', 'contiguous', {'model.shaw.values': True})]
 
 
-@pytest.mark.parametrize('position,sampling', RUNS)
-def test_a_few_steps_lower_the_loss(position, sampling, tiny_config, stream):
+@pytest.mark.parametrize('position,sampling,fields', RUNS, ids=[
+    '-'.join([p, s, *f]) for p, s, f in RUNS])
+def test_a_few_steps_lower_the_loss(position, sampling, fields, tiny_config,
+                                    stream):
   c = tiny_config(position, **{'train.steps': 30, 'train.warmup_steps': 3,
                                'train.batch_size': 8,
                                'train.learning_rate': 1e-2,
-                               'positions.train': sampling})
+                               'positions.train': sampling, **fields})
   tx = run_state.make_optimizer(c.train)
   graphdef, params = run_state.init_model(c)
   state = run_state.init_state(c, params, tx)

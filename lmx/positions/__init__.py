@@ -24,7 +24,7 @@ from lmx.positions.sandwich import (Sandwich, sandwich_bias,
                                     sandwich_frequencies, sandwich_kernel,
                                     sandwich_scales)
 from lmx.positions.shaw import (Shaw, shaw_distances, shaw_query_table,
-                                shaw_scores)
+                                shaw_scores, shaw_values, shaw_weight_sums)
 from lmx.positions.sinusoidal import Sinusoidal, sinusoidal_table
 from lmx.positions.t5 import T5Bias, t5_relative_bucket
 from lmx.positions.txl import (TransformerXL, txl_inv_freq,
@@ -85,7 +85,8 @@ __all__ = [
     'kerple_log', 'kerple_power', 'relative_distance', 'rope_angles',
     'rope_inv_freq', 'sample_positions', 'sandwich_bias',
     'sandwich_frequencies', 'sandwich_kernel', 'sandwich_scales',
-    'shaw_distances', 'shaw_query_table', 'shaw_scores',
+    'shaw_distances', 'shaw_query_table', 'shaw_scores', 'shaw_values',
+    'shaw_weight_sums',
     'sinusoidal_table', 't5_relative_bucket', 'txl_inv_freq',
     'txl_position_scores', 'txl_relative_sinusoid', 'xpos_scale', 'xpos_zeta',
 ]

@@ -19,7 +19,9 @@ Every encoding acts at one or more of four places of the Transformer:
   decompose over key tiles says so (``ContentTerm.tiled``) and runs dense.
   When decoding, the key side is stored in the KV cache with the keys, and
   ``previous`` carries the latest cached token's key side into the next
-  call (a running sum, for instance).
+  call (a running sum, for instance). A term may also add to the output
+  after the softmax, from each tile's attention weights
+  (``ContentTerm.value``: Shaw et al.'s value embeddings).
 
 A hook an encoding does not use returns its input unchanged (or ``None`` for
 the bias and the content term). Positions are explicit arrays, never
@@ -110,6 +112,7 @@ class Tile(NamedTuple):
   q_side: Any         # ContentTerm.q_side, each leaf sliced to [B, t, ...]
   k_side: Any         # ContentTerm.k_side, each leaf sliced to [B, s, ...]
   logits: jax.Array   # [B, H, t, s] float32: q.k / sqrt(K) + bias, unmasked
+                      # (None where ContentTerm.value is called)
   visible: jax.Array  # [t, s] bool: which keys each query sees (the mask)
   k_idx: jax.Array    # [s] int32 token indices (-1: empty slot; ascending
                       # except in the ring of a bounded KV cache)
@@ -129,11 +132,20 @@ class ContentTerm:
   * ``tiled``: whether ``fn`` on a tile of keys equals the same keys' part of
     ``fn`` on all of them. False for a term coupled across keys (CoPE's sum
     over the keys between two tokens): such a term runs dense only.
+  * ``value`` (optional): a term added to the output, after the softmax:
+    ``value(tile, p) -> [B, H, t, K]`` float32, from the tile's attention
+    weights ``p [B, H, t, s]`` float32 (Shaw et al.'s ``sum_j alpha_ij
+    a^V_ij``). It must be linear in ``p`` and zero where ``p`` is: the
+    chunked backend passes each tile's unnormalised running weights and
+    divides the sum by the softmax normaliser at the end, and under a
+    distance clamp each branch's tile gets the weights of its own pairs
+    (the others zeroed).
   """
   q_side: Any
   k_side: Any
   fn: Callable[[Tile], jax.Array]
   tiled: bool = True
+  value: Optional[Callable[[Tile, jax.Array], jax.Array]] = None
 
 
 def slice_tokens(tree: Any, start, size: int) -> Any:

@@ -22,9 +22,15 @@ the logit of a pair gathers the entry of its clipped distance
 (``shaw_scores``), tile by tile: no ``[T, S, d_head]`` array of
 embeddings exists. Only ``q_i - k_j`` enters: shift invariant.
 
-The paper's value term (Eq. 3, ``z_i = sum_j alpha_ij (v_j + a^V_ij)``)
-is not here: it acts on the attention weights after the softmax, which a
-score hook never sees (docs/encodings.md says what it would need).
+With ``shaw.values=true`` the value embeddings of Eq. 3 are added as well:
+``z_i = sum_j alpha_ij (v_j + a^V_clip(i - j))``, a second table ``a^V``
+of the same shape. It is the content term's ``value``: per tile, the
+weights are summed per clipped distance (``shaw_weight_sums``,
+``[B, H, t, k + 1]``, a segment sum with no ``[t, s, k + 1]`` array), and
+the sums times ``a^V`` (``shaw_values``) join the output, so the chunked
+backend accumulates them with its running softmax. Off by default: the
+paper's ablation (Table 3) finds the key term alone about as good;
+tensor2tensor's function always adds both, which is ``values=true``.
 """
 
 import jax
@@ -32,6 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from lmx.checks import require
 from lmx.positions.base import ContentTerm, PositionEncoding, Tile
 
 
@@ -66,6 +73,36 @@ def shaw_scores(query_table_BxTxHxD: jax.Array, q_pos_BxT: jax.Array,
   return jnp.take_along_axis(table_BxHxTxD, idx_BxHxTxS, axis=-1)
 
 
+def shaw_weight_sums(p_BxHxTxS: jax.Array, q_pos_BxT: jax.Array,
+                     k_pos_BxS: jax.Array, max_distance: int) -> jax.Array:
+  """``W_id = sum_j alpha_ij [clip(i - j, 0, k) = d]``: each query's
+  attention weights summed per clipped distance, ``[B, H, T, k + 1]``
+  float32 (linear in the weights)."""
+  b, h, t, s = p_BxHxTxS.shape
+  rows = max_distance + 1
+  # A segment sum: pair (i, j) adds to bucket i * (k + 1) + clip(i - j), so
+  # no [T, S, k + 1] array is built (a one-hot product builds one, and so
+  # do k + 1 masked sums, which XLA:CPU merges into one such array).
+  seg_BxTxS = (jnp.arange(t, dtype=jnp.int32)[None, :, None] * rows
+               + shaw_distances(q_pos_BxT, k_pos_BxS, max_distance))
+
+  def one(p_TxS, seg_TxS):
+    return jax.ops.segment_sum(p_TxS.reshape(-1), seg_TxS.reshape(-1),
+                               num_segments=t * rows)
+
+  per_head = jax.vmap(one, in_axes=(0, None))        # heads share the ids
+  sums = jax.vmap(per_head)(p_BxHxTxS.astype(jnp.float32), seg_BxTxS)
+  return sums.reshape(b, h, t, rows)
+
+
+def shaw_values(weight_sums_BxHxTxD: jax.Array,
+                table_DxK: jax.Array) -> jax.Array:
+  """``sum_j alpha_ij a^V_clip(i - j) = sum_d W_id a^V_d`` (Eq. 3's second
+  term), ``[B, H, T, K]`` float32."""
+  return jnp.einsum('bhtd,dk->bhtk', weight_sums_BxHxTxD,
+                    table_DxK.astype(jnp.float32))
+
+
 def _tile_scores(tile: Tile) -> jax.Array:
   return shaw_scores(tile.q_side, tile.q_pos, tile.k_pos)
 
@@ -83,16 +120,30 @@ class Shaw(PositionEncoding):
     self.table = nnx.Param(init(rngs.params(),
                                 (self.max_distance + 1, self.head_dim),
                                 jnp.float32))
+    self.value_table = (nnx.Param(init(
+        rngs.params(), (self.max_distance + 1, self.head_dim), jnp.float32))
+                        if cfg.shaw.values else None)
 
   @classmethod
   def default_config(cls):
     # The paper finds small clipping distances enough (its ablation of k).
-    return ml_collections.ConfigDict({'max_distance': 16})
+    # values: the value embeddings a^V of Eq. 3 as well.
+    return ml_collections.ConfigDict({'max_distance': 16, 'values': False})
 
   @classmethod
   def check(cls, model_cfg):
     super().check(model_cfg)
-    cls.fields(model_cfg).int('shaw.max_distance', 1)
+    fields = cls.fields(model_cfg)
+    fields.int('shaw.max_distance', 1)
+    fields.bool('shaw.values')
+
+  @classmethod
+  def check_unused(cls, model_cfg):
+    require(not model_cfg.shaw.values,
+            'config.model.shaw.values=True adds Shaw et al.\'s value '
+            f'embeddings, but this model uses the {model_cfg.position!r} '
+            'encoding. Set config.model.shaw.values=False, or use '
+            "config.model.position='shaw'.")
 
   @classmethod
   def relative(cls):
@@ -101,5 +152,12 @@ class Shaw(PositionEncoding):
   def content(self, x_BxTxD, q_BxTxHxK, k_BxTxHxK, positions_BxT,
               previous=None):
     del x_BxTxD, k_BxTxHxK, positions_BxT, previous
+    value = None
+    if self.value_table is not None:
+      table, k = self.value_table[...], self.max_distance
+
+      def value(tile: Tile, p_BxHxTxS: jax.Array) -> jax.Array:
+        return shaw_values(
+            shaw_weight_sums(p_BxHxTxS, tile.q_pos, tile.k_pos, k), table)
     return ContentTerm(q_side=shaw_query_table(q_BxTxHxK, self.table[...]),
-                       k_side=(), fn=_tile_scores, tiled=True)
+                       k_side=(), fn=_tile_scores, tiled=True, value=value)
