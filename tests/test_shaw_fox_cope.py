@@ -79,6 +79,7 @@ def test_shaw_term_is_eq4_with_the_embeddings_added_to_the_keys():
   cfg = _model_cfg('shaw', num_heads=2, d_model=16, shaw__max_distance=3)
   enc = P.Shaw(cfg, rngs=nnx.Rngs(params=0))
   assert enc.table.shape == (4, 8)
+  assert enc.value_table is None   # the value embeddings are off by default
   q, k = _qk(2, 9, 2, 8)
   pos = jnp.asarray([[0, 1, 2, 4, 5, 9, 10, 11, 20],
                      [3, 4, 5, 6, 7, 8, 9, 10, 11]], jnp.int32)
@@ -125,7 +126,8 @@ def test_shaw_weight_sums_and_values_by_hand():
 
 
 def _shaw_values_layer(t=11, seed=0, max_distance=3):
-  cfg = _model_cfg('shaw', num_heads=2, d_model=16, shaw__values=True,
+  cfg = _model_cfg('shaw', num_heads=2, d_model=16,
+                   shaw__value_embeddings=True,
                    shaw__max_distance=max_distance)
   P.Shaw.check(cfg)
   enc = P.Shaw(cfg, rngs=nnx.Rngs(params=seed))
@@ -204,8 +206,9 @@ def test_shaw_values_on_another_encoding_is_refused():
   from lmx import config as config_lib
   c = base.get_config('size=tiny')
   c.model.position = 'alibi'
-  c.model.shaw.values = True
-  with pytest.raises(ConfigError, match="shaw.values=True.*'alibi'"):
+  c.model.shaw.value_embeddings = True
+  with pytest.raises(ConfigError,
+                     match="shaw.value_embeddings=True.*'alibi'"):
     config_lib.validate(c)
 
 
@@ -469,7 +472,7 @@ def test_cope_with_embeddings_is_causal_shift_invariant_and_acts():
 
 
 def test_shaw_with_values_is_causal_shift_invariant_and_the_values_act():
-  model = _built('shaw', shaw__values=True, shaw__max_distance=3)
+  model = _built('shaw', shaw__value_embeddings=True, shaw__max_distance=3)
   tokens = _tokens(2, 12)
   pos = jnp.asarray(P.sample_positions('randomized', 2, 12, 200,
                                        np.random.default_rng(1)))
@@ -509,7 +512,7 @@ def test_decoding_matches_the_full_pass(position, mask):
   fields = ({'lm_infinite__n_global': 2, 'lm_infinite__n_local': 5}
             if mask == 'lambda' else {})
   if position == 'shaw_values':
-    position, fields = 'shaw', {**fields, 'shaw__values': True,
+    position, fields = 'shaw', {**fields, 'shaw__value_embeddings': True,
                                 'shaw__max_distance': 3}
   model = _built(position, **fields)
   got, want = _decode_all(model, _tokens(1, 13), n_prompt=4)

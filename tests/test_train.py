@@ -22,7 +22,7 @@ def stream(cache_dir):
 # the sinusoidal embeddings it augments; Shaw's value embeddings.
 RUNS = [(p, 'contiguous', {}) for p in sorted(positions.REGISTRY)] + [
     ('sinusoidal', 'cape', {}),
-    ('shaw', 'contiguous', {'model.shaw.values': True})]
+    ('shaw', 'contiguous', {'model.shaw.value_embeddings': True})]
 
 
 @pytest.mark.parametrize('position,sampling,fields', RUNS, ids=[

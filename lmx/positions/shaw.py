@@ -22,15 +22,17 @@ the logit of a pair gathers the entry of its clipped distance
 (``shaw_scores``), tile by tile: no ``[T, S, d_head]`` array of
 embeddings exists. Only ``q_i - k_j`` enters: shift invariant.
 
-With ``shaw.values=true`` the value embeddings of Eq. 3 are added as well:
+With ``shaw.value_embeddings=true`` the value embeddings of Eq. 3 are
+added as well:
 ``z_i = sum_j alpha_ij (v_j + a^V_clip(i - j))``, a second table ``a^V``
 of the same shape. It is the content term's ``value``: per tile, the
 weights are summed per clipped distance (``shaw_weight_sums``,
 ``[B, H, t, k + 1]``, a segment sum with no ``[t, s, k + 1]`` array), and
 the sums times ``a^V`` (``shaw_values``) join the output, so the chunked
 backend accumulates them with its running softmax. Off by default: the
-paper's ablation (Table 3) finds the key term alone about as good;
-tensor2tensor's function always adds both, which is ``values=true``.
+paper's ablation of a^V and a^K finds the key term alone about as good;
+tensor2tensor's function always adds both, which is
+``value_embeddings=true``.
 """
 
 import jax
@@ -122,27 +124,28 @@ class Shaw(PositionEncoding):
                                 jnp.float32))
     self.value_table = (nnx.Param(init(
         rngs.params(), (self.max_distance + 1, self.head_dim), jnp.float32))
-                        if cfg.shaw.values else None)
+                        if cfg.shaw.value_embeddings else None)
 
   @classmethod
   def default_config(cls):
     # The paper finds small clipping distances enough (its ablation of k).
-    # values: the value embeddings a^V of Eq. 3 as well.
-    return ml_collections.ConfigDict({'max_distance': 16, 'values': False})
+    # value_embeddings: the value embeddings a^V of Eq. 3 as well.
+    return ml_collections.ConfigDict({'max_distance': 16,
+                                     'value_embeddings': False})
 
   @classmethod
   def check(cls, model_cfg):
     super().check(model_cfg)
     fields = cls.fields(model_cfg)
     fields.int('shaw.max_distance', 1)
-    fields.bool('shaw.values')
+    fields.bool('shaw.value_embeddings')
 
   @classmethod
   def check_unused(cls, model_cfg):
-    require(not model_cfg.shaw.values,
-            'config.model.shaw.values=True adds Shaw et al.\'s value '
-            f'embeddings, but this model uses the {model_cfg.position!r} '
-            'encoding. Set config.model.shaw.values=False, or use '
+    require(not model_cfg.shaw.value_embeddings,
+            'config.model.shaw.value_embeddings=True adds Shaw et al.\'s '
+            f'value embeddings, but this model uses the {model_cfg.position!r} '
+            'encoding. Set config.model.shaw.value_embeddings=False, or use '
             "config.model.position='shaw'.")
 
   @classmethod
