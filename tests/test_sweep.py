@@ -76,15 +76,16 @@ def test_expand_members_product_and_workdirs(tmp_path):
 def test_shipped_declarations():
   members = sweep.prepare('configs/sweeps/encodings.py:size=tiny', 'runs/x')
   names = [m.name for m in members]
-  assert len(names) == 3 * (len(positions.REGISTRY) + 3)
+  assert len(names) == 3 * (len(positions.REGISTRY) + 7)
   for enc in positions.REGISTRY:
     assert f'{enc}-s0' in names and f'{enc}-s2' in names
   assert 'rope-randomized-s1' in names and 'sinusoidal-randomized-s2' in names
-  assert 'cape-s0' in names
+  for extra in ('cape', 'hwfa', 'irope', 'logn', 'ssmax'):
+    assert f'{extra}-s0' in names
   assert all(m.config.endswith(':size=tiny') for m in members)
   one = sweep.expand(sweep.load_declaration(
       'configs/sweeps/encodings.py:size=tiny,seeds=1'), 'runs/x')
-  assert len(one) == len(positions.REGISTRY) + 3
+  assert len(one) == len(positions.REGISTRY) + 7
   tasks = sweep.expand(sweep.load_declaration(
       'configs/sweeps/tasks.py:size=tiny,tasks=reverse+copy'), 'runs/x')
   assert len(tasks) == 2 * len(positions.REGISTRY) * 2
