@@ -280,3 +280,22 @@ def test_cape_ignores_max_position_and_evaluates_contiguous():
   assert config_lib.resolve_eval_sampling(c) == 'contiguous'
   lengths, skipped = config_lib.eval_lengths(c)
   assert lengths == [16 * m for m in c.eval.multipliers] and not skipped
+
+
+def test_no_field_is_named_like_a_configdict_method():
+  # config.model.shaw.values would read ConfigDict.values (a bound method,
+  # always true), never the field: every name must be free of that trap.
+  import ml_collections
+  methods = {m for m in dir(ml_collections.ConfigDict) if not m.startswith('_')}
+  shadowed = []
+
+  def walk(node, path):
+    for key in node.keys():
+      if key in methods:
+        shadowed.append(path + key)
+      if isinstance(node[key], ml_collections.ConfigDict):
+        walk(node[key], f'{path}{key}.')
+
+  walk(base.get_config(), 'config.')
+  assert not shadowed
+  assert 'values' in methods   # the trap is real
