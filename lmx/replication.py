@@ -154,7 +154,12 @@ def _at_longest(ext, method) -> Optional[dict]:
 
 
 def _curve_text(by: dict[int, dict]) -> str:
-  return ', '.join(f'{n}: {by[n]["mean"]:.3f}' for n in sorted(by))
+  """``length: mean`` per length, ``± std`` with the seed count when
+  there are several seeds."""
+  seeds = max(s['n'] for s in by.values())
+  text = ', '.join(f'{n}: {by[n]["mean"]:.3f}' + (
+      f' ± {by[n]["std"]:.3f}' if by[n]['n'] > 1 else '') for n in sorted(by))
+  return text + (f' (n={seeds})' if seeds > 1 else '')
 
 
 # ------------------------------------------------------------- checks

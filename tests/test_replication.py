@@ -143,6 +143,11 @@ def test_extension_findings():
   ext = dict(EXT, rerope=[1.0, 0.98, 0.97, 0.97])
   assert all(p['holds'] for p in _parts(
       6, [_lm('rope', [1, 1, 1, 1], extensions=ext)]))
+  # Seeds that differ: each length's mean with its spread.
+  spread = [_lm('rope', [1, 1, 1, 1], seed=s, extensions=dict(
+      EXT, rerope=[1.0, 0.98, 0.97 + 0.02 * s, 0.97])) for s in range(2)]
+  assert '64: 0.980 ± 0.014' in _parts(6, spread)[0]['measured']
+  assert _parts(6, spread)[0]['measured'].endswith('(n=2)')
 
 
 def _write(root, run):
