@@ -52,6 +52,8 @@ and in decoding. SSMax (``ssmax_logit_scale``) multiplies each query's whole
 score (bias and content term included) by ``s_h log n`` (``n`` the keys it
 sees): a ``logit_scale [B, H, T]`` per query and head that every backend
 applies to its logits before the mask, tile by tile in the chunked one.
+Llama 4's qk-norm (``qk_norm``) acts on the queries and keys after the
+encoding turns them, in each branch, so every backend sees normalised ones.
 """
 
 from __future__ import annotations
@@ -87,27 +89,54 @@ class Mask:
   LM-Infinite's Lambda-shaped mask (Han et al. 2023, Sec. 4): only the first
   ``n_global`` tokens and the last ``n_local`` (``i - j < n_local``, the
   query itself included) stay visible.
+
+  With ``chunk > 0`` this is Llama 4's chunked local attention (its
+  ``attention_chunk_size``; ``create_chunked_causal_mask`` in its released
+  code): the sequence is cut into chunks of ``chunk`` tokens and a query
+  sees the earlier keys of its own chunk alone, ``j // chunk == i // chunk``.
+  Unlike a sliding window, the first query of a chunk sees only itself. A
+  chunk and the Lambda window are never set together (the config check).
   """
 
   n_global: int = 0
   n_local: int = 0
+  chunk: int = 0
 
   def __call__(self, q_idx_T: jax.Array, k_idx_S: jax.Array) -> jax.Array:
     q, k = q_idx_T[:, None], k_idx_S[None, :]
     visible_TxS = (k <= q) & (k >= 0)
     if self.n_local:
       visible_TxS &= (q - k < self.n_local) | (k < self.n_global)
+    if self.chunk:
+      visible_TxS &= (q // self.chunk) == (k // self.chunk)
     return visible_TxS
 
   def visible_count(self, q_idx_T: jax.Array) -> jax.Array:
     """How many keys query ``i`` sees when every earlier token is there:
-    ``i + 1`` (causal), or ``min(i + 1, n_local)`` plus the global tokens
-    before the local window. ``[T]`` int32."""
+    ``i + 1`` (causal), ``min(i + 1, n_local)`` plus the global tokens
+    before the local window, or ``i mod chunk + 1``. ``[T]`` int32."""
     n = q_idx_T.astype(jnp.int32) + 1
+    if self.chunk:
+      return q_idx_T.astype(jnp.int32) % self.chunk + 1
     if not self.n_local:
       return n
     far = jnp.clip(n - self.n_local, 0, self.n_global)
     return jnp.minimum(n, self.n_local) + far
+
+  def tile_visible(self, q_lo, q_hi, k_lo, k_hi):
+    """Whether queries ``q_lo..q_hi`` and keys ``k_lo..k_hi`` (token
+    indices, inclusive) share a visible pair; Python ints or traced int32
+    alike. Exact: some key ``k <= q`` (``k_lo <= q_hi``), within the
+    Lambda window or global, and, with a chunk, in a chunk some query of
+    the block is in (``k_hi`` reaches the chunk of ``q_lo``; then the key
+    ``max(k_lo, chunk start of q_lo)`` pairs with ``max(q_lo, that key)``).
+    """
+    vis = k_lo <= q_hi
+    if self.n_local:
+      vis &= (k_lo < self.n_global) | (k_hi > q_lo - self.n_local)
+    if self.chunk:
+      vis &= k_hi >= (q_lo // self.chunk) * self.chunk
+    return vis
 
 
 def causal_mask(q_len: int, k_len: int) -> jax.Array:
@@ -189,6 +218,22 @@ def llama4_query_scale(q_pos_BxT: jax.Array, floor_scale: float,
   ``floor_scale`` positions. ``[B, T]`` float32."""
   p = q_pos_BxT.astype(jnp.float32)
   return 1.0 + attn_scale * jnp.log(jnp.floor((p + 1.0) / floor_scale) + 1.0)
+
+
+QK_NORM_EPS = 1e-5   # Llama 4's rms_norm_eps, which its qk-norm uses
+
+
+def qk_norm(x_BxTxHxK: jax.Array, eps: float = QK_NORM_EPS) -> jax.Array:
+  """Llama 4's qk-norm (``use_qk_norm``; ``L2Norm`` in its released code,
+  applied to the queries and keys of its RoPE layers after they are
+  turned): each head vector divided by its root mean square,
+  ``x / sqrt(mean_k x_k^2 + eps)``, with no learned weight. A normalised
+  vector has length ``sqrt(K)``, so ``q . k / sqrt(K)`` is ``sqrt(K)``
+  times the cosine of the two: every logit lies in ``[-sqrt(K), sqrt(K)]``
+  whatever the length. Float32 inside, the input's dtype out."""
+  x = x_BxTxHxK.astype(jnp.float32)
+  x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+  return x.astype(x_BxTxHxK.dtype)
 
 
 def ssmax_logit_scale(s_H: jax.Array, q_idx_T: jax.Array,
@@ -466,16 +511,21 @@ def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
   # The key tiles a query block visits. Causal: every tile, those wholly in
   # the future skipped. Lambda-shaped: the tiles holding the global tokens,
   # then the few covering the local window, a number independent of S.
+  # Chunked local: the few tiles from the start of the first query's chunk.
+  span = mask.n_local or mask.chunk    # the keys before a query it may see
   n_glob = _cdiv(mask.n_global, bk) if mask.n_local else 0
-  n_loc = _cdiv(bq + mask.n_local - 1, bk) + 1 if mask.n_local else 0
-  lam = bool(mask.n_local) and n_glob + n_loc < nk
+  n_loc = _cdiv(bq + span - 1, bk) + 1 if span else 0
+  lam = bool(span) and n_glob + n_loc < nk
   n_iter = n_glob + n_loc if lam else nk
 
   def tile_of(i, slot):
     if not lam:
       return slot
     q_lo = i * bq + offset
-    first_local = jnp.maximum(q_lo - mask.n_local + 1, 0) // bk
+    if mask.chunk:
+      first_local = (q_lo // mask.chunk) * mask.chunk // bk
+    else:
+      first_local = jnp.maximum(q_lo - mask.n_local + 1, 0) // bk
     return jnp.where(slot < n_glob, slot, first_local + slot - n_glob)
 
   def tile_visible(i, slot, j):
@@ -483,11 +533,9 @@ def chunked_attention(near: Branch, v_BxSxHxK: jax.Array, *,
     q_hi = q_lo + bq - 1
     k_lo = j * bk
     k_hi = k_lo + bk - 1
-    vis = (j < nk) & (k_lo <= q_hi)
-    if mask.n_local:
-      vis &= (k_lo < mask.n_global) | (k_hi > q_lo - mask.n_local)
-      if lam:  # a global tile is not visited again as a local one
-        vis &= (slot < n_glob) | (j >= n_glob)
+    vis = (j < nk) & mask.tile_visible(q_lo, q_hi, k_lo, k_hi)
+    if lam:  # a global tile is not visited again as a local one
+      vis &= (slot < n_glob) | (j >= n_glob)
     return vis
 
   def sl(x, start, size):
@@ -606,7 +654,7 @@ def cudnn_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask,
   if bias is not None:
     bias = bias.astype(near.q.dtype)
   kw = {}
-  if mask.n_local or t != s:
+  if mask.n_local or mask.chunk or t != s:
     kw['mask'] = mask(jnp.arange(t) + (s - t), jnp.arange(s))[None, None]
   else:
     kw['is_causal'] = True
@@ -674,7 +722,7 @@ def flash_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask,
     bias = KernelBias(params, kb.fn) if kb is not None else None
     return flash.flash_attention(
         q, k, v, q_pos, k_pos, bias, n_global=mask.n_global,
-        n_local=mask.n_local, block_q=block, block_k=block)
+        n_local=mask.n_local, chunk=mask.chunk, block_q=block, block_k=block)
 
   q = near.q
   if logit_scale is not None:   # no bias here (flash_unavailable): q alone

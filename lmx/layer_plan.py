@@ -1,28 +1,38 @@
-"""Per-layer encodings, windows and length scalings (``config.model.layers``).
+"""Per-layer encodings, masks, qk-norm and length scalings
+(``config.model.layers``).
 
 Each block of the Transformer may have its own position encoding, its own
-sliding window and its own length scaling. Three tuples say so:
+sliding window or chunk, its own qk-norm and its own length scaling. Five
+tuples say so:
 
 * ``layers.position``: encoding names (``lmx.positions.REGISTRY``);
 * ``layers.window``: ``0`` (every earlier key, or the model's LM-Infinite
   mask) or ``w > 0``: a sliding window, query ``i`` sees keys
   ``i - w < j <= i`` (``attention.Mask(n_global=0, n_local=w)``);
+* ``layers.chunk``: ``0`` or ``c > 0``: Llama 4's chunked local attention,
+  query ``i`` sees keys ``j <= i`` of its own chunk, ``j // c == i // c``
+  (``attention.Mask(chunk=c)``); a layer has a window or a chunk, not both;
+* ``layers.qk_norm``: ``True`` normalises the layer's queries and keys
+  after the encoding turns them, as Llama 4's RoPE layers do
+  (``attention.qk_norm``);
 * ``layers.length_scaling``: length scaling kinds
   (``attention.LENGTH_SCALINGS``), their settings read from
   ``config.model.length_scaling``.
 
 An empty tuple gives every layer the model-level setting
-(``config.model.position``, no window, ``config.model.length_scaling.kind``).
+(``config.model.position``, no window or chunk, no qk-norm,
+``config.model.length_scaling.kind``).
 A tuple of ``num_layers`` entries gives one per layer; a shorter tuple whose
 length divides ``num_layers`` repeats as a pattern. So HWFA (Su 2023: every
 layer but the last RoPE with a window, the last NoPE over everything with
 log-n) is ``position=('rope',) * (N - 1) + ('none',)``,
 ``window=(w,) * (N - 1) + (0,)``, ``length_scaling=('off',) * (N - 1) +
-('logn',)``, and Llama 4's iRoPE pattern (three RoPE layers with local
-attention, then one NoPE layer over everything with its query temperature)
-is ``position=('rope', 'rope', 'rope', 'none')``, ``window=(w, w, w, 0)``,
+('logn',)``, and Llama 4's iRoPE pattern (three RoPE layers with chunked local
+attention and qk-norm, then one NoPE layer over everything with its query
+temperature) is ``position=('rope', 'rope', 'rope', 'none')``,
+``chunk=(c, c, c, 0)``, ``qk_norm=(True, True, True, False)``,
 ``length_scaling=('off', 'off', 'off', 'llama4')`` for any multiple of four
-layers.
+layers (``configs/irope.py``).
 
 This module is the one place that reads those tuples: ``plan`` expands them
 into a ``LayerSpec`` per layer, ``check`` refuses what cannot run (before
@@ -42,13 +52,12 @@ from lmx import positions
 from lmx.checks import require
 from lmx.errors import ConfigError
 
-FIELDS = ('position', 'window', 'length_scaling')
+FIELDS = ('position', 'window', 'chunk', 'qk_norm', 'length_scaling')
 
 
 def default_config() -> ml_collections.ConfigDict:
   """``config.model.layers``: every tuple empty, every layer as the model."""
-  return ml_collections.ConfigDict(
-      {'position': (), 'window': (), 'length_scaling': ()})
+  return ml_collections.ConfigDict({field: () for field in FIELDS})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +66,8 @@ class LayerSpec:
   position: str          # an encoding name
   window: int            # 0: no sliding window
   length_scaling: str    # a kind of attention.LENGTH_SCALINGS
+  chunk: int = 0         # 0: no chunked local attention
+  qk_norm: bool = False  # normalise the turned queries and keys
 
 
 def _section(model_cfg):
@@ -90,7 +101,10 @@ def plan(model_cfg: ml_collections.ConfigDict) -> list[LayerSpec]:
   win = _expand(section.window, n, 'window') or [0] * n
   kind = model_cfg.length_scaling.kind
   scal = _expand(section.length_scaling, n, 'length_scaling') or [kind] * n
-  return [LayerSpec(p, w, s) for p, w, s in zip(pos, win, scal)]
+  chunk = _expand(section.chunk, n, 'chunk') or [0] * n
+  qkn = _expand(section.qk_norm, n, 'qk_norm') or [False] * n
+  return [LayerSpec(p, w, s, c, bool(q))
+          for p, w, s, c, q in zip(pos, win, scal, chunk, qkn)]
 
 
 def used_encodings(model_cfg) -> dict[str, type]:
@@ -108,8 +122,10 @@ def describe(model_cfg) -> str:
   layers in order, a run of equal layers once with its count
   (``'rope window 16 x3, none logn'``)."""
   specs = plan(model_cfg)
-  if len(set(specs)) == 1 and not specs[0].window:
-    return specs[0].position
+  first = specs[0]
+  if len(set(specs)) == 1 and not (first.window or first.chunk
+                                   or first.qk_norm):
+    return first.position
   runs = []
   for spec in specs:
     if runs and runs[-1][0] == spec:
@@ -121,6 +137,10 @@ def describe(model_cfg) -> str:
     words = [spec.position]
     if spec.window:
       words.append(f'window {spec.window}')
+    if spec.chunk:
+      words.append(f'chunk {spec.chunk}')
+    if spec.qk_norm:
+      words.append('qknorm')
     if spec.length_scaling != 'off':
       words.append(spec.length_scaling)
     parts.append(' '.join(words) + (f' x{count}' if count > 1 else ''))
@@ -140,10 +160,12 @@ def view(model_cfg: ml_collections.ConfigDict,
 
 
 def layer_mask(model_cfg, spec: LayerSpec) -> attention.Mask:
-  """The layer's mask: its sliding window, else the model's (causal, or
-  LM-Infinite's Lambda-shaped mask)."""
+  """The layer's mask: its sliding window or chunk, else the model's
+  (causal, or LM-Infinite's Lambda-shaped mask)."""
   if spec.window:
     return attention.Mask(n_global=0, n_local=int(spec.window))
+  if spec.chunk:
+    return attention.Mask(chunk=int(spec.chunk))
   lm = model_cfg.lm_infinite
   return attention.Mask(n_global=int(lm.n_global), n_local=int(lm.n_local))
 
@@ -161,8 +183,9 @@ def check(model_cfg: ml_collections.ConfigDict) -> None:
   """ConfigError for ``config.model.layers`` settings that cannot run: a
   tuple length that neither equals nor divides num_layers, an unknown
   encoding or length scaling, an absolute encoding in a per-layer list, a
-  window that is not a non-negative integer or that meets LM-Infinite's
-  mask, and ``scan_layers`` over layers that differ."""
+  window or chunk that is not a non-negative integer, a layer with both,
+  either with LM-Infinite's mask, qk-norm that is not a bool or that would
+  cancel a query scaling, and ``scan_layers`` over layers that differ."""
   section = _section(model_cfg)
   for field in FIELDS:
     require(field in section,
@@ -192,10 +215,16 @@ def check(model_cfg: ml_collections.ConfigDict) -> None:
             'relative encodings (' + ', '.join(
                 n for n, e in positions.REGISTRY.items() if e.relative())
             + ', or none) per layer.')
-  for w in section.window:
-    require(isinstance(w, int) and not isinstance(w, bool) and w >= 0,
-            f'config.model.layers.window entries must be integers >= 0 (0: '
-            f'no window), got {w!r} in {tuple(section.window)!r}.')
+  for field, zero in (('window', 'no window'),
+                      ('chunk', 'no chunked local attention')):
+    for w in section[field]:
+      require(isinstance(w, int) and not isinstance(w, bool) and w >= 0,
+              f'config.model.layers.{field} entries must be integers >= 0 '
+              f'(0: {zero}), got {w!r} in {tuple(section[field])!r}.')
+  for q in section.qk_norm:
+    require(isinstance(q, bool),
+            f'config.model.layers.qk_norm entries must be True or False, '
+            f'got {q!r} in {tuple(section.qk_norm)!r}.')
   for kind in section.length_scaling:
     require(kind in attention.LENGTH_SCALINGS,
             f'config.model.layers.length_scaling names {kind!r}, which is '
@@ -209,18 +238,32 @@ def check(model_cfg: ml_collections.ConfigDict) -> None:
             'encoding, which adds to the embeddings) would act nowhere. Set '
             "config.model.position to a relative encoding or 'none', or "
             'leave config.model.layers.position=().')
-  if any(s.window for s in specs):
-    lm = model_cfg.lm_infinite
-    require(int(lm.n_local) == 0,
-            'config.model.layers.window gives layers a sliding window, and '
-            'config.model.lm_infinite.n_local gives every layer '
-            "LM-Infinite's Lambda-shaped mask: a layer has one mask. Set "
-            'config.model.lm_infinite.n_local=0 (its n_global and '
-            'distance_limit with it), or the windows to 0.')
+  for i, spec in enumerate(specs):
+    require(not (spec.window and spec.chunk),
+            f'config.model.layers gives layer {i} both a sliding window '
+            f'({spec.window}) and a chunk ({spec.chunk}): a layer has one '
+            'mask. Set one of config.model.layers.window and '
+            'config.model.layers.chunk to 0 for it.')
+    require(not (spec.qk_norm and spec.length_scaling in ('logn', 'llama4')),
+            f'config.model.layers gives layer {i} qk-norm and the '
+            f'{spec.length_scaling!r} query scaling: the norm would undo the '
+            'scale the queries get before it. Give the scaling to layers '
+            "without qk-norm (as Llama 4 does), or use 'ssmax', which scales "
+            'the scores.')
+  for field in ('window', 'chunk'):
+    if any(getattr(s, field) for s in specs):
+      lm = model_cfg.lm_infinite
+      what = 'a sliding window' if field == 'window' else 'chunked attention'
+      require(int(lm.n_local) == 0,
+              f'config.model.layers.{field} gives layers {what}, and '
+              'config.model.lm_infinite.n_local gives every layer '
+              "LM-Infinite's Lambda-shaped mask: a layer has one mask. Set "
+              'config.model.lm_infinite.n_local=0 (its n_global and '
+              f'distance_limit with it), or the {field} entries to 0.')
   require(not (model_cfg.scan_layers and len(set(specs)) > 1),
           'config.model.scan_layers=True traces one block for every layer, '
           'but config.model.layers gives the layers different encodings, '
-          'windows or length scalings. Set config.model.scan_layers=False, '
+          'masks, qk-norm or length scalings. Set config.model.scan_layers=False, '
           'or make the layers alike.')
 
 

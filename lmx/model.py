@@ -92,6 +92,7 @@ class Attention(nnx.Module):
     self.threshold = int(cfg.chunk_threshold)
     self.accelerator_threshold = int(cfg.accelerator_chunk_threshold)
     self.mask = mask_from_config(cfg, layer)
+    self.qk_norm = bool(layer.qk_norm) if layer is not None else False
     self.clamp = clamp_from_config(cfg)
     scaling = cfg.length_scaling
     kind = layer.length_scaling if layer is not None else scaling.kind
@@ -139,13 +140,22 @@ class Attention(nnx.Module):
     q and k come already turned (and there is no clamp)."""
     if turned:
       return attention.Branch(q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS), None
-    qn, kn = self.position.rotate(q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS)
+    qn, kn = self.turn(q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS)
     near = attention.Branch(qn, kn, q_pos_BxT, k_pos_BxS)
     if self.clamp is None:
       return near, None
     qf_pos, kf_pos = self.clamp.far_positions(q_pos_BxT, k_pos_BxS)
-    qf, kf = self.position.rotate(q_BxTxHxK, k_BxSxHxK, qf_pos, kf_pos)
+    qf, kf = self.turn(q_BxTxHxK, k_BxSxHxK, qf_pos, kf_pos)
     return near, attention.Branch(qf, kf, qf_pos, kf_pos)
+
+  def turn(self, q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS):
+    """q and k as the encoding turns them at these positions, then
+    normalised where the layer has qk-norm (Llama 4 normalises after
+    RoPE)."""
+    q, k = self.position.rotate(q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS)
+    if self.qk_norm:
+      q, k = attention.qk_norm(q), attention.qk_norm(k)
+    return q, k
 
   def __call__(self, x_BxTxD, positions_BxT,
                cache: Optional[LayerCache] = None):
@@ -185,8 +195,8 @@ class Attention(nnx.Module):
     turned = (cache is not None and self.clamp is None
               and self.position.keys_static())
     if turned:
-      q_BxTxHxK, k_BxTxHxK = self.position.rotate(
-          q_BxTxHxK, k_BxTxHxK, positions_BxT, positions_BxT)
+      q_BxTxHxK, k_BxTxHxK = self.turn(q_BxTxHxK, k_BxTxHxK, positions_BxT,
+                                       positions_BxT)
     aux_new = None if content is None else content.k_side
     stored = None if cache is None else (
         *cache.store(k_BxTxHxK, v_BxTxHxK), cache.store_aux(aux_new))

@@ -540,26 +540,40 @@ def test_future_tokens_never_change_earlier_logits(variant):
       assert _max_abs(new[:, j] - base_logits[:, j]) > 1e-3
 
 
-def _visible_python(i, j, n_global, n_local):
+def _visible_python(i, j, n_global, n_local, chunk=0):
   if j < 0 or j > i:
+    return False
+  if chunk and i // chunk != j // chunk:
     return False
   if n_local == 0:
     return True
   return i - j < n_local or j < n_global
 
 
-@pytest.mark.parametrize('n_global,n_local', [(0, 0), (0, 1), (2, 5), (5, 2),
-                                              (0, 4), (3, 100), (7, 7)])
-def test_mask_matches_brute_force(n_global, n_local):
-  rng = np.random.default_rng(n_global * 31 + n_local)
+@pytest.mark.parametrize('n_global,n_local,chunk', [
+    (0, 0, 0), (0, 1, 0), (2, 5, 0), (5, 2, 0), (0, 4, 0), (3, 100, 0),
+    (7, 7, 0), (0, 0, 1), (0, 0, 4), (0, 0, 7), (0, 0, 100)])
+def test_mask_matches_brute_force(n_global, n_local, chunk):
+  rng = np.random.default_rng(n_global * 31 + n_local + 7 * chunk)
   q_idx = np.arange(20) + 6                     # the last 20 of 26 keys
   k_idx = np.arange(26)
   k_idx[rng.choice(26, 4, replace=False)] = -1  # empty cache slots
-  got = np.asarray(A.Mask(n_global, n_local)(jnp.asarray(q_idx),
-                                             jnp.asarray(k_idx)))
-  want = np.array([[_visible_python(i, j, n_global, n_local) for j in k_idx]
-                   for i in q_idx])
+  mask = A.Mask(n_global, n_local, chunk)
+  got = np.asarray(mask(jnp.asarray(q_idx), jnp.asarray(k_idx)))
+  want = np.array([[_visible_python(i, j, n_global, n_local, chunk)
+                    for j in k_idx] for i in q_idx])
   np.testing.assert_array_equal(got, want)
+  # visible_count: what query i sees when every earlier key is there.
+  full = np.asarray(mask(jnp.asarray(q_idx), jnp.arange(26)))
+  np.testing.assert_array_equal(mask.visible_count(jnp.asarray(q_idx)),
+                                full.sum(axis=1))
+  # tile_visible: exact on every block of queries and keys.
+  for q_lo, q_hi, k_lo, k_hi in [(6, 9, 0, 3), (10, 13, 4, 7), (20, 25, 0, 9),
+                                 (8, 8, 8, 8), (12, 15, 16, 19),
+                                 (14, 17, 10, 13)]:
+    rows = full[q_lo - 6:q_hi - 5, k_lo:k_hi + 1]
+    assert bool(mask.tile_visible(q_lo, q_hi, k_lo, k_hi)) == rows.any(), (
+        q_lo, q_hi, k_lo, k_hi)
   # causal_mask: S - T offset.
   np.testing.assert_array_equal(
       A.causal_mask(5, 9),
@@ -705,14 +719,19 @@ def _visible_tiles(t, block, mask):
     # Sliding windows (config.model.layers.window): no global tokens.
     (37, 8, A.Mask(0, 5), False),
     (29, 4, A.Mask(0, 9), False),
+    # Llama 4's chunks (config.model.layers.chunk), across tile edges and
+    # on them.
+    (37, 8, A.Mask(chunk=10), False),
+    (41, 4, A.Mask(chunk=8), False),
 ])
 def test_chunked_computes_only_visible_tiles(monkeypatch, t, block, mask, far):
   counted = _count_tiles(monkeypatch, t, block, mask, far)
   n = -(-t // block)
   assert counted == _visible_tiles(t, block, mask)
-  if mask.n_local:
+  if mask.n_local or mask.chunk:
     # A fixed number of key tiles per query block, fewer than causal.
-    per_block = -(-mask.n_global // block) + -(-(block + mask.n_local - 1)
+    span = mask.n_local or mask.chunk
+    per_block = -(-mask.n_global // block) + -(-(block + span - 1)
                                                 // block) + 1
     assert counted <= n * per_block
     assert counted < n * (n + 1) // 2     # what causal attention computes

@@ -66,7 +66,8 @@ def _grads(backend, enc, mask, data, bq=16, bk=32):
     if backend == 'flash':
       out = flash.flash_attention(q, k, v, qpos, kpos, e.kernel_bias(),
                                   n_global=mask.n_global,
-                                  n_local=mask.n_local, block_q=bq,
+                                  n_local=mask.n_local,
+                                  chunk=mask.chunk, block_q=bq,
                                   block_k=bk, interpret=True)
     else:
       out = A.dense_attention(A.Branch(q, k, qpos, kpos), v,
@@ -98,6 +99,8 @@ CASES = {
     'sandwich_lambda': ('sandwich', {'sandwich.dim': 8}, (37, 37), LAMBDA),
     # no bias, and fewer queries than keys (the last T of S)
     'none_fewer_queries': ('none', {}, (20, 37), A.Mask()),
+    # Llama 4's chunked local mask, chunks across the tile edges
+    'alibi_chunk': ('alibi', {}, (37, 37), A.Mask(chunk=10)),
 }
 
 
@@ -157,15 +160,17 @@ def _brute_force_tiles(t, s, bq, bk, mask):
           if vis[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk].any()]
 
 
-@pytest.mark.parametrize('t,s,bq,bk,n_global,n_local', [
-    (37, 37, 16, 32, 0, 0), (100, 100, 16, 32, 0, 0), (1, 37, 16, 8, 0, 0),
-    (100, 100, 16, 32, 2, 5), (100, 100, 8, 16, 0, 20),
-    (20, 100, 8, 16, 3, 7), (130, 130, 16, 16, 40, 10),
-    (1, 100, 8, 8, 2, 5)])
+@pytest.mark.parametrize('t,s,bq,bk,n_global,n_local,chunk', [
+    (37, 37, 16, 32, 0, 0, 0), (100, 100, 16, 32, 0, 0, 0),
+    (1, 37, 16, 8, 0, 0, 0), (100, 100, 16, 32, 2, 5, 0),
+    (100, 100, 8, 16, 0, 20, 0), (20, 100, 8, 16, 3, 7, 0),
+    (130, 130, 16, 16, 40, 10, 0), (1, 100, 8, 8, 2, 5, 0),
+    (100, 100, 8, 16, 0, 0, 12), (130, 130, 16, 16, 0, 0, 16),
+    (20, 100, 8, 8, 0, 0, 30)])
 def test_visited_tiles_are_the_tiles_the_mask_shows(t, s, bq, bk, n_global,
-                                                     n_local):
-  mask = A.Mask(n_global, n_local)
-  assert flash.visited_tiles(t, s, bq, bk, n_global, n_local) == (
+                                                     n_local, chunk):
+  mask = A.Mask(n_global, n_local, chunk)
+  assert flash.visited_tiles(t, s, bq, bk, n_global, n_local, chunk) == (
       _brute_force_tiles(t, s, bq, bk, mask))
 
 

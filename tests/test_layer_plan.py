@@ -1,5 +1,5 @@
-"""lmx.layer_plan: per-layer encodings, sliding windows and length scalings
-(HWFA, iRoPE), in the model, its backends and its KV cache, and the config
+"""lmx.layer_plan: per-layer encodings, sliding windows, chunks, qk-norm and
+length scalings (HWFA, iRoPE), in the model, its backends and its KV cache, and the config
 checks of config.model.layers.
 
 Tiny models (d_model 32, two heads); tiles of 4 tokens against odd lengths,
@@ -76,8 +76,76 @@ def test_shipped_hwfa_and_irope_configs_say_what_the_papers_say():
   assert [s.position for s in specs] == ['rope', 'rope', 'rope', 'none'] * 2
   assert [s.length_scaling for s in specs] == ['off'] * 3 + ['llama4'] + [
       'off'] * 3 + ['llama4']
-  assert [bool(s.window) for s in specs] == [True] * 3 + [False] + [
-      True] * 3 + [False]
+  # Llama 4: the RoPE layers attend within chunks and normalise q and k;
+  # the NoPE layers see everything, unnormalised, with the temperature,
+  # whose floor_scale is the chunk (both 8192 there).
+  chunk = c.train.seq_len // 4
+  assert [s.chunk for s in specs] == ([chunk] * 3 + [0]) * 2
+  assert [s.qk_norm for s in specs] == [True, True, True, False] * 2
+  assert not any(s.window for s in specs)
+  assert c.model.length_scaling.floor_scale == chunk
+
+
+def test_qk_norm_by_hand_and_its_logit_bound():
+  """Llama 4's L2Norm: x / sqrt(mean(x^2) + 1e-5), no weight. For
+  (3, 4): mean square 12.5, so (3, 4) / sqrt(12.5 + 1e-5). A normalised
+  vector has length sqrt(K), so a qk-norm layer's q . k / sqrt(K) lies in
+  [-sqrt(K), sqrt(K)] however large q and k are."""
+  got = A.qk_norm(jnp.array([[[[3.0, 4.0]]]]))
+  np.testing.assert_allclose(got[0, 0, 0], np.array([3.0, 4.0])
+                             / np.sqrt(12.5 + 1e-5), rtol=1e-6)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(100.0 * rng.normal(size=(2, 9, 3, 16)), jnp.float32)
+  y = A.qk_norm(x)
+  np.testing.assert_allclose(jnp.linalg.norm(y, axis=-1), 4.0, rtol=1e-5)
+  assert A.qk_norm(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+  # In the model: the turned q and k of a qk-norm layer, at any scale.
+  c = _config(1, layers__qk_norm=(True,))
+  m = model_lib.build(c.model, 0)
+  pos = jnp.arange(9)[None] + 40
+  q, k = m.blocks[0].attn.turn(x[:1], 3.0 * x[:1], pos, pos)
+  logits = jnp.einsum('bthk,bshk->bhts', q, k) / 4.0
+  assert float(jnp.abs(logits).max()) <= 4.0 + 1e-4
+  plain = model_lib.build(_config(1).model, 0)
+  q, k = plain.blocks[0].attn.turn(x[:1], 3.0 * x[:1], pos, pos)
+  assert float(jnp.abs(jnp.einsum('bthk,bshk->bhts', q, k)).max()) > 1e3
+
+
+def test_chunked_layers_chunked_backend_equals_dense_in_every_gradient():
+  """Chunks of 5 with qk-norm (tiles of 4 against 19 tokens, so chunks and
+  tiles cut across each other): the chunked backend, visiting only the
+  tiles from the chunk's start, equals the dense one in the loss and in
+  every parameter's gradient."""
+  t = 19
+  fields = dict(layers__position=('rope', 'none'), layers__chunk=(5, 0),
+                layers__qk_norm=(True, False),
+                layers__length_scaling=('off', 'llama4'),
+                length_scaling__floor_scale=5.0, attention_block=4)
+  tokens = _tokens(2, t + 1, seed=5)
+  x, y = tokens[:, :-1], tokens[:, 1:]
+  pos = jnp.broadcast_to(jnp.arange(t) * 2 + 1, x.shape)
+  grads = {}
+  for be in ('dense', 'chunked'):
+    c = _config(2, attention=be, **fields)
+    config_lib.validate(c)
+    graphdef, params, rest = nnx.split(model_lib.build(c.model, 0),
+                                       nnx.Param, ...)
+
+    def loss_fn(p, graphdef=graphdef, rest=rest):
+      logits = nnx.merge(graphdef, p, rest)(x, pos)
+      return model_lib.cross_entropy(logits, y).mean()
+
+    grads[be] = jax.jit(jax.value_and_grad(loss_fn),
+                        compiler_options=FAST_COMPILE)(params)
+  (ld, gd), (lc, gc) = grads['dense'], grads['chunked']
+  np.testing.assert_allclose(lc, ld, rtol=1e-6)
+  flat_d = jax.tree_util.tree_leaves_with_path(gd)
+  flat_c = dict(jax.tree_util.tree_leaves_with_path(gc))
+  top = max(float(jnp.abs(g).max()) for _, g in flat_d)
+  for path, g in flat_d:
+    scale = max(float(jnp.abs(g).max()), 1e-3 * top)
+    err = float(jnp.abs(flat_c[path] - g).max())
+    assert err <= 1e-4 * scale, (jax.tree_util.keystr(path), err, scale)
 
 
 def test_llama4_query_scale_by_hand():
@@ -134,14 +202,18 @@ def test_per_layer_encodings_really_differ():
   assert float(jnp.abs(m(tokens, pos) - m(tokens, pos * 3)).max()) > 1e-4
 
 
+@pytest.mark.parametrize('kind', ['window', 'chunk'])
 @pytest.mark.parametrize('backend', ['dense', 'chunked'])
-def test_a_windowed_layer_never_sees_keys_beyond_its_window(backend):
+def test_a_local_layer_never_sees_keys_beyond_its_window_or_chunk(backend,
+                                                                   kind):
   """One layer with window w: the logits of query i change when token j
   changes iff i - w < j <= i (the query itself and the w - 1 keys before
-  it), under the dense backend and the chunked one with its tile skipping
-  (tiles of 4, T = 23)."""
+  it); with a chunk of w (Llama 4) iff j <= i in the same chunk,
+  j // w == i // w. Under the dense backend and the chunked one with its
+  tile skipping (tiles of 4, T = 23)."""
   w, t = 5, 23
-  c = _config(1, attention=backend, attention_block=4, layers__window=(w,))
+  c = _config(1, attention=backend, attention_block=4,
+              **{f'layers__{kind}': (w,)})
   config_lib.validate(c)
   m = model_lib.build(c.model, 0)
   base_tokens = _tokens(1, t)
@@ -157,7 +229,8 @@ def test_a_windowed_layer_never_sees_keys_beyond_its_window(backend):
   changed = diff > 1e-4
   assert np.all((diff < 1e-6) | changed)   # a clear line between the two
   j, i = np.meshgrid(np.arange(t), np.arange(t), indexing='ij')
-  np.testing.assert_array_equal(changed, (i - w < j) & (j <= i))
+  local = (i - w < j) if kind == 'window' else (i // w == j // w)
+  np.testing.assert_array_equal(changed, local & (j <= i))
 
 
 MIXED = dict(
@@ -191,7 +264,13 @@ def _decode_all(model, tokens, n_prompt):
     dict(layers__position=('txl', 'rope', 'none'), layers__window=(5, 0, 0),
          layers__length_scaling=('ssmax', 'off', 'logn'),
          length_scaling__base_len=8),
-], ids=['mixed', 'ring', 'content'])
+    # Llama 4's iRoPE layers: RoPE with chunks of 5 and qk-norm, then
+    # NoPE with its temperature (floor_scale 5, so it acts within T).
+    dict(layers__position=('rope', 'rope', 'none'), layers__chunk=(5, 5, 0),
+         layers__qk_norm=(True, True, False),
+         layers__length_scaling=('off', 'off', 'llama4'),
+         length_scaling__floor_scale=5.0),
+], ids=['mixed', 'ring', 'content', 'llama4'])
 def test_dense_equals_chunked_equals_decoding(fields):
   """A model whose layers differ in encoding, window and length scaling
   (RoPE with a window, ALiBi with SSMax, NoPE with a window and log-n):
@@ -278,8 +357,28 @@ BAD = {
         dict(layers__window=(-1,)), ['config.model.layers.window', '-1']),
     'window not a tuple': (
         dict(layers=ml_collections.ConfigDict(
-            {'position': (), 'window': 4, 'length_scaling': ()})),
+            dict(layer_plan.default_config().to_dict(), window=4))),
         ['config.model.layers.window', 'tuple']),
+    'chunk and the Lambda mask': (
+        dict(layers__chunk=(4, 0), lm_infinite__n_local=8),
+        ['config.model.layers.chunk', 'config.model.lm_infinite.n_local']),
+    'window and chunk on one layer': (
+        dict(layers__window=(4, 0), layers__chunk=(8,)),
+        ['layer 0', 'config.model.layers.window',
+         'config.model.layers.chunk']),
+    'negative chunk': (
+        dict(layers__chunk=(-2,)), ['config.model.layers.chunk', '-2']),
+    'qk_norm not a bool': (
+        dict(layers__qk_norm=(1, 0)),
+        ['config.model.layers.qk_norm', 'True or False']),
+    'qk_norm undoing a query scaling': (
+        dict(layers__qk_norm=(True, False),
+             layers__length_scaling=('llama4', 'off')),
+        ['layer 0', 'qk-norm', "'llama4'", "'ssmax'"]),
+    'a layer list missing a field': (
+        dict(layers=ml_collections.ConfigDict(
+            {'position': (), 'window': (), 'length_scaling': ()})),
+        ['config.model.layers.chunk is missing']),
     'unknown length scaling per layer': (
         dict(layers__length_scaling=('off', 'log')),
         ['config.model.layers.length_scaling', "'log'", "'ssmax'"]),
@@ -336,5 +435,5 @@ def test_describe_names_the_encoding_or_the_layers_in_order():
       f'rope window {w} x{n - 1}, none logn')
   c = irope.get_config('size=default')
   c.model.num_layers = 8
-  layer = f'rope window {c.model.layers.window[0]} x3, none llama4'
+  layer = f'rope chunk {c.model.layers.chunk[0]} qknorm x3, none llama4'
   assert layer_plan.describe(c.model) == f'{layer}, {layer}'

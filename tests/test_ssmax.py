@@ -159,8 +159,7 @@ def test_old_saved_configs_keep_their_meaning():
   del saved['model']['layers']
   saved['model']['length_scaling'] = {'kind': 'logn', 'base_len': 16}
   done = defaults.complete(saved)
-  assert done['model']['layers'] == {'position': (), 'window': (),
-                                     'length_scaling': ()}
+  assert done['model']['layers'] == {f: () for f in layer_plan.FIELDS}
   assert done['model']['length_scaling']['kind'] == 'logn'
   cfg = base.get_config('size=tiny')
   cfg.update_from_flattened_dict(defaults.flatten(done))
@@ -170,6 +169,18 @@ def test_old_saved_configs_keep_their_meaning():
   m = model_lib.build(cfg.model, 0)
   assert all(b.attn.ssmax is None for b in m.blocks)
   assert all(b.attn.logn_len == 16 for b in m.blocks)
+  # One written before layers.chunk and layers.qk_norm keeps its windows
+  # and gets neither.
+  saved = base.get_config('size=tiny').to_dict()
+  saved['model']['layers'] = {'position': ['rope', 'none'], 'window': [4, 0],
+                              'length_scaling': []}
+  done = defaults.as_tuples(defaults.complete(saved))
+  cfg = base.get_config('size=tiny')
+  cfg.update_from_flattened_dict(defaults.flatten(done))
+  config_lib.validate(cfg)
+  assert layer_plan.plan(cfg.model) == [
+      layer_plan.LayerSpec('rope', 4, 'off'),
+      layer_plan.LayerSpec('none', 0, 'off')]
 
 
 BAD = {

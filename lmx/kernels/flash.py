@@ -5,14 +5,14 @@ Forward: one grid step per (batch, head, visited tile). The tiles a query
 block visits are listed ahead of time by ``visited_tiles`` (a pure function
 of the lengths, the block sizes and the mask), handed to the kernel as
 scalar-prefetch arrays that both the block index maps and the kernel read:
-a tile the causal or Lambda-shaped mask hides entirely is not in the list,
-so it is neither loaded nor computed. Each step scores its tile,
+a tile the mask (causal, Lambda-shaped or chunked) hides entirely is not in
+the list, so it is neither loaded nor computed. Each step scores its tile,
 
     s = q k^T / sqrt(K) + bias(q_pos, k_pos),
 
-masks it by token index (causality and the Lambda window, exactly as
-``lmx.attention.Mask``), and folds it into a running max, normaliser and
-output (the online softmax of Milakov & Gimelshein 2018, as in
+masks it by token index (causality, the Lambda window and Llama 4's
+chunks, exactly as ``lmx.attention.Mask``), and folds it into a running
+max, normaliser and output (the online softmax of Milakov & Gimelshein 2018, as in
 FlashAttention). The log-sum-exp of each row is saved for the backward.
 
 Backward (``jax.custom_vjp``): two kernels recompute each visited tile's
@@ -73,14 +73,17 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def tile_visible(i: int, j: int, *, t: int, s: int, block_q: int,
-                 block_k: int, n_global: int = 0, n_local: int = 0) -> bool:
+                 block_k: int, n_global: int = 0, n_local: int = 0,
+                 chunk: int = 0) -> bool:
   """Whether query block ``i`` and key block ``j`` share a visible pair.
 
   Queries are token indices ``S - T .. S - 1`` (the last T of S keys);
   only real (unpadded) rows and columns count. Causal: some key ``k <= q``.
   Lambda-shaped (``n_local > 0``): besides ``k <= q``, ``q - k < n_local``
   or ``k < n_global``; over the tile, ``q - k`` spans
-  ``[q_lo - k_hi, q_hi - k_lo]``.
+  ``[q_lo - k_hi, q_hi - k_lo]``. Chunked local (``chunk > 0``, Llama 4):
+  besides ``k <= q``, some key in the chunk of some query, which holds
+  exactly when ``k_hi`` reaches the start of ``q_lo``'s chunk.
   """
   q_lo = i * block_q + (s - t)
   q_hi = min((i + 1) * block_q, t) - 1 + (s - t)
@@ -88,19 +91,22 @@ def tile_visible(i: int, j: int, *, t: int, s: int, block_q: int,
   k_hi = min((j + 1) * block_k, s) - 1
   if k_lo > q_hi:
     return False
+  if chunk and k_hi < (q_lo // chunk) * chunk:
+    return False
   if not n_local:
     return True
   return k_lo < n_global or q_lo - k_hi <= n_local - 1
 
 
 def visited_tiles(t: int, s: int, block_q: int, block_k: int,
-                  n_global: int = 0, n_local: int = 0) -> list[tuple[int, int]]:
+                  n_global: int = 0, n_local: int = 0,
+                  chunk: int = 0) -> list[tuple[int, int]]:
   """The ``(query block, key block)`` tiles the kernel computes, in its
   forward order (by query block, then key block): exactly the tiles with a
   visible pair (``tile_visible``)."""
   nq, nk = _cdiv(t, block_q), _cdiv(s, block_k)
   kw = dict(t=t, s=s, block_q=block_q, block_k=block_k, n_global=n_global,
-            n_local=n_local)
+            n_local=n_local, chunk=chunk)
   return [(i, j) for i in range(nq) for j in range(nk)
           if tile_visible(i, j, **kw)]
 
@@ -138,6 +144,7 @@ class _Static:
   block_k: int
   n_global: int
   n_local: int
+  chunk: int
   bias_fn: Optional[Callable]
   leaf_sizes: tuple[tuple[str, int], ...]
   interpret: bool
@@ -177,6 +184,8 @@ def _tile_scores(st: _Static, params_ref, h, i, j, q, k, qpos, kpos, scale):
   visible = (k_idx <= q_idx) & (k_idx < st.s)
   if st.n_local:
     visible &= (q_idx - k_idx < st.n_local) | (k_idx < st.n_global)
+  if st.chunk:
+    visible &= (q_idx // st.chunk) == (k_idx // st.chunk)
   return jnp.where(visible, s, NEG_INF), visible
 
 
@@ -264,7 +273,8 @@ def _forward(st: _Static, q, k, v, qpos, kpos, params_HxP):
   kpos ``[B, 1, Sp]``: out ``[B, H, Tp, K]``, lse ``[B, H, Tp, 1]``."""
   b, h, tp, kd = q.shape
   sched = _schedule(visited_tiles(st.t, st.s, st.block_q, st.block_k,
-                                  st.n_global, st.n_local), st.nq, 0)
+                                  st.n_global, st.n_local, st.chunk), st.nq,
+                      0)
   sp = _specs(st, kd)
   bq = st.block_q
   kernel = functools.partial(_fwd_kernel, st, kd ** -0.5)
@@ -389,7 +399,8 @@ def _dq_kernel(st: _Static, scale, qi_ref, kj_ref, run_ref, first_ref,
 def _backward(st: _Static, q, k, v, qpos, kpos, params_HxP, out, lse, do):
   b, h, tp, kd = q.shape
   bq, bk = st.block_q, st.block_k
-  pairs = visited_tiles(st.t, st.s, bq, bk, st.n_global, st.n_local)
+  pairs = visited_tiles(st.t, st.s, bq, bk, st.n_global, st.n_local,
+                        st.chunk)
   sp = _specs(st, kd)
   delta = jnp.sum(do.astype(jnp.float32) * out.astype(jnp.float32), axis=-1,
                   keepdims=True)
@@ -476,11 +487,12 @@ def _pad(x, axis: int, size: int):
 
 def flash_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, q_pos_BxT, k_pos_BxS,
                     kernel_bias=None, *, n_global: int = 0, n_local: int = 0,
-                    block_q: int = 128, block_k: int = 128,
+                    chunk: int = 0, block_q: int = 128, block_k: int = 128,
                     interpret: Optional[bool] = None) -> jax.Array:
   """Softmax attention with the bias of ``kernel_bias`` (a
   ``lmx.positions.base.KernelBias``, or None for none) computed in the
-  kernel, under the causal mask (``n_local = 0``) or the Lambda-shaped one.
+  kernel, under the causal mask (``n_local = 0``), the Lambda-shaped one, or
+  Llama 4's chunked local one (``chunk > 0``; ``lmx.attention.Mask``).
   Queries are the last ``T`` of the ``S`` keys. ``[B, T, H, K]`` in v's
   dtype. Differentiable in q, k, v and the bias parameters.
 
@@ -507,7 +519,8 @@ def flash_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, q_pos_BxT, k_pos_BxS,
     leaf_sizes, params_HxP, bias_fn = (), jnp.zeros((h, 0), jnp.float32), None
   bq, bk = min(block_q, t), min(block_k, s)
   st = _Static(t=t, s=s, block_q=bq, block_k=bk, n_global=int(n_global),
-               n_local=int(n_local), bias_fn=bias_fn, leaf_sizes=leaf_sizes,
+               n_local=int(n_local), chunk=int(chunk), bias_fn=bias_fn,
+               leaf_sizes=leaf_sizes,
                interpret=bool(interpret))
   tp, sp = st.nq * bq, st.nk * bk
   heads_first = lambda x, n: _pad(jnp.transpose(x, (0, 2, 1, 3)), 2, n)
