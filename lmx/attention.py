@@ -348,6 +348,15 @@ def _branch_logits(br: Branch, bias_fn: Optional[BiasFn], scale: float,
   return logits
 
 
+def _far_pairs(near: Branch, window: int) -> jax.Array:
+  """``[B, 1, T, S]`` bool: the pairs a distance clamp scores by its far
+  branch, those whose (near) distance reaches ``window``. ``scores`` picks
+  their logits and ``_values`` their weights by it, so the two agree."""
+  dist_BxTxS = (near.q_pos[:, :, None].astype(jnp.float32)
+                - near.k_pos[:, None, :].astype(jnp.float32))
+  return (dist_BxTxS >= window)[:, None]
+
+
 def scores(near: Branch, far: Optional[Branch], window: int,
            bias_fn: Optional[BiasFn],
            content: Optional[Content] = None,
@@ -360,9 +369,7 @@ def scores(near: Branch, far: Optional[Branch], window: int,
   logits = _branch_logits(near, bias_fn, scale, content, logit_scale)
   if far is not None:
     far_logits = _branch_logits(far, bias_fn, scale, content, logit_scale)
-    dist_BxTxS = (near.q_pos[:, :, None].astype(jnp.float32)
-                  - near.k_pos[:, None, :].astype(jnp.float32))
-    logits = jnp.where((dist_BxTxS >= window)[:, None], far_logits, logits)
+    logits = jnp.where(_far_pairs(near, window), far_logits, logits)
   return logits
 
 
@@ -386,8 +393,7 @@ def _values(near: Branch, far: Optional[Branch], window: int,
   if far is None:
     return lambda p: term.value(near_tile, p)
   far_tile = tile(far)
-  is_far = ((near.q_pos[:, :, None].astype(jnp.float32)
-             - near.k_pos[:, None, :].astype(jnp.float32)) >= window)[:, None]
+  is_far = _far_pairs(near, window)
   return lambda p: (term.value(near_tile, jnp.where(is_far, 0.0, p))
                     + term.value(far_tile, jnp.where(is_far, p, 0.0)))
 
