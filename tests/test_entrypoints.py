@@ -117,12 +117,15 @@ def test_eval_writes_table_json_and_plots(trained):
 def test_eval_override_and_explicit_lengths(trained, tmp_path):
   workdir, _ = trained
   out = str(tmp_path / 'ev')
+  # An override, explicit lengths and an older checkpoint by step.
   run('eval.py', f'--workdir={workdir}', '--lengths=16,48', f'--out={out}',
-      '--config.positions.eval=shift', '--config.positions.max_position=64')
+      '--config.positions.eval=shift', '--config.positions.max_position=64',
+      '--step=3')
   with open(os.path.join(out, 'results.json')) as f:
     results = json.load(f)
   assert results['eval_sampling'] == 'shift'
   assert [r['length'] for r in results['results']] == [16, 48]
+  assert results['step'] == 3
   # Attention diagnostics stop at the dense backend's reach: the longest
   # length <= chunk_threshold, while the loss goes on (chunked) beyond it.
   out2 = str(tmp_path / 'ev2')
@@ -132,11 +135,7 @@ def test_eval_override_and_explicit_lengths(trained, tmp_path):
     assert json.load(f)['length'] == 16
   with open(os.path.join(out2, 'results.json')) as f:
     assert [r['length'] for r in json.load(f)['results']] == [16, 48]
-  # An older checkpoint by step, and a clear message for a missing one.
-  run('eval.py', f'--workdir={workdir}', '--lengths=16', f'--out={out}',
-      '--step=3')
-  with open(os.path.join(out, 'results.json')) as f:
-    assert json.load(f)['step'] == 3
+  # A clear message for a missing step.
   proc = run('eval.py', f'--workdir={workdir}', '--step=4', check=False)
   assert proc.returncode == 2 and 'available steps: 3, 6' in proc.stderr
 

@@ -147,25 +147,36 @@ def test_sigkill_then_same_command_repeats_the_uninterrupted_run(
   assert logged(workdir) == reference
 
 
-@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_the_current_step_then_resumes_exactly(
-    tmp_path, cache_dir, reference, signum):
-  workdir = str(tmp_path / 'run')
-  cmd = train_cmd(workdir, cache_dir)
-  proc = start_and_wait(cmd, workdir, min_lines=30)
+def _stop_and_check(proc, workdir, signum):
+  """Sends ``signum`` to the training process and checks that it saved the
+  step its message names, sealed, with the metrics up to it; that step."""
   proc.send_signal(signum)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 128 + signum, err
   name = signal.Signals(signum).name
   assert f'Stopped by {name} at step ' in err and 'Traceback' not in err
   step = int(err.split(f'Stopped by {name} at step ')[1].split(';')[0])
-  # The checkpoint is of the step the message names, finished and sealed.
   assert checkpoint.latest_step(workdir) == step
   assert checkpoint.verify(workdir, step) is None
   assert lines(workdir) == step
+  return step
+
+
+def test_signals_save_the_current_step_then_resume_exactly(
+    tmp_path, cache_dir, reference):
+  """SIGTERM stops the run, which saves the step it is at; the same
+  command resumes from it and SIGINT stops that one likewise; the third
+  run finishes, and every logged step equals the uninterrupted run's."""
+  workdir = str(tmp_path / 'run')
+  cmd = train_cmd(workdir, cache_dir)
+  proc = start_and_wait(cmd, workdir, min_lines=30)
+  first = _stop_and_check(proc, workdir, signal.SIGTERM)
+  proc = start_and_wait(cmd, workdir, min_lines=first + 30)
+  second = _stop_and_check(proc, workdir, signal.SIGINT)
+  assert second > first
 
   out = run(cmd)
-  assert f'Resuming from the checkpoint at step {step}' in out.stdout
+  assert f'Resuming from the checkpoint at step {second}' in out.stdout
   assert logged(workdir) == reference
 
 

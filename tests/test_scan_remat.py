@@ -21,6 +21,12 @@ def _batch(t=37, b=2, seed=0):
   return tokens, positions
 
 
+# Unoptimised XLA: the comparisons are of values, and compiling is most of
+# these tests' time.
+FAST_COMPILE = {'xla_backend_optimization_level': 0,
+                'xla_llvm_disable_expensive_passes': True}
+
+
 def _loss(config, tokens, positions):
   graphdef, _ = run_state.abstract_model(config)
   apply = run_state.apply_fn(graphdef)
@@ -52,14 +58,16 @@ def test_scan_and_remat_give_the_unrolled_values_and_gradients(
   config = tiny_config(position, **{'model.num_layers': 3}, **extra)
   _, params = run_state.init_model(config)
   tokens, positions = _batch()
-  (ref, ref_logits), ref_grads = jax.value_and_grad(
-      _loss(config, tokens, positions), has_aux=True)(params)
+  (ref, ref_logits), ref_grads = jax.jit(jax.value_and_grad(
+      _loss(config, tokens, positions), has_aux=True),
+      compiler_options=FAST_COMPILE)(params)
   scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(ref_grads))
   for scan, remat in [(True, 'off'), (False, 'full'), (True, 'dots'),
                       (True, 'full')]:
     c = _variant(config, scan_layers=scan, remat=remat)
-    (value, logits), grads = jax.value_and_grad(
-        _loss(c, tokens, positions), has_aux=True)(params)
+    (value, logits), grads = jax.jit(jax.value_and_grad(
+        _loss(c, tokens, positions), has_aux=True),
+        compiler_options=FAST_COMPILE)(params)
     np.testing.assert_allclose(logits, ref_logits, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(value, ref, atol=1e-6)
     assert jax.tree.structure(grads) == jax.tree.structure(ref_grads)

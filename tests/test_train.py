@@ -132,19 +132,22 @@ def test_kerple_parameters_are_projected_after_every_update(kernel,
   # The reference, from the trainer's own state at each step: plain AdamW
   # on the gradient at the stored (projected) values, then the clip.
   upper = 2.0 if kernel == 'power' else np.inf
+
+  @jax.jit
+  def reference(params, opt_state, batch):
+    updates, _ = tx.update(jax.grad(loss)(params, batch), opt_state, params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.clip(x, eps, upper if path[-1].key == 'shape'
+                                 else np.inf)
+        if 'position' in [getattr(k, 'key', None) for k in path] else x,
+        optax.apply_updates(params, updates))
+
   on_bound = 0
   for step in range(6):
     batch = dict(windows.train_batch(stream, seed=0, step=step, batch=4,
                                      seq_len=c.train.seq_len,
                                      sampling='contiguous', max_position=2048))
-    grads = jax.grad(loss)(state['params'], batch)
-    updates, _ = tx.update(grads, state['opt_state'], state['params'])
-    ref_params = optax.apply_updates(state['params'], updates)
-    ref_params = jax.tree_util.tree_map_with_path(
-        lambda path, x: jnp.clip(x, eps, upper if path[-1].key == 'shape'
-                                 else np.inf)
-        if 'position' in [getattr(k, 'key', None) for k in path] else x,
-        ref_params)
+    ref_params = reference(state['params'], state['opt_state'], batch)
     state, _ = step_fn(state, batch)
     got, want = _kerple_leaves(state['params']), _kerple_leaves(ref_params)
     assert set(got) == set(want) and got
