@@ -115,9 +115,9 @@ class Mask:
     """How many keys query ``i`` sees when every earlier token is there:
     ``i + 1`` (causal), ``min(i + 1, n_local)`` plus the global tokens
     before the local window, or ``i mod chunk + 1``. ``[T]`` int32."""
-    n = q_idx_T.astype(jnp.int32) + 1
     if self.chunk:
       return q_idx_T.astype(jnp.int32) % self.chunk + 1
+    n = q_idx_T.astype(jnp.int32) + 1
     if not self.n_local:
       return n
     far = jnp.clip(n - self.n_local, 0, self.n_global)

@@ -263,8 +263,8 @@ def check(model_cfg: ml_collections.ConfigDict) -> None:
   require(not (model_cfg.scan_layers and len(set(specs)) > 1),
           'config.model.scan_layers=True traces one block for every layer, '
           'but config.model.layers gives the layers different encodings, '
-          'masks, qk-norm or length scalings. Set config.model.scan_layers=False, '
-          'or make the layers alike.')
+          'masks, qk-norm or length scalings. Set '
+          'config.model.scan_layers=False, or make the layers alike.')
 
 
 def _absolute(enc) -> bool:
