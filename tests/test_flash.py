@@ -292,12 +292,15 @@ def test_compiles_for_tpu_v5e():
     device = flash_tpu.tpu_device('v5e:2x2')
   except Exception as e:  # noqa: BLE001 - libtpu present, topology not
     pytest.skip(f'no TPU topology: {e}')
-  for position, dtype, head_dim, block in (('t5', jnp.bfloat16, 64, 128),
-                                           ('kerple', jnp.float32, 128, 512)):
+  # The Lambda mask, and Llama 4's chunks (integer division in the kernel).
+  for position, dtype, head_dim, block, mask in (
+      ('t5', jnp.bfloat16, 64, 128, A.Mask(4, 300)),
+      ('kerple', jnp.float32, 128, 512, A.Mask(4, 300)),
+      ('alibi', jnp.bfloat16, 64, 128, A.Mask(chunk=200))):
     enc = flash_tpu.encoding(position, 2, head_dim)
     compiled = flash_tpu.compile_step(
         'flash', enc, device, batch=1, seq=1024, heads=2, head_dim=head_dim,
-        dtype=dtype, block=block, mask=A.Mask(4, 300))
+        dtype=dtype, block=block, mask=mask)
     text = compiled.as_text()
     assert 'lmx_flash_dq' in text and 'lmx_flash_dkv' in text
     assert compiled.memory_analysis() is not None
