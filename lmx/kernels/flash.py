@@ -55,7 +55,6 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from lmx import attention
 from lmx import ops
 
 NEG_INF = -1e30
@@ -90,8 +89,13 @@ def tile_visible(i: int, j: int, *, t: int, s: int, block_q: int,
   q_hi = min((i + 1) * block_q, t) - 1 + (s - t)
   k_lo = j * block_k
   k_hi = min((j + 1) * block_k, s) - 1
-  mask = attention.Mask(n_global=n_global, n_local=n_local, chunk=chunk)
-  return bool(mask.tile_visible(q_lo, q_hi, k_lo, k_hi))
+  if k_lo > q_hi:
+    return False
+  if chunk and k_hi < (q_lo // chunk) * chunk:
+    return False
+  if not n_local:
+    return True
+  return k_lo < n_global or q_lo - k_hi <= n_local - 1
 
 
 def visited_tiles(t: int, s: int, block_q: int, block_k: int,
