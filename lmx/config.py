@@ -173,6 +173,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(not (d.validation_source and d.source.startswith('tfds:')),
           'config.data.validation_source applies to local text; a tfds '
           'catalog dataset names its split in config.data.validation_split.')
+  require(isinstance(f.get('data.text_key'), str) and d.text_key,
+          'config.data.text_key must name the field (jsonl), column '
+          '(parquet) or feature (tfds) that holds the text.')
+  # 0 = one worker per core; more processes than cores only add memory.
+  f.int('data.prepare_workers', 0, 1024)
+  # Batches built ahead of the step; each holds one batch on host and device.
+  f.int('data.prefetch', 0, 64)
 
   require(not ('task' in config and config.task.name
                and d.tokenizer != 'bytes'),
@@ -313,6 +320,9 @@ def _check_tokenizer(config) -> None:
   f.int('data.sentencepiece.vocab_size', subword.MIN_VOCAB + 1,
         subword.MAX_VOCAB)
   f.float('data.sentencepiece.character_coverage', 0.9, 1.0)
+  # SentencePiece holds its training sentences in memory (and indexes them
+  # with int32 in places): a sample of at least 1 MB and at most 2^31 bytes.
+  f.int('data.sentencepiece.train_bytes', 1 << 20, 1 << 31)
   model_file = f.get('data.sentencepiece.model_file')
   require(isinstance(model_file, str),
           'config.data.sentencepiece.model_file must be the path of a '

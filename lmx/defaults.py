@@ -102,9 +102,12 @@ def get_config(arg: str | None = None,
 
   c.data = ml_collections.ConfigDict()
   # 'stdlib' (this interpreter's standard library), a folder or glob of text
-  # files, or 'tfds:<catalog name>' (needs the [tf] extra and the network).
+  # files and record files (.jsonl, .jsonl.gz, .jsonl.zst, .parquet: one
+  # document per record), or 'tfds:<catalog name>' (needs the [tf] extra and
+  # the network to prepare). Tokenized once into the token store
+  # (lmx.data.store) under cache_dir and memory-mapped.
   c.data.source = 'stdlib'
-  c.data.text_key = 'text'          # text feature of a tfds catalog dataset
+  c.data.text_key = 'text'   # the text's field (jsonl), column, tfds feature
   c.data.train_split = 'train'      # tfds catalog split names
   c.data.validation_split = 'validation'
   c.data.validation_fraction = 0.05  # of files, chosen by path hash
@@ -113,6 +116,8 @@ def get_config(arg: str | None = None,
   # data.source by path hash (too few files may leave validation empty).
   c.data.validation_source = ''
   c.data.cache_dir = '~/.cache/lmx/tfds'
+  c.data.prepare_workers = 0   # processes preparing the store; 0 = all cores
+  c.data.prefetch = 2          # training batches built ahead of the step
   # 'bytes' (256 bytes + end-of-document) or 'sentencepiece' (a subword
   # vocabulary, lmx.data.subword). With sentencepiece, model.vocab_size
   # follows the tokenizer and a trained run keeps its copy of the model.
@@ -127,6 +132,9 @@ def get_config(arg: str | None = None,
       'model_type': 'bpe',
       'vocab_size': 1024,
       'character_coverage': 0.9995,
+      # Trained on a deterministic sample of this many bytes of the
+      # training split (all of it if smaller).
+      'train_bytes': 1 << 27,
   })
 
   c.model = ml_collections.ConfigDict()

@@ -33,7 +33,7 @@ from lmx import ood_diagnostics
 from lmx import task_eval
 from lmx import plots
 from lmx import run_state
-from lmx.data import corpus, subword, windows
+from lmx.data import store, subword, windows
 from lmx.positions import sample_positions
 
 
@@ -348,13 +348,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   tok = subword.for_run(config, workdir)  # the run's own tokenizer
   out_dir = checkpoint.make_writable_dir(
       out_dir or os.path.join(workdir, 'eval'), 'The evaluation folder')
-  docs = corpus.load_documents(config.data, 'validation')
-  stream = corpus.token_stream(docs, tok)
+  stream = store.open_split(config.data, 'validation', tok)
   byte_lengths = None if tok.kind == 'bytes' else tok.byte_lengths
   for length in run_lengths:  # refuse before compiling anything
     windows.eval_windows(stream, length, config.eval.tokens)
     memory.check_evaluation(config, length)
-  gen_plan = (generation_eval.plan(config, tok.encode_documents(docs))
+  gen_plan = (generation_eval.plan(config, stream.documents())
               if config.eval.generation else None)
 
   graphdef, params, step = run_state.load_params(config, workdir, step)

@@ -56,7 +56,7 @@ from lmx import evaluation
 from lmx import plots
 from lmx import positions
 from lmx import run_state
-from lmx.data import corpus, subword, windows
+from lmx.data import store, subword, windows
 from lmx.errors import CheckpointError, ConfigError, DataError
 from lmx.positions import rope_scaling
 
@@ -175,8 +175,7 @@ def compare(workdir: str, lengths: Sequence[int] | None = None,
       config_lib.validate(method_config(config, m, n))
   checkpoint.require_checkpoint(workdir, step)
   tok = subword.for_run(config, workdir)
-  stream = corpus.token_stream(
-      corpus.load_documents(config.data, 'validation'), tok)
+  stream = store.open_split(config.data, 'validation', tok)
   byte_lengths = None if tok.kind == 'bytes' else tok.byte_lengths
   for n in lengths:
     windows.eval_windows(stream, n, config.eval.tokens)

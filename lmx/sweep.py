@@ -1093,7 +1093,7 @@ class Runner:
                    f'(stage logs in {members[i].workdir})')
         queue = []
     # Members starting together prepare a shared dataset once: a file lock
-    # in lmx.data.corpus.build_local makes the others wait for it.
+    # in lmx.data.store.open_store makes the others wait for it.
     signalled = None
     while running or (queue and not self.stopping):
       while queue and not self.stopping and len(running) < self.parallel:

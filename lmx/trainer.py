@@ -44,7 +44,7 @@ from lmx import positions
 from lmx import sharding
 from lmx.run_state import (abstract_state, init_model, init_state,
                            make_optimizer, make_schedule, project)
-from lmx.data import corpus, subword, tasks, windows
+from lmx.data import prefetch, store, subword, tasks, windows
 
 log = logging.getLogger('lmx')
 
@@ -297,6 +297,8 @@ SAFE_ON_RESUME = (
     'train.steps', 'train.log_every', 'train.checkpoint_every',
     'train.keep_checkpoints', 'train.on_corrupt_checkpoint',
     'train.max_nonfinite_skips', 'data.cache_dir',
+    # How the data is prepared and fed, not what it is.
+    'data.prepare_workers', 'data.prefetch',
     # Compute choices that leave the values as they are (to rounding).
     'train.loss_chunk', 'train.microbatches', 'model.scan_layers',
     'model.remat',
@@ -373,8 +375,9 @@ def make_batch_fn(config: ml_collections.ConfigDict,
     return lambda step: {k: v[rows] for k, v in tasks.train_batch(
         config, step=step, batch=t.batch_size).items()}
   tok = tok or subword.for_config(config)  # the tokenizer of the run
-  stream = corpus.token_stream(corpus.load_documents(config.data, 'train'),
-                               tok)
+  # The training split, tokenized once into the store and memory-mapped:
+  # each call reads only the windows (of ``rows``) it returns.
+  stream = store.open_split(config.data, 'train', tok)  # memory-mapped
   return lambda step: windows.train_batch(
       stream, seed=config.seed, step=step, batch=t.batch_size,
       seq_len=t.seq_len, sampling=config.positions.train,
@@ -424,7 +427,7 @@ def _train(config, workdir, progress, mesh, tok) -> dict:
   local_batch_fn = make_batch_fn(config, rows, tok)
   local_batch_fn(0)  # fails on too little data before anything is compiled
   if not config.task.name:
-    corpus.check_splits(config.data)  # an evaluation needs validation text
+    store.check_splits(config.data, tok)  # an evaluation needs validation text
   batch_fn = lambda step: sharding.global_batch(
       local_batch_fn(step), batch_sharding, t.batch_size)
 
@@ -583,6 +586,13 @@ class _Loop:
         'or set config.train.max_nonfinite_skips to skip such steps.')
 
   def run(self, step_fn, state, start: int) -> dict:
+    # The next config.data.prefetch batches are built (and put on the
+    # devices) in the background while the devices compute.
+    with prefetch.Prefetch(self.batch_fn, start, self.config.train.steps,
+                           self.config.data.prefetch) as self.batches:
+      return self._run(step_fn, state, start)
+
+  def _run(self, step_fn, state, start: int) -> dict:
     t = self.config.train
     tokens_per_step = t.batch_size * t.seq_len
     last, unchecked = {}, None
@@ -590,7 +600,7 @@ class _Loop:
     run_start = window_start = time.perf_counter()
     window_steps = 0
     for step in range(start, t.steps):
-      state, m = step_fn(state, dict(self.batch_fn(step)))
+      state, m = step_fn(state, dict(self.batches.get(step)))
       done = step + 1
       # Check the previous step while this one runs: the host stays at most
       # one step ahead of the device, and the progress bar counts finished

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lmx.data import corpus
+from lmx.data import sources
 from lmx.data import tokenizer as tokenizer_lib
 from lmx.errors import CheckpointError, ConfigError, DataError
 from lmx.fs import make_writable_dir
@@ -178,7 +178,7 @@ def load(path: str, what: str) -> SentencePiece:
 # ------------------------------------------------------------- training
 
 
-def _training_lines(docs: Sequence[np.ndarray]) -> list[str]:
+def _training_lines(docs) -> list[str]:
   """The training text as SentencePiece sentences: the non-empty lines of
   every document, in order (bytes that are not UTF-8 and U+2581 left out:
   they are always encoded as bytes)."""
@@ -189,24 +189,53 @@ def _training_lines(docs: Sequence[np.ndarray]) -> list[str]:
   return lines
 
 
-def _dataset_name(data_cfg) -> str:
-  """A name that changes whenever the training split does."""
-  source = data_cfg.source
-  if source.startswith('tfds:'):
-    return f'{source[5:]}_{data_cfg.train_split}'.replace('/', '_')
-  builder, split = corpus._local_split(data_cfg, 'train')  # pylint: disable=protected-access
-  return f'{builder.builder_config.name}_{split}'
+def _train_plan(data_cfg):
+  """The store plan of the training split's source (its fraction)."""
+  from lmx.data import store  # pylint: disable=g-import-not-at-top
+  explicit = data_cfg.get('validation_source', '')
+  fraction = (0.0 if explicit or data_cfg.source.startswith('tfds:')
+              else data_cfg.validation_fraction)
+  return store.Plan(data_cfg, data_cfg.source, fraction)
+
+
+def training_sample(data_cfg, plan=None) -> list[bytes]:
+  """A bounded, deterministic sample of the training split's documents,
+  in corpus order: each document is kept with probability
+  ``train_bytes / (bytes of the training split)`` (by a hash of its place,
+  so no two runs differ), until ``train_bytes`` are kept. A split no larger
+  than ``train_bytes`` is kept whole."""
+  plan = plan or _train_plan(data_cfg)
+  budget = int(data_cfg.sentencepiece.train_bytes)
+  estimate = plan.nbytes * (1.0 - plan.fraction) if plan.nbytes else 0
+  keep = 1.0 if not estimate else min(1.0, budget / estimate)
+  out, total, n = [], 0, 0
+  for unit in plan.units:
+    for data, _, held_out in sources.documents(unit, plan.fraction,
+                                               plan.text_key):
+      if held_out:
+        continue
+      n += 1
+      if keep < 1.0 and sources._hash_fraction(  # pylint: disable=protected-access
+          f'{n}'.encode()) >= keep:
+        continue
+      out.append(data)
+      total += len(data)
+      if total >= budget:
+        return out
+  return out
 
 
 def _options(sp_cfg) -> dict:
   return {'model_type': sp_cfg.model_type, 'vocab_size': int(sp_cfg.vocab_size),
-          'character_coverage': float(sp_cfg.character_coverage)}
+          'character_coverage': float(sp_cfg.character_coverage),
+          'train_bytes': int(sp_cfg.train_bytes)}
 
 
 def cache_path(data_cfg) -> str:
   """Where the model trained for ``data_cfg`` is cached."""
   opts = _options(data_cfg.sentencepiece)
-  name = _dataset_name(data_cfg)
+  plan = _train_plan(data_cfg)
+  name = f'{plan.source_id}_{plan.fingerprint}'  # changes with the split
   key = hashlib.sha256(json.dumps(
       {'dataset': name, 'recipe': RECIPE, 'spm': _spm().__version__, **opts},
       sort_keys=True).encode()).hexdigest()[:12]
@@ -220,7 +249,8 @@ def train_proto(data_cfg) -> bytes:
   """A model trained on the training split of ``data_cfg`` (uncached)."""
   sp_cfg = data_cfg.sentencepiece
   opts = _options(sp_cfg)
-  lines = _training_lines(corpus.load_documents(data_cfg, 'train'))
+  lines = _training_lines(
+      np.frombuffer(d, np.uint8) for d in training_sample(data_cfg))
   if not lines:
     raise DataError(
         f'The training split of config.data.source={data_cfg.source!r} '

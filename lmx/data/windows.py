@@ -1,5 +1,8 @@
 """Training and evaluation windows over a token stream.
 
+A stream is a 1-D integer array or a store's memory-mapped
+``lmx.data.store.TokenStream``: the same windows either way.
+
 Training: each step draws ``batch`` windows of ``seq_len + 1`` tokens at
 uniformly random offsets of the training stream, from a generator seeded by
 ``(seed, step)`` only. Batch ``k`` is therefore the same whether the run
@@ -52,7 +55,10 @@ def train_batch(stream: np.ndarray, *, seed: int, step: int, batch: int,
                          cape=cape)
   if rows is not None:
     starts, pos = starts[rows], pos[rows]
-  w = stream[starts[:, None] + np.arange(seq_len + 1)[None, :]]
+  if hasattr(stream, 'rows'):  # a store's memory-mapped stream
+    w = stream.rows(starts, seq_len + 1)
+  else:
+    w = stream[starts[:, None] + np.arange(seq_len + 1)[None, :]]
   return Batch(inputs=w[:, :-1].astype(np.int32),
                targets=w[:, 1:].astype(np.int32), positions=pos)
 
