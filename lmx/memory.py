@@ -120,22 +120,36 @@ def _refuse(what: str, need: int, knobs: str) -> None:
         'the estimate is wrong for this machine.')
 
 
+def data_bytes(config) -> int:
+  """The data path of a training run: the batch in use and the
+  ``config.data.prefetch`` batches built ahead, each held on the host
+  (inputs, targets, positions; int32 or float32) and on the devices. The
+  token store is memory-mapped: its pages are the kernel's page cache, not
+  the process's memory, and are not counted."""
+  t = config.train
+  batch = 3 * 4 * int(t.batch_size) * int(t.seq_len)
+  return 2 * batch * (1 + int(config.data.get('prefetch', 0)))
+
+
 def check_training(config) -> None:
   """ConfigError if a training step cannot fit: parameters, gradients and
-  AdamW's two moments (float32), and one step's activations."""
+  AdamW's two moments (float32), one step's activations, and the batches
+  of the data path (``data_bytes``)."""
   m, t = config.model, config.train
   sizes = _param_sizes(config)
   p = sum(n for n, _ in sizes.values())
   largest = max(sizes, key=lambda k: sizes[k][0])
   rows = int(t.batch_size) // max(int(t.get('microbatches', 1)), 1)
-  need = 4 * 4 * p + activation_bytes(m, rows, int(t.seq_len), backward=True)
+  need = (4 * 4 * p + activation_bytes(m, rows, int(t.seq_len), backward=True)
+          + data_bytes(config))
   _refuse(f'Training this model ({p:,} parameters, the largest {largest} '
           f'of shape {sizes[largest][1]}; batches of {t.batch_size} x '
-          f'{t.seq_len} tokens)', need,
+          f'{t.seq_len} tokens, {config.data.get("prefetch", 0)} of them '
+          'prefetched)', need,
           'the fields that set that shape (config.model.d_model, mlp_dim, '
           'num_layers, vocab_size, an encoding\'s table such as '
           'config.model.learned.max_len), or config.train.batch_size or '
-          'seq_len')
+          'seq_len, or config.data.prefetch')
 
 
 def check_evaluation(config, length: int) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from lmx import checkpoint, cli, config as config_lib, fs, memory, run_state
 from lmx import sweep, trainer
-from lmx.data import corpus, tokenizer
+from lmx.data import corpus, store, tokenizer
 from lmx.errors import CheckpointError, ConfigError, DataError
 from scripts import ROOT, run
 
@@ -169,14 +169,15 @@ def test_3_unreadable_files_and_non_utf8_names(tmp_path, monkeypatch):
     f.write(b'second text ' * 20)
   cfg = config_lib.ml_collections.ConfigDict(dict(
       source=str(src), cache_dir=str(tmp_path / 'cache'),
-      validation_fraction=0.5, validation_source=''))
-  builder = corpus.build_local(cfg.source, cfg.cache_dir, 0.5)
-  assert builder.info.splits.total_num_examples == 2
+      validation_fraction=0.5, validation_source='', text_key='text',
+      prepare_workers=1))
+  manifest = store.open_store(cfg, cfg.source, 0.5, tokenizer.BYTES)
+  assert sum(manifest['splits'][s]['docs'] for s in store.SPLITS) == 2
   real_access = os.access
   monkeypatch.setattr(os, 'access', lambda p, m, **k: (
       not str(p).endswith('a.txt') and real_access(p, m, **k)))
   with pytest.raises(DataError, match='cannot be read by this user'):
-    corpus.build_local(cfg.source, cfg.cache_dir, 0.5)
+    store.open_store(cfg, cfg.source, 0.5, tokenizer.BYTES)
 
 
 def test_3_full_disk_during_a_save_keeps_the_previous(tiny_config, tmp_path,

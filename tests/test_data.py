@@ -114,21 +114,3 @@ def test_eval_windows_too_short_stream_is_a_clear_error():
     windows.eval_windows(np.arange(10, dtype=np.int32), 64, tokens=1024)
 
 
-def test_tfds_source_reads_a_prepared_dataset_by_name(tmp_path):
-  """The 'tfds:<name>' path, exercised on a dataset prepared here (a catalog
-  dataset such as pg19 would need TensorFlow and the network to prepare)."""
-  src, cache = str(tmp_path / 'texts'), str(tmp_path / 'cache')
-  for i in range(8):
-    _write(src, f'f{i}.txt', f'document number {i}\n'.encode())
-  builder = corpus.build_local(src, cache, 0.5)
-  cfg = _data_cfg(f'tfds:lmx_text/{builder.builder_config.name}', cache)
-  cfg.text_key = 'bytes'
-  direct = corpus.load_documents(_data_cfg(src, cache), 'train')
-  by_name = corpus.load_documents(cfg, 'train')
-  assert sorted(bytes(d) for d in by_name) == sorted(bytes(d) for d in direct)
-  cfg.text_key = 'body'
-  with pytest.raises(corpus.DataError, match="features are \\['bytes', 'path'\\]"):
-    corpus.load_documents(cfg, 'train')
-  cfg.source = 'tfds:no_such_dataset_here'
-  with pytest.raises(corpus.DataError, match='tfds catalog dataset'):
-    corpus.load_documents(cfg, 'train')
