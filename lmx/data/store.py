@@ -105,7 +105,7 @@ class Plan:
 
   def __init__(self, data_cfg, source: str, fraction: float):
     self.source, self.fraction = source, float(fraction)
-    self.text_key = data_cfg.text_key
+    self.text_key = data_cfg.get('text_key', 'text')
     cache = os.path.expanduser(data_cfg.cache_dir)
     if source.startswith('tfds:'):
       name = source[len('tfds:'):]
@@ -144,10 +144,13 @@ class Plan:
       ident += f'|{self.text_key if records else ""}'
       slug = 'stdlib' if source == 'stdlib' else 'files'
     self.root = root
+    # surrogateescape: a file name that is not UTF-8 hashes as its bytes.
     self.source_id = (f'{slug}_' + hashlib.sha256(
-        f'{root}|{source}'.encode()).hexdigest()[:8])
+        f'{root}|{source}'.encode('utf-8', 'surrogateescape')
+    ).hexdigest()[:8])
     self.fingerprint = hashlib.sha256(
-        f'{VERSION}|{self.fraction}|{ident}'.encode()).hexdigest()[:16]
+        f'{VERSION}|{self.fraction}|{ident}'.encode('utf-8', 'surrogateescape')
+    ).hexdigest()[:16]
     self.cache = cache
 
   def base(self, tok) -> str:
