@@ -30,6 +30,8 @@ setup(
         'sacrebleu>=2.4',     # lmx.generation_eval: BLEU
         'rouge-score>=0.1.2',  # lmx.generation_eval: ROUGE
         'sentencepiece>=0.2',  # lmx.data.subword: subword tokenizers
+        'pyarrow>=14',         # lmx.data.sources: parquet corpora
+        'zstandard>=0.22',     # lmx.data.sources: .jsonl.zst corpora
     ],
     extras_require={
         'test': ['pytest>=8', 'hypothesis>=6', 'ruff>=0.6'],

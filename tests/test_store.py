@@ -91,6 +91,8 @@ def test_store_stream_equals_the_in_memory_stream(tmp_path, monkeypatch,
 def test_two_workers_write_the_same_store(tmp_path, monkeypatch):
   _texts(tmp_path / 'src', n=20)
   monkeypatch.setattr(sources, 'UNIT_BYTES', 300)  # several units
+  # Workers start for any size (a real source needs megabytes per worker).
+  monkeypatch.setattr(store, '_BYTES_PER_WORKER', {'bytes': 1})
   one = store.open_split(_cfg(tmp_path / 'src', tmp_path / 'c1'), 'train')
   two = store.open_split(_cfg(tmp_path / 'src', tmp_path / 'c2',
                               prepare_workers=2), 'train')

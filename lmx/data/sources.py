@@ -23,8 +23,8 @@ jsonl; row group and row in parquet). ``config.data.validation_source``
 names validation text explicitly instead.
 
 Documents are listed in path order (files sorted by their printable path),
-then in file order; text files and plain jsonl larger than ``UNIT_BYTES``
-are cut at line boundaries into several units so that one large file is
+then in file order; text files and plain jsonl larger than a unit
+(``unit_bytes``) are cut at line boundaries into several units so that one large file is
 prepared in parallel too (a text document cut this way ends with the last
 unit: only that one adds the end-of-document id).
 """
@@ -44,10 +44,14 @@ from collections.abc import Iterator, Sequence
 from lmx.errors import DataError
 
 RECORD_SUFFIXES = ('.jsonl', '.jsonl.gz', '.jsonl.zst', '.parquet')
-# Source bytes per unit of preparation work (one shard each). Small files
-# are grouped up to it; larger text and plain jsonl files are cut into
-# pieces of about this size.
+# Source bytes per unit of preparation work (one shard each): a sixteenth
+# of the source, within [MIN_UNIT_BYTES, UNIT_BYTES], so that a small
+# corpus still has units for every worker and a large one has shards of a
+# size a file system handles well. Small files are grouped up to it; larger
+# text and plain jsonl files are cut into pieces of about this size. It
+# depends on the source alone, never on the number of workers.
 UNIT_BYTES = 64 << 20
+MIN_UNIT_BYTES = 1 << 20
 # Records that cannot be read (not JSON, no text_key, not text) are skipped
 # and counted; more than this fraction of a unit's records is refused.
 BAD_RECORD_FRACTION = 0.01
@@ -154,13 +158,17 @@ class Unit:
                        self.last])
 
 
-def _line_cuts(path: str, size: int) -> list[int]:
-  """Offsets that cut a file into pieces of about ``UNIT_BYTES``, each
+def unit_bytes(total: int) -> int:
+  return min(UNIT_BYTES, max(MIN_UNIT_BYTES, total // 16))
+
+
+def _line_cuts(path: str, size: int, unit: int) -> list[int]:
+  """Offsets that cut a file into pieces of about ``unit`` bytes, each
   just after a newline (or at the end)."""
   cuts = [0]
   with open(path, 'rb') as f:
-    while cuts[-1] + UNIT_BYTES < size:
-      f.seek(cuts[-1] + UNIT_BYTES)
+    while cuts[-1] + unit < size:
+      f.seek(cuts[-1] + unit)
       chunk = f.read(1 << 20)
       nl = chunk.find(b'\n')
       while nl < 0 and chunk:
@@ -172,7 +180,7 @@ def _line_cuts(path: str, size: int) -> list[int]:
         chunk += more
       if nl < 0:
         break
-      cut = cuts[-1] + UNIT_BYTES + nl + 1
+      cut = cuts[-1] + unit + nl + 1
       if cut >= size:
         break
       cuts.append(cut)
@@ -181,6 +189,8 @@ def _line_cuts(path: str, size: int) -> list[int]:
 
 def local_units(root: str, files: Sequence[str]) -> list[Unit]:
   """The units of a local source's (non-empty) files, in document order."""
+  sizes = {rel: os.path.getsize(os.path.join(root, rel)) for rel in files}
+  unit = unit_bytes(sum(sizes.values()))
   units, group, group_bytes = [], [], 0
 
   def flush():
@@ -191,36 +201,32 @@ def local_units(root: str, files: Sequence[str]) -> list[Unit]:
 
   for rel in files:
     path = os.path.join(root, rel)
-    size = os.path.getsize(path)
+    size = sizes[rel]
     kind = record_kind(rel)
-    if kind is None and size <= UNIT_BYTES:
+    if kind is None and size <= unit:
       group.append(rel)
       group_bytes += size
-      if group_bytes >= UNIT_BYTES:
+      if group_bytes >= unit:
         flush()
       continue
     flush()
     if kind == 'parquet':
       import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
       groups = _parquet(path, rel).metadata.num_row_groups
-      per = max(1, _groups_per_unit(size, groups))
+      per = max(1, int(groups * unit / max(size, 1)))
       units += [Unit('parquet', root, (rel,), g, min(g + per, groups))
                 for g in range(0, groups, per)]
       del pq
     elif kind in ('jsonl.gz', 'jsonl.zst'):
       units.append(Unit('jsonl', root, (rel,)))
     else:  # a large text file, or a plain jsonl: cut at line boundaries
-      cuts = _line_cuts(path, size)
+      cuts = _line_cuts(path, size, unit)
       pieces = list(zip(cuts[:-1], cuts[1:]))
       for i, (a, b) in enumerate(pieces):
         units.append(Unit('text' if kind is None else 'jsonl', root, (rel,),
                           a, b, last=i == len(pieces) - 1))
   flush()
   return units
-
-
-def _groups_per_unit(size: int, groups: int) -> int:
-  return max(1, int(groups * UNIT_BYTES / max(size, 1)))
 
 
 def _parquet(path: str, rel: str):

@@ -426,9 +426,21 @@ def _done_shards(folder: str, units) -> dict[int, dict]:
   return done
 
 
-def _workers(data_cfg) -> int:
+# Source bytes that make a second worker pay for its start (a process that
+# imports numpy and the tokenizer): bytes are copied at hundreds of MB/s,
+# SentencePiece encodes a few MB/s.
+_BYTES_PER_WORKER = {'bytes': 128 << 20, 'sentencepiece': 4 << 20}
+
+
+def _workers(data_cfg, plan: 'Plan', tok) -> int:
+  """``config.data.prepare_workers`` (0: one per core), no more than the
+  source's size makes worth starting (a tfds source: as asked)."""
   n = int(data_cfg.get('prepare_workers', 0))
-  return n if n > 0 else (os.cpu_count() or 1)
+  n = n if n > 0 else (os.cpu_count() or 1)
+  if plan.nbytes:
+    n = min(n, max(1, -(-plan.nbytes // _BYTES_PER_WORKER.get(
+        tok.kind, 4 << 20))))
+  return n
 
 
 def _run_units(jobs: list, workers: int) -> list[dict]:
@@ -549,7 +561,7 @@ def open_store(data_cfg, source: str, fraction: float, tok) -> dict:
              'store was prepared (files added, removed or modified): '
              'preparing it again.')
       try:
-        manifest = _build(plan, tok, folder, _workers(data_cfg))
+        manifest = _build(plan, tok, folder, _workers(data_cfg, plan, tok))
       except OSError as e:
         if e.errno == errno.ENOSPC:
           raise DataError(f'The disk is full while preparing {folder}.') \
