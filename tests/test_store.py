@@ -359,3 +359,20 @@ def test_memory_estimate_counts_the_prefetched_batches():
   none = memory.data_bytes(c)
   c.data.prefetch = 4
   assert memory.data_bytes(c) == 5 * none > 0
+
+
+def test_a_process_reads_only_its_rows(tiny_config, monkeypatch):
+  """One process of a multi-host run (``rows``) reads only its windows
+  from the store, and they equal the same rows of the whole batch."""
+  from lmx import trainer  # pylint: disable=import-outside-toplevel
+  c = tiny_config('alibi')
+  whole = trainer.make_batch_fn(c)(5)
+  read = []
+  real = store.TokenStream.rows
+  monkeypatch.setattr(store.TokenStream, 'rows', lambda self, starts, n: (
+      read.append(len(starts)), real(self, starts, n))[1])
+  mine = np.array([1, 3])
+  part = trainer.make_batch_fn(c, rows=mine)(5)
+  assert read == [2]
+  for k in whole:
+    np.testing.assert_array_equal(part[k], whole[k][mine])
