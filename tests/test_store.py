@@ -376,3 +376,12 @@ def test_a_process_reads_only_its_rows(tiny_config, monkeypatch):
   assert read == [2]
   for k in whole:
     np.testing.assert_array_equal(part[k], whole[k][mine])
+
+
+@pytest.mark.parametrize('suffix', ['.jsonl.gz', '.jsonl.zst'])
+def test_a_damaged_compressed_file_is_one_message(tmp_path, suffix):
+  src = tmp_path / 'src'
+  src.mkdir()
+  (src / f'a{suffix}').write_bytes(b'this is not compressed at all\n' * 5)
+  with pytest.raises(DataError, match=f'a{suffix}.*cannot be decompressed'):
+    store.open_split(_cfg(src, tmp_path / 'cache'), 'train')

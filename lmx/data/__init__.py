@@ -1,1 +1,2 @@
-"""Corpora (tfds builders), tokenizers (bytes, SentencePiece), and windows."""
+"""Sources (text, jsonl, parquet, tfds), the token store, tokenizers (bytes,
+SentencePiece), windows, prefetching and the synthetic tasks."""

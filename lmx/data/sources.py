@@ -319,8 +319,12 @@ def _jsonl_documents(unit: Unit, fraction: float, text_key: str,
           continue
         if text:
           yield text, held_out
-  except (OSError, EOFError) as e:
-    if isinstance(e, OSError) and e.errno is not None:
+  except Exception as e:  # pylint: disable=broad-except
+    # A real I/O error (it has an errno: a full disk, permissions) is
+    # reported as such; a damaged gzip or zstd stream is a DataError.
+    damaged = (isinstance(e, EOFError) or type(e).__name__ == 'ZstdError'
+               or (isinstance(e, OSError) and e.errno is None))
+    if not damaged:
       raise
     raise DataError(f'{path} cannot be decompressed ({type(e).__name__}: '
                     f'{e}): the file is damaged or not {rel.rsplit(".", 1)[-1]}.'
