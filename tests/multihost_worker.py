@@ -73,24 +73,27 @@ def _watch_params(seen: dict):
 
 
 def _stop_at_step_3(out: dict, process: int = 0):
-  """Process ``process`` sends itself SIGTERM while it builds the batch of
-  step 2 (once), so the run stops and saves after step 3."""
+  """Process ``process`` sends itself SIGTERM while the loop takes the
+  batch of step 2 (once), so the run stops and saves after step 3. (The
+  batches themselves are built ahead, in the prefetching thread.)"""
   import jax  # pylint: disable=g-import-not-at-top
   from lmx import trainer  # pylint: disable=g-import-not-at-top
+  from lmx.data import prefetch  # pylint: disable=g-import-not-at-top
   original = trainer.make_batch_fn
+  original_get = prefetch.Prefetch.get
 
   def make_batch_fn(config, rows=None, tok=None):
     out['rows'] = None if rows is None else [int(r) for r in rows]
-    fn = original(config, rows, tok)
+    return original(config, rows, tok)
 
-    def batch(step):
-      if (out.get('arm') and step == 2 and jax.process_index() == process
-          and not out.get('signalled')):
-        out['signalled'] = True
-        os.kill(os.getpid(), signal.SIGTERM)
-      return fn(step)
-    return batch
+  def get(self, step):
+    if (out.get('arm') and step == 2 and jax.process_index() == process
+        and not out.get('signalled')):
+      out['signalled'] = True
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original_get(self, step)
   trainer.make_batch_fn = make_batch_fn
+  prefetch.Prefetch.get = get
 
 
 def run_meshes(args) -> dict:
