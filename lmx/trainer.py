@@ -725,6 +725,8 @@ class _Loop:
         window_start += scores['eval_seconds']  # not training time
         if self.log_lines:
           print(eval_line(done, t.steps, scores, t.seq_len), flush=True)
+        elif self.bar is not None:  # above the bar
+          self.bar.write(eval_line(done, t.steps, scores, t.seq_len))
       if self.bar is not None:
         self.bar.update(1)
       if save_due:
