@@ -3,7 +3,9 @@ validation loss is eval.py's ``loss_at_length`` of that step's checkpoint;
 off writes nothing; the curve draws it; bad settings are ConfigErrors; a
 resumed run and a run on an 8-device mesh keep evaluating."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -18,18 +20,28 @@ from lmx.data import subword
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-# A run on 8 CPU devices, parameters sharded over (data, fsdp, tensor) =
-# (2, 2, 2); started in a subprocess (the device count is fixed when JAX
-# starts).
-MESH_RUN = """
-import sys
+# One of two processes (4 CPU devices each) of a run whose parameters are
+# sharded over (data, fsdp, tensor) = (2, 2, 2), across both; each process
+# records what its evaluator returned. Started in subprocesses: the device
+# count is fixed when JAX starts.
+PROCESS = """
+import json, sys
 sys.path.insert(0, {root!r})
+from lmx import sharding
+assert sharding.initialize({coordinator!r}, 2, {process})
 from configs import base
 from lmx import trainer
 c = base.get_config('size=tiny')
 c.update_from_flattened_dict({fields!r})
 c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
+seen, evaluate = [], trainer._Evaluator.__call__
+def record(self, params):
+  seen.append(evaluate(self, params))
+  return seen[-1]
+trainer._Evaluator.__call__ = record
 trainer.train(c, {workdir!r}, progress=False)
+with open({out!r}, 'w') as f:
+  json.dump(seen, f)
 """
 
 
@@ -205,21 +217,49 @@ def test_task_runs_are_not_evaluated_during_training(capsys):
   assert config_lib.training_eval_lengths(c) == ([], {})
 
 
-def test_an_eight_device_mesh_logs_loss_at_length_of_its_checkpoint(
-    cache_dir, tmp_path):
+def test_two_processes_on_a_mesh_evaluate_alike_and_one_writes(cache_dir,
+                                                              tmp_path):
   fields = {'model.position': 'rope', 'data.cache_dir': cache_dir,
+            'model.num_heads': 4, 'model.num_layers': 1,
             'train.batch_size': 8, 'train.steps': 1, 'train.warmup_steps': 0,
-            'train.eval_every': 1, 'train.eval_multipliers': (2,),
+            'train.eval_every': 1, 'train.eval_multipliers': (4,),
             'train.eval_tokens': 256}
-  workdir = str(tmp_path / 'mesh')
+  workdir = str(tmp_path / 'run')
+  with socket.socket() as sock:
+    sock.bind(('127.0.0.1', 0))
+    coordinator = f'127.0.0.1:{sock.getsockname()[1]}'
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
-  proc = subprocess.run(
-      [sys.executable, '-c', MESH_RUN.format(root=ROOT, fields=fields,
-                                             workdir=workdir)],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  out = proc.stdout + proc.stderr
-  assert proc.returncode == 0, out[-4000:]
-  assert 'on 8 devices (data=2, fsdp=2, tensor=2)' in out
+             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  env.pop('LMX_COORDINATOR', None)
+  procs = []
+  for i in range(2):
+    script = PROCESS.format(root=ROOT, coordinator=coordinator, process=i,
+                            fields=fields, workdir=workdir,
+                            out=str(tmp_path / f'seen{i}.json'))
+    procs.append(subprocess.Popen(
+        [sys.executable, '-c', script], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  try:
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-4000:]
+  assert 'on 8 devices (data=2, fsdp=2, tensor=2) in 2 processes' in outs[0]
+  seen = []
+  for i in range(2):
+    with open(tmp_path / f'seen{i}.json') as f:
+      seen.append(json.load(f))
+  # Both processes scored the same windows with the sharded parameters.
+  drop = lambda rows: [{k: v for k, v in r.items() if k != 'eval_seconds'}
+                       for r in rows]
+  assert len(seen[0]) == 1 and drop(seen[0]) == drop(seen[1])
+  # One row per evaluation (the primary's), each the loss of that step's
+  # checkpoint restored on one device.
+  rows = _eval_rows(workdir)
+  assert drop(rows) == [{'step': 1, **drop(seen[0])[0]}]
+  assert list(rows[0]) == ['step', 'eval_loss_len64', 'eval_seconds']
   c = checkpoint.read_config(workdir)
-  _assert_rows_match(_eval_rows(workdir), _reference(c, workdir, (1,)))
+  _assert_rows_match(rows, _reference(c, workdir, (1,)))
