@@ -157,7 +157,7 @@ def plot_training_curve(rows: list[dict], path: str, title: str = '',
       2, 1, figsize=(7, 5), sharex=True, gridspec_kw={'height_ratios': (2, 1)})
   marker = 'o' if len(data['step']) <= 40 else None
   ax_loss.plot(data['step'], data['loss'], marker=marker, markersize=3,
-               label='training batch')
+               label="training (the logged step's batch)")
   for i, (length, curve) in enumerate(data['eval'].items()):
     times = (f' ({length / train_length:g}x training length)'
              if train_length else '')
