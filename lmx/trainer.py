@@ -385,76 +385,6 @@ def make_batch_fn(config: ml_collections.ConfigDict,
       cape=config.positions.cape)
 
 
-def _validation_stream(config: ml_collections.ConfigDict, tok) -> np.ndarray:
-  """The validation token stream of a text run: what eval.py scores."""
-  return corpus.token_stream(corpus.load_documents(config.data, 'validation'),
-                             tok)
-
-
-def _training_eval_plan(config, tok, primary: bool):
-  """``(lengths, validation stream)`` of the evaluation during training
-  (``config.train.eval_every``), checked before anything compiles (each
-  length must have a window of validation text; the memory estimate,
-  ``memory.check_training``, already counts the longest); None when it is
-  off. Lengths the model cannot run are left out with a note; a task run
-  has no validation text, so it is not evaluated during training (a note
-  says so; eval.py evaluates its checkpoints)."""
-  t = config.train
-  if not t.eval_every:
-    return None
-  if config.task.name:
-    if primary:
-      print(f'note: config.train.eval_every={t.eval_every} is ignored: the '
-            f'{config.task.name!r} task has no validation text to score '
-            'during training. Evaluate its checkpoints with eval.py.')
-    return None
-  lengths, skipped = config_lib.training_eval_lengths(config)
-  if not lengths:
-    raise config_lib.ConfigError(
-        'config.train.eval_every='
-        f'{t.eval_every} evaluates during training, but no length of '
-        f'config.train.eval_multipliers={tuple(t.eval_multipliers)!r} x '
-        f'config.train.seq_len={t.seq_len} can be run: '
-        + ' '.join(skipped.values()) + ' Choose smaller multipliers, or set '
-        'config.train.eval_every=0.')
-  if skipped and primary:
-    print(f'note: the evaluation during training skips length(s) '
-          f'{", ".join(map(str, skipped))}: {next(iter(skipped.values()))}')
-  stream = _validation_stream(config, tok)
-  for length in lengths:  # DataError if the validation text is too short
-    windows.eval_windows(stream, length, t.eval_tokens)
-  return lengths, stream
-
-
-class _Evaluator:
-  """``params -> {'eval_loss_len<L>': loss, ..., 'eval_seconds': s}``: the
-  validation loss at each length, scored as eval.py scores it
-  (``evaluation.loss_at_length``, non-overlapping windows, with
-  ``config_lib.training_eval_config``). The loss function is made once, so
-  each length compiles once (its batches have one shape). Parameters stay
-  sharded on the mesh; the windows are placed replicated and the losses
-  come back replicated, so every process scores the same windows and can
-  read them."""
-
-  def __init__(self, config, graphdef, mesh, lengths, stream):
-    self.config = config_lib.training_eval_config(config)
-    self.lengths, self.stream = lengths, stream
-    rep = sharding.replicated(mesh)
-    losses = jax.jit(evaluation.make_loss_fn(graphdef), out_shardings=rep)
-    self.token_losses = lambda params, *arrays: losses(
-        params, *(sharding.place(a, rep) for a in arrays))
-
-  def __call__(self, params) -> dict:
-    start = time.perf_counter()
-    out = {}
-    for length in self.lengths:
-      out[f'eval_loss_len{length}'] = evaluation.loss_at_length(
-          self.token_losses, params, self.config, self.stream,
-          length)['loss']
-    out['eval_seconds'] = time.perf_counter() - start
-    return out
-
-
 def train(config: ml_collections.ConfigDict, workdir: str,
           progress: bool = True) -> dict:
   """Trains (or resumes) the run in ``workdir``; returns the final metrics.
@@ -498,11 +428,11 @@ def _train(config, workdir, progress, mesh, tok) -> dict:
   local_batch_fn(0)  # fails on too little data before anything is compiled
   if not config.task.name:
     corpus.check_splits(config.data)  # an evaluation needs validation text
-  evaluating = _training_eval_plan(config, tok, primary)
   batch_fn = lambda step: sharding.global_batch(
       local_batch_fn(step), batch_sharding, t.batch_size)
 
   tx = make_optimizer(t)
+  evaluating = _training_eval_plan(config, tok, primary)  # before compiling
   graphdef, target = abstract_state(config, tx)
   state_shardings = sharding.tree_shardings(target, mesh)
   target = sharding.with_shardings(target, state_shardings)
@@ -618,6 +548,76 @@ def log_line(done: int, total: int, m: dict, elapsed: float,
           f'lr {m["learning_rate"]:.3g} '
           f'{m["tokens_per_second"]:,.0f} tok/s elapsed {_clock(elapsed)} '
           f'ETA {_clock(eta)}')
+
+
+def _validation_stream(config: ml_collections.ConfigDict, tok) -> np.ndarray:
+  """The validation token stream of a text run: what eval.py scores."""
+  return corpus.token_stream(corpus.load_documents(config.data, 'validation'),
+                             tok)
+
+
+def _training_eval_plan(config, tok, primary: bool):
+  """``(lengths, validation stream)`` of the evaluation during training
+  (``config.train.eval_every``), checked before anything compiles (each
+  length must have a window of validation text; the memory estimate,
+  ``memory.check_training``, already counts the longest); None when it is
+  off. Lengths the model cannot run are left out with a note; a task run
+  has no validation text, so it is not evaluated during training (a note
+  says so; eval.py evaluates its checkpoints)."""
+  t = config.train
+  if not t.eval_every:
+    return None
+  if config.task.name:
+    if primary:
+      print(f'note: config.train.eval_every={t.eval_every} is ignored: the '
+            f'{config.task.name!r} task has no validation text to score '
+            'during training. Evaluate its checkpoints with eval.py.')
+    return None
+  lengths, skipped = config_lib.training_eval_lengths(config)
+  if not lengths:
+    raise config_lib.ConfigError(
+        'config.train.eval_every='
+        f'{t.eval_every} evaluates during training, but no length of '
+        f'config.train.eval_multipliers={tuple(t.eval_multipliers)!r} x '
+        f'config.train.seq_len={t.seq_len} can be run: '
+        + ' '.join(skipped.values()) + ' Choose smaller multipliers, or set '
+        'config.train.eval_every=0.')
+  if skipped and primary:
+    print(f'note: the evaluation during training skips length(s) '
+          f'{", ".join(map(str, skipped))}: {next(iter(skipped.values()))}')
+  stream = _validation_stream(config, tok)
+  for length in lengths:  # DataError if the validation text is too short
+    windows.eval_windows(stream, length, t.eval_tokens)
+  return lengths, stream
+
+
+class _Evaluator:
+  """``params -> {'eval_loss_len<L>': loss, ..., 'eval_seconds': s}``: the
+  validation loss at each length, scored as eval.py scores it
+  (``evaluation.loss_at_length``, non-overlapping windows, with
+  ``config_lib.training_eval_config``). The loss function is made once, so
+  each length compiles once (its batches have one shape). Parameters stay
+  sharded on the mesh; the windows are placed replicated and the losses
+  come back replicated, so every process scores the same windows and can
+  read them."""
+
+  def __init__(self, config, graphdef, mesh, lengths, stream):
+    self.config = config_lib.training_eval_config(config)
+    self.lengths, self.stream = lengths, stream
+    rep = sharding.replicated(mesh)
+    losses = jax.jit(evaluation.make_loss_fn(graphdef), out_shardings=rep)
+    self.token_losses = lambda params, *arrays: losses(
+        params, *(sharding.place(a, rep) for a in arrays))
+
+  def __call__(self, params) -> dict:
+    start = time.perf_counter()
+    out = {}
+    for length in self.lengths:
+      out[f'eval_loss_len{length}'] = evaluation.loss_at_length(
+          self.token_losses, params, self.config, self.stream,
+          length)['loss']
+    out['eval_seconds'] = time.perf_counter() - start
+    return out
 
 
 def eval_line(done: int, total: int, scores: dict, train_length: int) -> str:
