@@ -269,7 +269,7 @@ def bench_step(corpus: str, work: str, steps: int, repeats: int) -> dict:
       real.append((time.perf_counter() - t0) / steps)
     start += steps
     t0 = time.perf_counter()
-    for s in range(steps):
+    for _ in range(steps):
       state, m = step_fn(state, dict(fixed))
     jax.block_until_ready(m)
     pre.append((time.perf_counter() - t0) / steps)

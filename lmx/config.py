@@ -24,7 +24,8 @@ from lmx.positions import sampling as sampling_lib
 INT32_MAX = 2**31 - 1
 
 __all__ = ['ConfigError', 'check_length', 'eval_lengths', 'position_bound',
-           'resolve_eval_sampling', 'task_eval_lengths', 'validate']
+           'resolve_eval_sampling', 'task_eval_lengths',
+           'training_eval_config', 'training_eval_lengths', 'validate']
 
 
 def position_bound(config: ml_collections.ConfigDict, sampling: str,
@@ -158,6 +159,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f'config.train.batch_size={t.batch_size}: choose a divisor (e.g. '
           f'{max(d for d in range(1, micro + 1) if t.batch_size % d == 0)}).')
   f.int('train.max_nonfinite_skips', 0)
+  f.int('train.eval_every', 0, INT32_MAX)
+  mults = f.get('train.eval_multipliers')
+  require(isinstance(mults, (tuple, list)) and len(mults) > 0 and all(
+      isinstance(x, int) and not isinstance(x, bool) and x > 0
+      for x in mults),
+          'config.train.eval_multipliers must be one or more positive '
+          f'integers (multiples of config.train.seq_len), got {mults!r}: e.g. '
+          '(1, 4, 16). Set config.train.eval_every=0 to evaluate no length '
+          'during training.')
+  f.int('train.eval_tokens', 1)
   sharding.validate_config(config)
   problem = check_length(config, t.seq_len, config.positions.train, 'Training')
   require(problem is None, problem or '')
@@ -438,6 +449,29 @@ def eval_lengths(config: ml_collections.ConfigDict,
     else:
       skipped[length] = problem
   return sorted(set(lengths)), skipped
+
+
+def training_eval_config(
+    config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config of the evaluation during training (``train.eval_every``):
+  a copy whose ``eval`` section asks for ``train.eval_multipliers`` x the
+  training length and ``train.eval_tokens`` tokens per length; every other
+  ``config.eval`` setting (batch_tokens, seed) and the position sampling
+  (``resolve_eval_sampling``) as eval.py uses them."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.eval.multipliers = tuple(config.train.eval_multipliers)
+  c.eval.lengths = ()
+  c.eval.tokens = int(config.train.eval_tokens)
+  return c
+
+
+def training_eval_lengths(config: ml_collections.ConfigDict):
+  """(lengths the evaluation during training runs, {skipped length:
+  reason}): ``eval_lengths`` of ``training_eval_config``. Nothing when it is
+  off (``train.eval_every=0``) or the run is a task run."""
+  if not config.train.eval_every or config.task.name:
+    return [], {}
+  return eval_lengths(training_eval_config(config))
 
 
 def task_eval_lengths(config: ml_collections.ConfigDict,

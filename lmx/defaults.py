@@ -30,16 +30,20 @@ from lmx.errors import ConfigError
 from lmx.positions import sampling as sampling_lib
 
 SIZES = {
-    # d_model, layers, heads, mlp, seq_len, batch, steps, warmup, eval tokens
+    # d_model, layers, heads, mlp, seq_len, batch, steps, warmup, eval
+    # tokens; evaluation during training: every eval_every steps (0 = off),
+    # train_eval_tokens scored per length
     'default': dict(d_model=128, num_layers=4, num_heads=4, mlp_dim=512,
                     seq_len=64, batch_size=32, steps=1500, warmup=100,
-                    eval_tokens=32768),
+                    eval_tokens=32768, eval_every=500,
+                    train_eval_tokens=16384),
     'small': dict(d_model=256, num_layers=6, num_heads=8, mlp_dim=1024,
                   seq_len=256, batch_size=32, steps=5000, warmup=200,
-                  eval_tokens=131072),
+                  eval_tokens=131072, eval_every=1000,
+                  train_eval_tokens=32768),
     'tiny': dict(d_model=32, num_layers=2, num_heads=2, mlp_dim=64,
                  seq_len=16, batch_size=4, steps=4, warmup=1,
-                 eval_tokens=512),
+                 eval_tokens=512, eval_every=0, train_eval_tokens=512),
 }
 
 # The keys ``get_config``'s argument takes, with what each means.
@@ -248,6 +252,14 @@ def get_config(arg: str | None = None,
   # one after another (activations of one slice at a time); the same
   # update as the whole batch at once, to rounding.
   c.train.microbatches = 1
+  # Evaluation during training (lmx.trainer): every eval_every steps (0 =
+  # off) the validation loss at eval_multipliers x seq_len, non-overlapping
+  # windows as eval.py scores them (config.eval's settings but the token
+  # count), eval_tokens tokens per length; logged to metrics.jsonl as
+  # eval_loss_len<L> and drawn in training_curve.png. Text runs only.
+  c.train.eval_every = s['eval_every']
+  c.train.eval_multipliers = (1, 4, 16)
+  c.train.eval_tokens = s['train_eval_tokens']
 
   # An algorithmic task or passkey retrieval instead of language modelling
   # (lmx/data/tasks.py, configs/tasks/); name '' = the text corpus.

@@ -140,16 +140,31 @@ def check_training(config) -> None:
   p = sum(n for n, _ in sizes.values())
   largest = max(sizes, key=lambda k: sizes[k][0])
   rows = int(t.batch_size) // max(int(t.get('microbatches', 1)), 1)
-  need = (4 * 4 * p + activation_bytes(m, rows, int(t.seq_len), backward=True)
-          + data_bytes(config))
-  _refuse(f'Training this model ({p:,} parameters, the largest {largest} '
+  step = activation_bytes(m, rows, int(t.seq_len), backward=True)
+  # The evaluation during training (train.eval_every) runs between steps,
+  # beside the training state: its longest length's forward pass.
+  from lmx import config as config_lib  # pylint: disable=g-import-not-at-top
+  lengths, _ = config_lib.training_eval_lengths(config)
+  longest = max(lengths, default=0)
+  evaluation = 0
+  if longest:
+    eval_rows = max(1, int(config.eval.batch_tokens) // longest)
+    evaluation = activation_bytes(m, eval_rows, longest, backward=False)
+  need = 4 * 4 * p + max(step, evaluation) + data_bytes(config)
+  knobs = ('the fields that set that shape (config.model.d_model, mlp_dim, '
+           'num_layers, vocab_size, an encoding\'s table such as '
+           'config.model.learned.max_len), or config.train.batch_size or '
+           'seq_len, or config.data.prefetch')
+  what = (f'Training this model ({p:,} parameters, the largest {largest} '
           f'of shape {sizes[largest][1]}; batches of {t.batch_size} x '
           f'{t.seq_len} tokens, {config.data.get("prefetch", 0)} of them '
-          'prefetched)', need,
-          'the fields that set that shape (config.model.d_model, mlp_dim, '
-          'num_layers, vocab_size, an encoding\'s table such as '
-          'config.model.learned.max_len), or config.train.batch_size or '
-          'seq_len, or config.data.prefetch')
+          'prefetched)')
+  if evaluation > step:
+    what = (f'{what[:-1]}; the evaluation during training at length '
+            f'{longest}, {eval_rows} window(s) per pass)')
+    knobs += (', config.train.eval_multipliers or config.eval.batch_tokens '
+              '(or config.train.eval_every=0)')
+  _refuse(what, need, knobs)
 
 
 def check_evaluation(config, length: int) -> None:

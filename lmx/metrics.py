@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from typing import Mapping
 
 from lmx import plots
@@ -113,30 +114,59 @@ def read_tensorboard(logdir: str) -> dict[str, list[tuple[int, float]]]:
   return out
 
 
+# The validation loss at length L of the evaluation during training
+# (lmx.trainer, config.train.eval_every): rows of their own in metrics.jsonl.
+EVAL_KEY = re.compile(r'eval_loss_len(\d+)$')
+
+
 def curve_data(rows: list[dict]) -> dict:
   """Steps, loss and learning rate of metrics.jsonl rows, in step order
-  (one point per step: a later row of a step replaces an earlier one)."""
-  by_step = {}
+  (one point per step: a later row of a step replaces an earlier one), and
+  under ``eval`` ``{length: {'step': [...], 'loss': [...]}}`` from the rows
+  of the evaluation during training (``eval_loss_len<L>``), the same way."""
+  by_step, evals = {}, {}
   for r in rows:
-    if 'step' in r and 'loss' in r:
+    if 'step' not in r:
+      continue
+    if 'loss' in r:
       by_step[int(r['step'])] = r
+    for key, value in r.items():
+      match = EVAL_KEY.match(key)
+      if match:
+        evals.setdefault(int(match.group(1)), {})[int(r['step'])] = value
   steps = sorted(by_step)
   return {'step': steps,
           'loss': [float(by_step[s]['loss']) for s in steps],
           'learning_rate': [float(by_step[s].get('learning_rate', math.nan))
-                            for s in steps]}
+                            for s in steps],
+          'eval': {length: {'step': sorted(points),
+                            'loss': [float(points[s]) for s in
+                                     sorted(points)]}
+                   for length, points in sorted(evals.items())}}
 
 
-def plot_training_curve(rows: list[dict], path: str, title: str = '') -> dict:
+def plot_training_curve(rows: list[dict], path: str, title: str = '',
+                        train_length: int | None = None) -> dict:
   """Loss (log scale) and learning rate against step, two panels sharing
-  the step axis; returns the ``curve_data`` drawn."""
+  the step axis, with the validation loss of the evaluation during training
+  as one curve per length (labelled with its multiple of ``train_length``
+  when given); returns the ``curve_data`` drawn."""
   data = curve_data(rows)
   plt = plots.pyplot()
   fig, (ax_loss, ax_lr) = plt.subplots(
       2, 1, figsize=(7, 5), sharex=True, gridspec_kw={'height_ratios': (2, 1)})
   marker = 'o' if len(data['step']) <= 40 else None
-  ax_loss.plot(data['step'], data['loss'], marker=marker, markersize=3)
-  finite = [v for v in data['loss'] if math.isfinite(v)]
+  ax_loss.plot(data['step'], data['loss'], marker=marker, markersize=3,
+               label="training (the logged step's batch)")
+  for i, (length, curve) in enumerate(data['eval'].items()):
+    times = (f' ({length / train_length:g}x training length)'
+             if train_length else '')
+    ax_loss.plot(curve['step'], curve['loss'], marker='s', markersize=4,
+                 linestyle='--', color=f'C{(i + 2) % 10}',
+                 label=f'validation at length {length}{times}')
+  finite = [v for v in data['loss'] + [
+      x for c in data['eval'].values() for x in c['loss']]
+            if math.isfinite(v)]
   log_y = bool(finite) and min(finite) > 0 and max(finite) > 2 * min(finite)
   if log_y:  # a loss that falls a lot: log scale, plain tick labels
     from matplotlib import ticker  # pylint: disable=g-import-not-at-top
@@ -145,9 +175,13 @@ def plot_training_curve(rows: list[dict], path: str, title: str = '') -> dict:
         ticker.LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
     ax_loss.yaxis.set_major_formatter(ticker.FormatStrFormatter('%g'))
     ax_loss.yaxis.set_minor_formatter(ticker.NullFormatter())
-  ax_loss.set_ylabel("loss of the logged step's batch\n(nats / token"
+  ax_loss.set_ylabel(('loss' if data['eval'] else
+                      "loss of the logged step's batch")
+                     + '\n(nats / token'
                      + (', log scale)' if log_y else ')'))
   ax_loss.grid(True, which='both', alpha=0.3)
+  if data['eval']:
+    ax_loss.legend(fontsize=8)
   ax_lr.plot(data['step'], data['learning_rate'], color='C1', marker=marker,
              markersize=3)
   ax_lr.set_ylabel('learning rate')
@@ -155,8 +189,9 @@ def plot_training_curve(rows: list[dict], path: str, title: str = '') -> dict:
   ax_lr.ticklabel_format(axis='y', style='sci', scilimits=(-2, 3))
   ax_lr.grid(True, alpha=0.3)
   n = len(data['step'])
-  ax_loss.set_title((f'{title}: ' if title else '') + 'training loss and '
-                    f'learning rate ({n} logged steps)', fontsize=10)
+  ax_loss.set_title((f'{title}: ' if title else '') + 'training loss'
+                    + (', validation loss' if data['eval'] else '')
+                    + f' and learning rate ({n} logged steps)', fontsize=10)
   fig.tight_layout()
   plots.save(fig, path)
   return data

@@ -36,6 +36,7 @@ from flax import nnx
 from lmx import checkpoint
 from lmx import config as config_lib
 from lmx import defaults
+from lmx import evaluation
 from lmx import layer_plan
 from lmx import memory
 from lmx import metrics as metrics_lib
@@ -299,6 +300,8 @@ SAFE_ON_RESUME = (
     'train.max_nonfinite_skips', 'data.cache_dir',
     # How the data is prepared and fed, not what it is.
     'data.prepare_workers', 'data.prefetch',
+    # The evaluation during training reads the parameters, never changes them.
+    'train.eval_every', 'train.eval_multipliers', 'train.eval_tokens',
     # Compute choices that leave the values as they are (to rounding).
     'train.loss_chunk', 'train.microbatches', 'model.scan_layers',
     'model.remat',
@@ -432,6 +435,7 @@ def _train(config, workdir, progress, mesh, tok) -> dict:
       local_batch_fn(step), batch_sharding, t.batch_size)
 
   tx = make_optimizer(t)
+  evaluating = _training_eval_plan(config, tok, primary)  # before compiling
   graphdef, target = abstract_state(config, tx)
   state_shardings = sharding.tree_shardings(target, mesh)
   target = sharding.with_shardings(target, state_shardings)
@@ -480,6 +484,8 @@ def _train(config, workdir, progress, mesh, tok) -> dict:
         f'{workdir}')
 
   step_fn = make_train_step(graphdef, tx, config, mesh, state_shardings)
+  evaluate = (_Evaluator(config, graphdef, mesh, *evaluating)
+              if evaluating else None)
   writer = metrics_lib.MetricWriter(workdir, enabled=primary,
                                     resume_step=start)
   saver = checkpoint.Saver(workdir, keep=t.keep_checkpoints)
@@ -492,8 +498,8 @@ def _train(config, workdir, progress, mesh, tok) -> dict:
     try:
       last = _Loop(config, workdir, batch_fn, saver, writer, bar, stop,
                    int(meta.get('nonfinite_skips', 0)),
-                   log_lines=primary and bar is None).run(step_fn, state,
-                                                          start)
+                   log_lines=primary and bar is None,
+                   evaluate=evaluate).run(step_fn, state, start)
     finally:
       # However the loop ended, finish (and seal) the saves in flight and
       # close the files, so no checkpoint is left half written. The signal
@@ -503,7 +509,7 @@ def _train(config, workdir, progress, mesh, tok) -> dict:
       saver.close()
       writer.close()
       if primary:
-        _write_training_curve(workdir, config.name)
+        _write_training_curve(workdir, config.name, t.seq_len)
   if last:
     print(f'Done: step {t.steps}, loss {last["loss"]:.4f}, '
           f'{last["tokens_per_second"]:,.0f} tokens/s. Checkpoints in '
@@ -514,7 +520,8 @@ def _train(config, workdir, progress, mesh, tok) -> dict:
 CURVE_FILE = 'training_curve.png'
 
 
-def _write_training_curve(workdir: str, title: str) -> None:
+def _write_training_curve(workdir: str, title: str,
+                          train_length: int | None = None) -> None:
   """``training_curve.png`` from the whole metrics.jsonl (a resumed run's
   file holds the steps before the resume too). A plot that fails is a
   warning: it must not hide how the run ended."""
@@ -523,7 +530,7 @@ def _write_training_curve(workdir: str, title: str) -> None:
     rows = metrics_lib.read_jsonl(path) if os.path.isfile(path) else []
     if rows:
       metrics_lib.plot_training_curve(rows, os.path.join(workdir, CURVE_FILE),
-                                      title)
+                                      title, train_length)
   except Exception as e:  # pylint: disable=broad-except
     print(f'warning: {CURVE_FILE} not written ({type(e).__name__}: {e}).',
           file=sys.stderr, flush=True)
@@ -546,19 +553,103 @@ def log_line(done: int, total: int, m: dict, elapsed: float,
           f'ETA {_clock(eta)}')
 
 
+def _validation_stream(config: ml_collections.ConfigDict, tok):
+  """The validation token stream of a text run, from the token store:
+  what eval.py scores."""
+  return store.open_split(config.data, 'validation', tok)
+
+
+def _training_eval_plan(config, tok, primary: bool):
+  """``(lengths, validation stream)`` of the evaluation during training
+  (``config.train.eval_every``), checked before anything compiles (each
+  length must have a window of validation text; the memory estimate,
+  ``memory.check_training``, already counts the longest); None when it is
+  off. Lengths the model cannot run are left out with a note; a task run
+  has no validation text, so it is not evaluated during training (a note
+  says so; eval.py evaluates its checkpoints)."""
+  t = config.train
+  if not t.eval_every:
+    return None
+  if config.task.name:
+    if primary:
+      print(f'note: config.train.eval_every={t.eval_every} is ignored: the '
+            f'{config.task.name!r} task has no validation text to score '
+            'during training. Evaluate its checkpoints with eval.py.')
+    return None
+  lengths, skipped = config_lib.training_eval_lengths(config)
+  if not lengths:
+    raise config_lib.ConfigError(
+        'config.train.eval_every='
+        f'{t.eval_every} evaluates during training, but no length of '
+        f'config.train.eval_multipliers={tuple(t.eval_multipliers)!r} x '
+        f'config.train.seq_len={t.seq_len} can be run: '
+        + ' '.join(skipped.values()) + ' Choose smaller multipliers, or set '
+        'config.train.eval_every=0.')
+  if skipped and primary:
+    print(f'note: the evaluation during training skips length(s) '
+          f'{", ".join(map(str, skipped))}: {next(iter(skipped.values()))}')
+  stream = _validation_stream(config, tok)
+  for length in lengths:  # DataError if the validation text is too short
+    windows.eval_windows(stream, length, t.eval_tokens)
+  return lengths, stream
+
+
+class _Evaluator:
+  """``params -> {'eval_loss_len<L>': loss, ..., 'eval_seconds': s}``: the
+  validation loss at each length, scored as eval.py scores it
+  (``evaluation.loss_at_length``, non-overlapping windows, with
+  ``config_lib.training_eval_config``). The loss function is made once, so
+  each length compiles once (its batches have one shape). Parameters stay
+  sharded on the mesh; the windows are placed replicated and the losses
+  come back replicated, so every process scores the same windows and can
+  read them."""
+
+  def __init__(self, config, graphdef, mesh, lengths, stream):
+    self.config = config_lib.training_eval_config(config)
+    self.lengths, self.stream = lengths, stream
+    rep = sharding.replicated(mesh)
+    losses = jax.jit(evaluation.make_loss_fn(graphdef), out_shardings=rep)
+    self.token_losses = lambda params, *arrays: losses(
+        params, *(sharding.place(a, rep) for a in arrays))
+
+  def __call__(self, params) -> dict:
+    start = time.perf_counter()
+    out = {}
+    for length in self.lengths:
+      out[f'eval_loss_len{length}'] = evaluation.loss_at_length(
+          self.token_losses, params, self.config, self.stream,
+          length)['loss']
+    out['eval_seconds'] = time.perf_counter() - start
+    return out
+
+
+def eval_line(done: int, total: int, scores: dict, train_length: int) -> str:
+  """The line a headless run prints for an evaluation during training."""
+  width = len(str(total))
+  parts = ', '.join(
+      f'{v:.4f} at {k[len("eval_loss_len"):]}' for k, v in scores.items()
+      if k.startswith('eval_loss_len'))
+  return (f'eval {done:>{width}}/{total} validation loss {parts} tokens '
+          f'(training length {train_length}), {scores["eval_seconds"]:.1f}s')
+
+
 class _Loop:
   """Steps ``start .. train.steps``: check, log, checkpoint, stop.
 
   ``log_lines``: print a line (``log_line``) at each logged step, flushed,
   for runs without a progress bar (``--progress=false``, sweep members'
-  logs); only the primary process is given it."""
+  logs); only the primary process is given it. ``evaluate`` (an
+  ``_Evaluator``, or None): every ``train.eval_every`` steps its scalars
+  go to the metrics as a row of their own, after the step's training row
+  and before its checkpoint; its time is left out of tokens/s."""
 
   def __init__(self, config, workdir, batch_fn, saver, writer, bar, stop,
-               skips, log_lines=False):
+               skips, log_lines=False, evaluate=None):
     self.config, self.workdir, self.batch_fn = config, workdir, batch_fn
     self.saver, self.writer, self.bar, self.stop = saver, writer, bar, stop
     self.skips = skips
     self.log_lines = log_lines
+    self.evaluate = evaluate
     self.last_saved = None
 
   def _check(self, done: int, m) -> None:
@@ -616,7 +707,8 @@ class _Loop:
       log_due = done % t.log_every == 0 or done == t.steps
       save_due = (done % t.checkpoint_every == 0 or done == t.steps
                   or stopping is not None)
-      if log_due or save_due:
+      eval_due = self.evaluate is not None and done % t.eval_every == 0
+      if log_due or save_due or eval_due:
         # Nothing is logged or saved before its step is known to be finite.
         m = jax.device_get(m)
         self._check(done, m)
@@ -637,6 +729,14 @@ class _Loop:
           self.bar.set_postfix(loss=f'{last["loss"]:.3f}',
                                tok_s=f'{tok_s:,.0f}')
         window_start, window_steps = time.perf_counter(), 0
+      if eval_due:
+        scores = self.evaluate(state['params'])
+        self.writer.write(done, scores)
+        window_start += scores['eval_seconds']  # not training time
+        if self.log_lines:
+          print(eval_line(done, t.steps, scores, t.seq_len), flush=True)
+        elif self.bar is not None:  # above the bar
+          self.bar.write(eval_line(done, t.steps, scores, t.seq_len))
       if self.bar is not None:
         self.bar.update(1)
       if save_due:

@@ -15,7 +15,7 @@ def test_curve_data_orders_steps_and_keeps_the_last_row_of_a_step():
           {'note': 'no step'}]
   data = metrics.curve_data(rows)
   assert data == {'step': [2, 4], 'loss': [4.0, 2.5],
-                  'learning_rate': [1.0, 0.25]}
+                  'learning_rate': [1.0, 0.25], 'eval': {}}
 
 
 def test_training_curve_png_has_one_point_per_logged_step(tmp_path):

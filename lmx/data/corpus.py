@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lmx.data import sources
 from lmx.data import tokenizer
 from lmx.data.sources import (is_validation, list_files,  # noqa: F401
                               printable_path, stdlib_root)

@@ -241,7 +241,7 @@ def prepare_unit(args) -> dict:
     pending = []
 
     def flush():
-      for (data, ends, held_out), ids in zip(
+      for (_, ends, held_out), ids in zip(
           pending, _encode(tok, [p[0] for p in pending])):
         writers['validation' if held_out else 'train'].add(ids, ends)
       pending.clear()
