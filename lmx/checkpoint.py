@@ -146,6 +146,11 @@ def _remember(directory: str, stats: Optional[dict], sums: bytes) -> None:
     _known_good[directory] = (stats, sums)
 
 
+def _forget(directory: str) -> None:
+  with _known_lock:
+    _known_good.pop(directory, None)
+
+
 def seal(workdir: str, step: int) -> None:
   """Records the sha256 of every file of a finished checkpoint (and, in this
   process, the files' stats, for ``unchanged_since_good``)."""
@@ -190,6 +195,7 @@ def verify(workdir: str, step: int) -> Optional[str]:
                            wait_s=0.1)
   except OSError:
     stats = None  # a file vanished: the check below says which
+  _forget(directory)
   for rel, digest in expected.items():
     if rel not in present:
       return f'file {rel} is missing'
@@ -436,6 +442,7 @@ class Saver:
       doomed = sharding.broadcast_ints(doomed, len(steps))
     for s in doomed:
       self._mngr.delete(s)
+      _forget(step_dir(self.workdir, s))
 
   def _failed(self, e: BaseException) -> None:
     """Turns a full disk during a save (the write or the seal) into a
