@@ -26,8 +26,9 @@ Safety, on top of what orbax gives:
   workdir refuse instead of interleaving checkpoints with the first.
 - Several processes (multi-host). Every process takes part in each orbax
   save and restore (each writes and reads its own shards); process 0 alone
-  seals, prunes and sets corrupt steps aside, after a barrier that waits
-  for every process's writes, and the others wait for it before going on.
+  seals (after a barrier that waits for every process's writes), decides
+  what is pruned and sets corrupt steps aside; the others wait for its
+  decision (a broadcast) and for the restore's barrier before going on.
   A restore target whose leaves carry shardings (``jax.ShapeDtypeStruct``
   with ``sharding``) restores onto that mesh, whatever mesh saved it.
 """
