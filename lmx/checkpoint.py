@@ -18,14 +18,17 @@ Safety, on top of what orbax gives:
   verifies and restores; newer ones that do not are moved (never deleted) to
   ``<workdir>/checkpoints_corrupt/``, or the run refuses, as configured.
 - Pruning. ``Saver`` keeps the newest ``keep`` checkpoints that are sealed
-  and still verify, and deletes only older ones, so it never deletes the
-  only good checkpoint.
+  and unchanged since, and deletes only older ones, so it never deletes the
+  only good checkpoint. Each step is hashed once, when it is sealed, on a
+  thread of its own: the training loop neither hashes nor re-hashes (see
+  ``Saver``).
 - One writer. ``WorkdirLock`` makes a second training run on the same
   workdir refuse instead of interleaving checkpoints with the first.
 - Several processes (multi-host). Every process takes part in each orbax
   save and restore (each writes and reads its own shards); process 0 alone
-  seals, prunes and sets corrupt steps aside, after a barrier that waits
-  for every process's writes, and the others wait for it before going on.
+  seals (after a barrier that waits for every process's writes), decides
+  what is pruned and sets corrupt steps aside; the others wait for its
+  decision (a broadcast) and for the restore's barrier before going on.
   A restore target whose leaves carry shardings (``jax.ShapeDtypeStruct``
   with ``sharding``) restores onto that mesh, whatever mesh saved it.
 """
@@ -42,7 +45,9 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
+from concurrent import futures
 from typing import Any, Optional
 
 import jax
@@ -81,7 +86,7 @@ def _files(directory: str) -> dict[str, str]:
     for name in names:
       path = os.path.join(root, name)
       rel = os.path.relpath(path, directory)
-      if rel != CHECKSUM_FILE:
+      if rel not in (CHECKSUM_FILE, CHECKSUM_FILE + '.tmp'):
         out[rel] = path
   return out
 
@@ -94,16 +99,77 @@ def _sha256(path: str) -> str:
   return h.hexdigest()
 
 
+# What this process last found good, by step directory: the stat of each
+# data file (``_stats``) when it was sealed or verified (None when those
+# stats could not be trusted: a file changed within the file system's clock
+# tick), and the bytes of its ``lmx_checksums.json``. ``Saver`` compares a
+# kept step with these instead of hashing it again: a data file written
+# since has another mtime/ctime, size or inode, and the small checksum file
+# is read and compared whole. Silent damage of the medium itself changes no
+# stat; ``verify`` finds it at the next restore.
+_known_good: dict[str, tuple[Optional[dict], bytes]] = {}
+_known_lock = threading.Lock()
+
+# For ``verify``, which may not write: a file whose ctime is within this
+# much of the wall clock may still change within its clock tick (the kernel
+# stamps files with a clock of 1-10 ms resolution).
+_TICK_NS = 50_000_000
+
+
+def _stats(files: dict[str, str]) -> dict[str, tuple[int, int, int, int]]:
+  """(size, mtime, ctime, inode) of each file: what any write changes."""
+  out = {}
+  for rel, path in files.items():
+    st = os.stat(path)
+    out[rel] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+  return out
+
+
+def _settled_stats(files: dict[str, str], now,
+                   wait_s: float) -> Optional[dict]:
+  """The files' stats, taken once ``now()`` (a time on the files' clock,
+  read before the stats) is later than every file's ctime, so any change
+  after this call gets a later ctime than the one recorded; None if that
+  does not happen within ``wait_s`` (a clock that went back)."""
+  deadline = time.monotonic() + wait_s
+  while True:
+    t = now()
+    stats = _stats(files)
+    if all(st[2] < t for st in stats.values()):
+      return stats
+    if time.monotonic() > deadline:
+      return None
+    time.sleep(0.002)
+
+
+def _remember(directory: str, stats: Optional[dict], sums: bytes) -> None:
+  with _known_lock:
+    _known_good[directory] = (stats, sums)
+
+
+def _forget(directory: str) -> None:
+  with _known_lock:
+    _known_good.pop(directory, None)
+
+
 def seal(workdir: str, step: int) -> None:
-  """Records the sha256 of every file of a finished checkpoint."""
+  """Records the sha256 of every file of a finished checkpoint (and, in this
+  process, the files' stats, for ``unchanged_since_good``)."""
   directory = step_dir(workdir, step)
-  sums = {rel: _sha256(p) for rel, p in sorted(_files(directory).items())}
+  files = _files(directory)
   path = os.path.join(directory, CHECKSUM_FILE)
   with open(path + '.tmp', 'w') as f:
-    json.dump({'step': step, 'sha256': sums}, f, indent=0)
+    def fs_now():  # the file system's own clock: touch the file, read it
+      os.utime(f.fileno())
+      return os.fstat(f.fileno()).st_ctime_ns
+    stats = _settled_stats(files, fs_now, wait_s=1.0)
+    sums = {rel: _sha256(p) for rel, p in sorted(files.items())}
+    text = json.dumps({'step': step, 'sha256': sums}, indent=0)
+    f.write(text)
     f.flush()
     os.fsync(f.fileno())
   os.replace(path + '.tmp', path)
+  _remember(directory, stats, text.encode())
 
 
 def is_sealed(workdir: str, step: int) -> bool:
@@ -112,23 +178,53 @@ def is_sealed(workdir: str, step: int) -> bool:
 
 def verify(workdir: str, step: int) -> Optional[str]:
   """None if the step matches its checksums, ``UNSEALED`` if it has none,
-  else what is wrong with it."""
+  else what is wrong with it. A step that matches is remembered as good
+  (``unchanged_since_good``)."""
   directory = step_dir(workdir, step)
   path = os.path.join(directory, CHECKSUM_FILE)
   if not os.path.isfile(path):
     return UNSEALED
   try:
-    with open(path) as f:
-      expected = json.load(f)['sha256']
+    with open(path, 'rb') as f:
+      text = f.read()
+    expected = json.loads(text)['sha256']
   except (OSError, ValueError, KeyError, TypeError) as e:
     return f'its {CHECKSUM_FILE} is unreadable ({e})'
   present = _files(directory)
+  try:
+    stats = _settled_stats(present, lambda: time.time_ns() - _TICK_NS,
+                           wait_s=0.1)
+  except OSError:
+    stats = None  # a file vanished: the check below says which
+  _forget(directory)
   for rel, digest in expected.items():
     if rel not in present:
       return f'file {rel} is missing'
     if _sha256(present[rel]) != digest:
       return f'file {rel} does not match its checksum'
+  _remember(directory, stats, text)
   return None
+
+
+def unchanged_since_good(workdir: str, step: int) -> bool:
+  """Whether this process sealed or verified ``step`` and none of its files
+  changed since, judged by their stats alone (no hashing). Steps it never
+  checked are not known to be good: False. Where the stats could not be
+  trusted, the step is verified (hashed) instead."""
+  directory = step_dir(workdir, step)
+  with _known_lock:
+    if directory not in _known_good:
+      return False
+    stats, sums = _known_good[directory]
+  if stats is None:
+    return verify(workdir, step) is None
+  try:
+    with open(os.path.join(directory, CHECKSUM_FILE), 'rb') as f:
+      if f.read() != sums:
+        return False
+    return _stats(_files(directory)) == stats
+  except OSError:
+    return False
 
 
 # ------------------------------------------------------------------- restore
@@ -259,11 +355,20 @@ def restore_latest_good(workdir: str, abstract_state: Any,
 class Saver:
   """Asynchronous saves for a training run, sealed and pruned.
 
-  A save runs in the background while training goes on. Before the next
-  save starts (and in ``close``) the previous one is awaited, sealed with
-  checksums, and checkpoints older than the newest ``keep`` sealed ones are
-  deleted. Steps that are unsealed or fail their checksums never count
-  towards ``keep``.
+  A save runs in the background while training goes on: orbax writes the
+  step, then (process 0) a sealing thread hashes its files and writes
+  ``lmx_checksums.json``. The training loop's own thread does neither: at
+  the next save it waits only for orbax's write (usually long done), hands
+  the step to the sealing thread and prunes. ``finish`` and ``close`` wait
+  for everything, seals included.
+
+  Pruning keeps the newest ``keep`` steps that this process sealed (or
+  verified when it restored them) and whose files are unchanged since
+  (``unchanged_since_good``: their stats, no hashing), and deletes only
+  older ones. A step whose seal is still running, that is unsealed or whose
+  files changed never counts towards ``keep``; so the disk may hold a step
+  being written and one being sealed beside the ``keep`` good ones, and
+  after a resume the older steps stay until ``keep`` newer ones are good.
   """
 
   def __init__(self, workdir: str, keep: int):
@@ -274,10 +379,13 @@ class Saver:
         enable_async_checkpointing=True)
     self._mngr = ocp.CheckpointManager(checkpoint_dir(workdir),
                                        options=options)
-    self._in_flight: list[int] = []
+    self._in_flight: list[int] = []  # being written by orbax
+    self._sealing: dict[int, futures.Future] = {}  # being hashed
+    self._sealer = futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix='lmx-seal')
 
   def save(self, step: int, state: Any, meta: dict) -> None:
-    self.finish()
+    self._settle(wait_for_seals=False)
     if step in self._mngr.all_steps():
       return  # e.g. a stop request right after a periodic save
     self._in_flight.append(step)
@@ -286,11 +394,11 @@ class Saver:
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                       force=True)
     except Exception as e:  # pylint: disable=broad-except
-      self._failed(step, e)
+      self._failed(e)
       raise
 
   def finish(self) -> None:
-    """Waits for saves in flight, seals them, prunes old checkpoints.
+    """Waits for saves in flight and their seals, prunes old checkpoints.
 
     With several processes, all call this: process 0 seals only once every
     process has finished writing, and decides what is pruned; all of them
@@ -300,30 +408,59 @@ class Saver:
     CheckpointError that names the newest good checkpoint, which is kept;
     what was written of the failed step is removed.
     """
+    self._settle(wait_for_seals=True)
+
+  def _settle(self, wait_for_seals: bool) -> None:
+    """Waits for orbax's writes, hands the written steps to the sealing
+    thread (process 0), collects the seals that are done (all of them if
+    ``wait_for_seals``) and prunes.
+
+    The collectives (the barrier, the broadcast of what is pruned) run here,
+    on the caller's thread, in the same order on every process; only the
+    hashing runs on the sealing thread.
+    """
     try:
       self._mngr.wait_until_finished()
       if self._in_flight:
         sharding.barrier('lmx_checkpoint_written')
       if _is_primary():
         for step in self._in_flight:
-          seal(self.workdir, step)
+          # ``seal`` is looked up now, so a replaced one (tests) is used.
+          self._sealing[step] = self._sealer.submit(seal, self.workdir, step)
+      self._in_flight = []
+      for step in sorted(self._sealing):
+        future = self._sealing[step]
+        if not (wait_for_seals or future.done()):
+          break  # one sealing thread, oldest first: the rest are not done
+        future.result()  # a failed seal raises here, on this thread
+        del self._sealing[step]
     except Exception as e:  # pylint: disable=broad-except
-      self._failed(self._in_flight[-1] if self._in_flight else None, e)
+      self._failed(e)
       raise
-    self._in_flight = []
     steps = sorted(self._mngr.all_steps())
     doomed = self._to_prune(steps) if _is_primary() else []
     if len(steps) > self.keep:
       doomed = sharding.broadcast_ints(doomed, len(steps))
     for s in doomed:
       self._mngr.delete(s)
+      _forget(step_dir(self.workdir, s))
 
-  def _failed(self, step: Optional[int], e: BaseException) -> None:
-    """Turns a full disk during the save of ``step`` into a CheckpointError
-    (other errors are left to propagate as they are)."""
-    failed, self._in_flight = list(self._in_flight), []
+  def _failed(self, e: BaseException) -> None:
+    """Turns a full disk during a save (the write or the seal) into a
+    CheckpointError (other errors are left to propagate as they are).
+
+    Waits for the seals still running; the steps not written or not sealed
+    are then removed, and the message names the newest of them."""
+    failed = list(self._in_flight)
+    self._in_flight = []
+    for s, future in sorted(self._sealing.items()):
+      if future.exception() is not None:  # waits for it
+        failed.append(s)
+    self._sealing = {}
     if not is_disk_full(e):
       return
+    failed.sort()
+    step = failed[-1] if failed else None
     if _is_primary():
       for s in failed:  # never sealed: not a checkpoint; frees the space
         shutil.rmtree(step_dir(self.workdir, s), ignore_errors=True)
@@ -342,26 +479,30 @@ class Saver:
   def _to_prune(self, steps: list[int]) -> list[int]:
     """The steps older than the newest ``keep`` good ones.
 
-    A step counts as good only if it is sealed and still matches its
-    checksums, so neither a save in flight nor a damaged newer step can
-    cause the deletion of the last good one.
+    A step counts as good only if this process sealed or verified it and
+    its files are unchanged since (``unchanged_since_good``, which does not
+    hash), so neither a save in flight, nor one being sealed, nor a damaged
+    newer step can cause the deletion of the last good one.
     """
     if len(steps) <= self.keep:
       return []
     good = []
     for s in reversed(steps):
-      if verify(self.workdir, s) is None:
+      if s not in self._sealing and unchanged_since_good(self.workdir, s):
         good.append(s)
         if len(good) == self.keep:
           break
     if len(good) < self.keep:
       return []
-    return [s for s in steps if s < good[-1]]
+    return [s for s in steps if s < good[-1] and s not in self._sealing]
 
   def close(self) -> None:
+    """``finish``, then ends the sealing thread (after the seals it has,
+    whatever ``finish`` raised) and orbax's manager."""
     try:
       self.finish()
     finally:
+      self._sealer.shutdown(wait=True)
       try:
         self._mngr.close()
       except Exception as e:  # pylint: disable=broad-except
