@@ -60,8 +60,11 @@ from lmx.fs import is_disk_full, make_writable_dir
 VERSION = 1
 MANIFEST = 'store.json'
 SPLITS = ('train', 'validation')
-# Documents a worker encodes in one call (SentencePiece encodes a list).
+# A worker encodes documents in batches of up to this many (SentencePiece
+# encodes a list at once) or this many bytes, whichever comes first, so its
+# memory stays bounded whatever the documents' sizes.
 _ENCODE_BATCH = 256
+_ENCODE_BYTES = 8 << 20
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -238,7 +241,7 @@ def prepare_unit(args) -> dict:
              for s in SPLITS}
   bad = sources.BadRecords()
   try:
-    pending = []
+    pending, pending_bytes = [], 0
 
     def flush():
       for (_, ends, held_out), ids in zip(
@@ -248,8 +251,10 @@ def prepare_unit(args) -> dict:
 
     for doc in sources.documents(unit, fraction, text_key, bad):
       pending.append(doc)
-      if len(pending) >= _ENCODE_BATCH:
+      pending_bytes += len(doc[0])
+      if len(pending) >= _ENCODE_BATCH or pending_bytes >= _ENCODE_BYTES:
         flush()
+        pending_bytes = 0
     flush()
     limit = max(10, sources.BAD_RECORD_FRACTION * bad.total)
     if bad.count > limit:
