@@ -28,8 +28,9 @@ measured (medians of ``--repeats`` where a figure is timed more than once):
   the largest corpus's store (``lmx.data.windows.train_batch``).
 * ``step``: the default model's train step (``configs/alibi.py``), seconds
   per step with the real batch source (the store, prefetched as the trainer
-  does) against one precomputed batch already on the device; ``--steps``
-  steps after a warmup, ``--repeats`` times, alternating.
+  does; and built in the loop, ``prefetch=0``) against one precomputed
+  batch already on the device; ``--steps`` steps after a warmup,
+  ``--repeats`` times, the three alternating.
 
 Results print as a table and go to ``--out`` (JSON) if given.
 """
@@ -258,23 +259,26 @@ def bench_step(corpus: str, work: str, steps: int, repeats: int) -> dict:
   fixed = batch_fn(0)
   state, m = step_fn(state, dict(fixed))  # compile
   jax.block_until_ready(m)
-  real, pre, start = [], [], 1
+  times = {'prefetch': [], 'inline': [], 'precomputed': []}
+  start = 1
   for _ in range(repeats):
-    with prefetch.Prefetch(batch_fn, start, start + steps,
-                           config.data.prefetch) as p:
-      t0 = time.perf_counter()
-      for s in range(start, start + steps):
-        state, m = step_fn(state, dict(p.get(s)))
-      jax.block_until_ready(m)
-      real.append((time.perf_counter() - t0) / steps)
-    start += steps
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      state, m = step_fn(state, dict(fixed))
-    jax.block_until_ready(m)
-    pre.append((time.perf_counter() - t0) / steps)
-  r, q = statistics.median(real), statistics.median(pre)
-  return {'real_s': r, 'precomputed_s': q, 'ratio': r / q,
+    # The three sources alternate within a repeat, so load from other
+    # processes hits all of them.
+    for kind in times:
+      depth = config.data.prefetch if kind == 'prefetch' else 0
+      with prefetch.Prefetch(batch_fn, start, start + steps, depth) as p:
+        t0 = time.perf_counter()
+        for s in range(start, start + steps):
+          batch = fixed if kind == 'precomputed' else p.get(s)
+          state, m = step_fn(state, dict(batch))
+        jax.block_until_ready(m)
+        times[kind].append((time.perf_counter() - t0) / steps)
+      start += steps
+  med = {k: statistics.median(v) for k, v in times.items()}
+  return {'real_s': med['prefetch'], 'inline_s': med['inline'],
+          'precomputed_s': med['precomputed'],
+          'ratio': med['prefetch'] / med['precomputed'],
+          'inline_ratio': med['inline'] / med['precomputed'],
           'batch': f'{config.train.batch_size}x{config.train.seq_len}',
           'prefetch': config.data.prefetch}
 
@@ -331,9 +335,11 @@ def main(argv=None) -> None:
   if 'step' in what:
     out['step'] = bench_step(largest, args.dir, args.steps, args.repeats)
     s = out['step']
-    print(f'step ({s["batch"]}, prefetch {s["prefetch"]}): real batches '
-          f'{1e3 * s["real_s"]:.2f} ms, precomputed {1e3 * s["precomputed_s"]:.2f}'
-          f' ms, ratio {s["ratio"]:.3f}', flush=True)
+    print(f'step ({s["batch"]}): real batches prefetched '
+          f'({s["prefetch"]} ahead) {1e3 * s["real_s"]:.2f} ms, built in the '
+          f'loop {1e3 * s["inline_s"]:.2f} ms, precomputed '
+          f'{1e3 * s["precomputed_s"]:.2f} ms; ratios to precomputed '
+          f'{s["ratio"]:.3f} and {s["inline_ratio"]:.3f}', flush=True)
   print(f'machine: {out["machine"]}; {out["date"]}')
   if args.out:
     with open(args.out, 'w') as f:

@@ -305,9 +305,10 @@ class TokenStream:
     self.folder, self.split = folder, split
     self.dtype = np.dtype(dtype)
     self.records = [r for r in records if r['tokens']]
-    self._maps = [np.memmap(os.path.join(folder, split, r['file']),
-                            dtype=self.dtype, mode='r', shape=(r['tokens'],))
-                  for r in self.records]
+    # Plain arrays over the maps: slicing an np.memmap subclass costs more.
+    self._maps = [np.asarray(np.memmap(
+        os.path.join(folder, split, r['file']), dtype=self.dtype, mode='r',
+        shape=(r['tokens'],))) for r in self.records]
     sizes = [r['tokens'] for r in self.records]
     self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
     self.size = int(self.offsets[-1])
@@ -358,9 +359,16 @@ class TokenStream:
 
   def rows(self, starts: np.ndarray, length: int) -> np.ndarray:
     """``[len(starts), length]``: the windows ``stream[s:s + length]``."""
+    starts = np.asarray(starts, np.int64)
     out = np.empty((len(starts), length), self.dtype)
-    for i, s in enumerate(np.asarray(starts).tolist()):
-      out[i] = self._piece(s, s + length)
+    first = np.searchsorted(self.offsets, starts, side='right') - 1
+    inside = starts + length <= self.offsets[first + 1]
+    span = np.arange(length)
+    for s in np.unique(first[inside]):  # one gather per shard
+      m = inside & (first == s)
+      out[m] = self._maps[s][(starts[m] - self.offsets[s])[:, None] + span]
+    for i in np.flatnonzero(~inside):  # a window across shards
+      out[i] = self._piece(int(starts[i]), int(starts[i]) + length)
     return out
 
   def doc_ends(self) -> np.ndarray:
