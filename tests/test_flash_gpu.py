@@ -28,6 +28,11 @@ TOL = 1e-5
 # bfloat16's bound, as in tests/test_flash.py (met by the dense backend too).
 BF16_TOL = 2.0 ** -6
 LAMBDA = A.Mask(n_global=2, n_local=5)
+# XLA:CPU compiling the interpreted kernels is most of this file's cost;
+# as in tests/test_attention.py, these options cut it.
+FAST_COMPILE = {'xla_backend_optimization_level': 0,
+                'xla_llvm_disable_expensive_passes': True}
+jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 
 
 def _encoding(name, **fields):
@@ -71,7 +76,7 @@ def _grads(backend, enc, mask, data):
                               bias_fn=e.bias, mask=mask)
     return jnp.sum(out.astype(jnp.float32) * cot), out
 
-  (_, out), grads = jax.jit(jax.value_and_grad(
+  (_, out), grads = jit(jax.value_and_grad(
       loss, argnums=(0, 1, 2, 3), has_aux=True))(params, *data[:3])
   return out, grads
 
@@ -83,13 +88,14 @@ def _leaves(tree):
 
 CASES = {
     # encoding, its settings, (T, S), mask: every encoding with a kernel
-    # form, every mask, odd lengths.
+    # form, odd lengths, every mask (Llama 4's chunks in the bfloat16 test
+    # below). The unrolled forms are narrowed (8 T5 buckets, 2 FIRE units,
+    # 4 Sandwich frequencies): the interpreter's cost grows with them.
     'alibi_causal': ('alibi', {}, (21, 21), A.Mask()),
     'kerple_log_lambda': ('kerple', {}, (37, 37), LAMBDA),
-    'kerple_power_chunk': ('kerple', {'kerple.kernel': 'power'}, (21, 21),
-                           A.Mask(chunk=10)),
-    't5_window': ('t5', {}, (21, 37), A.Mask(n_local=6)),
-    'fire_causal': ('fire', {'fire.mlp_width': 4}, (21, 21), A.Mask()),
+    't5_window': ('t5', {'t5.num_buckets': 8, 't5.max_distance': 16},
+                  (21, 37), A.Mask(n_local=6)),
+    'fire_causal': ('fire', {'fire.mlp_width': 2}, (21, 21), A.Mask()),
     'sandwich_lambda': ('sandwich', {'sandwich.dim': 8}, (21, 21), LAMBDA),
 }
 
@@ -99,6 +105,8 @@ def test_every_kernel_form_is_covered():
   forms = {n for n, cls in P.REGISTRY.items()
            if cls.has_bias() and cls.kernel_refusal() is None}
   assert forms == {c[0] for c in CASES.values()}
+  # T5's gradient reaches a bucket past the exact ones (distance >= 4).
+  assert CASES['t5_window'][3].n_local > 4
 
 
 @pytest.mark.parametrize('case', sorted(CASES))
@@ -124,12 +132,16 @@ def test_gpu_kernel_equals_dense_forward_and_gradients(case):
 
 
 def test_gpu_kernel_bfloat16_within_bfloat16_rounding():
-  enc = _encoding('kerple')
+  """bfloat16 inputs (KERPLE's power kernel, Llama 4's chunks across the
+  block edges): the kernel against float32 math on the same rounded
+  inputs, within bfloat16's rounding."""
+  enc = _encoding('kerple', **{'kerple.kernel': 'power'})
+  mask = A.Mask(chunk=10)
   data16 = _data(21, 21, jnp.bfloat16)
   data32 = tuple(x.astype(jnp.float32) if x.dtype == jnp.bfloat16 else x
                  for x in data16)
-  out_ref, g_ref = _grads('dense', enc, LAMBDA, data32)
-  out, g = _grads('gpu', enc, LAMBDA, data16)
+  out_ref, g_ref = _grads('dense', enc, mask, data32)
+  out, g = _grads('gpu', enc, mask, data16)
   assert out.dtype == jnp.bfloat16
   err = np.abs(np.asarray(out, np.float32) - np.asarray(out_ref)).max()
   assert err <= BF16_TOL * np.abs(np.asarray(out_ref)).max(), err
@@ -144,7 +156,7 @@ def test_changing_future_keys_changes_no_earlier_output():
   enc = _encoding('alibi')
   q, k, v, qpos, kpos, _ = _data(37, 37, jnp.float32)
   r = np.random.default_rng(7)
-  run = jax.jit(lambda k, v: _gpu(q, k, v, qpos, kpos, enc.kernel_bias(),
+  run = jit(lambda k, v: _gpu(q, k, v, qpos, kpos, enc.kernel_bias(),
                                   A.Mask()))
   base_out = np.asarray(run(k, v))
   for c in (5, 16, 30):   # inside a block, on a block edge, the last block
@@ -169,7 +181,9 @@ def test_hidden_key_blocks_are_never_read():
                             mask=mask)
   k_nan = k.at[:, 16:48].set(jnp.nan)   # key blocks 1 and 2
   v_nan = v.at[:, 16:48].set(jnp.nan)
-  out = np.asarray(_gpu(q, k_nan, v_nan, qpos, kpos, enc.kernel_bias(), mask))
+  out = np.asarray(jit(lambda k, v: _gpu(q, k, v, qpos, kpos,
+                                             enc.kernel_bias(), mask))(
+                                                 k_nan, v_nan))
   assert np.isfinite(out[:, 64:]).all()
   np.testing.assert_allclose(out[:, 64:], dense[:, 64:], atol=TOL)
 
@@ -217,8 +231,10 @@ def test_auto_on_gpu_takes_the_kernel_or_says_why_not(monkeypatch, caplog):
   q, k, v, qpos, kpos, _ = _data(21, 21, jnp.float32)
   near = A.Branch(q, k, qpos, kpos)
   dense = A.dense_attention(near, v, bias_fn=enc.bias, mask=LAMBDA)
-  run = functools.partial(A.attention, near, v, bias_fn=enc.bias,
-                          mask=LAMBDA, backend='auto', block=16)
+  # A new function each time, so that each is traced for its platform.
+  run = lambda: jit(functools.partial(
+      A.attention, near, v, bias_fn=enc.bias, mask=LAMBDA, backend='auto',
+      block=16))()
   np.testing.assert_allclose(run(), dense, atol=TOL)
   assert calls == []   # CPU: never the kernel
   with ops.on_platform('gpu'):
@@ -252,11 +268,14 @@ def test_compiles_for_h100_without_a_gpu():
   sharding = jax.sharding.SingleDeviceSharding(device)
   b, t, h, kd = 1, 200, 2, 64
   pos = jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=sharding)
+  # FIRE and Sandwich narrowed (4 units, 2 frequencies): Triton's compile
+  # time grows with every unrolled unit, and fastest with Sandwich's
+  # cosines (docs/backends.md).
   cases = [('alibi', {}, jnp.bfloat16, A.Mask(4, 100)),
            ('kerple', {}, jnp.float32, A.Mask(chunk=48)),
            ('t5', {}, jnp.bfloat16, A.Mask(n_local=64)),
-           ('fire', {}, jnp.bfloat16, A.Mask()),
-           ('sandwich', {}, jnp.bfloat16, A.Mask(4, 100))]
+           ('fire', {'fire.mlp_width': 4}, jnp.bfloat16, A.Mask()),
+           ('sandwich', {'sandwich.dim': 4}, jnp.bfloat16, A.Mask(4, 100))]
   assert {c[0] for c in cases} == {c[0] for c in CASES.values()}
   for name, fields, dtype, mask in cases:
     c = base.get_config('size=tiny')
@@ -278,3 +297,39 @@ def test_compiles_for_h100_without_a_gpu():
     for kernel in ('lmx_flash_gpu_fwd', 'lmx_flash_gpu_dkv',
                    'lmx_flash_gpu_dq'):
       assert kernel in text, (name, kernel)
+
+
+def test_constant_bias_parameters_get_no_pullback():
+  """The dq kernel pulls the bias gradient back only for parameters that
+  are differentiated: ALiBi's slopes are constants, KERPLE's are learned."""
+  q, k, v, qpos, kpos, _ = _data(21, 21, jnp.float32)
+
+  def dq_outputs(name, wrt_params):
+    enc = _encoding(name)
+    graphdef, params, rest = nnx.split(enc, nnx.Param, ...)
+
+    def loss(params, q):
+      kb = nnx.merge(graphdef, params, rest).kernel_bias()
+      return _gpu(q, k, v, qpos, kpos, kb, A.Mask()).sum()
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1) if wrt_params
+                                    else 1))(params, q)
+    eqns = [e for e in _all_eqns(jaxpr.jaxpr)
+            if e.primitive.name == 'pallas_call'
+            and 'lmx_flash_gpu_dq' in str(e.params.get('name'))]
+    assert len(eqns) == 1
+    return len(eqns[0].outvars)
+
+  assert dq_outputs('alibi', False) == 1
+  assert dq_outputs('kerple', False) == 1   # not asked for
+  assert dq_outputs('kerple', True) == 2
+
+
+def _all_eqns(jaxpr):
+  """Every equation of ``jaxpr`` and of the jaxprs inside it."""
+  for e in jaxpr.eqns:
+    yield e
+    for p in e.params.values():
+      inner = getattr(p, 'jaxpr', None)
+      if inner is not None and hasattr(inner, 'eqns'):
+        yield from _all_eqns(inner)

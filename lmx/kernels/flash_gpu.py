@@ -193,16 +193,16 @@ def _dq_kernel(st: tiles.Static, lanes: int, scale, runs_ref, params_ref,
                                qpos, kpos, do, lse, delta)
     dq = carry[0] + jax.lax.dot(ds.astype(k.dtype), k,
                                 preferred_element_type=jnp.float32) * scale
-    if not st.n_params:
+    if not st.pull_bias:
       return (dq,)
     return dq, carry[1] + tiles.bias_grad_row(st, head, qpos, kpos, ds, lanes)
 
   init = (jnp.zeros(q.shape, jnp.float32),)
-  if st.n_params:
+  if st.pull_bias:
     init += (jnp.zeros((1, lanes), jnp.float32),)
   res = _over_runs(runs_ref, body, init)
   dq_ref[...] = res[0].astype(dq_ref.dtype)
-  if st.n_params:
+  if st.pull_bias:
     dprm_ref[0][...] = res[1]
 
 
@@ -233,7 +233,7 @@ def _backward(st: tiles.Static, lc: _Launch, q, k, v, qpos, kpos, params,
 
   out_specs = [spec['q_own']]
   out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
-  if st.n_params:
+  if st.pull_bias:
     out_specs.append(pl.BlockSpec((None, None, None, 1, lc.lanes),
                                   lambda g, b_, h_: (b_, h_, g, 0, 0)))
     out_shape.append(jax.ShapeDtypeStruct((b, h, st.nq, 1, lc.lanes),
@@ -249,7 +249,7 @@ def _backward(st: tiles.Static, lc: _Launch, q, k, v, qpos, kpos, params,
       compiler_params=_params(lc), interpret=st.interpret,
       name='lmx_flash_gpu_dq',
   )(jnp.asarray(tiles.block_runs(pairs, st.nq, 0, RUN_WIDTH)), *args)
-  dparams = (res[1].sum(axis=(0, 2))[:, 0] if st.n_params
+  dparams = (res[1].sum(axis=(0, 2))[:, 0] if st.pull_bias
              else jnp.zeros_like(params))
   return res[0], dk, dv, dparams
 
@@ -263,18 +263,28 @@ def _flash(st, lc, q, k, v, qpos, kpos, params):
 
 
 def _flash_fwd(st, lc, q, k, v, qpos, kpos, params):
-  out, lse = _forward(st, lc, q, k, v, qpos, kpos, params)
-  return out, (q, k, v, qpos, kpos, params, out, lse)
+  # symbolic_zeros: each argument comes with whether it is differentiated.
+  # Constant bias parameters (ALiBi's slopes, Sandwich's scales) need no
+  # gradient, and the dq kernel then leaves the pullback out. The flag
+  # rides in the residuals as a leafless pytree: () wanted, None not.
+  want = () if params.perturbed else None
+  args = [x.value for x in (q, k, v, qpos, kpos, params)]
+  out, lse = _forward(st, lc, *args)
+  return out, (*args, out, lse, want)
 
 
 def _flash_bwd(st, lc, res, do):
-  q, k, v, qpos, kpos, params, out, lse = res
+  q, k, v, qpos, kpos, params, out, lse, want = res
+  if want is None:   # no bias gradient wanted
+    st = dataclasses.replace(st, bias_grads=False)
+  if isinstance(do, jax.custom_derivatives.SymbolicZero):
+    do = jnp.zeros(do.shape, do.dtype)
   dq, dk, dv, dparams = _backward(st, lc, q, k, v, qpos, kpos, params, out,
                                   lse, do)
   return dq, dk, dv, None, None, dparams
 
 
-_flash.defvjp(_flash_fwd, _flash_bwd)
+_flash.defvjp(_flash_fwd, _flash_bwd, symbolic_zeros=True)
 
 
 def gpu_block(block: int) -> int:

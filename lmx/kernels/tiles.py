@@ -123,6 +123,9 @@ class Static:
   bias_fn: Optional[Callable]
   leaf_sizes: tuple[tuple[str, int], ...]
   interpret: bool
+  # Whether the backward computes the bias parameters' gradient (the GPU
+  # kernel leaves it out for constant parameters).
+  bias_grads: bool = True
 
   @property
   def nq(self):
@@ -135,6 +138,11 @@ class Static:
   @property
   def n_params(self):
     return sum(n for _, n in self.leaf_sizes)
+
+  @property
+  def pull_bias(self) -> bool:
+    """Whether the dq kernel pulls the bias gradient back."""
+    return bool(self.n_params) and self.bias_grads
 
   def tiles(self) -> list[tuple[int, int]]:
     return visited_tiles(self.t, self.s, self.block_q, self.block_k,
