@@ -799,14 +799,17 @@ def choose_backend(requested: str, *, num_keys: int, q_dtype, head_dim: int,
   return requested
 
 
-def gpu_flash_applies(bias_fn) -> bool:
+def gpu_flash_applies(bias_fn, content: bool = False) -> bool:
   """Whether ``auto`` wants the flash kernel here: traced for a GPU, and
-  the bias is a position encoding's (which the kernel computes in place;
-  a mask-only call goes to cudnn). Whether the kernel can take the call
-  is ``flash_unavailable``'s to say."""
-  if ops.platform() != 'gpu' or bias_fn is None:
+  the encoding scores with a bias (which the kernel computes in place) or
+  a content term (which it cannot: ``auto`` then says so); a mask-only
+  call goes to cudnn. Whether the kernel can take the call is
+  ``flash_unavailable``'s to say."""
+  if ops.platform() != 'gpu':
     return False
-  enc = _encoding_of(bias_fn)
+  if content:
+    return True
+  enc = _encoding_of(bias_fn) if bias_fn is not None else None
   return enc is not None and enc.has_bias()
 
 
@@ -832,7 +835,7 @@ def attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
       head_dim=near.q.shape[-1], far=far is not None, threshold=threshold,
       accelerator_threshold=accelerator_threshold, content=has_content,
       tiled=tiled, sinks=prefix is not None)
-  gpu_auto = backend == 'auto' and gpu_flash_applies(bias_fn)
+  gpu_auto = backend == 'auto' and gpu_flash_applies(bias_fn, has_content)
   if backend == 'flash' or gpu_auto:
     why = flash_unavailable(far=far is not None, bias_fn=bias_fn, block=block,
                             num_queries=near.q.shape[1], num_keys=s,

@@ -206,6 +206,9 @@ def test_block_runs_visit_exactly_the_visited_tiles(t, s, bq, bk, n_global,
 
 
 def test_blocks_must_be_powers_of_two():
+  # config.model.attention_block, as the GPU kernel takes it
+  assert [flash_gpu.gpu_block(b) for b in (512, 100, 48, 16, 8)] == [
+      64, 64, 32, 16, 16]
   q, k, v, qpos, kpos, _ = _data(21, 21, jnp.float32)
   with pytest.raises(ValueError, match='power of two'):
     flash_gpu.flash_attention(q, k, v, qpos, kpos, block_q=24,
@@ -241,10 +244,16 @@ def test_auto_on_gpu_takes_the_kernel_or_says_why_not(monkeypatch, caplog):
     np.testing.assert_allclose(run(), dense, atol=TOL)
     assert calls == [16]
     assert A.flash_unavailable(far=False, bias_fn=enc.bias) is None
+    # A content term: auto looks at the kernel, which says why not.
+    assert A.gpu_flash_applies(None, content=True)
+    assert 'content' in A.flash_unavailable(far=False, bias_fn=None,
+                                            content=True)
+    assert not A.gpu_flash_applies(None)   # mask only: cudnn's
     with caplog.at_level(logging.WARNING, logger='lmx'):
       far = A.attention(near, v, bias_fn=enc.bias, mask=LAMBDA, far=near,
                         window=1000, backend='auto', block=16)
   assert calls == [16]
+  assert not A.gpu_flash_applies(enc.bias)   # traced for the CPU again
   np.testing.assert_allclose(far, dense, atol=TOL)
   assert 'far' in caplog.text and 'auto uses the dense backend' in caplog.text
 

@@ -41,6 +41,10 @@ be a multiple of 8 (16 in bfloat16) and ``block_k`` of 128.
 
 Not covered: a distance clamp's second (far) branch (ReRoPE, LM-Infinite's
 distance limit, Self-Extend); ``lmx.attention`` falls back for those.
+
+The visited tiles, a tile's mask, bias and scores, the online-softmax step
+and the bias pullback live in ``lmx.kernels.tiles``, shared with the GPU
+kernel (``lmx.kernels.flash_gpu``); this module is the TPU grid around them.
 """
 
 from __future__ import annotations
