@@ -12,7 +12,8 @@
    over the largest magnitude of the reference. The reference is the dense
    backend in float32 at full matmul precision on the same (rounded)
    inputs; float32 must agree within ``F32_TOL``, bfloat16 within
-   ``BF16_TOL`` (bfloat16's rounding, as in tests/test_flash.py).
+   ``BF16_TOL`` (bfloat16's rounding, as in tests/test_flash.py) or twice
+   the dense backend's own error in bfloat16, whichever is larger.
 2. Training: steps per second, tokens per second, MFU and peak device
    memory of a 125M-parameter train step (the GPT-2 small shape: d_model
    768, 12 layers of 12 heads, MLP 3072, a 50304-token vocabulary, tied
@@ -145,24 +146,34 @@ def accuracy_case(position, fields, mask_args, dtype_name, *, b=2, t=1000,
     return float(np.abs(a - ref).max() / scale) if scale > 0 else float(
         np.abs(a).max())
 
-  errors = {'out': rel(out, out_r)}
-  for name, g, gr in zip(('dq', 'dk', 'dv'), grads[1:], grads_r[1:]):
-    errors[name] = rel(g, gr)
-  leaves = jax.tree_util.tree_leaves_with_path(grads[0])
-  leaves_r = jax.tree.leaves(grads_r[0])
-  for (path, g), gr in zip(leaves, leaves_r):
-    name = jax.tree_util.keystr(path)
-    if "['b2']" in name:   # FIRE's constant per head: softmax ignores it
-      continue
-    errors[f'd{name}'] = rel(g, gr)
-  tol = F32_TOL if dtype == jnp.float32 else BF16_TOL
+  def errors_of(out, grads):
+    errors = {'out': rel(out, out_r)}
+    for name, g, gr in zip(('dq', 'dk', 'dv'), grads[1:], grads_r[1:]):
+      errors[name] = rel(g, gr)
+    leaves = jax.tree_util.tree_leaves_with_path(grads[0])
+    for (path, g), gr in zip(leaves, jax.tree.leaves(grads_r[0])):
+      name = jax.tree_util.keystr(path).replace('.value', '')
+      if "['b2']" in name:   # FIRE's constant per head: softmax ignores it
+        continue
+      errors[f'd{name}'] = rel(g, gr)
+    return errors
+
+  errors = errors_of(out, grads)
+  if dtype == jnp.float32:
+    bounds = {k: F32_TOL for k in errors}
+  else:
+    # bfloat16: within its rounding, or within twice the dense backend's
+    # own error in bfloat16 where that is larger (a gradient summed over
+    # every pair of the sequence).
+    dense = errors_of(*run(False, params, q, k, v))
+    bounds = {k: max(BF16_TOL, 2 * dense[k]) for k in errors}
   return {'encoding': position + ''.join(f' {k}={v}' for k, v in
                                          fields.items()),
           'mask': 'causal' if not any(mask_args) else
                   f'n_global={mask.n_global} n_local={mask.n_local} '
                   f'chunk={mask.chunk}',
-          'dtype': dtype_name, 'errors': errors, 'tolerance': tol,
-          'ok': all(e <= tol for e in errors.values()),
+          'dtype': dtype_name, 'errors': errors, 'bounds': bounds,
+          'ok': all(errors[k] <= bounds[k] for k in errors),
           'first_call_seconds': round(seconds, 2)}
 
 
@@ -294,11 +305,11 @@ def main() -> int:
         if 'error' in row:
           print(f'  {position:10s} {dtype_name:8s} FAILED: {row["error"]}')
         else:
-          worst = max(row['errors'], key=row['errors'].get)
-          print(f'  {row["encoding"]:22s} {row["mask"]:34s} {dtype_name:8s} '
+          e, bd = row['errors'], row['bounds']
+          worst = max(e, key=lambda k: e[k] / bd[k])
+          print(f'  {row["encoding"]:30s} {row["mask"]:34s} {dtype_name:8s} '
                 f'{"ok  " if row["ok"] else "OVER"} worst {worst} '
-                f'{row["errors"][worst]:.2e} (bound {row["tolerance"]:.0e})',
-                flush=True)
+                f'{e[worst]:.2e} (bound {bd[worst]:.1e})', flush=True)
   if not args.skip_train:
     print(f'{_model(args)["num_layers"]}-layer train step, batch {args.batch} x {args.seq} tokens, '
           'ALiBi, bfloat16:', flush=True)
