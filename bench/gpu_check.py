@@ -159,6 +159,7 @@ def accuracy_case(position, fields, mask_args, dtype_name, *, b=2, t=1000,
     return errors
 
   errors = errors_of(out, grads)
+  dense = None
   if dtype == jnp.float32:
     bounds = {k: F32_TOL for k in errors}
   else:
@@ -173,6 +174,7 @@ def accuracy_case(position, fields, mask_args, dtype_name, *, b=2, t=1000,
                   f'n_global={mask.n_global} n_local={mask.n_local} '
                   f'chunk={mask.chunk}',
           'dtype': dtype_name, 'errors': errors, 'bounds': bounds,
+          'dense_errors': dense,
           'ok': all(errors[k] <= bounds[k] for k in errors),
           'first_call_seconds': round(seconds, 2)}
 
@@ -309,7 +311,9 @@ def main() -> int:
           worst = max(e, key=lambda k: e[k] / bd[k])
           print(f'  {row["encoding"]:30s} {row["mask"]:34s} {dtype_name:8s} '
                 f'{"ok  " if row["ok"] else "OVER"} worst {worst} '
-                f'{e[worst]:.2e} (bound {bd[worst]:.1e})', flush=True)
+                f'{e[worst]:.2e} (bound {bd[worst]:.1e}'
+                + (f', dense in bfloat16 {row["dense_errors"][worst]:.2e})'
+                   if row['dense_errors'] else ')'), flush=True)
   if not args.skip_train:
     print(f'{_model(args)["num_layers"]}-layer train step, batch {args.batch} x {args.seq} tokens, '
           'ALiBi, bfloat16:', flush=True)

@@ -291,16 +291,23 @@ def test_compiles_for_h100_without_a_gpu():
     c.model.position, c.model.num_heads, c.model.d_model = name, h, h * kd
     c.model.update_from_flattened_dict(fields)
     enc = P.REGISTRY[name](c.model, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(enc, nnx.Param, ...)
+    params = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+        params)
     x = jax.ShapeDtypeStruct((b, t, h, kd), dtype, sharding=sharding)
 
-    def loss(q, k, v, qpos, kpos, enc=enc, mask=mask):
-      out = A.attention(A.Branch(q, k, qpos, kpos), v, bias_fn=enc.bias,
+    def loss(params, q, k, v, qpos, kpos, graphdef=graphdef, rest=rest,
+             mask=mask):
+      e = nnx.merge(graphdef, params, rest)
+      out = A.attention(A.Branch(q, k, qpos, kpos), v, bias_fn=e.bias,
                         mask=mask, backend='auto', block=512)
       return out.astype(jnp.float32).sum()
 
+    # With the encoding's parameters: the dq kernel pulls the bias back.
     with ops.on_platform('gpu'):
-      lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(
-          x, x, x, pos, pos)
+      lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).lower(
+          params, x, x, x, pos, pos)
     text = lowered.compile().as_text()
     assert text.count('__gpu$xla.gpu.triton') == 3, name
     for kernel in ('lmx_flash_gpu_fwd', 'lmx_flash_gpu_dkv',
@@ -331,7 +338,7 @@ def test_constant_bias_parameters_get_no_pullback():
 
   assert dq_outputs('alibi', False) == 1
   assert dq_outputs('kerple', False) == 1   # not asked for
-  assert dq_outputs('kerple', True) == 2
+  assert dq_outputs('kerple', True) == 3   # dq, the rows, delta
 
 
 def _all_eqns(jaxpr):

@@ -185,6 +185,19 @@ def _dq_kernel(st: tiles.Static, lanes: int, scale, runs_ref, params_ref,
   head = _head(st, params_ref)
   q, do, qpos = q_ref[...], do_ref[...], qpos_ref[...]
   lse, delta = lse_ref[...], delta_ref[...]
+  if st.pull_bias:
+    # The bias gradient sums ds over every pair of a row, where the error
+    # of a delta from the rounded output (bfloat16) does not cancel: a
+    # first pass computes delta from the float32 probabilities, and the
+    # dk/dv kernel takes it from here.
+    def delta_body(j, acc):
+      ks = pl.ds(j * bk, bk)
+      return acc + tiles.tile_delta(st, head, scale, i, j, q, k_ref[ks, :],
+                                    v_ref[ks, :], qpos, kpos_ref[:, ks], do,
+                                    lse)
+    delta = _over_runs(runs_ref, delta_body, jnp.zeros(lse.shape,
+                                                       jnp.float32))
+    dprm_ref[1][...] = delta
 
   def body(j, carry):
     ks = pl.ds(j * bk, bk)
@@ -217,6 +230,29 @@ def _backward(st: tiles.Static, lc: _Launch, q, k, v, qpos, kpos, params,
                   keepdims=True)
   args = (params, qpos, kpos, q, k, v, do, lse, delta)
 
+  out_specs = [spec['q_own']]
+  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
+  if st.pull_bias:   # the bias gradient rows, and delta (_dq_kernel)
+    out_specs += [pl.BlockSpec((None, None, None, 1, lc.lanes),
+                               lambda g, b_, h_: (b_, h_, g, 0, 0)),
+                  spec['row_own']]
+    out_shape += [jax.ShapeDtypeStruct((b, h, st.nq, 1, lc.lanes),
+                                       jnp.float32),
+                  jax.ShapeDtypeStruct(lse.shape, jnp.float32)]
+  res = pl.pallas_call(
+      functools.partial(_dq_kernel, st, lc.lanes, scale),
+      grid=(st.nq, b, h),
+      in_specs=[spec['runs'], spec['params'], spec['qpos_own'],
+                spec['kpos_all'], spec['q_own'], spec['k_all'],
+                spec['k_all'], spec['q_own'], spec['row_own'],
+                spec['row_own']],
+      out_specs=out_specs, out_shape=out_shape,
+      compiler_params=_params(lc), interpret=st.interpret,
+      name='lmx_flash_gpu_dq',
+  )(jnp.asarray(tiles.block_runs(pairs, st.nq, 0, RUN_WIDTH)), *args)
+  if st.pull_bias:
+    args = args[:-1] + (res[2],)
+
   dk, dv = pl.pallas_call(
       functools.partial(_dkv_kernel, st, scale),
       grid=(st.nk, b, h),
@@ -230,25 +266,6 @@ def _backward(st: tiles.Static, lc: _Launch, q, k, v, qpos, kpos, params,
       compiler_params=_params(lc), interpret=st.interpret,
       name='lmx_flash_gpu_dkv',
   )(jnp.asarray(tiles.block_runs(pairs, st.nk, 1, RUN_WIDTH)), *args)
-
-  out_specs = [spec['q_own']]
-  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
-  if st.pull_bias:
-    out_specs.append(pl.BlockSpec((None, None, None, 1, lc.lanes),
-                                  lambda g, b_, h_: (b_, h_, g, 0, 0)))
-    out_shape.append(jax.ShapeDtypeStruct((b, h, st.nq, 1, lc.lanes),
-                                          jnp.float32))
-  res = pl.pallas_call(
-      functools.partial(_dq_kernel, st, lc.lanes, scale),
-      grid=(st.nq, b, h),
-      in_specs=[spec['runs'], spec['params'], spec['qpos_own'],
-                spec['kpos_all'], spec['q_own'], spec['k_all'],
-                spec['k_all'], spec['q_own'], spec['row_own'],
-                spec['row_own']],
-      out_specs=out_specs, out_shape=out_shape,
-      compiler_params=_params(lc), interpret=st.interpret,
-      name='lmx_flash_gpu_dq',
-  )(jnp.asarray(tiles.block_runs(pairs, st.nq, 0, RUN_WIDTH)), *args)
   dparams = (res[1].sum(axis=(0, 2))[:, 0] if st.pull_bias
              else jnp.zeros_like(params))
   return res[0], dk, dv, dparams

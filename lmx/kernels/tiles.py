@@ -252,6 +252,16 @@ def probs_and_ds(st: Static, head, scale, i, j, q, k, v, qpos, kpos, do,
   return prob, prob * (dp - delta)
 
 
+def tile_delta(st: Static, head, scale, i, j, q, k, v, qpos, kpos, do, lse):
+  """The tile's share of ``delta = sum_j p_ij (dO v^T)_ij = rowsum(dO * O)``
+  ``[bq, 1]``, from the float32 probabilities rather than the rounded
+  output."""
+  s, visible = tile_scores(st, head, i, j, q, k, qpos, kpos, scale)
+  prob = jnp.where(visible, jnp.exp(s - lse), 0.0)
+  dp = jax.lax.dot_general(do, v, NT_DIMS, preferred_element_type=jnp.float32)
+  return (prob * dp).sum(axis=1, keepdims=True)
+
+
 def bias_grad_row(st: Static, head, qpos, kpos, ds, lanes: int):
   """The tile's contribution to its head's bias-parameter gradient, as a
   ``[1, lanes]`` row (parameter ``c`` in lane ``c``): ``jax.vjp`` of the
