@@ -20,7 +20,12 @@ accumulates dk and dv; one per (query block, batch, head) loops over its
 key blocks and accumulates dq and the gradient of its head's bias
 parameters (``tiles.bias_grad_row``: ``jax.vjp`` of the bias function
 pulls the tile's logit gradient back), one row per (batch, head, query
-block), summed outside. No ``[T, S]`` array is written to memory.
+block), summed outside; it runs first, and then also computes each row's
+``delta`` from the float32 probabilities for both kernels (a delta from
+the rounded output spoils the bias gradient in bfloat16). Without a bias
+gradient to pull back (constant parameters: ``custom_vjp`` with symbolic
+zeros), delta is ``rowsum(dO * O)``, as on TPU. No ``[T, S]`` array is
+written to memory.
 
 Triton wants power-of-two tensors of at least 16 rows for its products:
 the blocks are powers of two (at least 16), the head dimension is padded
