@@ -17,15 +17,18 @@ Three backends compute the same softmax attention:
   GPU in bfloat16/float16; where it cannot run (another dtype, a distance
   clamp, statistics wanted) the call falls back to the other backends and
   says so once in the log.
-* ``flash``: the fused Pallas kernel of ``lmx.kernels.flash`` (TPU; Pallas's
-  interpreter elsewhere), with the encoding's bias computed in the kernel
-  from its ``kernel_bias()``. Only when asked for (never chosen by
-  ``auto``); a call it cannot take (a far branch, a bias without a kernel
-  form) falls back as cudnn's does (``flash_unavailable``).
+* ``flash``: a fused Pallas kernel with the encoding's bias computed in
+  the kernel from its ``kernel_bias()``: ``lmx.kernels.flash`` (Mosaic) on
+  a TPU, ``lmx.kernels.flash_gpu`` (Triton) on a GPU, the TPU one in
+  Pallas's interpreter elsewhere. A call it cannot take (a far branch, a
+  content term, a bias without a kernel form) falls back as cudnn's does
+  (``flash_unavailable``).
 
 ``auto`` chooses per platform (``choose_backend``; the platform is
 ``lmx.ops.platform()``, so compiling for a TPU from a CPU host chooses as
-the TPU would): cudnn on a GPU where it can run; else dense up to
+the TPU would): on a GPU, the flash kernel for a bias with a kernel form
+(``gpu_flash_applies``; where it cannot take the call it says why, once,
+and what ``auto`` uses instead), cudnn where it can run; else dense up to
 ``chunk_threshold`` keys on a CPU, where XLA runs the dense products
 fastest and memory is plentiful, but only up to
 ``accelerator_chunk_threshold`` keys (512 by default) on a GPU or TPU,
@@ -59,6 +62,7 @@ encoding turns them, in each branch, so every backend sees normalised ones.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from typing import Callable, NamedTuple, Optional
@@ -671,6 +675,10 @@ def cudnn_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask,
 # --------------------------------------------------------------------- flash
 
 
+# The widest head the GPU kernel takes (its tiles live in registers).
+GPU_MAX_HEAD_DIM = 256
+
+
 def _encoding_of(bias_fn):
   """The position encoding whose bound ``bias`` method ``bias_fn`` is, or
   None (the model passes ``self.position.bias``)."""
@@ -682,12 +690,11 @@ def flash_unavailable(*, far: bool, bias_fn, block: int = 512,
                       num_queries: int = 0, num_keys: int = 0,
                       content: bool = False,
                       sinks: bool = False,
-                      logit_scale: bool = False) -> Optional[str]:
-  """Why the fused kernel (``lmx.kernels.flash``) cannot take this call,
-  or None if it can."""
+                      logit_scale: bool = False,
+                      head_dim: int = 0) -> Optional[str]:
+  """Why the fused kernel (``lmx.kernels.flash``, or ``flash_gpu`` on a
+  GPU) cannot take this call, or None if it can."""
   platform = ops.platform()
-  if platform == 'gpu':
-    return ('it is written for TPU (Mosaic); on a GPU use cudnn or chunked')
   if content:
     return CONTENT_REFUSAL
   if sinks:
@@ -705,6 +712,9 @@ def flash_unavailable(*, far: bool, bias_fn, block: int = 512,
     if logit_scale and enc.has_bias():
       return ('SSMax scales the bias with the scores, and the kernel adds '
               'the bias unscaled')
+  if platform == 'gpu' and head_dim > GPU_MAX_HEAD_DIM:
+    return (f'on GPU it holds a head of at most {GPU_MAX_HEAD_DIM} channels '
+            f'in registers, not {head_dim}')
   if platform == 'tpu' and block % 128 and max(num_queries,
                                                num_keys) > block:
     return (f'on TPU its tiles must be multiples of 128 tokens, and '
@@ -718,15 +728,19 @@ def flash_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask,
   per shard (``jax.shard_map``): rows over the data axes and heads over
   the tensor axis where they divide, each head's bias parameters with its
   head, so the compiler never has to partition the kernel itself."""
-  from lmx.kernels import flash  # pylint: disable=g-import-not-at-top
   from lmx.positions.base import KernelBias  # pylint: disable=g-import-not-at-top
   enc = _encoding_of(bias_fn) if bias_fn is not None else None
   kb = enc.kernel_bias() if enc is not None else None
   params = dict(kb.params) if kb is not None else {}
+  if ops.platform() == 'gpu':
+    from lmx.kernels import flash_gpu as kernel  # pylint: disable=g-import-not-at-top
+    block = kernel.gpu_block(block)
+  else:
+    from lmx.kernels import flash as kernel  # pylint: disable=g-import-not-at-top
 
   def run(q, k, v, q_pos, k_pos, params):
     bias = KernelBias(params, kb.fn) if kb is not None else None
-    return flash.flash_attention(
+    return kernel.flash_attention(
         q, k, v, q_pos, k_pos, bias, n_global=mask.n_global,
         n_local=mask.n_local, chunk=mask.chunk, block_q=block, block_k=block)
 
@@ -785,6 +799,20 @@ def choose_backend(requested: str, *, num_keys: int, q_dtype, head_dim: int,
   return requested
 
 
+def gpu_flash_applies(bias_fn, content: bool = False) -> bool:
+  """Whether ``auto`` wants the flash kernel here: traced for a GPU, and
+  the encoding scores with a bias (which the kernel computes in place) or
+  a content term (which it cannot: ``auto`` then says so); a mask-only
+  call goes to cudnn. Whether the kernel can take the call is
+  ``flash_unavailable``'s to say."""
+  if ops.platform() != 'gpu':
+    return False
+  if content:
+    return True
+  enc = _encoding_of(bias_fn) if bias_fn is not None else None
+  return enc is not None and enc.has_bias()
+
+
 def attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
               mask: Mask = Mask(), far: Optional[Branch] = None,
               window: int = 0, backend: str = 'dense', block: int = 512,
@@ -802,23 +830,32 @@ def attention(near: Branch, v_BxSxHxK: jax.Array, *, bias_fn=None,
   ls = logit_scale
   has_content = content is not None
   tiled = content is None or content.tiled
-  if backend == 'flash':
+  choose = functools.partial(
+      choose_backend, num_keys=s, q_dtype=near.q.dtype,
+      head_dim=near.q.shape[-1], far=far is not None, threshold=threshold,
+      accelerator_threshold=accelerator_threshold, content=has_content,
+      tiled=tiled, sinks=prefix is not None)
+  gpu_auto = backend == 'auto' and gpu_flash_applies(bias_fn, has_content)
+  if backend == 'flash' or gpu_auto:
     why = flash_unavailable(far=far is not None, bias_fn=bias_fn, block=block,
                             num_queries=near.q.shape[1], num_keys=s,
                             content=has_content, sinks=prefix is not None,
-                            logit_scale=ls is not None)
+                            logit_scale=ls is not None,
+                            head_dim=near.q.shape[-1])
+  if gpu_auto:
+    if why is None:
+      backend = 'flash'
+    else:
+      _warn_once(f'the GPU flash kernel cannot take this attention ({why}); '
+                 f'auto uses the {choose("auto")} backend instead.')
+  if backend == 'flash':
     if why is None:
       return flash_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask,
                              block=block, logit_scale=ls)
     backend = 'dense' if s <= threshold or not tiled else 'chunked'
     _warn_once(f'flash attention cannot run here ({why}); using the '
                f'{backend} backend instead.')
-  backend = choose_backend(backend, num_keys=s, q_dtype=near.q.dtype,
-                           head_dim=near.q.shape[-1], far=far is not None,
-                           threshold=threshold,
-                           accelerator_threshold=accelerator_threshold,
-                           content=has_content, tiled=tiled,
-                           sinks=prefix is not None)
+  backend = choose(backend)
   if backend == 'cudnn':
     return cudnn_attention(near, v_BxSxHxK, bias_fn=bias_fn, mask=mask,
                            logit_scale=ls)

@@ -353,10 +353,6 @@ def _check_attention(config, used) -> None:
           f"config.model.attention='cudnn' needs a GPU, but JAX runs on "
           f"{jax.default_backend()} here. Use 'auto' (it picks per "
           "platform), 'dense' or 'chunked'.")
-  require(m.attention != 'flash' or jax.default_backend() != 'gpu',
-          "config.model.attention='flash' is a TPU kernel (Pallas/Mosaic; "
-          'elsewhere it runs in the Pallas interpreter), but JAX runs on a '
-          "GPU here. Use 'cudnn', 'auto', 'dense' or 'chunked'.")
   f.int('model.attention_block', 1)
   f.int('model.chunk_threshold', 0)
   f.int('model.accelerator_chunk_threshold', 0)

@@ -41,13 +41,16 @@ be a multiple of 8 (16 in bfloat16) and ``block_k`` of 128.
 
 Not covered: a distance clamp's second (far) branch (ReRoPE, LM-Infinite's
 distance limit, Self-Extend); ``lmx.attention`` falls back for those.
+
+The visited tiles, a tile's mask, bias and scores, the online-softmax step
+and the bias pullback live in ``lmx.kernels.tiles``, shared with the GPU
+kernel (``lmx.kernels.flash_gpu``); this module is the TPU grid around them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -56,59 +59,17 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from lmx import ops
+from lmx.kernels import tiles
+# The tile lists, the mask and the tile math are shared with the GPU kernel
+# (lmx.kernels.tiles); these names stay importable from here.
+from lmx.kernels.tiles import NEG_INF, tile_visible, visited_tiles  # noqa: F401
 
-NEG_INF = -1e30
-NT_DIMS = (((1,), (1,)), ((), ()))   # a @ b.T
 # The bias-gradient partials are one lane row per (batch, head, q block).
 LANES = 128
-# Tile entries per slice of the bias-parameter pullback (``_bias_grad_row``).
-BIAS_GRAD_ELEMENTS = 128 * 128
-
-
-def _cdiv(a: int, b: int) -> int:
-  return -(-a // b)
+_Static = tiles.Static
 
 
 # ------------------------------------------------------------ visited tiles
-
-
-def tile_visible(i: int, j: int, *, t: int, s: int, block_q: int,
-                 block_k: int, n_global: int = 0, n_local: int = 0,
-                 chunk: int = 0) -> bool:
-  """Whether query block ``i`` and key block ``j`` share a visible pair.
-
-  Queries are token indices ``S - T .. S - 1`` (the last T of S keys);
-  only real (unpadded) rows and columns count. Causal: some key ``k <= q``.
-  Lambda-shaped (``n_local > 0``): besides ``k <= q``, ``q - k < n_local``
-  or ``k < n_global``; over the tile, ``q - k`` spans
-  ``[q_lo - k_hi, q_hi - k_lo]``. Chunked local (``chunk > 0``, Llama 4):
-  besides ``k <= q``, some key in the chunk of some query, which holds
-  exactly when ``k_hi`` reaches the start of ``q_lo``'s chunk.
-  """
-  q_lo = i * block_q + (s - t)
-  q_hi = min((i + 1) * block_q, t) - 1 + (s - t)
-  k_lo = j * block_k
-  k_hi = min((j + 1) * block_k, s) - 1
-  if k_lo > q_hi:
-    return False
-  if chunk and k_hi < (q_lo // chunk) * chunk:
-    return False
-  if not n_local:
-    return True
-  return k_lo < n_global or q_lo - k_hi <= n_local - 1
-
-
-def visited_tiles(t: int, s: int, block_q: int, block_k: int,
-                  n_global: int = 0, n_local: int = 0,
-                  chunk: int = 0) -> list[tuple[int, int]]:
-  """The ``(query block, key block)`` tiles the kernel computes, in its
-  forward order (by query block, then key block): exactly the tiles with a
-  visible pair (``tile_visible``)."""
-  nq, nk = _cdiv(t, block_q), _cdiv(s, block_k)
-  kw = dict(t=t, s=s, block_q=block_q, block_k=block_k, n_global=n_global,
-            n_local=n_local, chunk=chunk)
-  return [(i, j) for i in range(nq) for j in range(nk)
-          if tile_visible(i, j, **kw)]
 
 
 def _schedule(pairs: list[tuple[int, int]], n_outer: int, by: int):
@@ -135,58 +96,9 @@ def _schedule(pairs: list[tuple[int, int]], n_outer: int, by: int):
 # ------------------------------------------------------------------ config
 
 
-@dataclasses.dataclass(frozen=True)
-class _Static:
-  """Everything the kernels need that is not an array."""
-  t: int
-  s: int
-  block_q: int
-  block_k: int
-  n_global: int
-  n_local: int
-  chunk: int
-  bias_fn: Optional[Callable]
-  leaf_sizes: tuple[tuple[str, int], ...]
-  interpret: bool
-
-  @property
-  def nq(self):
-    return _cdiv(self.t, self.block_q)
-
-  @property
-  def nk(self):
-    return _cdiv(self.s, self.block_k)
-
-  @property
-  def n_params(self):
-    return sum(n for _, n in self.leaf_sizes)
-
-
 def _head_params(st: _Static, params_ref, h):
   """The bias parameters of head ``h`` from SMEM: ``{name: [scalars]}``."""
-  out, o = {}, 0
-  for name, n in st.leaf_sizes:
-    out[name] = [params_ref[h, o + c] for c in range(n)]
-    o += n
-  return out
-
-
-def _tile_scores(st: _Static, params_ref, h, i, j, q, k, qpos, kpos, scale):
-  """Masked float32 logits of one tile ``[bq, bk]`` and its visibility."""
-  s = jax.lax.dot_general(q, k, NT_DIMS,
-                          preferred_element_type=jnp.float32) * scale
-  if st.bias_fn is not None:
-    s = s + st.bias_fn(_head_params(st, params_ref, h), qpos, kpos)
-  shape = (st.block_q, st.block_k)
-  q_idx = (jax.lax.broadcasted_iota(jnp.int32, shape, 0)
-           + (i * st.block_q + st.s - st.t))
-  k_idx = jax.lax.broadcasted_iota(jnp.int32, shape, 1) + j * st.block_k
-  visible = (k_idx <= q_idx) & (k_idx < st.s)
-  if st.n_local:
-    visible &= (q_idx - k_idx < st.n_local) | (k_idx < st.n_global)
-  if st.chunk:
-    visible &= (q_idx // st.chunk) == (k_idx // st.chunk)
-  return jnp.where(visible, s, NEG_INF), visible
+  return tiles.head_params(st.leaf_sizes, lambda c: params_ref[h, c])
 
 
 # ----------------------------------------------------------------- forward
@@ -205,26 +117,17 @@ def _fwd_kernel(st: _Static, scale, qi_ref, kj_ref, run_ref, first_ref,
 
   @pl.when(run_ref[p] == 1)
   def _compute():
-    s, visible = _tile_scores(st, params_ref, h, qi_ref[p], kj_ref[p],
-                              q_ref[...], k_ref[...], qpos_ref[...],
-                              kpos_ref[...], scale)
-    m_prev = m_sc[...]
-    m_new = jnp.maximum(m_prev, s.max(axis=1, keepdims=True))
-    prob = jnp.where(visible, jnp.exp(s - m_new), 0.0)
-    correction = jnp.exp(m_prev - m_new)
-    l_sc[...] = l_sc[...] * correction + prob.sum(axis=1, keepdims=True)
-    v = v_ref[...]
-    acc_sc[...] = acc_sc[...] * correction + jax.lax.dot(
-        prob.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    m_sc[...] = m_new
+    s, visible = tiles.tile_scores(st, _head_params(st, params_ref, h),
+                                   qi_ref[p], kj_ref[p], q_ref[...],
+                                   k_ref[...], qpos_ref[...], kpos_ref[...],
+                                   scale)
+    m_sc[...], l_sc[...], acc_sc[...] = tiles.softmax_step(
+        m_sc[...], l_sc[...], acc_sc[...], s, visible, v_ref[...])
 
   @pl.when(last_ref[p] == 1)
   def _finish():
-    l = l_sc[...]
-    seen = l > 0
-    o_ref[...] = (acc_sc[...] / jnp.where(seen, l, 1.0)).astype(o_ref.dtype)
-    lse_ref[...] = jnp.where(seen, m_sc[...] + jnp.log(jnp.where(seen, l, 1.0)),
-                             0.0)
+    o_ref[...], lse_ref[...] = tiles.softmax_finish(
+        m_sc[...], l_sc[...], acc_sc[...], o_ref.dtype)
 
 
 def _specs(st: _Static, kd: int):
@@ -272,9 +175,7 @@ def _forward(st: _Static, q, k, v, qpos, kpos, params_HxP):
   """q ``[B, H, Tp, K]``, k/v ``[B, H, Sp, K]``, qpos ``[B, Tp, 1]``,
   kpos ``[B, 1, Sp]``: out ``[B, H, Tp, K]``, lse ``[B, H, Tp, 1]``."""
   b, h, tp, kd = q.shape
-  sched = _schedule(visited_tiles(st.t, st.s, st.block_q, st.block_k,
-                                  st.n_global, st.n_local, st.chunk), st.nq,
-                      0)
+  sched = _schedule(st.tiles(), st.nq, 0)
   sp = _specs(st, kd)
   bq = st.block_q
   kernel = functools.partial(_fwd_kernel, st, kd ** -0.5)
@@ -306,10 +207,8 @@ def _forward(st: _Static, q, k, v, qpos, kpos, params_HxP):
 
 def _probs_and_ds(st, scale, params_ref, h, i, j, q, k, v, qpos, kpos, do,
                   lse, delta):
-  s, visible = _tile_scores(st, params_ref, h, i, j, q, k, qpos, kpos, scale)
-  prob = jnp.where(visible, jnp.exp(s - lse), 0.0)
-  dp = jax.lax.dot_general(do, v, NT_DIMS, preferred_element_type=jnp.float32)
-  return prob, prob * (dp - delta)
+  return tiles.probs_and_ds(st, _head_params(st, params_ref, h), scale, i, j,
+                            q, k, v, qpos, kpos, do, lse, delta)
 
 
 def _dkv_kernel(st: _Static, scale, qi_ref, kj_ref, run_ref, first_ref,
@@ -342,24 +241,8 @@ def _dkv_kernel(st: _Static, scale, qi_ref, kj_ref, run_ref, first_ref,
 def _bias_grad_row(st: _Static, params_ref, h, qpos, kpos, ds):
   """The tile's contribution to head ``h``'s bias-parameter gradient, as a
   ``[1, LANES]`` row (parameter ``c`` in lane ``c``)."""
-  head = _head_params(st, params_ref, h)
-  lane = jax.lax.broadcasted_iota(jnp.int32, (1, LANES), 1)
-  row = jnp.zeros((1, LANES), jnp.float32)
-  # The pullback keeps the bias function's intermediates alive (FIRE's:
-  # one tile per hidden unit), so it runs on slices of at most
-  # BIAS_GRAD_ELEMENTS entries, which bounds the VMEM it needs.
-  rows = max(8, BIAS_GRAD_ELEMENTS // st.block_k)
-  for r in range(0, st.block_q, rows):
-    sl = slice(r, min(r + rows, st.block_q))
-    _, pull = jax.vjp(lambda prm, sl=sl: st.bias_fn(prm, qpos[sl], kpos),
-                      head)
-    (grads,) = pull(ds[sl])
-    c = 0
-    for name, _ in st.leaf_sizes:
-      for g in grads[name]:
-        row = row + jnp.where(lane == c, g, 0.0)
-        c += 1
-  return row
+  return tiles.bias_grad_row(st, _head_params(st, params_ref, h), qpos, kpos,
+                             ds, LANES)
 
 
 def _dq_kernel(st: _Static, scale, qi_ref, kj_ref, run_ref, first_ref,
@@ -399,8 +282,7 @@ def _dq_kernel(st: _Static, scale, qi_ref, kj_ref, run_ref, first_ref,
 def _backward(st: _Static, q, k, v, qpos, kpos, params_HxP, out, lse, do):
   b, h, tp, kd = q.shape
   bq, bk = st.block_q, st.block_k
-  pairs = visited_tiles(st.t, st.s, bq, bk, st.n_global, st.n_local,
-                        st.chunk)
+  pairs = st.tiles()
   sp = _specs(st, kd)
   delta = jnp.sum(do.astype(jnp.float32) * out.astype(jnp.float32), axis=-1,
                   keepdims=True)
@@ -476,13 +358,7 @@ def _flash_bwd(st, res, do):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def _pad(x, axis: int, size: int):
-  extra = size - x.shape[axis]
-  if not extra:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, extra)
-  return jnp.pad(x, widths)
+_pad = tiles.pad
 
 
 def flash_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, q_pos_BxT, k_pos_BxS,
@@ -502,21 +378,8 @@ def flash_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, q_pos_BxT, k_pos_BxS,
   s = k_BxSxHxK.shape[1]
   if interpret is None:  # the platform traced for (lmx.ops.on_platform)
     interpret = ops.platform() != 'tpu'
-  if kernel_bias is not None:
-    names = sorted(kernel_bias.params)
-    leaves = [jnp.asarray(kernel_bias.params[n], jnp.float32) for n in names]
-    for n, leaf in zip(names, leaves):
-      if leaf.ndim != 2 or leaf.shape[0] != h:
-        raise ValueError(f'kernel bias parameter {n!r} must be [heads={h}, '
-                         f'n], got {leaf.shape}.')
-    leaf_sizes = tuple((n, leaf.shape[1]) for n, leaf in zip(names, leaves))
-    if sum(n for _, n in leaf_sizes) > LANES:
-      raise ValueError(f'the kernel bias has more than {LANES} parameters '
-                       'per head.')
-    params_HxP = jnp.concatenate(leaves, axis=1)
-    bias_fn = kernel_bias.fn
-  else:
-    leaf_sizes, params_HxP, bias_fn = (), jnp.zeros((h, 0), jnp.float32), None
+  leaf_sizes, params_HxP, bias_fn = tiles.kernel_bias_params(
+      kernel_bias, h, LANES)
   bq, bk = min(block_q, t), min(block_k, s)
   st = _Static(t=t, s=s, block_q=bq, block_k=bk, n_global=int(n_global),
                n_local=int(n_local), chunk=int(chunk), bias_fn=bias_fn,
