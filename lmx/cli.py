@@ -28,7 +28,10 @@ from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as _config_flags_impl
 
 from lmx import checkpoint
+from lmx import fs
 from lmx.errors import CheckpointError, ConfigError
+
+INT32_MAX = 2**31 - 1  # positions and steps are int32 on the device
 
 
 def _config_error(e: BaseException) -> Optional[ConfigError]:
@@ -247,15 +250,30 @@ def _check_run_overrides(argv: Sequence[str]) -> None:
   check_overrides(saved, overrides, f'the config saved in {workdir}')
 
 
-def int_list(values: Optional[Sequence[str]], flag: str) -> Optional[list]:
-  """``--flag=a,b,c`` (absl's list flag) as integers; ConfigError otherwise."""
+def int_list(values: Optional[Sequence[str]], flag: str,
+             lo: Optional[int] = 1) -> Optional[list]:
+  """``--flag=a,b,c`` (absl's list flag) as integers of at least ``lo``
+  (lengths: 1, a window holds a token), at most int32's largest (positions
+  are int32 on the device); ConfigError otherwise."""
   if not values:
     return None
   try:
-    return [int(x) for x in values]
+    out = [int(x) for x in values]
   except ValueError:
     raise ConfigError(
         f'{flag} must be integers, got {",".join(values)}.') from None
+  for x in out:
+    if (lo is not None and x < lo) or x > INT32_MAX:
+      raise ConfigError(f'{flag} must be integers in [{lo}, {INT32_MAX}], '
+                        f'got {x}.')
+  return out
+
+
+def output_dir(path: str, what: str) -> str:
+  """The output-path check of every command, before any work: ``path`` is
+  or can become a writable folder (``lmx.fs.check_writable_dir``); a
+  ConfigError naming ``what`` (``--out``) otherwise. Creates nothing."""
+  return fs.check_writable_dir(path, what, ConfigError)
 
 
 def os_error(e: OSError) -> str:

@@ -57,6 +57,8 @@ from typing import Any
 
 import submitit
 
+from lmx import fs
+
 # lmx.checkpoint and lmx.report (JAX, matplotlib) are imported where they
 # are used: every member's job imports this module.
 
@@ -548,8 +550,17 @@ def read_manifest(sweep_dir: str) -> dict:
   if not os.path.isfile(path):
     raise SweepError(f'{path} does not exist: run the sweep first, or give '
                      '--sweep.')
-  with open(path) as f:
-    return json.load(f)
+  manifest = fs.read_json(path, error=SweepError, fix=(
+      'sweep.py writes it when a sweep starts; run the sweep again with '
+      '--sweep (finished members are not run again), which rewrites it.'))
+  members = manifest.get('members')
+  if not isinstance(members, list) or not all(
+      isinstance(m, dict) and isinstance(m.get('workdir'), str)
+      for m in members):
+    raise SweepError(f'{path} is damaged (no list of members with their '
+                     'workdirs): run the sweep again with --sweep, which '
+                     'rewrites it.')
+  return manifest
 
 
 # --------------------------------------------------------------- running
@@ -757,8 +768,7 @@ def record_slurm_jobs(sweep_dir: str, jobs: dict[str, str]) -> None:
   path = _slurm_jobs_path(sweep_dir)
   recorded = {}
   if os.path.isfile(path):
-    with open(path) as f:
-      recorded = json.load(f)
+    recorded = fs.read_json(path, error=SweepError)
   recorded.update(jobs)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + '.tmp', 'w') as f:
@@ -773,8 +783,7 @@ def active_slurm_jobs(members: Sequence[Member],
   path = _slurm_jobs_path(sweep_dir)
   if not os.path.isfile(path):
     return {}
-  with open(path) as f:
-    recorded = json.load(f)
+  recorded = fs.read_json(path, error=SweepError)
   todo = {m.name: recorded[m.name] for m in members
           if m.name in recorded and not member_done(m)}
   if not todo:

@@ -1,0 +1,213 @@
+"""Issue 29's classes of bad input (docs/reliability.md, "Bad input, second
+probe"): output paths checked before any work, damaged saved files as one
+message, refused commands that leave saved results alone, saved records
+that must belong to the run, messages that name the right field, ranges
+derived from the arithmetic a field enters, and golden tolerances set by
+the dtype. Subprocesses only where the exit status and the absence of a
+traceback are what is checked."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from lmx import checkpoint, cli, config as config_lib, fs, metrics, report
+from lmx import sweep, trainer
+from lmx.errors import CheckpointError, ConfigError, DataError
+from scripts import run
+
+
+def _one_line(text: str) -> str:
+  text = text.strip()
+  assert '\n' not in text and 'Traceback' not in text, text
+  return text
+
+
+def _refused(proc, *words):
+  """Exit 2, one line on stderr naming ``words``, no traceback."""
+  assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+  line = _one_line(proc.stderr.strip().splitlines()[-1])
+  assert 'Traceback' not in proc.stderr, proc.stderr
+  for w in words:
+    assert w in line, (w, line)
+  return line
+
+
+@pytest.fixture(scope='module')
+def rope_run(tmp_path_factory, cache_dir):
+  """A tiny RoPE run trained to step 4, checkpoints at 2 and 4."""
+  from configs import base
+  c = base.get_config('size=tiny')
+  c.model.position = 'rope'
+  c.data.cache_dir = cache_dir
+  c.train.steps, c.train.checkpoint_every = 4, 2
+  workdir = str(tmp_path_factory.mktemp('bad_input_2') / 'run')
+  trainer.train(c, workdir, progress=False)
+  return workdir, c
+
+
+def _copy(rope_run, tmp_path):
+  workdir, c = rope_run
+  copy = str(tmp_path / 'run')
+  shutil.copytree(workdir, copy)
+  return copy, c.copy_and_resolve_references()
+
+
+def _tree(path):
+  """{relative path: bytes} of every file under ``path``."""
+  out = {}
+  for d, _, names in os.walk(path):
+    for n in names:
+      p = os.path.join(d, n)
+      with open(p, 'rb') as f:
+        out[os.path.relpath(p, path)] = f.read()
+  return out
+
+
+# 2. Output paths are checked before any work, for every command.
+
+
+def test_2_output_paths_checked_before_work(rope_run, tmp_path):
+  workdir, _ = rope_run
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('x')
+  # The shared check: a file where the folder goes, a file among its
+  # parents; it creates nothing.
+  for path, words in ((blocker, 'is a file'),
+                      (blocker / 'sub', 'which is a file')):
+    with pytest.raises(ConfigError) as e:
+      cli.output_dir(str(path), '--out')
+    assert words in _one_line(str(e.value)) and '--out' in str(e.value)
+  fresh = tmp_path / 'not' / 'yet'
+  cli.output_dir(str(fresh), '--out')
+  assert not fresh.exists()
+  # Every command, before it loads a model or reads a run.
+  _refused(run('-m', 'lmx.extensions', f'--workdir={workdir}',
+               f'--out={blocker}', check=False), str(blocker), 'is a file')
+  _refused(run('-m', 'lmx.report', f'--out={blocker}', workdir,
+               check=False), str(blocker), 'is a file')
+  _refused(run('sweep.py', f'--dir={blocker}', '--report_only',
+               check=False), str(blocker), 'is a file')
+  assert blocker.read_text() == 'x'
+
+
+# 3. Damaged saved files: one message naming the file, or skipped with a
+#    note. Never a traceback.
+
+
+def test_3_damaged_saved_files(rope_run, tmp_path, capsys):
+  workdir, _ = rope_run
+  # One read of a saved JSON record, for every kind of damage.
+  path = tmp_path / 'record.json'
+  for data, words in ((b'{"a": ', 'not valid JSON'),
+                      (b'\xff\xfe{}', 'not UTF-8'),
+                      (b'[1, 2]', 'holds a JSON list')):
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError) as e:
+      fs.read_json(str(path))
+    assert str(path) in _one_line(str(e.value)) and words in str(e.value)
+
+  # A truncated results.json among a report's runs: left out with a note.
+  good = tmp_path / 'good'
+  os.makedirs(good / 'eval')
+  (good / 'eval' / 'results.json').write_text(json.dumps({
+      'position': 'rope', 'train_sampling': 'contiguous', 'train_length': 16,
+      'results': [{'length': 16, 'loss': 2.0}]}))
+  bad = tmp_path / 'bad'
+  os.makedirs(bad / 'eval')
+  (bad / 'eval' / 'results.json').write_text('{"position": "ro')
+  runs = report.load([str(good), str(bad)])
+  assert [r['name'] for r in runs] == ['good']
+  err = capsys.readouterr().err
+  assert str(bad / 'eval' / 'results.json') in err and 'damaged' in err
+
+  # A corrupt sweep.json under --report_only: a SweepError naming it.
+  (tmp_path / 'sweep.json').write_text('{"members": [')
+  with pytest.raises(sweep.SweepError) as e:
+    sweep.read_manifest(str(tmp_path))
+  assert 'sweep.json' in _one_line(str(e.value))
+  (tmp_path / 'sweep.json').write_text('{"members": [3]}')
+  with pytest.raises(sweep.SweepError):
+    sweep.read_manifest(str(tmp_path))
+
+  # Undecodable bytes in metrics.jsonl on resume: the line is dropped with
+  # a note, the others kept.
+  m = tmp_path / 'm'
+  os.makedirs(m)
+  (m / 'metrics.jsonl').write_bytes(
+      b'{"step": 1, "loss": 1.0}\n\xff\xfe\x00garbage\n'
+      b'{"step": 2, "loss": 0.5}\n{"step": 3, "loss": 0.25}\n')
+  writer = metrics.MetricWriter(str(m), resume_step=2)
+  writer.close()
+  assert [r['step'] for r in metrics.read_jsonl(
+      str(m / 'metrics.jsonl'))] == [1, 2]
+  assert 'damaged' in capsys.readouterr().err
+
+  # eval.py on a config.json that is a JSON list: one line, exit 2.
+  copy = tmp_path / 'listrun'
+  os.makedirs(copy)
+  (copy / checkpoint.CONFIG_FILE).write_text('[1, 2, 3]')
+  with pytest.raises(CheckpointError) as e:
+    checkpoint.read_config(str(copy))
+  assert 'JSON list' in _one_line(str(e.value))
+  _refused(run('eval.py', f'--workdir={copy}', check=False),
+           'config.json', 'JSON list')
+
+
+# 4. A refused or failing command never destroys saved results.
+
+
+def test_4_refused_command_keeps_saved_results(rope_run, tmp_path):
+  workdir, _ = rope_run
+  copy, _ = _copy(rope_run, tmp_path)
+  out = os.path.join(copy, 'extensions')
+  os.makedirs(out)
+  for name in ('results.json', 'results.csv'):
+    with open(os.path.join(out, name), 'w') as f:
+      f.write(f'earlier {name}\n')
+  before = _tree(copy)
+  _refused(run('-m', 'lmx.extensions', f'--workdir={copy}', '--methods=',
+               check=False), '--methods')
+  _refused(run('-m', 'lmx.extensions', f'--workdir={copy}', '--lengths=0',
+               check=False), '--lengths')
+  assert _tree(copy) == before
+  # Writes are atomic: a failure while writing leaves the earlier file.
+  target = os.path.join(out, 'results.csv')
+
+  class Boom(Exception):
+    pass
+
+  def broken_replace(src, dst):
+    raise Boom()
+
+  real = os.replace
+  os.replace = broken_replace
+  try:
+    with pytest.raises(Boom):
+      fs.write_atomic(target, 'new contents')
+  finally:
+    os.replace = real
+  with open(target) as f:
+    assert f.read() == 'earlier results.csv\n'
+  assert sorted(os.listdir(out)) == ['results.csv', 'results.json']
+
+
+# 6. Messages that name the right field.
+
+
+def test_6_messages_name_the_right_field(tiny_config, tmp_path):
+  c = tiny_config('rope')
+  c.data.source = 'stdlib'
+  c.data.validation_source = str(tmp_path / 'nothing' / '*.txt')
+  from lmx.data import store
+  with pytest.raises(DataError) as e:
+    store.open_split(c.data, 'validation')
+  text = _one_line(str(e.value))
+  assert text.startswith('config.data.validation_source='), text
+  # eval.tokens smaller than one window names eval.tokens.
+  c = tiny_config('rope')
+  c.eval.tokens = c.train.seq_len - 1
+  with pytest.raises(ConfigError) as e:
+    config_lib.eval_lengths(c)
+  assert 'config.eval.tokens' in _one_line(str(e.value))
