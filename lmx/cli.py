@@ -179,7 +179,38 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
                       f'{type(config).__name__}, not an ml_collections.'
                       'ConfigDict: return the config (start from configs/'
                       'base.py\'s get_config).')
+  check_no_aliases(config, path)
   return config
+
+
+def _references(node, prefix: str = 'config'):
+  """(path, FieldReference) of every field of ``node`` held by reference."""
+  # pylint: disable=protected-access
+  for key, value in node._fields.items():
+    path = f'{prefix}.{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _references(value, path)
+    elif isinstance(value, ml_collections.FieldReference):
+      yield path, value
+
+
+def check_no_aliases(config: ml_collections.ConfigDict, path: str) -> None:
+  """A field set to another's ``get_ref`` is the same reference as that
+  field: an override of either sets both (with configs/learned.py's
+  ``learned.max_len = train.get_ref('seq_len')``, ``--config.model.learned.
+  max_len=64`` also moved train.seq_len to 64). A field that follows
+  another must follow it one way, ``get_ref(...).identity()`` (or any
+  expression of it): then an override of the follower changes it alone."""
+  seen = {}
+  for name, ref in _references(config):
+    if id(ref) in seen:
+      raise ConfigError(
+          f'The config file {path} makes {name} the same field as '
+          f'{seen[id(ref)]} (one get_ref in both): an override of either '
+          'would silently set the other. Write '
+          f"`{name.split('.', 1)[1]} = <section>.get_ref(...).identity()` "
+          'so that it follows the other field one way.')
+    seen[id(ref)] = name
 
 
 def check_overrides(config: ml_collections.ConfigDict,

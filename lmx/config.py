@@ -99,7 +99,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         f'Unknown position encoding {m.position!r} in config.model.position. '
         f'Valid names: {", ".join(sorted(positions.REGISTRY))}.')
-  f.int('seed', 0)
+  f.seed('seed')
   require(isinstance(f.get('init_from'), str),
           'config.init_from must be the --workdir of a trained run, or \'\'.')
   f.int('init_from_step', 0)
@@ -212,6 +212,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f'config.eval.multipliers must be positive integers, got '
           f'{e.multipliers!r}.')
   f.int('eval.tokens', 1)
+  f.seed('eval.seed')
   f.int('eval.batch_tokens', 1)
   f.int('eval.position_buckets', 1)
   f.bool('eval.sliding')

@@ -43,6 +43,7 @@ import datetime
 import importlib.util
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -280,7 +281,18 @@ def expand(decl: dict, sweep_dir: str) -> list[Member]:
              if len({repr(r.get(k, missing)) for r in rows}) > 1}
   members = []
   for r in rows:
-    name = r.get('name') or member_name(r, varying)
+    explicit_name = r.get('name')
+    # The name becomes the member's workdir, <dir>/<name>: a non-empty
+    # string of one path component.
+    if explicit_name is not None and not (
+        isinstance(explicit_name, str)
+        and re.fullmatch(r'[A-Za-z0-9_.=,+-]+', explicit_name)
+        and explicit_name not in ('.', '..')):
+      raise SweepError(
+          f"A sweep member's 'name' must be a non-empty string of letters, "
+          f'digits and _.=,+- (it names the member\'s workdir), got '
+          f'{explicit_name!r}.')
+    name = explicit_name or member_name(r, varying)
     overrides = {k: v for k, v in r.items() if k not in SPECIAL_KEYS}
     members.append(Member(name=name, config=r.get('config', decl['config']),
                           overrides=overrides,
@@ -660,9 +672,11 @@ def check_slurm(value: Any, where: str) -> dict[str, Any]:
       wants = ('a dict of sbatch option names (e.g. "mail-type") to '
                'strings or integers')
     elif kind is float:
+      # _mem writes int(gb) GB or int(gb * 1024) MB: finite, at least 1 MB,
+      # and at most what sbatch's --mem (an unsigned 64-bit MB count) holds.
       ok = (isinstance(v, (int, float)) and not isinstance(v, bool)
-            and v > 0)
-      wants = 'a positive number'
+            and math.isfinite(v) and 1 / 1024 <= v <= 2**53)
+      wants = f'a finite number of GB in [{1 / 1024:g}, {2**53}]'
     elif kind is int:
       low = _AT_LEAST[key]
       ok = isinstance(v, int) and not isinstance(v, bool) and v >= low

@@ -211,3 +211,153 @@ def test_6_messages_name_the_right_field(tiny_config, tmp_path):
   with pytest.raises(ConfigError) as e:
     config_lib.eval_lengths(c)
   assert 'config.eval.tokens' in _one_line(str(e.value))
+
+
+# 5. Saved records that do not belong to the run.
+
+
+def test_5_swapped_checkpoint_folders_are_refused(rope_run, tmp_path):
+  copy, _ = _copy(rope_run, tmp_path)
+  assert checkpoint.verify(copy, 2) is None
+  assert checkpoint.verify(copy, 4) is None
+  a, b = checkpoint.step_dir(copy, 2), checkpoint.step_dir(copy, 4)
+  os.rename(a, a + '.x')
+  os.rename(b, a)
+  os.rename(a + '.x', b)
+  # Each folder's files match their own checksums; the step does not.
+  why = checkpoint.verify(copy, 4)
+  assert why is not None and 'sealed for step 2' in why, why
+  assert 'sealed for step 4' in checkpoint.verify(copy, 2)
+
+
+def test_5_a_replaced_tokenizer_is_refused(tmp_path):
+  from lmx.data import subword
+  workdir = str(tmp_path)
+
+  class Tok:  # what install reads of a SentencePiece tokenizer
+    kind, vocab_size, proto = 'sentencepiece', 300, b'the run\'s model'
+    sha256 = __import__('hashlib').sha256(proto).hexdigest()
+
+  subword.install(Tok, workdir)
+  record = json.loads((tmp_path / subword.SUM_FILE).read_text())
+  assert record['sha256'] == Tok.sha256
+  # Another model of the same size in its place.
+  (tmp_path / subword.MODEL_FILE).write_bytes(b'another model!!')
+  assert len(b'another model!!') == len(Tok.proto)
+  with pytest.raises(CheckpointError) as e:
+    subword._run_copy(workdir)  # pylint: disable=protected-access
+  assert 'not the tokenizer this run was trained with' in _one_line(
+      str(e.value))
+
+
+def test_5_model_encoding_that_acts_in_no_layer_is_refused(tiny_config):
+  c = tiny_config('alibi')
+  c.model.layers.position = ('rope', 'rope')
+  with pytest.raises(ConfigError) as e:
+    config_lib.validate(c)
+  assert "config.model.position='alibi'" in _one_line(str(e.value))
+  c.model.position = 'rope'
+  config_lib.validate(c)
+
+
+def test_5_depth_dependent_structures_and_one_way_references(tmp_path):
+  irope = cli.load_config_file('configs/irope.py:size=tiny,layers=4')
+  from lmx import layer_plan
+  assert [s.position for s in layer_plan.plan(irope.model)] == [
+      'rope', 'rope', 'rope', 'none']
+  config_lib.validate(irope)
+  # The tiny size's structure, repeated to 4 layers, is refused.
+  c = cli.load_config_file('configs/irope.py:size=tiny')
+  c.model.num_layers = 4
+  with pytest.raises(ConfigError) as e:
+    config_lib.validate(c)
+  assert 'config.model.num_layers=4' in _one_line(str(e.value))
+  # An override of a field that follows another moves it alone.
+  c = cli.load_config_file('configs/learned.py:size=tiny')
+  c.train.seq_len = 8
+  c.model.learned.max_len = 64
+  assert (c.train.seq_len, c.model.learned.max_len) == (8, 64)
+  c = cli.load_config_file('configs/learned.py:size=tiny')
+  c.train.seq_len = 8
+  assert c.model.learned.max_len == 8    # still follows it
+  # A config file that aliases two fields is refused where it is loaded.
+  path = str(tmp_path / 'alias.py')
+  with open(path, 'w') as f:
+    f.write('from configs import base\n\ndef get_config(arg=None):\n'
+            '  c = base.get_config(arg)\n'
+            "  c.model.learned.max_len = c.train.get_ref('seq_len')\n"
+            '  return c\n')
+  with pytest.raises(ConfigError) as e:
+    cli.load_config_file(path)
+  assert 'config.model.learned.max_len' in _one_line(str(e.value))
+
+
+# 1. Every field that reaches arithmetic has the range that arithmetic needs.
+
+
+def _scaled(tiny_config, scaling, **rope):
+  c = tiny_config('rope')
+  c.model.rope.scaling = scaling
+  c.model.rope.factor = 2.0
+  c.model.rope.original_max_len = c.train.seq_len
+  if scaling == 'longrope':
+    pairs = (c.model.d_model // c.model.num_heads) // 2
+    c.model.rope.long_factor = (1.5,) * pairs
+  for k, v in rope.items():
+    c.model.rope[k] = v
+  return c
+
+
+def test_1_values_refused_where_their_arithmetic_needs_it(tiny_config):
+  big = 2**63
+  cases = [
+      # correction_dim: K ln(L / (2 pi r)) / (2 ln theta).
+      (_scaled(tiny_config, 'yarn', beta_slow=0.0), 'rope.beta_slow'),
+      (_scaled(tiny_config, 'yarn', theta=1.0), 'rope.theta'),
+      # LongRoPE's 1 + ln s / ln L.
+      (_scaled(tiny_config, 'longrope', original_max_len=1),
+       'rope.original_max_len'),
+      # Per-pair factors below float32's smallest normal.
+      (_scaled(tiny_config, 'longrope', long_factor=(1e-40,) * 8),
+       'rope.long_factor'),
+  ]
+  # NTK's K / (K - 2) with two rotated channels (head_dim 16, partial 1/8).
+  for scaling in ('ntk', 'dynamic'):
+    c = _scaled(tiny_config, scaling, partial=0.125)
+    c.model.rope.factor = 2.0
+    cases.append((c, 'K >= 4'))
+  c = tiny_config('rope')
+  c.seed = big
+  cases.append((c, 'config.seed'))
+  c = tiny_config('rope')
+  c.eval.seed = -1
+  cases.append((c, 'config.eval.seed'))
+  for c, words in cases:
+    with pytest.raises(ConfigError) as e:
+      config_lib.validate(c)
+    assert words in _one_line(str(e.value)), (words, str(e.value))
+  # The edges themselves pass.
+  c = tiny_config('rope')
+  c.seed, c.eval.seed = big - 1, 0
+  config_lib.validate(c)
+  config_lib.validate(_scaled(tiny_config, 'yarn', beta_slow=0.5))
+  config_lib.validate(_scaled(tiny_config, 'longrope', original_max_len=2))
+
+
+def test_1_entry_point_flags_and_sweep_members(rope_run, tmp_path):
+  workdir, _ = rope_run
+  # Any int64 is a sampling seed; one past is refused before any work.
+  _refused(run('generate.py', f'--workdir={workdir}', f'--seed={2**63}',
+               '--max_new_tokens=2', check=False), '--seed')
+  with pytest.raises(ConfigError):
+    cli.int_list(['0'], '--lengths')
+  assert cli.int_list(['1', '4'], '--lengths') == [1, 4]
+  with pytest.raises(sweep.SweepError) as e:
+    sweep.parse_slurm_flag('mem_gb=inf')
+  assert 'mem_gb' in str(e.value)
+  assert sweep.parse_slurm_flag('mem_gb=1.5')['mem_gb'] == 1.5
+  for name in (3, '', '../x', ['a']):
+    with pytest.raises(sweep.SweepError) as e:
+      sweep.expand({'config': 'configs/rope.py', 'members': [
+          {'name': name}]}, str(tmp_path))
+    assert "'name'" in str(e.value)
