@@ -7,6 +7,7 @@ the dtype. Subprocesses only where the exit status and the absence of a
 traceback are what is checked."""
 
 import json
+import math
 import os
 import shutil
 
@@ -361,3 +362,166 @@ def test_1_entry_point_flags_and_sweep_members(rope_run, tmp_path):
       sweep.expand({'config': 'configs/rope.py', 'members': [
           {'name': name}]}, str(tmp_path))
     assert "'name'" in str(e.value)
+
+
+# 7. Golden tolerances set by the dtype, not by one CPU's kernels.
+
+
+def test_7_golden_tolerance_follows_the_dtype():
+  import jax.numpy as jnp
+  import numpy as np
+  import test_golden
+  golden = test_golden.load_golden()['cases']
+  assert not any('losses_by_cpu' in c for c in golden.values())
+  for name in test_golden.CASES:
+    dtype = test_golden.case_overrides(name).get('model.dtype', 'float32')
+    for want in golden[name]['losses']:
+      tol = test_golden.tolerance(name, want)
+      # One rounding of the loss to the case's dtype fits in the tolerance;
+      # a float32 case still tells apart values 1e-5 apart.
+      step = abs(float(jnp.asarray(want, dtype).astype(jnp.float32)) - want)
+      assert step <= tol, (name, want, step, tol)
+      if dtype == 'float32':
+        assert tol < 1e-5
+      else:
+        assert tol <= float(np.finfo(jnp.bfloat16).eps) * abs(want)
+
+
+# Every numeric field at the edges of its declared range and just past.
+
+
+def _declared_ranges(config, monkeypatch):
+  """{config path: (kind, lo, hi, lo_open, hi_open)} of every number
+  ``lmx.config.validate`` reads through ``Fields`` for ``config``."""
+  from lmx import checks
+  ranges = {}
+  real_int, real_float = checks.Fields.int, checks.Fields.float
+  real_positive, real_seed = checks.Fields.positive, checks.Fields.seed
+
+  def key(self, path):
+    return self.name(path).split('.', 1)[1]
+
+  def int_(self, path, lo=None, hi=None):
+    ranges.setdefault(key(self, path), ('int', lo, hi, False, False))
+    return real_int(self, path, lo, hi)
+
+  def float_(self, path, lo=None, hi=None, lo_open=False, hi_open=False):
+    ranges.setdefault(key(self, path), ('float', lo, hi, lo_open, hi_open))
+    return real_float(self, path, lo, hi, lo_open, hi_open)
+
+  def positive(self, path):
+    ranges[key(self, path)] = ('float', checks.FLOAT32_TINY, None, False,
+                               False)
+    return real_positive(self, path)
+
+  def seed(self, path):
+    ranges[key(self, path)] = ('int', 0, checks.INT64_MAX, False, False)
+    return real_seed(self, path)
+
+  with monkeypatch.context() as m:
+    m.setattr(checks.Fields, 'int', int_)
+    m.setattr(checks.Fields, 'float', float_)
+    m.setattr(checks.Fields, 'positive', positive)
+    m.setattr(checks.Fields, 'seed', seed)
+    config_lib.validate(config)
+  return ranges
+
+
+def _edges(kind, lo, hi, lo_open, hi_open):
+  """(values inside the range at its edges, values just past them)."""
+  inside, past = [], []
+  for bound, is_open, toward in ((lo, lo_open, math.inf),
+                                 (hi, hi_open, -math.inf)):
+    if bound is None:
+      continue
+    if kind == 'int':
+      step = 1 if toward > 0 else -1
+      inside.append(bound)
+      past.append(bound - step)
+    else:
+      edge = math.nextafter(bound, toward) if is_open else float(bound)
+      beyond = bound if is_open else math.nextafter(bound, -toward)
+      inside.append(edge)
+      past.append(beyond)
+  return inside, past
+
+
+def _sections(tiny_config):
+  """(label, config, prefixes of its own fields): every encoding, and RoPE
+  under every scaling; the plain RoPE config probes every field."""
+  from lmx import positions
+  from lmx.positions import rope_scaling
+  out = [('rope', tiny_config('rope'), ('',))]
+  for name in sorted(positions.REGISTRY):
+    if name != 'rope':
+      c = tiny_config(name)
+      if name == 'learned':
+        c.model.learned.max_len = c.train.seq_len
+      out.append((name, c, (f'model.{name}.',)))
+  for scaling in sorted(rope_scaling.SCALINGS):
+    if scaling != 'none':
+      out.append((f'rope/{scaling}', _scaled(tiny_config, scaling),
+                  ('model.rope.',)))
+  return out
+
+
+def _set(config, path, value):
+  node = config
+  parts = path.split('.')
+  for part in parts[:-1]:
+    node = node[part]
+  node[parts[-1]] = value
+
+
+def _finite_loss(config) -> bool:
+  import jax.numpy as jnp
+  from lmx import model as model_lib
+  model = model_lib.build(config.model, 0)
+  t = 8
+  tokens = (jnp.arange(t + 1, dtype=jnp.int32) * 7 % 256)[None]
+  pos = jnp.arange(t, dtype=jnp.int32)[None]
+  logits = model(tokens[:, :-1], pos)
+  loss = model_lib.cross_entropy(logits, tokens[:, 1:]).mean()
+  return bool(jnp.isfinite(loss))
+
+
+def test_every_numeric_field_at_and_past_its_range_edges(tiny_config,
+                                                         monkeypatch):
+  """Just past an edge: a ConfigError (validate only). At an edge: a
+  ConfigError from a rule that ties fields together, or a model whose loss
+  is finite (a forward pass for a sample of the model's fields)."""
+  forward, probed = [], 0
+  for label, base_config, prefixes in _sections(tiny_config):
+    try:
+      ranges = _declared_ranges(base_config, monkeypatch)
+    except ConfigError as e:  # every default section must validate
+      raise AssertionError(f'{label}: the default config is refused: '
+                           f'{e}') from None
+    for path, spec in sorted(ranges.items()):
+      if not path.startswith(prefixes):
+        continue
+      inside, past = _edges(*spec)
+      for value in past:
+        c = base_config.copy_and_resolve_references()
+        _set(c, path, value)
+        with pytest.raises(ConfigError) as e:
+          config_lib.validate(c)
+        _one_line(str(e.value))
+        probed += 1
+      for value in inside:
+        c = base_config.copy_and_resolve_references()
+        _set(c, path, value)
+        try:
+          config_lib.validate(c)
+        except ConfigError as e:
+          _one_line(str(e))
+          continue
+        probed += 1
+        if path.startswith('model.') and spec[0] == 'float':
+          forward.append((label, path, value, c))
+  assert probed > 100, probed
+  # A forward pass for every in-range float edge of a model field, up to a
+  # sample of 12 spread over the sections (each compiles a model).
+  sample = forward[::max(1, len(forward) // 12)][:12]
+  for label, path, value, c in sample:
+    assert _finite_loss(c), (label, path, value)
