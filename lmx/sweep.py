@@ -676,7 +676,7 @@ def check_slurm(value: Any, where: str) -> dict[str, Any]:
       # and at most what sbatch's --mem (an unsigned 64-bit MB count) holds.
       ok = (isinstance(v, (int, float)) and not isinstance(v, bool)
             and math.isfinite(v) and 1 / 1024 <= v <= 2**53)
-      wants = f'a finite number of GB in [{1 / 1024:g}, {2**53}]'
+      wants = f'a positive number (finite; GB in [{1 / 1024:g}, {2**53}])'
     elif kind is int:
       low = _AT_LEAST[key]
       ok = isinstance(v, int) and not isinstance(v, bool) and v >= low
