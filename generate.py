@@ -23,6 +23,7 @@ import sys
 from absl import app, flags
 
 from lmx import checkpoint
+from lmx import checks
 from lmx import cli
 from lmx import config as config_lib
 from lmx import decoding
@@ -48,6 +49,8 @@ _STOP_AT_EOD = flags.DEFINE_bool('stop_at_eod', False, 'Stop at the '
 def main(argv):
   workdir = cli.run_workdir(argv, _RUN)
   try:
+    # jax.random.PRNGKey(seed) alone reads it: any int64.
+    checks.check_seed(_SEED.value, '--seed', lo=-checks.INT64_MAX - 1)
     checkpoint.require_run(workdir)  # one clear message for a missing run
     config = _RUN.config.value
     config_lib.validate(config)

@@ -32,7 +32,7 @@ import sys
 
 from absl import app, flags
 
-from lmx import cli, report, sweep
+from lmx import cli, fs, report, sweep
 
 _SWEEP = flags.DEFINE_string(
     'sweep', None, 'Sweep declaration, e.g. configs/sweeps/encodings.py'
@@ -77,6 +77,10 @@ def main(argv):
   sweep_dir = _DIR.value
   if not sweep_dir:
     _fail('--dir is required, e.g. --dir=runs/sweeps/encodings.')
+  try:  # the output path, before any work (creates nothing)
+    fs.check_writable_dir(sweep_dir, '--dir', sweep.SweepError)
+  except sweep.SweepError as e:
+    _fail(str(e))
   if _PARALLEL.value < 1:
     _fail(f'--parallel must be at least 1, got {_PARALLEL.value}.')
   try:

@@ -17,7 +17,32 @@ import ml_collections
 from lmx import defaults
 from lmx.defaults import ARG_KEYS, SIZES, get_config, parse_arg
 
-__all__ = ['ARG_KEYS', 'SIZES', 'encoding_config', 'get_config', 'parse_arg']
+__all__ = ['ARG_KEYS', 'SIZES', 'encoding_config', 'get_config', 'layered_config',
+           'parse_arg']
+
+LAYERS_KEY = {'layers': 'the depth (config.model.num_layers) the per-layer '
+                        'structure is built for, e.g. layers=8'}
+
+
+def layered_config(position: str, arg: str | None, name: str
+                   ) -> ml_collections.ConfigDict:
+  """``encoding_config`` for a file whose per-layer structure
+  (``config.model.layers``) depends on the depth: the argument also takes
+  ``layers=N``, and ``config.model.layers.num_layers`` records the depth the
+  file builds its tuples for, so an override of config.model.num_layers is
+  refused instead of silently repeating them (``lmx.layer_plan``)."""
+  args = parse_arg(arg, {**ARG_KEYS, **LAYERS_KEY})
+  layers = args.pop('layers', None)
+  c = encoding_config(position, ','.join(f'{k}={v}' for k, v in args.items())
+                      or None, name=name)
+  if layers is not None:
+    if not layers.isdigit() or int(layers) < 1:
+      raise defaults.ConfigError(
+          f'layers={layers!r} in the config argument {arg!r} must be a '
+          'positive integer (the depth), e.g. layers=8.')
+    c.model.num_layers = int(layers)
+  c.model.layers.num_layers = c.model.num_layers
+  return c
 
 
 def encoding_config(position: str, arg: str | None = None, *,

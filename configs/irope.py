@@ -19,14 +19,18 @@ Llama 4 sets the chunk and ``F`` to one number, 8192, and trains on longer
 sequences than that; here both are a quarter of the training length, so
 the same holds: the chunks and the temperature steps are all seen in
 training. A model whose depth is not a multiple of four (the tiny size's
-two layers) gets one period: RoPE layers, then a last NoPE one.
+two layers) gets one period: RoPE layers, then a last NoPE one. Choose
+another depth with the argument, ``configs/irope.py:size=tiny,layers=8``:
+the structure is built for it. An override of ``config.model.num_layers``
+would repeat the tuples built for the size's depth into another structure,
+so it is refused (``config.model.layers.num_layers`` records the depth).
 """
 
 from configs import base
 
 
 def get_config(arg=None):
-  c = base.encoding_config('rope', arg, name='irope')
+  c = base.layered_config('rope', arg, name='irope')
   n = c.model.num_layers
   period = 4 if n % 4 == 0 else n
   chunk = max(1, c.train.seq_len // 4)

@@ -18,5 +18,5 @@ from configs import base
 
 def get_config(arg=None):
   c = base.encoding_config('learned', arg)
-  c.model.learned.max_len = c.train.get_ref('seq_len')
+  c.model.learned.max_len = c.train.get_ref('seq_len').identity()
   return c

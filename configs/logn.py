@@ -16,5 +16,5 @@ from configs import base
 def get_config(arg=None):
   c = base.encoding_config('rope', arg, name='logn')
   c.model.length_scaling.kind = 'logn'
-  c.model.length_scaling.base_len = c.train.get_ref('seq_len')
+  c.model.length_scaling.base_len = c.train.get_ref('seq_len').identity()
   return c

@@ -56,6 +56,7 @@ import orbax.checkpoint as ocp
 
 from lmx import defaults
 from lmx import sharding
+from lmx import fs
 from lmx.fs import is_disk_full, make_writable_dir  # noqa: F401 (re-exported)
 from lmx.errors import CheckpointError
 
@@ -187,9 +188,17 @@ def verify(workdir: str, step: int) -> Optional[str]:
   try:
     with open(path, 'rb') as f:
       text = f.read()
-    expected = json.loads(text)['sha256']
-  except (OSError, ValueError, KeyError, TypeError) as e:
+    record = json.loads(text)
+    expected = record['sha256']
+    sealed_step = record.get('step')
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     return f'its {CHECKSUM_FILE} is unreadable ({e})'
+  # The seal names the step it was written for: a folder renamed or
+  # swapped on disk holds another step's state (its own files match).
+  if sealed_step != step:
+    return (f'its {CHECKSUM_FILE} was sealed for step {sealed_step!r}, not '
+            f'{step}: the folder holds another step\'s state (renamed or '
+            'swapped on disk)')
   present = _files(directory)
   try:
     stats = _settled_stats(present, lambda: time.time_ns() - _TICK_NS,
@@ -607,15 +616,10 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     raise CheckpointError(
         f'{path} does not exist: --workdir must be a directory written by '
         'train.py (it holds config.json and checkpoints/).')
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except ValueError as e:
-    raise CheckpointError(
-        f'{path} is not valid JSON ({e}); it was written by train.py and '
-        'should not be edited by hand. Restore it from a copy, or delete it '
-        'and run train.py again with the config of this run (it rewrites '
-        'the file).') from e
+  saved = fs.read_json(path, fix=(
+      'it was written by train.py and should not be edited by hand. Restore '
+      'it from a copy, or delete it and run train.py again with the config '
+      'of this run (it rewrites the file).'))
   # Fields added since the run was saved take their defaults (lmx.defaults),
   # which leave the run as it was (e.g. rope.scaling='none'), and can then
   # be overridden on the command line like any field.

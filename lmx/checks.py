@@ -8,6 +8,9 @@ rule it breaks and the value it has:
     f = Fields(model_cfg, 'config.model')
     f.float('rope.theta', 0.0, lo_open=True)     # a positive, finite base
     f.choice('kerple.kernel', ('log', 'power'))
+
+A range is derived from the arithmetic the field enters, and stated beside
+that arithmetic (the encoding's or scaling's own ``check``), citing it.
 """
 
 from __future__ import annotations
@@ -23,12 +26,27 @@ from lmx.errors import ConfigError
 # outputs NaN.
 FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32
+# Seeds enter jax.random.key (a C long: int64) and numpy's SeedSequence
+# (non-negative): [0, 2^63 - 1].
+INT64_MAX = 2**63 - 1
 
 
 def require(cond: bool, msg: str) -> None:
   """ConfigError(msg) unless ``cond``."""
   if not cond:
     raise ConfigError(msg)
+
+
+def check_seed(value: Any, name: str, lo: int = 0) -> int:
+  """A random seed: ``jax.random.key(seed)`` takes an int64 (OverflowError
+  beyond 2^63 - 1), ``numpy.random.default_rng([seed, ...])`` a
+  non-negative integer: so [0, 2^63 - 1] (``lo`` -2^63 where only jax reads
+  it). ConfigError naming ``name`` otherwise."""
+  require(isinstance(value, int) and not isinstance(value, bool)
+          and lo <= value <= INT64_MAX,
+          f'{name} must be an integer in [{lo}, {INT64_MAX}] (a seed is an '
+          f'int64), got {value!r}.')
+  return value
 
 
 class Fields:
@@ -96,6 +114,24 @@ class Fields:
             'computes: it would be 0 (or lose its precision) there, and the '
             'model\'s outputs would not be finite. Use a larger number.')
     return value
+
+  def seed(self, path: str) -> int:
+    """A random seed (``check_seed``)."""
+    return check_seed(self.get(path), self.name(path))
+
+  def normal_floats(self, path: str) -> tuple:
+    """A list of positive finite numbers, each a normal float32 (a divisor
+    or factor below FLOAT32_TINY makes inf or 0 on the device, then NaN)."""
+    value = self.get(path)
+    name = self.name(path)
+    require(isinstance(value, (tuple, list)) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool)
+        and math.isfinite(x) and FLOAT32_TINY <= x <= FLOAT32_MAX
+        for x in value),
+            f'{name}={value!r} must be a list of positive finite numbers '
+            f'within float32\'s normal range [{FLOAT32_TINY:.3g}, '
+            f'{FLOAT32_MAX:.3g}], in which the model computes.')
+    return tuple(value)
 
   def bool(self, path: str) -> bool:
     value = self.get(path)

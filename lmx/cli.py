@@ -28,7 +28,10 @@ from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as _config_flags_impl
 
 from lmx import checkpoint
+from lmx import fs
 from lmx.errors import CheckpointError, ConfigError
+
+INT32_MAX = 2**31 - 1  # positions and steps are int32 on the device
 
 
 def _config_error(e: BaseException) -> Optional[ConfigError]:
@@ -176,7 +179,38 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
                       f'{type(config).__name__}, not an ml_collections.'
                       'ConfigDict: return the config (start from configs/'
                       'base.py\'s get_config).')
+  check_no_aliases(config, path)
   return config
+
+
+def _references(node, prefix: str = 'config'):
+  """(path, FieldReference) of every field of ``node`` held by reference."""
+  # pylint: disable=protected-access
+  for key, value in node._fields.items():
+    path = f'{prefix}.{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _references(value, path)
+    elif isinstance(value, ml_collections.FieldReference):
+      yield path, value
+
+
+def check_no_aliases(config: ml_collections.ConfigDict, path: str) -> None:
+  """A field set to another's ``get_ref`` is the same reference as that
+  field: an override of either sets both (with configs/learned.py's
+  ``learned.max_len = train.get_ref('seq_len')``, ``--config.model.learned.
+  max_len=64`` also moved train.seq_len to 64). A field that follows
+  another must follow it one way, ``get_ref(...).identity()`` (or any
+  expression of it): then an override of the follower changes it alone."""
+  seen = {}
+  for name, ref in _references(config):
+    if id(ref) in seen:
+      raise ConfigError(
+          f'The config file {path} makes {name} the same field as '
+          f'{seen[id(ref)]} (one get_ref in both): an override of either '
+          'would silently set the other. Write '
+          f"`{name.split('.', 1)[1]} = <section>.get_ref(...).identity()` "
+          'so that it follows the other field one way.')
+    seen[id(ref)] = name
 
 
 def check_overrides(config: ml_collections.ConfigDict,
@@ -247,15 +281,30 @@ def _check_run_overrides(argv: Sequence[str]) -> None:
   check_overrides(saved, overrides, f'the config saved in {workdir}')
 
 
-def int_list(values: Optional[Sequence[str]], flag: str) -> Optional[list]:
-  """``--flag=a,b,c`` (absl's list flag) as integers; ConfigError otherwise."""
+def int_list(values: Optional[Sequence[str]], flag: str,
+             lo: Optional[int] = 1) -> Optional[list]:
+  """``--flag=a,b,c`` (absl's list flag) as integers of at least ``lo``
+  (lengths: 1, a window holds a token), at most int32's largest (positions
+  are int32 on the device); ConfigError otherwise."""
   if not values:
     return None
   try:
-    return [int(x) for x in values]
+    out = [int(x) for x in values]
   except ValueError:
     raise ConfigError(
         f'{flag} must be integers, got {",".join(values)}.') from None
+  for x in out:
+    if (lo is not None and x < lo) or x > INT32_MAX:
+      raise ConfigError(f'{flag} must be integers in [{lo}, {INT32_MAX}], '
+                        f'got {x}.')
+  return out
+
+
+def output_dir(path: str, what: str) -> str:
+  """The output-path check of every command, before any work: ``path`` is
+  or can become a writable folder (``lmx.fs.check_writable_dir``); a
+  ConfigError naming ``what`` (``--out``) otherwise. Creates nothing."""
+  return fs.check_writable_dir(path, what, ConfigError)
 
 
 def os_error(e: OSError) -> str:

@@ -99,7 +99,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         f'Unknown position encoding {m.position!r} in config.model.position. '
         f'Valid names: {", ".join(sorted(positions.REGISTRY))}.')
-  f.int('seed', 0)
+  f.seed('seed')
   require(isinstance(f.get('init_from'), str),
           'config.init_from must be the --workdir of a trained run, or \'\'.')
   f.int('init_from_step', 0)
@@ -212,6 +212,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f'config.eval.multipliers must be positive integers, got '
           f'{e.multipliers!r}.')
   f.int('eval.tokens', 1)
+  f.seed('eval.seed')
   f.int('eval.batch_tokens', 1)
   f.int('eval.position_buckets', 1)
   f.bool('eval.sliding')
@@ -426,7 +427,22 @@ def eval_lengths(config: ml_collections.ConfigDict,
   Lengths asked for explicitly (the argument or config.eval.lengths) must all
   be runnable, else ConfigError. The default multiples of the training
   length silently drop those the encoding cannot represent, reporting why.
+  Every length to run must fit config.eval.tokens: a window of n tokens
+  needs at least n of them (``windows.num_eval_windows = tokens // n``).
   """
+  lengths, skipped = _eval_lengths(config, explicit)
+  tokens = int(config.eval.tokens)
+  if lengths and tokens < max(lengths):
+    raise ConfigError(
+        f'config.eval.tokens={tokens} is smaller than one evaluation window '
+        f'of {max(lengths)} tokens (the longest length to evaluate; windows '
+        f'= tokens // length would be 0): raise config.eval.tokens to at '
+        f'least {max(lengths)} (config.train.eval_tokens for the evaluation '
+        'during training), or evaluate shorter lengths.')
+  return lengths, skipped
+
+
+def _eval_lengths(config, explicit):
   sampling = resolve_eval_sampling(config)
   asked = list(explicit or config.eval.lengths or ())
   if asked:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import io
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -53,6 +54,7 @@ from lmx import checkpoint
 from lmx import cli
 from lmx import config as config_lib
 from lmx import evaluation
+from lmx import fs
 from lmx import plots
 from lmx import positions
 from lmx import run_state
@@ -157,11 +159,18 @@ def compare(workdir: str, lengths: Sequence[int] | None = None,
             methods: Sequence[str] = METHODS, plots: bool = True) -> dict:
   """Loss against length for every method; writes JSON, CSV and a plot."""
   config = checkpoint.read_config(workdir)
+  out_dir = cli.output_dir(out_dir or os.path.join(workdir, 'extensions'),
+                           '--out' if out_dir else 'The extensions folder')
   if not positions.get_encoding(config.model.position).scalable:
     raise ConfigError(
         f'{workdir} holds a {config.model.position!r} model; the RoPE '
         'extensions apply to a model whose encoding follows the RoPE '
         'scalings (train one with --config.model.position=rope).')
+  if not methods:
+    raise ConfigError(f'--methods names no method: give one or more of '
+                      f'{", ".join(METHODS)}.')
+  if lengths is not None:
+    lengths = cli.int_list([str(n) for n in lengths], '--lengths')
   unknown = [m for m in methods if m not in REGISTRY]
   if unknown:
     raise ConfigError(
@@ -200,13 +209,14 @@ def compare(workdir: str, lengths: Sequence[int] | None = None,
   results = {'workdir': os.path.abspath(workdir), 'step': step,
              'train_length': train_len, 'methods': list(methods),
              'lengths': lengths, 'results': rows}
-  out_dir = out_dir or os.path.join(workdir, 'extensions')
-  os.makedirs(out_dir, exist_ok=True)
+  checkpoint.make_writable_dir(out_dir, '--out', ConfigError)
+  # Each file whole or not at all: a crash leaves the previous results.
+  table = io.StringIO()
+  w = csv.DictWriter(table, list(rows[0]))
+  w.writeheader()
+  w.writerows(rows)
   evaluation.write_json(os.path.join(out_dir, 'results.json'), results)
-  with open(os.path.join(out_dir, 'results.csv'), 'w', newline='') as f:
-    w = csv.DictWriter(f, list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
+  fs.write_atomic(os.path.join(out_dir, 'results.csv'), table.getvalue())
   if plots:
     plot(results, os.path.join(out_dir, 'loss_vs_length.png'))
   return results

@@ -55,9 +55,18 @@ from lmx.errors import ConfigError
 FIELDS = ('position', 'window', 'chunk', 'qk_norm', 'length_scaling')
 
 
+# ``layers.num_layers``: the depth a config file wrote the tuples for (0:
+# any depth). A file whose structure depends on the depth (configs/irope.py:
+# three RoPE layers then a NoPE one per four layers, or one period at other
+# depths) records it, so an override of config.model.num_layers that would
+# repeat the tuples into another structure is refused, not run.
+DEPTH = 'num_layers'
+
+
 def default_config() -> ml_collections.ConfigDict:
   """``config.model.layers``: every tuple empty, every layer as the model."""
-  return ml_collections.ConfigDict({field: () for field in FIELDS})
+  return ml_collections.ConfigDict({**{field: () for field in FIELDS},
+                                    DEPTH: 0})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,10 +200,23 @@ def check(model_cfg: ml_collections.ConfigDict) -> None:
     require(field in section,
             f'config.model.layers.{field} is missing. Start from a config '
             'in configs/ (they build on lmx/defaults.py, which sets it).')
-  unknown = set(section) - set(FIELDS)
+  unknown = set(section) - set(FIELDS) - {DEPTH}
   require(not unknown,
           f'config.model.layers has unknown field(s) {sorted(unknown)}; '
-          f'valid: {", ".join(FIELDS)}.')
+          f'valid: {", ".join(FIELDS + (DEPTH,))}.')
+  depth = section.get(DEPTH, 0)
+  n = model_cfg.num_layers
+  require(isinstance(depth, int) and not isinstance(depth, bool)
+          and depth >= 0,
+          f'config.model.layers.{DEPTH} must be an integer >= 0 (0: the '
+          f'tuples hold for any depth), got {depth!r}.')
+  require(not depth or depth == n,
+          f'config.model.layers was written for {depth} layers '
+          f'(config.model.layers.{DEPTH}={depth}: its structure depends on '
+          f'the depth), but config.model.num_layers={n}: repeating its '
+          f'tuples would build another structure. Give the depth to the '
+          f'config file\'s argument (e.g. configs/irope.py:layers={n}) '
+          'instead of overriding config.model.num_layers.')
   for field in FIELDS:
     values = section[field]
     require(isinstance(values, (tuple, list)),
@@ -238,6 +260,15 @@ def check(model_cfg: ml_collections.ConfigDict) -> None:
             'encoding, which adds to the embeddings) would act nowhere. Set '
             "config.model.position to a relative encoding or 'none', or "
             'leave config.model.layers.position=().')
+    names = tuple(dict.fromkeys(s.position for s in specs))
+    # The run is labelled and reported by config.model.position: it must
+    # be an encoding some layer really uses.
+    require(model_cfg.position in names,
+            f'config.model.layers.position gives every layer its encoding '
+            f'({", ".join(map(repr, names))}), so config.model.position='
+            f'{model_cfg.position!r}, by which the run is labelled and '
+            'reported, would act in no layer. Set config.model.position to '
+            f'the main one of the layers\' encodings (e.g. {names[0]!r}).')
   for i, spec in enumerate(specs):
     require(not (spec.window and spec.chunk),
             f'config.model.layers gives layer {i} both a sliding window '

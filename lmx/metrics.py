@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import sys
 from typing import Mapping
 
 from lmx import plots
@@ -55,23 +56,38 @@ class MetricWriter:
 
 
 def _truncate(path: str, step: int) -> None:
-  rows = []
-  with open(path) as f:
-    for line in f:
+  rows, damaged = [], 0
+  with open(path, 'rb') as f:
+    for raw in f:
       try:
+        line = raw.decode('utf-8')
         row = json.loads(line)
-      except ValueError:
-        continue  # a line cut short by a kill
+      except ValueError:  # cut short by a kill, or damaged bytes
+        damaged += bool(raw.strip())
+        continue
       if isinstance(row, dict) and row.get('step', 0) <= step:
         rows.append(line if line.endswith('\n') else line + '\n')
+  if damaged:
+    print(f'note: {path}: dropped {damaged} damaged line(s) (not JSON '
+          'or not UTF-8) while resuming.', file=sys.stderr)
   with open(path + '.tmp', 'w') as f:
     f.writelines(rows)
   os.replace(path + '.tmp', path)
 
 
 def read_jsonl(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The rows of a JSONL file; a damaged line (cut short by a kill, not
+  UTF-8, not a JSON object) is skipped."""
+  rows = []
+  with open(path, 'rb') as f:
+    for raw in f:
+      try:
+        row = json.loads(raw.decode('utf-8'))
+      except ValueError:
+        continue
+      if isinstance(row, dict):
+        rows.append(row)
+  return rows
 
 
 def write_tensorboard(logdir: str, step: int,

@@ -34,6 +34,7 @@ the min-max range (a band in the plots):
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -45,6 +46,7 @@ from absl import app, flags
 
 from lmx import cli
 from lmx import defaults
+from lmx import fs
 from lmx import plots
 from lmx import task_eval
 
@@ -76,13 +78,30 @@ def load(workdirs):
   runs = []
   for w in workdirs:
     for folder in eval_dirs(w):
-      runs.append(_load_one(w, folder))
+      try:
+        runs.append(_load_one(w, folder))
+      except ReportError as e:  # one damaged file does not stop the report
+        print(f'note: left out of the report: {e}', file=sys.stderr)
   return runs
 
 
+class ReportError(ValueError):
+  """A saved results.json the report cannot read; names the file."""
+
+
+# What every evaluation's results.json holds (lmx.evaluation, task_eval).
+_RESULT_KEYS = ('results', 'train_length', 'position', 'train_sampling')
+
+
 def _load_one(w: str, folder: str) -> dict:
-  with open(os.path.join(w, folder, 'results.json')) as f:
-    r = json.load(f)
+  path = os.path.join(w, folder, 'results.json')
+  fix = 'evaluate the run again (eval.py) to rewrite it.'
+  r = fs.read_json(path, error=ReportError, fix=fix)
+  missing = [k for k in _RESULT_KEYS if k not in r]
+  if missing or not isinstance(r['results'], list) or not all(
+      isinstance(x, dict) for x in r['results']):
+    raise ReportError(f'{path} is damaged (it lacks '
+                      f'{", ".join(missing) or "a list of results"}): {fix}')
   name = os.path.basename(os.path.normpath(w))
   r['name'] = name if folder == PLAIN_EVAL else f'{name}/{folder}'
   r['eval_dir'] = folder
@@ -93,9 +112,9 @@ def _load_one(w: str, folder: str) -> dict:
   config_path = os.path.join(w, 'config.json')
   if os.path.isfile(config_path):
     try:
-      with open(config_path) as f:
-        config = defaults.flatten(json.load(f))
-    except ValueError:
+      config = defaults.flatten(fs.read_json(config_path, error=ReportError))
+    except ReportError as e:  # the run is reported without its settings
+      print(f'note: {e}', file=sys.stderr)
       config = {}
   r['seed'] = config.get('seed')
   r['config'] = {k: v for k, v in config.items() if k not in IGNORED_FIELDS}
@@ -927,13 +946,14 @@ def write(workdirs, out_dir: str, title: str = 'sweep',
                 f'{r["seed"]}; {"; ".join(parts)}')
   md.append('')
 
-  with open(os.path.join(out_dir, 'report.md'), 'w') as f:
-    f.write('\n'.join(md))
-  with open(os.path.join(out_dir, 'report.csv'), 'w', newline='') as f:
-    w = csv.DictWriter(f, CSV_FIELDS)
-    w.writeheader()
-    for row in all_rows:
-      w.writerow({k: row.get(k, '') for k in CSV_FIELDS})
+  # Each file whole or not at all: a crash leaves the previous report.
+  fs.write_atomic(os.path.join(out_dir, 'report.md'), '\n'.join(md))
+  table_csv = io.StringIO()
+  w = csv.DictWriter(table_csv, CSV_FIELDS)
+  w.writeheader()
+  for row in all_rows:
+    w.writerow({k: row.get(k, '') for k in CSV_FIELDS})
+  fs.write_atomic(os.path.join(out_dir, 'report.csv'), table_csv.getvalue())
   return ['report.md', 'report.csv'] + written
 
 
@@ -962,6 +982,15 @@ def main(argv, fl: dict) -> None:
   if not workdirs:
     raise app.UsageError('Name at least one run directory, e.g. '
                          'python -m lmx.report runs/*', exitcode=2)
+  try:
+    if fl['out'].value:
+      cli.output_dir(fl['out'].value, '--out')
+    if fl['plot'].value:
+      cli.output_dir(os.path.dirname(os.path.abspath(fl['plot'].value)),
+                     f'The folder of --plot={fl["plot"].value}')
+  except cli.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   runs = load(workdirs)
   if not runs:
     print('error: no evaluation (<workdir>/eval/results.json or '

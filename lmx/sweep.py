@@ -43,6 +43,7 @@ import datetime
 import importlib.util
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -56,6 +57,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import submitit
+
+from lmx import fs
 
 # lmx.checkpoint and lmx.report (JAX, matplotlib) are imported where they
 # are used: every member's job imports this module.
@@ -278,7 +281,18 @@ def expand(decl: dict, sweep_dir: str) -> list[Member]:
              if len({repr(r.get(k, missing)) for r in rows}) > 1}
   members = []
   for r in rows:
-    name = r.get('name') or member_name(r, varying)
+    explicit_name = r.get('name')
+    # The name becomes the member's workdir, <dir>/<name>: a non-empty
+    # string of one path component.
+    if explicit_name is not None and not (
+        isinstance(explicit_name, str)
+        and re.fullmatch(r'[A-Za-z0-9_.=,+-]+', explicit_name)
+        and explicit_name not in ('.', '..')):
+      raise SweepError(
+          f"A sweep member's 'name' must be a non-empty string of letters, "
+          f'digits and _.=,+- (it names the member\'s workdir), got '
+          f'{explicit_name!r}.')
+    name = explicit_name or member_name(r, varying)
     overrides = {k: v for k, v in r.items() if k not in SPECIAL_KEYS}
     members.append(Member(name=name, config=r.get('config', decl['config']),
                           overrides=overrides,
@@ -548,8 +562,17 @@ def read_manifest(sweep_dir: str) -> dict:
   if not os.path.isfile(path):
     raise SweepError(f'{path} does not exist: run the sweep first, or give '
                      '--sweep.')
-  with open(path) as f:
-    return json.load(f)
+  manifest = fs.read_json(path, error=SweepError, fix=(
+      'sweep.py writes it when a sweep starts; run the sweep again with '
+      '--sweep (finished members are not run again), which rewrites it.'))
+  members = manifest.get('members')
+  if not isinstance(members, list) or not all(
+      isinstance(m, dict) and isinstance(m.get('workdir'), str)
+      for m in members):
+    raise SweepError(f'{path} is damaged (no list of members with their '
+                     'workdirs): run the sweep again with --sweep, which '
+                     'rewrites it.')
+  return manifest
 
 
 # --------------------------------------------------------------- running
@@ -649,9 +672,11 @@ def check_slurm(value: Any, where: str) -> dict[str, Any]:
       wants = ('a dict of sbatch option names (e.g. "mail-type") to '
                'strings or integers')
     elif kind is float:
+      # _mem writes int(gb) GB or int(gb * 1024) MB: finite, at least 1 MB,
+      # and at most what sbatch's --mem (an unsigned 64-bit MB count) holds.
       ok = (isinstance(v, (int, float)) and not isinstance(v, bool)
-            and v > 0)
-      wants = 'a positive number'
+            and math.isfinite(v) and 1 / 1024 <= v <= 2**53)
+      wants = f'a positive number (finite; GB in [{1 / 1024:g}, {2**53}])'
     elif kind is int:
       low = _AT_LEAST[key]
       ok = isinstance(v, int) and not isinstance(v, bool) and v >= low
@@ -757,8 +782,7 @@ def record_slurm_jobs(sweep_dir: str, jobs: dict[str, str]) -> None:
   path = _slurm_jobs_path(sweep_dir)
   recorded = {}
   if os.path.isfile(path):
-    with open(path) as f:
-      recorded = json.load(f)
+    recorded = fs.read_json(path, error=SweepError)
   recorded.update(jobs)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + '.tmp', 'w') as f:
@@ -773,8 +797,7 @@ def active_slurm_jobs(members: Sequence[Member],
   path = _slurm_jobs_path(sweep_dir)
   if not os.path.isfile(path):
     return {}
-  with open(path) as f:
-    recorded = json.load(f)
+  recorded = fs.read_json(path, error=SweepError)
   todo = {m.name: recorded[m.name] for m in members
           if m.name in recorded and not member_done(m)}
   if not todo:

@@ -1,21 +1,32 @@
-"""Golden values: the first training losses of tiny configs, to 1e-6.
+"""Golden values: the first training losses of tiny configs, each to the
+tolerance its dtype's rounding sets (``tolerance``).
 
 What: each case trains a tiny config for a few steps through the public
 entry, ``trainer.train(config, workdir)``, reads the loss of every step from
 the run's ``metrics.jsonl`` and compares it with the value stored in
-``tests/golden_losses.json`` to an absolute tolerance of 1e-6.
+``tests/golden_losses.json``: a float32 case to an absolute 1e-6, the
+bfloat16 case to one bfloat16 rounding of the loss (relative 2^-8).
 
 Why: the other training tests only check that the loss falls, which a
 refactor that moves the numerics a little (an op order, a dtype, an init, a
 batch) still passes. These values catch any such drift, in float32 (ALiBi),
-in bfloat16 (RoPE, the CPU bf16 product path) and with a learned bias table
-(T5).
+with a learned bias table (T5), and, to bfloat16's precision, in bfloat16
+(RoPE, the CPU bf16 product path).
 
 The values depend on the environment as well as on the code: the training
 text is this interpreter's standard library (``data.source='stdlib'``) and
 XLA's CPU kernels may round differently in another jax version or on another
-CPU. The JSON records the environment it was made in, and a failure shows it
-beside the current one.
+CPU. In float32 the x86-64 kernels agree to well within 1e-6 over 4 steps.
+In bfloat16 they do not: XLA:CPU computes a bfloat16 product with AMX or
+AVX-512 BF16 units where the CPU has them, and by float32 emulation
+elsewhere, which round differently (measured: 4.6e-4 apart on a loss of 6,
+7.9e-5 relative, between an AMX and a generic x86-64 CPU). So the bfloat16
+case is held to bfloat16's own precision, one rounding of the loss: 8
+significant bits, a relative step of 2^-8 = 3.9e-3, 50x the drift between
+CPUs and still small beside what a change to the model, the data or the
+optimizer moves (the losses fall by 0.05 to 0.15 per step). The JSON
+records the environment it was made in, and a failure shows it beside the
+current one.
 
 A change that is meant to alter the numerics regenerates the file, from the
 checkout whose numbers become the reference:
@@ -36,7 +47,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN_PATH = os.path.join(ROOT, 'tests', 'golden_losses.json')
-TOLERANCE = 1e-6
+# |got - stored| <= absolute + relative * |stored|, by the case's dtype:
+# float32 kernels agree across x86-64 CPUs to far below 1e-6 over 4 steps;
+# bfloat16's unit roundoff is 2^-8 (an 8-bit significand), and different
+# CPUs' bfloat16 product kernels round differently (module docstring).
+TOLERANCES = {'float32': (1e-6, 0.0), 'bfloat16': (0.0, 2.0**-8)}
 REGENERATE = 'JAX_PLATFORMS=cpu python tests/test_golden.py --update'
 
 # Every case: 4 steps, each one logged, one checkpoint at the end.
@@ -79,35 +94,21 @@ def train_losses(config_name: str, overrides: dict, workdir: str,
   return [row['loss'] for row in rows]
 
 
-def cpu_class() -> str:
-  """The CPU's bfloat16 product units, which set how XLA:CPU rounds a
-  bfloat16 dot: 'amx_bf16' (Intel AMX), 'avx512_bf16', or 'generic'."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      flags = next((line.split(':', 1)[1].split() for line in f
-                    if line.startswith('flags')), [])
-  except OSError:
-    flags = []
-  for cls in ('amx_bf16', 'avx512_bf16'):
-    if cls in flags:
-      return cls
-  return 'generic'
-
-
 def environment() -> dict:
   """What the values depend on besides the code."""
   import jax  # pylint: disable=g-import-not-at-top
   import jaxlib  # pylint: disable=g-import-not-at-top
   return {'python': platform.python_version(), 'jax': jax.__version__,
           'jaxlib': jaxlib.__version__, 'machine': platform.machine(),
-          'backend': jax.default_backend(), 'cpu': cpu_class()}
+          'backend': jax.default_backend()}
 
 
-def stored_losses(stored: dict) -> list[float]:
-  """The case's values for this CPU class: bfloat16 products round
-  differently on AMX, so a case may hold values per class
-  (``losses_by_cpu``); ``losses`` are those of the file's environment."""
-  return stored.get('losses_by_cpu', {}).get(cpu_class(), stored['losses'])
+def tolerance(name: str, want: float) -> float:
+  """The largest |difference| case ``name`` accepts at a stored loss of
+  ``want``: set by its dtype (``TOLERANCES``)."""
+  dtype = case_overrides(name).get('model.dtype', 'float32')
+  absolute, relative = TOLERANCES[dtype]
+  return absolute + relative * abs(want)
 
 
 def load_golden() -> dict:
@@ -131,16 +132,17 @@ def test_first_losses_match_the_golden_values(name, tmp_path, cache_dir):
   losses = train_losses(config_name, overrides, str(tmp_path / 'run'),
                         cache_dir)
 
-  want_losses = stored_losses(stored)
+  want_losses = stored['losses']
   assert len(losses) == len(want_losses), (name, losses)
   wrong = [f'  step {step}: loss {got!r}, stored {want!r} '
-           f'(|difference| {abs(got - want):.3g})'
+           f'(|difference| {abs(got - want):.3g} > '
+           f'{tolerance(name, want):.3g})'
            for step, (got, want) in enumerate(zip(losses, want_losses),
                                               start=1)
-           if not abs(got - want) <= TOLERANCE]
+           if not abs(got - want) <= tolerance(name, want)]
   assert not wrong, (
       f'Golden case {name!r} (configs/{config_name}.py:size=tiny with '
-      f'{overrides}) drifted by more than {TOLERANCE} at:\n'
+      f'{overrides}) drifted by more than its tolerance at:\n'
       + '\n'.join(wrong) +
       f'\nStored in {golden["environment"]}; running in {environment()}.\n'
       'If the change is meant to alter the numerics, regenerate the values '
@@ -161,18 +163,12 @@ def update() -> None:
                             os.path.join(tmp, name), cache_dir)
       cases[name] = {'config': config_name, 'overrides': overrides,
                      'losses': losses}
-      old = load_golden()['cases'].get(name, {})
-      if old.get('config') == config_name and old.get('overrides') == overrides:
-        # Values of other CPU classes are kept (they cannot be made here).
-        by_cpu = {k: v for k, v in old.get('losses_by_cpu', {}).items()
-                  if k != cpu_class()}
-        if by_cpu:
-          cases[name]['losses_by_cpu'] = by_cpu
       print(f'{name}: {losses}')
   golden = {
       'note': ('The loss of each of the first steps of tiny configs, checked '
-               f'to {TOLERANCE} by tests/test_golden.py. Regenerate only when '
-               f'a change is meant to alter numerics: {REGENERATE}'),
+               'by tests/test_golden.py to the tolerance of each case\'s '
+               'dtype. Regenerate only when a change is meant to alter '
+               f'numerics: {REGENERATE}'),
       'environment': environment(),
       'cases': cases,
   }

@@ -387,12 +387,16 @@ BAD = {
         ['config.model.layers.length_scaling',
          'config.model.length_scaling.base_len']),
     'rerope without a rotary layer': (
-        dict(layers__position=('alibi', 'none'), rerope__window=8),
+        dict(position='alibi', layers__position=('alibi', 'none'),
+             rerope__window=8),
         ['config.model.rerope.window', "'alibi', 'none'", 'not rotary']),
     'an unused rope setting': (
-        dict(layers__position=('alibi', 'none'), rope__scaling='ntk',
-             rope__factor=2.0),
+        dict(position='alibi', layers__position=('alibi', 'none'),
+             rope__scaling='ntk', rope__factor=2.0),
         ['config.model.rope.scaling']),
+    'a model encoding that acts in no layer': (
+        dict(position='alibi', layers__position=('rope', 'none')),
+        ["config.model.position='alibi'", 'act in no layer']),
 }
 
 
@@ -409,7 +413,7 @@ def test_bad_layer_settings_are_refused_with_the_field(case):
 
 
 def test_rope_settings_apply_when_a_layer_uses_rope():
-  c = _config(4, position='alibi', layers__position=('rope', 'none'),
+  c = _config(4, position='none', layers__position=('rope', 'none'),
               rope__scaling='ntk', rope__factor=2.0)
   config_lib.validate(c)
 

@@ -93,7 +93,8 @@ def record_kind(relpath: str) -> str | None:
   return None
 
 
-def list_files(source: str) -> tuple[str, list[str]]:
+def list_files(source: str, field: str = 'config.data.source'
+               ) -> tuple[str, list[str]]:
   """(root, relative paths sorted by their printable form) of the files a
   local source names."""
   if source == 'stdlib':
@@ -124,7 +125,7 @@ def list_files(source: str) -> tuple[str, list[str]]:
              else f'no such file or folder: {os.path.abspath(expanded)}')
   if not files:
     raise DataError(
-        f'config.data.source={source!r} matches no files ({why}). Give an '
+        f'{field}={source!r} matches no files ({why}). Give an '
         "existing folder of text files, a glob such as 'texts/**/*.txt', "
         "'stdlib', or 'tfds:<catalog name>'.")
   root = os.path.abspath(root)

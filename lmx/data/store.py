@@ -123,22 +123,26 @@ class Plan:
       self.files = []
       slug, root = 'tfds_' + name.replace('/', '_'), cache
     else:
-      root, files = sources.list_files(source)
+      # The field that names this source, for the messages.
+      field = ('config.data.validation_source'
+               if source == data_cfg.get('validation_source', '')
+               and source != data_cfg.source else 'config.data.source')
+      root, files = sources.list_files(source, field)
       unreadable = [rel for rel in files
                     if not os.access(os.path.join(root, rel), os.R_OK)]
       if unreadable:
         shown = ', '.join(sources.printable_path(r) for r in unreadable[:3])
         raise DataError(
-            f'config.data.source={source!r}: {len(unreadable)} of its files '
+            f'{field}={source!r}: {len(unreadable)} of its files '
             f'under {root} cannot be read by this user (e.g. {shown}): fix '
             'their permissions, or move them out of the source.')
       stats = {rel: os.stat(os.path.join(root, rel)) for rel in files}
       texts = [rel for rel in files if stats[rel].st_size]
       if not texts:
         raise DataError(
-            f'config.data.source={source!r}: all {len(files)} files under '
+            f'{field}={source!r}: all {len(files)} files under '
             f'{root} are empty (0 bytes). Add text to them or point '
-            'config.data.source at a folder of non-empty text files.')
+            f'{field} at a folder of non-empty text files.')
       self.files, self.nbytes = texts, sum(stats[r].st_size for r in texts)
       self.units = sources.local_units(root, texts)
       records = any(sources.record_kind(r) for r in texts)

@@ -41,6 +41,11 @@ from lmx.errors import CheckpointError, ConfigError, DataError
 from lmx.fs import make_writable_dir
 
 MODEL_FILE = 'tokenizer.model'   # a run's own copy, in its workdir
+# Beside it: {"sha256": ..., "vocab_size": ...} of that copy, written by
+# ``install`` and checked by every read of the copy (``_run_copy``), so a
+# file replaced on disk (even by one of the same size) is not taken for
+# the run's own.
+SUM_FILE = 'tokenizer.sha256.json'
 MODEL_TYPES = ('bpe', 'unigram')
 # unknown + end-of-document + 256 bytes: the least a vocabulary holds
 # before any character or learned piece.
@@ -343,8 +348,23 @@ def _run_copy(workdir: str):
   try:
     with open(path, 'rb') as f:
       proto = f.read()
+  except OSError as e:
+    raise CheckpointError(f'{path} cannot be used: {e}') from None
+  sums = os.path.join(workdir, SUM_FILE)
+  if os.path.isfile(sums):  # runs saved before it was written have none
+    from lmx import fs  # pylint: disable=g-import-not-at-top
+    record = fs.read_json(sums)
+    digest = hashlib.sha256(proto).hexdigest()
+    if record.get('sha256') != digest:
+      raise CheckpointError(
+          f'{path} is not the tokenizer this run was trained with: its '
+          f'sha256 is {digest[:16]}..., but {SUM_FILE} records '
+          f'{str(record.get("sha256"))[:16]}... (the file was replaced or '
+          'damaged). Restore the run\'s own tokenizer.model; another one '
+          'would give wrong results.')
+  try:
     return SentencePiece(proto, f'the run\'s tokenizer {path}')
-  except (OSError, ConfigError) as e:
+  except ConfigError as e:
     raise CheckpointError(f'{path} cannot be used: {e}') from None
 
 
@@ -408,13 +428,18 @@ def install(tok, workdir: str) -> None:
   if tok.kind == 'bytes':
     return
   path = os.path.join(workdir, MODEL_FILE)
-  if os.path.isfile(path):
-    with open(path, 'rb') as f:
-      if f.read() == tok.proto:
+  sums = os.path.join(workdir, SUM_FILE)
+  record = json.dumps({'sha256': tok.sha256, 'vocab_size': tok.vocab_size})
+  if os.path.isfile(path) and os.path.isfile(sums):
+    with open(path, 'rb') as f, open(sums) as g:
+      if f.read() == tok.proto and g.read() == record:
         return
   with open(path + '.tmp', 'wb') as f:
     f.write(tok.proto)
   os.replace(path + '.tmp', path)
+  with open(sums + '.tmp', 'w') as f:
+    f.write(record)
+  os.replace(sums + '.tmp', sums)
 
 
 def for_run(config, workdir: str):

@@ -100,7 +100,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lmx.checks import Fields, require
+from lmx.checks import FLOAT32_MAX, Fields, require
 from lmx.errors import ConfigError
 
 
@@ -338,6 +338,8 @@ class Scaling:
     for key, default in self.settings:
       if isinstance(default, float):
         f.float(f'rope.{key}', 0.0)
+    # s enters ln s (YaRN's and LongRoPE's logit scale) and divides the
+    # frequencies (w / s): a normal float32 (factor > 1 above holds it).
     if self.follows_length:
       clamp = _distance_clamp(model_cfg)
       require(not clamp,
@@ -392,10 +394,25 @@ class Linear(Scaling):
     return linear(rope_inv_freq(head_dim, theta), float(rope_cfg.factor))
 
 
+def _check_ntk_channels(name: str, model_cfg) -> None:
+  """``ntk_base = theta * s^(K / (K - 2))`` divides by K - 2: K, the
+  rotated channels, must be at least 4 (K = 2 divides by 0)."""
+  k = rotary_dim(model_cfg)
+  require(k >= 4,
+          f"config.model.rope.scaling={name!r} raises the base to "
+          f's^(K / (K - 2)) (K: the rotated channels per head, here {k}), '
+          'which needs K >= 4. Give the heads more channels (config.model.'
+          'd_model / num_heads, times config.model.rope.partial), or use '
+          "another scaling (e.g. 'linear').")
+
+
 class NTK(Scaling):
   name = 'ntk'
   summary = 'NTK-aware (bloc97 2023): base theta s^(K/(K-2))'
   needs_original_len = False
+
+  def check_model(self, model_cfg):
+    _check_ntk_channels(self.name, model_cfg)
 
   def inv_freq(self, rope_cfg, head_dim, theta, positions):
     return ntk(head_dim, theta, float(rope_cfg.factor))
@@ -407,6 +424,9 @@ class Dynamic(Scaling):
              "sequence's length")
   factor_at_least_one = True
   follows_length = True
+
+  def check_model(self, model_cfg):
+    _check_ntk_channels(self.name, model_cfg)
 
   def inv_freq(self, rope_cfg, head_dim, theta, positions):
     if positions is None:
@@ -449,6 +469,27 @@ class NTKByParts(Scaling):
             f'config.model.rope.beta_slow={slow} (turns within '
             'original_max_len above which a pair is kept, and below which '
             'it is interpolated; the paper uses 32 and 1).')
+
+  def check_model(self, model_cfg):
+    if model_cfg.rope.ramp != 'index':
+      return  # the 'turns' ramp divides only by beta_fast - beta_slow > 0
+    # correction_dim: d(r) = K ln(L / (2 pi r)) / (2 ln theta) at r =
+    # beta_fast and beta_slow: ln of L / (2 pi r) needs r >= a normal
+    # float32 > 0 (and L / (2 pi r) finite), ln theta != 0 needs theta > 1.
+    f = Fields(model_cfg, 'config.model')
+    f.positive('rope.beta_slow')
+    length = float(model_cfg.rope.original_max_len)
+    slow = float(model_cfg.rope.beta_slow)
+    require(length / (2.0 * math.pi * slow) <= FLOAT32_MAX,
+            f'config.model.rope.beta_slow={slow} is too small: the index '
+            'ramp takes ln(original_max_len / (2 pi beta_slow)), which '
+            'overflows. Use beta_slow >= 1e-30.')
+    theta = float(model_cfg.rope.theta)
+    require(theta > 1.0,
+            f'config.model.rope.theta={theta}: scaling={self.name!r} with '
+            "ramp='index' finds the ramp's pairs by d(r) = K ln(L / (2 pi "
+            'r)) / (2 ln theta), which needs theta > 1 (ln 1 = 0). Use a '
+            "base above 1 (RoPE's is 10000), or ramp='turns'.")
 
 
 class YaRN(NTKByParts):
@@ -508,15 +549,13 @@ class LongRoPE(Scaling):
 
   def check_model(self, model_cfg):
     n_pairs = rotary_dim(model_cfg) // 2
-    rope_cfg = model_cfg.rope
+    f = Fields(model_cfg, 'config.model')
+    # longrope_attention_scale: 1 + ln s / ln L divides by ln L: L >= 2.
+    f.int('rope.original_max_len', 2)
     for key, needed in (('long_factor', True), ('short_factor', False)):
-      value = rope_cfg[key]
-      ok = isinstance(value, (tuple, list)) and all(
-          isinstance(x, (int, float)) and not isinstance(x, bool)
-          and math.isfinite(x) and x > 0 for x in value)
-      require(ok, f'config.model.rope.{key}={value!r} must be a list of '
-              'positive finite numbers (one rescale factor per rotated '
-              'channel pair).')
+      # longrope: w_i / lambda_i; a lambda below float32's smallest normal
+      # makes inf frequencies, and the rotation NaN.
+      value = f.normal_floats(f'rope.{key}')
       require(len(value) == n_pairs or (not needed and not value),
               f'config.model.rope.{key} has {len(value)} factors, but the '
               f'model turns {n_pairs} channel pairs per head (rotated '
