@@ -300,6 +300,10 @@ SAFE_ON_RESUME = (
     'train.max_nonfinite_skips', 'data.cache_dir',
     # How the data is prepared and fed, not what it is.
     'data.prepare_workers', 'data.prefetch',
+    # The depth a config file wrote its layer tuples for: a record, checked
+    # against model.num_layers (which may not change); 0 in runs saved
+    # before it existed.
+    'model.layers.num_layers',
     # The evaluation during training reads the parameters, never changes them.
     'train.eval_every', 'train.eval_multipliers', 'train.eval_tokens',
     # Compute choices that leave the values as they are (to rounding).
