@@ -43,6 +43,8 @@ from collections.abc import Iterator, Sequence
 
 from lmx.errors import DataError
 
+# The token store's format (lmx.data.store): part of every fingerprint.
+STORE_VERSION = 1
 RECORD_SUFFIXES = ('.jsonl', '.jsonl.gz', '.jsonl.zst', '.parquet')
 # Source bytes per unit of preparation work (one shard each): a sixteenth
 # of the source, within [MIN_UNIT_BYTES, UNIT_BYTES], so that a small
@@ -436,3 +438,77 @@ def documents(unit: Unit, fraction: float, text_key: str,
       yield d, True, unit.files[2] == 'validation'
   else:
     raise ValueError(f'Unknown unit kind {unit.kind!r}.')
+
+
+def tokenizer_key(tok) -> str:
+  if tok.kind == 'bytes':
+    return 'bytes'
+  return f'{tok.kind}-{tok.sha256[:12]}'
+
+
+# ------------------------------------------------------------- the plan
+
+
+class Plan:
+  """What a store is built from: its units, fingerprint and folder."""
+
+  def __init__(self, data_cfg, source: str, fraction: float):
+    self.source, self.fraction = source, float(fraction)
+    self.text_key = data_cfg.get('text_key', 'text')
+    cache = os.path.expanduser(data_cfg.cache_dir)
+    if source.startswith('tfds:'):
+      name = source[len('tfds:'):]
+      self.units = (
+          tfds_units(name, data_cfg.train_split, 'train', cache)
+          + tfds_units(name, data_cfg.validation_split, 'validation',
+                               cache))
+      self.nbytes = 0
+      ident = json.dumps([name, data_cfg.train_split,
+                          data_cfg.validation_split,
+                          [u.stop for u in self.units], self.text_key])
+      self.files = []
+      slug, root = 'tfds_' + name.replace('/', '_'), cache
+    else:
+      # The field that names this source, for the messages.
+      field = ('config.data.validation_source'
+               if source == data_cfg.get('validation_source', '')
+               and source != data_cfg.source else 'config.data.source')
+      root, files = list_files(source, field)
+      unreadable = [rel for rel in files
+                    if not os.access(os.path.join(root, rel), os.R_OK)]
+      if unreadable:
+        shown = ', '.join(printable_path(r) for r in unreadable[:3])
+        raise DataError(
+            f'{field}={source!r}: {len(unreadable)} of its files '
+            f'under {root} cannot be read by this user (e.g. {shown}): fix '
+            'their permissions, or move them out of the source.')
+      stats = {rel: os.stat(os.path.join(root, rel)) for rel in files}
+      texts = [rel for rel in files if stats[rel].st_size]
+      if not texts:
+        raise DataError(
+            f'{field}={source!r}: all {len(files)} files under '
+            f'{root} are empty (0 bytes). Add text to them or point '
+            f'{field} at a folder of non-empty text files.')
+      self.files, self.nbytes = texts, sum(stats[r].st_size for r in texts)
+      self.units = local_units(root, texts)
+      records = any(record_kind(r) for r in texts)
+      ident = '\n'.join(
+          f'{r}|{stats[r].st_size}|{stats[r].st_mtime_ns}' for r in files)
+      ident += f'|{self.text_key if records else ""}'
+      slug = 'stdlib' if source == 'stdlib' else 'files'
+    self.root = root
+    # surrogateescape: a file name that is not UTF-8 hashes as its bytes.
+    self.source_id = (f'{slug}_' + hashlib.sha256(
+        f'{root}|{source}'.encode('utf-8', 'surrogateescape')
+    ).hexdigest()[:8])
+    self.fingerprint = hashlib.sha256(
+        f'{STORE_VERSION}|{self.fraction}|{ident}'.encode('utf-8', 'surrogateescape')
+    ).hexdigest()[:16]
+    self.cache = cache
+
+  def base(self, tok) -> str:
+    return os.path.join(self.cache, 'lmx_store',
+                        f'{self.source_id}_{tokenizer_key(tok)}')
+
+  def folder(self, tok) -> str:
+    return os.path.join(self.base(tok), self.fingerprint)

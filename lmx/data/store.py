@@ -53,11 +53,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from lmx.data import sources
+from lmx.data.sources import Plan, tokenizer_key  # noqa: F401
 from lmx.data import tokenizer as tokenizer_lib
 from lmx.errors import DataError
 from lmx.fs import is_disk_full, make_writable_dir
 
-VERSION = 1
+VERSION = sources.STORE_VERSION
 MANIFEST = 'store.json'
 SPLITS = ('train', 'validation')
 # A worker encodes documents in batches of up to this many (SentencePiece
@@ -73,12 +74,6 @@ def id_dtype(vocab_size: int) -> np.dtype:
     if vocab_size - 1 <= np.iinfo(dt).max:
       return np.dtype(dt)
   raise DataError(f'A vocabulary of {vocab_size} ids does not fit 32 bits.')
-
-
-def tokenizer_key(tok) -> str:
-  if tok.kind == 'bytes':
-    return 'bytes'
-  return f'{tok.kind}-{tok.sha256[:12]}'
 
 
 def _tokenizer_spec(tok):
@@ -98,74 +93,6 @@ def _tokenizer_from_spec(spec):
     from lmx.data import subword  # pylint: disable=g-import-not-at-top
     _WORKER_TOKENIZERS[key] = subword.SentencePiece(proto, 'the store')
   return _WORKER_TOKENIZERS[key]
-
-
-# ------------------------------------------------------------- the plan
-
-
-class Plan:
-  """What a store is built from: its units, fingerprint and folder."""
-
-  def __init__(self, data_cfg, source: str, fraction: float):
-    self.source, self.fraction = source, float(fraction)
-    self.text_key = data_cfg.get('text_key', 'text')
-    cache = os.path.expanduser(data_cfg.cache_dir)
-    if source.startswith('tfds:'):
-      name = source[len('tfds:'):]
-      self.units = (
-          sources.tfds_units(name, data_cfg.train_split, 'train', cache)
-          + sources.tfds_units(name, data_cfg.validation_split, 'validation',
-                               cache))
-      self.nbytes = 0
-      ident = json.dumps([name, data_cfg.train_split,
-                          data_cfg.validation_split,
-                          [u.stop for u in self.units], self.text_key])
-      self.files = []
-      slug, root = 'tfds_' + name.replace('/', '_'), cache
-    else:
-      # The field that names this source, for the messages.
-      field = ('config.data.validation_source'
-               if source == data_cfg.get('validation_source', '')
-               and source != data_cfg.source else 'config.data.source')
-      root, files = sources.list_files(source, field)
-      unreadable = [rel for rel in files
-                    if not os.access(os.path.join(root, rel), os.R_OK)]
-      if unreadable:
-        shown = ', '.join(sources.printable_path(r) for r in unreadable[:3])
-        raise DataError(
-            f'{field}={source!r}: {len(unreadable)} of its files '
-            f'under {root} cannot be read by this user (e.g. {shown}): fix '
-            'their permissions, or move them out of the source.')
-      stats = {rel: os.stat(os.path.join(root, rel)) for rel in files}
-      texts = [rel for rel in files if stats[rel].st_size]
-      if not texts:
-        raise DataError(
-            f'{field}={source!r}: all {len(files)} files under '
-            f'{root} are empty (0 bytes). Add text to them or point '
-            f'{field} at a folder of non-empty text files.')
-      self.files, self.nbytes = texts, sum(stats[r].st_size for r in texts)
-      self.units = sources.local_units(root, texts)
-      records = any(sources.record_kind(r) for r in texts)
-      ident = '\n'.join(
-          f'{r}|{stats[r].st_size}|{stats[r].st_mtime_ns}' for r in files)
-      ident += f'|{self.text_key if records else ""}'
-      slug = 'stdlib' if source == 'stdlib' else 'files'
-    self.root = root
-    # surrogateescape: a file name that is not UTF-8 hashes as its bytes.
-    self.source_id = (f'{slug}_' + hashlib.sha256(
-        f'{root}|{source}'.encode('utf-8', 'surrogateescape')
-    ).hexdigest()[:8])
-    self.fingerprint = hashlib.sha256(
-        f'{VERSION}|{self.fraction}|{ident}'.encode('utf-8', 'surrogateescape')
-    ).hexdigest()[:16]
-    self.cache = cache
-
-  def base(self, tok) -> str:
-    return os.path.join(self.cache, 'lmx_store',
-                        f'{self.source_id}_{tokenizer_key(tok)}')
-
-  def folder(self, tok) -> str:
-    return os.path.join(self.base(tok), self.fingerprint)
 
 
 # -------------------------------------------------------------- writing

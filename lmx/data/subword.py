@@ -196,11 +196,10 @@ def _training_lines(docs) -> list[str]:
 
 def _train_plan(data_cfg):
   """The store plan of the training split's source (its fraction)."""
-  from lmx.data import store  # pylint: disable=g-import-not-at-top
   explicit = data_cfg.get('validation_source', '')
   fraction = (0.0 if explicit or data_cfg.source.startswith('tfds:')
               else data_cfg.validation_fraction)
-  return store.Plan(data_cfg, data_cfg.source, fraction)
+  return sources.Plan(data_cfg, data_cfg.source, fraction)
 
 
 def training_sample(data_cfg, plan=None) -> list[bytes]:

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from lmx.data.corpus import DataError
+from lmx.errors import DataError
 from lmx.positions import sample_positions
 
 
