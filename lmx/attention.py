@@ -677,6 +677,11 @@ def cudnn_attention(near: Branch, v: jax.Array, *, bias_fn, mask: Mask,
 
 # The widest head the GPU kernel takes (its tiles live in registers).
 GPU_MAX_HEAD_DIM = 256
+# The most transcendental terms per pair a bias form may sum on the GPU
+# (``KernelBias.terms``): Triton unrolls them, and deviceless compiles took
+# 60 s at Sandwich's 4 cosines and did not finish in 10 minutes at its
+# default 64 (docs/backends.md).
+GPU_MAX_BIAS_TERMS = 8
 
 
 def _encoding_of(bias_fn):
@@ -709,6 +714,11 @@ def flash_unavailable(*, far: bool, bias_fn, block: int = 512,
     if enc.has_bias() and enc.kernel_bias() is None:
       return (f'the {type(enc).__name__} bias has no kernel form '
               '(kernel_bias)')
+    terms = enc.kernel_bias().terms if enc.has_bias() else 1
+    if platform == 'gpu' and terms > GPU_MAX_BIAS_TERMS:
+      return (f'the {type(enc).__name__} bias sums {terms} terms per pair, '
+              f'more than the {GPU_MAX_BIAS_TERMS} the GPU kernel compiles '
+              'in reasonable time (Triton unrolls them)')
     if logit_scale and enc.has_bias():
       return ('SSMax scales the bias with the scores, and the kernel adds '
               'the bias unscaled')

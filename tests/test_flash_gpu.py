@@ -258,6 +258,21 @@ def test_auto_on_gpu_takes_the_kernel_or_says_why_not(monkeypatch, caplog):
   assert 'far' in caplog.text and 'auto uses the dense backend' in caplog.text
 
 
+def test_gpu_refuses_bias_forms_too_long_to_compile():
+  """Sandwich at its default 64 frequencies sums 64 cosines per pair, which
+  Triton unrolls: on a GPU the kernel refuses it (auto falls back, saying
+  why); a narrow Sandwich and the TPU kernel take it."""
+  wide = _encoding('sandwich')
+  narrow = _encoding('sandwich', **{'sandwich.dim': 8})
+  assert wide.kernel_bias().terms > A.GPU_MAX_BIAS_TERMS
+  assert narrow.kernel_bias().terms <= A.GPU_MAX_BIAS_TERMS
+  with ops.on_platform('gpu'):
+    why = A.flash_unavailable(far=False, bias_fn=wide.bias)
+    assert why and 'Sandwich' in why and 'terms per pair' in why
+    assert A.flash_unavailable(far=False, bias_fn=narrow.bias) is None
+  assert A.flash_unavailable(far=False, bias_fn=wide.bias) is None  # CPU
+
+
 # ------------------------------------------------------------ H100 compile
 
 

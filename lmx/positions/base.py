@@ -96,9 +96,14 @@ class KernelBias:
     and the int32 position tiles. Only elementwise math and comparisons
     (no gathers, no tables indexed by data), so that Mosaic (TPU Pallas)
     lowers it; must equal ``bias`` on the same positions.
+  * ``terms``: how many transcendental terms ``fn`` sums per pair (one for
+    most forms; Sandwich's cosines, one per frequency). Triton unrolls
+    them, and its compile time grows with them: the GPU kernel refuses a
+    form of more than ``lmx.attention.GPU_MAX_BIAS_TERMS``.
   """
   params: dict
   fn: Callable
+  terms: int = 1
 
 
 class Tile(NamedTuple):

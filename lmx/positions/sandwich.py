@@ -140,7 +140,8 @@ class Sandwich(PositionEncoding):
     inv = 1.0 / sandwich_scales(self.num_heads)
     return KernelBias({'inv_scale': jnp.asarray(inv, jnp.float32)[:, None]},
                       functools.partial(sandwich_tile, self.dim,
-                                        self.max_timescale))
+                                        self.max_timescale),
+                      terms=max(1, self.dim // 2))
 
 
 __all__ = ['Sandwich', 'sandwich_bias', 'sandwich_frequencies',
