@@ -385,3 +385,30 @@ def test_a_damaged_compressed_file_is_one_message(tmp_path, suffix):
   (src / f'a{suffix}').write_bytes(b'this is not compressed at all\n' * 5)
   with pytest.raises(DataError, match=f'a{suffix}.*cannot be decompressed'):
     store.open_split(_cfg(src, tmp_path / 'cache'), 'train')
+
+
+def test_two_processes_preparing_at_once_prepare_once(tmp_path):
+  """Started together, one process prepares and the other waits on the
+  lock, then opens what the first wrote."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  _texts(tmp_path / 'src', n=30)
+  code = (
+      'import sys; sys.path.insert(0, sys.argv[3])\n'
+      'from tests.test_store import _cfg\n'
+      'from lmx.data import store\n'
+      's = store.open_split(_cfg(sys.argv[1], sys.argv[2]), "train")\n'
+      'print("size", s.size)\n')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  args = [sys.executable, '-c', code, str(tmp_path / 'src'),
+          str(tmp_path / 'cache'), root]
+  procs = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True,
+                            cwd=root, env={**os.environ,
+                                           'JAX_PLATFORMS': 'cpu'})
+           for _ in range(2)]
+  outs = [p.communicate(timeout=120)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs
+  assert sum(o.count('Preparing the token store') for o in outs) == 1
+  sizes = {line for o in outs for line in o.splitlines()
+           if line.startswith('size')}
+  assert len(sizes) == 1
