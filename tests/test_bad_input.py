@@ -306,6 +306,18 @@ def test_6_two_sigterms_exit_143_without_a_traceback(tmp_path, cache_dir):
 # 7. Concurrency: pruning while an evaluation reads.
 
 
+def _resave(wd, old, new):
+  """Step ``old``'s folder becomes step ``new``, as if training had saved
+  that state again at ``new`` (its checksum record names the new step)."""
+  os.rename(checkpoint.step_dir(wd, old), checkpoint.step_dir(wd, new))
+  path = os.path.join(checkpoint.step_dir(wd, new), checkpoint.CHECKSUM_FILE)
+  with open(path) as f:
+    record = json.load(f)
+  record['step'] = new
+  with open(path, 'w') as f:
+    json.dump(record, f)
+
+
 def test_7_evaluation_follows_a_pruned_latest(finished_run, tmp_path,
                                               monkeypatch, capsys):
   workdir, _ = _copy(finished_run, tmp_path)
@@ -316,7 +328,7 @@ def test_7_evaluation_follows_a_pruned_latest(finished_run, tmp_path,
   def pruned_while_read(wd, step, target):
     calls.append(step)
     if len(calls) == 1:  # training saves step 6 and prunes step 4
-      os.rename(checkpoint.step_dir(wd, 4), checkpoint.step_dir(wd, 6))
+      _resave(wd, 4, 6)
       return None, 'file meta/metadata is missing'
     return real(wd, step, target)
   monkeypatch.setattr(checkpoint, 'try_restore', pruned_while_read)
@@ -325,7 +337,7 @@ def test_7_evaluation_follows_a_pruned_latest(finished_run, tmp_path,
   assert 'reading step 6 instead' in capsys.readouterr().err
   # An explicit --step is not replaced: the message says what happened.
   calls.clear()
-  os.rename(checkpoint.step_dir(workdir, 6), checkpoint.step_dir(workdir, 4))
+  _resave(workdir, 6, 4)
   with pytest.raises(CheckpointError, match='was deleted while it was read'):
     run_state.load_params(config, workdir, step=4)
 
