@@ -65,6 +65,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('topology', 'v5e:4x4',
                     f'TPU slice or GPUs: {", ".join(aot.TOPOLOGIES)}.')
 flags.DEFINE_string('preset', '125m', f'Model: {", ".join(aot.PRESETS)}.')
+flags.DEFINE_string('recipe', '', 'A published setup instead of --preset: '
+                    'configs/recipes/<name>.py[:arg] as <name>[:arg] (e.g. '
+                    'alibi_wt103:L=3072). Its own length, batch and '
+                    'settings, except the flags given.')
 flags.DEFINE_integer('seq_len', 2048, 'Tokens per sequence.')
 flags.DEFINE_integer('batch', 64, 'Global batch, in sequences.')
 flags.DEFINE_string('mesh', '4,4,1', 'data,fsdp,tensor axis sizes (for a '
@@ -119,6 +123,16 @@ def _configs():
                'model.scan_layers': FLAGS.scan_layers,
                'train.loss_chunk': FLAGS.loss_chunk,
                'train.microbatches': FLAGS.microbatches}
+  if FLAGS.recipe:  # the recipe's own settings, but for the flags given
+    names = {'position': 'model.position', 'attention': 'model.attention',
+             'attention_block': 'model.attention_block',
+             'remat': 'model.remat', 'scan_layers': 'model.scan_layers',
+             'loss_chunk': 'train.loss_chunk',
+             'microbatches': 'train.microbatches',
+             'seq_len': 'train.seq_len', 'batch': 'train.batch_size',
+             'vocab': 'model.vocab_size'}
+    overrides = {field: FLAGS[flag].value for flag, field in names.items()
+                 if FLAGS[flag].present}
   configs = []
   try:
     aot.check_topology(FLAGS.topology)
@@ -130,10 +144,13 @@ def _configs():
       extra = dict(overrides)
       if depth:
         extra['model.num_layers'] = depth
-      c = aot.make_config(FLAGS.preset, seq_len=FLAGS.seq_len,
-                          batch=FLAGS.batch,
-                          mesh=dict(zip(('data', 'fsdp', 'tensor'), mesh)),
-                          overrides=extra, vocab_size=FLAGS.vocab)
+      axes = dict(zip(('data', 'fsdp', 'tensor'), mesh))
+      if FLAGS.recipe:
+        c = aot.recipe_config(FLAGS.recipe, mesh=axes, overrides=extra)
+      else:
+        c = aot.make_config(FLAGS.preset, seq_len=FLAGS.seq_len,
+                            batch=FLAGS.batch, mesh=axes, overrides=extra,
+                            vocab_size=FLAGS.vocab)
       # The model and run checks of train.py; the mesh against the slice
       # (the cudnn check asks for this host's platform, so it is skipped).
       config_lib.validate(c)
@@ -158,7 +175,7 @@ def main(argv):
     if 'eval' in FLAGS.steps:
       results.append(aot.compile_eval_step(c, mesh))
     r = aot.report(c, FLAGS.topology, len(devices), results,
-                   FLAGS.preset)
+                   FLAGS.recipe or FLAGS.preset)
     reports.append(r)
     print(aot.format_report(r), flush=True)
     if not all(row['fits'] for row in r['rows']):

@@ -208,6 +208,34 @@ def make_config(preset: str, *, seq_len: int, batch: int, mesh: dict,
   return c
 
 
+def recipes() -> list[str]:
+  """The recipe names (``configs/recipes/<name>.py``)."""
+  import configs.recipes  # pylint: disable=g-import-not-at-top
+  folder = os.path.dirname(configs.recipes.__file__)
+  return sorted(f[:-3] for f in os.listdir(folder)
+                if f.endswith('.py') and f != '__init__.py')
+
+
+def recipe_config(spec: str, *, mesh: dict,
+                  overrides: Optional[dict] = None) -> ml_collections.ConfigDict:
+  """The config of recipe ``spec`` (``name`` or ``name:arg``, as
+  ``configs/recipes/<name>.py:<arg>``) on ``mesh``, with ``overrides``
+  (dotted field -> value) applied last; the evaluation step scores one
+  training batch."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  name, _, arg = spec.partition(':')
+  if name not in recipes():
+    raise ConfigError(f'Unknown recipe {name!r}. Valid recipes: '
+                      f'{", ".join(recipes())} (configs/recipes/).')
+  c = importlib.import_module(f'configs.recipes.{name}').get_config(
+      arg or None)
+  for axis, n in mesh.items():
+    c.mesh[axis] = n
+  c.update_from_flattened_dict(overrides or {})
+  c.eval.batch_tokens = int(c.train.seq_len) * int(c.train.batch_size)
+  return c
+
+
 def mesh_over(devices: list, config) -> jax.sharding.Mesh:
   sizes = sharding.resolve(config, device_count=len(devices))
   shape = tuple(sizes[a] for a in sharding.MESH_AXES)
@@ -366,7 +394,10 @@ def _analyse(what: str, lowered, started: float,
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
     cost = cost[0] if cost else {}
-  cost = cost or {}
+  # XLA's GPU compiler gives no cost analysis without a device (None):
+  # then the compiler's FLOPs and bytes are unknown (nan), not zero.
+  cost = cost if cost is not None else {'flops': math.nan,
+                                        'bytes accessed': math.nan}
   text = compiled.as_text() or ''
   return Compiled(
       what=what, compile_s=seconds,
@@ -436,6 +467,9 @@ def roofline(c: Compiled, chip: Chip,
   memory time is a lower bound."""
   compute = (c.flops if flops is None else flops) / chip.peak_flops
   memory = c.bytes_accessed / chip.hbm_bandwidth
+  if math.isnan(memory):  # no byte count (a GPU compiled deviceless)
+    return {'compute_s': compute, 'memory_s': memory, 'step_s': compute,
+            'bound': 'compute; bytes unknown'}
   return {'compute_s': compute, 'memory_s': memory,
           'step_s': max(compute, memory),
           'bound': 'compute' if compute >= memory else 'memory'}
@@ -534,6 +568,10 @@ def report(config, topology: str, device_count: int,
           'microbatches': int(t.microbatches), 'rows': rows}
 
 
+def _figure(x: float) -> str:
+  return 'n/a' if math.isnan(x) else f'{x:.1f}'
+
+
 def format_report(r: dict[str, Any]) -> str:
   unit = r.get('unit', 'chip')
   mesh = ' x '.join(f'{a} {n}' for a, n in r['mesh'].items() if n > 1)
@@ -562,8 +600,8 @@ def format_report(r: dict[str, Any]) -> str:
         f" | {row['output_gb']:.2f} | {row['temp_gb']:.2f} | "
         f"{row['peak_gb']:.2f} | {fits} ({row['margin']:+.0%}) | "
         f"{row['tflops_per_chip']:.1f} | "
-        f"{row['compiler_tflops_per_chip']:.1f} | "
-        f"{row['gb_accessed_per_chip']:.1f} | "
+        f"{_figure(row['compiler_tflops_per_chip'])} | "
+        f"{_figure(row['gb_accessed_per_chip'])} | "
         f"{row['roofline_ms']:.1f} ({row['bound']}) | {mfu} |")
   if any('backends' in row for row in r['rows']):
     lines += ['', attention_line(r)]
