@@ -81,6 +81,14 @@ flags.DEFINE_string('remat', 'off', 'config.model.remat: off, full, dots.')
 flags.DEFINE_bool('scan_layers', False, 'config.model.scan_layers.')
 flags.DEFINE_integer('loss_chunk', 0, 'config.train.loss_chunk.')
 flags.DEFINE_integer('microbatches', 1, 'config.train.microbatches.')
+flags.DEFINE_float('mfu', 0.4, 'With --recipe: the model FLOPs utilisation '
+                   "at which to estimate the time to train the paper's "
+                   'tokens.')
+flags.DEFINE_bool('as_attached', False,
+                  'Attention chooses its backend as on an attached device: '
+                  'lmx.attention asks JAX whether a GPU is attached before '
+                  'it takes cudnn, and a deviceless compile answers the CPU; '
+                  'this makes it answer the compiled-for platform.')
 flags.DEFINE_list('steps', ['train', 'eval'], 'Steps to compile.')
 flags.DEFINE_list('depths', [], 'Compile at each of these depths instead '
                   "of the preset's (compile time against depth).")
@@ -171,13 +179,24 @@ def main(argv):
     mesh = aot.mesh_over(devices, c)
     results = []
     if 'train' in FLAGS.steps:
-      results.append(aot.compile_train_step(c, mesh))
+      results.append(aot.compile_train_step(c, mesh, FLAGS.as_attached))
     if 'eval' in FLAGS.steps:
-      results.append(aot.compile_eval_step(c, mesh))
+      results.append(aot.compile_eval_step(c, mesh, FLAGS.as_attached))
     r = aot.report(c, FLAGS.topology, len(devices), results,
                    FLAGS.recipe or FLAGS.preset)
+    r['as_attached'] = FLAGS.as_attached
+    if FLAGS.recipe:
+      paper = aot.recipe_paper(FLAGS.recipe)
+      r['paper_tokens'] = paper['tokens']
+      r['mfu'] = FLAGS.mfu
+      r['train_days'] = aot.training_days(c, paper['tokens'], r['chips'],
+                                          chip, FLAGS.mfu)
     reports.append(r)
     print(aot.format_report(r), flush=True)
+    if FLAGS.recipe:
+      print(f"The paper's {r['paper_tokens'] / 1e9:,.1f}B tokens "
+            f"({paper['section']}) on {r['chips']} x {r['chip']} at "
+            f"{FLAGS.mfu:.0%} MFU: {r['train_days']:,.1f} days.", flush=True)
     if not all(row['fits'] for row in r['rows']):
       fits = False
       print(aot.advice(r, chip.hbm_bytes), flush=True)

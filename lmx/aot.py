@@ -227,13 +227,31 @@ def recipe_config(spec: str, *, mesh: dict,
   if name not in recipes():
     raise ConfigError(f'Unknown recipe {name!r}. Valid recipes: '
                       f'{", ".join(recipes())} (configs/recipes/).')
-  c = importlib.import_module(f'configs.recipes.{name}').get_config(
-      arg or None)
+  module = importlib.import_module(f'configs.recipes.{name}')
+  c = module.get_config(arg or None)
   for axis, n in mesh.items():
     c.mesh[axis] = n
   c.update_from_flattened_dict(overrides or {})
   c.eval.batch_tokens = int(c.train.seq_len) * int(c.train.batch_size)
   return c
+
+
+def recipe_paper(spec: str) -> dict:
+  """The paper's figures of recipe ``spec``: its parameters, tokens and
+  the section they are from."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  name, _, arg = spec.partition(':')
+  module = importlib.import_module(f'configs.recipes.{name}')
+  return dict(module.paper(arg or None), section=module.PAPER['section'])
+
+
+def training_days(config, tokens: float, chips: int, chip: Chip,
+                  mfu: float) -> float:
+  """Days to train ``tokens`` tokens of ``config`` on ``chips`` chips at
+  model FLOPs utilisation ``mfu`` (the model's FLOPs,
+  ``model_flops_per_token``, over the chips' peak)."""
+  flops = model_flops_per_token(config.model, int(config.train.seq_len))
+  return flops * tokens / (chips * chip.peak_flops * mfu) / 86400
 
 
 def mesh_over(devices: list, config) -> jax.sharding.Mesh:
@@ -336,6 +354,25 @@ def fused_kernels(text: str) -> dict[str, int]:
 
 
 @contextlib.contextmanager
+def default_backend(platform: Optional[str]):
+  """While tracing, ``jax.default_backend()`` answers ``platform`` (None:
+  unchanged). ``lmx.attention.cudnn_unavailable`` asks it whether a GPU is
+  attached, and in a deviceless compile the answer is the CPU, so ``auto``
+  never takes cudnn there; under ``default_backend('gpu')`` it chooses as
+  on an attached GPU (XLA's GPU compiler compiles cuDNN's fused attention
+  without a device)."""
+  if platform is None:
+    yield
+    return
+  original = jax.default_backend
+  jax.default_backend = lambda: platform
+  try:
+    yield
+  finally:
+    jax.default_backend = original
+
+
+@contextlib.contextmanager
 def recording_backends():
   """Records, while the step is traced, the backend ``lmx.attention`` takes
   for each attention call: a list of (backend, reason it is not the one
@@ -411,14 +448,20 @@ def _analyse(what: str, lowered, started: float,
       kernels=fused_kernels(text))
 
 
+def _platform(mesh) -> str:
+  return mesh.devices.flat[0].platform
+
+
 def _struct(tree, shardings):
   return jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       tree, shardings)
 
 
-def compile_train_step(config, mesh) -> Compiled:
-  """The train step of ``config`` compiled for ``mesh``'s devices."""
+def compile_train_step(config, mesh, as_attached: bool = False) -> Compiled:
+  """The train step of ``config`` compiled for ``mesh``'s devices;
+  ``as_attached``: attention chooses as on an attached device of that
+  platform (``default_backend``)."""
   tx = run_state.make_optimizer(config.train)
   started = time.perf_counter()
   with ops.on_platform(mesh.devices.flat[0].platform):
@@ -432,14 +475,16 @@ def compile_train_step(config, mesh) -> Compiled:
     batch = {'inputs': tokens, 'targets': tokens, 'positions': tokens}
     step = trainer.make_train_step(graphdef, tx, config, mesh,
                                    state_shardings)
-    with jax.set_mesh(mesh), recording_backends() as backends:
+    with jax.set_mesh(mesh), recording_backends() as backends, \
+        default_backend(_platform(mesh) if as_attached else None):
       lowered = step.lower(state, batch)
   return _analyse('train', lowered, started, backends)
 
 
-def compile_eval_step(config, mesh) -> Compiled:
+def compile_eval_step(config, mesh, as_attached: bool = False) -> Compiled:
   """The evaluation's per-token losses at ``train.seq_len`` tokens (the
-  batch of ``eval.batch_tokens``) compiled for ``mesh``'s devices."""
+  batch of ``eval.batch_tokens``) compiled for ``mesh``'s devices;
+  ``as_attached`` as in ``compile_train_step``."""
   started = time.perf_counter()
   with ops.on_platform(mesh.devices.flat[0].platform):
     graphdef, params = run_state.abstract_model(config)
@@ -449,7 +494,8 @@ def compile_eval_step(config, mesh) -> Compiled:
     tokens = jax.ShapeDtypeStruct((rows, t.seq_len), jnp.int32,
                                   sharding=sharding.batch_sharding(mesh))
     fn = evaluation.make_loss_fn(graphdef)
-    with jax.set_mesh(mesh), recording_backends() as backends:
+    with jax.set_mesh(mesh), recording_backends() as backends, \
+        default_backend(_platform(mesh) if as_attached else None):
       lowered = fn.lower(params, tokens, tokens, tokens)
   return _analyse('eval', lowered, started, backends)
 
@@ -580,7 +626,9 @@ def format_report(r: dict[str, Any]) -> str:
           f"{mesh or 'one device'}; {r['global_batch']} x {r['seq_len']} "
           f"tokens; attention {r['attention']}, remat {r['remat']}, "
           f"scan_layers {r['scan_layers']}, loss_chunk {r['loss_chunk']}, "
-          f"microbatches {r.get('microbatches', 1)}")
+          f"microbatches {r.get('microbatches', 1)}"
+          + ('; attention chosen as on an attached device'
+             if r.get('as_attached') else ''))
   lines = [head, '',
            '| step | compile s | args GB | out GB | temp GB | peak GB | fits '
            f'(margin) | TFLOP/{unit} | compiler TFLOP/{unit} | '
@@ -616,7 +664,11 @@ def advice(r: dict[str, Any], hbm_bytes: float) -> str:
   tips = []
   if r['remat'] != 'full':
     tips.append('--remat=full (or dots) keeps less for the backward pass')
-  if r['attention'] == 'dense':
+  if r.get('unit') == 'GPU':
+    if r['attention'] in ('auto', 'dense', 'chunked'):
+      tips.append('--attention=cudnn (what auto takes on an attached GPU in '
+                  'bfloat16) keeps no T x T logits nor chunked tiles')
+  elif r['attention'] == 'dense':
     tips.append('--attention=chunked or flash never keeps T x T logits')
   elif r['attention'] in ('auto', 'chunked'):
     tips.append('--attention=flash keeps a log-sum-exp per row for the '

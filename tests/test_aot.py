@@ -275,6 +275,14 @@ def test_a_tiny_step_compiles_for_an_h100(tiny_config):
   table = aot.format_report(r)
   assert 'TFLOP/GPU' in table and 'train: dense x 2' in table
 
+  # As on an attached H100: auto takes cudnn, and cuDNN's fused attention
+  # is in the compiled program (forward and backward).
+  attached = aot.compile_train_step(c, aot.mesh_over(devices, c),
+                                    as_attached=True)
+  assert [b for b, _ in attached.backends] == ['cudnn'] * c.model.num_layers
+  assert attached.kernels['cuDNN fMHA'] >= 2
+  assert jax.default_backend() == 'cpu'  # restored
+
   mesh = jax.sharding.Mesh(devices, ('x',))
   q = jax.ShapeDtypeStruct((2, 256, 4, 64), jnp.bfloat16,
                            sharding=jax.sharding.NamedSharding(
@@ -292,3 +300,19 @@ def test_eight_gpus_of_one_host_and_the_command():
   assert r.returncode == 0, r.stderr[-2000:]
   assert 'on a100:8 (8 x NVIDIA A100-SXM4-80GB), mesh data 8' in r.stdout
   assert '| train |' in r.stdout and 'attention per step: train:' in r.stdout
+
+
+@needs_gpu_compiler
+def test_a_step_too_large_for_the_gpu_is_refused_with_the_settings():
+  """XLA's GPU compiler compiles it (it does not check the device's
+  memory); the report does, exits 1 and names the settings that lower it."""
+  r = _bench('--topology=h100', '--preset=125m', '--depths=1',
+             '--seq_len=2048', '--batch=256', '--scan_layers',
+             '--steps=train')
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert '| NO (' in r.stdout
+  assert 'GB per GPU' in r.stdout and 'than the 80 GB of a NVIDIA H100' \
+      in r.stdout
+  for knob in ('--remat=full', '--attention=cudnn', '--loss_chunk=512',
+               '--microbatches'):
+    assert knob in r.stdout

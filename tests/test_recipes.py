@@ -31,6 +31,7 @@ def test_a_full_recipe_validates_and_has_the_papers_size(name, arg, key):
   c = m.get_config(arg)
   config_lib.validate(c)
   paper = m.PAPER[key] if key else m.PAPER
+  assert m.paper(arg) == paper
   count = aot.param_count(c)
   assert abs(count / paper['params'] - 1) < 0.15, (count, paper['params'])
   assert paper['tokens'] > 0 and m.PAPER['section']

@@ -52,3 +52,9 @@ def get_config(arg=None):
       batch_size=TOKENS_PER_STEP // length, steps=STEPS,
       learning_rate=5e-4, warmup_steps=16000,
       source='tfds:huggingface:wikitext/wikitext-103-raw-v1')
+
+
+def paper(arg=None):
+  """The paper's figures for ``arg``'s model."""
+  del arg  # both lengths: the same model and tokens
+  return PAPER

@@ -45,3 +45,9 @@ def get_config(arg=None):
       f'fire_c4_{size}', smoke=smoke, position='fire', vocab_size=32128,
       seq_len=2048, batch_size=256, steps=600000, learning_rate=3e-4,
       warmup_steps=10000, source='tfds:c4/en', **SIZES[size])
+
+
+def paper(arg=None):
+  """The paper's figures for ``arg``'s model."""
+  args, _ = recipes.parse(arg, {'size': 'base or large'})
+  return PAPER[args.get('size', 'base')]

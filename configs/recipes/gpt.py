@@ -41,3 +41,9 @@ def get_config(arg=None):
       tie_embeddings=True, seq_len=2048, batch_size=BATCH,
       steps=int(TOKENS // (BATCH * 2048)), warmup_steps=375,
       source='tfds:c4/en', **SIZES[size])
+
+
+def paper(arg=None):
+  """The paper's figures for ``arg``'s model."""
+  args, _ = recipes.parse(arg, {'size': '125m or 350m'})
+  return PAPER[args.get('size', '125m')]

@@ -43,3 +43,9 @@ def owt2_gpt_neox(name, position, arg):
 
 def get_config(arg=None):
   return owt2_gpt_neox('kerple_owt2', 'kerple', arg)
+
+
+def paper(arg=None):
+  """The paper's figures for ``arg``'s model."""
+  del arg
+  return PAPER

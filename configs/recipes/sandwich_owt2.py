@@ -19,3 +19,9 @@ PAPER = dict(kerple_owt2.PAPER, section='Section 4 and the appendix')
 
 def get_config(arg=None):
   return kerple_owt2.owt2_gpt_neox('sandwich_owt2', 'sandwich', arg)
+
+
+def paper(arg=None):
+  """The paper's figures for ``arg``'s model."""
+  del arg
+  return PAPER
