@@ -100,6 +100,10 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def _duration(days: float) -> str:
+  return f'{days * 24:,.1f} hours' if days < 1 else f'{days:,.1f} days'
+
+
 def _configs():
   """The configs to compile, each checked before anything compiles."""
   spec = FLAGS.mesh
@@ -196,7 +200,8 @@ def main(argv):
     if FLAGS.recipe:
       print(f"The paper's {r['paper_tokens'] / 1e9:,.1f}B tokens "
             f"({paper['section']}) on {r['chips']} x {r['chip']} at "
-            f"{FLAGS.mfu:.0%} MFU: {r['train_days']:,.1f} days.", flush=True)
+            f"{FLAGS.mfu:.0%} MFU: {_duration(r['train_days'])}.",
+            flush=True)
     if not all(row['fits'] for row in r['rows']):
       fits = False
       print(aot.advice(r, chip.hbm_bytes), flush=True)
