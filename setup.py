@@ -45,5 +45,9 @@ setup(
         # Install it in its own environment: with libtpu present every JAX
         # start looks for a TPU first.
         'tpu': ['jax[tpu]==0.10.2'],
+        # bench/aot.py: XLA's GPU compiler (the CUDA plugin) to compile for
+        # NVIDIA GPUs from a CPU host, pinned likewise; its own environment
+        # too, apart from [tpu].
+        'gpu': ['jax[cuda12]==0.10.2'],
     },
 )

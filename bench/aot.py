@@ -1,21 +1,31 @@
-"""Compile lmx's real train and evaluation steps for a TPU slice that is not
-attached, and print per-chip memory, FLOPs and a roofline (``lmx.aot``).
+"""Compile lmx's real train and evaluation steps for a TPU slice or NVIDIA
+GPUs that are not attached, and print per-chip (per-GPU) memory, FLOPs, a
+roofline and the attention backend compiled (``lmx.aot``).
 
     pip install -e ".[tpu]"     # libtpu: in its own environment
+    pip install -e ".[gpu]"     # XLA's GPU compiler: in another one
     python bench/aot.py --preset=125m --topology=v5e:4x4 --mesh=4,4,1 \
         --seq_len=2048 --batch=64
     python bench/aot.py --preset=1.3b --seq_len=2048 --batch=256 \
         --remat=full --scan_layers --out=aot.json
     python bench/aot.py --preset=125m --depths=2,4,8,12 --scan_layers
         # compile time against depth
+    python bench/aot.py --topology=h100:8 --preset=125m --batch=16 \
+        --remat=full --scan_layers --loss_chunk=512
 
-``--mesh`` is data,fsdp,tensor (one may be -1: the devices the others
-leave). Each run prints one table: compile time; per-chip argument, output,
+``--topology`` is a TPU slice (``v5e:4x4``) or a GPU (``h100``, ``a100``,
+``h200``, ``b200``), alone or ``:8`` for one host of eight. ``--mesh`` is
+data,fsdp,tensor (one may be -1: the devices the others leave); for a GPU
+topology it defaults to every GPU on the data axis.
+
+Each run prints one table: compile time; per-chip argument, output,
 temporary and peak bytes and whether they fit the chip's memory, with the
 margin; FLOPs and bytes moved per chip (the compiler's cost analysis); the
 roofline step time from the chip's published peaks; and an upper bound on
-the model FLOPs utilisation. A run that does not fit says by how much per
-chip and what to change, and exits with 1. Bad flags exit with 2 before
+the model FLOPs utilisation; then the attention backend each traced
+attention call took (and why not cudnn or flash, where asked for) and the
+fused attention kernels found in the compiled program. A run that does not
+fit says by how much per chip and what to change, and exits with 1. Bad flags exit with 2 before
 anything compiles.
 """
 
@@ -29,6 +39,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 
+
+def _gpu_requested(argv) -> bool:
+  """Whether --topology names a GPU (read before JAX starts: a GPU compile
+  runs JAX on the CPU, where the CUDA plugin finds no device)."""
+  from lmx import gpus  # pylint: disable=g-import-not-at-top
+  for i, a in enumerate(argv):
+    value = a.split('=', 1)[1] if a.startswith('--topology=') else (
+        argv[i + 1] if a == '--topology' and i + 1 < len(argv) else None)
+    if value is not None:
+      return value.split(':')[0] in gpus.GPUS
+  return False
+
+
+if _gpu_requested(sys.argv):
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
+
 from lmx import aot  # noqa: E402  pylint: disable=g-import-not-at-top
 from lmx import config as config_lib  # noqa: E402
 from lmx import positions  # noqa: E402
@@ -36,11 +63,16 @@ from lmx.errors import ConfigError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('topology', 'v5e:4x4',
-                    f'TPU slice: {", ".join(aot.TOPOLOGIES)}.')
+                    f'TPU slice or GPUs: {", ".join(aot.TOPOLOGIES)}.')
 flags.DEFINE_string('preset', '125m', f'Model: {", ".join(aot.PRESETS)}.')
+flags.DEFINE_string('recipe', '', 'A published setup instead of --preset: '
+                    'configs/recipes/<name>.py[:arg] as <name>[:arg] (e.g. '
+                    'alibi_wt103:L=3072). Its own length, batch and '
+                    'settings, except the flags given.')
 flags.DEFINE_integer('seq_len', 2048, 'Tokens per sequence.')
 flags.DEFINE_integer('batch', 64, 'Global batch, in sequences.')
-flags.DEFINE_string('mesh', '4,4,1', 'data,fsdp,tensor axis sizes.')
+flags.DEFINE_string('mesh', '4,4,1', 'data,fsdp,tensor axis sizes (for a '
+                    'GPU topology, unless given: -1,1,1).')
 flags.DEFINE_integer('vocab', aot.DEFAULT_VOCAB, 'Vocabulary size.')
 flags.DEFINE_string('position', 'alibi', 'Position encoding.')
 flags.DEFINE_string('attention', 'auto', 'config.model.attention.')
@@ -49,6 +81,14 @@ flags.DEFINE_string('remat', 'off', 'config.model.remat: off, full, dots.')
 flags.DEFINE_bool('scan_layers', False, 'config.model.scan_layers.')
 flags.DEFINE_integer('loss_chunk', 0, 'config.train.loss_chunk.')
 flags.DEFINE_integer('microbatches', 1, 'config.train.microbatches.')
+flags.DEFINE_float('mfu', 0.4, 'With --recipe: the model FLOPs utilisation '
+                   "at which to estimate the time to train the paper's "
+                   'tokens.')
+flags.DEFINE_bool('as_attached', False,
+                  'Attention chooses its backend as on an attached device: '
+                  'lmx.attention asks JAX whether a GPU is attached before '
+                  'it takes cudnn, and a deviceless compile answers the CPU; '
+                  'this makes it answer the compiled-for platform.')
 flags.DEFINE_list('steps', ['train', 'eval'], 'Steps to compile.')
 flags.DEFINE_list('depths', [], 'Compile at each of these depths instead '
                   "of the preset's (compile time against depth).")
@@ -60,10 +100,17 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def _duration(days: float) -> str:
+  return f'{days * 24:,.1f} hours' if days < 1 else f'{days:,.1f} days'
+
+
 def _configs():
   """The configs to compile, each checked before anything compiles."""
+  spec = FLAGS.mesh
+  if aot.is_gpu(FLAGS.topology) and not FLAGS['mesh'].present:
+    spec = '-1,1,1'
   try:
-    mesh = [int(x) for x in FLAGS.mesh.split(',')]
+    mesh = [int(x) for x in spec.split(',')]
   except ValueError:
     mesh = []
   if len(mesh) != 3:
@@ -88,10 +135,20 @@ def _configs():
                'model.scan_layers': FLAGS.scan_layers,
                'train.loss_chunk': FLAGS.loss_chunk,
                'train.microbatches': FLAGS.microbatches}
+  if FLAGS.recipe:  # the recipe's own settings, but for the flags given
+    names = {'position': 'model.position', 'attention': 'model.attention',
+             'attention_block': 'model.attention_block',
+             'remat': 'model.remat', 'scan_layers': 'model.scan_layers',
+             'loss_chunk': 'train.loss_chunk',
+             'microbatches': 'train.microbatches',
+             'seq_len': 'train.seq_len', 'batch': 'train.batch_size',
+             'vocab': 'model.vocab_size'}
+    overrides = {field: FLAGS[flag].value for flag, field in names.items()
+                 if FLAGS[flag].present}
   configs = []
   try:
     aot.check_topology(FLAGS.topology)
-    why = aot.tpu_available()
+    why = aot.available(FLAGS.topology)
     if why:
       raise ConfigError(why)
     chips = len(aot.topology_devices(FLAGS.topology))
@@ -99,10 +156,13 @@ def _configs():
       extra = dict(overrides)
       if depth:
         extra['model.num_layers'] = depth
-      c = aot.make_config(FLAGS.preset, seq_len=FLAGS.seq_len,
-                          batch=FLAGS.batch,
-                          mesh=dict(zip(('data', 'fsdp', 'tensor'), mesh)),
-                          overrides=extra, vocab_size=FLAGS.vocab)
+      axes = dict(zip(('data', 'fsdp', 'tensor'), mesh))
+      if FLAGS.recipe:
+        c = aot.recipe_config(FLAGS.recipe, mesh=axes, overrides=extra)
+      else:
+        c = aot.make_config(FLAGS.preset, seq_len=FLAGS.seq_len,
+                            batch=FLAGS.batch, mesh=axes, overrides=extra,
+                            vocab_size=FLAGS.vocab)
       # The model and run checks of train.py; the mesh against the slice
       # (the cudnn check asks for this host's platform, so it is skipped).
       config_lib.validate(c)
@@ -123,13 +183,25 @@ def main(argv):
     mesh = aot.mesh_over(devices, c)
     results = []
     if 'train' in FLAGS.steps:
-      results.append(aot.compile_train_step(c, mesh))
+      results.append(aot.compile_train_step(c, mesh, FLAGS.as_attached))
     if 'eval' in FLAGS.steps:
-      results.append(aot.compile_eval_step(c, mesh))
+      results.append(aot.compile_eval_step(c, mesh, FLAGS.as_attached))
     r = aot.report(c, FLAGS.topology, len(devices), results,
-                   FLAGS.preset)
+                   FLAGS.recipe or FLAGS.preset)
+    r['as_attached'] = FLAGS.as_attached
+    if FLAGS.recipe:
+      paper = aot.recipe_paper(FLAGS.recipe)
+      r['paper_tokens'] = paper['tokens']
+      r['mfu'] = FLAGS.mfu
+      r['train_days'] = aot.training_days(c, paper['tokens'], r['chips'],
+                                          chip, FLAGS.mfu)
     reports.append(r)
     print(aot.format_report(r), flush=True)
+    if FLAGS.recipe:
+      print(f"The paper's {r['paper_tokens'] / 1e9:,.1f}B tokens "
+            f"({paper['section']}) on {r['chips']} x {r['chip']} at "
+            f"{FLAGS.mfu:.0%} MFU: {_duration(r['train_days'])}.",
+            flush=True)
     if not all(row['fits'] for row in r['rows']):
       fits = False
       print(aot.advice(r, chip.hbm_bytes), flush=True)

@@ -182,3 +182,137 @@ def test_hardware_flops_add_what_remat_and_tiles_recompute(tiny_config):
   assert aot.hardware_flops_per_token(m, 5, dense_limit=512) == 228 + 80
   m.remat = 'full'  # and the weight products: 228 -> 304
   assert aot.hardware_flops_per_token(m, 5, dense_limit=512) == 304 + 80
+
+
+# ------------------------------------------------------------------ GPUs
+
+needs_gpu_compiler = pytest.mark.skipif(
+    aot.gpu_available() is not None,
+    reason='the CUDA plugin of JAX (the [gpu] extra) is not installed')
+
+
+def test_an_unknown_gpu_lists_the_known_ones():
+  r = _bench('--topology=h800')
+  assert r.returncode == 2, r.stderr
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr
+  assert "Unknown topology 'h800'" in lines[0]
+  for name in ('h100', 'h100:8', 'a100', 'h200', 'b200', 'v5e:4x4'):
+    assert name in lines[0]
+
+
+def test_an_unknown_recipe_lists_the_known_ones():
+  with pytest.raises(ConfigError, match='alibi_wt103, fire_c4, gpt'):
+    aot.recipe_config('alibi', mesh={'data': 1})
+
+
+@pytest.mark.skipif(aot.gpu_available() is None,
+                    reason='the [gpu] extra is installed here')
+def test_without_the_gpu_extra_the_command_says_how_to_install_it():
+  r = _bench('--topology=h100')
+  assert r.returncode == 2 and 'Traceback' not in r.stderr
+  assert 'CUDA plugin' in r.stderr and 'lmx[gpu]' in r.stderr
+
+
+def test_the_gpu_description_carries_the_published_figures():
+  from lmx import gpus  # pylint: disable=g-import-not-at-top
+  text = gpus.target_config(gpus.GPUS['h100'])
+  assert 'core_count: 132' in text and 'major: 9' in text
+  assert f'device_memory_size: {int(80e9)}' in text
+  assert 'feature_extension: ACCELERATED_FEATURES' in text
+  a100 = gpus.target_config(gpus.GPUS['a100'])
+  assert 'core_count: 108' in a100 and 'feature_extension: NONE' in a100
+  assert gpus.parse('h100:8') == (gpus.GPUS['h100'], 8)
+  assert aot.chip_of('b200:8').peak_flops == gpus.GPUS['b200'].peak_flops
+
+
+def test_fused_kernels_are_found_in_compiled_text():
+  text = ('%a = custom-call(), custom_call_target="__cudnn$fmhaSoftmax"\n'
+          '%b = custom-call(), custom_call_target="__gpu$xla.gpu.triton"\n'
+          '%c = custom-call(), custom_call_target="__gpu$xla.gpu.triton"\n')
+  found = aot.fused_kernels(text)
+  assert found['cuDNN fMHA'] == 1 and found['Triton (Pallas)'] == 2
+  assert found['Mosaic GPU'] == 0 and found['Mosaic TPU'] == 0
+
+
+def test_the_backend_of_each_traced_attention_call_is_recorded(tiny_config):
+  """On this CPU, auto is dense at 16 tokens and says why not cudnn;
+  chunked is taken as asked; flash, which the interpreter runs here, is
+  recorded as flash."""
+  for asked, want in [('auto', 'dense'), ('chunked', 'chunked')]:
+    c = tiny_config('alibi', **{'model.attention': asked})
+    graphdef, params = run_state.abstract_model(c)
+    tokens = jax.ShapeDtypeStruct((2, c.train.seq_len), jnp.int32)
+    with aot.recording_backends() as calls:
+      jax.eval_shape(run_state.apply_fn(graphdef), params, tokens, tokens)
+    assert [b for b, _ in calls] == [want] * c.model.num_layers, asked
+    if asked == 'auto':
+      assert 'cudnn: the platform is cpu' in calls[0][1]
+    else:
+      assert calls[0][1] == ''
+  summary = aot.backend_summary([('chunked', 'x'), ('chunked', 'x'),
+                                 ('dense', '')])
+  assert summary == 'chunked x 2 (x); dense x 1'
+
+
+@needs_gpu_compiler
+def test_a_tiny_step_compiles_for_an_h100(tiny_config):
+  """The train step compiled for one abstract H100: positive temporaries,
+  the backend traced (not cudnn: the process runs JAX on the CPU), and no
+  cuDNN attention in the compiled program, which the search would find:
+  a cudnn attention compiled the same way is found."""
+  devices = aot.topology_devices('h100')
+  assert len(devices) == 1 and devices[0].platform == 'gpu'
+  c = tiny_config('alibi', **{'model.dtype': 'bfloat16'})
+  c.mesh.data = 1
+  compiled = aot.compile_train_step(c, aot.mesh_over(devices, c))
+  assert compiled.temp_bytes > 0 and compiled.argument_bytes > 0
+  assert [b for b, _ in compiled.backends] == ['dense'] * c.model.num_layers
+  assert compiled.kernels['cuDNN fMHA'] == 0
+  assert 'xla_cpu.py' not in compiled.text
+  r = aot.report(c, 'h100', 1, [compiled])
+  assert r['unit'] == 'GPU' and r['rows'][0]['fits']
+  table = aot.format_report(r)
+  assert 'TFLOP/GPU' in table and 'train: dense x 2' in table
+
+  # As on an attached H100: auto takes cudnn, and cuDNN's fused attention
+  # is in the compiled program (forward and backward).
+  attached = aot.compile_train_step(c, aot.mesh_over(devices, c),
+                                    as_attached=True)
+  assert [b for b, _ in attached.backends] == ['cudnn'] * c.model.num_layers
+  assert attached.kernels['cuDNN fMHA'] >= 2
+  assert jax.default_backend() == 'cpu'  # restored
+
+  mesh = jax.sharding.Mesh(devices, ('x',))
+  q = jax.ShapeDtypeStruct((2, 256, 4, 64), jnp.bfloat16,
+                           sharding=jax.sharding.NamedSharding(
+                               mesh, jax.sharding.PartitionSpec()))
+  fused = jax.jit(lambda q: jax.nn.dot_product_attention(
+      q, q, q, is_causal=True, implementation='cudnn')).lower(q).compile()
+  assert aot.fused_kernels(fused.as_text())['cuDNN fMHA'] >= 1
+
+
+@needs_gpu_compiler
+def test_eight_gpus_of_one_host_and_the_command():
+  assert len(aot.topology_devices('h100:8')) == 8
+  r = _bench('--topology=a100:8', '--preset=125m', '--depths=1',
+             '--seq_len=128', '--batch=8', '--scan_layers', '--steps=train')
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert 'on a100:8 (8 x NVIDIA A100-SXM4-80GB), mesh data 8' in r.stdout
+  assert '| train |' in r.stdout and 'attention per step: train:' in r.stdout
+
+
+@needs_gpu_compiler
+def test_a_step_too_large_for_the_gpu_is_refused_with_the_settings():
+  """XLA's GPU compiler compiles it (it does not check the device's
+  memory); the report does, exits 1 and names the settings that lower it."""
+  r = _bench('--topology=h100', '--preset=125m', '--depths=1',
+             '--seq_len=2048', '--batch=256', '--scan_layers',
+             '--steps=train')
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert '| NO (' in r.stdout
+  assert 'GB per GPU' in r.stdout and 'than the 80 GB of a NVIDIA H100' \
+      in r.stdout
+  for knob in ('--remat=full', '--attention=cudnn', '--loss_chunk=512',
+               '--microbatches'):
+    assert knob in r.stdout
