@@ -17,11 +17,12 @@ Training budget: 50,000 steps of 32 sequences of 512 tokens (819M tokens)
 and a 6e-4 learning rate, our reading of the appendix's table, still to be
 checked line by line against it.
 
-Dataset: OpenWebText2 is in no tfds catalog. Expected as local files:
-``config.data.source`` a folder (default ``data/openwebtext2``) of plain
-UTF-8 text files, one document per file (OpenWebText2's ``.jsonl.zst``
-shards decompressed, each record's ``text`` field written to its own
-file); the validation documents are chosen by path hash
+Dataset: OpenWebText2 is in no tfds catalog. Expected as local files, as
+it is distributed: ``config.data.source`` a folder (default
+``data/openwebtext2``) of its ``.jsonl.zst`` shards, one document per
+record, the text under ``text`` (``config.data.text_key``); lmx reads them
+as they are into its token store (``python -m lmx.data.prepare`` prepares
+it ahead). Validation records are chosen by hash of their file and place
 (``config.data.validation_fraction``).
 """
 
