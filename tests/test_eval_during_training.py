@@ -181,6 +181,7 @@ def test_memory_estimate_counts_the_longest_eval_length(tiny_config,
                                                         monkeypatch):
   c = tiny_config('rope', **{'train.eval_every': 2,
                              'train.eval_multipliers': (1, 1024),
+                             'train.eval_tokens': 16384,
                              'model.attention': 'dense'})
   c.eval.batch_tokens = 16384
   # Between the training step's need and that of a dense pass at 16384.
