@@ -57,6 +57,7 @@ if _gpu_requested(sys.argv):
   os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
 
 from lmx import aot  # noqa: E402  pylint: disable=g-import-not-at-top
+from lmx import cli  # noqa: E402
 from lmx import config as config_lib  # noqa: E402
 from lmx import positions  # noqa: E402
 from lmx.errors import ConfigError  # noqa: E402
@@ -213,4 +214,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  # The shared flag parsing: a bad flag is one line and exit status 2.
+  app.run(main, flags_parser=cli.parse_flags)

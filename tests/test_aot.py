@@ -201,6 +201,13 @@ def test_an_unknown_gpu_lists_the_known_ones():
     assert name in lines[0]
 
 
+def test_a_bad_flag_is_one_line_and_exit_2():
+  r = _bench('--seq_len=abc')
+  assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and '--seq_len=abc' in lines[0], r.stderr
+
+
 def test_an_unknown_recipe_lists_the_known_ones():
   with pytest.raises(ConfigError, match='alibi_wt103, fire_c4, gpt'):
     aot.recipe_config('alibi', mesh={'data': 1})
