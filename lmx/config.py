@@ -497,8 +497,9 @@ def task_eval_lengths(config: ml_collections.ConfigDict,
   for n in asked or tasks.eval_lengths(config.task):
     require(isinstance(n, int) and n > 0,
              f'Task lengths must be positive integers, got {n!r}.')
-    problem = check_length(config, tasks.sequence_length(config.task, n),
-                           sampling, f'Task length {n}: the evaluation')
+    problem = tasks.alphabet_problem(config.task, n) or check_length(
+        config, tasks.sequence_length(config.task, n), sampling,
+        f'Task length {n}: the evaluation')
     if problem is None:
       lengths.append(n)
     elif asked:

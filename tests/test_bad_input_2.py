@@ -525,3 +525,15 @@ def test_every_numeric_field_at_and_past_its_range_edges(tiny_config,
   sample = forward[::max(1, len(forward) // 12)][:12]
   for label, path, value, c in sample:
     assert _finite_loss(c), (label, path, value)
+
+
+def test_class_1_a_task_length_its_alphabet_cannot_write(tiny_config):
+  """An evaluation length past what the task's alphabet can write (here
+  associative recall: one distinct key per pair) is refused, naming
+  alphabet_size, before anything compiles; a length within it runs."""
+  c = tiny_config('rope', **{'task.name': 'associative_recall'})
+  c.task.alphabet_size = 8
+  with pytest.raises(ConfigError, match='alphabet_size=8 gives only 8'):
+    config_lib.task_eval_lengths(c, [3, 9])
+  lengths, _ = config_lib.task_eval_lengths(c, [3, 8])
+  assert lengths == [3, 8]

@@ -802,7 +802,7 @@ def check(config) -> str | None:
               f'{n!r}.')
   limit = get_task(tc.name).limit(tc)
   longest = max([tc.train_max_length] + eval_lengths(tc))
-  if limit is not None and longest > limit:
+  if limit is not None and longest > limit:  # see also alphabet_problem
     if tc.train_max_length > limit:
       bad, what = tc.train_max_length, 'train_max_length'
     else:
@@ -820,6 +820,19 @@ def check(config) -> str | None:
             f'it is {config.train.seq_len}: raise seq_len to {need} or lower '
             f'train_max_length to {max_length(tc, config.train.seq_len)}.')
   return None
+
+
+def alphabet_problem(tc, n: int) -> str | None:
+  """Why length ``n`` cannot be written with the task's alphabet (a task
+  whose examples need ``n`` distinct keys: ``Task.limit``), or None."""
+  limit = get_task(tc.name).limit(tc)
+  if limit is None or n <= limit:
+    return None
+  half = ' (mqar: half are keys, half values)' if tc.name == 'mqar' else ''
+  return (f'{tc.name} length {n} needs {n} distinct keys, but '
+          f'config.task.alphabet_size={tc.alphabet_size} gives only '
+          f'{limit}{half}: evaluate lengths up to {limit}, or train a run '
+          f'with a larger alphabet_size (max {len(SYMBOLS)}).')
 
 
 def example(tc, n: int, rng: np.random.Generator,
