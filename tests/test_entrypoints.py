@@ -294,8 +294,10 @@ def test_own_text_folder_and_a_length_longer_than_its_validation_text(
       f'--config.data.cache_dir={tmp_path / "cache"}',
       '--config.data.validation_fraction=0.5', '--config.train.steps=2',
       '--progress=false')
+  # Enough tokens asked for (config.eval.tokens would be named first
+  # otherwise): the validation text itself is too short.
   proc = run('eval.py', f'--workdir={workdir}', '--lengths=1000000',
-             check=False)
+             '--config.eval.tokens=2000000', check=False)
   assert proc.returncode == 2 and 'too few' in proc.stderr
   assert 'Traceback' not in proc.stderr
 

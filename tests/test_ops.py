@@ -39,6 +39,9 @@ def test_cpu_and_plain_products_agree(position, dtype, tol):
   c.model.position = position
   c.model.dtype = dtype
   c.model.mlp_dim = 48   # with biases: the MLP's products have them
+  # Products are the subject: traced for a GPU, auto would take the GPU
+  # kernel, which runs only on a GPU (or in the interpreter).
+  c.model.attention = 'dense'
   cpu = _loss_and_grads(c, 'cpu')
   plain = _loss_and_grads(c, 'gpu')
   np.testing.assert_allclose(cpu[0], plain[0], rtol=tol)

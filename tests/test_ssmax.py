@@ -159,7 +159,9 @@ def test_old_saved_configs_keep_their_meaning():
   del saved['model']['layers']
   saved['model']['length_scaling'] = {'kind': 'logn', 'base_len': 16}
   done = defaults.complete(saved)
-  assert done['model']['layers'] == {f: () for f in layer_plan.FIELDS}
+  # Every per-layer field empty; the depth record 0 (written for any depth).
+  assert done['model']['layers'] == {**{f: () for f in layer_plan.FIELDS},
+                                     layer_plan.DEPTH: 0}
   assert done['model']['length_scaling']['kind'] == 'logn'
   cfg = base.get_config('size=tiny')
   cfg.update_from_flattened_dict(defaults.flatten(done))
