@@ -4,6 +4,7 @@ each problem is one message that names the path in the way."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 from typing import Any, Optional
@@ -105,3 +106,13 @@ def read_json(path: str, expect: type = dict,
     raise error(f'{path} holds a JSON {type(value).__name__}, not the '
                 f'{expect.__name__} lmx writes there: {fix}')
   return value
+
+
+def sha256_file(path: str) -> str:
+  """The sha256 of a file's bytes, read in blocks (checkpoints' seals, the
+  token store's shards)."""
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 22), b''):
+      h.update(block)
+  return h.hexdigest()

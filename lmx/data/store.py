@@ -56,7 +56,7 @@ from lmx.data import sources
 from lmx.data.sources import Plan, tokenizer_key  # noqa: F401
 from lmx.data import tokenizer as tokenizer_lib
 from lmx.errors import DataError
-from lmx.fs import is_disk_full, make_writable_dir
+from lmx.fs import is_disk_full, make_writable_dir, sha256_file
 
 VERSION = sources.STORE_VERSION
 MANIFEST = 'store.json'
@@ -98,14 +98,6 @@ def _tokenizer_from_spec(spec):
 # -------------------------------------------------------------- writing
 
 
-def _sha256_file(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 22), b''):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 class _ShardWriter:
   """Appends documents' ids to ``<split>/<index>.bin.tmp``."""
 
@@ -140,7 +132,7 @@ class _ShardWriter:
               'tokens': int(self.tokens), 'docs': len(self.doc_ends),
               'sha256': self.h.hexdigest(), 'size': st.st_size,
               'mtime_ns': st.st_mtime_ns,
-              'docs_sha256': _sha256_file(docs_path)}
+              'docs_sha256': sha256_file(docs_path)}
     rec_path = os.path.join(self.dir, self.name + '.json')
     with open(rec_path + '.tmp', 'w') as f:
       json.dump(record, f)
@@ -349,8 +341,8 @@ def _record_ok(folder: str, split: str, record: dict) -> bool:
     return False
   if st.st_mtime_ns == record['mtime_ns']:
     return True
-  return (_sha256_file(path) == record['sha256']
-          and _sha256_file(docs) == record['docs_sha256'])
+  return (sha256_file(path) == record['sha256']
+          and sha256_file(docs) == record['docs_sha256'])
 
 
 def _done_shards(folder: str, units) -> dict[int, dict]:
