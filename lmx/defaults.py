@@ -127,8 +127,8 @@ def get_config(arg: str | None = None,
   # follows the tokenizer and a trained run keeps its copy of the model.
   c.data.tokenizer = 'bytes'
   c.data.sentencepiece = ml_collections.ConfigDict({
-      # A given .model file; '' = train one on the training split (cached
-      # beside the prepared dataset).
+      # A given .model file; '' = train one on a sample of the training
+      # split (cached beside the token store).
       'model_file': '',
       # What lmx trains: 'bpe' | 'unigram', with vocab_size ids in all
       # (2 special, 256 bytes, the rest pieces), and the characters that

@@ -3,10 +3,13 @@
 A model is either given (``config.data.sentencepiece.model_file``) or
 trained by lmx on the *training* split of ``config.data`` (BPE or unigram,
 ``model_type``, with ``vocab_size`` ids in all) and cached beside the
-prepared dataset, under ``<cache_dir>/lmx_sentencepiece/``, keyed by the
-dataset's fingerprint and the options; a file lock lets runs started
-together train it once. Training is deterministic: one thread, every
-training line in corpus order, no sampling.
+token store, under ``<cache_dir>/lmx_sentencepiece/``, keyed by the
+source's fingerprint and the options; a file lock lets runs started
+together train it once. It trains on a bounded sample of the split
+(``training_sample``: at most ``sentencepiece.train_bytes``, documents
+chosen by a hash of their place, in corpus order). Training is
+deterministic: one thread, every sampled line in order, no sampling
+inside SentencePiece.
 
 Ids (of a model lmx trains): 0 is unknown (never produced: see below), 1
 ends a document (SentencePiece's ``eos``, the byte tokenizer's EOD), 2..257
