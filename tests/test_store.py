@@ -412,3 +412,24 @@ def test_two_processes_preparing_at_once_prepare_once(tmp_path):
   sizes = {line for o in outs for line in o.splitlines()
            if line.startswith('size')}
   assert len(sizes) == 1
+
+
+def test_the_prepare_command(tmp_path):
+  """``python -m lmx.data.prepare`` builds the store train.py would read,
+  and refuses a source that names nothing with one line, exit 2."""
+  from scripts import run  # pylint: disable=import-outside-toplevel
+  _texts(tmp_path / 'src', n=30)
+  common = ['-m', 'lmx.data.prepare', '--config=configs/alibi.py:size=tiny',
+            f'--config.data.cache_dir={tmp_path / "cache"}',
+            '--config.data.validation_fraction=0.5']
+  proc = run(*common, f'--config.data.source={tmp_path / "src"}')
+  assert 'Preparing the token store' in proc.stdout
+  assert 'train: ' in proc.stdout and 'validation: ' in proc.stdout
+  cfg = _cfg(tmp_path / 'src', tmp_path / 'cache')
+  folder = store.Plan(cfg, cfg.source, 0.5).folder(tokenizer.BYTES)
+  assert os.path.isfile(os.path.join(folder, store.MANIFEST))
+  proc = run(*common, f'--config.data.source={tmp_path / "nothing"}',
+             check=False)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1
+  assert 'matches no files' in proc.stderr
