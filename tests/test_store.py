@@ -257,12 +257,14 @@ def test_changed_source_is_prepared_again_once(tmp_path, capsys):
   assert again.folder != first.folder and not os.path.exists(first.folder)
 
 
-@pytest.mark.parametrize('damage', ['flip', 'truncate'])
-def test_damaged_shard_is_rebuilt_never_read(tmp_path, capsys, damage):
+@pytest.mark.parametrize('damage,part', [('flip', '.bin'),
+                                         ('truncate', '.bin'),
+                                         ('truncate', '.docs.npy')])
+def test_damaged_shard_is_rebuilt_never_read(tmp_path, capsys, damage, part):
   docs = _texts(tmp_path / 'src')
   cfg = _cfg(tmp_path / 'src', tmp_path / 'cache')
   s = store.open_split(cfg, 'train')
-  path = os.path.join(s.folder, 'train', s.records[0]['file'])
+  path = os.path.join(s.folder, 'train', s.records[0]['file'][:-4] + part)
   del s
   with open(path, 'r+b') as f:
     if damage == 'flip':
@@ -273,8 +275,9 @@ def test_damaged_shard_is_rebuilt_never_read(tmp_path, capsys, damage):
   capsys.readouterr()
   again = store.open_split(cfg, 'train')
   assert 'damaged shard' in capsys.readouterr().out
-  np.testing.assert_array_equal(np.asarray(again),
-                                _reference(docs, 0.5, 'train'))
+  ref = _reference(docs, 0.5, 'train')
+  np.testing.assert_array_equal(np.asarray(again), ref)
+  assert len(again.documents()) == np.sum(ref == tokenizer.EOD)
 
 
 def test_killed_preparation_resumes_and_keeps_finished_shards(

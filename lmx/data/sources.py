@@ -44,7 +44,7 @@ from collections.abc import Iterator, Sequence
 from lmx.errors import DataError
 
 # The token store's format (lmx.data.store): part of every fingerprint.
-STORE_VERSION = 1
+STORE_VERSION = 2
 RECORD_SUFFIXES = ('.jsonl', '.jsonl.gz', '.jsonl.zst', '.parquet')
 # Source bytes per unit of preparation work (one shard each): a sixteenth
 # of the source, within [MIN_UNIT_BYTES, UNIT_BYTES], so that a small

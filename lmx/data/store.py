@@ -127,12 +127,14 @@ class _ShardWriter:
     np.save(docs_path + '.tmp.npy', np.asarray(self.doc_ends, np.int64))
     os.replace(docs_path + '.tmp.npy', docs_path)
     os.replace(self.tmp, path)
-    st = os.stat(path)
+    st, docs_st = os.stat(path), os.stat(docs_path)
     record = {'unit': unit_key, 'file': self.name + '.bin',
               'tokens': int(self.tokens), 'docs': len(self.doc_ends),
               'sha256': self.h.hexdigest(), 'size': st.st_size,
               'mtime_ns': st.st_mtime_ns,
-              'docs_sha256': sha256_file(docs_path)}
+              'docs_sha256': sha256_file(docs_path),
+              'docs_size': docs_st.st_size,
+              'docs_mtime_ns': docs_st.st_mtime_ns}
     rec_path = os.path.join(self.dir, self.name + '.json')
     with open(rec_path + '.tmp', 'w') as f:
       json.dump(record, f)
@@ -328,21 +330,21 @@ def _read_manifest(folder: str) -> dict | None:
 
 
 def _record_ok(folder: str, split: str, record: dict) -> bool:
-  """Whether a shard is as its record says: size always; its sha256 (and
-  its documents file's) when its modification time is not the one
-  recorded."""
+  """Whether a shard (its ids and its documents file) is as its record
+  says: each file's size always, and its sha256 when its modification time
+  is not the one recorded."""
   path = os.path.join(folder, split, record['file'])
-  docs = path[:-4] + '.docs.npy'
-  try:
-    st = os.stat(path)
-  except OSError:
-    return False
-  if st.st_size != record['size'] or not os.path.isfile(docs):
-    return False
-  if st.st_mtime_ns == record['mtime_ns']:
-    return True
-  return (sha256_file(path) == record['sha256']
-          and sha256_file(docs) == record['docs_sha256'])
+  for name, key in ((path, ''), (path[:-4] + '.docs.npy', 'docs_')):
+    try:
+      st = os.stat(name)
+    except OSError:
+      return False
+    if st.st_size != record[key + 'size']:
+      return False
+    if (st.st_mtime_ns != record[key + 'mtime_ns']
+        and sha256_file(name) != record[key + 'sha256']):
+      return False
+  return True
 
 
 def _done_shards(folder: str, units) -> dict[int, dict]:
