@@ -214,12 +214,10 @@ def local_units(root: str, files: Sequence[str]) -> list[Unit]:
       continue
     flush()
     if kind == 'parquet':
-      import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
       groups = _parquet(path, rel).metadata.num_row_groups
       per = max(1, int(groups * unit / max(size, 1)))
       units += [Unit('parquet', root, (rel,), g, min(g + per, groups))
                 for g in range(0, groups, per)]
-      del pq
     elif kind in ('jsonl.gz', 'jsonl.zst'):
       units.append(Unit('jsonl', root, (rel,)))
     else:  # a large text file, or a plain jsonl: cut at line boundaries
