@@ -433,13 +433,15 @@ def _train(config, workdir, progress, mesh, tok) -> dict:
           if jax.process_count() > 1 else None)
   local_batch_fn = make_batch_fn(config, rows, tok)
   local_batch_fn(0)  # fails on too little data before anything is compiled
-  if not config.task.name:
-    store.check_splits(config.data, tok)  # an evaluation needs validation text
+  # An evaluation needs validation text (the store refuses an empty split);
+  # opened once, for the evaluation during training too.
+  validation = (None if config.task.name
+                else store.open_split(config.data, 'validation', tok))
   batch_fn = lambda step: sharding.global_batch(
       local_batch_fn(step), batch_sharding, t.batch_size)
 
   tx = make_optimizer(t)
-  evaluating = _training_eval_plan(config, tok, primary)  # before compiling
+  evaluating = _training_eval_plan(config, validation, primary)  # before compiling
   graphdef, target = abstract_state(config, tx)
   state_shardings = sharding.tree_shardings(target, mesh)
   target = sharding.with_shardings(target, state_shardings)
@@ -557,20 +559,16 @@ def log_line(done: int, total: int, m: dict, elapsed: float,
           f'ETA {_clock(eta)}')
 
 
-def _validation_stream(config: ml_collections.ConfigDict, tok):
-  """The validation token stream of a text run, from the token store:
-  what eval.py scores."""
-  return store.open_split(config.data, 'validation', tok)
-
-
-def _training_eval_plan(config, tok, primary: bool):
+def _training_eval_plan(config, validation, primary: bool):
   """``(lengths, validation stream)`` of the evaluation during training
   (``config.train.eval_every``), checked before anything compiles (each
   length must have a window of validation text; the memory estimate,
   ``memory.check_training``, already counts the longest); None when it is
   off. Lengths the model cannot run are left out with a note; a task run
   has no validation text, so it is not evaluated during training (a note
-  says so; eval.py evaluates its checkpoints)."""
+  says so; eval.py evaluates its checkpoints). ``validation``: the text
+  run's validation stream from the token store (what eval.py scores), None
+  for a task run."""
   t = config.train
   if not t.eval_every:
     return None
@@ -592,10 +590,9 @@ def _training_eval_plan(config, tok, primary: bool):
   if skipped and primary:
     print(f'note: the evaluation during training skips length(s) '
           f'{", ".join(map(str, skipped))}: {next(iter(skipped.values()))}')
-  stream = _validation_stream(config, tok)
   for length in lengths:  # DataError if the validation text is too short
-    windows.eval_windows(stream, length, t.eval_tokens)
-  return lengths, stream
+    windows.eval_windows(validation, length, t.eval_tokens)
+  return lengths, validation
 
 
 class _Evaluator:

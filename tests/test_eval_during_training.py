@@ -15,7 +15,7 @@ import pytest
 from lmx import checkpoint, defaults, evaluation, memory, metrics
 from lmx import config as config_lib
 from lmx import run_state, trainer
-from lmx.data import subword
+from lmx.data import store, subword
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -54,8 +54,8 @@ def _reference(config, workdir: str, steps, loss_fn=None) -> dict:
   """``{step: {length: loss}}`` that eval.py's code gives on the
   checkpoints of ``steps`` (restored on one device), with the settings of
   the evaluation during training."""
-  stream = trainer._validation_stream(config, subword.for_run(config,
-                                                              workdir))
+  stream = store.open_split(config.data, 'validation',
+                            subword.for_run(config, workdir))
   cfg = config_lib.training_eval_config(config)
   lengths, _ = config_lib.eval_lengths(cfg)
   out = {}
