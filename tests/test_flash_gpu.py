@@ -23,10 +23,12 @@ from lmx import ops
 from lmx import positions as P
 from lmx.kernels import flash_gpu, tiles
 
-H, KD = 2, 16
+# bfloat16's bound (met by the dense backend too), the encodings and the
+# inputs of the TPU kernel's tests.
+from test_flash import BF16_TOL, _encoding
+from test_flash import _data as flash_data
+
 TOL = 1e-5
-# bfloat16's bound, as in tests/test_flash.py (met by the dense backend too).
-BF16_TOL = 2.0 ** -6
 LAMBDA = A.Mask(n_global=2, n_local=5)
 # XLA:CPU compiling the interpreted kernels is most of this file's cost;
 # as in tests/test_attention.py, these options cut it.
@@ -35,24 +37,9 @@ FAST_COMPILE = {'xla_backend_optimization_level': 0,
 jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 
 
-def _encoding(name, **fields):
-  c = base.get_config('size=tiny')
-  c.model.position = name
-  c.model.num_heads, c.model.d_model = H, H * KD
-  c.model.update_from_flattened_dict(fields)
-  return P.REGISTRY[name](c.model, rngs=nnx.Rngs(0))
-
-
 def _data(t, s, dtype, b=1, seed=0):
-  """Inputs, with sorted positions that have gaps (not token indices)."""
-  r = np.random.default_rng(seed + t + s)
-  x = lambda n: jnp.asarray(r.normal(size=(b, n, H, KD)), dtype)
-  q, k, v = x(t), x(s), x(s)
-  kpos = np.stack([np.sort(r.choice(3 * s + 5, s, replace=False))
-                   for _ in range(b)])
-  cot = jnp.asarray(r.normal(size=(b, t, H, KD)), jnp.float32)
-  return (q, k, v, jnp.asarray(kpos[:, s - t:], jnp.int32),
-          jnp.asarray(kpos, jnp.int32), cot)
+  """``tests/test_flash.py``'s inputs, one row by default."""
+  return flash_data(t, s, dtype, b=b, seed=seed)
 
 
 def _gpu(q, k, v, qpos, kpos, kb, mask):
