@@ -11,9 +11,9 @@ results.json (loss against length, non-overlapping and sliding windows),
 loss_vs_length.png, per_position.json/png, attention.json/png (attention
 entropy and largest logit per layer against position) and, with
 --config.eval.generation=true, generation.json/png (BLEU and ROUGE of greedy
-continuations after each position, lmx.generation_eval) and, with
+continuations after each position, lmx.evaluation.generation) and, with
 --config.eval.ood=true, ood.json/png (LM-Infinite's factors 1 and 3: logits
-against distance, PCA of hidden states; lmx.ood_diagnostics). A task run
+against distance, PCA of hidden states; lmx.evaluation.ood). A task run
 (configs/tasks/) writes results.json with exact-match accuracy against task
 length, accuracy_vs_length.png and, for passkey, passkey_heatmap.png;
 --lengths are then task lengths.
@@ -29,12 +29,12 @@ import sys
 
 from absl import app, flags
 
-from lmx import checkpoint
+from lmx.training import checkpoint
 from lmx import cli
-from lmx import evaluation
-from lmx import generation_eval
-from lmx import plots
-from lmx import task_eval
+from lmx.evaluation import runner as evaluation
+from lmx.evaluation import generation as generation_eval
+from lmx.evaluation import plots
+from lmx.evaluation import task_accuracy as task_eval
 from lmx.errors import CheckpointError, ConfigError, DataError
 
 

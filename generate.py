@@ -22,11 +22,11 @@ import sys
 
 from absl import app, flags
 
-from lmx import checkpoint
-from lmx import checks
+from lmx.training import checkpoint
+from lmx.config import fields as checks
 from lmx import cli
-from lmx import config as config_lib
-from lmx import decoding
+from lmx.config import validate as config_lib
+from lmx.model import decoding
 from lmx.errors import CheckpointError, ConfigError, DataError
 
 

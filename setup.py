@@ -27,8 +27,8 @@ setup(
         'tqdm',
         'tensorboardX',
         'submitit>=1.5',       # sweep.py: local and SLURM launchers
-        'sacrebleu>=2.4',     # lmx.generation_eval: BLEU
-        'rouge-score>=0.1.2',  # lmx.generation_eval: ROUGE
+        'sacrebleu>=2.4',     # lmx.evaluation.generation: BLEU
+        'rouge-score>=0.1.2',  # lmx.evaluation.generation: ROUGE
         'sentencepiece>=0.2',  # lmx.data.subword: subword tokenizers
         'pyarrow>=14',         # lmx.data.sources: parquet corpora
         'zstandard>=0.22',     # lmx.data.sources: .jsonl.zst corpora

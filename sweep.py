@@ -32,7 +32,9 @@ import sys
 
 from absl import app, flags
 
-from lmx import cli, fs, report, sweep
+from lmx import cli, fs
+from lmx.evaluation import report
+from lmx import sweeps as sweep
 
 _SWEEP = flags.DEFINE_string(
     'sweep', None, 'Sweep declaration, e.g. configs/sweeps/encodings.py'

@@ -25,7 +25,7 @@ from ml_collections import config_flags
 
 from lmx import cli
 from lmx import sharding
-from lmx import trainer
+from lmx.training import trainer
 from lmx.errors import CheckpointError, ConfigError, DataError
 
 _CONFIG = config_flags.DEFINE_config_file(

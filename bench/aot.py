@@ -58,7 +58,7 @@ if _gpu_requested(sys.argv):
 
 from lmx import aot  # noqa: E402  pylint: disable=g-import-not-at-top
 from lmx import cli  # noqa: E402
-from lmx import config as config_lib  # noqa: E402
+from lmx.config import validate as config_lib  # noqa: E402
 from lmx import positions  # noqa: E402
 from lmx.errors import ConfigError  # noqa: E402
 
@@ -87,7 +87,7 @@ flags.DEFINE_float('mfu', 0.4, 'With --recipe: the model FLOPs utilisation '
                    'tokens.')
 flags.DEFINE_bool('as_attached', False,
                   'Attention chooses its backend as on an attached device: '
-                  'lmx.attention asks JAX whether a GPU is attached before '
+                  'lmx.model.attention asks JAX whether a GPU is attached before '
                   'it takes cudnn, and a deviceless compile answers the CPU; '
                   'this makes it answer the compiled-for platform.')
 flags.DEFINE_list('steps', ['train', 'eval'], 'Steps to compile.')

@@ -5,10 +5,10 @@ r"""What a checkpoint costs the training loop, at keep_checkpoints 3 and 10.
         --checkpoint_every=2 --keeps=3,10 --repeats=2
 
 (``python -m bench.checkpoint_save`` works too.) Each run is a real
-``lmx.trainer.train`` of ``--config`` (default ``configs/alibi.py``, the
+``lmx.training.trainer.train`` of ``--config`` (default ``configs/alibi.py``, the
 default size; ``--d_model`` widens it, MLP 4 x d_model, so that a checkpoint
 is large enough for hashing it to show) in a fresh temporary workdir, with
-a checkpoint every ``--checkpoint_every`` steps. ``lmx.checkpoint.Saver`` is
+a checkpoint every ``--checkpoint_every`` steps. ``lmx.training.checkpoint.Saver`` is
 wrapped to time each call of ``Saver.save`` on the loop's thread: waiting
 for the previous orbax write, handing it to the sealing thread, pruning,
 and starting the next asynchronous write. ``checkpoint.seal`` is wrapped
@@ -92,7 +92,8 @@ def one_run(c, keep: int) -> dict:
   """Trains ``c`` with ``keep_checkpoints=keep`` in a temporary workdir;
   the loop's seconds in each ``Saver.save`` and the sealing thread's in
   each ``seal``."""
-  from lmx import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+  from lmx.training import checkpoint  # pylint: disable=g-import-not-at-top
+  from lmx.training import trainer
   c = c.copy_and_resolve_references()
   c.train.keep_checkpoints = keep
   saves, seals = [], []

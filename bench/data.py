@@ -93,7 +93,7 @@ def make_corpus(folder: str, mb: int) -> str:
 
 
 def data_cfg(source: str, cache: str, workers: int, tokenizer='bytes'):
-  from lmx import defaults  # pylint: disable=import-outside-toplevel
+  from lmx.config import defaults  # pylint: disable=import-outside-toplevel
   c = defaults.get_config().data
   c.update(source=source, cache_dir=cache, prepare_workers=workers,
            tokenizer=tokenizer, validation_fraction=0.1)
@@ -238,9 +238,10 @@ def bench_batch(corpus: str, work: str, repeats: int = 50) -> dict:
 def bench_step(corpus: str, work: str, steps: int, repeats: int) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   from configs import alibi  # pylint: disable=import-outside-toplevel
-  from lmx import sharding, trainer  # pylint: disable=import-outside-toplevel
+  from lmx import sharding  # pylint: disable=import-outside-toplevel
+  from lmx.training import trainer
   from lmx.data import prefetch  # pylint: disable=import-outside-toplevel
-  from lmx.run_state import (init_model, init_state,  # pylint: disable=import-outside-toplevel
+  from lmx.training.run_state import (init_model, init_state,  # pylint: disable=import-outside-toplevel
                              make_optimizer)
   config = alibi.get_config()
   config.data.source = corpus

@@ -7,7 +7,7 @@ LM-Infinite's bounded cache against the full one.
 
 For each config (default size, freshly initialised parameters, batch 1) and
 each context length C, a cache holding C tokens is decoded from, one token
-per call of the jitted step that ``lmx.decoding.generate`` uses (greedy, so
+per call of the jitted step that ``lmx.model.decoding.generate`` uses (greedy, so
 the time is the model's, not the sampler's): ``--steps`` tokens per repeat,
 the median over ``--repeats`` after one warm-up repeat.
 
@@ -46,11 +46,11 @@ import jax.numpy as jnp
 
 from configs import base  # pylint: disable=g-import-not-at-top
 from lmx import cli
-from lmx import config as config_lib
-from lmx import decoding
-from lmx import kv_cache
-from lmx import model as model_lib
-from lmx import run_state
+from lmx.config import validate as config_lib
+from lmx.model import decoding
+from lmx.model import kv_cache
+from lmx.model import transformer as model_lib
+from lmx.training import run_state
 from lmx.errors import ConfigError
 
 PAPER_SPEEDUP = 2.72  # LM-Infinite (Han et al. 2023), decoding speedup

@@ -10,7 +10,7 @@ A row is ``configs/<name>.py`` (at ``--size``), so it is what ``python
 train.py --config=configs/<name>.py`` trains: every registered encoding's
 config by default, plus CAPE, HWFA, iRoPE, log-n and SSMax
 (``EXTRA_CONFIGS``). Each config's real train step
-(``lmx.trainer.make_train_step``: forward, backward, AdamW) runs on one
+(``lmx.training.trainer.make_train_step``: forward, backward, AdamW) runs on one
 fixed batch of random tokens, so the data pipeline is not timed. A repeat is
 ``--steps`` steps after ``--warmup`` untimed ones (compilation is in the
 warmup). Repeats go round the configs in turn (ALiBi, the next, ...,

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from configs import base
-from lmx import attention as A
+from lmx.model import attention as A
 from lmx import positions as P
 from lmx.kernels import flash
 

@@ -103,7 +103,7 @@ def accuracy_case(position, fields, mask_args, dtype_name, *, b=2, t=1000,
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from lmx import attention as A  # pylint: disable=g-import-not-at-top
+  from lmx.model import attention as A  # pylint: disable=g-import-not-at-top
   from lmx.kernels import flash_gpu  # pylint: disable=g-import-not-at-top
   dtype = jnp.dtype(dtype_name)
   mask = A.Mask(*mask_args)

@@ -8,7 +8,7 @@ configs/alibi.py (d_model 128, 4 layers, 4 heads, freshly initialised:
 the cost does not depend on the weights):
 
 * A forward evaluation: the jitted per-token loss of one sequence (batch 1)
-  of random bytes, through ``lmx.evaluation.make_loss_fn``, the function
+  of random bytes, through ``lmx.evaluation.runner.make_loss_fn``, the function
   ``eval.py`` uses. Compile time is reported apart; the run time is the
   median of ``--repeats`` calls (``--long_repeats`` from 32k tokens on).
 * Peak memory, two ways, each case in a fresh subprocess:
@@ -67,7 +67,7 @@ GB = 2 ** 30
 
 def _config(case: dict):
   import importlib  # pylint: disable=g-import-not-at-top
-  from lmx import config as config_lib  # pylint: disable=g-import-not-at-top
+  from lmx.config import validate as config_lib  # pylint: disable=g-import-not-at-top
   cfg = importlib.import_module(f'configs.{case["position"]}').get_config()
   cfg.model.attention = case.get('backend', 'chunked')
   cfg.model.attention_block = case['block']
@@ -88,7 +88,8 @@ def run_case(case: dict) -> dict:
   """One measurement, in this (fresh) process."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from lmx import evaluation, run_state  # pylint: disable=g-import-not-at-top
+  from lmx.evaluation import runner as evaluation  # pylint: disable=g-import-not-at-top
+  from lmx.training import run_state
 
   cfg = _config(case)
   graphdef, params = run_state.init_model(cfg)

@@ -27,8 +27,11 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lmx import checkpoint  # pylint: disable=g-import-not-at-top
-from lmx import cli, evaluation, plots, trainer
+from lmx.training import checkpoint  # pylint: disable=g-import-not-at-top
+from lmx import cli
+from lmx.evaluation import runner as evaluation
+from lmx.evaluation import plots
+from lmx.training import trainer
 
 
 def finetune_config(base: str, length: int, steps: int, lr: float,

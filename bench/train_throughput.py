@@ -19,7 +19,7 @@ What is measured:
   same matmul in torch. MFU is model FLOPs/s over the higher float32 one
   (``mfu_reference``): XLA:CPU's GEMM reached 160-260 GFLOP/s where torch's
   reached 320-330 on the same 2 cores.
-* lmx: the real train step of ``lmx.trainer`` (``init_model``,
+* lmx: the real train step of ``lmx.training.trainer`` (``init_model``,
   ``make_optimizer``, ``init_state``, ``make_train_step``), in this process.
 * x-transformers: ``TransformerWrapper(Decoder(...))`` with the identical
   architecture, forward, cross-entropy, backward, ``clip_grad_norm_``,
@@ -226,7 +226,7 @@ def lmx_config(position: str, dtype: str = 'float32'):
 
 
 class LmxRunner:
-  """One config's compiled train step (``lmx.trainer.make_train_step``:
+  """One config's compiled train step (``lmx.training.trainer.make_train_step``:
   forward, backward, AdamW) on one fixed batch of random tokens, so the
   data pipeline is not timed. ``config`` is validated here; compilation
   happens in the ``warmup`` untimed steps (at least one)."""
@@ -235,8 +235,9 @@ class LmxRunner:
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
-    from lmx import config as config_lib  # pylint: disable=g-import-not-at-top
-    from lmx import run_state, trainer  # pylint: disable=g-import-not-at-top
+    from lmx.config import validate as config_lib  # pylint: disable=g-import-not-at-top
+    from lmx.training import run_state  # pylint: disable=g-import-not-at-top
+    from lmx.training import trainer
     c = config.copy_and_resolve_references()
     config_lib.validate(c)
     tx = run_state.make_optimizer(c.train)

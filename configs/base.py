@@ -1,4 +1,4 @@
-"""The base of every config file: lmx's defaults (``lmx/defaults.py``), a
+"""The base of every config file: lmx's defaults (``lmx/config/defaults.py``), a
 byte-level LM on the Python stdlib.
 
 Each ``configs/<name>.py`` imports ``get_config`` from here and changes only
@@ -14,8 +14,8 @@ a malformed argument after the colon is an error that names the valid keys.
 
 import ml_collections
 
-from lmx import defaults
-from lmx.defaults import ARG_KEYS, SIZES, get_config, parse_arg
+from lmx.config import defaults
+from lmx.config.defaults import ARG_KEYS, SIZES, get_config, parse_arg
 
 __all__ = ['ARG_KEYS', 'SIZES', 'encoding_config', 'get_config', 'layered_config',
            'parse_arg']
@@ -30,7 +30,7 @@ def layered_config(position: str, arg: str | None, name: str
   (``config.model.layers``) depends on the depth: the argument also takes
   ``layers=N``, and ``config.model.layers.num_layers`` records the depth the
   file builds its tuples for, so an override of config.model.num_layers is
-  refused instead of silently repeating them (``lmx.layer_plan``)."""
+  refused instead of silently repeating them (``lmx.model.layer_plan``)."""
   args = parse_arg(arg, {**ARG_KEYS, **LAYERS_KEY})
   layers = args.pop('layers', None)
   c = encoding_config(position, ','.join(f'{k}={v}' for k, v in args.items())

@@ -8,7 +8,7 @@ Every layer but the last is RoPE with a sliding window of a quarter of the
 training length (each query sees itself and the w - 1 keys before it);
 the last layer attends to every earlier token with no position encoding
 and log-n scaling over the training length. The tuples are computed here
-from the size's num_layers (``config.model.layers``, lmx/layer_plan.py):
+from the size's num_layers (``config.model.layers``, lmx/model/layer_plan.py):
 change the depth with ``:size=...`` or ``:layers=N``, not
 ``--config.model.num_layers``, which is refused: the tuples were built for
 the depth ``config.model.layers.num_layers`` records.

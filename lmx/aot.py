@@ -12,7 +12,7 @@ would, and the compiled executable reports its per-chip memory
 The steps are lmx's own: ``trainer.make_train_step`` (forward, backward,
 AdamW, the encoding's projection) and the evaluation's per-token losses,
 traced under ``ops.on_platform('tpu')`` so the products take the TPU path
-and none of the CPU workarounds of ``lmx.xla_cpu`` reaches the TPU
+and none of the CPU workarounds of ``lmx.model.xla_cpu`` reaches the TPU
 program.
 
 Chip figures are Google Cloud's published per-chip peaks (bf16 dense
@@ -39,7 +39,7 @@ command sets it) and skip the plugin's check of the CUDA libraries against
 an attached driver (``JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1``).
 
 Which attention backend each traced layer took is recorded while the step
-is traced (``lmx.attention``'s own choice, with its reason when ``auto`` or
+is traced (``lmx.model.attention``'s own choice, with its reason when ``auto`` or
 ``cudnn`` did not give cudnn), and the compiled program is searched for the
 fused kernels it holds (cuDNN's ``__cudnn$fmha`` custom calls, Pallas's
 Triton and Mosaic calls), so a fallback to the chunked backend shows in the
@@ -66,14 +66,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lmx import attention
-from lmx import defaults
-from lmx import evaluation
+from lmx.model import attention
+from lmx.config import defaults
+from lmx.evaluation import runner as evaluation
 from lmx import gpus
-from lmx import ops
-from lmx import run_state
+from lmx.model import ops
+from lmx.training import run_state
 from lmx import sharding
-from lmx import trainer
+from lmx.training import trainer
 from lmx.errors import ConfigError
 
 
@@ -356,7 +356,7 @@ def fused_kernels(text: str) -> dict[str, int]:
 @contextlib.contextmanager
 def default_backend(platform: Optional[str]):
   """While tracing, ``jax.default_backend()`` answers ``platform`` (None:
-  unchanged). ``lmx.attention.cudnn_unavailable`` asks it whether a GPU is
+  unchanged). ``lmx.model.attention.cudnn_unavailable`` asks it whether a GPU is
   attached, and in a deviceless compile the answer is the CPU, so ``auto``
   never takes cudnn there; under ``default_backend('gpu')`` it chooses as
   on an attached GPU (XLA's GPU compiler compiles cuDNN's fused attention
@@ -374,7 +374,7 @@ def default_backend(platform: Optional[str]):
 
 @contextlib.contextmanager
 def recording_backends():
-  """Records, while the step is traced, the backend ``lmx.attention`` takes
+  """Records, while the step is traced, the backend ``lmx.model.attention`` takes
   for each attention call: a list of (backend, reason it is not the one
   asked for, or ''). Wraps the module's dispatch helpers and restores
   them."""

@@ -1,5 +1,5 @@
 """What the entry points share (train.py, eval.py, generate.py, sweep.py,
-``python -m lmx.extensions``, ``python -m lmx.report``): one command-line
+``python -m lmx.evaluation.extensions``, ``python -m lmx.evaluation.report``): one command-line
 style (absl), one way to report bad input, and the run flags of the
 commands that read a finished run.
 
@@ -27,7 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as _config_flags_impl
 
-from lmx import checkpoint
+from lmx.training import checkpoint
 from lmx import fs
 from lmx.errors import CheckpointError, ConfigError
 
@@ -87,7 +87,7 @@ def _flag_message(e: BaseException) -> str:
     name, value, why = m.groups()
     return (f'--{name}={value} is not a valid value: {why}. Give a value of '
             f'the type of {name} (see its default with --helpfull, or in '
-            'configs/base.py and lmx/defaults.py).')
+            'configs/base.py and lmx/config/defaults.py).')
   return text + ' (see --help for the flags this command takes)'
 
 

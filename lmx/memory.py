@@ -22,7 +22,7 @@ from typing import Optional
 
 import jax
 
-from lmx import attention
+from lmx.model import attention
 from lmx.errors import ConfigError
 
 ENV = 'LMX_MEMORY_LIMIT'
@@ -76,7 +76,7 @@ def param_count(config) -> int:
 
 def _param_sizes(config) -> dict:
   """``{path: (size, shape)}`` of every parameter of ``config``'s model."""
-  from lmx import run_state  # pylint: disable=g-import-not-at-top
+  from lmx.training import run_state  # pylint: disable=g-import-not-at-top
   _, params = run_state.abstract_model(config)
   flat, _ = jax.tree_util.tree_flatten_with_path(params)
   return {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path):
@@ -143,7 +143,7 @@ def check_training(config) -> None:
   step = activation_bytes(m, rows, int(t.seq_len), backward=True)
   # The evaluation during training (train.eval_every) runs between steps,
   # beside the training state: its longest length's forward pass.
-  from lmx import config as config_lib  # pylint: disable=g-import-not-at-top
+  from lmx.config import validate as config_lib  # pylint: disable=g-import-not-at-top
   lengths, _ = config_lib.training_eval_lengths(config)
   longest = max(lengths, default=0)
   evaluation = 0

@@ -31,11 +31,11 @@ and ``LMX_PROCESS_ID`` (flags win). ``initialize`` then calls
 Each process builds only its own rows of every batch (``local_rows``) and
 ``global_batch`` assembles them with ``jax.make_array_from_process_local_data``;
 every process takes part in orbax saves and restores, process 0 alone seals
-and prunes (``lmx.checkpoint``), and a stop request on any process stops all
+and prunes (``lmx.training.checkpoint``), and a stop request on any process stops all
 of them at the same step (``agree_stop``).
 
 Bad meshes are ConfigErrors: ``validate_config`` (no devices needed, from
-``lmx.config.validate``) and ``check_devices`` (against the devices present,
+``lmx.config.validate.validate``) and ``check_devices`` (against the devices present,
 before anything is compiled).
 """
 
@@ -103,7 +103,7 @@ def _mesh_values(config) -> dict[str, Any]:
   missing = [a for a in MESH_AXES if a not in mesh]
   if missing:
     raise _error(f'config.mesh.{missing[0]} is missing. Start from a config '
-                 'in configs/ (lmx/defaults.py sets every mesh axis).')
+                 'in configs/ (lmx/config/defaults.py sets every mesh axis).')
   return {a: mesh[a] for a in MESH_AXES}
 
 

@@ -15,8 +15,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import base  # noqa: E402
-from lmx import model as model_lib  # noqa: E402
-from lmx import run_state, sharding  # noqa: E402
+from lmx.model import transformer as model_lib  # noqa: E402
+from lmx import sharding  # noqa: E402
+from lmx.training import run_state
 
 
 def grads(position, backend):

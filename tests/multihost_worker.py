@@ -53,7 +53,7 @@ def losses(workdir: str) -> list[float]:
 
 def _watch_params(seen: dict):
   """Records the sharding of PROBE as the trained state comes out."""
-  from lmx import trainer  # pylint: disable=g-import-not-at-top
+  from lmx.training import trainer  # pylint: disable=g-import-not-at-top
   original = trainer.make_train_step
 
   def make(*args, **kwargs):
@@ -77,7 +77,7 @@ def _stop_at_step_3(out: dict, process: int = 0):
   batch of step 2 (once), so the run stops and saves after step 3. (The
   batches themselves are built ahead, in the prefetching thread.)"""
   import jax  # pylint: disable=g-import-not-at-top
-  from lmx import trainer  # pylint: disable=g-import-not-at-top
+  from lmx.training import trainer  # pylint: disable=g-import-not-at-top
   from lmx.data import prefetch  # pylint: disable=g-import-not-at-top
   original = trainer.make_batch_fn
   original_get = prefetch.Prefetch.get
@@ -97,7 +97,8 @@ def _stop_at_step_3(out: dict, process: int = 0):
 
 
 def run_meshes(args) -> dict:
-  from lmx import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+  from lmx.training import checkpoint  # pylint: disable=g-import-not-at-top
+  from lmx.training import trainer
   out = {'meshes': {}}
   seen = {}
   _watch_params(seen)
@@ -124,7 +125,9 @@ def run_meshes(args) -> dict:
 
 def run_multihost(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from lmx import checkpoint, sharding, trainer  # pylint: disable=g-import-not-at-top
+  from lmx import sharding  # pylint: disable=g-import-not-at-top
+  from lmx.training import checkpoint
+  from lmx.training import trainer
   assert sharding.initialize(args.coordinator, args.num_processes,
                              args.process_id)
   out = {'process_index': jax.process_index(),

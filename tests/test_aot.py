@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import pytest
 
 from lmx import aot
-from lmx import ops
-from lmx import run_state
-from lmx import trainer
+from lmx.model import ops
+from lmx.training import run_state
+from lmx.training import trainer
 from lmx.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +96,7 @@ def test_the_presets_have_the_parameters_their_names_say():
 
 @needs_libtpu
 def test_a_tpu_train_step_compiles_without_the_cpu_workarounds(tiny_config):
-  """The compiled TPU program has no trace of lmx.xla_cpu (its products and
+  """The compiled TPU program has no trace of lmx.model.xla_cpu (its products and
   their optimization barriers), while the same step compiled for this CPU
   does: the check could fail."""
   devices = aot.topology_devices('v5e:2x2')

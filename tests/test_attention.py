@@ -1,4 +1,4 @@
-"""lmx.attention: the chunked backend against the dense one, the masks and
+"""lmx.model.attention: the chunked backend against the dense one, the masks and
 distance clamps as properties, skipped tiles, and the config checks.
 
 Tiny models (one layer, d_model 32, two heads) and tiles of 8 tokens, so a
@@ -17,9 +17,9 @@ import pytest
 from flax import nnx
 
 from configs import base
-from lmx import attention as A
-from lmx import config as config_lib
-from lmx import model as model_lib
+from lmx.model import attention as A
+from lmx.config import validate as config_lib
+from lmx.model import transformer as model_lib
 from lmx import positions as P
 
 ENCODINGS = sorted(P.REGISTRY)

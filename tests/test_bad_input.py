@@ -15,8 +15,12 @@ import time
 
 import pytest
 
-from lmx import checkpoint, cli, config as config_lib, fs, memory, run_state
-from lmx import sweep, trainer
+from lmx import cli, fs, memory
+from lmx.training import checkpoint
+from lmx.config import validate as config_lib
+from lmx.training import run_state
+from lmx import sweeps as sweep
+from lmx.training import trainer
 from lmx.data import corpus, store, tokenizer
 from lmx.errors import CheckpointError, ConfigError, DataError
 from scripts import ROOT, run
@@ -349,7 +353,7 @@ def test_8_prompt_bytes_and_a_cache_that_cannot_fit(tiny_config, tmp_path):
   raw = b'ab\xff\xfe'
   as_argv = raw.decode('utf-8', 'surrogateescape')  # how Python reads argv
   assert bytes(tokenizer.encode(as_argv).astype('uint8')) == raw
-  from lmx import decoding
+  from lmx.model import decoding
   with pytest.raises(ConfigError) as e:
     decoding.generate_from_run(tiny_config('alibi'), str(tmp_path / 'none'),
                                as_argv, 10**11)

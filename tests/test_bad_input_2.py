@@ -13,8 +13,13 @@ import shutil
 
 import pytest
 
-from lmx import checkpoint, cli, config as config_lib, fs, metrics, report
-from lmx import sweep, trainer
+from lmx import cli, fs
+from lmx.training import checkpoint
+from lmx.config import validate as config_lib
+from lmx.training import metrics
+from lmx.evaluation import report
+from lmx import sweeps as sweep
+from lmx.training import trainer
 from lmx.errors import CheckpointError, ConfigError, DataError
 from scripts import run
 
@@ -84,9 +89,9 @@ def test_2_output_paths_checked_before_work(rope_run, tmp_path):
   cli.output_dir(str(fresh), '--out')
   assert not fresh.exists()
   # Every command, before it loads a model or reads a run.
-  _refused(run('-m', 'lmx.extensions', f'--workdir={workdir}',
+  _refused(run('-m', 'lmx.evaluation.extensions', f'--workdir={workdir}',
                f'--out={blocker}', check=False), str(blocker), 'is a file')
-  _refused(run('-m', 'lmx.report', f'--out={blocker}', workdir,
+  _refused(run('-m', 'lmx.evaluation.report', f'--out={blocker}', workdir,
                check=False), str(blocker), 'is a file')
   _refused(run('sweep.py', f'--dir={blocker}', '--report_only',
                check=False), str(blocker), 'is a file')
@@ -168,9 +173,9 @@ def test_4_refused_command_keeps_saved_results(rope_run, tmp_path):
     with open(os.path.join(out, name), 'w') as f:
       f.write(f'earlier {name}\n')
   before = _tree(copy)
-  _refused(run('-m', 'lmx.extensions', f'--workdir={copy}', '--methods=',
+  _refused(run('-m', 'lmx.evaluation.extensions', f'--workdir={copy}', '--methods=',
                check=False), '--methods')
-  _refused(run('-m', 'lmx.extensions', f'--workdir={copy}', '--lengths=0',
+  _refused(run('-m', 'lmx.evaluation.extensions', f'--workdir={copy}', '--lengths=0',
                check=False), '--lengths')
   assert _tree(copy) == before
   # Writes are atomic: a failure while writing leaves the earlier file.
@@ -263,7 +268,7 @@ def test_5_model_encoding_that_acts_in_no_layer_is_refused(tiny_config):
 
 def test_5_depth_dependent_structures_and_one_way_references(tmp_path):
   irope = cli.load_config_file('configs/irope.py:size=tiny,layers=4')
-  from lmx import layer_plan
+  from lmx.model import layer_plan
   assert [s.position for s in layer_plan.plan(irope.model)] == [
       'rope', 'rope', 'rope', 'none']
   config_lib.validate(irope)
@@ -392,8 +397,8 @@ def test_7_golden_tolerance_follows_the_dtype():
 
 def _declared_ranges(config, monkeypatch):
   """{config path: (kind, lo, hi, lo_open, hi_open)} of every number
-  ``lmx.config.validate`` reads through ``Fields`` for ``config``."""
-  from lmx import checks
+  ``lmx.config.validate.validate`` reads through ``Fields`` for ``config``."""
+  from lmx.config import fields as checks
   ranges = {}
   real_int, real_float = checks.Fields.int, checks.Fields.float
   real_positive, real_seed = checks.Fields.positive, checks.Fields.seed
@@ -475,7 +480,7 @@ def _set(config, path, value):
 
 def _finite_loss(config) -> bool:
   import jax.numpy as jnp
-  from lmx import model as model_lib
+  from lmx.model import transformer as model_lib
   model = model_lib.build(config.model, 0)
   t = 8
   tokens = (jnp.arange(t + 1, dtype=jnp.int32) * 7 % 256)[None]

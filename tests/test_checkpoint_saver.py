@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from lmx import checkpoint
+from lmx.training import checkpoint
 
 
 def _state(value, size=4):

@@ -9,7 +9,7 @@ import ml_collections
 import pytest
 
 from configs import base
-from lmx import config as config_lib
+from lmx.config import validate as config_lib
 from lmx import positions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

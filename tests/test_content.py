@@ -16,9 +16,9 @@ import pytest
 from flax import nnx
 
 from configs import base
-from lmx import attention as A
-from lmx import config as config_lib
-from lmx import model as model_lib
+from lmx.model import attention as A
+from lmx.config import validate as config_lib
+from lmx.model import transformer as model_lib
 from lmx import positions as P
 from lmx.positions import base as pbase
 

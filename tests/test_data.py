@@ -5,12 +5,12 @@ import os
 import numpy as np
 import pytest
 
-from lmx import defaults
+from lmx.config import defaults
 from lmx.data import corpus, tokenizer, windows
 
 
 def _data_cfg(source, cache_dir, fraction=0.5):
-  """``config.data`` as lmx/defaults.py sets it, with these fields."""
+  """``config.data`` as lmx/config/defaults.py sets it, with these fields."""
   c = defaults.get_config().data
   c.update(source=source, cache_dir=cache_dir, validation_fraction=fraction)
   return c

@@ -9,12 +9,12 @@ import pytest
 from flax import nnx
 
 from configs import base
-from lmx import checkpoint
-from lmx import decoding
-from lmx import model as model_lib
+from lmx.training import checkpoint
+from lmx.model import decoding
+from lmx.model import transformer as model_lib
 from lmx import positions
-from lmx import config as config_lib
-from lmx.config import ConfigError
+from lmx.config import validate as config_lib
+from lmx.config.validate import ConfigError
 from scripts import ROOT, run
 
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from lmx import metrics
+from lmx.training import metrics
 from scripts import run
 
 
@@ -89,7 +89,7 @@ def test_eval_progress_full_config_tensorboard_and_report(trained, tmp_path):
       ((step, value),) = tb[f'{prefix}/loss_len{r["length"]}']
       assert step == 6 and value == pytest.approx(r['loss'], rel=1e-6)
   # The report reads both evaluation folders, as separate rows.
-  proc = run('-m', 'lmx.report', workdir)
+  proc = run('-m', 'lmx.evaluation.report', workdir)
   assert '| run | alibi |' in proc.stdout
   assert f'| run/{folder} | alibi |' in proc.stdout
 
@@ -224,9 +224,9 @@ def test_bad_input_gets_one_clear_message(tmp_path, cache_dir):
     (('generate.py',), ('--workdir', '--step', '--config', '--prompt',
                         '--top_k')),
     (('sweep.py',), ('--sweep', '--dir', '--parallel', '--report_only')),
-    (('-m', 'lmx.extensions'), ('--workdir', '--lengths', '--methods',
+    (('-m', 'lmx.evaluation.extensions'), ('--workdir', '--lengths', '--methods',
                                 '--step', '--out')),
-    (('-m', 'lmx.report'), ('--plot', '--out')),
+    (('-m', 'lmx.evaluation.report'), ('--plot', '--out')),
 ])
 def test_every_entry_point_lists_its_own_flags(command, own):
   proc = run(*command, '--help')   # exits 0

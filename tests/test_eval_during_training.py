@@ -12,9 +12,14 @@ import sys
 import numpy as np
 import pytest
 
-from lmx import checkpoint, defaults, evaluation, memory, metrics
-from lmx import config as config_lib
-from lmx import run_state, trainer
+from lmx import memory
+from lmx.training import checkpoint
+from lmx.config import defaults
+from lmx.evaluation import runner as evaluation
+from lmx.training import metrics
+from lmx.config import validate as config_lib
+from lmx.training import run_state
+from lmx.training import trainer
 from lmx.data import store, subword
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -30,7 +35,7 @@ sys.path.insert(0, {root!r})
 from lmx import sharding
 assert sharding.initialize({coordinator!r}, 2, {process})
 from configs import base
-from lmx import trainer
+from lmx.training import trainer
 c = base.get_config('size=tiny')
 c.update_from_flattened_dict({fields!r})
 c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2

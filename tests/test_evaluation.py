@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lmx import run_state
-from lmx import attention, evaluation
+from lmx.training import run_state
+from lmx.model import attention
+from lmx.evaluation import runner as evaluation
 from lmx.data import windows
 from lmx.positions.alibi import alibi_slopes
 

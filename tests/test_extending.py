@@ -5,8 +5,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lmx import config as config_lib
-from lmx import model as model_lib
+from lmx.config import validate as config_lib
+from lmx.model import transformer as model_lib
 from lmx import positions
 from lmx.positions.base import PositionEncoding, relative_distance
 

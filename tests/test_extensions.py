@@ -1,4 +1,4 @@
-"""The comparison of RoPE extensions on one checkpoint (lmx.extensions)."""
+"""The comparison of RoPE extensions on one checkpoint (lmx.evaluation.extensions)."""
 
 import json
 import os
@@ -6,8 +6,9 @@ import os
 import pytest
 
 import scripts
-from lmx import config as config_lib
-from lmx import extensions, trainer
+from lmx.config import validate as config_lib
+from lmx.evaluation import extensions
+from lmx.training import trainer
 from lmx.positions import rope_scaling
 
 
@@ -106,14 +107,14 @@ def test_self_extend_group_fits_the_training_length(train_len, length, group):
 
 def test_the_command_line(rope_run, tmp_path):
   out = str(tmp_path / 'cli')
-  proc = scripts.run('-m', 'lmx.extensions', f'--workdir={rope_run}',
+  proc = scripts.run('-m', 'lmx.evaluation.extensions', f'--workdir={rope_run}',
                      '--methods=none,yarn', '--lengths=16,32', f'--out={out}')
   assert '| yarn |' in proc.stdout and '| none |' in proc.stdout
   with open(os.path.join(out, 'results.json')) as f:
     assert json.load(f)['methods'] == ['none', 'yarn']
-  proc = scripts.run('-m', 'lmx.extensions', f'--workdir={rope_run}',
+  proc = scripts.run('-m', 'lmx.evaluation.extensions', f'--workdir={rope_run}',
                      '--lengths=16,x', check=False)
   assert proc.returncode == 2 and '--lengths must be integers' in proc.stderr
   assert 'Traceback' not in proc.stderr
-  proc = scripts.run('-m', 'lmx.extensions', check=False)
+  proc = scripts.run('-m', 'lmx.evaluation.extensions', check=False)
   assert proc.returncode != 0 and '--workdir is required' in proc.stderr

@@ -4,9 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from lmx import run_state
-from lmx import checkpoint, trainer
-from lmx import config as config_lib
+from lmx.training import run_state
+from lmx.training import checkpoint
+from lmx.training import trainer
+from lmx.config import validate as config_lib
 from lmx.positions.learned import Learned
 
 

@@ -16,8 +16,8 @@ import pytest
 from flax import nnx
 
 from configs import base
-from lmx import attention as A
-from lmx import config as config_lib
+from lmx.model import attention as A
+from lmx.config import validate as config_lib
 from lmx import positions as P
 from lmx.errors import ConfigError
 from lmx.kernels import flash
@@ -310,7 +310,7 @@ def test_model_with_flash_equals_dense(monkeypatch):
   """Through the model (one layer, ALiBi, Lambda mask): the per-token
   logits of config.model.attention='flash' equal dense's, and the kernel
   ran (no fallback)."""
-  from lmx import model as model_lib
+  from lmx.model import transformer as model_lib
   calls = []
   real = flash.pl.pallas_call
   monkeypatch.setattr(flash.pl, 'pallas_call',
@@ -340,7 +340,7 @@ def test_model_with_flash_takes_a_window_and_ssmax_without_a_bias(
   """RoPE with a sliding window (config.model.layers.window) and SSMax:
   the kernel runs (the window is its local mask, SSMax's factor is folded
   into q, there being no bias to scale) and equals dense."""
-  from lmx import model as model_lib
+  from lmx.model import transformer as model_lib
   calls = []
   real = flash.pl.pallas_call
   monkeypatch.setattr(flash.pl, 'pallas_call',

@@ -18,8 +18,8 @@ import pytest
 from flax import nnx
 
 from configs import base
-from lmx import attention as A
-from lmx import ops
+from lmx.model import attention as A
+from lmx.model import ops
 from lmx import positions as P
 from lmx.kernels import flash_gpu, tiles
 

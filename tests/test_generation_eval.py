@@ -1,10 +1,11 @@
-"""Generation quality at length (lmx.generation_eval)."""
+"""Generation quality at length (lmx.evaluation.generation)."""
 
 import numpy as np
 import pytest
 
-from lmx import config as config_lib
-from lmx import generation_eval, run_state
+from lmx.config import validate as config_lib
+from lmx.evaluation import generation as generation_eval
+from lmx.training import run_state
 from lmx.data import tokenizer
 from lmx.errors import ConfigError, DataError
 

@@ -83,7 +83,7 @@ def train_losses(config_name: str, overrides: dict, workdir: str,
                  cache_dir: str) -> list[float]:
   """The loss of every step of a fresh run, as ``metrics.jsonl`` has it."""
   # Imported here so that --update can set up sys.path and JAX first.
-  from lmx import trainer  # pylint: disable=g-import-not-at-top
+  from lmx.training import trainer  # pylint: disable=g-import-not-at-top
   config = make_config(config_name, overrides, cache_dir)
   trainer.train(config, workdir, progress=False)
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:

@@ -1,4 +1,4 @@
-"""lmx.layer_plan: per-layer encodings, sliding windows, chunks, qk-norm and
+"""lmx.model.layer_plan: per-layer encodings, sliding windows, chunks, qk-norm and
 length scalings (HWFA, iRoPE), in the model, its backends and its KV cache, and the config
 checks of config.model.layers.
 
@@ -19,10 +19,10 @@ from flax import nnx
 from configs import base
 from configs import hwfa
 from configs import irope
-from lmx import attention as A
-from lmx import config as config_lib
-from lmx import layer_plan
-from lmx import model as model_lib
+from lmx.model import attention as A
+from lmx.config import validate as config_lib
+from lmx.model import layer_plan
+from lmx.model import transformer as model_lib
 from lmx import positions as P
 from lmx.errors import ConfigError
 from scripts import run

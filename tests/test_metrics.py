@@ -5,7 +5,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from lmx import metrics
+from lmx.training import metrics
 
 
 def test_curve_data_orders_steps_and_keeps_the_last_row_of_a_step():

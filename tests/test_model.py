@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from configs import base
-from lmx import model as model_lib
+from lmx.model import transformer as model_lib
 from lmx import positions as P
 
 ENCODINGS = sorted(P.REGISTRY)

@@ -1,10 +1,13 @@
-"""LM-Infinite's out-of-distribution factors (lmx.ood_diagnostics), checked
+"""LM-Infinite's out-of-distribution factors (lmx.evaluation.ood), checked
 against numbers recomputed independently in numpy."""
 
 import numpy as np
 import pytest
 
-from lmx import attention, evaluation, ood_diagnostics, run_state
+from lmx.model import attention
+from lmx.evaluation import runner as evaluation
+from lmx.evaluation import ood as ood_diagnostics
+from lmx.training import run_state
 from lmx.errors import ConfigError
 from lmx.positions.alibi import alibi_slopes
 

@@ -1,4 +1,4 @@
-"""The dense products (lmx.ops): the XLA:CPU path (lmx.xla_cpu) and the
+"""The dense products (lmx.model.ops): the XLA:CPU path (lmx.model.xla_cpu) and the
 plain one give the same logits and gradients, and the platform picks."""
 
 import jax
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from configs import base
-from lmx import model as model_lib
-from lmx import ops
-from lmx import run_state
-from lmx import xla_cpu
+from lmx.model import transformer as model_lib
+from lmx.model import ops
+from lmx.training import run_state
+from lmx.model import xla_cpu
 
 
 def _loss_and_grads(config, platform):

@@ -1,6 +1,6 @@
 """What the plots share: titles that name an evaluation's overrides."""
 
-from lmx import plots
+from lmx.evaluation import plots
 
 
 def test_titles_name_the_overrides_and_wrap_long_ones():

@@ -13,7 +13,7 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmx import attention as A
+from lmx.model import attention as A
 from lmx import positions as P
 from lmx.errors import ConfigError
 
@@ -764,8 +764,8 @@ def _keynorm(rope, head_dim=2, heads=1):
 
 def _model_logits(enc, q, k, q_pos, k_pos):
   """The logits the model computes: the encoding's q and k, scaled by
-  1/sqrt(head_dim) (lmx.attention.scores)."""
-  from lmx import attention
+  1/sqrt(head_dim) (lmx.model.attention.scores)."""
+  from lmx.model import attention
   qr, kr = enc.rotate(q, k, q_pos, k_pos)
   return attention.scores(attention.Branch(qr, kr, q_pos, k_pos), None, 0,
                           None)

@@ -474,7 +474,7 @@ def test_pose_n_chunks(length, room, chunks, seed):
 
 def test_pose_evaluates_with_contiguous_positions():
   from configs import base as base_cfg
-  from lmx import config as config_lib
+  from lmx.config import validate as config_lib
   c = base_cfg.get_config('size=tiny')
   c.positions.train = 'pose'
   c.positions.max_position = 256

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from lmx import aot
-from lmx import checkpoint
-from lmx import config as config_lib
-from lmx import trainer
+from lmx.training import checkpoint
+from lmx.config import validate as config_lib
+from lmx.training import trainer
 from lmx.errors import ConfigError
 
 # (module, argument, key of its PAPER figures or None for the top level)

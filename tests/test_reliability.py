@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 
 from configs import base
-from lmx import run_state
-from lmx import checkpoint, metrics, trainer
+from lmx.training import run_state
+from lmx.training import checkpoint
+from lmx.training import metrics
+from lmx.training import trainer
 from lmx.data import windows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

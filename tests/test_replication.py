@@ -1,4 +1,4 @@
-"""The replication report (lmx.replication) on synthetic results: each
+"""The replication report (experiments.replication) on synthetic results: each
 verdict follows from the numbers, for findings that hold and that do not."""
 
 import json
@@ -7,7 +7,8 @@ import os
 import pytest
 
 from configs.sweeps import replicate
-from lmx import replication, sweep
+from experiments import replication
+from lmx import sweeps as sweep
 
 L = 16
 LENGTHS = (16, 32, 64, 128)

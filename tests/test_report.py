@@ -5,13 +5,13 @@ import os
 
 import pytest
 
-from lmx import report
+from lmx.evaluation import report
 import scripts
 
 
 def _cli(*args):
-  """``python -m lmx.report *args``: (exit status, stdout + stderr)."""
-  proc = scripts.run('-m', 'lmx.report', *args, check=False)
+  """``python -m lmx.evaluation.report *args``: (exit status, stdout + stderr)."""
+  proc = scripts.run('-m', 'lmx.evaluation.report', *args, check=False)
   return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -47,7 +47,7 @@ def test_table_and_plot(tmp_path):
 def test_usage_with_no_run_and_help():
   code, out = _cli()
   assert code == 2 and 'Name at least one run directory' in out
-  assert 'python -m lmx.report' in out           # the usage is printed
+  assert 'python -m lmx.evaluation.report' in out           # the usage is printed
   code, out = _cli('--help')
   assert code == 0 and '--plot' in out and '--out' in out
 

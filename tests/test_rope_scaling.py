@@ -21,9 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from configs import base
-from lmx import defaults
+from lmx.config import defaults
 from lmx.errors import ConfigError
-from lmx import model as model_lib
+from lmx.model import transformer as model_lib
 from lmx import positions as P
 from lmx.positions import rope_scaling as RS
 

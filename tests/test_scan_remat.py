@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmx import attention
-from lmx import config as config_lib
-from lmx import ops
-from lmx import run_state
+from lmx.model import attention
+from lmx.config import validate as config_lib
+from lmx.model import ops
+from lmx.training import run_state
 from lmx.errors import ConfigError
 
 
@@ -148,7 +148,7 @@ def test_auto_attention_never_goes_dense_at_2048_keys_on_an_accelerator():
 
 def test_chunked_loss_gives_the_per_token_losses_and_gradients(tiny_config):
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from lmx import model as model_lib  # pylint: disable=g-import-not-at-top
+  from lmx.model import transformer as model_lib  # pylint: disable=g-import-not-at-top
   config = tiny_config('alibi')
   graphdef, params = run_state.init_model(config)
   tokens, positions = _batch(t=37)
@@ -176,7 +176,7 @@ def test_microbatches_give_the_whole_batch_update(tiny_config, weights):
   """Gradient accumulation over 4 slices of rows: the loss, the gradient
   norm and the updated parameters of one step at once, also with per-token
   weights that differ between the slices (the total weight divides)."""
-  from lmx import trainer  # pylint: disable=g-import-not-at-top
+  from lmx.training import trainer  # pylint: disable=g-import-not-at-top
   config = tiny_config('kerple', **{'train.batch_size': 8})
   _, params = run_state.init_model(config)
   rng = np.random.default_rng(1)

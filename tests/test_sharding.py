@@ -20,9 +20,10 @@ import pytest
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec as P
 
 import multihost_worker as worker
-from lmx import run_state
-from lmx import config as config_lib
-from lmx import sharding, trainer
+from lmx.training import run_state
+from lmx.config import validate as config_lib
+from lmx import sharding
+from lmx.training import trainer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -143,7 +143,7 @@ def test_shaw_values_are_eq3_in_dense_and_chunked():
   # Eq. 3 and 4 directly, with [T, S, K] arrays of embeddings:
   # e_ij = q_i (k_j + a^K_ij) / sqrt(d), alpha = causal softmax of e,
   # z_i = sum_j alpha_ij (v_j + a^V_ij).
-  from lmx import attention as A
+  from lmx.model import attention as A
   enc, q, k, v, pos = _shaw_values_layer()
   d = np.clip(np.asarray(pos)[:, :, None] - np.asarray(pos)[:, None, :], 0, 3)
   a_k = np.asarray(enc.table[...])[d]
@@ -165,7 +165,7 @@ def test_shaw_values_are_eq3_in_dense_and_chunked():
 def test_shaw_values_chunked_equals_dense_with_every_gradient(window):
   # Odd length, tiles of 4; window 5: a distance clamp (ReRoPE's), whose
   # far pairs take the value row of the clamped distance.
-  from lmx import attention as A
+  from lmx.model import attention as A
   enc, q, k, v, pos = _shaw_values_layer(max_distance=6, seed=1)
   graphdef, state = nnx.split(enc)
   clamp = A.Clamp(window) if window else None
@@ -203,7 +203,7 @@ def test_shaw_bad_max_distance_is_refused(value):
 
 def test_shaw_values_on_another_encoding_is_refused():
   from configs import base
-  from lmx import config as config_lib
+  from lmx.config import validate as config_lib
   c = base.get_config('size=tiny')
   c.model.position = 'alibi'
   c.model.shaw.value_embeddings = True
@@ -431,8 +431,8 @@ def test_cope_bad_settings_are_refused(field, value):
 
 def _built(position, seed=0, **fields):
   from configs import base
-  from lmx import config as config_lib
-  from lmx import model as model_lib
+  from lmx.config import validate as config_lib
+  from lmx.model import transformer as model_lib
   c = base.get_config('size=tiny')
   c.model.position = position
   c.update_from_flattened_dict(
@@ -513,7 +513,7 @@ def test_flash_is_refused_where_the_config_asks_for_it(position):
   # config says so before anything compiles (a call outside a config
   # falls back to another backend instead).
   from configs import base
-  from lmx import config as config_lib
+  from lmx.config import validate as config_lib
   c = base.get_config('size=tiny')
   c.model.position = position
   c.model.attention = 'flash'

@@ -1,4 +1,4 @@
-"""Attention sinks (config.model.sinks; lmx.attention.sink_prefix): the
+"""Attention sinks (config.model.sinks; lmx.model.attention.sink_prefix): the
 softmax with a sink logit and memory slots by hand, the chunked backend and
 KV-cache decoding against the dense forward pass (under the Lambda-shaped
 mask, whose far queries still see the sinks), gradients reaching the sink
@@ -11,9 +11,9 @@ import pytest
 from flax import nnx
 
 from configs import base
-from lmx import attention as A
-from lmx import config as config_lib
-from lmx import model as model_lib
+from lmx.model import attention as A
+from lmx.config import validate as config_lib
+from lmx.model import transformer as model_lib
 from lmx.errors import ConfigError
 
 LAMBDA = {'lm_infinite.n_global': 2, 'lm_infinite.n_local': 5}

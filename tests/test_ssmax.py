@@ -12,11 +12,11 @@ import pytest
 from flax import nnx
 
 from configs import base
-from lmx import attention as A
-from lmx import config as config_lib
-from lmx import defaults
-from lmx import layer_plan
-from lmx import model as model_lib
+from lmx.model import attention as A
+from lmx.config import validate as config_lib
+from lmx.config import defaults
+from lmx.model import layer_plan
+from lmx.model import transformer as model_lib
 from lmx.errors import ConfigError
 
 V = 257

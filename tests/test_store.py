@@ -13,7 +13,8 @@ import os
 import numpy as np
 import pytest
 
-from lmx import defaults, memory
+from lmx import memory
+from lmx.config import defaults
 from lmx.data import corpus, prefetch, sources, store, tokenizer, windows
 from lmx.errors import DataError
 
@@ -367,7 +368,7 @@ def test_memory_estimate_counts_the_prefetched_batches():
 def test_a_process_reads_only_its_rows(tiny_config, monkeypatch):
   """One process of a multi-host run (``rows``) reads only its windows
   from the store, and they equal the same rows of the whole batch."""
-  from lmx import trainer  # pylint: disable=import-outside-toplevel
+  from lmx.training import trainer  # pylint: disable=import-outside-toplevel
   c = tiny_config('alibi')
   whole = trainer.make_batch_fn(c)(5)
   read = []

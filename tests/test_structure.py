@@ -37,7 +37,7 @@ def _imports(name: str, path: str, modules) -> set[str]:
         parts = package.split('.')
         base = '.'.join(parts[:len(parts) - node.level + 1] + (
             [base] if base else []))
-      # `from lmx import config` imports the module lmx.config.
+      # `from lmx import config` imports the module lmx.config.validate.
       subs = {f'{base}.{a.name}' for a in node.names}
       out |= (subs & set(modules)) or {base}
   return {m for m in out if m in modules and m != name}
@@ -78,7 +78,7 @@ def test_the_import_graph_has_no_cycle():
   graph = _graph()
   assert len(graph) > 30 and 'lmx.positions.rope' in graph
   # The reader sees function-level imports too.
-  assert 'lmx.checkpoint' in graph['lmx.decoding']
+  assert 'lmx.training.checkpoint' in graph['lmx.model.decoding']
   cycle = _cycle(graph)
   assert cycle is None, 'import cycle: ' + ' -> '.join(cycle)
 
@@ -110,7 +110,7 @@ def _named(path: str, names: set[str]) -> list[str]:
 # Strings that equal a registered name but mean something else there.
 NOT_AN_ENCODING = {
     # sacrebleu's tokenize='none': score the words as given (not NoPE).
-    ('lmx.generation_eval', "'none'"),
+    ('lmx.evaluation.generation', "'none'"),
 }
 
 

@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from configs import base
-from lmx import config as config_lib
-from lmx import decoding
-from lmx import evaluation
-from lmx import trainer
+from lmx.config import validate as config_lib
+from lmx.model import decoding
+from lmx.evaluation import runner as evaluation
+from lmx.training import trainer
 from lmx.data import corpus, subword, tokenizer
 from lmx.errors import CheckpointError, ConfigError, DataError
 from tests.scripts import run
@@ -208,7 +208,7 @@ def test_train_eval_generate_end_to_end(texts, sp_cache, tmp_path):
     assert open(copy, 'rb').read() == f.read()
   # The run reads its own copy: the cache may go (or change) under it.
   os.remove(subword.cache_path(c.data))
-  from lmx import checkpoint
+  from lmx.training import checkpoint
   run_config = checkpoint.read_config(workdir)
   results = evaluation.evaluate(run_config, workdir, plots=False)
   assert results['tokenizer']['kind'] == 'sentencepiece'

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from lmx import positions, sweep
+from lmx import positions
+from lmx import sweeps as sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""Algorithmic tasks (lmx.data.tasks), their configs and lmx.task_eval."""
+"""Algorithmic tasks (lmx.data.tasks), their configs and lmx.evaluation.task_accuracy."""
 
 import importlib
 import math
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmx import task_eval
+from lmx.evaluation import task_accuracy as task_eval
 from lmx.data import tasks, tokenizer
 
 EOD = tokenizer.EOD

@@ -4,8 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from lmx import run_state
-from lmx import checkpoint, evaluation, positions, trainer
+from lmx.training import run_state
+from lmx import positions
+from lmx.training import checkpoint
+from lmx.evaluation import runner as evaluation
+from lmx.training import trainer
 from lmx.data import corpus, windows
 
 
@@ -113,7 +116,7 @@ def test_kerple_parameters_are_projected_after_every_update(kernel,
   # cross a bound.
   import jax.numpy as jnp
   import optax
-  from lmx import model as model_lib
+  from lmx.model import transformer as model_lib
   eps = 0.01
   c = tiny_config('kerple', **{'model.kerple.kernel': kernel,
                                'train.warmup_steps': 0,
@@ -163,7 +166,7 @@ def test_kerple_parameters_are_projected_after_every_update(kernel,
 
 
 def test_headless_log_line_has_step_loss_lr_speed_and_times():
-  from lmx import trainer  # pylint: disable=g-import-not-at-top
+  from lmx.training import trainer  # pylint: disable=g-import-not-at-top
   m = {'loss': 1.23456, 'learning_rate': 0.00125, 'tokens_per_second': 17832.4}
   line = trainer.log_line(50, 1500, m, elapsed=3725.2, eta=59.6)
   # 3725 s = 1 h 2 min 5 s; 59.6 s rounds to one minute.

@@ -1,5 +1,5 @@
 """One sweep that replicates eight published findings (issue 18), and its
-report (``write`` below, through ``lmx.replication``): each finding beside
+report (``write`` below, through ``experiments.replication``): each finding beside
 what lmx measured and whether its direction holds. ``FINDINGS`` declares
 the eight, with the thresholds that decide them.
 
@@ -14,7 +14,7 @@ Members (default size, the built-in corpus; docs/replication.md):
 
 - **lm-<enc>-s<seed>**: language models with sinusoidal, rope, t5 and alibi
   positions (findings 1 and 2: eval.py's non-overlapping and sliding
-  windows). The rope members also run ``python -m lmx.extensions`` with
+  windows). The rope members also run ``python -m lmx.evaluation.extensions`` with
   plain RoPE, PI, NTK-aware, dynamic NTK, YaRN, ReRoPE and LM-Infinite
   (findings 5, 6, 7; no training).
 - **task-<task>-<enc>-contiguous-s<seed>**: NoPE, T5, ALiBi, RoPE and
@@ -35,7 +35,7 @@ config keys (``size=...``) passed to every member's config.
 """
 
 from configs import base
-from lmx import replication as rep
+from experiments import replication as rep
 from lmx.errors import ConfigError
 
 LM_ENCODINGS = ('sinusoidal', 'rope', 't5', 'alibi')
@@ -123,7 +123,7 @@ FINDINGS = (
 
 
 def write(workdirs, out_dir, title='replicate', mrr='length'):
-  """The sweep's report: FINDINGS beside the results (lmx.replication)."""
+  """The sweep's report: FINDINGS beside the results (experiments.replication)."""
   return rep.write(workdirs, out_dir, title, FINDINGS, mrr=mrr,
                    extensions_of='rope')
 
@@ -168,7 +168,7 @@ def get_sweep(arg=None):
       if enc == 'rope':
         row['after'] = [{
             'name': 'extensions',
-            'args': ['-m', 'lmx.extensions', '--workdir={workdir}',
+            'args': ['-m', 'lmx.evaluation.extensions', '--workdir={workdir}',
                      '--methods=' + ','.join(EXTENSIONS)],
             'done': 'extensions/results.json'}]
       add(f'lm-{enc}-s{seed}', **row)

@@ -8,7 +8,7 @@ numbers and ``*``, the answer is the product, ``#`` and ``0`` padding to n.
     python train.py --config=configs/tasks/binary_multiplication.py:size=tiny  # seconds
 
 Trained on lengths 1..task.train_max_length, evaluated (teacher-forced exact
-match, ``lmx.task_eval``) at every length up to 5x that.
+match, ``lmx.evaluation.task_accuracy``) at every length up to 5x that.
 """
 
 from configs.tasks import task_config

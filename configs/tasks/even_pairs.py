@@ -7,7 +7,7 @@ have an odd number of unequal neighbours (``01`` or ``10``).
     python train.py --config=configs/tasks/even_pairs.py:size=tiny  # seconds
 
 Trained on lengths 1..task.train_max_length, evaluated (teacher-forced exact
-match, ``lmx.task_eval``) at every length up to 5x that.
+match, ``lmx.evaluation.task_accuracy``) at every length up to 5x that.
 """
 
 from configs.tasks import task_config

@@ -13,7 +13,7 @@ paper's FFL(p)), write and read with half the rest each.
     python train.py --config=configs/tasks/flip_flop.py:size=tiny  # seconds
 
 Trained on lengths 1..task.train_max_length, evaluated (teacher-forced exact
-match, ``lmx.task_eval``) at every length up to 5x that.
+match, ``lmx.evaluation.task_accuracy``) at every length up to 5x that.
 """
 
 from configs.tasks import task_config

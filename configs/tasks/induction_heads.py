@@ -10,7 +10,7 @@ symbol after the first one.
     python train.py --config=configs/tasks/induction_heads.py:size=tiny  # seconds
 
 Trained on lengths 1..task.train_max_length, evaluated (teacher-forced exact
-match, ``lmx.task_eval``) up to 64x that (Mamba tests far past its training
+match, ``lmx.evaluation.task_accuracy``) up to 64x that (Mamba tests far past its training
 length), every 64th length (with 1 and the training length): about 20
 lengths.
 """

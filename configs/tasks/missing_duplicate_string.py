@@ -8,7 +8,7 @@ an odd length); the answer is the hidden bit.
     python train.py --config=configs/tasks/missing_duplicate_string.py:size=tiny  # seconds
 
 Trained on lengths 1..task.train_max_length, evaluated (teacher-forced exact
-match, ``lmx.task_eval``) at every length up to 5x that.
+match, ``lmx.evaluation.task_accuracy``) at every length up to 5x that.
 """
 
 from configs.tasks import task_config

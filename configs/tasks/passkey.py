@@ -8,7 +8,7 @@ is 12345. `` at depth round(depth * n), then ``what is the pass key?
     python train.py --config=configs/tasks/passkey.py:size=tiny  # seconds
 
 Trained on lengths 1..task.train_max_length, evaluated (teacher-forced exact
-match, ``lmx.task_eval``) at every length up to 5x that.
+match, ``lmx.evaluation.task_accuracy``) at every length up to 5x that.
 """
 
 from configs.tasks import task_config

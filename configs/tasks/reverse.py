@@ -6,7 +6,7 @@
     python train.py --config=configs/tasks/reverse.py:size=tiny  # seconds
 
 Trained on lengths 1..task.train_max_length, evaluated (teacher-forced exact
-match, ``lmx.task_eval``) at every length up to 5x that.
+match, ``lmx.evaluation.task_accuracy``) at every length up to 5x that.
 """
 
 from configs.tasks import task_config

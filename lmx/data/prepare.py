@@ -20,7 +20,7 @@ from absl import app, logging
 from ml_collections import config_flags
 
 from lmx import cli
-from lmx import config as config_lib
+from lmx.config import validate as config_lib
 from lmx.data import store, subword
 from lmx.errors import CheckpointError, ConfigError, DataError
 

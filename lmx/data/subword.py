@@ -391,7 +391,7 @@ def resolve(config, workdir: str, resuming: bool):
     return tokenizer_lib.BYTES
   tok = None
   if resuming and os.path.isfile(os.path.join(workdir, 'config.json')):
-    from lmx import checkpoint  # pylint: disable=g-import-not-at-top
+    from lmx.training import checkpoint  # pylint: disable=g-import-not-at-top
     saved = checkpoint.read_config(workdir)
     if tokenizer_fields(saved) == tokenizer_fields(config):
       tok = _run_copy(workdir)
@@ -406,7 +406,7 @@ def resolve(config, workdir: str, resuming: bool):
 def _from_init_run(config):
   """A fine-tuning run (``config.init_from``) keeps the tokenizer of the
   run it starts from: that run's copy, whatever corpus it reads now."""
-  from lmx import checkpoint  # pylint: disable=g-import-not-at-top
+  from lmx.training import checkpoint  # pylint: disable=g-import-not-at-top
   try:
     src = checkpoint.read_config(config.init_from)
   except CheckpointError:
@@ -448,7 +448,7 @@ def for_run(config, workdir: str):
   """The tokenizer of the trained run in ``workdir``, for evaluation and
   generation; ``config`` (its saved config with the command line's
   overrides) may not change it."""
-  from lmx import checkpoint  # pylint: disable=g-import-not-at-top
+  from lmx.training import checkpoint  # pylint: disable=g-import-not-at-top
   try:
     saved = checkpoint.read_config(workdir)
   except CheckpointError:

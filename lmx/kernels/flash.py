@@ -11,7 +11,7 @@ the list, so it is neither loaded nor computed. Each step scores its tile,
     s = q k^T / sqrt(K) + bias(q_pos, k_pos),
 
 masks it by token index (causality, the Lambda window and Llama 4's
-chunks, exactly as ``lmx.attention.Mask``), and folds it into a running
+chunks, exactly as ``lmx.model.attention.Mask``), and folds it into a running
 max, normaliser and output (the online softmax of Milakov & Gimelshein 2018, as in
 FlashAttention). The log-sum-exp of each row is saved for the backward.
 
@@ -34,13 +34,13 @@ comparisons (no gathers), so Mosaic (TPU Pallas) lowers it.
 
 Lengths need not be multiples of the blocks: queries, keys and positions
 are padded, padded keys are masked and padded queries dropped. Queries are
-the last ``T`` of the ``S`` keys, as in ``lmx.attention``. On a TPU the
+the last ``T`` of the ``S`` keys, as in ``lmx.model.attention``. On a TPU the
 kernel is compiled by Mosaic; elsewhere it runs in Pallas's interpreter
 (``interpret=True``: exact, slow, for tests). For Mosaic, ``block_q`` must
 be a multiple of 8 (16 in bfloat16) and ``block_k`` of 128.
 
 Not covered: a distance clamp's second (far) branch (ReRoPE, LM-Infinite's
-distance limit, Self-Extend); ``lmx.attention`` falls back for those.
+distance limit, Self-Extend); ``lmx.model.attention`` falls back for those.
 
 The visited tiles, a tile's mask, bias and scores, the online-softmax step
 and the bias pullback live in ``lmx.kernels.tiles``, shared with the GPU
@@ -58,7 +58,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from lmx import ops
+from lmx.model import ops
 from lmx.kernels import tiles
 # The tile lists, the mask and the tile math are shared with the GPU kernel
 # (lmx.kernels.tiles); these names stay importable from here.
@@ -368,7 +368,7 @@ def flash_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, q_pos_BxT, k_pos_BxS,
   """Softmax attention with the bias of ``kernel_bias`` (a
   ``lmx.positions.base.KernelBias``, or None for none) computed in the
   kernel, under the causal mask (``n_local = 0``), the Lambda-shaped one, or
-  Llama 4's chunked local one (``chunk > 0``; ``lmx.attention.Mask``).
+  Llama 4's chunked local one (``chunk > 0``; ``lmx.model.attention.Mask``).
   Queries are the last ``T`` of the ``S`` keys. ``[B, T, H, K]`` in v's
   dtype. Differentiable in q, k, v and the bias parameters.
 
@@ -376,7 +376,7 @@ def flash_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, q_pos_BxT, k_pos_BxS,
   """
   b, t, h, kd = q_BxTxHxK.shape
   s = k_BxSxHxK.shape[1]
-  if interpret is None:  # the platform traced for (lmx.ops.on_platform)
+  if interpret is None:  # the platform traced for (lmx.model.ops.on_platform)
     interpret = ops.platform() != 'tpu'
   leaf_sizes, params_HxP, bias_fn = tiles.kernel_bias_params(
       kernel_bias, h, LANES)

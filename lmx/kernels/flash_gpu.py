@@ -33,7 +33,7 @@ with zeros to one, and lengths that are no multiple of the blocks are
 padded as in the TPU kernel (padded keys masked, padded queries dropped).
 Off a GPU the kernel runs in Pallas's interpreter (``interpret=True``:
 exact, slow, for tests). Not covered, as on TPU: a distance clamp's far
-branch and content terms (``lmx.attention`` falls back for those).
+branch and content terms (``lmx.model.attention`` falls back for those).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from lmx import ops
+from lmx.model import ops
 from lmx.kernels import tiles
 
 NEG_INF = tiles.NEG_INF
@@ -345,7 +345,7 @@ def flash_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, q_pos_BxT, k_pos_BxS,
   """
   b, t, h, kd = q_BxTxHxK.shape
   s = k_BxSxHxK.shape[1]
-  if interpret is None:  # the platform traced for (lmx.ops.on_platform)
+  if interpret is None:  # the platform traced for (lmx.model.ops.on_platform)
     interpret = ops.platform() != 'gpu'
   leaf_sizes, params, bias_fn = tiles.kernel_bias_params(kernel_bias, h,
                                                          MAX_PARAMS)

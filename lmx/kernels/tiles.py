@@ -11,7 +11,7 @@ blocks of its block (``block_runs``). Both list them from the same
 gradient back with ``bias_grad_row``, so the two kernels compute the same
 function by construction.
 
-Nothing here imports ``lmx.attention`` (it imports the kernels).
+Nothing here imports ``lmx.model.attention`` (it imports the kernels).
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def pad(x, axis: int, size: int):
 def visible_pairs(q_idx, k_idx, *, s: int, n_global: int = 0,
                   n_local: int = 0, chunk: int = 0):
   """Which pairs of token indices ``q_idx``, ``k_idx`` (broadcasting int32
-  arrays) the mask shows: ``lmx.attention.Mask`` with the padded keys
+  arrays) the mask shows: ``lmx.model.attention.Mask`` with the padded keys
   (``k >= s``) hidden."""
   visible = (k_idx <= q_idx) & (k_idx < s)
   if n_local:

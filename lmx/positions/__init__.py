@@ -56,7 +56,7 @@ REGISTRY: dict[str, type[PositionEncoding]] = {
 def register(name: str, encoding: type[PositionEncoding]
              ) -> type[PositionEncoding]:
   """Registers ``encoding`` as ``config.model.position=name``. Configs built
-  afterwards (``lmx.defaults.get_config``) carry its section
+  afterwards (``lmx.config.defaults.get_config``) carry its section
   ``config.model.<name>`` with its ``default_config()``."""
   if not (isinstance(encoding, type) and issubclass(encoding, PositionEncoding)):
     raise TypeError(f'{encoding!r} is not a PositionEncoding subclass.')

@@ -39,7 +39,7 @@ needs, so neither has to branch on its name:
   compute them in float32 (sinusoids, rotations), so a sampling that draws
   float32 positions (CAPE) may train it; one that indexes a table, buckets
   distances or casts them to integers leaves it False (the default), and
-  ``lmx.config.validate`` refuses such a sampling for it.
+  ``lmx.config.validate.validate`` refuses such a sampling for it.
 * ``scalable``: its frequencies follow ``config.model.rope.scaling``, so the
   RoPE scalings of ``lmx.positions.rope_scaling`` apply to it.
 * ``per_layer`` (or ``is_per_layer(cfg)`` where a setting chooses): every
@@ -47,10 +47,10 @@ needs, so neither has to branch on its name:
   one instance is shared by the embedding and all blocks (T5 shares one
   bias table across layers, KERPLE its kernel parameters by default).
 * ``param_bounds(cfg)``: bounds that training keeps parameters inside (the
-  stored values are projected after every update, ``lmx.run_state.project``).
+  stored values are projected after every update, ``lmx.training.run_state.project``).
 * ``former_defaults(saved_model)``: for a ``config.json`` saved before a
   setting existed, the value that run had in effect where it differs from
-  today's default (``lmx.defaults.complete`` fills it in).
+  today's default (``lmx.config.defaults.complete`` fills it in).
 * ``max_positions(cfg)``: the largest position + 1 the encoding can represent,
   or ``None`` if unbounded (a learned table has ``max_len``).
 * ``max_span(cfg)``: the widest span of positions in one sequence whose
@@ -64,7 +64,7 @@ needs, so neither has to branch on its name:
 An encoding owns its settings and their rules: ``default_config()`` gives
 its section ``config.model.<name>`` (the one place its defaults are
 defined), ``check(model_cfg)`` raises ``ConfigError`` for a value out of
-range or a rule it breaks with the rest of the model (``lmx.config.validate``
+range or a rule it breaks with the rest of the model (``lmx.config.validate.validate``
 asks it; the validator never names an encoding), and ``check_unused``
 refuses settings of its own that would act on nothing while another
 encoding is chosen.
@@ -80,7 +80,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lmx.checks import Fields, require
+from lmx.config.fields import Fields, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +99,7 @@ class KernelBias:
   * ``terms``: how many transcendental terms ``fn`` sums per pair (one for
     most forms; Sandwich's cosines, one per frequency). Triton unrolls
     them, and its compile time grows with them: the GPU kernel refuses a
-    form of more than ``lmx.attention.GPU_MAX_BIAS_TERMS``.
+    form of more than ``lmx.model.attention.GPU_MAX_BIAS_TERMS``.
   """
   params: dict
   fn: Callable

@@ -19,7 +19,7 @@ parameters are projected back into the constraint set (``r1, r2, a >= eps``,
 ``eps <= p <= 2``) before they are used, so a parameter pushed past a bound
 restarts from the bound. Here that projection runs after every optimizer
 update (``param_bounds``, applied by the trainer through
-``lmx.run_state.project``) and once at initialisation; the forward pass
+``lmx.training.run_state.project``) and once at initialisation; the forward pass
 clamps as well (passing gradients straight through, as the in-place
 projection does), so parameters restored from elsewhere are used inside the
 set too.

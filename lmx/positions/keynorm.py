@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lmx.checks import require
+from lmx.config.fields import require
 from lmx.positions.base import PositionEncoding
 from lmx.positions.rope import apply_rope, rope_inv_freq
 

@@ -3,7 +3,7 @@
 A trainable table of ``max_len`` vectors, one per position, added to the
 token embeddings: ``x_p <- x_p + E[p]``. Positions at or past ``max_len``
 have no row; asking for them is a configuration error that
-``lmx.config.validate`` reports before anything is built.
+``lmx.config.validate.validate`` reports before anything is built.
 """
 
 import jax.numpy as jnp

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lmx.checks import require
+from lmx.config.fields import require
 from lmx.positions import rope_scaling
 from lmx.positions.base import PositionEncoding
 from lmx.positions.rope_scaling import rope_inv_freq

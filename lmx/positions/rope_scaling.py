@@ -83,7 +83,7 @@ The methods are a registry (``SCALINGS``): each is one small frozen
 definition that owns its settings and their defaults (beside RoPE's own in
 ``config.model.rope``), its check, its frequency function, and how it is
 set up to run a model trained at ``L`` at a length ``n`` (used by
-``python -m lmx.extensions``). A new method is one subclass of ``Scaling``
+``python -m lmx.evaluation.extensions``). A new method is one subclass of ``Scaling``
 and one ``register`` call; every list of methods is read from the registry.
 
 With partial rotary (``config.model.rope.partial < 1``) every formula takes
@@ -100,7 +100,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lmx.checks import FLOAT32_MAX, Fields, require
+from lmx.config.fields import FLOAT32_MAX, Fields, require
 from lmx.errors import ConfigError
 
 
@@ -657,7 +657,7 @@ def scaled_frequencies(rope_cfg: ml_collections.ConfigDict, head_dim: int,
   """The frequencies and logit scale that ``rope_cfg`` asks for.
 
   Args:
-    rope_cfg: ``config.model.rope`` (complete: ``lmx.defaults``).
+    rope_cfg: ``config.model.rope`` (complete: ``lmx.config.defaults``).
     head_dim: K.
     theta: RoPE's base.
     positions: ``[..., S]`` integer positions; needed by ``dynamic`` only,

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lmx.checks import require
+from lmx.config.fields import require
 from lmx.positions.base import KernelBias, PositionEncoding, relative_distance
 
 

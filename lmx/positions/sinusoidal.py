@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lmx.checks import require
+from lmx.config.fields import require
 from lmx.positions.base import PositionEncoding
 
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from lmx.checks import require
+from lmx.config.fields import require
 from lmx.positions.base import KernelBias, PositionEncoding, relative_distance
 
 

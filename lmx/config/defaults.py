@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import ml_collections
 
-from lmx import layer_plan
+from lmx.model import layer_plan
 from lmx import positions
 from lmx.data import tasks
 from lmx.errors import ConfigError
@@ -153,12 +153,12 @@ def get_config(arg: str | None = None,
   c.model.dtype = 'float32'
   c.model.tie_embeddings = False
   # Compute choices that leave the parameters and the values as they are
-  # (lmx.model): the layers under one jax.lax.scan (compile time flat in
+  # (lmx.model.transformer): the layers under one jax.lax.scan (compile time flat in
   # depth), and rematerialisation of each block: off | full | dots (keep
   # the products with weights, recompute the rest).
   c.model.scan_layers = False
   c.model.remat = 'off'
-  # Attention backend (lmx.attention): auto | dense | chunked | cudnn. auto
+  # Attention backend (lmx.model.attention): auto | dense | chunked | cudnn. auto
   # takes cudnn on a GPU when the dtype and the encoding allow it, dense up
   # to chunk_threshold tokens (accelerator_chunk_threshold on a GPU or TPU)
   # and chunked (linear memory) beyond.
@@ -179,13 +179,13 @@ def get_config(arg: str | None = None,
   # at grouped positions (query q // group + window - window // group, key
   # k // group). window 0 = off.
   c.model.self_extend = ml_collections.ConfigDict({'window': 0, 'group': 2})
-  # Attention sinks (lmx.attention.sink_prefix), in every layer: `logit`
+  # Attention sinks (lmx.model.attention.sink_prefix), in every layer: `logit`
   # adds a learned logit per head with a zero value to each softmax;
   # `memory` > 0 adds that many learned key/value slots per head. Both are
   # seen by every query, under the Lambda-shaped mask too, and carry no
   # position.
   c.model.sinks = ml_collections.ConfigDict({'logit': False, 'memory': 0})
-  # Length scaling (lmx.attention): 'logn' multiplies a query at position p
+  # Length scaling (lmx.model.attention): 'logn' multiplies a query at position p
   # by max(1, log(p + 1) / log(base_len)) (base_len: the training length);
   # 'llama4' by 1 + attn_scale * log(floor((p + 1) / floor_scale) + 1)
   # (Llama 4's NoPE layers); 'ssmax' (Scalable-Softmax) multiplies the
@@ -196,7 +196,7 @@ def get_config(arg: str | None = None,
        'attn_scale': 0.1, 'ssmax_init': 0.0})
   # Per-layer encodings, sliding windows and length scalings (tuples; ()
   # = every layer as the model-level setting; a pattern whose length
-  # divides num_layers repeats): lmx/layer_plan.py, configs/hwfa.py.
+  # divides num_layers repeats): lmx/model/layer_plan.py, configs/hwfa.py.
   c.model.layers = layer_plan.default_config()
   # Each encoding's own settings, at config.model.<name>.
   for name, encoding in positions.REGISTRY.items():
@@ -252,7 +252,7 @@ def get_config(arg: str | None = None,
   # one after another (activations of one slice at a time); the same
   # update as the whole batch at once, to rounding.
   c.train.microbatches = 1
-  # Evaluation during training (lmx.trainer): every eval_every steps (0 =
+  # Evaluation during training (lmx.training.trainer): every eval_every steps (0 =
   # off) the validation loss at eval_multipliers x seq_len, non-overlapping
   # windows as eval.py scores them (config.eval's settings but the token
   # count), eval_tokens tokens per length; logged to metrics.jsonl as
@@ -279,7 +279,7 @@ def get_config(arg: str | None = None,
   # Windows of the longest length for attention entropy / max logit per
   # layer against position (0: off).
   c.eval.diagnostics_windows = 2
-  # Generation quality at length (LM-Infinite sec. 5; lmx.generation_eval):
+  # Generation quality at length (LM-Infinite sec. 5; lmx.evaluation.generation):
   # greedy continuations of generation_tokens tokens after each position
   # (generation_multipliers x train.seq_len, or explicit
   # generation_positions) in generation_documents validation documents,
@@ -289,7 +289,7 @@ def get_config(arg: str | None = None,
   c.eval.generation_positions = ()
   c.eval.generation_tokens = 100
   c.eval.generation_documents = 8
-  # LM-Infinite's out-of-distribution factors (lmx.ood_diagnostics) at the
+  # LM-Infinite's out-of-distribution factors (lmx.evaluation.ood) at the
   # longest length the dense path reaches: logits against distance for the
   # last ood_query_rows queries (head ood_head and the max over heads), and
   # a 2-D PCA of block ood_layer's hidden states (negative: from the last).

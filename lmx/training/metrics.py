@@ -10,7 +10,7 @@ import re
 import sys
 from typing import Mapping
 
-from lmx import plots
+from lmx.evaluation import plots
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
@@ -131,7 +131,7 @@ def read_tensorboard(logdir: str) -> dict[str, list[tuple[int, float]]]:
 
 
 # The validation loss at length L of the evaluation during training
-# (lmx.trainer, config.train.eval_every): rows of their own in metrics.jsonl.
+# (lmx.training.trainer, config.train.eval_every): rows of their own in metrics.jsonl.
 EVAL_KEY = re.compile(r'eval_loss_len(\d+)$')
 
 

@@ -8,12 +8,12 @@ from typing import Optional, Sequence
 import jax
 import ml_collections
 
-from lmx import attention
-from lmx import layer_plan
-from lmx import model as model_lib
+from lmx.model import attention
+from lmx.model import layer_plan
+from lmx.model import transformer as model_lib
 from lmx import positions
 from lmx import sharding
-from lmx.checks import Fields, require
+from lmx.config.fields import Fields, require
 from lmx.data import subword
 from lmx.data import tasks
 from lmx.data import tokenizer as tokenizer_lib
@@ -119,7 +119,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   f.choice('model.remat', tuple(model_lib.REMAT_POLICIES))
   require('layers' in m,
           'config.model.layers is missing. Start from a config in configs/ '
-          '(they build on lmx/defaults.py, which sets it).')
+          '(they build on lmx/config/defaults.py, which sets it).')
   layer_plan.check(m)
   # The encodings the layers use (config.model.position alone unless
   # config.model.layers.position names them): each checks the model as

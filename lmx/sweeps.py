@@ -19,10 +19,10 @@ which returns a small dict::
   Three keys are not fields: ``'config'`` replaces the base config for that
   member, ``'name'`` gives it an explicit run name, and ``'after'`` lists
   commands run after its eval.py (see ``After``), e.g. ``python -m
-  lmx.extensions`` on the member's checkpoint.
+  lmx.evaluation.extensions`` on the member's checkpoint.
 - ``report`` (optional): a module (``'configs.sweeps.replicate'``) whose
   ``write(workdirs, out_dir, title)`` writes the sweep's report instead of
-  ``lmx.report.write``.
+  ``lmx.evaluation.report.write``.
 - ``slurm`` (optional): cluster settings for ``--launcher=slurm``
   (``SLURM_KEYS``), e.g. ``{'partition': 'gpu', 'time_min': 240,
   'gpus_per_node': 1, 'setup': ['module load cuda']}``.
@@ -60,7 +60,7 @@ import submitit
 
 from lmx import fs
 
-# lmx.checkpoint and lmx.report (JAX, matplotlib) are imported where they
+# lmx.training.checkpoint and lmx.evaluation.report (JAX, matplotlib) are imported where they
 # are used: every member's job imports this module.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -493,11 +493,11 @@ def check_report_module(name: Any) -> None:
 
 def write_report(workdirs: Sequence[str], out_dir: str, title: str,
                  module: str | None = None, **kwargs) -> list[str]:
-  """``module.write`` (a declaration's report) or ``lmx.report.write``."""
+  """``module.write`` (a declaration's report) or ``lmx.evaluation.report.write``."""
   if module:
     return importlib.import_module(module).write(workdirs, out_dir, title,
                                                  **kwargs)
-  from lmx import report  # pylint: disable=g-import-not-at-top
+  from lmx.evaluation import report  # pylint: disable=g-import-not-at-top
   return report.write(workdirs, out_dir, title, **kwargs)
 
 
@@ -517,10 +517,10 @@ def member_config(member: Member, train_overrides: dict[str, str]):
 
 def check_values(members: Sequence[Member],
                  train_overrides: dict[str, str]) -> None:
-  """Every member's config passes ``lmx.config.validate`` (ranges, choices,
+  """Every member's config passes ``lmx.config.validate.validate`` (ranges, choices,
   cross-field rules), as train.py would check it, before any member runs.
   (What needs the data or the workdir is found by train.py itself.)"""
-  from lmx import config as config_lib  # pylint: disable=g-import-not-at-top
+  from lmx.config import validate as config_lib  # pylint: disable=g-import-not-at-top
   problems = []
   for m in members:
     try:
@@ -580,7 +580,7 @@ def read_manifest(sweep_dir: str) -> dict:
 
 def latest_checkpoint_time(workdir: str) -> float | None:
   """The modification time of the newest finished checkpoint, or None."""
-  from lmx import checkpoint  # pylint: disable=g-import-not-at-top
+  from lmx.training import checkpoint  # pylint: disable=g-import-not-at-top
   step = checkpoint.latest_step(workdir)
   if step is None:
     return None
@@ -755,7 +755,7 @@ def slurm_parameters(settings: dict[str, Any], sweep_dir: str,
       'job_name': name, 'time': settings['time_min'],
       'signal_delay_s': settings['signal_delay_s'],
       'array_parallelism': parallel, 'stderr_to_stdout': True,
-      # The job imports lmx.sweep from this checkout, wherever it runs.
+      # The job imports lmx.sweeps from this checkout, wherever it runs.
       'setup': [f'export PYTHONPATH={shlex.quote(ROOT)}'
                 '${PYTHONPATH:+:$PYTHONPATH}', *settings.get('setup', ())]}
   for key in ('partition', 'account', 'qos', 'constraint', 'gpus_per_node',

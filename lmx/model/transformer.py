@@ -8,7 +8,7 @@ The model never branches on the encoding's name: it builds the encoding from
 the registry and calls its three hooks. A per-layer encoding
 (``is_per_layer``) gets one instance per block (the first also serves ``embed``), otherwise one
 instance is shared by the embedding and every block. ``config.model.layers``
-(``lmx.layer_plan``) may give each block its own encoding, sliding window
+(``lmx.model.layer_plan``) may give each block its own encoding, sliding window
 and length scaling: each encoding named there is built as above among the
 blocks that use it.
 
@@ -24,9 +24,9 @@ block's activations in the backward pass: ``full`` keeps only the block's
 input, ``dots`` also keeps the products with weight matrices (not the
 attention logits, whose products have batch dimensions).
 
-Dense products go through ``lmx.ops`` (the plain product, or on CPU the
-XLA:CPU workarounds of ``lmx.xla_cpu``); the KV cache's layout and slot
-bookkeeping live in ``lmx.kv_cache``.
+Dense products go through ``lmx.model.ops`` (the plain product, or on CPU the
+XLA:CPU workarounds of ``lmx.model.xla_cpu``); the KV cache's layout and slot
+bookkeeping live in ``lmx.model.kv_cache``.
 """
 
 import dataclasses
@@ -37,13 +37,13 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from lmx import attention
-from lmx import kv_cache
-from lmx import layer_plan
-from lmx import ops
+from lmx.model import attention
+from lmx.model import kv_cache
+from lmx.model import layer_plan
+from lmx.model import ops
 from lmx import positions as positions_lib
 from lmx import sharding
-from lmx.kv_cache import LayerCache
+from lmx.model.kv_cache import LayerCache
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # config.model.remat -> what jax.checkpoint keeps of a block for the
@@ -104,14 +104,14 @@ class Attention(nnx.Module):
         int(scaling.base_len))) if kind == 'ssmax' else 0.0
     self.ssmax = (nnx.Param(jnp.full((h,), init, jnp.float32))
                   if kind == 'ssmax' else None)
-    # Set by evaluation (lmx.evaluation.attention_diagnostics) to sow
-    # attention statistics, and by lmx.ood_diagnostics to sow the masked
+    # Set by evaluation (lmx.evaluation.runner.attention_diagnostics) to sow
+    # attention statistics, and by lmx.evaluation.ood to sow the masked
     # logits themselves; Python flags read at trace time, so training and
     # every other forward pass never pay for them.
     self.collect_stats = False
     self.collect_logits = False
     self.dtype = dtype
-    # Attention sinks (config.model.sinks; lmx.attention.sink_prefix): a
+    # Attention sinks (config.model.sinks; lmx.model.attention.sink_prefix): a
     # learned logit per head, and learned key/value slots.
     sinks = cfg.sinks
     self.sink_logit = (nnx.Param(jnp.zeros((h,), jnp.float32))
@@ -356,7 +356,7 @@ class Transformer(nnx.Module):
         layer_positions.append(shared[spec.position])
     # The embedding hook is asked of the first layer's instance, so a
     # per-layer encoding has no extra, unused copy here (per-layer lists
-    # hold no absolute encoding: lmx.layer_plan.check).
+    # hold no absolute encoding: lmx.model.layer_plan.check).
     self.position = layer_positions[0]
     self.blocks = nnx.List([
         Block(cfg, p, rngs=rngs, layer=spec)
@@ -370,7 +370,7 @@ class Transformer(nnx.Module):
     if not self.tie_embeddings:
       self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False,
                              dtype=self.dtype, rngs=rngs)
-    # Set by lmx.ood_diagnostics to sow each block's output (read at trace
+    # Set by lmx.evaluation.ood to sow each block's output (read at trace
     # time: other forward passes never pay for it).
     self.collect_hidden = False
 
@@ -450,7 +450,7 @@ class Transformer(nnx.Module):
   # ---------------------------------------------------------------- decoding
 
   def cache_capacity(self, max_len: int) -> int:
-    """Slots a KV cache needs for ``max_len`` tokens (``lmx.kv_cache``)."""
+    """Slots a KV cache needs for ``max_len`` tokens (``lmx.model.kv_cache``)."""
     return kv_cache.capacity(self.cache_mask, max_len)
 
   def init_cache(self, batch: int, max_len: int) -> dict:
@@ -470,7 +470,7 @@ class Transformer(nnx.Module):
     ``prefill=True`` (only on an empty cache) attends over the new tokens
     alone through the configured backend, so a long prompt costs what a
     forward pass costs; otherwise the new tokens attend densely over the
-    cache and themselves (``lmx.kv_cache.begin``).
+    cache and themselves (``lmx.model.kv_cache.begin``).
     """
     call = kv_cache.begin(cache, self.cache_mask, positions_BxT, prefill)
     x_BxTxD = self.embed(tokens_BxT).astype(self.dtype)

@@ -1,6 +1,6 @@
 """One RoPE checkpoint evaluated with every inference-time extension.
 
-    python -m lmx.extensions --workdir=runs/rope [--lengths=64,256,1024]
+    python -m lmx.evaluation.extensions --workdir=runs/rope [--lengths=64,256,1024]
 
 loads a trained run of a scalable encoding (``rope``) and measures the loss
 against length with no extension and with each RoPE frequency scaling of
@@ -50,14 +50,14 @@ from collections.abc import Callable, Sequence
 import ml_collections
 from absl import app, flags
 
-from lmx import checkpoint
+from lmx.training import checkpoint
 from lmx import cli
-from lmx import config as config_lib
-from lmx import evaluation
+from lmx.config import validate as config_lib
+from lmx.evaluation import runner as evaluation
 from lmx import fs
-from lmx import plots
+from lmx.evaluation import plots
 from lmx import positions
-from lmx import run_state
+from lmx.training import run_state
 from lmx.data import store, subword, windows
 from lmx.errors import CheckpointError, ConfigError, DataError
 from lmx.positions import rope_scaling

@@ -1,6 +1,6 @@
 """Tables and plots from many evaluated runs.
 
-    python -m lmx.report [--plot=loss_vs_length.png] [--out=DIR] runs/*
+    python -m lmx.evaluation.report [--plot=loss_vs_length.png] [--out=DIR] runs/*
 
 reads every evaluation folder of each run (``<workdir>/eval/`` and each
 ``<workdir>/eval_<field>=<value>,.../`` that eval.py writes for an
@@ -45,10 +45,10 @@ import textwrap
 from absl import app, flags
 
 from lmx import cli
-from lmx import defaults
+from lmx.config import defaults
 from lmx import fs
-from lmx import plots
-from lmx import task_eval
+from lmx.evaluation import plots
+from lmx.evaluation import task_accuracy as task_eval
 
 # Config fields that do not make two runs different experiments.
 IGNORED_FIELDS = ('seed', 'name', 'data.cache_dir')
@@ -89,7 +89,7 @@ class ReportError(ValueError):
   """A saved results.json the report cannot read; names the file."""
 
 
-# What every evaluation's results.json holds (lmx.evaluation, task_eval).
+# What every evaluation's results.json holds (lmx.evaluation.runner, task_eval).
 _RESULT_KEYS = ('results', 'train_length', 'position', 'train_sampling')
 
 
@@ -981,7 +981,7 @@ def main(argv, fl: dict) -> None:
   workdirs = list(argv[1:])
   if not workdirs:
     raise app.UsageError('Name at least one run directory, e.g. '
-                         'python -m lmx.report runs/*', exitcode=2)
+                         'python -m lmx.evaluation.report runs/*', exitcode=2)
   try:
     if fl['out'].value:
       cli.output_dir(fl['out'].value, '--out')

@@ -47,9 +47,9 @@ from typing import Sequence
 
 import ml_collections
 
-from lmx import attention
+from lmx.model import attention
 from lmx import positions
-from lmx.checks import require
+from lmx.config.fields import require
 from lmx.errors import ConfigError
 
 FIELDS = ('position', 'window', 'chunk', 'qk_norm', 'length_scaling')
@@ -199,7 +199,7 @@ def check(model_cfg: ml_collections.ConfigDict) -> None:
   for field in FIELDS:
     require(field in section,
             f'config.model.layers.{field} is missing. Start from a config '
-            'in configs/ (they build on lmx/defaults.py, which sets it).')
+            'in configs/ (they build on lmx/config/defaults.py, which sets it).')
   unknown = set(section) - set(FIELDS) - {DEPTH}
   require(not unknown,
           f'config.model.layers has unknown field(s) {sorted(unknown)}; '

@@ -25,7 +25,7 @@ Three backends compute the same softmax attention:
   (``flash_unavailable``).
 
 ``auto`` chooses per platform (``choose_backend``; the platform is
-``lmx.ops.platform()``, so compiling for a TPU from a CPU host chooses as
+``lmx.model.ops.platform()``, so compiling for a TPU from a CPU host chooses as
 the TPU would): on a GPU, the flash kernel for a bias with a kernel form
 (``gpu_flash_applies``; where it cannot take the call it says why, once,
 and what ``auto`` uses instead), cudnn where it can run; else dense up to
@@ -70,7 +70,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from lmx import ops
+from lmx.model import ops
 from lmx.positions import base as positions_base
 
 NEG_INF = -1e30

@@ -5,7 +5,7 @@
 :func:`write`: ``report.md`` opens with a table of the findings (the paper,
 the published direction, the numbers lmx measured, and whether the direction
 holds), then each finding's parts, then the standard sweep report of
-``lmx.report`` (tables and plots of every member). ``findings.json`` holds
+``lmx.evaluation.report`` (tables and plots of every member). ``findings.json`` holds
 the same verdicts, ``extensions.png`` the RoPE extensions of finding 5-7.
 
 Every verdict is computed from the runs' results, never written by hand. A
@@ -32,8 +32,8 @@ import operator
 import os
 from typing import Optional, Sequence
 
-from lmx import plots
-from lmx import report
+from lmx.evaluation import plots
+from lmx.evaluation import report
 
 EXTENSION_FILE = os.path.join('extensions', 'results.json')
 
@@ -41,10 +41,10 @@ EXTENSION_FILE = os.path.join('extensions', 'results.json')
 
 
 def load(workdirs: Sequence[str]) -> list[dict]:
-  """``lmx.report.load`` of the runs' plain evaluations (``eval/``, which
+  """``lmx.evaluation.report.load`` of the runs' plain evaluations (``eval/``, which
   the sweep writes: the findings compare those, and an evaluation with
   other overrides in an ``eval_<...>/`` folder is no extra seed), each with
-  its ``extensions`` results (``python -m lmx.extensions``) when the
+  its ``extensions`` results (``python -m lmx.evaluation.extensions``) when the
   workdir has them."""
   runs = [r for r in report.load(workdirs)
           if r['eval_dir'] == report.PLAIN_EVAL]
@@ -138,7 +138,7 @@ def _task_acc(runs, task, position, sampling, lo, hi) -> Optional[dict]:
 
 
 def _extension_losses(runs, position: str) -> dict[str, dict[int, dict]]:
-  """{method: {length: loss over seeds}} from the ``lmx.extensions``
+  """{method: {length: loss over seeds}} from the ``lmx.evaluation.extensions``
   results of the contiguous LM runs of ``position``."""
   values: dict[str, dict[int, list]] = {}
   for r in _lm(runs, position):
@@ -209,7 +209,7 @@ def gain_shrinks(reference: str, others: Sequence[str], what: str):
 def mrr_order(order: Sequence[str], names: dict[str, str],
               exclude_tasks: Sequence[str] = ()):
   """One part per pair of ``order`` (best first): the first has the higher
-  mean reciprocal rank (``lmx.report``, form ``options['mrr']``) among the
+  mean reciprocal rank (``lmx.evaluation.report``, form ``options['mrr']``) among the
   contiguous task runs of these encodings; ``names`` are their names in
   the text."""
 
@@ -259,7 +259,7 @@ def accuracy_higher(task: str, position: str, better: str, worse: str,
 
 
 def extension_lower(position: str, a: str, b: str, what: str):
-  """At the longest length, method ``a`` of ``python -m lmx.extensions``
+  """At the longest length, method ``a`` of ``python -m lmx.evaluation.extensions``
   (on the ``position`` runs) has a lower loss than ``b``."""
 
   def check(runs, options):
@@ -408,7 +408,7 @@ def markdown(found: Sequence[dict], runs) -> list[str]:
 
 
 def plot_extensions(runs, position: str, path: str) -> bool:
-  """Loss against length of each ``lmx.extensions`` method (mean over the
+  """Loss against length of each ``lmx.evaluation.extensions`` method (mean over the
   ``position`` runs' seeds); False when there are none."""
   ext = _extension_losses(runs, position)
   if not ext:
@@ -439,9 +439,9 @@ def plot_extensions(runs, position: str, path: str) -> bool:
 def write(workdirs: Sequence[str], out_dir: str, title: str = 'replicate',
           findings: Sequence[Finding] = (), mrr: str = 'length',
           extensions_of: Optional[str] = None) -> list[str]:
-  """The standard report of ``lmx.report.write``, with ``findings`` first
+  """The standard report of ``lmx.evaluation.report.write``, with ``findings`` first
   in ``report.md``; also ``findings.json`` and, with ``extensions_of`` (an
-  encoding whose runs ran ``lmx.extensions``), ``extensions.png``."""
+  encoding whose runs ran ``lmx.evaluation.extensions``), ``extensions.png``."""
   written = report.write(workdirs, out_dir, title, mrr=mrr)
   if not written:
     return written

@@ -21,7 +21,7 @@ of the longest evaluation length the dense path reaches:
   rings the first four, to show whether initial tokens sit in a region of
   their own.
 
-(Factor 2, attention entropy, is ``lmx.evaluation.attention_diagnostics``.)
+(Factor 2, attention entropy, is ``lmx.evaluation.runner.attention_diagnostics``.)
 The logits and hidden states come from the model's own forward pass, sown
 on request (``Attention.collect_logits``, ``Transformer.collect_hidden``),
 so every encoding and eval override (Lambda mask, distance clamps, RoPE
@@ -35,10 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lmx import attention
-from lmx import config as config_lib
-from lmx import model as model_lib
-from lmx import plots
+from lmx.model import attention
+from lmx.config import validate as config_lib
+from lmx.model import transformer as model_lib
+from lmx.evaluation import plots
 from lmx.data import windows
 from lmx.positions import sample_positions
 

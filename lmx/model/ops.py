@@ -2,7 +2,7 @@
 
 ``dense(layer, x, cols)`` is ``layer(x)`` (an ``nnx.Linear``) restricted
 to the kernel columns ``cols``. On CPU it runs the XLA:CPU workarounds of
-``lmx.xla_cpu``; on every other platform the plain product in the layer's
+``lmx.model.xla_cpu``; on every other platform the plain product in the layer's
 dtype, so GPU and TPU compilers see ordinary dots they can fuse.
 
 The platform is JAX's default backend, read when the product is traced.
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lmx import xla_cpu
+from lmx.model import xla_cpu
 
 _override: Optional[str] = None
 

@@ -33,17 +33,17 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lmx import checkpoint
-from lmx import config as config_lib
-from lmx import defaults
-from lmx import evaluation
-from lmx import layer_plan
+from lmx.training import checkpoint
+from lmx.config import validate as config_lib
+from lmx.config import defaults
+from lmx.evaluation import runner as evaluation
+from lmx.model import layer_plan
 from lmx import memory
-from lmx import metrics as metrics_lib
-from lmx import model as model_lib
+from lmx.training import metrics as metrics_lib
+from lmx.model import transformer as model_lib
 from lmx import positions
 from lmx import sharding
-from lmx.run_state import (abstract_state, init_model, init_state,
+from lmx.training.run_state import (abstract_state, init_model, init_state,
                            make_optimizer, make_schedule, project)
 from lmx.data import prefetch, store, subword, tasks, windows
 

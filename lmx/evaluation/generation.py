@@ -4,7 +4,7 @@ After each of several positions ``p`` in validation documents (by default
 1, 2, 4, 8 and 16 times the training length), the model continues the
 document's first ``p`` tokens greedily for ``N`` tokens
 (``config.eval.generation_tokens``, default 100) with the KV cache
-(``lmx.decoding.generate``, the same model path as every decoding, so eval
+(``lmx.model.decoding.generate``, the same model path as every decoding, so eval
 overrides such as the Lambda-shaped mask, RoPE scalings and distance clamps
 apply), and the continuation is scored against the document's true next
 ``N`` tokens:
@@ -34,9 +34,9 @@ from typing import Sequence
 
 import numpy as np
 
-from lmx import config as config_lib
-from lmx import decoding
-from lmx import plots
+from lmx.config import validate as config_lib
+from lmx.model import decoding
+from lmx.evaluation import plots
 from lmx.data import tokenizer
 from lmx.errors import ConfigError, DataError
 

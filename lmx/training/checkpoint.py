@@ -53,7 +53,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from lmx import defaults
+from lmx.config import defaults
 from lmx import sharding
 from lmx import fs
 from lmx.fs import is_disk_full, make_writable_dir  # noqa: F401 (re-exported)
@@ -616,7 +616,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
       'it was written by train.py and should not be edited by hand. Restore '
       'it from a copy, or delete it and run train.py again with the config '
       'of this run (it rewrites the file).'))
-  # Fields added since the run was saved take their defaults (lmx.defaults),
+  # Fields added since the run was saved take their defaults (lmx.config.defaults),
   # which leave the run as it was (e.g. rope.scaling='none'), and can then
   # be overridden on the command line like any field.
   defaults.complete(saved)

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmx import config as config_lib
-from lmx import plots
+from lmx.config import validate as config_lib
+from lmx.evaluation import plots
 from lmx.data import tasks
 
 

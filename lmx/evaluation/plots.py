@@ -1,6 +1,7 @@
 """What every plot of lmx shares: matplotlib without a display, and length
 axes. The plots themselves sit beside the results they draw
-(``lmx.evaluation``, ``lmx.task_eval``, ``lmx.extensions``, ``lmx.report``).
+(``lmx.evaluation.runner``, ``lmx.evaluation.task_accuracy``,
+``lmx.evaluation.extensions``, ``lmx.evaluation.report``).
 """
 
 

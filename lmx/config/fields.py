@@ -1,4 +1,4 @@
-"""Type and range checks of config fields, shared by ``lmx.config`` and by
+"""Type and range checks of config fields, shared by ``lmx.config.validate`` and by
 every position encoding's own ``check``.
 
 ``Fields(node, prefix)`` reads dotted paths below ``node`` and raises
@@ -66,7 +66,7 @@ class Fields:
         raise ConfigError(
             f'{self.name(path)} is missing. Start from a config in configs/ '
             '(they all build on configs/base.py, whose defaults are '
-            'lmx/defaults.py), which sets every field.')
+            'lmx/config/defaults.py), which sets every field.')
       node = node[part]
     return node
 

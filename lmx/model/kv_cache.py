@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lmx import attention
+from lmx.model import attention
 
 
 def capacity(mask: attention.Mask, max_len: int) -> int:

@@ -18,10 +18,10 @@ import ml_collections
 import optax
 from flax import nnx
 
-from lmx import checkpoint
-from lmx import defaults
-from lmx import layer_plan
-from lmx import model as model_lib
+from lmx.training import checkpoint
+from lmx.config import defaults
+from lmx.model import layer_plan
+from lmx.model import transformer as model_lib
 from lmx.errors import ConfigError
 
 

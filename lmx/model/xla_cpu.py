@@ -1,5 +1,5 @@
 """XLA:CPU product workarounds: the model's dense products as this
-compiler runs them fastest. Chosen by ``lmx.ops`` on the CPU platform only,
+compiler runs them fastest. Chosen by ``lmx.model.ops`` on the CPU platform only,
 so no other platform pays for them; the values are those of the plain
 products (``tests/test_ops.py`` checks logits and gradients).
 

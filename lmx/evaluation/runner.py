@@ -23,16 +23,16 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lmx import checkpoint
+from lmx.training import checkpoint
 from lmx import memory
-from lmx import metrics as metrics_lib
-from lmx import config as config_lib
-from lmx import generation_eval
-from lmx import model as model_lib
-from lmx import ood_diagnostics
-from lmx import task_eval
-from lmx import plots
-from lmx import run_state
+from lmx.training import metrics as metrics_lib
+from lmx.config import validate as config_lib
+from lmx.evaluation import generation as generation_eval
+from lmx.model import transformer as model_lib
+from lmx.evaluation import ood as ood_diagnostics
+from lmx.evaluation import task_accuracy as task_eval
+from lmx.evaluation import plots
+from lmx.training import run_state
 from lmx.data import store, subword, windows
 from lmx.positions import sample_positions
 
@@ -148,7 +148,7 @@ def attention_diagnostics(graphdef, params, config, stream: np.ndarray,
                           length: int, count: int) -> dict:
   """Attention entropy and maximum logit per layer against position, from
   ``count`` validation windows of ``length`` tokens, bucketed like the
-  per-position loss. See ``lmx.attention.attention_stats``."""
+  per-position loss. See ``lmx.model.attention.attention_stats``."""
   inputs, _ = windows.eval_windows(stream, length, count * length)
   stats_fn = make_stats_fn(graphdef)
   sampling = config_lib.resolve_eval_sampling(config)
@@ -315,8 +315,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   A text run gets loss against length (both protocols), per-position loss
   and attention diagnostics, and on request (``config.eval.generation``,
   ``config.eval.ood``) generation quality at length
-  (``lmx.generation_eval``) and LM-Infinite's out-of-distribution factors
-  (``lmx.ood_diagnostics``), each checked before anything compiles; a
+  (``lmx.evaluation.generation``) and LM-Infinite's out-of-distribution factors
+  (``lmx.evaluation.ood``), each checked before anything compiles; a
   task run gets accuracy against length (and
   the passkey grid), see ``evaluate_task_run``.
   """
@@ -463,7 +463,7 @@ def evaluate_task_run(config: ml_collections.ConfigDict, workdir: str,
                       step: Optional[int] = None,
                       overrides: Optional[dict] = None,
                       progress: bool = True) -> dict:
-  """Exact-match accuracy against task length (lmx.task_eval); results.json
+  """Exact-match accuracy against task length (lmx.evaluation.task_accuracy); results.json
   and TensorBoard as in ``evaluate``."""
   run_lengths, skipped = config_lib.task_eval_lengths(config, lengths)
   if not run_lengths:

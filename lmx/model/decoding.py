@@ -10,7 +10,7 @@ Sampling is a pure function of the next-token logits and a key:
 ``generate`` prefills the prompt in one call (``Transformer.decode`` with
 ``prefill=True``, through the configured attention backend), then decodes
 one token per call with a jitted step. The step is the NNX functional
-pattern of ``lmx.trainer``: the model is split once into ``(graphdef,
+pattern of ``lmx.training.trainer``: the model is split once into ``(graphdef,
 params)`` and the step is a pure function of ``(params, cache, token,
 position, key)`` that merges them inside the trace; the cache is donated, so
 it is updated in place. Positions are contiguous (``arange``). The key of
@@ -36,10 +36,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lmx import checkpoint
-from lmx import layer_plan
+from lmx.training import checkpoint
+from lmx.model import layer_plan
 from lmx import memory
-from lmx import run_state
+from lmx.training import run_state
 from lmx.errors import ConfigError
 from lmx.data import subword
 from lmx.data import tokenizer
@@ -185,7 +185,7 @@ def check_lengths(config: ml_collections.ConfigDict, prompt_len: int,
           f'spans {total} positions, but the {name!r} encoding '
           f'cannot: {limit[1]} (--max_new_tokens).')
   # The mask the cache's slots follow: LM-Infinite's, or one sliding
-  # window every layer shares (lmx.layer_plan.cache_mask).
+  # window every layer shares (lmx.model.layer_plan.cache_mask).
   mask = layer_plan.cache_mask(config.model)
   n_global, n_local = mask.n_global, mask.n_local
   bounded = n_local > 0

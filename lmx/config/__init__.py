@@ -1,0 +1,1 @@
+"""Config defaults, field checks and whole-config validation."""

@@ -1,0 +1,1 @@
+"""Evaluation at unseen lengths: evaluators, the extension comparison, reports and plots."""

@@ -1,0 +1,1 @@
+"""The Transformer: architecture, attention and its backends, the KV cache and decoding."""
