@@ -11,7 +11,8 @@ blocks of its block (``block_runs``). Both list them from the same
 gradient back with ``bias_grad_row``, so the two kernels compute the same
 function by construction.
 
-Nothing here imports ``lmx.model.attention`` (it imports the kernels).
+The mask is ``lmx.model.masks.Mask``, the one the other backends use;
+nothing here imports ``lmx.model.attention`` (it imports the kernels).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lmx.model.masks import Mask
 
 NEG_INF = -1e30
 NT_DIMS = (((1,), (1,)), ((), ()))   # a @ b.T
@@ -43,27 +46,15 @@ def next_power_of_2(n: int) -> int:
 def tile_visible(i: int, j: int, *, t: int, s: int, block_q: int,
                  block_k: int, n_global: int = 0, n_local: int = 0,
                  chunk: int = 0) -> bool:
-  """Whether query block ``i`` and key block ``j`` share a visible pair.
-
-  Queries are token indices ``S - T .. S - 1`` (the last T of S keys);
-  only real (unpadded) rows and columns count. Causal: some key ``k <= q``.
-  Lambda-shaped (``n_local > 0``): besides ``k <= q``, ``q - k < n_local``
-  or ``k < n_global``; over the tile, ``q - k`` spans
-  ``[q_lo - k_hi, q_hi - k_lo]``. Chunked local (``chunk > 0``, Llama 4):
-  besides ``k <= q``, some key in the chunk of some query, which holds
-  exactly when ``k_hi`` reaches the start of ``q_lo``'s chunk.
-  """
+  """Whether query block ``i`` and key block ``j`` share a visible pair:
+  ``Mask.tile_visible`` over the block's real (unpadded) token indices,
+  queries being the last T of S keys."""
   q_lo = i * block_q + (s - t)
   q_hi = min((i + 1) * block_q, t) - 1 + (s - t)
   k_lo = j * block_k
   k_hi = min((j + 1) * block_k, s) - 1
-  if k_lo > q_hi:
-    return False
-  if chunk and k_hi < (q_lo // chunk) * chunk:
-    return False
-  if not n_local:
-    return True
-  return k_lo < n_global or q_lo - k_hi <= n_local - 1
+  return bool(Mask(n_global, n_local, chunk).tile_visible(q_lo, q_hi, k_lo,
+                                                         k_hi))
 
 
 def visited_tiles(t: int, s: int, block_q: int, block_k: int,
@@ -195,14 +186,9 @@ def pad(x, axis: int, size: int):
 def visible_pairs(q_idx, k_idx, *, s: int, n_global: int = 0,
                   n_local: int = 0, chunk: int = 0):
   """Which pairs of token indices ``q_idx``, ``k_idx`` (broadcasting int32
-  arrays) the mask shows: ``lmx.model.attention.Mask`` with the padded keys
+  arrays) the mask shows (``Mask.pairs``), with the padded keys
   (``k >= s``) hidden."""
-  visible = (k_idx <= q_idx) & (k_idx < s)
-  if n_local:
-    visible &= (q_idx - k_idx < n_local) | (k_idx < n_global)
-  if chunk:
-    visible &= (q_idx // chunk) == (k_idx // chunk)
-  return visible
+  return Mask(n_global, n_local, chunk).pairs(q_idx, k_idx) & (k_idx < s)
 
 
 def tile_scores(st: Static, head, i, j, q, k, qpos, kpos, scale):
