@@ -13,7 +13,7 @@ As in Llama 4's released code:
   by their root mean square (``use_qk_norm``; ``lmx.model.attention.qk_norm``);
 * the NoPE layers see every earlier key, with no qk-norm, and scale their
   queries by ``1 + 0.1 log(floor((p + 1) / F) + 1)``
-  (``attn_temperature_tuning``; ``lmx.model.attention.llama4_query_scale``).
+  (``attn_temperature_tuning``; ``lmx.positions.length_scaling.llama4_query_scale``).
 
 Llama 4 sets the chunk and ``F`` to one number, 8192, and trains on longer
 sequences than that; here both are a quarter of the training length, so

@@ -356,7 +356,7 @@ def fused_kernels(text: str) -> dict[str, int]:
 @contextlib.contextmanager
 def default_backend(platform: Optional[str]):
   """While tracing, ``jax.default_backend()`` answers ``platform`` (None:
-  unchanged). ``lmx.model.attention.cudnn_unavailable`` asks it whether a GPU is
+  unchanged). ``lmx.model.attention.Cudnn.unavailable`` asks it whether a GPU is
   attached, and in a deviceless compile the answer is the CPU, so ``auto``
   never takes cudnn there; under ``default_backend('gpu')`` it chooses as
   on an attached GPU (XLA's GPU compiler compiles cuDNN's fused attention
@@ -372,48 +372,11 @@ def default_backend(platform: Optional[str]):
     jax.default_backend = original
 
 
-@contextlib.contextmanager
 def recording_backends():
-  """Records, while the step is traced, the backend ``lmx.model.attention`` takes
-  for each attention call: a list of (backend, reason it is not the one
-  asked for, or ''). Wraps the module's dispatch helpers and restores
-  them."""
-  calls = []
-  choose, flash_run = attention.choose_backend, attention.flash_attention
-  flash_why = attention.flash_unavailable
-
-  def choose_backend(requested, **kw):
-    got = choose(requested, **kw)
-    why = ''
-    if requested in ('auto', 'cudnn') and got != 'cudnn':
-      why = attention.cudnn_unavailable(
-          kw['q_dtype'], kw['head_dim'], kw['far'], kw.get('content', False),
-          kw.get('sinks', False)) or ''
-      why = f'cudnn: {why}' if why else ''
-    if calls and calls[-1] and calls[-1][0] == 'flash?':
-      why = calls.pop()[1]
-    calls.append((got, why))
-    return got
-
-  def flash_unavailable(**kw):
-    why = flash_why(**kw)
-    if why:
-      calls.append(('flash?', f'flash: {why}'))
-    return why
-
-  def flash_attention(*args, **kw):
-    calls.append(('flash', ''))
-    return flash_run(*args, **kw)
-
-  attention.choose_backend = choose_backend
-  attention.flash_unavailable = flash_unavailable
-  attention.flash_attention = flash_attention
-  try:
-    yield calls
-  finally:
-    attention.choose_backend = choose
-    attention.flash_unavailable = flash_why
-    attention.flash_attention = flash_run
+  """Records, while the step is traced, the backend ``lmx.model.attention``
+  takes for each attention call: a list of (backend, why the ones before it
+  could not take the call, or '') (``attention.recording``)."""
+  return attention.recording()
 
 
 def _analyse(what: str, lowered, started: float,

@@ -91,8 +91,9 @@ def _itemsize(m) -> int:
 def _attention_keys(m, length: int) -> int:
   """Keys a query's logits are kept for at once: all of them (dense) or a
   tile (chunked)."""
-  limit = attention.dense_key_limit(int(m.chunk_threshold),
-                                    int(m.accelerator_chunk_threshold))
+  limit = attention.dense_key_limit(attention.Spec(
+      threshold=int(m.chunk_threshold),
+      accelerator_threshold=int(m.accelerator_chunk_threshold)))
   dense = m.attention == 'dense' or (m.attention == 'auto' and length <= limit)
   return length if dense else min(length, int(m.attention_block))
 

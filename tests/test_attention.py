@@ -18,6 +18,9 @@ from flax import nnx
 
 from configs import base
 from lmx.model import attention as A
+from lmx.positions import far as F
+from lmx.positions import length_scaling as LS
+from tests import attention_calls as AC
 from lmx.config import validate as config_lib
 from lmx.model import transformer as model_lib
 from lmx import positions as P
@@ -211,7 +214,7 @@ def test_chunked_attention_queries_the_last_t_keys(variant):
   fractional far positions are for rotary encodings only)."""
   s, h, k = 37, 2, 8
   mask = A.Mask(2, 6) if 'lambda' in variant else A.Mask()
-  clamp = {'lambda_limit': A.Clamp(9), 'leaky_rerope': A.Clamp(9, 0.25)}.get(
+  clamp = {'lambda_limit': F.Clamp(9), 'leaky_rerope': F.Clamp(9, 0.25)}.get(
       variant)
   with_bias = variant != 'leaky_rerope'
   rng = np.random.default_rng(3)
@@ -243,9 +246,8 @@ def test_chunked_attention_queries_the_last_t_keys(variant):
     for t in lengths:
       near, far = branches(t)
       kw = dict(bias_fn=bias_fn, mask=mask, far=far, window=window)
-      out[t] = (A.chunked_attention(near, v_all, block_q=BLOCK, block_k=BLOCK,
-                                    **kw),
-                A.attention(near, v_all, backend='dense', **kw))
+      out[t] = (AC.run('chunked', near, v_all, block=BLOCK, **kw),
+                AC.run('dense', near, v_all, **kw))
     return out
 
   results = run()
@@ -307,7 +309,7 @@ def test_blocked_dense_equals_one_block(monkeypatch, variant):
   for queries that are the last T of S keys."""
   s, h, k = 37, 2, 8
   mask = A.Mask(2, 6) if 'lambda' in variant else A.Mask()
-  clamp = {'lambda_limit': A.Clamp(9), 'leaky_rerope': A.Clamp(9, 0.25)}.get(
+  clamp = {'lambda_limit': F.Clamp(9), 'leaky_rerope': F.Clamp(9, 0.25)}.get(
       variant)
   slopes = P.alibi_slopes(h)
   bias_fn = (None if variant == 'leaky_rerope' else
@@ -328,8 +330,8 @@ def test_blocked_dense_equals_one_block(monkeypatch, variant):
       fq, fk = clamp.far_positions(q_pos, pos)
       far = A.Branch(P.apply_rope(q, fq, inv_freq),
                      P.apply_rope(k_all, fk, inv_freq), fq, fk)
-    return A.dense_attention(near, v_all, bias_fn=bias_fn, mask=mask, far=far,
-                             window=clamp.window if clamp else 0)
+    return AC.run('dense', near, v_all, bias_fn=bias_fn, mask=mask,
+                     far=far, window=clamp.window if clamp else 0)
 
   def run():
     res = {}
@@ -451,7 +453,7 @@ def test_self_extend_window_at_least_t_or_group_one_is_plain(backend):
 
 def test_self_extend_far_positions_by_hand():
   # W = 4, G = 3: query q -> q // 3 + 4 - 4 // 3 = q // 3 + 3, key k -> k // 3.
-  se = A.SelfExtend(4, 3)
+  se = F.SelfExtend(4, 3)
   q = jnp.array([[4, 10, 35]])
   k = jnp.array([[0, 2, 9]])
   fq, fk = se.far_positions(q, k)
@@ -481,10 +483,10 @@ def test_rope_self_extend_scores_at_the_grouped_distance():
   pos = jnp.arange(t, dtype=jnp.int32)[None]
   inv = P.rope_inv_freq(k)
   rot = lambda x, p: P.apply_rope(x, p, inv)
-  fq, fk = A.SelfExtend(w, g).far_positions(pos, pos)
+  fq, fk = F.SelfExtend(w, g).far_positions(pos, pos)
   near = A.Branch(rot(q, pos), rot(kk, pos), pos, pos)
   far = A.Branch(rot(q, fq), rot(kk, fk), fq, fk)
-  got = np.asarray(A.scores(near, far, w, None))[0]
+  got = np.asarray(AC.scores(near, far, w, None))[0]
   beyond = 0
   for i in range(t):
     for j in range(i + 1):
@@ -501,7 +503,7 @@ def test_rope_self_extend_scores_at_the_grouped_distance():
 def test_logn_query_scale_by_hand():
   # L = 8: p = 0..7 -> 1 (log(p + 1) <= log 8); p = 15 -> log 16 / log 8 =
   # 4/3; p = 63 -> log 64 / log 8 = 2.
-  got = A.logn_query_scale(jnp.array([[0, 3, 7, 15, 63]]), 8)
+  got = LS.logn_query_scale(jnp.array([[0, 3, 7, 15, 63]]), 8)
   np.testing.assert_allclose(got, [[1, 1, 1, 4 / 3, 2]], rtol=1e-6)
   assert float(got[0, 2]) == 1.0
 
@@ -586,7 +588,7 @@ def test_far_positions_differences(window, leak):
   rng = np.random.default_rng(window)
   q = jnp.asarray(rng.integers(0, 5000, (2, 11)), jnp.int32)
   k = jnp.asarray(rng.integers(0, 5000, (2, 13)), jnp.int32)
-  fq, fk = A.Clamp(window, leak).far_positions(q, k)
+  fq, fk = F.Clamp(window, leak).far_positions(q, k)
   d = np.asarray(q)[:, :, None].astype(np.float64) - np.asarray(k)[:, None, :]
   got = np.asarray(fq, np.float64)[:, :, None] - np.asarray(fk, np.float64)[
       :, None, :]
@@ -610,11 +612,11 @@ def test_rope_clamp_scores_beyond_window_are_the_clamped_distance(leak):
   pos = jnp.arange(t, dtype=jnp.int32)[None] + 100
   inv = P.rope_inv_freq(k)
   rot = lambda x, p: P.apply_rope(x, p, inv)
-  clamp = A.Clamp(w, leak)
+  clamp = F.Clamp(w, leak)
   near = A.Branch(rot(q, pos), rot(kk, pos), pos, pos)
   fq, fk = clamp.far_positions(pos, pos)
   far = A.Branch(rot(q, fq), rot(kk, fk), fq, fk)
-  got = np.asarray(A.scores(near, far, w, None))[0]      # [H, T, S]
+  got = np.asarray(AC.scores(near, far, w, None))[0]      # [H, T, S]
   beyond = 0
   for i in range(t):
     for j in range(i + 1):
@@ -645,14 +647,14 @@ def test_alibi_distance_limit_bias_on_global_pairs():
                 lm_infinite__distance_limit=limit)
   config_lib.validate(cfg)
   attn = model_lib.build(cfg.model, seed=0).blocks[0].attn
-  assert attn.clamp == A.Clamp(limit, 0.0)
+  assert attn.spec.far == F.Clamp(limit, 0.0)
   h, k = attn.num_heads, attn.head_dim
   zeros = jnp.zeros((1, t, h, k), jnp.float32)   # logits = bias alone
   pos = jnp.arange(t, dtype=jnp.int32)[None]
   near, far = attn.branches(zeros, zeros, pos, pos)
-  logits = np.asarray(A.scores(near, far, attn.clamp.window,
-                               attn.position.bias))[0]
-  visible = np.asarray(attn.mask(jnp.arange(t), jnp.arange(t)))
+  logits = np.asarray(AC.scores(near, far, attn.spec.window,
+                                   attn.position.bias))[0]
+  visible = np.asarray(attn.spec.mask(jnp.arange(t), jnp.arange(t)))
   slopes = P.alibi_slopes(h)
   globals_beyond = 0
   for i in range(t):
@@ -666,7 +668,7 @@ def test_alibi_distance_limit_bias_on_global_pairs():
         globals_beyond += 1
   assert globals_beyond > 0
   # Without the limit the same global pairs are biased by the full distance.
-  plain = np.asarray(A.scores(near, None, 0, attn.position.bias))[0]
+  plain = np.asarray(AC.scores(near, None, 0, attn.position.bias))[0]
   np.testing.assert_allclose(plain[:, t - 1, 0], -slopes * (t - 1), rtol=1e-6)
 
 
@@ -692,14 +694,13 @@ def _count_tiles(monkeypatch, t, block, mask, far=False):
   x = jnp.asarray(rng.normal(size=(1, t, 1, 4)), jnp.float32)
   pos = jnp.arange(t, dtype=jnp.int32)[None]
   near = A.Branch(x, x, pos, pos)
-  far_br = A.Branch(x, x, *A.Clamp(3).far_positions(pos, pos)) if far else None
+  far_br = A.Branch(x, x, *F.Clamp(3).far_positions(pos, pos)) if far else None
   with jax.disable_jit():
-    out = A.chunked_attention(near, x, mask=mask, far=far_br,
-                              window=3 if far else 0, block_q=block,
-                              block_k=block)
+    out = AC.run('chunked', near, x, mask=mask, far=far_br,
+                    window=3 if far else 0, block=block)
   monkeypatch.undo()
-  dense = A.attention(near, x, mask=mask, far=far_br, window=3 if far else 0,
-                      backend='dense')
+  dense = AC.run('dense', near, x, mask=mask, far=far_br,
+                    window=3 if far else 0)
   np.testing.assert_allclose(out, dense, atol=TOL)
   return len(calls) // (2 if far else 1)
 
@@ -757,13 +758,13 @@ def test_auto_rule_on_this_platform(caplog):
   if jax.default_backend() == 'gpu':
     pytest.skip('the CPU rule')
   kw = dict(q_dtype=jnp.float32, head_dim=16, far=False, threshold=100)
-  assert A.choose_backend('auto', num_keys=100, **kw) == 'dense'
-  assert A.choose_backend('auto', num_keys=101, **kw) == 'chunked'
-  assert A.choose_backend('dense', num_keys=10**6, **kw) == 'dense'
-  assert A.choose_backend('chunked', num_keys=1, **kw) == 'chunked'
+  assert AC.chosen('auto', num_keys=100, **kw) == 'dense'
+  assert AC.chosen('auto', num_keys=101, **kw) == 'chunked'
+  assert AC.chosen('dense', num_keys=10**6, **kw) == 'dense'
+  assert AC.chosen('chunked', num_keys=1, **kw) == 'chunked'
   A._warned.clear()
   with caplog.at_level(logging.WARNING, logger='lmx'):
-    assert A.choose_backend('cudnn', num_keys=5, **kw) == 'dense'
+    assert AC.chosen('cudnn', num_keys=5, **kw) == 'dense'
   assert 'cudnn' in caplog.text and 'dense' in caplog.text
 
 
@@ -771,22 +772,23 @@ def test_gpu_rule_takes_cudnn_only_where_it_can_run(monkeypatch, caplog):
   # The platform is faked: the rule, not the kernel, is under test.
   monkeypatch.setattr(A.jax, 'default_backend', lambda: 'gpu')
   kw = dict(num_keys=4096, threshold=2048)
-  assert A.choose_backend('auto', q_dtype=jnp.bfloat16, head_dim=64,
-                          far=False, **kw) == 'cudnn'
-  assert A.choose_backend('cudnn', q_dtype=jnp.float16, head_dim=128,
-                          far=False, **kw) == 'cudnn'
+  assert AC.chosen('auto', q_dtype=jnp.bfloat16, head_dim=64,
+                      far=False, **kw) == 'cudnn'
+  assert AC.chosen('cudnn', q_dtype=jnp.float16, head_dim=128,
+                      far=False, **kw) == 'cudnn'
   A._warned.clear()
   with caplog.at_level(logging.WARNING, logger='lmx'):
     for _ in range(3):  # said once, however often it falls back
-      assert A.choose_backend('cudnn', q_dtype=jnp.float32, head_dim=64,
-                              far=False, **kw) == 'chunked'
+      assert AC.chosen('cudnn', q_dtype=jnp.float32, head_dim=64,
+                          far=False, **kw) == 'chunked'
   assert caplog.text.count('float32') == 1
   for dtype, head_dim, far in ((jnp.bfloat16, 60, False),
                                (jnp.bfloat16, 256, False),
                                (jnp.bfloat16, 64, True)):
-    assert A.cudnn_unavailable(dtype, head_dim, far) is not None
-    assert A.choose_backend('auto', q_dtype=dtype, head_dim=head_dim,
-                            far=far, **kw) == 'chunked'
+    assert AC.why_not(A.CUDNN, q_dtype=dtype, head_dim=head_dim,
+                         far=far) is not None
+    assert AC.chosen('auto', q_dtype=dtype, head_dim=head_dim,
+                        far=far, **kw) == 'chunked'
 
 
 def test_auto_backend_model_equals_dense():

@@ -21,6 +21,7 @@ from lmx.config import validate as config_lib
 from lmx.model import transformer as model_lib
 from lmx import positions as P
 from lmx.positions import base as pbase
+from tests import attention_calls as AC
 
 NAME = 'content_toy'
 
@@ -174,19 +175,22 @@ def test_a_term_that_is_not_tiled_runs_dense(toy):
                                   f'{NAME}.tiled': False}).model, 0)
   np.testing.assert_allclose(auto(tokens, pos), dense(tokens, pos),
                              atol=1e-6, rtol=0)
-  assert A.choose_backend('auto', num_keys=t, q_dtype=jnp.float32,
-                          head_dim=16, far=False, threshold=8,
-                          content=True, tiled=False) == 'dense'
-  assert A.choose_backend('auto', num_keys=t, q_dtype=jnp.float32,
-                          head_dim=16, far=False, threshold=8,
-                          content=True) == 'chunked'
+  assert AC.chosen('auto', num_keys=t, q_dtype=jnp.float32,
+                      head_dim=16, far=False, threshold=8,
+                      content=True, tiled=False) == 'dense'
+  assert AC.chosen('auto', num_keys=t, q_dtype=jnp.float32,
+                      head_dim=16, far=False, threshold=8,
+                      content=True) == 'chunked'
+  # Asked for by name, the chunked backend falls back to dense with the
+  # reason (the one fallback walk), and gives the dense result.
+  assert AC.chosen('chunked', num_keys=t, content=True,
+                      tiled=False) == 'dense'
   chunked = model_lib.build(_cfg(**{'attention': 'chunked',
                                     f'{NAME}.tiled': False}).model, 0)
-  with pytest.raises(ValueError, match='not tiled'):
-    chunked(tokens, pos)
+  np.testing.assert_allclose(chunked(tokens, pos), dense(tokens, pos),
+                             atol=1e-6, rtol=0)
 
 
 def test_fused_kernels_refuse_a_content_term():
-  assert A.flash_unavailable(far=False, bias_fn=None, content=True) == (
-      A.CONTENT_REFUSAL)
-  assert A.flash_unavailable(far=False, bias_fn=None) is None
+  assert AC.why_not(A.FLASH, content=True) == A.CONTENT_REFUSAL
+  assert AC.why_not(A.FLASH) is None

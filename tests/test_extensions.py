@@ -6,6 +6,7 @@ import os
 import pytest
 
 import scripts
+from lmx.positions import far
 from lmx.config import validate as config_lib
 from lmx.evaluation import extensions
 from lmx.training import trainer
@@ -99,7 +100,7 @@ def test_the_methods_come_from_the_registries():
 ])
 def test_self_extend_group_fits_the_training_length(train_len, length, group):
   w = train_len // 2
-  assert extensions.self_extend_group(train_len, w, length) == group
+  assert far.self_extend_group(train_len, w, length) == group
   assert (length - 1) // group + w - w // group <= train_len - 1
   g = group - 1
   assert g == 0 or (length - 1) // g + w - w // g > train_len - 1

@@ -21,6 +21,7 @@ from lmx.config import validate as config_lib
 from lmx import positions as P
 from lmx.errors import ConfigError
 from lmx.kernels import flash
+from tests import attention_calls as AC
 
 H, KD = 2, 16
 TOL = 1e-5
@@ -70,8 +71,8 @@ def _grads(backend, enc, mask, data, bq=16, bk=32):
                                   chunk=mask.chunk, block_q=bq,
                                   block_k=bk, interpret=True)
     else:
-      out = A.dense_attention(A.Branch(q, k, qpos, kpos), v,
-                              bias_fn=e.bias, mask=mask)
+      out = AC.run('dense', A.Branch(q, k, qpos, kpos), v, bias_fn=e.bias,
+                   mask=mask)
     return jnp.sum(out.astype(jnp.float32) * cot), out
 
   (_, out), grads = jax.jit(jax.value_and_grad(
@@ -219,20 +220,18 @@ def test_dispatch_runs_the_kernel_or_falls_back_with_the_reason(caplog):
   enc = _encoding('kerple')
   q, k, v, qpos, kpos, _ = _data(37, 37, jnp.float32)
   near = A.Branch(q, k, qpos, kpos)
-  dense = A.dense_attention(near, v, bias_fn=enc.bias, mask=LAMBDA)
-  got = A.attention(near, v, bias_fn=enc.bias, mask=LAMBDA, backend='flash',
-                    block=16)
+  dense = AC.run('dense', near, v, bias_fn=enc.bias, mask=LAMBDA)
+  got = AC.run('flash', near, v, encoding=enc, mask=LAMBDA, block=16)
   np.testing.assert_allclose(got, dense, atol=TOL)
-  assert A.flash_unavailable(far=False, bias_fn=enc.bias) is None
-  assert A.flash_unavailable(far=False, bias_fn=None) is None
-  assert 'far' in A.flash_unavailable(far=True, bias_fn=enc.bias)
+  assert AC.why_not(A.FLASH, encoding=enc) is None
+  assert AC.why_not(A.FLASH) is None
+  assert 'far' in AC.why_not(A.FLASH, far=True, encoding=enc)
   plain = lambda qp, kp: enc.bias(qp, kp)
-  assert 'plain function' in A.flash_unavailable(far=False, bias_fn=plain)
+  assert 'plain function' in AC.why_not(A.FLASH, bias_fn=plain)
   wide = _encoding('fire', **{'fire.mlp_width': 64})
-  assert 'no kernel form' in A.flash_unavailable(far=False,
-                                                 bias_fn=wide.bias)
+  assert 'no kernel form' in AC.why_not(A.FLASH, encoding=wide)
   with caplog.at_level(logging.WARNING, logger='lmx'):
-    got = A.attention(near, v, bias_fn=plain, mask=LAMBDA, backend='flash')
+    got = AC.run('flash', near, v, bias_fn=plain, mask=LAMBDA)
   np.testing.assert_allclose(got, dense, atol=TOL)
   assert 'flash attention cannot run here' in caplog.text
 

@@ -22,6 +22,7 @@ from lmx.model import attention as A
 from lmx.model import ops
 from lmx import positions as P
 from lmx.kernels import flash_gpu, tiles
+from tests import attention_calls as AC
 
 # bfloat16's bound (met by the dense backend too), the encodings and the
 # inputs of the TPU kernel's tests.
@@ -59,8 +60,8 @@ def _grads(backend, enc, mask, data):
     if backend == 'gpu':
       out = _gpu(q, k, v, qpos, kpos, e.kernel_bias(), mask)
     else:
-      out = A.dense_attention(A.Branch(q, k, qpos, kpos), v,
-                              bias_fn=e.bias, mask=mask)
+      out = AC.run('dense', A.Branch(q, k, qpos, kpos), v, bias_fn=e.bias,
+                   mask=mask)
     return jnp.sum(out.astype(jnp.float32) * cot), out
 
   (_, out), grads = jit(jax.value_and_grad(
@@ -164,8 +165,8 @@ def test_hidden_key_blocks_are_never_read():
   mask = A.Mask(n_global=2, n_local=5)
   runs = tiles.block_runs(tiles.visited_tiles(t, t, 16, 16, 2, 5), 5, 0)
   assert runs[4].tolist() == [0, 1, 3, 5]   # global block; window 3-4
-  dense = A.dense_attention(A.Branch(q, k, qpos, kpos), v, bias_fn=enc.bias,
-                            mask=mask)
+  dense = AC.run('dense', A.Branch(q, k, qpos, kpos), v, bias_fn=enc.bias,
+                 mask=mask)
   k_nan = k.at[:, 16:48].set(jnp.nan)   # key blocks 1 and 2
   v_nan = v.at[:, 16:48].set(jnp.nan)
   out = np.asarray(jit(lambda k, v: _gpu(q, k, v, qpos, kpos,
@@ -220,27 +221,25 @@ def test_auto_on_gpu_takes_the_kernel_or_says_why_not(monkeypatch, caplog):
   enc = _encoding('kerple')
   q, k, v, qpos, kpos, _ = _data(21, 21, jnp.float32)
   near = A.Branch(q, k, qpos, kpos)
-  dense = A.dense_attention(near, v, bias_fn=enc.bias, mask=LAMBDA)
+  dense = AC.run('dense', near, v, bias_fn=enc.bias, mask=LAMBDA)
   # A new function each time, so that each is traced for its platform.
   run = lambda: jit(functools.partial(
-      A.attention, near, v, bias_fn=enc.bias, mask=LAMBDA, backend='auto',
-      block=16))()
+      AC.run, 'auto', near, v, encoding=enc, mask=LAMBDA, block=16))()
   np.testing.assert_allclose(run(), dense, atol=TOL)
   assert calls == []   # CPU: never the kernel
   with ops.on_platform('gpu'):
     np.testing.assert_allclose(run(), dense, atol=TOL)
     assert calls == [16]
-    assert A.flash_unavailable(far=False, bias_fn=enc.bias) is None
+    assert AC.why_not(A.FLASH, encoding=enc) is None
     # A content term: auto looks at the kernel, which says why not.
-    assert A.gpu_flash_applies(None, content=True)
-    assert 'content' in A.flash_unavailable(far=False, bias_fn=None,
-                                            content=True)
-    assert not A.gpu_flash_applies(None)   # mask only: cudnn's
+    assert AC.flash_applies(content=True)
+    assert 'content' in AC.why_not(A.FLASH, content=True)
+    assert not AC.flash_applies()   # mask only: cudnn's
     with caplog.at_level(logging.WARNING, logger='lmx'):
-      far = A.attention(near, v, bias_fn=enc.bias, mask=LAMBDA, far=near,
-                        window=1000, backend='auto', block=16)
+      far = AC.run('auto', near, v, encoding=enc, mask=LAMBDA, far=near,
+                   window=1000, block=16)
   assert calls == [16]
-  assert not A.gpu_flash_applies(enc.bias)   # traced for the CPU again
+  assert not AC.flash_applies(encoding=enc)   # traced for the CPU again
   np.testing.assert_allclose(far, dense, atol=TOL)
   assert 'far' in caplog.text and 'auto uses the dense backend' in caplog.text
 
@@ -254,10 +253,10 @@ def test_gpu_refuses_bias_forms_too_long_to_compile():
   assert wide.kernel_bias().terms > A.GPU_MAX_BIAS_TERMS
   assert narrow.kernel_bias().terms <= A.GPU_MAX_BIAS_TERMS
   with ops.on_platform('gpu'):
-    why = A.flash_unavailable(far=False, bias_fn=wide.bias)
+    why = AC.why_not(A.FLASH, encoding=wide)
     assert why and 'Sandwich' in why and 'terms per pair' in why
-    assert A.flash_unavailable(far=False, bias_fn=narrow.bias) is None
-  assert A.flash_unavailable(far=False, bias_fn=wide.bias) is None  # CPU
+    assert AC.why_not(A.FLASH, encoding=narrow) is None
+  assert AC.why_not(A.FLASH, encoding=wide) is None  # CPU
 
 
 # ------------------------------------------------------------ H100 compile
@@ -302,8 +301,8 @@ def test_compiles_for_h100_without_a_gpu():
     def loss(params, q, k, v, qpos, kpos, graphdef=graphdef, rest=rest,
              mask=mask):
       e = nnx.merge(graphdef, params, rest)
-      out = A.attention(A.Branch(q, k, qpos, kpos), v, bias_fn=e.bias,
-                        mask=mask, backend='auto', block=512)
+      out = AC.run('auto', A.Branch(q, k, qpos, kpos), v, encoding=e,
+                   mask=mask, block=512)
       return out.astype(jnp.float32).sum()
 
     # With the encoding's parameters: the dq kernel pulls the bias back.

@@ -19,6 +19,7 @@ from flax import nnx
 from configs import base
 from configs import hwfa
 from configs import irope
+from lmx.positions import length_scaling as LS
 from lmx.model import attention as A
 from lmx.config import validate as config_lib
 from lmx.model import layer_plan
@@ -151,7 +152,7 @@ def test_chunked_layers_chunked_backend_equals_dense_in_every_gradient():
 def test_llama4_query_scale_by_hand():
   # 1 + 0.1 log(floor((p + 1) / 8192) + 1): floor is 0 up to p = 8190,
   # 1 at p = 8191, 2 at p = 16383.
-  got = A.llama4_query_scale(jnp.array([[0, 8190, 8191, 16383]]), 8192.0,
+  got = LS.llama4_query_scale(jnp.array([[0, 8190, 8191, 16383]]), 8192.0,
                              0.1)
   want = [1.0, 1.0, 1.0 + 0.1 * np.log(2.0), 1.0 + 0.1 * np.log(3.0)]
   np.testing.assert_allclose(got[0], want, rtol=1e-6)

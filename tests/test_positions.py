@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from lmx.model import attention as A
 from lmx import positions as P
 from lmx.errors import ConfigError
+from tests import attention_calls as AC
 
 
 def _model_cfg(position, num_heads, d_model):
@@ -767,8 +768,7 @@ def _model_logits(enc, q, k, q_pos, k_pos):
   1/sqrt(head_dim) (lmx.model.attention.scores)."""
   from lmx.model import attention
   qr, kr = enc.rotate(q, k, q_pos, k_pos)
-  return attention.scores(attention.Branch(qr, kr, q_pos, k_pos), None, 0,
-                          None)
+  return AC.scores(attention.Branch(qr, kr, q_pos, k_pos), None, 0, None)
 
 
 def test_keynorm_logits_by_hand():
@@ -828,8 +828,6 @@ def test_keynorm_keys_are_static():
 @pytest.mark.parametrize('fields,needle', [
     ({'keynorm.theta': 0.0}, 'config.model.keynorm.theta'),
     ({'keynorm.eps': -1.0}, 'config.model.keynorm.eps'),
-    ({'keynorm.rope': False, 'rerope.window': 4},
-     'config.model.keynorm.rope=false'),
 ])
 def test_keynorm_bad_settings_are_refused(fields, needle):
   from lmx.errors import ConfigError
@@ -864,7 +862,7 @@ CAPE = {'max_global_shift': 5.0, 'max_local_shift': 1.0,
 def _cape(batch, length, seed, **settings):
   return P.sample_positions('cape', batch, length, 0,
                             np.random.default_rng(seed),
-                            cape={**CAPE, **settings})
+                            {'cape': {**CAPE, **settings}})
 
 
 def test_cape_global_shift_alone():
@@ -970,8 +968,9 @@ def test_txl_logits_are_the_papers_four_terms():
   k = jnp.asarray(rng.normal(size=(1, 5, 2, 4)), jnp.float32)
   pos = jnp.arange(5, dtype=jnp.int32)[None] + 3
   term = enc.content(None, q, k, pos)
-  got = A.masked_scores(A.Branch(q, k, pos, pos), None, 0, None,
-                        jnp.ones((5, 5), bool), term)
+  got = A.masked_scores(AC.spec(), AC.call(A.Branch(q, k, pos, pos),
+                                           content=term),
+                        jnp.ones((5, 5), bool))
   w_r, u, v = enc.w_r[...], enc.u[...], enc.v[...]
   r = P.txl_relative_sinusoid(pos[0][:, None] - pos[0][None, :], 8)   # i,j,c
   wr_r = np.einsum('chk,ijc->hijk', w_r, r)

@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmx.model import attention
 from lmx.config import validate as config_lib
 from lmx.model import ops
 from lmx.training import run_state
 from lmx.errors import ConfigError
+from tests import attention_calls as AC
 
 
 def _batch(t=37, b=2, seed=0):
@@ -131,7 +131,7 @@ def test_a_bad_remat_value_gets_one_message(tiny_config):
 def test_auto_attention_never_goes_dense_at_2048_keys_on_an_accelerator():
   def chosen(platform, keys):
     with ops.on_platform(platform):
-      return attention.choose_backend(
+      return AC.chosen(
           'auto', num_keys=keys, q_dtype=jnp.bfloat16, head_dim=64,
           far=False, threshold=2048, accelerator_threshold=512)
   assert chosen('cpu', 2048) == 'dense'
@@ -141,7 +141,7 @@ def test_auto_attention_never_goes_dense_at_2048_keys_on_an_accelerator():
   # On a "GPU" traced from this host cudnn is refused only by the dtype or
   # shape, so float32 shows the fallback.
   with ops.on_platform('gpu'):
-    assert attention.choose_backend(
+    assert AC.chosen(
         'auto', num_keys=2048, q_dtype=jnp.float32, head_dim=64, far=False,
         threshold=2048, accelerator_threshold=512) == 'chunked'
 

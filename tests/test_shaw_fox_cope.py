@@ -18,6 +18,8 @@ from flax import nnx
 from lmx import positions as P
 from lmx.errors import ConfigError
 from lmx.positions.base import Tile
+from lmx.positions import far as F
+from tests import attention_calls as AC
 
 
 def _model_cfg(position, num_heads=2, d_model=8, **fields):
@@ -156,8 +158,8 @@ def test_shaw_values_are_eq3_in_dense_and_chunked():
   want = np.einsum('bhts,btshk->bthk', alpha, vn[:, None] + a_v[:, :, :, None])
   near = A.Branch(q, k, pos, pos)
   for backend in ('dense', 'chunked'):
-    got = A.attention(near, v, backend=backend, block=4,
-                      content=enc.content(None, q, k, pos))
+    got = AC.run(backend, near, v, block=4,
+                 content=enc.content(None, q, k, pos))
     np.testing.assert_allclose(got, want, atol=2e-5, err_msg=backend)
 
 
@@ -168,7 +170,7 @@ def test_shaw_values_chunked_equals_dense_with_every_gradient(window):
   from lmx.model import attention as A
   enc, q, k, v, pos = _shaw_values_layer(max_distance=6, seed=1)
   graphdef, state = nnx.split(enc)
-  clamp = A.Clamp(window) if window else None
+  clamp = F.Clamp(window) if window else None
   cot = jnp.asarray(np.random.default_rng(3).normal(size=q.shape),
                     jnp.float32)
 
@@ -179,8 +181,8 @@ def test_shaw_values_chunked_equals_dense_with_every_gradient(window):
     if clamp is not None:
       fq, fk = clamp.far_positions(pos, pos)
       far = A.Branch(q, k, fq, fk)
-    out = A.attention(near, v, backend=backend, block=4, far=far,
-                      window=window, content=e.content(None, q, k, pos))
+    out = AC.run(backend, near, v, block=4, far=far, window=window,
+                 content=e.content(None, q, k, pos))
     return jnp.sum(out * cot)
 
   dense = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(

@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from configs import base
+from lmx.positions import far
 from lmx.model import attention as A
 from lmx.config import validate as config_lib
 from lmx.model import transformer as model_lib
@@ -45,7 +46,7 @@ def test_sink_logit_and_memory_by_hand():
   logits = jnp.array([0.0, np.log(2.0)]).reshape(1, 1, 1, 2)
   v = jnp.array([1.0, 3.0]).reshape(1, 2, 1, 1)
   q = jnp.ones((1, 1, 1, 1))
-  prefix = A.sink_prefix(q, jnp.zeros(1), jnp.full((1, 1, 1), np.log(3.0)),
+  prefix = far.sink_prefix(q, jnp.zeros(1), jnp.full((1, 1, 1), np.log(3.0)),
                          jnp.full((1, 1, 1), 5.0))
   got = float(A.attend(logits, v, prefix)[0, 0, 0, 0])
   assert got == pytest.approx((1 * 1 + 2 * 3 + 3 * 5 + 1 * 0) / 7, rel=1e-6)

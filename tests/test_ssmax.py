@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from configs import base
+from lmx.positions import length_scaling as LS
 from lmx.model import attention as A
 from lmx.config import validate as config_lib
 from lmx.config import defaults
@@ -50,13 +51,13 @@ def test_visible_count_is_the_number_of_visible_keys():
 
 def test_the_scale_by_hand():
   s = jnp.array([0.5, 2.0])
-  got = A.ssmax_logit_scale(s, jnp.array([0, 1, 4, 9]), A.Mask())
+  got = LS.ssmax_logit_scale(s, jnp.array([0, 1, 4, 9]), A.Mask())
   n = np.array([1, 2, 5, 10])
   np.testing.assert_allclose(got, np.outer([0.5, 2.0], np.log(n)), rtol=1e-6)
   # A window of 3 stops n at 3; the Lambda mask (2 global, 3 local) at 5.
-  got = A.ssmax_logit_scale(s, jnp.array([0, 1, 4, 9]), A.Mask(0, 3))
+  got = LS.ssmax_logit_scale(s, jnp.array([0, 1, 4, 9]), A.Mask(0, 3))
   np.testing.assert_allclose(got[0], 0.5 * np.log([1, 2, 3, 3]), rtol=1e-6)
-  got = A.ssmax_logit_scale(s, jnp.array([4, 9]), A.Mask(2, 3))
+  got = LS.ssmax_logit_scale(s, jnp.array([4, 9]), A.Mask(2, 3))
   np.testing.assert_allclose(got[1], 2.0 * np.log([5, 5]), rtol=1e-6)
 
 
@@ -64,10 +65,10 @@ def test_initial_s_averages_the_scale_to_one_over_the_training_length():
   # mean(log n), n = 1 .. L, is log(L!) / L = lgamma(L + 1) / L.
   for length in (8, 64, 1024):
     want = length / math.lgamma(length + 1)
-    assert abs(A.ssmax_init(length) - want) < 1e-9
+    assert abs(LS.ssmax_init(length) - want) < 1e-9
   m = model_lib.build(_config().model, 0)
   np.testing.assert_allclose(m.blocks[0].attn.ssmax[...],
-                             [A.ssmax_init(8)] * 2, rtol=1e-6)
+                             [LS.ssmax_init(8)] * 2, rtol=1e-6)
   m = model_lib.build(_config(length_scaling__ssmax_init=0.3).model, 0)
   np.testing.assert_allclose(m.blocks[0].attn.ssmax[...], [0.3, 0.3])
 
@@ -88,10 +89,9 @@ def test_ssmax_scales_the_whole_score_bias_included(position):
     m = model_lib.build(c.model, 0)
     if kind == 'ssmax':
       m.blocks[0].attn.ssmax[...] = s
-    m.blocks[0].attn.collect_logits = True
-    _, sown = nnx.capture(m, nnx.Intermediate)(tokens, pos)
-    (out,) = jax.tree.leaves(sown)
-    return np.asarray(out)
+    probe = model_lib.Probe(logits=True)
+    m(tokens, pos, probe=probe)
+    return np.asarray(probe.logits[0])
 
   plain, scaled = logits('off'), logits('ssmax')
   vis = np.tril(np.ones((t, t), bool))
@@ -169,8 +169,8 @@ def test_old_saved_configs_keep_their_meaning():
   assert layer_plan.plan(cfg.model) == [
       layer_plan.LayerSpec('rope', 0, 'logn')] * cfg.model.num_layers
   m = model_lib.build(cfg.model, 0)
-  assert all(b.attn.ssmax is None for b in m.blocks)
-  assert all(b.attn.logn_len == 16 for b in m.blocks)
+  assert not any(hasattr(b.attn, 'ssmax') for b in m.blocks)
+  assert all(b.attn.spec.scaling == LS.LogN(16) for b in m.blocks)
   # One written before layers.chunk and layers.qk_norm keeps its windows
   # and gets neither.
   saved = base.get_config('size=tiny').to_dict()

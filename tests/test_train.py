@@ -53,7 +53,8 @@ def test_a_few_steps_lower_the_loss(position, sampling, fields, tiny_config,
   for step in range(c.train.steps):
     batch = windows.train_batch(stream, seed=0, step=step, batch=8,
                                 seq_len=c.train.seq_len, sampling=sampling,
-                                max_position=2048, cape=c.positions.cape)
+                                max_position=2048,
+                                positions_cfg=c.positions)
     if sampling == 'cape':   # real positions reach the step
       assert batch['positions'].dtype == np.float32
       assert np.any(batch['positions'] % 1 != 0)

@@ -27,6 +27,8 @@ from lmx.model import layer_plan
 from lmx import positions
 from lmx.data import tasks
 from lmx.errors import ConfigError
+from lmx.positions import far
+from lmx.positions import length_scaling
 from lmx.positions import sampling as sampling_lib
 
 SIZES = {
@@ -166,34 +168,13 @@ def get_config(arg: str | None = None,
   c.model.attention_block = 512       # chunked: query and key tile length
   c.model.chunk_threshold = 2048      # auto on CPU: chunked above this many keys
   c.model.accelerator_chunk_threshold = 512  # auto on GPU/TPU: the same
-  # ReRoPE (rotary encodings): distances from `window` on are computed as
-  # window + leak * (d - window); leak 0 clamps them at the window (ReRoPE),
-  # leak in (0, 1) is Leaky ReRoPE. window 0 = off.
-  c.model.rerope = ml_collections.ConfigDict({'window': 0, 'leak': 0.0})
-  # LM-Infinite (Han et al. 2023): each query sees the first n_global and
-  # the last n_local tokens (the Lambda-shaped mask; n_local 0 = off), and
-  # with distance_limit > 0 (the pretraining length) no distance beyond it.
-  c.model.lm_infinite = ml_collections.ConfigDict(
-      {'n_global': 0, 'n_local': 0, 'distance_limit': 0})
-  # Self-Extend (Jin et al. 2024): pairs at distance >= window are scored
-  # at grouped positions (query q // group + window - window // group, key
-  # k // group). window 0 = off.
-  c.model.self_extend = ml_collections.ConfigDict({'window': 0, 'group': 2})
-  # Attention sinks (lmx.model.attention.sink_prefix), in every layer: `logit`
-  # adds a learned logit per head with a zero value to each softmax;
-  # `memory` > 0 adds that many learned key/value slots per head. Both are
-  # seen by every query, under the Lambda-shaped mask too, and carry no
-  # position.
-  c.model.sinks = ml_collections.ConfigDict({'logit': False, 'memory': 0})
-  # Length scaling (lmx.model.attention): 'logn' multiplies a query at position p
-  # by max(1, log(p + 1) / log(base_len)) (base_len: the training length);
-  # 'llama4' by 1 + attn_scale * log(floor((p + 1) / floor_scale) + 1)
-  # (Llama 4's NoPE layers); 'ssmax' (Scalable-Softmax) multiplies the
-  # scores of a query that sees n keys by s log n, s learned per head and
-  # layer, starting at ssmax_init (0: 1 / mean(log n) over 1 .. base_len).
-  c.model.length_scaling = ml_collections.ConfigDict(
-      {'kind': 'off', 'base_len': 0, 'floor_scale': 8192.0,
-       'attn_scale': 0.1, 'ssmax_init': 0.0})
+  # The far branches and masks (ReRoPE, LM-Infinite, Self-Extend, attention
+  # sinks), each off at its defaults: lmx/positions/far.py.
+  for name in far.REGISTRY:
+    c.model[name] = far.default_config(name)
+  # Length scaling (kind: off | logn | ssmax | llama4) and the settings of
+  # each: lmx/positions/length_scaling.py.
+  c.model.length_scaling = length_scaling.default_config()
   # Per-layer encodings, sliding windows and length scalings (tuples; ()
   # = every layer as the model-level setting; a pattern whose length
   # divides num_layers repeats): lmx/model/layer_plan.py, configs/hwfa.py.
@@ -208,7 +189,8 @@ def get_config(arg: str | None = None,
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
 
   c.positions = ml_collections.ConfigDict()
-  # contiguous | randomized | shift | pose | cape
+  # A sampler of lmx/positions/sampling.py: contiguous | randomized | shift
+  # | pose | cape
   # (lmx/positions/sampling.py)
   c.positions.train = 'contiguous'
   # At evaluation: contiguous | randomized | shift, or 'train' for whatever
@@ -217,11 +199,9 @@ def get_config(arg: str | None = None,
   # positions too.
   c.positions.eval = 'train'
   c.positions.max_position = 2048
-  # CAPE (positions.train='cape'): real positions lambda (i + Delta + eps_i)
-  # with Delta ~ U[-max_global_shift, +], eps_i ~ U[-max_local_shift/2, +],
-  # log lambda ~ U[-log max_global_scaling, +]; the settings for text.
-  c.positions.cape = ml_collections.ConfigDict(
-      dict(sampling_lib.CAPE_DEFAULTS))
+  # Each sampler's settings (CAPE's), at config.positions.<name>.
+  for name, section in sampling_lib.default_sections().items():
+    c.positions[name] = section
 
   c.train = ml_collections.ConfigDict()
   c.train.seq_len = s['seq_len']

@@ -15,6 +15,7 @@ that arithmetic (the encoding's or scaling's own ``check``), citing it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -145,3 +146,67 @@ class Fields:
             f'{self.name(path)}={value!r} is not one of: '
             f'{", ".join(map(repr, options))}.')
     return value
+
+
+# ------------------------------------------------------------ field specs
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """One setting of a config section, declared as data: its default (whose
+  Python type is the field's type), what it means, and its range. A method
+  family's members declare their sections with these
+  (``lmx.positions.families``), and ``check_section`` checks any of them.
+
+  ``lo``/``hi`` bound a number (``lo_open``/``hi_open``: strictly);
+  ``positive`` asks for a number float32 holds without rounding it to 0;
+  ``choices`` lists a string's values."""
+  default: Any
+  doc: str
+  lo: Optional[float] = None
+  hi: Optional[float] = None
+  lo_open: bool = False
+  hi_open: bool = False
+  positive: bool = False
+  choices: Optional[tuple] = None
+
+  def read(self, f: 'Fields', path: str):
+    """The checked value of ``path`` (this field) below ``f``'s node."""
+    if isinstance(self.default, bool):
+      return f.bool(path)
+    if self.choices is not None:
+      return f.choice(path, self.choices)
+    if isinstance(self.default, int):
+      return f.int(path, self.lo, self.hi)
+    if isinstance(self.default, float):
+      if self.positive:
+        return f.positive(path)
+      return f.float(path, self.lo, self.hi, self.lo_open, self.hi_open)
+    value = f.get(path)
+    require(isinstance(value, type(self.default)),
+            f'{f.name(path)} must be a {type(self.default).__name__}, got '
+            f'{value!r}.')
+    return value
+
+
+def section_defaults(fields: dict[str, Field]) -> dict:
+  """``{name: default}`` of a section's field specs."""
+  return {name: spec.default for name, spec in fields.items()}
+
+
+def check_section(node: Any, prefix: str, fields: dict[str, Field]) -> dict:
+  """Every field of the section ``node`` (named ``prefix``) against its spec;
+  ``{name: value}``. ConfigError for a value out of its type or range, or
+  for a field the section does not declare."""
+  unknown = sorted(set(node) - set(fields)) if hasattr(node, 'keys') else []
+  require(not unknown,
+          f'{prefix} has unknown field(s) {unknown}; valid: '
+          f'{", ".join(fields)}.')
+  f = Fields(node, prefix)
+  return {name: spec.read(f, name) for name, spec in fields.items()}
+
+
+def changed(node: Any, fields: dict[str, Field]) -> list[str]:
+  """The fields of ``node`` whose value differs from their default."""
+  return [name for name, spec in fields.items()
+          if name in node and node[name] != spec.default]

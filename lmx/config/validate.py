@@ -18,6 +18,8 @@ from lmx.data import subword
 from lmx.data import tasks
 from lmx.data import tokenizer as tokenizer_lib
 from lmx.errors import ConfigError
+from lmx.positions import far
+from lmx.positions import length_scaling
 from lmx.positions import sampling as sampling_lib
 
 # Positions and steps are int32 on the device.
@@ -31,11 +33,7 @@ __all__ = ['ConfigError', 'check_length', 'eval_lengths', 'position_bound',
 def position_bound(config: ml_collections.ConfigDict, sampling: str,
                    length: int) -> Optional[int]:
   """The largest position + 1 a sequence of ``length`` may use."""
-  if sampling == 'contiguous':
-    return length
-  if sampling in sampling_lib.REAL_KINDS:
-    return sampling_lib.cape_bound(length, config.positions.cape)
-  return int(config.positions.max_position)
+  return sampling_lib.get(sampling).bound(config.positions, length)
 
 
 def resolve_eval_sampling(config) -> str:
@@ -50,8 +48,8 @@ def resolve_eval_sampling(config) -> str:
 def check_length(config: ml_collections.ConfigDict, length: int,
                  sampling: str, what: str) -> Optional[str]:
   """Why ``length`` cannot be run with this config, or None if it can."""
-  drawn = sampling not in ('contiguous',) + sampling_lib.REAL_KINDS
-  if drawn and length > config.positions.max_position:
+  sampler = sampling_lib.get(sampling)
+  if sampler.drawn and length > config.positions.max_position:
     return (f'{what} length {length} is longer than '
             f'config.positions.max_position={config.positions.max_position}: '
             f'{sampling} positions are drawn from [0, max_position). Raise '
@@ -59,11 +57,7 @@ def check_length(config: ml_collections.ConfigDict, length: int,
             f'with it), or evaluate with shorter lengths.')
   # Positions of one sequence span its length, or (randomized) up to the
   # whole range they are drawn from.
-  span = length
-  if sampling == 'randomized':
-    span = max(length, int(config.positions.max_position))
-  elif sampling in sampling_lib.REAL_KINDS:
-    span = sampling_lib.cape_span(length, config.positions.cape)
+  span = sampler.span(config.positions, length)
   needed = position_bound(config, sampling, length)
   # Every encoding some layer uses (config.model.layers.position).
   for name, encoding in layer_plan.used_encodings(config.model).items():
@@ -252,20 +246,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_real_positions(config, used) -> None:
-  """CAPE's settings, and the rules of a sampling that draws real-valued
-  positions: only for training, and only for an encoding that takes them
-  (``real_positions``)."""
-  f = Fields(config, 'config')
-  f.float('positions.cape.max_global_shift', 0.0)
-  f.float('positions.cape.max_local_shift', 0.0, 1.0)
-  f.float('positions.cape.max_global_scaling', 1.0)
+  """The samplers' settings, and the rules of a sampling that draws
+  real-valued positions: only for training, and only for an encoding that
+  takes them (``real_positions``)."""
+  sampling_lib.check_sections(config.positions)
   p, m = config.positions, config.model
-  require(p.eval not in sampling_lib.REAL_KINDS,
+  require(p.eval == 'train' or not sampling_lib.get(p.eval).train_only,
           f'config.positions.eval={p.eval!r} augments positions for '
           'training; an evaluation uses contiguous integer positions (as '
           "the paper evaluates). Set config.positions.eval='train' (which "
           "means contiguous after it) or 'contiguous'.")
-  if p.train not in sampling_lib.REAL_KINDS:
+  if not sampling_lib.get(p.train).real:
     return
   takers = ', '.join(n for n, e in positions.REGISTRY.items()
                      if e.real_positions)
@@ -283,35 +274,33 @@ def _check_real_positions(config, used) -> None:
           "would be cut to integers. Use 'chunked', 'dense' or 'auto'.")
 
 
-def _check_flash(config, used, *, far: bool) -> None:
+def _check_flash(config, used) -> None:
   """``model.attention='flash'``: what the fused kernel cannot compute is
   refused here, where the config already says it (a call outside a config
-  falls back instead, ``attention.flash_unavailable``)."""
+  falls back instead, ``lmx.model.attention.FLASH``)."""
   m = config.model
   if m.attention != 'flash':
     return
-  require(not far,
-          "config.model.attention='flash' computes one logit branch, but a "
-          'distance clamp (config.model.rerope.window, config.model.'
-          'lm_infinite.distance_limit) or config.model.self_extend.window '
-          "scores far pairs with a second one. Use 'chunked' or 'dense', or "
-          'set those to 0.')
-  ssmax = 'ssmax' in {s.length_scaling for s in layer_plan.plan(m)}
+  for member in far.active(m):
+    why = member.kernel_refusal(m)
+    require(why is None,
+            f"config.model.attention='flash' cannot compute "
+            f'{member.summary} (config.model.{member.name}): {why}. Use '
+            "'chunked' or 'dense', or turn it off.")
+  scores = [k for k in {s.length_scaling for s in layer_plan.plan(m)}
+            if length_scaling.get(k).scales_scores]
   for name, encoding in used.items():
     why = encoding.kernel_refusal(layer_plan.view(m, name))
     require(why is None,
             f"config.model.attention='flash' computes the bias inside the "
             f'kernel, but for the {name!r} encoding {why}. Use '
             "'chunked' or 'dense'.")
-    require(not (ssmax and encoding.has_bias()),
-            "config.model.attention='flash' adds the bias inside the "
-            "kernel, and SSMax (length_scaling 'ssmax') scales the whole "
-            f'score, the {name!r} bias included. Use \'chunked\' or '
-            "'dense', or another length scaling.")
-  require(not (m.sinks.logit or m.sinks.memory),
-          "config.model.attention='flash' computes the keys of the sequence "
-          'alone, but config.model.sinks adds sink slots. Use '
-          "'chunked' or 'dense', or turn the sinks off.")
+    if scores and encoding.has_bias():
+      raise ConfigError(
+          "config.model.attention='flash' adds the bias inside the kernel, "
+          f'and the length scaling {scores[0]!r} scales the whole score, '
+          f"the {name!r} bias included. Use 'chunked' or 'dense', or "
+          'another length scaling.')
 
 
 def _check_tokenizer(config) -> None:
@@ -342,13 +331,12 @@ def _check_tokenizer(config) -> None:
 
 
 def _check_attention(config, used) -> None:
-  """The attention backend, ReRoPE and LM-Infinite settings; ``used``:
-  ``{name: encoding}`` of the encodings the layers use."""
+  """The attention backend, the far branches and masks
+  (``lmx.positions.far``) and the length scalings
+  (``lmx.positions.length_scaling``); ``used``: ``{name: encoding}`` of the
+  encodings the layers use."""
   f = Fields(config, 'config')
   m = config.model
-  names = ', '.join(map(repr, used))
-  rotary = any(e.rotary for e in used.values())
-  relative = any(e.relative() for e in used.values())
   f.choice('model.attention', attention.BACKENDS)
   require(m.attention != 'cudnn' or jax.default_backend() == 'gpu',
           f"config.model.attention='cudnn' needs a GPU, but JAX runs on "
@@ -357,67 +345,14 @@ def _check_attention(config, used) -> None:
   f.int('model.attention_block', 1)
   f.int('model.chunk_threshold', 0)
   f.int('model.accelerator_chunk_threshold', 0)
-  window = f.int('model.rerope.window', 0)
-  leak = f.float('model.rerope.leak', 0.0, 1.0, hi_open=True)
-  require(leak == 0.0 or window > 0,
-          f'config.model.rerope.leak={leak} acts beyond the ReRoPE window: '
-          'set config.model.rerope.window too (e.g. the training length).')
-  require(window == 0 or rotary,
-          f'config.model.rerope.window={window} clamps rotary angles, but the '
-          f'{names} encoding is not rotary. Use a rotary encoding '
-          '(rotary = True: rope, xpos), or LM-Infinite\'s '
-          'config.model.lm_infinite.distance_limit, which clamps the '
-          'distances of any encoding.')
-  n_global = f.int('model.lm_infinite.n_global', 0)
-  n_local = f.int('model.lm_infinite.n_local', 0)
-  limit = f.int('model.lm_infinite.distance_limit', 0)
-  require(n_local > 0 or (n_global == 0 and limit == 0),
-          'config.model.lm_infinite.n_global and distance_limit act only '
-          'with the Lambda-shaped mask: set config.model.lm_infinite.n_local '
-          '(e.g. the training length), or set both to 0.')
-  require(limit == 0 or n_global + n_local <= limit,
-          f'config.model.lm_infinite: n_global + n_local = {n_global} + '
-          f'{n_local} = {n_global + n_local} is larger than distance_limit='
-          f'{limit} (the pretraining length), so local distances would pass '
-          'the limit. Lower n_local to at most '
-          f'{max(limit - n_global, 0)}, or raise distance_limit.')
-  require(not (window and limit),
-          'config.model.rerope.window and config.model.lm_infinite.'
-          'distance_limit both clamp distances; set one of them to 0.')
-  se_window = f.int('model.self_extend.window', 0)
-  f.int('model.self_extend.group', 1)
-  require(not se_window or not (window or limit),
-          'config.model.self_extend.window and '
-          + ('config.model.rerope.window' if window else
-             'config.model.lm_infinite.distance_limit')
-          + ' both rescore distant pairs; set one of them to 0.')
-  require(not se_window or relative,
-          f'config.model.self_extend.window={se_window} regroups the '
-          f'positions that the rotation or the bias sees, but the '
-          f'{names} encoding has neither (it adds its positions to the '
-          'embeddings, or has none). Use a relative encoding ('
-          + ', '.join(n for n, e in positions.REGISTRY.items() if e.relative())
-          + '), or set config.model.self_extend.window=0.')
-  f.bool('model.sinks.logit')
-  f.int('model.sinks.memory', 0, 4096)
-  _check_flash(config, used, far=bool(window or limit or se_window))
-  kind = f.choice('model.length_scaling.kind', attention.LENGTH_SCALINGS)
-  base_len = f.int('model.length_scaling.base_len', 0)
-  kinds = {s.length_scaling for s in layer_plan.plan(m)}
+  far.check(m, used)
+  kinds = [s.length_scaling for s in layer_plan.plan(m)]
   where = ('config.model.layers.length_scaling'
            f'={tuple(m.layers.length_scaling)!r}'
            if tuple(m.layers.length_scaling) else
-           f'config.model.length_scaling.kind={kind!r}')
-  require(not ({'logn', 'ssmax'} & kinds) or base_len >= 2,
-          f"{where} ('logn' or 'ssmax') needs "
-          'config.model.length_scaling.base_len >= 2 (logn scales queries '
-          'by log(p + 1) / log(base_len); ssmax starts s at 1 / mean(log n) '
-          f'over 1 .. base_len), but it is {base_len}. Set '
-          'config.model.length_scaling.base_len to the training length '
-          "(config.train.seq_len), or kind='off'.")
-  f.positive('model.length_scaling.floor_scale')
-  f.float('model.length_scaling.attn_scale', 0.0)
-  f.float('model.length_scaling.ssmax_init', 0.0)
+           f'config.model.length_scaling.kind={m.length_scaling.kind!r}')
+  length_scaling.check(m, kinds, where)
+  _check_flash(config, used)
 
 
 def eval_lengths(config: ml_collections.ConfigDict,

@@ -870,19 +870,20 @@ def _layout(tc, rows, width: int) -> dict:
 
 def _positions(kind: str, lengths: Sequence[int], width: int,
                max_position: int, rng: np.random.Generator,
-               cape=None) -> np.ndarray:
+               positions_cfg=None) -> np.ndarray:
   """Positions drawn for each example's own length, padding repeats the last.
 
   Drawing for the padded width instead would give a short example only the
   first few of ``width`` sorted random positions: a narrower spread than
   the same example gets at evaluation, where it is not padded. int32, or
-  float32 for a sampling of real positions (CAPE's, with ``cape`` its
-  settings).
+  float32 for a sampling of real positions (CAPE's, which reads its
+  settings in ``positions_cfg``, ``config.positions``).
   """
   real = kind in sampling_lib.REAL_KINDS
   out = np.zeros((len(lengths), width), np.float32 if real else np.int32)
   for i, t in enumerate(lengths):
-    p = sample_positions(kind, 1, int(t), max_position, rng, cape=cape)[0]
+    p = sample_positions(kind, 1, int(t), max_position, rng,
+                         positions_cfg)[0]
     out[i, :t], out[i, t:] = p, p[-1]
   return out
 
@@ -903,7 +904,7 @@ def train_batch(config, *, step: int, batch: int) -> dict:
   out['positions'] = _positions(
       config.positions.train, [sequence_length(tc, n) for n in lengths],
       int(config.train.seq_len), int(config.positions.max_position), rng,
-      cape=config.positions.cape)
+      positions_cfg=config.positions)
   return out
 
 

@@ -38,12 +38,13 @@ def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
 def train_batch(stream: np.ndarray, *, seed: int, step: int, batch: int,
                 seq_len: int, sampling: str, max_position: int,
                 rows: np.ndarray | None = None,
-                cape: Mapping | None = None) -> Batch:
+                positions_cfg: Mapping | None = None) -> Batch:
   """The training batch of ``step``; a pure function of its arguments.
 
   ``rows`` (global row indices) builds only those rows of the batch, as one
   process of a multi-host run does; they equal the same rows of the whole.
-  ``cape``: the settings of CAPE's sampling (``config.positions.cape``).
+  ``positions_cfg``: ``config.positions``, where a sampler with settings
+  (CAPE's) reads its own.
   """
   if stream.size < seq_len + 2:
     raise DataError(f'The training stream has {stream.size} tokens, fewer '
@@ -52,7 +53,7 @@ def train_batch(stream: np.ndarray, *, seed: int, step: int, batch: int,
   rng = step_rng(seed, step)
   starts = rng.integers(0, stream.size - seq_len - 1, size=batch)
   pos = sample_positions(sampling, batch, seq_len, max_position, rng,
-                         cape=cape)
+                         positions_cfg)
   if rows is not None:
     starts, pos = starts[rows], pos[rows]
   if hasattr(stream, 'rows'):  # a store's memory-mapped stream

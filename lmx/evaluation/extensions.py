@@ -60,10 +60,8 @@ from lmx import positions
 from lmx.training import run_state
 from lmx.data import store, subword, windows
 from lmx.errors import CheckpointError, ConfigError, DataError
+from lmx.positions import far
 from lmx.positions import rope_scaling
-
-LM_INFINITE_GLOBAL = 10
-
 
 @dataclasses.dataclass(frozen=True)
 class Method:
@@ -75,50 +73,6 @@ class Method:
   setup: Callable[[ml_collections.ConfigDict, int, int], None]
 
 
-def _rerope(model_cfg, train_len, length):
-  del length
-  model_cfg.rerope.window = max(train_len // 2, 1)
-  model_cfg.rerope.leak = 0.0
-
-
-def _leaky_rerope(model_cfg, train_len, length):
-  if length > train_len:
-    window = max(train_len // 2, 1)
-    model_cfg.rerope.window = window
-    model_cfg.rerope.leak = (train_len - window) / (length - window)
-
-
-def _rerope_logn(model_cfg, train_len, length):
-  _rerope(model_cfg, train_len, length)
-  model_cfg.length_scaling.kind = 'logn'
-  model_cfg.length_scaling.base_len = train_len
-
-
-def self_extend_group(train_len: int, window: int, length: int) -> int:
-  """The smallest group G whose largest grouped distance of a
-  length-``length`` window, ``(length - 1) // G + W - W // G``, is below
-  ``train_len``."""
-  group = 1
-  while (length - 1) // group + window - window // group > train_len - 1:
-    group += 1
-  return group
-
-
-def _self_extend(model_cfg, train_len, length):
-  if length > train_len:
-    window = max(train_len // 2, 1)
-    model_cfg.self_extend.window = window
-    model_cfg.self_extend.group = self_extend_group(train_len, window, length)
-
-
-def _lm_infinite(model_cfg, train_len, length):
-  del length
-  n_global = min(LM_INFINITE_GLOBAL, train_len // 2)
-  model_cfg.lm_infinite.n_global = n_global
-  model_cfg.lm_infinite.n_local = train_len - n_global
-  model_cfg.lm_infinite.distance_limit = train_len
-
-
 REGISTRY: dict[str, Method] = {}
 
 
@@ -127,18 +81,16 @@ def register(method: Method) -> Method:
   return method
 
 
+# Every RoPE scaling, then every extension a far branch or mask offers
+# (``lmx.positions.far``): the methods are registry entries of those
+# families, set up by the entries themselves.
 for _s in rope_scaling.SCALINGS.values():
   register(Method(_s.name, _s.summary,
                   functools.partial(rope_scaling.configure, name=_s.name)))
-register(Method('rerope', 'ReRoPE: distances clamped at L/2', _rerope))
-register(Method('leaky_rerope', 'Leaky ReRoPE: L/2, then leak (L - w)/(n - w)',
-                _leaky_rerope))
-register(Method('rerope_logn', 'ReRoPE at L/2 with log-n query scaling '
-                '(max(1, log(p + 1) / log L))', _rerope_logn))
-register(Method('self_extend', 'Self-Extend: window L/2, grouped positions '
-                'beyond it, G the smallest that fits L', _self_extend))
-register(Method('lm_infinite', 'LM-Infinite: Lambda mask (10 global, L - 10 '
-                'local) and distances clamped at L', _lm_infinite))
+for _m in far.REGISTRY.values():
+  for _name, (_summary, _options) in _m.EXTENSIONS.items():
+    register(Method(_name, _summary,
+                    functools.partial(_m.configure, **_options)))
 METHODS = tuple(REGISTRY)
 
 

@@ -23,7 +23,7 @@ of the longest evaluation length the dense path reaches:
 
 (Factor 2, attention entropy, is ``lmx.evaluation.runner.attention_diagnostics``.)
 The logits and hidden states come from the model's own forward pass, sown
-on request (``Attention.collect_logits``, ``Transformer.collect_hidden``),
+on request (a ``Probe`` passed to the model),
 so every encoding and eval override (Lambda mask, distance clamps, RoPE
 scalings) is measured as it runs.
 """
@@ -51,17 +51,10 @@ def make_capture_fn(graphdef, query_rows: int):
 
   @jax.jit
   def capture(params, tokens, positions):
-    model = nnx.merge(graphdef, params)
-    model.collect_hidden = True
-    for _, module in nnx.iter_graph(model):
-      if isinstance(module, model_lib.Attention):
-        module.collect_logits = True
-    _, sown = nnx.capture(model, nnx.Intermediate)(tokens, positions)
-    sown = nnx.to_pure_dict(sown)
-    blocks = sown['blocks']
-    logits = [blocks[i]['attn']['attention_logits'][0][0, :, -query_rows:]
-              for i in sorted(blocks)]
-    hidden = [h[0].astype(jnp.float32) for h in sown['hidden_states']]
+    probe = model_lib.Probe(logits=True, hidden=True)
+    nnx.merge(graphdef, params)(tokens, positions, probe=probe)
+    logits = [x[0, :, -query_rows:] for x in probe.logits]
+    hidden = [h[0].astype(jnp.float32) for h in probe.hidden]
     return logits, hidden
 
   return capture

@@ -132,14 +132,9 @@ def make_stats_fn(graphdef):
 
   @jax.jit
   def stats(params, tokens, positions):
-    model = nnx.merge(graphdef, params)
-    for _, module in nnx.iter_graph(model):
-      if isinstance(module, model_lib.Attention):
-        module.collect_stats = True
-    _, sown = nnx.capture(model, nnx.Intermediate)(tokens, positions)
-    blocks = nnx.to_pure_dict(sown)['blocks']
-    return [blocks[i]['attn']['attention_stats'][0]
-            for i in sorted(blocks)]
+    probe = model_lib.Probe(stats=True)
+    nnx.merge(graphdef, params)(tokens, positions, probe=probe)
+    return probe.stats
 
   return stats
 

@@ -11,12 +11,12 @@ tuples say so:
   ``i - w < j <= i`` (``attention.Mask(n_global=0, n_local=w)``);
 * ``layers.chunk``: ``0`` or ``c > 0``: Llama 4's chunked local attention,
   query ``i`` sees keys ``j <= i`` of its own chunk, ``j // c == i // c``
-  (``attention.Mask(chunk=c)``); a layer has a window or a chunk, not both;
+  (``Mask(chunk=c)``); a layer has a window or a chunk, not both;
 * ``layers.qk_norm``: ``True`` normalises the layer's queries and keys
   after the encoding turns them, as Llama 4's RoPE layers do
   (``attention.qk_norm``);
-* ``layers.length_scaling``: length scaling kinds
-  (``attention.LENGTH_SCALINGS``), their settings read from
+* ``layers.length_scaling``: length scalings
+  (``lmx.positions.length_scaling``), their settings read from
   ``config.model.length_scaling``.
 
 An empty tuple gives every layer the model-level setting
@@ -47,8 +47,11 @@ from typing import Sequence
 
 import ml_collections
 
-from lmx.model import attention
 from lmx import positions
+from lmx.model import attention
+from lmx.model.masks import CAUSAL, Mask
+from lmx.positions import far
+from lmx.positions import length_scaling
 from lmx.config.fields import require
 from lmx.errors import ConfigError
 
@@ -74,7 +77,7 @@ class LayerSpec:
   """What one block's attention uses."""
   position: str          # an encoding name
   window: int            # 0: no sliding window
-  length_scaling: str    # a kind of attention.LENGTH_SCALINGS
+  length_scaling: str    # a name of lmx.positions.length_scaling.REGISTRY
   chunk: int = 0         # 0: no chunked local attention
   qk_norm: bool = False  # normalise the turned queries and keys
 
@@ -168,24 +171,48 @@ def view(model_cfg: ml_collections.ConfigDict,
   return cfg
 
 
-def layer_mask(model_cfg, spec: LayerSpec) -> attention.Mask:
-  """The layer's mask: its sliding window or chunk, else the model's
-  (causal, or LM-Infinite's Lambda-shaped mask)."""
+def model_mask(model_cfg) -> Mask:
+  """The mask of every layer without its own: a far member's
+  (LM-Infinite's Lambda-shaped mask), else causal."""
+  for member in far.active(model_cfg):
+    mask = member.mask(model_cfg)
+    if mask is not None:
+      return mask
+  return CAUSAL
+
+
+def layer_mask(model_cfg, spec: LayerSpec) -> Mask:
+  """The layer's mask: its sliding window or chunk, else the model's."""
   if spec.window:
-    return attention.Mask(n_global=0, n_local=int(spec.window))
+    return Mask(n_global=0, n_local=int(spec.window))
   if spec.chunk:
-    return attention.Mask(chunk=int(spec.chunk))
-  lm = model_cfg.lm_infinite
-  return attention.Mask(n_global=int(lm.n_global), n_local=int(lm.n_local))
+    return Mask(chunk=int(spec.chunk))
+  return model_mask(model_cfg)
 
 
-def cache_mask(model_cfg) -> attention.Mask:
+def attention_spec(model_cfg, spec: LayerSpec) -> attention.Spec:
+  """The frozen ``attention.Spec`` of one layer: its mask, the model's far
+  branch (``lmx.positions.far``), its length scaling, qk-norm and the
+  backend settings."""
+  member = far.far_member(model_cfg)
+  return attention.Spec(
+      mask=layer_mask(model_cfg, spec),
+      far=member.far(model_cfg) if member is not None else None,
+      scaling=length_scaling.build(model_cfg, spec.length_scaling),
+      qk_norm=bool(spec.qk_norm),
+      backend=str(model_cfg.attention),
+      block=int(model_cfg.attention_block),
+      threshold=int(model_cfg.chunk_threshold),
+      accelerator_threshold=int(model_cfg.accelerator_chunk_threshold))
+
+
+def cache_mask(model_cfg) -> Mask:
   """The mask the KV cache's slots follow: the one every layer shares (a
   bounded ring when it is a window or the Lambda-shaped mask), or plain
   causal (a slot per token) when layers differ; each layer still applies
   its own mask to the token indices of the cached keys."""
   masks = {layer_mask(model_cfg, s) for s in plan(model_cfg)}
-  return masks.pop() if len(masks) == 1 else attention.Mask()
+  return masks.pop() if len(masks) == 1 else CAUSAL
 
 
 def check(model_cfg: ml_collections.ConfigDict) -> None:
@@ -248,9 +275,9 @@ def check(model_cfg: ml_collections.ConfigDict) -> None:
             f'config.model.layers.qk_norm entries must be True or False, '
             f'got {q!r} in {tuple(section.qk_norm)!r}.')
   for kind in section.length_scaling:
-    require(kind in attention.LENGTH_SCALINGS,
+    require(kind in length_scaling.REGISTRY,
             f'config.model.layers.length_scaling names {kind!r}, which is '
-            f'not one of: {", ".join(map(repr, attention.LENGTH_SCALINGS))}.')
+            f'not one of: {", ".join(map(repr, length_scaling.REGISTRY))}.')
   specs = plan(model_cfg)
   if tuple(section.position):
     enc = positions.get_encoding(model_cfg.position)
@@ -275,22 +302,26 @@ def check(model_cfg: ml_collections.ConfigDict) -> None:
             f'({spec.window}) and a chunk ({spec.chunk}): a layer has one '
             'mask. Set one of config.model.layers.window and '
             'config.model.layers.chunk to 0 for it.')
-    require(not (spec.qk_norm and spec.length_scaling in ('logn', 'llama4')),
+    require(not (spec.qk_norm and spec.length_scaling in length_scaling.REGISTRY
+                 and length_scaling.get(spec.length_scaling).scales_queries),
             f'config.model.layers gives layer {i} qk-norm and the '
             f'{spec.length_scaling!r} query scaling: the norm would undo the '
             'scale the queries get before it. Give the scaling to layers '
-            "without qk-norm (as Llama 4 does), or use 'ssmax', which scales "
-            'the scores.')
+            'without qk-norm (as Llama 4 does), or use a scaling of the '
+            'scores (' + ', '.join(
+                repr(n) for n, m in length_scaling.REGISTRY.items()
+                if m.scales_scores) + ').')
+  masking = [m for m in far.active(model_cfg)
+             if m.mask(model_cfg) is not None]
   for field in ('window', 'chunk'):
-    if any(getattr(s, field) for s in specs):
-      lm = model_cfg.lm_infinite
+    if any(getattr(s, field) for s in specs) and masking:
       what = 'a sliding window' if field == 'window' else 'chunked attention'
-      require(int(lm.n_local) == 0,
-              f'config.model.layers.{field} gives layers {what}, and '
-              'config.model.lm_infinite.n_local gives every layer '
-              "LM-Infinite's Lambda-shaped mask: a layer has one mask. Set "
-              'config.model.lm_infinite.n_local=0 (its n_global and '
-              f'distance_limit with it), or the {field} entries to 0.')
+      raise ConfigError(
+          f'config.model.layers.{field} gives layers {what}, and '
+          f'{far.switch_field(masking[0])} gives every layer '
+          f'{masking[0].summary}: a layer has one mask. Set '
+          f'{far.switch_field(masking[0])}=0 (and its other settings), or '
+          f'the {field} entries to 0.')
   require(not (model_cfg.scan_layers and len(set(specs)) > 1),
           'config.model.scan_layers=True traces one block for every layer, '
           'but config.model.layers gives the layers different encodings, '

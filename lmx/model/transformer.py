@@ -42,6 +42,7 @@ from lmx.model import kv_cache
 from lmx.model import layer_plan
 from lmx.model import ops
 from lmx import positions as positions_lib
+from lmx.positions import far as far_lib
 from lmx import sharding
 from lmx.model.kv_cache import LayerCache
 
@@ -62,16 +63,58 @@ def _dropout(x, rate: float, key: Optional[jax.Array]):
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
+class Probe:
+  """What a diagnostic forward pass records, passed to
+  ``Transformer.__call__`` (evaluation's attention statistics, LM-Infinite's
+  OOD factors): the model itself holds no diagnostic state, so training and
+  every other forward pass never pay for it.
+
+  ``stats``: each block's ``attention.attention_stats``; ``logits``: each
+  block's masked logits ``[B, H, T, T]``; ``hidden``: each block's output
+  ``[B, T, D]``. One entry per block in order; the layers run unrolled while
+  a probe is passed, and the attention with its logits materialised. The
+  entries are values of the traced pass, for the caller's function to
+  return."""
+
+  def __init__(self, *, stats: bool = False, logits: bool = False,
+               hidden: bool = False):
+    self.want_stats, self.want_logits, self.want_hidden = stats, logits, hidden
+    self.stats: list = []
+    self.logits: list = []
+    self.hidden: list = []
+
+  @property
+  def attention(self) -> bool:
+    """Whether it asks for the attention's logits or statistics."""
+    return self.want_stats or self.want_logits
+
+  def record_attention(self, logits_BxHxTxS, mask_TxS) -> None:
+    if self.want_stats:
+      self.stats.append(attention.attention_stats(logits_BxHxTxS, mask_TxS))
+    if self.want_logits:
+      self.logits.append(logits_BxHxTxS)
+
+  def record_hidden(self, x_BxTxD) -> None:
+    if self.want_hidden:
+      self.hidden.append(x_BxTxD)
+
+
 class Attention(nnx.Module):
   """Multi-head causal self-attention that asks the encoding for q/k and bias.
 
-  Keys are cached with their positions. Where the encoding turns each key by
-  its own position alone (``keys_static()``: RoPE without dynamic scaling,
-  and every encoding that turns nothing) and no distance clamp asks for a
-  second turn, they are cached turned, so a decoding step turns only its
-  new keys. Otherwise (xPos, whose key scale is centred on all the keys;
-  dynamic NTK; ReRoPE and the distance limit) they are cached *before* the
-  encoding turns them, and a step asks the encoding exactly what a full
+  What the layer computes is its ``attention.Spec`` (``layer_plan.
+  attention_spec``), built once here: the mask, the far branch, the length
+  scaling, qk-norm and the backend. The layer holds the learned values its
+  length scaling and its far members ask for (SSMax's ``s``, sink slots),
+  under the names they give.
+
+  Decoding (``decode``) caches keys with their positions. Where the encoding
+  turns each key by its own position alone (``keys_static()``: RoPE without
+  dynamic scaling, and every encoding that turns nothing) and no far branch
+  asks for a second turn, they are cached turned, so a decoding step turns
+  only its new keys. Otherwise (xPos, whose key scale is centred on all the
+  keys; dynamic NTK; ReRoPE and the distance limit) they are cached *before*
+  the encoding turns them, and a step asks the encoding exactly what a full
   forward pass asks. Either way every encoding and clamp decodes with the
   logits of the full pass. (Dynamic NTK is the one exception past its
   original length, as with any KV cache: the deeper layers' cached keys
@@ -80,54 +123,40 @@ class Attention(nnx.Module):
 
   def __init__(self, cfg: ml_collections.ConfigDict,
                position: positions_lib.PositionEncoding, *, rngs: nnx.Rngs,
-               layer: Optional[layer_plan.LayerSpec] = None):
+               layer: layer_plan.LayerSpec):
     d, h = cfg.d_model, cfg.num_heads
     self.num_heads, self.head_dim = h, d // h
     dtype = DTYPES[cfg.dtype]
     self.qkv = nnx.Linear(d, 3 * d, use_bias=False, dtype=dtype, rngs=rngs)
     self.out = nnx.Linear(d, d, use_bias=False, dtype=dtype, rngs=rngs)
     self.position = position
-    self.backend = cfg.attention
-    self.block = int(cfg.attention_block)
-    self.threshold = int(cfg.chunk_threshold)
-    self.accelerator_threshold = int(cfg.accelerator_chunk_threshold)
-    self.mask = mask_from_config(cfg, layer)
-    self.qk_norm = bool(layer.qk_norm) if layer is not None else False
-    self.clamp = clamp_from_config(cfg)
-    scaling = cfg.length_scaling
-    kind = layer.length_scaling if layer is not None else scaling.kind
-    self.logn_len = (int(scaling.base_len) if kind == 'logn' else 0)
-    self.llama4 = ((float(scaling.floor_scale), float(scaling.attn_scale))
-                   if kind == 'llama4' else None)
-    # SSMax: a learned s per head of this layer (``attention.ssmax_init``).
-    init = (float(scaling.ssmax_init) or attention.ssmax_init(
-        int(scaling.base_len))) if kind == 'ssmax' else 0.0
-    self.ssmax = (nnx.Param(jnp.full((h,), init, jnp.float32))
-                  if kind == 'ssmax' else None)
-    # Set by evaluation (lmx.evaluation.runner.attention_diagnostics) to sow
-    # attention statistics, and by lmx.evaluation.ood to sow the masked
-    # logits themselves; Python flags read at trace time, so training and
-    # every other forward pass never pay for them.
-    self.collect_stats = False
-    self.collect_logits = False
+    self.spec = layer_plan.attention_spec(cfg, layer)
     self.dtype = dtype
-    # Attention sinks (config.model.sinks; lmx.model.attention.sink_prefix): a
-    # learned logit per head, and learned key/value slots.
-    sinks = cfg.sinks
-    self.sink_logit = (nnx.Param(jnp.zeros((h,), jnp.float32))
-                       if sinks.logit else None)
-    m = int(sinks.memory)
-    memory = lambda: nnx.Param(jax.random.normal(rngs.params(),
-                                                 (m, h, self.head_dim)))
-    self.mem_k = memory() if m else None
-    self.mem_v = memory() if m else None
+    scaling = self.spec.scaling
+    if scaling.param:
+      setattr(self, scaling.param, nnx.Param(scaling.init_param(h)))
+    # Learned slots of the far members (attention sinks): (member, names).
+    slots = []
+    for member in far_lib.active(cfg):
+      values = member.init_params(cfg, h, self.head_dim, rngs.params)
+      for name, value in values.items():
+        setattr(self, name, nnx.Param(value))
+      if values:
+        slots.append((member.name, tuple(values)))
+    self.slots = tuple(slots)
 
-  def prefix(self, q_BxTxHxK) -> Optional[attention.Prefix]:
-    """The sink slots for these (turned) queries, or None."""
-    value = lambda p: None if p is None else p[...].astype(q_BxTxHxK.dtype)
-    return attention.sink_prefix(
-        q_BxTxHxK, None if self.sink_logit is None else self.sink_logit[...],
-        value(self.mem_k), value(self.mem_v))
+  def prefix(self, q_BxTxHxK) -> Optional[far_lib.Prefix]:
+    """The slots before the keys for these (turned) queries, or None."""
+    parts = []
+    for name, attrs in self.slots:
+      values = {a: getattr(self, a)[...] for a in attrs}
+      part = far_lib.REGISTRY[name].prefix(values, q_BxTxHxK)
+      if part is not None:
+        parts.append(part)
+    if len(parts) < 2:
+      return parts[0] if parts else None
+    return far_lib.Prefix(jnp.concatenate([p.logits for p in parts], -1),
+                          jnp.concatenate([p.v for p in parts], 1))
 
   def content_shapes(self, batch: int):
     """What one token's content key side looks like, for the KV cache."""
@@ -136,15 +165,15 @@ class Attention(nnx.Module):
   def branches(self, q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS,
                turned: bool = False):
     """The near branch (the encoding at the true positions) and, with a
-    distance clamp, the far branch at the clamped positions. ``turned``:
-    q and k come already turned (and there is no clamp)."""
+    far branch, the encoding at its positions. ``turned``: q and k come
+    already turned (and there is no far branch)."""
     if turned:
       return attention.Branch(q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS), None
     qn, kn = self.turn(q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS)
     near = attention.Branch(qn, kn, q_pos_BxT, k_pos_BxS)
-    if self.clamp is None:
+    if self.spec.far is None:
       return near, None
-    qf_pos, kf_pos = self.clamp.far_positions(q_pos_BxT, k_pos_BxS)
+    qf_pos, kf_pos = self.spec.far.far_positions(q_pos_BxT, k_pos_BxS)
     qf, kf = self.turn(q_BxTxHxK, k_BxSxHxK, qf_pos, kf_pos)
     return near, attention.Branch(qf, kf, qf_pos, kf_pos)
 
@@ -153,14 +182,12 @@ class Attention(nnx.Module):
     normalised where the layer has qk-norm (Llama 4 normalises after
     RoPE)."""
     q, k = self.position.rotate(q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS)
-    if self.qk_norm:
+    if self.spec.qk_norm:
       q, k = attention.qk_norm(q), attention.qk_norm(k)
     return q, k
 
-  def __call__(self, x_BxTxD, positions_BxT,
-               cache: Optional[LayerCache] = None):
-    """``(out [B,T,D], (k, v, aux) of the cache with this call's stored)``;
-    the second is None without a cache."""
+  def _project(self, x_BxTxD, positions_BxT):
+    """q (times the length scaling's query scale), k, v ``[B, T, H, K]``."""
     b, t, _ = x_BxTxD.shape
     # Three products from the slices of the one qkv kernel: the same values
     # as one product split three ways, but the backward pass then adds three
@@ -171,38 +198,75 @@ class Attention(nnx.Module):
     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (
         ops.dense(self.qkv, x_BxTxD, slice(i * d, (i + 1) * d)).reshape(
             b, t, self.num_heads, self.head_dim) for i in range(3))
-    if self.logn_len or self.llama4:
-      scale_BxT = (attention.logn_query_scale(positions_BxT, self.logn_len)
-                   if self.logn_len else
-                   attention.llama4_query_scale(positions_BxT, *self.llama4))
+    scale_BxT = self.spec.scaling.query_scale(positions_BxT)
+    if scale_BxT is not None:
       q_BxTxHxK = (q_BxTxHxK.astype(jnp.float32)
                    * scale_BxT[:, :, None, None]).astype(q_BxTxHxK.dtype)
-    ls_BxHxT = None
-    if self.ssmax is not None:   # n from the token index of each query
-      q_idx_T = cache.new_idx if cache is not None else jnp.arange(t)
-      ls_BxHxT = jnp.broadcast_to(
-          attention.ssmax_logit_scale(self.ssmax[...], q_idx_T, self.mask),
-          (b, self.num_heads, t))
-    window = self.clamp.window if self.clamp is not None else 0
+    return q_BxTxHxK, k_BxTxHxK, v_BxTxHxK
+
+  def _logit_scale(self, q_idx_T, batch: int):
+    """The length scaling's ``[B, H, T]`` factors of each query's scores
+    (``n`` from the token index of each query), or None."""
+    scaling = self.spec.scaling
+    if not scaling.param:
+      return None
+    scale_HxT = scaling.logit_scale(getattr(self, scaling.param)[...],
+                                    q_idx_T, self.spec.mask)
+    return jnp.broadcast_to(scale_HxT,
+                            (batch, self.num_heads, q_idx_T.shape[0]))
+
+  def _call(self, near, far, v, content, logit_scale) -> attention.Call:
+    return attention.Call(near, v, far, bias_fn=self.position.bias,
+                          encoding=self.position, content=content,
+                          prefix=self.prefix(near.q), logit_scale=logit_scale)
+
+  def __call__(self, x_BxTxD, positions_BxT, probe: Optional[Probe] = None):
+    """``[B, T, D]``: attention over the sequence itself, through the
+    backend the spec chooses, or with the logits materialised for a
+    ``probe`` that asks for them."""
+    b, t, _ = x_BxTxD.shape
+    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = self._project(x_BxTxD, positions_BxT)
+    idx_T = jnp.arange(t)
     # The content term (None for most encodings), from the projected q, k
-    # before any turn; when decoding it continues from the cached token
-    # before this call's.
-    content = self.position.content(
-        x_BxTxD, q_BxTxHxK, k_BxTxHxK, positions_BxT,
-        None if cache is None else cache.previous_aux())
-    # Decoding with static keys: turn the new queries and keys once, and
-    # cache the keys turned (see the class docstring).
-    turned = (cache is not None and self.clamp is None
-              and self.position.keys_static())
+    # before any turn.
+    content = self.position.content(x_BxTxD, q_BxTxHxK, k_BxTxHxK,
+                                    positions_BxT, None)
+    near, far = self.branches(q_BxTxHxK, k_BxTxHxK, positions_BxT,
+                              positions_BxT)
+    call = self._call(near, far, v_BxTxHxK, content,
+                      self._logit_scale(idx_T, b))
+    if probe is not None and probe.attention:
+      out_BxTxHxK, logits = attention.explicit(self.spec, call, idx_T, idx_T)
+      probe.record_attention(logits, self.spec.mask(idx_T, idx_T))
+    else:
+      out_BxTxHxK = attention.attention(self.spec, call)
+    return ops.dense(self.out, out_BxTxHxK.reshape(b, t, -1))
+
+  def decode(self, x_BxTxD, positions_BxT, cache: LayerCache):
+    """``(out [B, T, D], (k, v, aux) of the cache with this call's
+    stored)``: the new tokens against the cached ones and themselves. A
+    prefill (an empty cache) runs through the backend as a forward pass
+    does; a step attends densely, a row per new token."""
+    b, t, _ = x_BxTxD.shape
+    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = self._project(x_BxTxD, positions_BxT)
+    logit_scale = self._logit_scale(cache.new_idx, b)
+    # The content term continues from the cached token before this call's.
+    content = self.position.content(x_BxTxD, q_BxTxHxK, k_BxTxHxK,
+                                    positions_BxT, cache.previous_aux())
+    # Static keys: turn the new queries and keys once, and cache the keys
+    # turned (see the class docstring).
+    turned = self.spec.far is None and self.position.keys_static()
     if turned:
       q_BxTxHxK, k_BxTxHxK = self.turn(q_BxTxHxK, k_BxTxHxK, positions_BxT,
                                        positions_BxT)
     aux_new = None if content is None else content.k_side
-    stored = None if cache is None else (
-        *cache.store(k_BxTxHxK, v_BxTxHxK), cache.store_aux(aux_new))
-    if cache is not None and cache.mode != 'prefill':
-      # Decoding: the new queries against the cached keys (their own
-      # included), masked by token index; dense, a row per new token.
+    stored = (*cache.store(k_BxTxHxK, v_BxTxHxK), cache.store_aux(aux_new))
+    if cache.mode == 'prefill':
+      near, far = self.branches(q_BxTxHxK, k_BxTxHxK, positions_BxT,
+                                positions_BxT, turned)
+      out_BxTxHxK = attention.attention(
+          self.spec, self._call(near, far, v_BxTxHxK, content, logit_scale))
+    else:
       k_all, v_all, k_pos, k_idx = cache.visible(stored[:2], k_BxTxHxK,
                                                  v_BxTxHxK, positions_BxT)
       if content is not None:
@@ -210,38 +274,9 @@ class Attention(nnx.Module):
             content, k_side=cache.visible_aux(stored[2], aux_new))
       near, far = self.branches(q_BxTxHxK, k_all, positions_BxT, k_pos,
                                 turned)
-      visible = self.mask(cache.new_idx, k_idx)
-      logits = attention.masked_scores(near, far, window, self.position.bias,
-                                       visible, content, k_idx,
-                                       logit_scale=ls_BxHxT)
-      out_BxTxHxK = attention.attend(
-          logits, v_all, self.prefix(near.q),
-          attention.content_values(near, far, window, content, visible,
-                                   k_idx))
-    else:
-      near, far = self.branches(q_BxTxHxK, k_BxTxHxK, positions_BxT,
-                                positions_BxT, turned)
-      if self.collect_stats or self.collect_logits:
-        mask_TxT = self.mask(jnp.arange(t), jnp.arange(t))
-        logits = attention.masked_scores(near, far, window,
-                                         self.position.bias, mask_TxT,
-                                         content, logit_scale=ls_BxHxT)
-        if self.collect_stats:
-          self.sow(nnx.Intermediate, 'attention_stats',
-                   attention.attention_stats(logits, mask_TxT))
-        if self.collect_logits:
-          self.sow(nnx.Intermediate, 'attention_logits', logits)
-        out_BxTxHxK = attention.attend(
-            logits, v_BxTxHxK, self.prefix(near.q),
-            attention.content_values(near, far, window, content, mask_TxT))
-      else:
-        out_BxTxHxK = attention.attention(
-            near, v_BxTxHxK, bias_fn=self.position.bias, mask=self.mask,
-            far=far, window=window, backend=self.backend, block=self.block,
-            threshold=self.threshold,
-            accelerator_threshold=self.accelerator_threshold,
-            content=content, prefix=self.prefix(near.q),
-            logit_scale=ls_BxHxT)
+      out_BxTxHxK, _ = attention.explicit(
+          self.spec, self._call(near, far, v_all, content, logit_scale),
+          cache.new_idx, k_idx)
     return ops.dense(self.out, out_BxTxHxK.reshape(b, t, -1)), stored
 
 
@@ -262,31 +297,6 @@ def _content_shapes(attn: 'Attention', batch: int):
     return None if term is None else term.k_side
 
   return jax.eval_shape(k_side, state, x, qk, qk, pos)
-
-
-def mask_from_config(cfg: ml_collections.ConfigDict,
-                     layer: Optional[layer_plan.LayerSpec] = None
-                     ) -> attention.Mask:
-  """Causal, LM-Infinite's Lambda-shaped mask (``cfg.lm_infinite``), or
-  the layer's sliding window (``cfg.layers.window``)."""
-  if layer is not None:
-    return layer_plan.layer_mask(cfg, layer)
-  lm = cfg.lm_infinite
-  return attention.Mask(n_global=int(lm.n_global), n_local=int(lm.n_local))
-
-
-def clamp_from_config(cfg: ml_collections.ConfigDict):
-  """The far branch: ReRoPE's window (``cfg.rerope``), LM-Infinite's
-  distance limit, or Self-Extend's grouped positions (``cfg.self_extend``);
-  None without any (the config check allows one at most)."""
-  rerope, lm, se = cfg.rerope, cfg.lm_infinite, cfg.self_extend
-  if int(rerope.window) > 0:
-    return attention.Clamp(int(rerope.window), float(rerope.leak))
-  if int(lm.distance_limit) > 0 and int(lm.n_local) > 0:
-    return attention.Clamp(int(lm.distance_limit), 0.0)
-  if int(se.window) > 0:
-    return attention.SelfExtend(int(se.window), int(se.group))
-  return None
 
 
 class Mlp(nnx.Module):
@@ -311,23 +321,28 @@ class Mlp(nnx.Module):
 class Block(nnx.Module):
   """Pre-norm residual block: x + attn(norm(x)); x + mlp(norm(x))."""
 
-  def __init__(self, cfg, position, *, rngs, layer=None):
+  def __init__(self, cfg, position, *, rngs, layer: layer_plan.LayerSpec):
     self.attn_norm = nnx.RMSNorm(cfg.d_model, rngs=rngs)
     self.attn = Attention(cfg, position, rngs=rngs, layer=layer)
     self.mlp_norm = nnx.RMSNorm(cfg.d_model, rngs=rngs)
     self.mlp = Mlp(cfg, rngs=rngs)
     self.dropout = float(cfg.dropout)
 
-  def __call__(self, x_BxTxD, positions_BxT, key=None, cache=None):
-    """``(x [B,T,D], the layer's cache after this call or None)``."""
+  def __call__(self, x_BxTxD, positions_BxT, key=None, probe=None):
     k1 = k2 = None
     if key is not None:
       k1, k2 = jax.random.split(key)
-    attn, new_kv = self.attn(self.attn_norm(x_BxTxD), positions_BxT, cache)
+    attn = self.attn(self.attn_norm(x_BxTxD), positions_BxT, probe)
     x_BxTxD = x_BxTxD + _dropout(attn, self.dropout, k1)
-    x_BxTxD = x_BxTxD + _dropout(self.mlp(self.mlp_norm(x_BxTxD)), self.dropout,
-                                 k2)
-    return x_BxTxD, new_kv
+    return x_BxTxD + _dropout(self.mlp(self.mlp_norm(x_BxTxD)), self.dropout,
+                              k2)
+
+  def decode(self, x_BxTxD, positions_BxT, cache):
+    """``(x [B,T,D], the layer's cache after this call)``."""
+    attn, new_kv = self.attn.decode(self.attn_norm(x_BxTxD), positions_BxT,
+                                    cache)
+    x_BxTxD = x_BxTxD + attn
+    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD)), new_kv
 
 
 class Transformer(nnx.Module):
@@ -370,16 +385,18 @@ class Transformer(nnx.Module):
     if not self.tie_embeddings:
       self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False,
                              dtype=self.dtype, rngs=rngs)
-    # Set by lmx.evaluation.ood to sow each block's output (read at trace
-    # time: other forward passes never pay for it).
-    self.collect_hidden = False
 
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
-               dropout_key: Optional[jax.Array] = None) -> jax.Array:
-    return self._logits(self.features(tokens_BxT, positions_BxT, dropout_key))
+               dropout_key: Optional[jax.Array] = None,
+               probe: Optional[Probe] = None) -> jax.Array:
+    """Logits ``[B, T, V]`` (float32); a ``probe`` records what it asks
+    for on the way."""
+    return self._logits(self.features(tokens_BxT, positions_BxT, dropout_key,
+                                      probe))
 
   def features(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
-               dropout_key: Optional[jax.Array] = None) -> jax.Array:
+               dropout_key: Optional[jax.Array] = None,
+               probe: Optional[Probe] = None) -> jax.Array:
     """The last block's output ``[B, T, D]``, before the final norm and the
     head (``token_losses`` computes those a chunk of tokens at a time)."""
     x_BxTxD = self.embed(tokens_BxT).astype(self.dtype)
@@ -388,30 +405,27 @@ class Transformer(nnx.Module):
     if dropout_key is not None and self.dropout > 0:
       keys = list(jax.random.split(dropout_key, len(self.blocks) + 1))
     x_BxTxD = _dropout(x_BxTxD, self.dropout, keys[-1])
-    return self._blocks(x_BxTxD, positions_BxT, keys[:-1])
+    return self._blocks(x_BxTxD, positions_BxT, keys[:-1], probe)
 
-  def _diagnosing(self) -> bool:
-    """Whether a forward pass sows intermediates (evaluation diagnostics),
-    which only the unrolled layers do."""
-    return self.collect_hidden or any(
-        b.attn.collect_stats or b.attn.collect_logits for b in self.blocks)
-
-  def _blocks(self, x_BxTxD, positions_BxT, keys):
+  def _blocks(self, x_BxTxD, positions_BxT, keys, probe=None):
     """Every block on ``x``: unrolled, or under one scan (``scan_layers``);
-    each under ``jax.checkpoint`` with ``remat``."""
+    each under ``jax.checkpoint`` with ``remat``. With a probe, unrolled
+    and without remat, so it sees every block."""
+    if probe is not None:
+      for block, key in zip(self.blocks, keys):
+        x_BxTxD = block(x_BxTxD, positions_BxT, key, probe)
+        probe.record_hidden(x_BxTxD)
+      return x_BxTxD
     policy = REMAT_POLICIES[self.remat]
-    diagnosing = self._diagnosing()
-    if self.scan_layers and not diagnosing and len(self.blocks) > 1:
+    if self.scan_layers and len(self.blocks) > 1:
       return self._scanned(x_BxTxD, positions_BxT, keys, policy)
     for block, key in zip(self.blocks, keys):
-      if policy is None or diagnosing:
-        x_BxTxD, _ = block(x_BxTxD, positions_BxT, key)
+      if policy is None:
+        x_BxTxD = block(x_BxTxD, positions_BxT, key)
       else:
         graphdef, state = nnx.split(block)
         x_BxTxD = jax.checkpoint(_block_fn(graphdef, positions_BxT),
                                  policy=policy)(state, x_BxTxD, key)
-      if self.collect_hidden:
-        self.sow(nnx.Intermediate, 'hidden_states', x_BxTxD)
     return x_BxTxD
 
   def _scanned(self, x_BxTxD, positions_BxT, keys, policy):
@@ -478,8 +492,8 @@ class Transformer(nnx.Module):
     new_k, new_v, new_aux = [], [], []
     aux = cache.get('aux') or [None] * len(self.blocks)
     for block, k_c, v_c, a_c in zip(self.blocks, cache['k'], cache['v'], aux):
-      x_BxTxD, (k_c, v_c, a_c) = block(x_BxTxD, positions_BxT, None,
-                                       call.layer(k_c, v_c, a_c))
+      x_BxTxD, (k_c, v_c, a_c) = block.decode(x_BxTxD, positions_BxT,
+                                              call.layer(k_c, v_c, a_c))
       new_k.append(k_c)
       new_v.append(v_c)
       new_aux.append(a_c)
@@ -490,7 +504,7 @@ def _block_fn(graphdef, positions_BxT):
   """``(block state, x, dropout key) -> x``: one block as a pure function,
   for ``jax.checkpoint`` and the scan body."""
   def fn(state, x_BxTxD, key):
-    return nnx.merge(graphdef, state)(x_BxTxD, positions_BxT, key)[0]
+    return nnx.merge(graphdef, state)(x_BxTxD, positions_BxT, key)
   return fn
 
 

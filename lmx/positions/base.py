@@ -207,6 +207,14 @@ class PositionEncoding(nnx.Module):
     del model_cfg
 
   @classmethod
+  def is_rotary(cls, model_cfg: ml_collections.ConfigDict) -> bool:
+    """Whether it turns queries and keys with ``model_cfg``'s settings
+    (``rotary``, unless a setting of its own chooses): what a clamp of
+    rotary angles acts on."""
+    del model_cfg
+    return cls.rotary
+
+  @classmethod
   def relative(cls) -> bool:
     """Whether it acts through ``rotate`` or ``bias``, the places a distance
     clamp or a regrouping of positions reaches."""

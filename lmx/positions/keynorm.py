@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lmx.config.fields import require
 from lmx.positions.base import PositionEncoding
 from lmx.positions.rope import apply_rope, rope_inv_freq
 
@@ -86,11 +85,10 @@ class KeyNorm(PositionEncoding):
       super().check(model_cfg)
     f.positive('keynorm.theta')
     f.positive('keynorm.eps')
-    window = model_cfg.rerope.window
-    require(rope or not window,
-            f'config.model.rerope.window={window} clamps rotary angles, but '
-            'config.model.keynorm.rope=false turns no query or key. Set '
-            'config.model.keynorm.rope=true, or config.model.rerope.window=0.')
+
+  @classmethod
+  def is_rotary(cls, model_cfg):
+    return bool(model_cfg.keynorm.rope)
 
   def keys_static(self) -> bool:
     return True

@@ -100,6 +100,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from lmx.positions import far
 from lmx.config.fields import FLOAT32_MAX, Fields, require
 from lmx.errors import ConfigError
 
@@ -341,10 +342,10 @@ class Scaling:
     # s enters ln s (YaRN's and LongRoPE's logit scale) and divides the
     # frequencies (w / s): a normal float32 (factor > 1 above holds it).
     if self.follows_length:
-      clamp = _distance_clamp(model_cfg)
+      clamp = far.far_field(model_cfg)
       require(not clamp,
               f"config.model.rope.scaling={self.name!r} follows the largest "
-              f'key position, which the distance clamp config.model.{clamp} '
+              f'key position, which the distance clamp {clamp} '
               'moves: use another scaling, or no clamp.')
     self.check_settings(model_cfg.rope)
     self.check_model(model_cfg)
@@ -584,16 +585,6 @@ def rotary_dim(model_cfg: ml_collections.ConfigDict) -> int:
   dimension (GPT-NeoX's ``rotary_pct``), an even number."""
   head_dim = model_cfg.d_model // model_cfg.num_heads
   return int(head_dim * float(model_cfg.rope.partial))
-
-
-def _distance_clamp(model_cfg) -> str:
-  """The field of a distance clamp the config switches on, or ''."""
-  for field in ('rerope.window', 'lm_infinite.distance_limit',
-                'self_extend.window'):
-    section, key = field.split('.')
-    if section in model_cfg and int(model_cfg[section][key]) > 0:
-      return field
-  return ''
 
 
 SCALINGS: dict[str, Scaling] = {}

@@ -53,27 +53,19 @@ Draws come from a ``numpy.random.Generator`` that the caller seeds from
 (seed, step), so they are reproducible and a resumed run repeats them.
 """
 
-import math
-from typing import Mapping, Optional
+from __future__ import annotations
 
+import math
+from typing import ClassVar, Mapping, Optional
+
+import ml_collections
 import numpy as np
 
-KINDS = ('contiguous', 'randomized', 'shift', 'pose', 'cape')
-# Kinds that draw real-valued (float32) positions; the others give int32.
-REAL_KINDS = ('cape',)
-# The kind an evaluation uses for config.positions.eval='train', where it is
-# not the training kind itself.
-_EVAL_KIND = {'pose': 'contiguous', 'cape': 'contiguous'}
+from lmx.config.fields import Field, check_section, section_defaults
+
 # config.positions.cape: the paper's settings for text.
 CAPE_DEFAULTS = {'max_global_shift': 5.0, 'max_local_shift': 1.0,
                  'max_global_scaling': 1.03}
-
-
-def eval_kind(train_kind: str) -> str:
-  """The positions an evaluation of a run trained with ``train_kind`` uses
-  when it asks for the training kind."""
-  return _EVAL_KIND.get(train_kind, train_kind)
-
 
 def pose_positions(batch: int, length: int, max_position: int,
                    rng: np.random.Generator, chunks: int = 2) -> np.ndarray:
@@ -147,36 +139,183 @@ def cape_span(length: int, cape: Mapping) -> int:
   return int(math.ceil(spread)) + 1
 
 
-def sample_positions(kind: str, batch: int, length: int, max_position: int,
-                     rng: np.random.Generator,
-                     cape: Optional[Mapping] = None) -> np.ndarray:
-  """Positions ``[batch, length]`` of the given sampling kind: int32, or
-  float32 for a kind of ``REAL_KINDS`` (``cape``: its settings,
-  ``config.positions.cape``)."""
-  if kind == 'contiguous':
+# ------------------------------------------------------------------ members
+
+
+class Sampler:
+  """A way of drawing positions, chosen by name with
+  ``config.positions.train`` (and ``config.positions.eval``). Its settings,
+  if any, live at ``config.positions.<name>`` (``FIELDS``, field specs).
+  Class-level: the validator asks it what a length needs, the data pipeline
+  asks it for draws."""
+
+  FIELDS: ClassVar[dict[str, Field]] = {}
+  # Draws real-valued (float32) positions; int32 otherwise.
+  real: ClassVar[bool] = False
+  # Draws from [0, config.positions.max_position), which must then hold
+  # the length.
+  drawn: ClassVar[bool] = False
+  # An evaluation asking for the training kind ('train') uses this one.
+  eval_kind: ClassVar[str] = ''
+  # Only for training (an evaluation uses contiguous integer positions).
+  train_only: ClassVar[bool] = False
+
+  @classmethod
+  def draw(cls, batch: int, length: int, max_position: int,
+           rng: np.random.Generator, section) -> np.ndarray:
+    raise NotImplementedError
+
+  @classmethod
+  def bound(cls, positions_cfg, length: int) -> int:
+    """The largest position + 1 a sequence of ``length`` may use."""
+    if cls.drawn:
+      return int(positions_cfg.max_position)
+    return length
+
+  @classmethod
+  def span(cls, positions_cfg, length: int) -> int:
+    """The widest spread of positions in one sequence of ``length``."""
+    del positions_cfg
+    return length
+
+
+class Contiguous(Sampler):
+  """``0, 1, ..., T-1``."""
+
+  @classmethod
+  def draw(cls, batch, length, max_position, rng, section):
     return np.broadcast_to(np.arange(length, dtype=np.int32),
                            (batch, length)).copy()
-  if kind == 'cape':
-    if cape is None:
-      raise ValueError('cape positions need their settings '
-                       '(config.positions.cape).')
-    return cape_positions(batch, length, rng,
-                          float(cape['max_global_shift']),
-                          float(cape['max_local_shift']),
-                          float(cape['max_global_scaling']))
-  if length > max_position:
-    raise ValueError(
-        f'{kind} positions need length ({length}) <= max_position '
-        f'({max_position}); raise config.positions.max_position.')
-  if kind == 'randomized':
+
+
+class Randomized(Sampler):
+  """A sorted random subset of ``T`` of ``[0, max_position)``."""
+  drawn = True
+
+  @classmethod
+  def draw(cls, batch, length, max_position, rng, section):
     out = np.empty((batch, length), dtype=np.int32)
     for b in range(batch):
       pick = rng.choice(max_position, size=length, replace=False)
       out[b] = np.sort(pick)
     return out
-  if kind == 'shift':
+
+  @classmethod
+  def span(cls, positions_cfg, length):
+    return max(length, int(positions_cfg.max_position))
+
+
+class Shift(Sampler):
+  """``offset + 0 .. T-1``, the offset uniform per sequence."""
+  drawn = True
+
+  @classmethod
+  def draw(cls, batch, length, max_position, rng, section):
     offset = rng.integers(0, max_position - length + 1, size=(batch, 1))
     return (offset + np.arange(length)[None, :]).astype(np.int32)
-  if kind == 'pose':
+
+
+class PoSE(Sampler):
+  """``pose_positions``: two chunks with a random skip."""
+  drawn = True
+  eval_kind = 'contiguous'
+
+  @classmethod
+  def draw(cls, batch, length, max_position, rng, section):
     return pose_positions(batch, length, max_position, rng)
-  raise ValueError(f'Unknown position sampling {kind!r}; valid: {KINDS}.')
+
+
+class CAPE(Sampler):
+  """``cape_positions``, with the settings of ``config.positions.cape``."""
+  FIELDS = {
+      'max_global_shift': Field(CAPE_DEFAULTS['max_global_shift'],
+                                'the global shift Delta is uniform in '
+                                '[-max, max]', lo=0.0),
+      'max_local_shift': Field(CAPE_DEFAULTS['max_local_shift'],
+                               'the width of the local shifts eps_i',
+                               lo=0.0, hi=1.0),
+      'max_global_scaling': Field(CAPE_DEFAULTS['max_global_scaling'],
+                                  'log lambda is uniform in [-log max, '
+                                  'log max]', lo=1.0),
+  }
+  real = True
+  eval_kind = 'contiguous'
+  train_only = True
+
+  @classmethod
+  def draw(cls, batch, length, max_position, rng, section):
+    if section is None:
+      raise ValueError('cape positions need their settings '
+                       '(config.positions.cape).')
+    return cape_positions(batch, length, rng,
+                          float(section['max_global_shift']),
+                          float(section['max_local_shift']),
+                          float(section['max_global_scaling']))
+
+  @classmethod
+  def bound(cls, positions_cfg, length):
+    return cape_bound(length, positions_cfg.cape)
+
+  @classmethod
+  def span(cls, positions_cfg, length):
+    return cape_span(length, positions_cfg.cape)
+
+
+# config.positions.train / eval -> sampler. A new sampling is one class
+# above and one line here; its settings (if any) live at
+# config.positions.<name>.
+REGISTRY: dict[str, type[Sampler]] = {
+    'contiguous': Contiguous,
+    'randomized': Randomized,
+    'shift': Shift,
+    'pose': PoSE,
+    'cape': CAPE,
+}
+KINDS = tuple(REGISTRY)
+# Kinds that draw real-valued (float32) positions; the others give int32.
+REAL_KINDS = tuple(n for n, m in REGISTRY.items() if m.real)
+
+
+def get(kind: str) -> type[Sampler]:
+  try:
+    return REGISTRY[kind]
+  except KeyError:
+    raise ValueError(f'Unknown position sampling {kind!r}; valid: '
+                     f'{", ".join(REGISTRY)}.') from None
+
+
+def eval_kind(train_kind: str) -> str:
+  """The positions an evaluation of a run trained with ``train_kind`` uses
+  when it asks for the training kind."""
+  return get(train_kind).eval_kind or train_kind
+
+
+def default_sections() -> dict[str, ml_collections.ConfigDict]:
+  """``{name: config.positions.<name>}`` of the samplers with settings."""
+  return {name: ml_collections.ConfigDict(section_defaults(m.FIELDS))
+          for name, m in REGISTRY.items() if m.FIELDS}
+
+
+def check_sections(positions_cfg) -> None:
+  """Every sampler's settings against their field specs."""
+  for name, m in REGISTRY.items():
+    if m.FIELDS:
+      check_section(positions_cfg[name], f'config.positions.{name}',
+                    m.FIELDS)
+
+
+def sample_positions(kind: str, batch: int, length: int, max_position: int,
+                     rng: np.random.Generator,
+                     positions_cfg: Optional[Mapping] = None) -> np.ndarray:
+  """Positions ``[batch, length]`` of the given sampling kind: int32, or
+  float32 for a kind of ``REAL_KINDS``. ``positions_cfg``:
+  ``config.positions``, where a sampler with settings reads its own."""
+  sampler = get(kind)
+  if sampler.drawn and length > max_position:
+    raise ValueError(
+        f'{kind} positions need length ({length}) <= max_position '
+        f'({max_position}); raise config.positions.max_position.')
+  section = None
+  if sampler.FIELDS and positions_cfg is not None:
+    section = positions_cfg[kind]
+  return sampler.draw(batch, length, max_position, rng, section)

@@ -389,7 +389,7 @@ def make_batch_fn(config: ml_collections.ConfigDict,
       stream, seed=config.seed, step=step, batch=t.batch_size,
       seq_len=t.seq_len, sampling=config.positions.train,
       max_position=config.positions.max_position, rows=rows,
-      cape=config.positions.cape)
+      positions_cfg=config.positions)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
