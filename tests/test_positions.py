@@ -623,11 +623,15 @@ def test_bad_partial_and_p_are_refused(rope, words):
 
 @pytest.mark.parametrize('key', ['partial', 'p'])
 def test_partial_or_p_on_another_encoding_is_refused(key):
+  from lmx.config import validate as config_lib  # pylint: disable=g-import-not-at-top
+  from lmx.config import defaults  # pylint: disable=g-import-not-at-top
   from lmx.errors import ConfigError
-  cfg = _model_cfg('alibi', num_heads=2, d_model=32)
-  cfg.rope[key] = 0.5
-  with pytest.raises(ConfigError, match=f'config.model.rope.{key}=0.5'):
-    P.RoPE.check_unused(cfg)
+  c = defaults.get_config('size=tiny')
+  c.model.position = 'alibi'
+  c.model.rope[key] = 0.5
+  with pytest.raises(ConfigError,
+                     match=f"config.model.rope.{key}=0.5.*'alibi'"):
+    config_lib.validate(c)
 
 
 # ------------------------------------------------------------------- FIRE

@@ -1,12 +1,25 @@
 """The shape of the code, as properties: lmx's import graph has no cycle
 (imports inside functions included), and no module outside lmx/positions/
-names an encoding or a RoPE scaling method: the registries do."""
+names a member of any method family (encodings, RoPE scalings, length
+scalings, far branches and masks, position samplers): the registries do."""
 
 import ast
 import os
 
 from lmx import positions
+from lmx.positions import far
+from lmx.positions import length_scaling
 from lmx.positions import rope_scaling
+from lmx.positions import sampling
+
+# Every method family's registry: {family: {name: member}}.
+FAMILIES = {
+    'encoding': positions.REGISTRY,
+    'rope scaling': rope_scaling.SCALINGS,
+    'length scaling': length_scaling.REGISTRY,
+    'far branch or mask': far.REGISTRY,
+    'position sampler': sampling.REGISTRY,
+}
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, 'lmx')
@@ -108,20 +121,24 @@ def _named(path: str, names: set[str]) -> list[str]:
 
 
 # Strings that equal a registered name but mean something else there.
-NOT_AN_ENCODING = {
+NOT_A_MEMBER = {
     # sacrebleu's tokenize='none': score the words as given (not NoPE).
     ('lmx.evaluation.generation', "'none'"),
+    # config.model.remat='off': no rematerialisation (not a length scaling).
+    ('lmx.model.transformer', "'off'"),
+    ('lmx.config.defaults', "'off'"),
 }
 
 
-def test_no_module_outside_positions_names_an_encoding_or_a_scaling():
-  names = set(positions.REGISTRY) | set(rope_scaling.SCALINGS)
-  assert {'alibi', 'rope', 'yarn', 'dynamic', 'none'} <= names
+def test_no_module_outside_positions_names_a_member_of_a_family():
+  names = set().union(*FAMILIES.values())
+  assert {'alibi', 'rope', 'yarn', 'dynamic', 'none', 'logn', 'rerope',
+          'lm_infinite', 'sinks', 'pose', 'cape'} <= names
   found = []
   for name, path in _modules().items():
     if not name.startswith('lmx.positions'):
       found += [f for f in _named(path, names)
-                if (name, f.rsplit(': ', 1)[1]) not in NOT_AN_ENCODING]
+                if (name, f.rsplit(': ', 1)[1]) not in NOT_A_MEMBER]
   assert not found, 'named outside lmx/positions/:\n' + '\n'.join(found)
 
 

@@ -192,7 +192,7 @@ def get_config(arg: str | None = None,
   # A sampler of lmx/positions/sampling.py: contiguous | randomized | shift
   # | pose | cape
   # (lmx/positions/sampling.py)
-  c.positions.train = 'contiguous'
+  c.positions.train = sampling_lib.DEFAULT
   # At evaluation: contiguous | randomized | shift, or 'train' for whatever
   # training used (contiguous after pose and cape). 'train' is the default
   # because Ruoss et al. evaluate randomized models with randomized

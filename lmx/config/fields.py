@@ -154,13 +154,16 @@ class Fields:
 @dataclasses.dataclass(frozen=True)
 class Field:
   """One setting of a config section, declared as data: its default (whose
-  Python type is the field's type), what it means, and its range. A method
-  family's members declare their sections with these
-  (``lmx.positions.families``), and ``check_section`` checks any of them.
+  Python type is the field's type; or the type alone, where the default
+  lives elsewhere, e.g. depends on the model size), what it means, and its
+  range. The method families' members declare their sections with these
+  (``lmx.positions.far``, ``length_scaling``, ``sampling``), the core
+  sections are declared in ``lmx.config.specs``, and ``check_section``
+  checks any of them.
 
   ``lo``/``hi`` bound a number (``lo_open``/``hi_open``: strictly);
   ``positive`` asks for a number float32 holds without rounding it to 0;
-  ``choices`` lists a string's values."""
+  ``choices`` lists a string's values; ``seed``: a random seed."""
   default: Any
   doc: str
   lo: Optional[float] = None
@@ -169,23 +172,31 @@ class Field:
   hi_open: bool = False
   positive: bool = False
   choices: Optional[tuple] = None
+  seed: bool = False
+
+  @property
+  def type(self) -> type:
+    return self.default if isinstance(self.default, type) else type(
+        self.default)
 
   def read(self, f: 'Fields', path: str):
     """The checked value of ``path`` (this field) below ``f``'s node."""
-    if isinstance(self.default, bool):
+    kind = self.type
+    if kind is bool:
       return f.bool(path)
     if self.choices is not None:
       return f.choice(path, self.choices)
-    if isinstance(self.default, int):
+    if self.seed:
+      return f.seed(path)
+    if kind is int:
       return f.int(path, self.lo, self.hi)
-    if isinstance(self.default, float):
+    if kind is float:
       if self.positive:
         return f.positive(path)
       return f.float(path, self.lo, self.hi, self.lo_open, self.hi_open)
     value = f.get(path)
-    require(isinstance(value, type(self.default)),
-            f'{f.name(path)} must be a {type(self.default).__name__}, got '
-            f'{value!r}.')
+    require(isinstance(value, kind),
+            f'{f.name(path)} must be a {kind.__name__}, got {value!r}.')
     return value
 
 
@@ -194,11 +205,14 @@ def section_defaults(fields: dict[str, Field]) -> dict:
   return {name: spec.default for name, spec in fields.items()}
 
 
-def check_section(node: Any, prefix: str, fields: dict[str, Field]) -> dict:
+def check_section(node: Any, prefix: str, fields: dict[str, Field],
+                  closed: bool = True) -> dict:
   """Every field of the section ``node`` (named ``prefix``) against its spec;
   ``{name: value}``. ConfigError for a value out of its type or range, or
-  for a field the section does not declare."""
-  unknown = sorted(set(node) - set(fields)) if hasattr(node, 'keys') else []
+  (``closed``: the specs are the whole section) for a field the section
+  does not declare."""
+  unknown = (sorted(set(node) - set(fields))
+             if closed and hasattr(node, 'keys') else [])
   require(not unknown,
           f'{prefix} has unknown field(s) {unknown}; valid: '
           f'{", ".join(fields)}.')

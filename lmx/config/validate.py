@@ -13,7 +13,8 @@ from lmx.model import layer_plan
 from lmx.model import transformer as model_lib
 from lmx import positions
 from lmx import sharding
-from lmx.config.fields import Fields, require
+from lmx.config import specs
+from lmx.config.fields import Fields, check_section, require
 from lmx.data import subword
 from lmx.data import tasks
 from lmx.data import tokenizer as tokenizer_lib
@@ -22,8 +23,7 @@ from lmx.positions import far
 from lmx.positions import length_scaling
 from lmx.positions import sampling as sampling_lib
 
-# Positions and steps are int32 on the device.
-INT32_MAX = 2**31 - 1
+INT32_MAX = specs.INT32_MAX
 
 __all__ = ['ConfigError', 'check_length', 'eval_lengths', 'position_bound',
            'resolve_eval_sampling', 'task_eval_lengths',
@@ -83,9 +83,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Checks types and ranges of every field lmx reads, then the rules that tie
   fields together (heads divide the width, lengths against what the
   encoding and the position range can represent). The encoding checks its
-  own settings (``PositionEncoding.check``), and every other registered
-  encoding that none of its settings asks for an effect
-  (``check_unused``): nothing here is specific to one encoding.
+  own settings (``PositionEncoding.check``), and no other registered
+  encoding's switch is changed (``PositionEncoding.switches``): nothing
+  here is specific to one encoding.
   """
   f = Fields(config, 'config')
   m = config.model
@@ -93,23 +93,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         f'Unknown position encoding {m.position!r} in config.model.position. '
         f'Valid names: {", ".join(sorted(positions.REGISTRY))}.')
-  f.seed('seed')
+  check_section(config, 'config', specs.TOP, closed=False)
   require(isinstance(f.get('init_from'), str),
           'config.init_from must be the --workdir of a trained run, or \'\'.')
-  f.int('init_from_step', 0)
-  f.bool('init_interpolate')
-  for field in ('d_model', 'num_layers', 'num_heads', 'mlp_dim', 'vocab_size'):
-    f.int(f'model.{field}', 1)
+  check_section(m, 'config.model', specs.MODEL, closed=False)
   require(m.d_model % m.num_heads == 0,
           f'config.model.num_heads={m.num_heads} does not divide '
           f'config.model.d_model={m.d_model}: choose heads that divide the '
           f'width (e.g. num_heads='
           f'{max(h for h in range(1, m.num_heads + 1) if m.d_model % h == 0)}).')
   _check_tokenizer(config)
-  f.choice('model.dtype', ('float32', 'bfloat16'))
-  f.float('model.dropout', 0.0, 1.0, hi_open=True)
-  f.bool('model.tie_embeddings')
-  f.bool('model.scan_layers')
   f.choice('model.remat', tuple(model_lib.REMAT_POLICIES))
   require('layers' in m,
           'config.model.layers is missing. Start from a config in configs/ '
@@ -123,37 +116,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_attention(config, used)
   for name, encoding in used.items():
     encoding.check(layer_plan.view(m, name))
-  first = layer_plan.view(m, next(iter(used)))
-  for name, other in positions.REGISTRY.items():
-    if name not in used:
-      other.check_unused(first)
+  _check_unused_switches(m, used)
 
-  kinds = positions.SAMPLING_KINDS
-  f.choice('positions.train', kinds)
-  f.choice('positions.eval', kinds + ('train',))
-  f.int('positions.max_position', 1, INT32_MAX)
+  check_section(config.positions, 'config.positions',
+                specs.positions(tuple(sampling_lib.REGISTRY)), closed=False)
   _check_real_positions(config, used)
 
   t = config.train
-  for field in ('seq_len', 'batch_size', 'steps', 'checkpoint_every',
-                'log_every', 'keep_checkpoints'):
-    f.int(f'train.{field}', 1, INT32_MAX)
+  check_section(t, 'config.train', specs.TRAIN, closed=False)
+  # Warm-up ends before the last step (the cosine's length is what is left).
   f.int('train.warmup_steps', 0, t.steps - 1)
-  f.float('train.learning_rate', 0.0, lo_open=True)
-  f.float('train.min_lr_ratio', 0.0, 1.0)
-  f.float('train.weight_decay', 0.0)
-  f.float('train.b1', 0.0, 1.0, hi_open=True)
-  f.float('train.b2', 0.0, 1.0, hi_open=True)
-  f.float('train.grad_clip', 0.0, lo_open=True)
-  f.choice('train.on_corrupt_checkpoint', ('previous', 'refuse'))
-  f.int('train.loss_chunk', 0)
-  micro = f.int('train.microbatches', 1)
+  micro = t.microbatches
   require(t.batch_size % micro == 0,
           f'config.train.microbatches={micro} does not divide '
           f'config.train.batch_size={t.batch_size}: choose a divisor (e.g. '
           f'{max(d for d in range(1, micro + 1) if t.batch_size % d == 0)}).')
-  f.int('train.max_nonfinite_skips', 0)
-  f.int('train.eval_every', 0, INT32_MAX)
   mults = f.get('train.eval_multipliers')
   require(isinstance(mults, (tuple, list)) and len(mults) > 0 and all(
       isinstance(x, int) and not isinstance(x, bool) and x > 0
@@ -162,7 +139,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f'integers (multiples of config.train.seq_len), got {mults!r}: e.g. '
           '(1, 4, 16). Set config.train.eval_every=0 to evaluate no length '
           'during training.')
-  f.int('train.eval_tokens', 1)
   sharding.validate_config(config)
   problem = check_length(config, t.seq_len, config.positions.train, 'Training')
   require(problem is None, problem or '')
@@ -171,7 +147,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(isinstance(f.get('data.source'), str) and d.source,
           "config.data.source must name 'stdlib', a folder, a glob or "
           "'tfds:<name>'.")
-  f.float('data.validation_fraction', 0.0, 1.0, lo_open=True, hi_open=True)
+  check_section(d, 'config.data', specs.DATA, closed=False)
   require(isinstance(f.get('data.validation_source'), str),
           'config.data.validation_source must be a file, folder or glob of '
           "validation text, or '' to split config.data.source.")
@@ -181,10 +157,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(isinstance(f.get('data.text_key'), str) and d.text_key,
           'config.data.text_key must name the field (jsonl), column '
           '(parquet) or feature (tfds) that holds the text.')
-  # 0 = one worker per core; more processes than cores only add memory.
-  f.int('data.prepare_workers', 0, 1024)
-  # Batches built ahead of the step; each holds one batch on host and device.
-  f.int('data.prefetch', 0, 64)
 
   require(not ('task' in config and config.task.name
                and d.tokenizer != 'bytes'),
@@ -243,6 +215,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
     problem = check_length(config, length, resolve_eval_sampling(config),
                            'Evaluation')
     require(problem is None, problem or '')
+
+
+def _check_unused_switches(m, used) -> None:
+  """One rule for every encoding no layer uses: a setting of its section
+  that switches an effect on (``PositionEncoding.switches``) is refused
+  when changed, since it would silently do nothing."""
+  for name, encoding in positions.REGISTRY.items():
+    if name in used or name not in m:
+      continue
+    defaults_ = encoding.default_config()
+    for field, effect in encoding.switches.items():
+      value = m[name][field]
+      require(value == defaults_[field],
+              f'config.model.{name}.{field}={value!r} {effect}, but this '
+              f'model uses the {m.position!r} encoding (no layer uses '
+              f'{name!r}). Set config.model.{name}.{field}='
+              f'{defaults_[field]!r}, or use config.model.position='
+              f'{name!r}.')
 
 
 def _check_real_positions(config, used) -> None:
@@ -342,9 +332,6 @@ def _check_attention(config, used) -> None:
           f"config.model.attention='cudnn' needs a GPU, but JAX runs on "
           f"{jax.default_backend()} here. Use 'auto' (it picks per "
           "platform), 'dense' or 'chunked'.")
-  f.int('model.attention_block', 1)
-  f.int('model.chunk_threshold', 0)
-  f.int('model.accelerator_chunk_threshold', 0)
   far.check(m, used)
   kinds = [s.length_scaling for s in layer_plan.plan(m)]
   where = ('config.model.layers.length_scaling'

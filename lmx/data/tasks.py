@@ -879,7 +879,7 @@ def _positions(kind: str, lengths: Sequence[int], width: int,
   float32 for a sampling of real positions (CAPE's, which reads its
   settings in ``positions_cfg``, ``config.positions``).
   """
-  real = kind in sampling_lib.REAL_KINDS
+  real = sampling_lib.get(kind).real
   out = np.zeros((len(lengths), width), np.float32 if real else np.int32)
   for i, t in enumerate(lengths):
     p = sample_positions(kind, 1, int(t), max_position, rng,

@@ -34,6 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
+from lmx.positions import sampling
 from lmx.config import validate as config_lib
 from lmx.model import decoding
 from lmx.evaluation import plots
@@ -100,7 +101,7 @@ def positions(config) -> tuple[list[int], dict[str, str]]:
                        for m in e.generation_multipliers]
   keep, skipped = [], {}
   for p in asked:
-    problem = config_lib.check_length(config, p + n, 'contiguous',
+    problem = config_lib.check_length(config, p + n, sampling.DEFAULT,
                                       f'Generation after position {p}: the')
     if problem is None:
       keep.append(p)

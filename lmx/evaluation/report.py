@@ -44,6 +44,7 @@ import textwrap
 
 from absl import app, flags
 
+from lmx.positions import sampling
 from lmx import cli
 from lmx.config import defaults
 from lmx import fs
@@ -107,7 +108,7 @@ def _load_one(w: str, folder: str) -> dict:
   r['eval_dir'] = folder
   r['overrides'] = dict(r.get('overrides') or {})
   r.setdefault('kind', 'lm')
-  r.setdefault('eval_sampling', r.get('train_sampling', 'contiguous'))
+  r.setdefault('eval_sampling', r.get('train_sampling', sampling.DEFAULT))
   config = {}
   config_path = os.path.join(w, 'config.json')
   if os.path.isfile(config_path):
@@ -149,7 +150,7 @@ def table(runs) -> str:
 
 def label(run) -> str:
   name = run['position']
-  if run['train_sampling'] != 'contiguous':
+  if run['train_sampling'] != sampling.DEFAULT:
     name += f' ({run["train_sampling"]})'
   if run.get('overrides'):
     name += f' ({plots.overrides_note(run["overrides"])})'

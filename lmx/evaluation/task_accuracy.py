@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmx.positions import sampling
 from lmx.config import validate as config_lib
 from lmx.evaluation import plots
 from lmx.data import tasks
@@ -167,7 +168,7 @@ def format_task_table(results: dict) -> str:
 
 def _label(results: dict) -> str:
   s = results['train_sampling']
-  return results['position'] + ('' if s == 'contiguous' else f' ({s})')
+  return results['position'] + ('' if s == sampling.DEFAULT else f' ({s})')
 
 
 def plot_accuracy_vs_length(results, path: str) -> None:

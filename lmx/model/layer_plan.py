@@ -153,7 +153,7 @@ def describe(model_cfg) -> str:
       words.append(f'chunk {spec.chunk}')
     if spec.qk_norm:
       words.append('qknorm')
-    if spec.length_scaling != 'off':
+    if spec.length_scaling != length_scaling.DEFAULT:
       words.append(spec.length_scaling)
     parts.append(' '.join(words) + (f' x{count}' if count > 1 else ''))
   return ', '.join(parts)

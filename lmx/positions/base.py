@@ -28,7 +28,7 @@ the bias and the content term). Positions are explicit arrays, never
 assumed to be ``arange(T)``: randomized and shifted positions, cached
 decoding and distance clamps all go through the same arrays. They are
 integers, except under a sampling that draws real positions (CAPE's,
-``lmx.positions.sampling.REAL_KINDS``): then training gives float32
+``Sampler.real`` in ``lmx.positions.sampling``): then training gives float32
 positions, to the encodings that take them (``real_positions``).
 
 Class attributes tell the model and the config validator what an encoding
@@ -65,9 +65,9 @@ An encoding owns its settings and their rules: ``default_config()`` gives
 its section ``config.model.<name>`` (the one place its defaults are
 defined), ``check(model_cfg)`` raises ``ConfigError`` for a value out of
 range or a rule it breaks with the rest of the model (``lmx.config.validate.validate``
-asks it; the validator never names an encoding), and ``check_unused``
-refuses settings of its own that would act on nothing while another
-encoding is chosen.
+asks it; the validator never names an encoding), and ``switches`` names
+the settings that would act on nothing while another encoding is chosen
+(the validator refuses them when changed).
 """
 
 from __future__ import annotations
@@ -170,6 +170,11 @@ class PositionEncoding(nnx.Module):
   # Its frequencies follow the RoPE scalings of lmx.positions.rope_scaling
   # (config.model.rope.scaling), so the inference-time scalings apply.
   scalable: ClassVar[bool] = False
+  # Settings of its section that switch an effect on, {field: what it
+  # does}: changed while no layer uses the encoding, they would silently do
+  # nothing, and the validator refuses them (one generic rule). Plain
+  # settings (a base, a table size) are simply unused then.
+  switches: ClassVar[dict[str, str]] = {}
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     """cfg is ``config.model``; an encoding reads its own ``cfg.<name>``."""
@@ -197,14 +202,6 @@ class PositionEncoding(nnx.Module):
               f'num_heads = {model_cfg.d_model}/{model_cfg.num_heads} = '
               f'{head_dim}. Change config.model.d_model or '
               'config.model.num_heads.')
-
-  @classmethod
-  def check_unused(cls, model_cfg: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError if a setting of this encoding asks for an effect
-    although another encoding is chosen (so it would silently do nothing).
-    Plain settings (a base, a table size) are simply unused then; only
-    settings that switch something on need saying."""
-    del model_cfg
 
   @classmethod
   def is_rotary(cls, model_cfg: ml_collections.ConfigDict) -> bool:

@@ -217,10 +217,14 @@ REGISTRY: dict[str, type[LengthScaling]] = {
 }
 
 
+# The kind of config.model.length_scaling unless a config chooses another.
+DEFAULT = 'off'
+
+
 def fields() -> dict[str, Field]:
   """Every field of ``config.model.length_scaling``: ``kind`` and the
   settings of every member (a setting two members read is declared alike)."""
-  out = {KIND: Field('off', 'the length scaling (REGISTRY)',
+  out = {KIND: Field(DEFAULT, 'the length scaling (REGISTRY)',
                      choices=tuple(REGISTRY))}
   for member in REGISTRY.values():
     out.update(member.FIELDS)

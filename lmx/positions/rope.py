@@ -92,6 +92,9 @@ class RoPE(PositionEncoding):
   rotary = True
   scalable = True
   real_positions = True   # angles of float32 positions
+  switches = {'scaling': 'rescales RoPE frequencies',
+              'partial': 'changes which RoPE channels turn',
+              'p': 'changes which RoPE channels turn'}
 
   def __init__(self, cfg, *, rngs):
     super().__init__(cfg, rngs=rngs)
@@ -135,22 +138,6 @@ class RoPE(PositionEncoding):
             f'{max(2, rot - rot % 2) / head_dim:g}).')
     f.float('rope.p', 0.0, 1.0)
     rope_scaling.check(model_cfg)
-
-  @classmethod
-  def check_unused(cls, model_cfg):
-    scaling = model_cfg.rope.scaling
-    require(scaling == rope_scaling.NONE,
-            f'config.model.rope.scaling={scaling!r} rescales RoPE '
-            f'frequencies, but this model uses the {model_cfg.position!r} '
-            "encoding. Set config.model.rope.scaling='none', or use "
-            "config.model.position='rope'.")
-    for key in ('partial', 'p'):
-      value = model_cfg.rope[key]
-      require(value == 1.0,
-              f'config.model.rope.{key}={value} changes which RoPE channels '
-              f'turn, but this model uses the {model_cfg.position!r} '
-              f'encoding. Set config.model.rope.{key}=1.0, or use '
-              "config.model.position='rope'.")
 
   @classmethod
   def former_defaults(cls, saved_model):

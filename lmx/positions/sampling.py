@@ -271,7 +271,12 @@ REGISTRY: dict[str, type[Sampler]] = {
     'pose': PoSE,
     'cape': CAPE,
 }
+# The names at import (``REGISTRY`` itself is what the validator reads, so a
+# sampler registered later is valid too).
 KINDS = tuple(REGISTRY)
+# The sampling of config.positions.train unless a config chooses another,
+# and the positions of every evaluation and generation.
+DEFAULT = 'contiguous'
 # Kinds that draw real-valued (float32) positions; the others give int32.
 REAL_KINDS = tuple(n for n, m in REGISTRY.items() if m.real)
 

@@ -40,7 +40,6 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from lmx.config.fields import require
 from lmx.positions.base import ContentTerm, PositionEncoding, Tile
 
 
@@ -113,6 +112,7 @@ class Shaw(PositionEncoding):
   """Learned key embeddings of the clipped distance, one table per layer."""
 
   per_layer = True
+  switches = {'value_embeddings': "adds Shaw et al.'s value embeddings"}
 
   def __init__(self, cfg, *, rngs):
     super().__init__(cfg, rngs=rngs)
@@ -139,14 +139,6 @@ class Shaw(PositionEncoding):
     fields = cls.fields(model_cfg)
     fields.int('shaw.max_distance', 1)
     fields.bool('shaw.value_embeddings')
-
-  @classmethod
-  def check_unused(cls, model_cfg):
-    require(not model_cfg.shaw.value_embeddings,
-            'config.model.shaw.value_embeddings=True adds Shaw et al.\'s '
-            f'value embeddings, but this model uses the {model_cfg.position!r} '
-            'encoding. Set config.model.shaw.value_embeddings=False, or use '
-            "config.model.position='shaw'.")
 
   @classmethod
   def relative(cls):
