@@ -73,8 +73,8 @@ def compile_step(backend: str, enc, device, *, batch, seq, heads, head_dim,
                                   n_local=mask.n_local, block_q=block,
                                   block_k=block, interpret=False)
     else:
-      out = A.chunked_attention(A.Branch(q, k, pos, pos), v, bias_fn=e.bias,
-                                mask=mask, block_q=block, block_k=block)
+      out = A.CHUNKED(A.Spec(mask=mask, block=block),
+                      A.Call(A.Branch(q, k, pos, pos), v, bias_fn=e.bias))
     return jnp.sum(out.astype(jnp.float32) * g)
 
   step = jax.grad(loss, argnums=(0, 1, 2, 3))

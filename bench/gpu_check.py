@@ -123,8 +123,8 @@ def accuracy_case(position, fields, mask_args, dtype_name, *, b=2, t=1000,
           q, k, v, pos, pos, e.kernel_bias(), n_global=mask.n_global,
           n_local=mask.n_local, chunk=mask.chunk, interpret=interpret)
     else:
-      out = A.dense_attention(A.Branch(q, k, pos, pos), v, bias_fn=e.bias,
-                              mask=mask)
+      out = A.DENSE(A.Spec(mask=mask),
+                    A.Call(A.Branch(q, k, pos, pos), v, bias_fn=e.bias))
     return jnp.sum(out.astype(jnp.float32) * cot), out
 
   def run(kernel, *args):
