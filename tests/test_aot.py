@@ -29,14 +29,6 @@ def _bench(*args):
                         timeout=300)
 
 
-def test_model_flops_per_token_by_hand(tiny_config):
-  m = tiny_config('alibi').model
-  m.d_model, m.num_layers, m.mlp_dim, m.vocab_size = 2, 1, 4, 3
-  # Per layer 4 d^2 + 2 d f = 16 + 16 = 32 weights, the head d V = 6:
-  # 6 x 38 = 228; attention 6 x L x T x d = 6 x 1 x 5 x 2 = 60.
-  assert aot.model_flops_per_token(m, seq_len=5) == 288
-
-
 def test_the_roofline_takes_the_slower_of_compute_and_memory():
   chip = aot.CHIPS['v5e']
   c = aot.Compiled('train', 0.0, 0, 0, 0, 0, flops=197e12,
@@ -171,17 +163,6 @@ def test_the_mlp_activation_is_float32_on_cpu_only(tiny_config):
     with ops.on_platform(platform):
       text = str(jax.make_jaxpr(apply)(params, tokens, tokens))
     assert any(s in text for s in shapes) == float32, platform
-
-
-def test_hardware_flops_add_what_remat_and_tiles_recompute(tiny_config):
-  m = tiny_config('alibi').model
-  m.d_model, m.num_layers, m.mlp_dim, m.vocab_size = 2, 1, 4, 3
-  m.attention, m.remat = 'dense', 'off'
-  assert aot.hardware_flops_per_token(m, 5, dense_limit=512) == 288
-  m.attention = 'chunked'  # tiles recompute the attention products: 60 -> 80
-  assert aot.hardware_flops_per_token(m, 5, dense_limit=512) == 228 + 80
-  m.remat = 'full'  # and the weight products: 228 -> 304
-  assert aot.hardware_flops_per_token(m, 5, dense_limit=512) == 304 + 80
 
 
 # ------------------------------------------------------------------ GPUs
