@@ -38,6 +38,7 @@ from lmx.config import validate as config_lib
 from lmx.config import defaults
 from lmx.evaluation import runner as evaluation
 from lmx.model import layer_plan
+from lmx import flops
 from lmx import memory
 from lmx.training import metrics as metrics_lib
 from lmx.model import transformer as model_lib
@@ -551,12 +552,18 @@ def _clock(seconds: float) -> str:
 def log_line(done: int, total: int, m: dict, elapsed: float,
              eta: float) -> str:
   """The line a headless run (``--progress=false``) prints each
-  ``train.log_every`` steps."""
+  ``train.log_every`` steps: with the model's TFLOP/s over all devices
+  (``lmx.flops``) and, where the devices' peak is known, the MFU, as
+  MaxText prints them; a row without them prints neither."""
   width = len(str(total))
+  speed = f'{m["tokens_per_second"]:,.0f} tok/s '
+  if 'tflops_per_second' in m:
+    speed += f'{m["tflops_per_second"]:.3g} TFLOP/s '
+  if 'mfu' in m:
+    speed += f'MFU {100 * m["mfu"]:.1f}% '
   return (f'step {done:>{width}}/{total} loss {m["loss"]:.4f} '
           f'lr {m["learning_rate"]:.3g} '
-          f'{m["tokens_per_second"]:,.0f} tok/s elapsed {_clock(elapsed)} '
-          f'ETA {_clock(eta)}')
+          f'{speed}elapsed {_clock(elapsed)} ETA {_clock(eta)}')
 
 
 def _training_eval_plan(config, validation, primary: bool):
@@ -687,6 +694,12 @@ class _Loop:
   def _run(self, step_fn, state, start: int) -> dict:
     t = self.config.train
     tokens_per_step = t.batch_size * t.seq_len
+    # Model FLOPs per token (lmx.flops) and the peak of all the devices,
+    # None where it is not known (a CPU): then no MFU is reported.
+    flops_per_token = flops.train_flops_per_token(self.config.model,
+                                                  t.seq_len)
+    peak = flops.device_peak(jax.devices()[0])
+    peak = peak * jax.device_count() if peak else None
     last, unchecked = {}, None
     self.last_saved = start or None
     run_start = window_start = time.perf_counter()
@@ -719,7 +732,10 @@ class _Loop:
         tok_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
         last = {'loss': float(m['loss']), 'grad_norm': float(m['grad_norm']),
                 'learning_rate': float(m['learning_rate']),
-                'nonfinite_skips': self.skips, 'tokens_per_second': tok_s}
+                'nonfinite_skips': self.skips, 'tokens_per_second': tok_s,
+                'tflops_per_second': tok_s * flops_per_token / 1e12}
+        if peak:
+          last['mfu'] = tok_s * flops_per_token / peak
         self.writer.write(done, last)
         if self.log_lines:
           now = time.perf_counter()
