@@ -46,6 +46,7 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from lmx import flops as lmx_flops  # pylint: disable=g-import-not-at-top
+from lmx import trees  # pylint: disable=g-import-not-at-top
 
 F32_TOL = 1e-4
 BF16_TOL = 2.0 ** -6
@@ -154,8 +155,8 @@ def accuracy_case(position, fields, mask_args, dtype_name, *, b=2, t=1000,
       errors[name] = rel(g, gr)
     leaves = jax.tree_util.tree_leaves_with_path(grads[0])
     for (path, g), gr in zip(leaves, jax.tree.leaves(grads_r[0])):
-      name = jax.tree_util.keystr(path).replace('.value', '')
-      if "['b2']" in name:   # FIRE's constant per head: softmax ignores it
+      name = trees.path_str(path).removesuffix('/value')
+      if 'b2' in trees.path_keys(path):   # FIRE's constant per head: softmax ignores it
         continue
       errors[f'd{name}'] = rel(g, gr)
     return errors

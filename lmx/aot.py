@@ -72,6 +72,7 @@ from lmx.config import defaults
 from lmx.evaluation import runner as evaluation
 from lmx import flops
 from lmx import gpus
+from lmx import memory
 from lmx.model import ops
 from lmx.training import run_state
 from lmx import sharding
@@ -477,11 +478,6 @@ def compile_eval_step(config, mesh, as_attached: bool = False) -> Compiled:
   return _analyse('eval', lowered, started, backends)
 
 
-def param_count(config) -> int:
-  _, params = run_state.abstract_model(config)
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-
-
 def roofline(c: Compiled, chip: Chip,
              flops: Optional[float] = None) -> dict[str, float]:
   """Step time bounds per chip. ``flops`` replaces the compiler's count,
@@ -582,7 +578,7 @@ def report(config, topology: str, device_count: int,
           'unit': 'GPU' if is_gpu(topology) else 'chip',
           'platform': 'gpu' if is_gpu(topology) else 'tpu',
           'layers': int(m.num_layers), 'chips': chips,
-          'params': param_count(config),
+          'params': memory.param_count(config),
           'seq_len': int(t.seq_len), 'global_batch': int(t.batch_size),
           'mesh': dict(sharding.resolve(config, device_count=chips)),
           'attention': str(m.attention), 'remat': str(m.remat),

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 from lmx import aot
+from lmx import memory
 from lmx.model import ops
 from lmx.training import run_state
 from lmx.training import trainer
@@ -83,7 +84,7 @@ def test_the_presets_have_the_parameters_their_names_say():
   for name, lo, hi in [('125m', 110e6, 150e6), ('350m', 330e6, 400e6),
                        ('1.3b', 1.2e9, 1.45e9), ('7b', 6.3e9, 7.3e9)]:
     c = aot.make_config(name, seq_len=2048, batch=1, mesh={'data': 1})
-    assert lo < aot.param_count(c) < hi, name
+    assert lo < memory.param_count(c) < hi, name
 
 
 @needs_libtpu
@@ -133,7 +134,7 @@ def test_a_step_the_compiler_refuses_is_reported_with_its_temporaries():
   config = aot.make_config('125m', seq_len=128, batch=4,
                            mesh={'data': 2, 'fsdp': 2})
   r = {'preset': '125m', 'topology': 'v5e:2x2', 'chip': 'TPU v5e',
-       'chips': 4, 'params': aot.param_count(config), 'seq_len': 128,
+       'chips': 4, 'params': memory.param_count(config), 'seq_len': 128,
        'global_batch': 4, 'mesh': {'data': 2, 'fsdp': 2, 'tensor': 1},
        'attention': 'auto', 'remat': 'full', 'scan_layers': True,
        'loss_chunk': 0,

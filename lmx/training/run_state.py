@@ -18,6 +18,7 @@ import ml_collections
 import optax
 from flax import nnx
 
+from lmx import trees
 from lmx.training import checkpoint
 from lmx.config import defaults
 from lmx.model import layer_plan
@@ -63,7 +64,7 @@ def project(config: ml_collections.ConfigDict) -> Callable[[dict], dict]:
     return lambda params: params
 
   def leaf(path, x):
-    keys = [getattr(k, 'key', getattr(k, 'idx', k)) for k in path]
+    keys = trees.path_keys(path)
     if 'position' in keys and keys[-1] in bounds:
       lo, hi = bounds[keys[-1]]
       return jnp.clip(x, lo, hi)

@@ -44,6 +44,7 @@ from lmx.training import metrics as metrics_lib
 from lmx.model import transformer as model_lib
 from lmx import positions
 from lmx import sharding
+from lmx import trees
 from lmx.training.run_state import (abstract_state, init_model, init_state,
                            make_optimizer, make_schedule, project)
 from lmx.data import prefetch, store, subword, tasks, windows
@@ -149,13 +150,6 @@ def init_state_on_mesh(config, params, tx, state_shardings) -> dict:
                  out_shardings=state_shardings)(placed)
 
 
-def _param_paths(tree) -> dict[tuple, object]:
-  """``{path of keys: leaf}`` of a nested dict of parameters."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {tuple(getattr(k, 'key', getattr(k, 'idx', k)) for k in path): leaf
-          for path, leaf in flat}
-
-
 def _position_param(path: tuple) -> bool:
   return 'position' in path
 
@@ -183,8 +177,8 @@ def params_from_run(config: ml_collections.ConfigDict, target_params,
         f'config.init_from={source!r} must name the --workdir of a trained '
         f'run: {e}') from None
   _, src_target = abstract_state(src_config)
-  have = _param_paths(src_target['params'])
-  want = _param_paths(target_params)
+  have = trees.leaves_by_path(src_target['params'])
+  want = trees.leaves_by_path(target_params)
   encoding = positions.get_encoding(config.model.position)
   fix = ('Only lengths, position sampling, RoPE scaling and training '
          'settings may differ from the run in config.init_from; start from '
@@ -225,7 +219,7 @@ def params_from_run(config: ml_collections.ConfigDict, target_params,
   params = checkpoint.load(source, step, src_target)['params']
   if resize:
     def adapt(path, leaf):
-      key = tuple(getattr(k, 'key', getattr(k, 'idx', k)) for k in path)
+      key = trees.path_keys(path)
       if key not in resize:
         return leaf
       table = encoding.resize(key[-1], np.asarray(leaf), resize[key])
