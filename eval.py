@@ -39,13 +39,9 @@ from lmx.errors import CheckpointError, ConfigError, DataError
 
 
 _RUN = cli.define_run_flags()
-flags.adopt_module_key_flags(cli)  # --help lists --workdir, --step, --config
-_LENGTHS = flags.DEFINE_list(
-    'lengths', None, 'Evaluation lengths; default: config.eval.multipliers x '
-    'the training length.')
-_OUT = flags.DEFINE_string('out', None, 'Output directory; default '
-                           '<workdir>/eval, or with --config overrides '
-                           '<workdir>/eval_<field>=<value>,...')
+_LENGTHS, _OUT = cli.define_eval_flags()
+# --help lists --workdir, --step, --config, --lengths and --out.
+flags.adopt_module_key_flags(cli)
 
 
 def override_dir(workdir: str, overrides: dict) -> str:

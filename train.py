@@ -31,18 +31,9 @@ from lmx.errors import CheckpointError, ConfigError, DataError
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/alibi.py[:size=tiny].',
     lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Run directory. Default: runs/<config.name>.')
-_PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
-_COORDINATOR = flags.DEFINE_string(
-    'coordinator', None, 'Multi-host: host:port of process 0 (default: '
-    '$LMX_COORDINATOR).')
-_NUM_PROCESSES = flags.DEFINE_integer(
-    'num_processes', None, 'Multi-host: number of processes (default: '
-    '$LMX_NUM_PROCESSES, else 1).')
-_PROCESS_ID = flags.DEFINE_integer(
-    'process_id', None, 'Multi-host: this process, 0..num_processes-1 '
-    '(default: $LMX_PROCESS_ID).')
+(_WORKDIR, _PROGRESS, _COORDINATOR, _NUM_PROCESSES,
+ _PROCESS_ID) = cli.define_train_flags()
+flags.adopt_module_key_flags(cli)  # --help lists them
 
 
 def default_workdir(config) -> str:

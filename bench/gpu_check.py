@@ -22,7 +22,7 @@
    its own, so its peak memory is its own
    (``jax.devices()[0].memory_stats()['peak_bytes_in_use']``) and a backend
    that does not fit reports so instead of stopping the check. MFU is
-   model FLOPs (``6 N + 12 L T d`` per token, as bench/train_throughput.py)
+   model FLOPs (``6 N + 12 L T d`` per token, ``lmx.flops``)
    over the device's published dense bfloat16 peak (``--peak_tflops`` to
    give another).
 
@@ -44,6 +44,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+from lmx import flops as lmx_flops  # pylint: disable=g-import-not-at-top
+from lmx import trees  # pylint: disable=g-import-not-at-top
 
 F32_TOL = 1e-4
 BF16_TOL = 2.0 ** -6
@@ -152,8 +155,8 @@ def accuracy_case(position, fields, mask_args, dtype_name, *, b=2, t=1000,
       errors[name] = rel(g, gr)
     leaves = jax.tree_util.tree_leaves_with_path(grads[0])
     for (path, g), gr in zip(leaves, jax.tree.leaves(grads_r[0])):
-      name = jax.tree_util.keystr(path).replace('.value', '')
-      if "['b2']" in name:   # FIRE's constant per head: softmax ignores it
+      name = trees.path_str(path).removesuffix('/value')
+      if 'b2' in trees.path_keys(path):   # FIRE's constant per head: softmax ignores it
         continue
       errors[f'd{name}'] = rel(g, gr)
     return errors
@@ -182,14 +185,6 @@ def accuracy_case(position, fields, mask_args, dtype_name, *, b=2, t=1000,
 # ------------------------------------------------------------------ training
 
 
-def model_flops_per_token(m: dict, seq_len: int) -> float:
-  """``6 N + 12 L T d`` (bench/train_throughput.py's formula): N the
-  parameters of the matmuls (blocks and the tied output projection)."""
-  d, layers = m['d_model'], m['num_layers']
-  n = layers * (4 * d * d + 2 * d * m['mlp_dim']) + d * m['vocab_size']
-  return 6 * n + 12 * layers * seq_len * d
-
-
 def train_one(backend: str, batch: int, seq_len: int, steps: int,
               model: dict) -> dict:
   """One backend's 125M train step (run in a process of its own)."""
@@ -216,7 +211,7 @@ def train_all(args) -> list[dict]:
   kind = jax.devices()[0].device_kind
   peak = args.peak_tflops or next(
       (v for k, v in PEAK_TFLOPS.items() if k in kind), None)
-  flops = model_flops_per_token(_model(args), args.seq)
+  flops = lmx_flops.train_flops_per_token(_model(args), args.seq)
   rows = []
   for backend in BACKENDS:
     cmd = [sys.executable, os.path.abspath(__file__), '--train_one', backend,

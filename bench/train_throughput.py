@@ -38,8 +38,8 @@ client sizes its intra-op thread pool from the CPUs it may run on, and torch
 gets ``torch.set_num_threads(threads)`` (one inter-op thread), so both use
 the same cores with the same number of threads.
 
-Model FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B):
-``6 N + 12 L T d``, where N counts the weights of matmuls (qkv, attention
+Model FLOPs per token (``lmx.flops``; PaLM, Chowdhery et al. 2022, appendix
+B): ``6 N + 12 L T d``, where N counts the weights of matmuls (qkv, attention
 output, MLP, LM head; not the embedding table, norms or biases), L the
 layers, T the sequence length and d the width; the attention term counts the
 full T x T products of QK^T and AV (forward and backward) with no causal
@@ -65,18 +65,19 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from lmx import cli  # pylint: disable=g-import-not-at-top
+from lmx import flops as lmx_flops  # pylint: disable=g-import-not-at-top
 
 MODEL = dict(d_model=256, num_layers=4, num_heads=4, mlp_dim=1024,
              seq_len=256, batch_size=16, vocab_size=257)
 
 
 def model_flops_per_token(m: dict = MODEL) -> dict:
-  d, layers, t, v = m['d_model'], m['num_layers'], m['seq_len'], m['vocab_size']
-  per_layer = 3 * d * d + d * d + 2 * d * m['mlp_dim']
-  n_matmul = layers * per_layer + d * v
-  attention = 12 * layers * t * d
+  """The per-token count of ``lmx.flops`` for ``m``, split into its terms."""
+  t = m['seq_len']
+  n_matmul = lmx_flops.matmul_params(m)
   return {'n_matmul_params': n_matmul, 'dense': 6 * n_matmul,
-          'attention': attention, 'total': 6 * n_matmul + attention,
+          'attention': 3 * lmx_flops.attention_flops_per_token(m, t),
+          'total': lmx_flops.train_flops_per_token(m, t),
           'formula': '6 N + 12 L T d'}
 
 

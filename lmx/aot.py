@@ -19,9 +19,10 @@ Chip figures are Google Cloud's published per-chip peaks (bf16 dense
 FLOP/s, HBM capacity and bandwidth) from the system-architecture pages of
 the Cloud TPU documentation (docs.cloud.google.com/tpu/docs/v5e, /v5p,
 /v6e). The roofline step time is ``max(FLOPs / peak, bytes / bandwidth)``
-per chip. The FLOPs are counted from the model (``hardware_flops_per_token``:
-``6 N`` per token plus the attention products, as in the PaLM paper's
-appendix, plus what rematerialisation recomputes), because the compiler's
+per chip. The FLOPs are counted from the model
+(``lmx.flops.hardware_flops_per_token``: ``6 N + 12 L T d`` per token as in
+the PaLM paper's appendix, less the causal tiles a tiled backend skips, plus
+what rematerialisation recomputes), because the compiler's
 cost analysis counts a while loop's body once whatever its trip count,
 and the scanned layers and the chunked backend are loops; its count is
 shown beside. The bytes are the compiler's, so under loops the memory time
@@ -69,7 +70,9 @@ import numpy as np
 from lmx.model import attention
 from lmx.config import defaults
 from lmx.evaluation import runner as evaluation
+from lmx import flops
 from lmx import gpus
+from lmx import memory
 from lmx.model import ops
 from lmx.training import run_state
 from lmx import sharding
@@ -85,11 +88,12 @@ class Chip:
   hbm_bandwidth: float   # bytes/s
 
 
-# Cloud TPU documentation, system architecture of each generation.
+# Cloud TPU documentation, system architecture of each generation (the
+# peaks are lmx.flops's).
 CHIPS = {
-    'v5e': Chip('TPU v5e', 197e12, 16e9, 819e9),
-    'v5p': Chip('TPU v5p', 459e12, 95e9, 2765e9),
-    'v6e': Chip('TPU v6e', 918e12, 32e9, 1638e9),
+    'v5e': Chip('TPU v5e', flops.TPU_PEAKS['v5e'], 16e9, 819e9),
+    'v5p': Chip('TPU v5p', flops.TPU_PEAKS['v5p'], 95e9, 2765e9),
+    'v6e': Chip('TPU v6e', flops.TPU_PEAKS['v6e'], 32e9, 1638e9),
 }
 
 # NVIDIA GPUs: the figures and their sources are in lmx.gpus.
@@ -249,9 +253,10 @@ def training_days(config, tokens: float, chips: int, chip: Chip,
                   mfu: float) -> float:
   """Days to train ``tokens`` tokens of ``config`` on ``chips`` chips at
   model FLOPs utilisation ``mfu`` (the model's FLOPs,
-  ``model_flops_per_token``, over the chips' peak)."""
-  flops = model_flops_per_token(config.model, int(config.train.seq_len))
-  return flops * tokens / (chips * chip.peak_flops * mfu) / 86400
+  ``flops.train_flops_per_token``, over the chips' peak)."""
+  per_token = flops.train_flops_per_token(config.model,
+                                          int(config.train.seq_len))
+  return per_token * tokens / (chips * chip.peak_flops * mfu) / 86400
 
 
 def mesh_over(devices: list, config) -> jax.sharding.Mesh:
@@ -259,33 +264,6 @@ def mesh_over(devices: list, config) -> jax.sharding.Mesh:
   shape = tuple(sizes[a] for a in sharding.MESH_AXES)
   return jax.sharding.Mesh(np.asarray(devices).reshape(shape),
                            sharding.MESH_AXES)
-
-
-def model_flops_per_token(m, seq_len: int) -> float:
-  """Training FLOPs per token: ``6 N`` over the non-embedding and head
-  weights, plus the causal attention products (``6 x 2 x L x T x d`` halved
-  by the mask): the usual MFU numerator."""
-  d, layers = int(m.d_model), int(m.num_layers)
-  per_layer = 4 * d * d + 2 * d * int(m.mlp_dim)
-  n = layers * per_layer + d * int(m.vocab_size)  # the head's product
-  return 6 * n + 6 * layers * seq_len * d
-
-
-def hardware_flops_per_token(m, seq_len: int, dense_limit: int) -> float:
-  """``model_flops_per_token`` plus what the backward pass recomputes: a
-  second forward of the weight products under ``remat='full'``, and of the
-  attention products under full remat or a tiled backend (chunked and
-  flash rematerialise each tile; above ``dense_limit`` keys ``auto`` is
-  chunked)."""
-  d, layers = int(m.d_model), int(m.num_layers)
-  weights = 6 * (layers * (4 * d * d + 2 * d * int(m.mlp_dim))
-                 + d * int(m.vocab_size))
-  attn = 6 * layers * seq_len * d
-  tiled = m.attention in ('chunked', 'flash') or (
-      m.attention == 'auto' and seq_len > dense_limit)
-  full = m.remat == 'full'
-  return (weights * (8 / 6 if full else 1)
-          + attn * (8 / 6 if full or tiled else 1))
 
 
 @dataclasses.dataclass
@@ -463,11 +441,6 @@ def compile_eval_step(config, mesh, as_attached: bool = False) -> Compiled:
   return _analyse('eval', lowered, started, backends)
 
 
-def param_count(config) -> int:
-  _, params = run_state.abstract_model(config)
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-
-
 def roofline(c: Compiled, chip: Chip,
              flops: Optional[float] = None) -> dict[str, float]:
   """Step time bounds per chip. ``flops`` replaces the compiler's count,
@@ -542,9 +515,9 @@ def report(config, topology: str, device_count: int,
     limit = attention.dense_key_limit(
         int(config.model.chunk_threshold),
         int(config.model.accelerator_chunk_threshold))
-    per_token = hardware_flops_per_token(config.model, t.seq_len, limit)
-    if c.what != 'train':  # a forward pass: a third of the training FLOPs
-      per_token = model_flops_per_token(config.model, t.seq_len) / 3
+    per_token = flops.hardware_flops_per_token(config.model, t.seq_len, limit)
+    if c.what != 'train':  # a forward pass
+      per_token = flops.forward_flops_per_token(config.model, t.seq_len)
     hardware = per_token * tokens / chips
     roof = roofline(c, chip, flops=hardware)
     row = {'step': c.what, 'compile_s': c.compile_s,
@@ -560,7 +533,7 @@ def report(config, topology: str, device_count: int,
            'roofline_ms': roof['step_s'] * 1e3, 'bound': roof['bound'],
            'backends': c.backends, 'kernels': c.kernels}
     if c.what == 'train':
-      model = model_flops_per_token(config.model, t.seq_len) * tokens
+      model = flops.train_flops_per_token(config.model, t.seq_len) * tokens
       row['mfu_bound'] = model / (chips * chip.peak_flops * roof['step_s'])
     rows.append(row)
   m = config.model
@@ -568,7 +541,7 @@ def report(config, topology: str, device_count: int,
           'unit': 'GPU' if is_gpu(topology) else 'chip',
           'platform': 'gpu' if is_gpu(topology) else 'tpu',
           'layers': int(m.num_layers), 'chips': chips,
-          'params': param_count(config),
+          'params': memory.param_count(config),
           'seq_len': int(t.seq_len), 'global_batch': int(t.batch_size),
           'mesh': dict(sharding.resolve(config, device_count=chips)),
           'attention': str(m.attention), 'remat': str(m.remat),

@@ -12,6 +12,9 @@ commands that read a finished run.
 * ``define_run_flags``: ``--workdir``, ``--step`` and ``--config`` (the
   run's saved config, read from the ``--workdir`` on the command line, as
   the defaults), listed by the command's own ``--help``.
+* ``define_train_flags``, ``define_eval_flags``: the other flags of
+  train.py and eval.py, defined once for the commands and for the sweep's
+  check of its members' arguments (``sweep_flags``).
 """
 
 import difflib
@@ -107,6 +110,15 @@ def _arg_value(argv: Sequence[str], name: str) -> tuple[bool, Optional[str]]:
 
 
 _OVERRIDE = re.compile(r'^--?(?:no)?config\.([^=]+)(?:=(.*))?$', re.S)
+
+
+def parse_override(current, text: str):
+  """``text``, the value of a ``--config.<field>=text`` item, as
+  ml_collections' config flag parses it for a field that holds ``current``
+  (the parser of the field's type, a literal where the type has none);
+  ValueError or TypeError where that parser refuses it."""
+  parsers = _config_flags_impl._FIELD_TYPE_TO_PARSER  # pylint: disable=protected-access
+  return parsers.get(type(current), parsers[object]).parse(text)
 
 
 def overrides_in(argv: Sequence[str]) -> dict[str, Optional[str]]:
@@ -325,6 +337,14 @@ class RunFlags(NamedTuple):
   config: flags.FlagHolder
 
 
+def _define_workdir_and_step(flag_values: flags.FlagValues) -> tuple:
+  return (flags.DEFINE_string('workdir', None, 'Run directory from train.py.',
+                              flag_values=flag_values),
+          flags.DEFINE_integer('step', None,
+                               'Checkpoint step; default: the latest.',
+                               flag_values=flag_values))
+
+
 def define_run_flags() -> RunFlags:
   """Defines --workdir, --step and --config. The calling module lists them
   in its --help with ``flags.adopt_module_key_flags(cli)``.
@@ -336,14 +356,93 @@ def define_run_flags() -> RunFlags:
       _check_run_overrides(sys.argv)
     except (ConfigError, CheckpointError) as e:
       _fail(e)
+  workdir, step = _define_workdir_and_step(flags.FLAGS)
   return RunFlags(
-      flags.DEFINE_string('workdir', None, 'Run directory from train.py.'),
-      flags.DEFINE_integer('step', None,
-                           'Checkpoint step; default: the latest.'),
+      workdir, step,
       config_flags.DEFINE_config_dict(
           'config', checkpoint.saved_config_from_argv(sys.argv),
           'The run\'s saved config; override a field with '
           '--config.<field>=<value>.'))
+
+
+class TrainFlags(NamedTuple):
+  workdir: flags.FlagHolder
+  progress: flags.FlagHolder
+  coordinator: flags.FlagHolder
+  num_processes: flags.FlagHolder
+  process_id: flags.FlagHolder
+
+
+def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS
+                       ) -> TrainFlags:
+  """train.py's flags besides ``--config`` (a config file, its own): the
+  command defines them here, and ``lmx.sweeps`` checks a sweep's
+  ``--train_args`` against the same definitions."""
+  fv = flag_values
+  return TrainFlags(
+      flags.DEFINE_string(
+          'workdir', None, 'Run directory. Default: runs/<config.name>.',
+          flag_values=fv),
+      flags.DEFINE_bool('progress', True, 'Show a progress bar.',
+                        flag_values=fv),
+      flags.DEFINE_string(
+          'coordinator', None, 'Multi-host: host:port of process 0 '
+          '(default: $LMX_COORDINATOR).', flag_values=fv),
+      flags.DEFINE_integer(
+          'num_processes', None, 'Multi-host: number of processes (default: '
+          '$LMX_NUM_PROCESSES, else 1).', flag_values=fv),
+      flags.DEFINE_integer(
+          'process_id', None, 'Multi-host: this process, '
+          '0..num_processes-1 (default: $LMX_PROCESS_ID).', flag_values=fv))
+
+
+class _LengthsParser(flags.ListParser):
+  """absl's comma-separated list, refused unless ``int_list`` takes it."""
+
+  def parse(self, argument):
+    values = super().parse(argument)
+    try:
+      int_list(values, '--lengths')
+    except ConfigError as e:
+      raise ValueError(str(e)) from None
+    return values
+
+
+class EvalFlags(NamedTuple):
+  lengths: flags.FlagHolder
+  out: flags.FlagHolder
+
+
+def define_eval_flags(flag_values: flags.FlagValues = flags.FLAGS
+                      ) -> EvalFlags:
+  """eval.py's own flags (``--lengths``, ``--out``; with
+  ``define_run_flags``'s): the command defines them here, and
+  ``lmx.sweeps`` checks a sweep's ``--eval_args`` against the same
+  definitions (``sweep_flags``)."""
+  return EvalFlags(
+      flags.DEFINE(_LengthsParser(), 'lengths', None,
+                   'Evaluation lengths; default: config.eval.multipliers x '
+                   'the training length.', flag_values=flag_values,
+                   serializer=flags.CsvListSerializer(',')),
+      flags.DEFINE_string('out', None, 'Output directory; default '
+                          '<workdir>/eval, or with --config overrides '
+                          '<workdir>/eval_<field>=<value>,...',
+                          flag_values=flag_values))
+
+
+def sweep_flags(command: str) -> flags.FlagValues:
+  """A fresh set of the flags of ``command`` (``'train.py'`` or
+  ``'eval.py'``) besides ``--config``, defined by the functions the command
+  itself calls: what ``lmx.sweeps`` parses a member's arguments with."""
+  fv = flags.FlagValues()
+  if command == 'train.py':
+    define_train_flags(fv)
+  elif command == 'eval.py':
+    _define_workdir_and_step(fv)
+    define_eval_flags(fv)
+  else:
+    raise ValueError(f'no flags of {command!r}')
+  return fv
 
 
 def run_workdir(argv, run_flags: RunFlags) -> str:

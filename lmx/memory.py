@@ -22,6 +22,7 @@ from typing import Optional
 
 import jax
 
+from lmx import trees
 from lmx.model import attention
 from lmx.errors import ConfigError
 
@@ -79,8 +80,7 @@ def _param_sizes(config) -> dict:
   from lmx.training import run_state  # pylint: disable=g-import-not-at-top
   _, params = run_state.abstract_model(config)
   flat, _ = jax.tree_util.tree_flatten_with_path(params)
-  return {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path):
-          (int(math.prod(leaf.shape)), tuple(leaf.shape))
+  return {trees.path_str(path): (int(math.prod(leaf.shape)), tuple(leaf.shape))
           for path, leaf in flat}
 
 

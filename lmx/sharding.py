@@ -50,6 +50,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from lmx import trees
 from lmx.errors import ConfigError
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -187,19 +188,6 @@ def make_mesh(config) -> jax.sharding.Mesh:
       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
-def path_str(path: Sequence[Any]) -> str:
-  """``'blocks/0/attn/qkv/kernel'`` for a key path of a pytree leaf."""
-  parts = []
-  for k in path:
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return '/'.join(parts)
-
-
 def logical_axes(path: str, ndim: int) -> tuple[Optional[str], ...]:
   """Logical axis names of a leaf at ``path`` (None: replicated)."""
   for pattern, axes in PARAM_RULES:
@@ -239,7 +227,7 @@ def tree_shardings(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   params tree, by the rules on each leaf's path."""
   def one(path, leaf):
     shape = tuple(np.shape(leaf))
-    axes = logical_axes(path_str(path), len(shape))
+    axes = logical_axes(trees.path_str(path), len(shape))
     return NamedSharding(mesh, logical_to_spec(axes, shape, mesh))
   return jax.tree_util.tree_map_with_path(one, tree)
 
@@ -255,7 +243,7 @@ def constrain_stacked(tree: Any) -> Any:
 
   def one(path, leaf):
     # nnx State paths end in the Variable's 'value'.
-    name = path_str(path).removesuffix('/value')
+    name = trees.path_str(path).removesuffix('/value')
     axes = logical_axes(name, leaf.ndim - 1)
     spec = logical_to_spec(axes, leaf.shape[1:], mesh)
     return jax.lax.with_sharding_constraint(leaf, P(None, *spec))

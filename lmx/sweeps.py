@@ -57,11 +57,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import submitit
+from absl import flags
 
 from lmx import fs
 
-# lmx.training.checkpoint and lmx.evaluation.report (JAX, matplotlib) are imported where they
-# are used: every member's job imports this module.
+# lmx.cli, lmx.training.checkpoint and lmx.evaluation.report (JAX,
+# matplotlib) are imported where they are used: every member's job imports
+# this module.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECIAL_KEYS = ('config', 'name', 'after')
@@ -321,35 +323,12 @@ def _describe(m: Member) -> str:
 
 
 def parse_config_args(args: Sequence[str]) -> dict[str, str]:
-  """``--config.a.b=v`` items of an argument list -> ``{'a.b': 'v'}``."""
-  out = {}
-  for a in args:
-    if a.startswith('--config.') and '=' in a:
-      key, _, value = a[len('--config.'):].partition('=')
-      out[key] = value
-  return out
-
-
-def _parse_like(current: Any, text: str) -> Any:
-  """``text`` (a command-line value) as the type of ``current``, as
-  ml_collections' --config.<field> parser reads it; ValueError if not."""
-  if isinstance(current, bool):
-    low = text.lower()
-    if low in ('true', 't', '1', 'yes', 'y'):
-      return True
-    if low in ('false', 'f', '0', 'no', 'n'):
-      return False
-    raise ValueError(f'{text!r} is not true or false')
-  if isinstance(current, int):
-    return int(text)
-  if isinstance(current, float):
-    return float(text)
-  if isinstance(current, (tuple, list)):
-    import ast  # pylint: disable=g-import-not-at-top
-    value = ast.literal_eval(text if text.strip().startswith(('(', '['))
-                             else f'({text},)')
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
-  return text
+  """``--config.a.b=v`` items of an argument list -> ``{'a.b': 'v'}``
+  (``lmx.cli.overrides_in``, the entry points' reading; items without a
+  value are left out)."""
+  from lmx import cli  # pylint: disable=g-import-not-at-top
+  return {k: v for k, v in cli.overrides_in(['', *args]).items()
+          if v is not None}
 
 
 def check_fields(members: Sequence[Member],
@@ -358,6 +337,7 @@ def check_fields(members: Sequence[Member],
   """Every override names an existing field of its member's config and
   holds a value of that field's type; so does every ``--config.<field>``
   of ``extra_fields`` (``{field: command-line value}``, or field names)."""
+  from lmx import cli  # pylint: disable=g-import-not-at-top
   extra = (dict(extra_fields) if isinstance(extra_fields, dict)
            else dict.fromkeys(extra_fields))
   problems = []
@@ -383,8 +363,8 @@ def check_fields(members: Sequence[Member],
                             f'{e}')
         elif extra.get(key) is not None:
           try:
-            _parse_like(node, extra[key])
-          except (ValueError, SyntaxError) as e:
+            cli.parse_override(node, extra[key])
+          except (ValueError, TypeError, SyntaxError) as e:
             problems.append(f'{m.name}: {where} --config.{key}={extra[key]}'
                             f' is not a {type(node).__name__} ({e}).')
   if problems:
@@ -408,20 +388,18 @@ def config_args(overrides: dict[str, Any]) -> list[str]:
   return [f'--config.{k}={format_value(v)}' for k, v in overrides.items()]
 
 
-# The flags of train.py and eval.py a sweep passes on (--train_args,
-# --eval_args), with their kinds; the sweep sets --config and --workdir
-# itself. tests/test_bad_input.py checks these against the commands.
-TRAIN_FLAGS = {'progress': 'bool', 'coordinator': 'str',
-               'num_processes': 'int', 'process_id': 'int'}
-EVAL_FLAGS = {'lengths': 'ints', 'step': 'int', 'out': 'str'}
+# The flags the sweep sets itself for each member.
 SET_BY_SWEEP = {'train.py': ('config', 'workdir'), 'eval.py': ('workdir',)}
 
 
-def check_args(args: Sequence[str], command: str, known: dict[str, str],
-               option: str) -> None:
+def check_args(args: Sequence[str], command: str, option: str) -> None:
   """Every item of ``--train_args`` / ``--eval_args`` is a flag the command
-  takes, with a value of its kind; ``--config.<field>`` items are checked
-  against each member's config by ``check_fields``."""
+  takes, with a value it accepts: parsed by the command's own flag
+  definitions (``lmx.cli.sweep_flags``). ``--config.<field>`` items are
+  checked against each member's config by ``check_fields``."""
+  from lmx import cli  # pylint: disable=g-import-not-at-top
+  known = cli.sweep_flags(command)
+  own = [n for n in known if n not in SET_BY_SWEEP[command]]
   problems = []
   for a in args:
     name, eq, value = a.lstrip('-').partition('=')
@@ -434,25 +412,24 @@ def check_args(args: Sequence[str], command: str, known: dict[str, str],
       problems.append(f'--{name} is set by the sweep for each member; '
                       'drop it.')
       continue
-    kind = known.get(name)
-    if kind is None and name.startswith('no') and known.get(name[2:]) == 'bool':
-      kind, eq = 'bool', ''
-    if kind is None:
+    negated = (name not in known and name.startswith('no')
+               and name[2:] in known and known[name[2:]].boolean)
+    if name not in known and not negated:
       problems.append(f'{command} has no flag --{name}; its flags: '
-                      + ', '.join(f'--{k}' for k in known) + ', and '
+                      + ', '.join(f'--{k}' for k in own) + ', and '
                       '--config.<field>.')
       continue
+    flag = known[name[2:] if negated else name]
+    if negated and eq:
+      problems.append(f'--{name} takes no value.')
+      continue
+    if negated or (flag.boolean and not eq):
+      continue
     try:
-      if kind == 'int':
-        int(value)
-      elif kind == 'ints':
-        [int(x) for x in value.split(',')]  # pylint: disable=expression-not-assigned
-      elif kind == 'bool' and eq:
-        _parse_like(True, value)
-    except ValueError:
-      wants = {'ints': 'integers', 'int': 'an integer'}.get(kind,
-                                                            'true or false')
-      problems.append(f'--{name}={value}: {command} wants {wants}.')
+      flag.parse(value)
+    except flags.Error as e:
+      problems.append(f'--{name}={value}: {command} refuses it ('
+                      f'{" ".join(str(e).split())}).')
   if problems:
     raise SweepError(f'{option} that {command} would refuse (checked before '
                      'any member runs):\n  ' + '\n  '.join(problems))
@@ -463,8 +440,8 @@ def prepare(spec: str, sweep_dir: str, train_args: Sequence[str] = (),
   """Loads, expands and checks a sweep: every input error before any run,
   the --train_args and --eval_args of every member included."""
   members = expand(load_declaration(spec), sweep_dir)
-  check_args(train_args, 'train.py', TRAIN_FLAGS, '--train_args')
-  check_args(eval_args, 'eval.py', EVAL_FLAGS, '--eval_args')
+  check_args(train_args, 'train.py', '--train_args')
+  check_args(eval_args, 'eval.py', '--eval_args')
   check_fields(members, parse_config_args(train_args))
   check_fields(members, parse_config_args(eval_args), '--eval_args')
   check_values(members, parse_config_args(train_args))
@@ -504,6 +481,7 @@ def write_report(workdirs: Sequence[str], out_dir: str, title: str,
 def member_config(member: Member, train_overrides: dict[str, str]):
   """The config ``train.py`` will run for ``member``: its config file,
   its overrides, then the --train_args ``--config.<field>`` items."""
+  from lmx import cli  # pylint: disable=g-import-not-at-top
   config = copy.deepcopy(load_config(member.config))
   config.update_from_flattened_dict(dict(member.overrides))
   for key, text in train_overrides.items():
@@ -511,7 +489,7 @@ def member_config(member: Member, train_overrides: dict[str, str]):
     for part in key.split('.')[:-1]:
       node = node[part]
     leaf = key.split('.')[-1]
-    node[leaf] = _parse_like(node[leaf], text)
+    node[leaf] = cli.parse_override(node[leaf], text)
   return config
 
 

@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 from configs import base  # noqa: E402
 from lmx.model import transformer as model_lib  # noqa: E402
 from lmx import sharding  # noqa: E402
+from lmx import trees  # noqa: E402
 from lmx.training import run_state
 
 
@@ -52,9 +53,9 @@ for position in sys.argv[1:]:
   pos_diff = max((float(np.abs(a - b).max()) for (path, a), (_, b) in zip(
       jax.tree_util.tree_flatten_with_path(got)[0],
       jax.tree_util.tree_flatten_with_path(ref)[0])
-      if 'position' in sharding.path_str(path)), default=0.0)
+      if 'position' in trees.path_keys(path)), default=0.0)
   pos_scale = max((float(np.abs(a).max()) for path, a in
                    jax.tree_util.tree_flatten_with_path(ref)[0]
-                   if 'position' in sharding.path_str(path)), default=0.0)
+                   if 'position' in trees.path_keys(path)), default=0.0)
   out[position] = [diff, scale, pos_diff, pos_scale]
 print(json.dumps(out))

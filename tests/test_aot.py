@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 from lmx import aot
+from lmx import memory
 from lmx.model import ops
 from lmx.training import run_state
 from lmx.training import trainer
@@ -27,14 +28,6 @@ def _bench(*args):
   return subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'aot.py'),
                          *args], capture_output=True, text=True, cwd=ROOT,
                         timeout=300)
-
-
-def test_model_flops_per_token_by_hand(tiny_config):
-  m = tiny_config('alibi').model
-  m.d_model, m.num_layers, m.mlp_dim, m.vocab_size = 2, 1, 4, 3
-  # Per layer 4 d^2 + 2 d f = 16 + 16 = 32 weights, the head d V = 6:
-  # 6 x 38 = 228; attention 6 x L x T x d = 6 x 1 x 5 x 2 = 60.
-  assert aot.model_flops_per_token(m, seq_len=5) == 288
 
 
 def test_the_roofline_takes_the_slower_of_compute_and_memory():
@@ -91,7 +84,7 @@ def test_the_presets_have_the_parameters_their_names_say():
   for name, lo, hi in [('125m', 110e6, 150e6), ('350m', 330e6, 400e6),
                        ('1.3b', 1.2e9, 1.45e9), ('7b', 6.3e9, 7.3e9)]:
     c = aot.make_config(name, seq_len=2048, batch=1, mesh={'data': 1})
-    assert lo < aot.param_count(c) < hi, name
+    assert lo < memory.param_count(c) < hi, name
 
 
 @needs_libtpu
@@ -141,7 +134,7 @@ def test_a_step_the_compiler_refuses_is_reported_with_its_temporaries():
   config = aot.make_config('125m', seq_len=128, batch=4,
                            mesh={'data': 2, 'fsdp': 2})
   r = {'preset': '125m', 'topology': 'v5e:2x2', 'chip': 'TPU v5e',
-       'chips': 4, 'params': aot.param_count(config), 'seq_len': 128,
+       'chips': 4, 'params': memory.param_count(config), 'seq_len': 128,
        'global_batch': 4, 'mesh': {'data': 2, 'fsdp': 2, 'tensor': 1},
        'attention': 'auto', 'remat': 'full', 'scan_layers': True,
        'loss_chunk': 0,
@@ -171,17 +164,6 @@ def test_the_mlp_activation_is_float32_on_cpu_only(tiny_config):
     with ops.on_platform(platform):
       text = str(jax.make_jaxpr(apply)(params, tokens, tokens))
     assert any(s in text for s in shapes) == float32, platform
-
-
-def test_hardware_flops_add_what_remat_and_tiles_recompute(tiny_config):
-  m = tiny_config('alibi').model
-  m.d_model, m.num_layers, m.mlp_dim, m.vocab_size = 2, 1, 4, 3
-  m.attention, m.remat = 'dense', 'off'
-  assert aot.hardware_flops_per_token(m, 5, dense_limit=512) == 288
-  m.attention = 'chunked'  # tiles recompute the attention products: 60 -> 80
-  assert aot.hardware_flops_per_token(m, 5, dense_limit=512) == 228 + 80
-  m.remat = 'full'  # and the weight products: 228 -> 304
-  assert aot.hardware_flops_per_token(m, 5, dense_limit=512) == 304 + 80
 
 
 # ------------------------------------------------------------------ GPUs

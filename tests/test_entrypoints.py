@@ -34,6 +34,8 @@ def test_train_writes_checkpoints_config_and_metrics(trained):
     rows = [json.loads(line) for line in f]
   assert [r['step'] for r in rows] == [2, 4, 6]
   assert all(r['loss'] > 0 and r['tokens_per_second'] > 0 for r in rows)
+  # The model FLOP rate (lmx.flops); no MFU on a CPU, whose peak is unknown.
+  assert all(r['tflops_per_second'] > 0 and 'mfu' not in r for r in rows)
   assert any(n.startswith('events.out.tfevents')
              for n in os.listdir(os.path.join(workdir, 'tensorboard')))
 
@@ -41,7 +43,7 @@ def test_train_writes_checkpoints_config_and_metrics(trained):
 def test_headless_training_logs_a_line_every_log_every_steps(trained):
   workdir, proc = trained
   line = re.compile(r'^step +(\d+)/6 loss (\d+\.\d{4}) lr \S+ [\d,]+ tok/s '
-                    r'elapsed \d+:\d\d:\d\d ETA \d+:\d\d:\d\d$')
+                    r'\S+ TFLOP/s elapsed \d+:\d\d:\d\d ETA \d+:\d\d:\d\d$')
   found = [line.match(x) for x in proc.stdout.splitlines()]
   found = [m for m in found if m]
   assert [int(m.group(1)) for m in found] == [2, 4, 6]  # log_every=2

@@ -7,7 +7,7 @@ import importlib
 import numpy as np
 import pytest
 
-from lmx import aot
+from lmx import memory
 from lmx.training import checkpoint
 from lmx.config import validate as config_lib
 from lmx.training import trainer
@@ -32,7 +32,7 @@ def test_a_full_recipe_validates_and_has_the_papers_size(name, arg, key):
   config_lib.validate(c)
   paper = m.PAPER[key] if key else m.PAPER
   assert m.paper(arg) == paper
-  count = aot.param_count(c)
+  count = memory.param_count(c)
   assert abs(count / paper['params'] - 1) < 0.15, (count, paper['params'])
   assert paper['tokens'] > 0 and m.PAPER['section']
   assert c.data.source != 'stdlib' and c.data.tokenizer == 'sentencepiece'

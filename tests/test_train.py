@@ -173,6 +173,15 @@ def test_headless_log_line_has_step_loss_lr_speed_and_times():
   # 3725 s = 1 h 2 min 5 s; 59.6 s rounds to one minute.
   assert line == ('step   50/1500 loss 1.2346 lr 0.00125 17,832 tok/s '
                   'elapsed 1:02:05 ETA 0:01:00')
+  # With the model's FLOP rate, and the MFU where the peak is known.
+  m['tflops_per_second'] = 0.0123456
+  assert trainer.log_line(50, 1500, m, 3725.2, 59.6) == (
+      'step   50/1500 loss 1.2346 lr 0.00125 17,832 tok/s 0.0123 TFLOP/s '
+      'elapsed 1:02:05 ETA 0:01:00')
+  m['mfu'] = 0.4567
+  assert trainer.log_line(50, 1500, m, 3725.2, 59.6) == (
+      'step   50/1500 loss 1.2346 lr 0.00125 17,832 tok/s 0.0123 TFLOP/s '
+      'MFU 45.7% elapsed 1:02:05 ETA 0:01:00')
 
 
 def test_cape_run_trains_on_real_positions_and_evaluates_on_integers(

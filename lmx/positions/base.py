@@ -234,6 +234,25 @@ class PositionEncoding(nnx.Module):
     del model_cfg
     return {}
 
+  def project(self, params: Any, model_cfg: ml_collections.ConfigDict) -> Any:
+    """``params``, this instance's own parameters as a pure dict
+    (``nnx.to_pure_dict`` of its state), with each leaf that
+    ``param_bounds(model_cfg)`` names clipped into its bounds;
+    ``model_cfg`` is the view of ``config.model`` the instance was built
+    from. An instance projects only what it holds, so two encodings of a
+    per-layer model with a parameter of the same name keep their own
+    bounds (``lmx.training.run_state.project`` walks the model for the
+    instances)."""
+    bounds = self.param_bounds(model_cfg)
+
+    def leaf(path, x):
+      name = getattr(path[-1], 'key', None) if path else None
+      if name in bounds:
+        return jax.numpy.clip(x, *bounds[name])
+      return x
+
+    return jax.tree_util.tree_map_with_path(leaf, params)
+
   @classmethod
   def former_defaults(cls, saved_model: dict) -> dict:
     """Settings of ``config.model.<name>`` a config saved before they

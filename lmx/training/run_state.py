@@ -22,6 +22,7 @@ from lmx.training import checkpoint
 from lmx.config import defaults
 from lmx.model import layer_plan
 from lmx.model import transformer as model_lib
+from lmx import positions
 from lmx.errors import ConfigError
 
 
@@ -51,25 +52,62 @@ def init_model(config: ml_collections.ConfigDict):
 
 
 def project(config: ml_collections.ConfigDict) -> Callable[[dict], dict]:
-  """``params -> params`` with the position encoding's parameters clipped
-  into its ``param_bounds`` (the identity for encodings without any). The
+  """``params -> params`` with each position encoding's parameters clipped
+  into its ``param_bounds`` (the identity when no encoding has any). The
   train step applies it after every update, so a stored parameter pushed
   past a bound restarts from the bound (KERPLE's released code projects
-  its parameters the same way)."""
-  bounds = {}
-  for name, encoding in layer_plan.used_encodings(config.model).items():
-    bounds.update(encoding.param_bounds(layer_plan.view(config.model, name)))
-  if not bounds:
+  its parameters the same way).
+
+  The encodings are found by walking the model's module graph
+  (``nnx.iter_graph`` of the abstract model, whose paths are those of the
+  pure dict of parameters), and each instance projects its own parameters
+  (``PositionEncoding.project``) with the bounds of the settings it was
+  built from: two encodings of a per-layer model whose parameters share a
+  name keep their own bounds."""
+  m = config.model
+  used = layer_plan.used_encodings(m)
+  if not any(enc.param_bounds(layer_plan.view(m, name))
+             for name, enc in used.items()):
     return lambda params: params
+  model = nnx.eval_shape(lambda: model_lib.build(m, config.seed))
+  specs = layer_plan.plan(m)
+  owners = []
+  for path, node in nnx.iter_graph(model):
+    if isinstance(node, positions.PositionEncoding):
+      view = layer_plan.view(m, _encoding_name(path, node, used, specs))
+      if node.param_bounds(view):
+        owners.append((tuple(path), node, view))
 
-  def leaf(path, x):
-    keys = [getattr(k, 'key', getattr(k, 'idx', k)) for k in path]
-    if 'position' in keys and keys[-1] in bounds:
-      lo, hi = bounds[keys[-1]]
-      return jnp.clip(x, lo, hi)
-    return x
+  def apply(params):
+    for path, node, view in owners:
+      params = _replace_at(params, path,
+                           lambda own, n=node, v=view: n.project(own, v))
+    return params
 
-  return lambda params: jax.tree_util.tree_map_with_path(leaf, params)
+  return apply
+
+
+def _encoding_name(path, node, used: dict, specs) -> str:
+  """The name ``node`` is registered under in this model: the one name of
+  its class, else (a class registered twice) the name its layer's plan
+  gives (``('blocks', i, ...)``; the model's own ``position`` is the first
+  layer's)."""
+  names = [name for name, cls in used.items() if type(node) is cls]
+  if len(names) == 1:
+    return names[0]
+  layer = path[1] if len(path) > 1 and path[0] == 'blocks' else 0
+  return specs[layer].position
+
+
+def _replace_at(tree: dict, path: tuple, fn: Callable) -> dict:
+  """``tree`` with its subtree at ``path`` replaced by ``fn(subtree)``
+  (copies along the path only); unchanged where the path holds nothing."""
+  if not path:
+    return fn(tree)
+  head, rest = path[0], path[1:]
+  if not isinstance(tree, dict) or head not in tree:
+    return tree
+  return {**tree, head: _replace_at(tree[head], rest, fn)}
 
 
 def abstract_model(config: ml_collections.ConfigDict):

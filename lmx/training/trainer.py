@@ -38,11 +38,13 @@ from lmx.config import validate as config_lib
 from lmx.config import defaults
 from lmx.evaluation import runner as evaluation
 from lmx.model import layer_plan
+from lmx import flops
 from lmx import memory
 from lmx.training import metrics as metrics_lib
 from lmx.model import transformer as model_lib
 from lmx import positions
 from lmx import sharding
+from lmx import trees
 from lmx.training.run_state import (abstract_state, init_model, init_state,
                            make_optimizer, make_schedule, project)
 from lmx.data import prefetch, store, subword, tasks, windows
@@ -148,13 +150,6 @@ def init_state_on_mesh(config, params, tx, state_shardings) -> dict:
                  out_shardings=state_shardings)(placed)
 
 
-def _param_paths(tree) -> dict[tuple, object]:
-  """``{path of keys: leaf}`` of a nested dict of parameters."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {tuple(getattr(k, 'key', getattr(k, 'idx', k)) for k in path): leaf
-          for path, leaf in flat}
-
-
 def _position_param(path: tuple) -> bool:
   return 'position' in path
 
@@ -182,8 +177,8 @@ def params_from_run(config: ml_collections.ConfigDict, target_params,
         f'config.init_from={source!r} must name the --workdir of a trained '
         f'run: {e}') from None
   _, src_target = abstract_state(src_config)
-  have = _param_paths(src_target['params'])
-  want = _param_paths(target_params)
+  have = trees.leaves_by_path(src_target['params'])
+  want = trees.leaves_by_path(target_params)
   encoding = positions.get_encoding(config.model.position)
   fix = ('Only lengths, position sampling, RoPE scaling and training '
          'settings may differ from the run in config.init_from; start from '
@@ -224,7 +219,7 @@ def params_from_run(config: ml_collections.ConfigDict, target_params,
   params = checkpoint.load(source, step, src_target)['params']
   if resize:
     def adapt(path, leaf):
-      key = tuple(getattr(k, 'key', getattr(k, 'idx', k)) for k in path)
+      key = trees.path_keys(path)
       if key not in resize:
         return leaf
       table = encoding.resize(key[-1], np.asarray(leaf), resize[key])
@@ -551,12 +546,18 @@ def _clock(seconds: float) -> str:
 def log_line(done: int, total: int, m: dict, elapsed: float,
              eta: float) -> str:
   """The line a headless run (``--progress=false``) prints each
-  ``train.log_every`` steps."""
+  ``train.log_every`` steps: with the model's TFLOP/s over all devices
+  (``lmx.flops``) and, where the devices' peak is known, the MFU, as
+  MaxText prints them; a row without them prints neither."""
   width = len(str(total))
+  speed = f'{m["tokens_per_second"]:,.0f} tok/s '
+  if 'tflops_per_second' in m:
+    speed += f'{m["tflops_per_second"]:.3g} TFLOP/s '
+  if 'mfu' in m:
+    speed += f'MFU {100 * m["mfu"]:.1f}% '
   return (f'step {done:>{width}}/{total} loss {m["loss"]:.4f} '
           f'lr {m["learning_rate"]:.3g} '
-          f'{m["tokens_per_second"]:,.0f} tok/s elapsed {_clock(elapsed)} '
-          f'ETA {_clock(eta)}')
+          f'{speed}elapsed {_clock(elapsed)} ETA {_clock(eta)}')
 
 
 def _training_eval_plan(config, validation, primary: bool):
@@ -687,6 +688,12 @@ class _Loop:
   def _run(self, step_fn, state, start: int) -> dict:
     t = self.config.train
     tokens_per_step = t.batch_size * t.seq_len
+    # Model FLOPs per token (lmx.flops) and the peak of all the devices,
+    # None where it is not known (a CPU): then no MFU is reported.
+    flops_per_token = flops.train_flops_per_token(self.config.model,
+                                                  t.seq_len)
+    peak = flops.device_peak(jax.devices()[0])
+    peak = peak * jax.device_count() if peak else None
     last, unchecked = {}, None
     self.last_saved = start or None
     run_start = window_start = time.perf_counter()
@@ -719,7 +726,10 @@ class _Loop:
         tok_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
         last = {'loss': float(m['loss']), 'grad_norm': float(m['grad_norm']),
                 'learning_rate': float(m['learning_rate']),
-                'nonfinite_skips': self.skips, 'tokens_per_second': tok_s}
+                'nonfinite_skips': self.skips, 'tokens_per_second': tok_s,
+                'tflops_per_second': tok_s * flops_per_token / 1e12}
+        if peak:
+          last['mfu'] = tok_s * flops_per_token / peak
         self.writer.write(done, last)
         if self.log_lines:
           now = time.perf_counter()
