@@ -241,9 +241,7 @@ def test_attention_splits_the_qkv_kernel_into_q_k_v_columns(dtype):
   attn = model_lib.build(cfg, seed=0).blocks[0].attn
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.normal(size=(B, T, cfg.d_model)), jnp.float32)
-  got, cache = attn(x.astype(model_lib.DTYPES[dtype]),
-                    _positions('contiguous'))
-  assert cache is None   # nothing to store without a KV cache
+  got = attn(x.astype(model_lib.DTYPES[dtype]), _positions('contiguous'))
   h, d = cfg.num_heads, cfg.d_model
   qkv = np.asarray(x, np.float64) @ np.asarray(attn.qkv.kernel[...], np.float64)
   q, k, v = (qkv[..., i * d:(i + 1) * d].reshape(B, T, h, d // h)

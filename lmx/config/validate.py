@@ -273,9 +273,11 @@ def _check_flash(config, used) -> None:
     return
   for member in far.active(m):
     why = member.kernel_refusal(m)
+    field = (f'config.model.{member.name}.{member.far_switch}'
+             if member.far(m) is not None else f'config.model.{member.name}')
     require(why is None,
             f"config.model.attention='flash' cannot compute "
-            f'{member.summary} (config.model.{member.name}): {why}. Use '
+            f'{member.summary} ({field}): {why}. Use '
             "'chunked' or 'dense', or turn it off.")
   scores = [k for k in {s.length_scaling for s in layer_plan.plan(m)}
             if length_scaling.get(k).scales_scores]
@@ -288,7 +290,8 @@ def _check_flash(config, used) -> None:
     if scores and encoding.has_bias():
       raise ConfigError(
           "config.model.attention='flash' adds the bias inside the kernel, "
-          f'and the length scaling {scores[0]!r} scales the whole score, '
+          f'and the length scaling {scores[0]!r} '
+          f'({length_scaling.get(scores[0]).__name__}) scales the whole score, '
           f"the {name!r} bias included. Use 'chunked' or 'dense', or "
           'another length scaling.')
 
