@@ -391,6 +391,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   with the same config and workdir.
   """
   config_lib.validate(config)
+  # An unknown name in config.eval.evaluators is refused now, not at the
+  # evaluation of the finished run.
+  evaluators.names(config)
   # The tokenizer (trained once, or the run's own copy) sets
   # config.model.vocab_size, which the memory estimate needs.
   ckpt_dir = checkpoint.checkpoint_dir(workdir)
