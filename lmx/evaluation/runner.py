@@ -28,7 +28,8 @@ from lmx.evaluation.protocols import (
     make_loss_fn, make_stats_fn, per_position_result, plot_attention,
     plot_loss_vs_length, plot_per_position, position_profile,
     sliding_loss_at_length, sliding_stride, write_json)
-from lmx.evaluation.sources import config_dict, data_source
+from lmx.evaluation.sources import (check_same_data, config_dict,
+                                    data_source)
 from lmx.training import checkpoint
 from lmx.training import metrics as metrics_lib
 from lmx.training import run_state
@@ -181,19 +182,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _check_same_task(config, workdir: str) -> None:
-  """An evaluation must fit the run's data: a task's metric on a model
-  trained for that task, text metrics on a text model."""
-  if not os.path.isfile(os.path.join(workdir, checkpoint.CONFIG_FILE)):
-    return  # require_checkpoint reports the missing run
-  trained = checkpoint.read_config(workdir).task.name
-  asked = config.task.name
-  if asked != trained:
-    what = lambda n: f'the {n!r} task' if n else 'text (language modelling)'
-    raise config_lib.ConfigError(
-        f'{workdir} was trained on {what(trained)}, so it cannot be evaluated '
-        f'on {what(asked)}: config.task.name={asked!r} does not fit the run. '
-        f'Drop the --config.task.name override, or train a model for '
-        f'{what(asked)}.')
+  """The evaluation's data must be the run's (``sources.check_same_data``);
+  a folder without a run is left to ``require_checkpoint``."""
+  if os.path.isfile(os.path.join(workdir, checkpoint.CONFIG_FILE)):
+    check_same_data(config, checkpoint.read_config(workdir), workdir)
 
 
 def format_table(results: dict) -> str:

@@ -211,3 +211,17 @@ def data_source(config) -> Source:
   """The run's data: a task when ``config.task.name`` is set, else text.
   The one place that asks."""
   return TaskSource() if config.task.name else TextSource()
+
+
+def check_same_data(config, trained, workdir: str) -> None:
+  """ConfigError unless ``config`` asks for the data the run (``trained``,
+  its saved config) was trained on: a task's metric on a model trained for
+  that task, text metrics on a text model."""
+  asked, done = config.task.name, trained.task.name
+  if asked != done:
+    what = lambda n: f'the {n!r} task' if n else 'text (language modelling)'
+    raise config_lib.ConfigError(
+        f'{workdir} was trained on {what(done)}, so it cannot be evaluated '
+        f'on {what(asked)}: config.task.name={asked!r} does not fit the run. '
+        f'Drop the --config.task.name override, or train a model for '
+        f'{what(asked)}.')
