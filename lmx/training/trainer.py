@@ -425,7 +425,8 @@ def _train(config, workdir, progress, mesh, tok) -> dict:
   # An evaluation needs validation text (the store refuses an empty split);
   # opened once, for the evaluation during training too.
   # (None for a task run, which has no validation text).
-  validation = sources.data_source(config).validation(config, tok)
+  source = sources.data_source(config)
+  validation = source.validation(config, tok)
   batch_fn = lambda step: sharding.global_batch(
       local_batch_fn(step), batch_sharding, t.batch_size)
 
@@ -467,7 +468,7 @@ def _train(config, workdir, progress, mesh, tok) -> dict:
           'further.')
     return {}
   n_params = sum(x.size for x in jax.tree.leaves(state['params']))
-  task = sources.data_source(config).describe(config)
+  task = source.describe(config)
   devices = ''
   if mesh.size > 1:
     devices = (f' on {mesh.size} devices (' + ', '.join(
@@ -609,6 +610,7 @@ class _Evaluator:
     self.ctx.set_params(params)
     out = {f'eval_loss_len{row["length"]}': row['loss']
            for row in self.loss.run(self.ctx)}
+    self.ctx.set_params(None)  # holds neither the parameters nor the losses
     out['eval_seconds'] = time.perf_counter() - start
     return out
 
