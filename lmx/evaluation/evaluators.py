@@ -102,6 +102,9 @@ class Evaluator:
   key: Optional[str] = None
 
   def check(self, ctx: Context) -> None:
+    """ConfigError, naming the field to change, for what this evaluator
+    cannot do; called before any checkpoint is read. By default: data of
+    a kind it cannot score."""
     if ctx.source.kind not in self.sources:
       raise config_lib.ConfigError(
           f'config.eval.evaluators names {self.name!r}, which cannot score '
@@ -112,12 +115,16 @@ class Evaluator:
     """Checks that need the data; nothing by default."""
 
   def run(self, ctx: Context):
+    """The measurement, on ``ctx.params``; returns its result."""
     raise NotImplementedError
 
   def summary(self, result) -> dict:
+    """The fields ``result`` adds to results.json; none by default."""
     return {}
 
   def write(self, result, ctx: Context) -> list[str]:
+    """Writes ``result``'s files to ``ctx.out_dir`` (plots only with
+    ``ctx.plots``); returns their names. None by default."""
     return []
 
 
