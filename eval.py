@@ -85,21 +85,11 @@ def main(argv):
     lengths = ', '.join(results['skipped'])
     first = next(iter(results['skipped'].values()))
     print(f'Skipped lengths {lengths}. For the first: {first}')
-  written = ['results.json', 'loss_vs_length.png', 'per_position.json',
-             'per_position.png']
-  if task:
-    written = ['results.json', 'accuracy_vs_length.png'] + (
-        ['passkey_heatmap.png'] if 'passkey' in results else [])
-  elif results.get('attention'):
-    written += ['attention.json', 'attention.png']
   if results.get('ood'):
-    written += ['ood.json', 'ood.png']
     print(f'Out-of-distribution factors (LM-Infinite) at length '
           f'{results["ood"]["length"]}: ood.json, ood.png')
-  if generation is not None:
-    written += ['generation.json'] + (['generation.png'] if generation['rows']
-                                      else [])
-  print(f'Wrote {", ".join(written)} to {out}')
+  # Each evaluator names the files it wrote (lmx.evaluation.evaluators).
+  print(f'Wrote {", ".join(results["files"])} to {out}')
 
 
 if __name__ == '__main__':

@@ -251,6 +251,13 @@ def get_config(arg: str | None = None,
   c.eval.tokens = s['eval_tokens']        # tokens scored at every length
   c.eval.batch_tokens = 16384             # tokens per forward pass
   c.eval.position_buckets = 64
+  # The evaluators to run, in order (lmx.evaluation.evaluators.EVALUATORS:
+  # loss, sliding, per_position, attention, generation, ood, tasks). Empty:
+  # those the switches below turn on (loss, sliding with `sliding`,
+  # per_position, attention with `diagnostics_windows`, generation, ood;
+  # tasks for a task run), so configs and saved runs that set them keep
+  # their meaning.
+  c.eval.evaluators = ()
   # The sliding-window protocol beside the non-overlapping one: windows
   # every `sliding_stride` tokens (0: a quarter of each length) that score
   # only their last `sliding_stride` targets.

@@ -181,6 +181,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   f.seed('eval.seed')
   f.int('eval.batch_tokens', 1)
   f.int('eval.position_buckets', 1)
+  # The names are checked against the registry where the evaluators are
+  # chosen (lmx.evaluation.evaluators.names), which this module cannot
+  # import without a cycle.
+  names = e.get('evaluators', ())
+  require(isinstance(names, (tuple, list))
+          and all(isinstance(n, str) and n for n in names),
+          'config.eval.evaluators must be a tuple of evaluator names (or () '
+          f'for those the config.eval switches turn on), got {names!r}.')
   f.bool('eval.sliding')
   f.int('eval.sliding_stride', 0)
   f.int('eval.diagnostics_windows', 0)

@@ -36,6 +36,7 @@ from flax import nnx
 from lmx.training import checkpoint
 from lmx.config import validate as config_lib
 from lmx.config import defaults
+from lmx.evaluation import evaluators, sources
 from lmx.evaluation import runner as evaluation
 from lmx.model import layer_plan
 from lmx import flops
@@ -47,7 +48,7 @@ from lmx import sharding
 from lmx import trees
 from lmx.training.run_state import (abstract_state, init_model, init_state,
                            make_optimizer, make_schedule, project)
-from lmx.data import prefetch, store, subword, tasks, windows
+from lmx.data import prefetch, subword, windows
 
 log = logging.getLogger('lmx')
 
@@ -368,23 +369,8 @@ def make_batch_fn(config: ml_collections.ConfigDict,
   on the answer tokens). ``rows`` (global row indices, e.g.
   ``sharding.local_rows``) gives only those rows of each batch: what one
   process of a multi-host run feeds its devices."""
-  t = config.train
-  if config.task.name:
-    if rows is None:
-      return lambda step: tasks.train_batch(config, step=step,
-                                            batch=t.batch_size)
-    # Examples share one generator, so all are drawn; only ours are kept.
-    return lambda step: {k: v[rows] for k, v in tasks.train_batch(
-        config, step=step, batch=t.batch_size).items()}
-  tok = tok or subword.for_config(config)  # the tokenizer of the run
-  # The training split, tokenized once into the store and memory-mapped:
-  # each call reads only the windows (of ``rows``) it returns.
-  stream = store.open_split(config.data, 'train', tok)  # memory-mapped
-  return lambda step: windows.train_batch(
-      stream, seed=config.seed, step=step, batch=t.batch_size,
-      seq_len=t.seq_len, sampling=config.positions.train,
-      max_position=config.positions.max_position, rows=rows,
-      positions_cfg=config.positions)
+  # The run's data (text or a task) builds them: lmx.evaluation.sources.
+  return sources.data_source(config).train_batches(config, rows, tok)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -400,6 +386,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   with the same config and workdir.
   """
   config_lib.validate(config)
+  # An unknown name in config.eval.evaluators is refused now, not at the
+  # evaluation of the finished run.
+  evaluators.names(config)
   # The tokenizer (trained once, or the run's own copy) sets
   # config.model.vocab_size, which the memory estimate needs.
   ckpt_dir = checkpoint.checkpoint_dir(workdir)
@@ -430,8 +419,9 @@ def _train(config, workdir, progress, mesh, tok) -> dict:
   local_batch_fn(0)  # fails on too little data before anything is compiled
   # An evaluation needs validation text (the store refuses an empty split);
   # opened once, for the evaluation during training too.
-  validation = (None if config.task.name
-                else store.open_split(config.data, 'validation', tok))
+  # (None for a task run, which has no validation text).
+  source = sources.data_source(config)
+  validation = source.validation(config, tok)
   batch_fn = lambda step: sharding.global_batch(
       local_batch_fn(step), batch_sharding, t.batch_size)
 
@@ -473,7 +463,7 @@ def _train(config, workdir, progress, mesh, tok) -> dict:
           'further.')
     return {}
   n_params = sum(x.size for x in jax.tree.leaves(state['params']))
-  task = f' on the {config.task.name} task' if config.task.name else ''
+  task = source.describe(config)
   devices = ''
   if mesh.size > 1:
     devices = (f' on {mesh.size} devices (' + ', '.join(
@@ -573,11 +563,10 @@ def _training_eval_plan(config, validation, primary: bool):
   t = config.train
   if not t.eval_every:
     return None
-  if config.task.name:
+  note = sources.data_source(config).training_eval_note(config)
+  if note:
     if primary:
-      print(f'note: config.train.eval_every={t.eval_every} is ignored: the '
-            f'{config.task.name!r} task has no validation text to score '
-            'during training. Evaluate its checkpoints with eval.py.')
+      print(f'note: {note}')
     return None
   lengths, skipped = config_lib.training_eval_lengths(config)
   if not lengths:
@@ -598,29 +587,31 @@ def _training_eval_plan(config, validation, primary: bool):
 
 class _Evaluator:
   """``params -> {'eval_loss_len<L>': loss, ..., 'eval_seconds': s}``: the
-  validation loss at each length, scored as eval.py scores it
-  (``evaluation.loss_at_length``, non-overlapping windows, with
-  ``config_lib.training_eval_config``). The loss function is made once, so
-  each length compiles once (its batches have one shape). Parameters stay
-  sharded on the mesh; the windows are placed replicated and the losses
-  come back replicated, so every process scores the same windows and can
-  read them."""
+  validation loss at each length, scored by eval.py's ``loss`` evaluator
+  (``lmx.evaluation.evaluators``: non-overlapping windows,
+  ``evaluation.loss_at_length``) with ``config_lib.training_eval_config``.
+  The loss function is made once, so each length compiles once (its
+  batches have one shape). Parameters stay sharded on the mesh; the
+  windows are placed replicated and the losses come back replicated, so
+  every process scores the same windows and can read them."""
 
   def __init__(self, config, graphdef, mesh, lengths, stream):
-    self.config = config_lib.training_eval_config(config)
-    self.lengths, self.stream = lengths, stream
+    config = config_lib.training_eval_config(config)
     rep = sharding.replicated(mesh)
     losses = jax.jit(evaluation.make_loss_fn(graphdef), out_shardings=rep)
-    self.token_losses = lambda params, *arrays: losses(
-        params, *(sharding.place(a, rep) for a in arrays))
+    self.loss = evaluators.EVALUATORS['loss']()
+    self.ctx = evaluators.Context(
+        config=config, source=sources.data_source(config), lengths=lengths,
+        stream=stream, graphdef=graphdef,
+        token_losses=lambda params, *arrays: losses(
+            params, *(sharding.place(a, rep) for a in arrays)))
 
   def __call__(self, params) -> dict:
     start = time.perf_counter()
-    out = {}
-    for length in self.lengths:
-      out[f'eval_loss_len{length}'] = evaluation.loss_at_length(
-          self.token_losses, params, self.config, self.stream,
-          length)['loss']
+    self.ctx.set_params(params)
+    out = {f'eval_loss_len{row["length"]}': row['loss']
+           for row in self.loss.run(self.ctx)}
+    self.ctx.set_params(None)  # holds neither the parameters nor the losses
     out['eval_seconds'] = time.perf_counter() - start
     return out
 
