@@ -69,14 +69,8 @@ def project(config: ml_collections.ConfigDict) -> Callable[[dict], dict]:
   if not any(enc.param_bounds(layer_plan.view(m, name))
              for name, enc in used.items()):
     return lambda params: params
-  model = nnx.eval_shape(lambda: model_lib.build(m, config.seed))
-  specs = layer_plan.plan(m)
-  owners = []
-  for path, node in nnx.iter_graph(model):
-    if isinstance(node, positions.PositionEncoding):
-      view = layer_plan.view(m, _encoding_name(path, node, used, specs))
-      if node.param_bounds(view):
-        owners.append((tuple(path), node, view))
+  owners = [(path, node, view) for path, node, view in encodings(config)
+            if node.param_bounds(view)]
 
   def apply(params):
     for path, node, view in owners:
@@ -85,6 +79,33 @@ def project(config: ml_collections.ConfigDict) -> Callable[[dict], dict]:
     return params
 
   return apply
+
+
+def encodings(config: ml_collections.ConfigDict) -> list[tuple]:
+  """``(path, encoding instance, its view of config.model)`` of every
+  position encoding in the model, found by walking its module graph
+  (``nnx.iter_graph`` of the abstract model, whose paths are those of the
+  pure dict of parameters): what owns each position parameter, in a
+  per-layer model too."""
+  m = config.model
+  used = layer_plan.used_encodings(m)
+  specs = layer_plan.plan(m)
+  model = nnx.eval_shape(lambda: model_lib.build(m, config.seed))
+  out = []
+  for path, node in nnx.iter_graph(model):
+    if isinstance(node, positions.PositionEncoding):
+      view = layer_plan.view(m, _encoding_name(path, node, used, specs))
+      out.append((tuple(path), node, view))
+  return out
+
+
+def owner_of(owners: list[tuple], param_path: tuple):
+  """The encoding instance of ``encodings`` whose subtree holds the
+  parameter at ``param_path``, or None."""
+  for path, node, _ in owners:
+    if tuple(param_path[:len(path)]) == path:
+      return node
+  return None
 
 
 def _encoding_name(path, node, used: dict, specs) -> str:

@@ -42,8 +42,8 @@ from lmx.model import layer_plan
 from lmx import flops
 from lmx import memory
 from lmx.training import metrics as metrics_lib
+from lmx.training import run_state
 from lmx.model import transformer as model_lib
-from lmx import positions
 from lmx import sharding
 from lmx import trees
 from lmx.training.run_state import (abstract_state, init_model, init_state,
@@ -151,10 +151,6 @@ def init_state_on_mesh(config, params, tx, state_shardings) -> dict:
                  out_shardings=state_shardings)(placed)
 
 
-def _position_param(path: tuple) -> bool:
-  return 'position' in path
-
-
 def params_from_run(config: ml_collections.ConfigDict, target_params,
                     mesh=None) -> dict:
   """Parameters for a fine-tuning run, from ``config.init_from``'s checkpoint.
@@ -180,7 +176,9 @@ def params_from_run(config: ml_collections.ConfigDict, target_params,
   _, src_target = abstract_state(src_config)
   have = trees.leaves_by_path(src_target['params'])
   want = trees.leaves_by_path(target_params)
-  encoding = positions.get_encoding(config.model.position)
+  # Each position parameter's own encoding (the module graph, not leaf
+  # names): in a per-layer model, each table resizes as its encoding says.
+  owners = run_state.encodings(config)
   fix = ('Only lengths, position sampling, RoPE scaling and training '
          'settings may differ from the run in config.init_from; start from '
          'scratch (config.init_from=\'\') to change the model.')
@@ -202,14 +200,15 @@ def params_from_run(config: ml_collections.ConfigDict, target_params,
     if old.shape == leaf.shape:
       continue
     where = '/'.join(map(str, path))
-    can = _position_param(path) and encoding.resize(
+    owner = run_state.owner_of(owners, path)
+    can = owner is not None and owner.resize(
         path[-1], np.zeros(old.shape, np.float32), leaf.shape) is not None
     if can and config.init_interpolate:
       resize[path] = leaf.shape
       continue
     hint = (f'Set --config.init_interpolate=True to stretch it to '
             f'{leaf.shape} by interpolation, or match '
-            f'{encoding.bound_setting() or "the model config"} to the source '
+            f'{owner.bound_setting() or "the model config"} to the source '
             'run.' if can else fix)
     raise config_lib.ConfigError(
         f'Parameter {where} has shape {old.shape} in config.init_from='
@@ -223,7 +222,8 @@ def params_from_run(config: ml_collections.ConfigDict, target_params,
       key = trees.path_keys(path)
       if key not in resize:
         return leaf
-      table = encoding.resize(key[-1], np.asarray(leaf), resize[key])
+      table = run_state.owner_of(owners, key).resize(
+          key[-1], np.asarray(leaf), resize[key])
       if mesh is None:
         return jnp.asarray(table)
       return sharding.place(table, sharding.replicated(mesh))
