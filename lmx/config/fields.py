@@ -163,7 +163,8 @@ class Field:
 
   ``lo``/``hi`` bound a number (``lo_open``/``hi_open``: strictly);
   ``positive`` asks for a number float32 holds without rounding it to 0;
-  ``choices`` lists a string's values; ``seed``: a random seed."""
+  ``choices`` lists a string's values; ``seed``: a random seed;
+  ``positive_ints``: a tuple of positive integers."""
   default: Any
   doc: str
   lo: Optional[float] = None
@@ -173,6 +174,7 @@ class Field:
   positive: bool = False
   choices: Optional[tuple] = None
   seed: bool = False
+  positive_ints: bool = False
 
   @property
   def type(self) -> type:
@@ -188,6 +190,13 @@ class Field:
       return f.choice(path, self.choices)
     if self.seed:
       return f.seed(path)
+    if self.positive_ints:
+      value = f.get(path)
+      require(isinstance(value, (tuple, list)) and all(
+          isinstance(x, int) and not isinstance(x, bool) and x > 0
+          for x in value),
+              f'{f.name(path)} must be positive integers, got {value!r}.')
+      return tuple(value)
     if kind is int:
       return f.int(path, self.lo, self.hi)
     if kind is float:

@@ -96,6 +96,33 @@ DATA = {
 }
 
 
+EVAL = {
+    'multipliers': Field(tuple, 'lengths to evaluate, as multiples of the '
+                         'training length', positive_ints=True),
+    'tokens': _positive_int('validation tokens per length'),
+    'seed': Field(int, 'the seed of drawn evaluation positions', seed=True),
+    'batch_tokens': _positive_int('tokens per evaluation batch'),
+    'position_buckets': _positive_int('buckets of the per-position loss'),
+    'sliding': Field(bool, 'the sliding-window protocol too'),
+    'sliding_stride': Field(int, 'its stride (0: half the training length)',
+                            lo=0),
+    'diagnostics_windows': Field(int, 'windows of the attention statistics '
+                                 '(0: none)', lo=0),
+    'generation': Field(bool, 'generation quality at length'),
+    'generation_tokens': _positive_int('tokens generated after each '
+                                       'position'),
+    'generation_documents': _positive_int('documents generated from'),
+    'generation_multipliers': Field(tuple, 'positions to generate after, as '
+                                    'multiples of the training length',
+                                    positive_ints=True),
+    'generation_positions': Field(tuple, 'positions to generate after',
+                                  positive_ints=True),
+    'ood': Field(bool, "LM-Infinite's out-of-distribution factors"),
+    'ood_query_rows': _positive_int('the last queries whose logits are '
+                                    'profiled'),
+}
+
+
 def positions(samplers: tuple[str, ...]) -> dict[str, Field]:
   """``config.positions``' own fields, the samplers' names given."""
   return {

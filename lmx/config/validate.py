@@ -17,7 +17,6 @@ from lmx.config import specs
 from lmx.config.fields import Fields, check_section, require
 from lmx.data import subword
 from lmx.data import tasks
-from lmx.data import tokenizer as tokenizer_lib
 from lmx.errors import ConfigError
 from lmx.positions import far
 from lmx.positions import length_scaling
@@ -102,7 +101,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f'config.model.d_model={m.d_model}: choose heads that divide the '
           f'width (e.g. num_heads='
           f'{max(h for h in range(1, m.num_heads + 1) if m.d_model % h == 0)}).')
-  _check_tokenizer(config)
+  subword.check_config(config)
   f.choice('model.remat', tuple(model_lib.REMAT_POLICIES))
   require('layers' in m,
           'config.model.layers is missing. Start from a config in configs/ '
@@ -174,13 +173,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(problem is None, problem or '')
 
   e = config.eval
-  require(all(isinstance(x, int) and x > 0 for x in e.multipliers),
-          f'config.eval.multipliers must be positive integers, got '
-          f'{e.multipliers!r}.')
-  f.int('eval.tokens', 1)
-  f.seed('eval.seed')
-  f.int('eval.batch_tokens', 1)
-  f.int('eval.position_buckets', 1)
+  check_section(e, 'config.eval', specs.EVAL, closed=False)
   # The names are checked against the registry where the evaluators are
   # chosen (lmx.evaluation.evaluators.names), which this module cannot
   # import without a cycle.
@@ -189,20 +182,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
           and all(isinstance(n, str) and n for n in names),
           'config.eval.evaluators must be a tuple of evaluator names (or () '
           f'for those the config.eval switches turn on), got {names!r}.')
-  f.bool('eval.sliding')
-  f.int('eval.sliding_stride', 0)
-  f.int('eval.diagnostics_windows', 0)
-  f.bool('eval.generation')
-  f.int('eval.generation_tokens', 1)
-  f.int('eval.generation_documents', 1)
-  for field in ('generation_multipliers', 'generation_positions'):
-    values = e[field]
-    require(isinstance(values, (tuple, list)) and all(
-        isinstance(x, int) and not isinstance(x, bool) and x > 0
-        for x in values),
-            f'config.eval.{field} must be positive integers, got {values!r}.')
-  f.bool('eval.ood')
-  f.int('eval.ood_query_rows', 1)
   heads, layers = int(m.num_heads), int(m.num_layers)
   require(isinstance(e.ood_head, int) and 0 <= e.ood_head < heads,
           f'config.eval.ood_head={e.ood_head!r} must name a head of the '
@@ -302,33 +281,6 @@ def _check_flash(config, used) -> None:
           f'({length_scaling.get(scores[0]).__name__}) scales the whole score, '
           f"the {name!r} bias included. Use 'chunked' or 'dense', or "
           'another length scaling.')
-
-
-def _check_tokenizer(config) -> None:
-  """config.data.tokenizer and its settings; model.vocab_size against it.
-
-  A given SentencePiece file is read when a run starts
-  (``lmx.data.subword.resolve``, still before anything compiles); a
-  trained run reads its own copy instead."""
-  f = Fields(config, 'config')
-  kind = f.choice('data.tokenizer', tokenizer_lib.KINDS)
-  vocab = int(config.model.vocab_size)
-  if kind == 'bytes':
-    require(vocab >= tokenizer_lib.VOCAB_SIZE,
-            f'config.model.vocab_size={vocab} is too small for 256 '
-            f'bytes plus the end-of-document token: use at least 257.')
-    return
-  f.choice('data.sentencepiece.model_type', subword.MODEL_TYPES)
-  f.int('data.sentencepiece.vocab_size', subword.MIN_VOCAB + 1,
-        subword.MAX_VOCAB)
-  f.float('data.sentencepiece.character_coverage', 0.9, 1.0)
-  # SentencePiece holds its training sentences in memory (and indexes them
-  # with int32 in places): a sample of at least 1 MB and at most 2^31 bytes.
-  f.int('data.sentencepiece.train_bytes', 1 << 20, 1 << 31)
-  model_file = f.get('data.sentencepiece.model_file')
-  require(isinstance(model_file, str),
-          'config.data.sentencepiece.model_file must be the path of a '
-          "SentencePiece .model file, or '' to train one.")
 
 
 def _check_attention(config, used) -> None:

@@ -40,6 +40,7 @@ import numpy as np
 
 from lmx.data import sources
 from lmx.data import tokenizer as tokenizer_lib
+from lmx.config.fields import Fields, require
 from lmx.errors import CheckpointError, ConfigError, DataError
 from lmx.fs import make_writable_dir
 
@@ -471,3 +472,29 @@ def for_run(config, workdir: str):
         f'the run\'s tokenizer ({tok.vocab_size} ids): drop the '
         'config.model.vocab_size override.')
   return tok
+
+
+def check_config(config) -> None:
+  """ConfigError for ``config.data.tokenizer`` and its settings, and
+  ``config.model.vocab_size`` against it (``lmx.config.validate`` asks).
+
+  A given SentencePiece file is read when a run starts (``resolve``, still
+  before anything compiles); a trained run reads its own copy instead."""
+  f = Fields(config, 'config')
+  kind = f.choice('data.tokenizer', tokenizer_lib.KINDS)
+  vocab = int(config.model.vocab_size)
+  if kind == 'bytes':
+    require(vocab >= tokenizer_lib.VOCAB_SIZE,
+            f'config.model.vocab_size={vocab} is too small for 256 '
+            f'bytes plus the end-of-document token: use at least 257.')
+    return
+  f.choice('data.sentencepiece.model_type', MODEL_TYPES)
+  f.int('data.sentencepiece.vocab_size', MIN_VOCAB + 1, MAX_VOCAB)
+  f.float('data.sentencepiece.character_coverage', 0.9, 1.0)
+  # SentencePiece holds its training sentences in memory (and indexes them
+  # with int32 in places): a sample of at least 1 MB and at most 2^31 bytes.
+  f.int('data.sentencepiece.train_bytes', 1 << 20, 1 << 31)
+  model_file = f.get('data.sentencepiece.model_file')
+  require(isinstance(model_file, str),
+          'config.data.sentencepiece.model_file must be the path of a '
+          "SentencePiece .model file, or '' to train one.")
