@@ -16,12 +16,6 @@ from lmx.model import transformer as model_lib
 from lmx import positions as P
 
 ENCODINGS = sorted(P.REGISTRY)
-RELATIVE = ['alibi', 'cope', 'fox', 'keynorm', 'kerple', 'none', 'rope',
-            'sandwich', 'shaw', 't5', 'txl', 'xpos']
-ABSOLUTE = ['learned', 'sinusoidal']
-# Relative, normalised by the query position past a threshold (FIRE's
-# progressive interpolation): shift invariant only below the threshold.
-NORMALISED = ['fire']
 B, T, V = 2, 12, 257
 SHIFT = 17
 
@@ -57,48 +51,72 @@ def _positions(kind):
   return jnp.asarray(pos)
 
 
-def test_every_registered_encoding_is_classified():
-  # A new encoding must be added to RELATIVE, ABSOLUTE or NORMALISED to be
-  # tested here.
-  assert sorted(RELATIVE + ABSOLUTE + NORMALISED) == ENCODINGS
+def _variants(model, tokens, pos):
+  """Every forward pass the properties compare, in one jitted function (one
+  compile per encoding): the logits at (tokens, pos), with token ``j``
+  changed, with the last position moved further, and with every position
+  shifted."""
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def run(state):
+    m = nnx.merge(graphdef, state)
+    changed = [m(tokens.at[:, j].set((tokens[:, j] + 100) % V), pos)
+               for j in CHANGED]
+    return {'logits': m(tokens, pos), 'changed': changed,
+            'moved': m(tokens, pos.at[:, T - 1].add(150)),
+            'shifted': m(tokens, pos + SHIFT)}
+
+  return run(state)
+
+
+CHANGED = (1, T // 2, T - 1)
 
 
 @pytest.mark.parametrize('kind', ['contiguous', 'randomized'])
 @pytest.mark.parametrize('position', ENCODINGS)
-def test_future_tokens_never_change_earlier_logits(position, kind):
+def test_causal_finite_and_shift_invariant_as_the_encoding_says(position,
+                                                                 kind):
+  """One build per encoding, the properties together:
+
+  * causality: changing token ``j`` never changes earlier logits (and does
+    change its own, so the check can fail); moving the last token's
+    position further (keeping them sorted) never reaches the tokens before
+    it (xPos centres its scales on the key positions, so this is not
+    trivial there);
+  * finite float32 logits;
+  * shift invariance where the encoding claims it
+    (``PositionEncoding.shift_invariant``), and its absence for an encoding
+    that adds positions to the embeddings.
+  """
+  encoding = P.get_encoding(position)
   model = _model(position)
   tokens, pos = _tokens(), _positions(kind)
-  logits = model(tokens, pos)
+  out = _variants(model, tokens, pos)
+  logits = out['logits']
   assert logits.shape == (B, T, V) and logits.dtype == jnp.float32
-  for j in (1, T // 2, T - 1):
-    changed = tokens.at[:, j].set((tokens[:, j] + 100) % V)
-    new = model(changed, pos)
+  assert bool(jnp.all(jnp.isfinite(logits)))
+  for j, new in zip(CHANGED, out['changed']):
     np.testing.assert_allclose(new[:, :j], logits[:, :j], atol=1e-5, rtol=0)
-    # The change does reach index j itself, so the check above can fail.
     assert float(jnp.abs(new[:, j] - logits[:, j]).max()) > 1e-3
+  np.testing.assert_allclose(out['moved'][:, :T - 1], logits[:, :T - 1],
+                             atol=1e-5, rtol=0)
+  diff = jnp.abs(out['shifted'] - logits)
+  if encoding.shift_invariant():
+    np.testing.assert_allclose(out['shifted'], logits, atol=1e-4, rtol=0)
+  elif encoding.embed is not P.PositionEncoding.embed:
+    # Learned rows exist only below max_len (2048 by default).
+    assert int(pos.max()) + SHIFT < _model_cfg(position).learned.max_len
+    # Every index moved, so every index's logits change.
+    assert float(diff.max(axis=-1).min()) > 1e-3
 
 
-@pytest.mark.parametrize('position', ENCODINGS)
-def test_future_positions_never_change_earlier_logits(position):
-  # Positions are inputs too: moving the last token further away (keeping
-  # the positions sorted) must not reach the tokens before it. xPos centres
-  # its scales on the key positions, so this is not trivial there.
-  model = _model(position)
-  tokens, pos = _tokens(), _positions('randomized')
-  logits = model(tokens, pos)
-  moved = pos.at[:, T - 1].add(150)
-  new = model(tokens, moved)
-  np.testing.assert_allclose(new[:, :T - 1], logits[:, :T - 1], atol=1e-5,
-                             rtol=0)
-
-
-@pytest.mark.parametrize('kind', ['contiguous', 'randomized'])
-@pytest.mark.parametrize('position', RELATIVE)
-def test_relative_encodings_are_shift_invariant(position, kind):
-  model = _model(position)
-  tokens, pos = _tokens(), _positions(kind)
-  np.testing.assert_allclose(model(tokens, pos + SHIFT), model(tokens, pos),
-                             atol=1e-4, rtol=0)
+def test_every_encoding_is_shift_invariant_or_absolute_or_says_why():
+  """The classes the property test above reads: an encoding that is neither
+  shift invariant nor absolute has a test of its own (FIRE's below)."""
+  odd = [n for n, e in P.REGISTRY.items() if not e.shift_invariant()
+         and e.embed is P.PositionEncoding.embed]
+  assert odd == ['fire']
 
 
 def test_fire_is_shift_invariant_only_below_its_threshold():
@@ -114,17 +132,6 @@ def test_fire_is_shift_invariant_only_below_its_threshold():
   model = model_lib.build(cfg, seed=0)
   diff = jnp.abs(model(tokens, pos + SHIFT) - model(tokens, pos))
   assert float(diff.max()) > 1e-3
-
-
-@pytest.mark.parametrize('position', ABSOLUTE)
-def test_absolute_encodings_are_not_shift_invariant(position):
-  model = _model(position)
-  tokens, pos = _tokens(), _positions('randomized')
-  # Learned rows exist only below max_len (2048 by default).
-  assert int(pos.max()) + SHIFT < _model_cfg(position).learned.max_len
-  diff = jnp.abs(model(tokens, pos + SHIFT) - model(tokens, pos))
-  # Every index moved, so every index's logits change.
-  assert float(diff.max(axis=-1).min()) > 1e-3
 
 
 def test_t5_table_is_shared_by_all_layers():

@@ -219,6 +219,16 @@ class PositionEncoding(nnx.Module):
             or cls.bias is not PositionEncoding.bias)
 
   @classmethod
+  def shift_invariant(cls) -> bool:
+    """Whether the logits depend on positions only through their
+    differences, so that shifting every position changes nothing: true of
+    every encoding that adds nothing to the embeddings, unless it says
+    otherwise (FIRE normalises by the query's position past a threshold).
+    The model tests check it as a property for every encoding that claims
+    it, and its absence for the others."""
+    return cls.embed is PositionEncoding.embed
+
+  @classmethod
   def is_per_layer(cls, model_cfg: ml_collections.ConfigDict) -> bool:
     """Whether every block gets its own instance (``per_layer`` unless a
     setting of the encoding chooses)."""

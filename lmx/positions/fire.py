@@ -88,6 +88,12 @@ class FIRE(PositionEncoding):
 
   per_layer = True
 
+  @classmethod
+  def shift_invariant(cls) -> bool:
+    # psi(max(L, i)) normalises by the query's position past the threshold
+    # L: shift invariant below it only.
+    return False
+
   def __init__(self, cfg, *, rngs):
     super().__init__(cfg, rngs=rngs)
     c = cfg.fire
