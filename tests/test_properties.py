@@ -72,7 +72,10 @@ def _logits(enc, q, k, q_pos, k_pos):
 # positions only through i - j. Row 0 of the batch gets positions p, row 1
 # gets p + offset; both rows must give the same logits.
 
-RELATIVE = ['t5', 'alibi', 'kerple', 'rope', 'xpos', 'sandwich', 'keynorm']
+# The encodings that say so (PositionEncoding.shift_invariant) and act
+# through rotate or bias alone (a content term has tests of its own).
+RELATIVE = [n for n, e in P.REGISTRY.items()
+            if e.shift_invariant() and e.relative() and not e.has_content()]
 
 
 @pytest.mark.parametrize('position', RELATIVE)
