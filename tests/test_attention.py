@@ -652,7 +652,7 @@ def test_alibi_distance_limit_bias_on_global_pairs():
   zeros = jnp.zeros((1, t, h, k), jnp.float32)   # logits = bias alone
   pos = jnp.arange(t, dtype=jnp.int32)[None]
   near, far = attn.branches(zeros, zeros, pos, pos)
-  logits = np.asarray(AC.scores(near, far, attn.spec.window,
+  logits = np.asarray(AC.scores(near, far, attn.spec.far_from,
                                    attn.position.bias))[0]
   visible = np.asarray(attn.spec.mask(jnp.arange(t), jnp.arange(t)))
   slopes = P.alibi_slopes(h)

@@ -35,7 +35,7 @@ Logits and the softmax are float32 whatever the compute dtype. Masks are
 functions of token indices (``lmx.model.masks``). A far branch
 (``lmx.positions.far``: ReRoPE's and LM-Infinite's distance clamps,
 Self-Extend's grouped positions) scores the pairs at distance
-``>= spec.window`` with the same queries and keys turned (and biased) by the
+``>= spec.far_from`` with the same queries and keys turned (and biased) by the
 encoding's own hooks at its far positions. Length scalings
 (``lmx.positions.length_scaling``) multiply the queries before either
 branch, or each query's whole score (SSMax's ``logit_scale``, applied
@@ -98,8 +98,10 @@ class Spec:
   accelerator_threshold: int = 512
 
   @property
-  def window(self) -> int:
-    """The distance from which the far branch scores a pair (0: none)."""
+  def far_from(self) -> int:
+    """The distance from which the far branch scores a pair (0: none): the
+    far member's own window (a clamp's, Self-Extend's neighbour window), not
+    a sliding window, which is a mask."""
     return int(self.far.window) if self.far is not None else 0
 
 
@@ -249,14 +251,14 @@ def _whole(call: Call, visible_TxS, k_idx_S=None) -> Optional[Content]:
 def scores(spec: Spec, call: Call, visible_TxS: Optional[jax.Array] = None,
            k_idx_S: Optional[jax.Array] = None) -> jax.Array:
   """Unmasked float32 logits ``[B, H, T, S]``: the near branch, and the far
-  branch wherever the (near) distance reaches ``spec.window``; each with
+  branch wherever the (near) distance reaches ``spec.far_from``; each with
   the content term at its own positions (which sees the mask
   ``visible_TxS`` and the keys' token indices ``k_idx_S``, by default every
   key and ``0 .. S - 1``), and each query's times ``call.logit_scale``."""
   if visible_TxS is None:
     t, s = call.near.q.shape[1], call.near.k.shape[1]
     visible_TxS = spec.mask(jnp.arange(t) + (s - t), jnp.arange(s))
-  return _scores(call.near, call.far, spec.window, call.bias_fn,
+  return _scores(call.near, call.far, spec.far_from, call.bias_fn,
                  _whole(call, visible_TxS, k_idx_S), call.logit_scale)
 
 
@@ -272,7 +274,7 @@ def content_values(spec: Spec, call: Call, visible_TxS: jax.Array,
   """The content term's share of the output over exactly these queries and
   keys, as ``masked_scores`` takes them (the ``values`` argument of
   ``attend``), or None."""
-  return _values(call.near, call.far, spec.window,
+  return _values(call.near, call.far, spec.far_from,
                  _whole(call, visible_TxS, k_idx_S))
 
 
@@ -371,7 +373,7 @@ class Dense(Backend):
 
   def __call__(self, spec, call):
     near, far, v_BxSxHxK = call.near, call.far, call.v
-    mask, window, bias_fn = spec.mask, spec.window, call.bias_fn
+    mask, window, bias_fn = spec.mask, spec.far_from, call.bias_fn
     content, prefix, logit_scale = call.content, call.prefix, call.logit_scale
     t, s = near.q.shape[1], near.k.shape[1]
     offset = s - t
@@ -416,7 +418,7 @@ class Chunked(Backend):
 
   def __call__(self, spec, call):
     near, far, v_BxSxHxK = call.near, call.far, call.v
-    mask, window, bias_fn = spec.mask, spec.window, call.bias_fn
+    mask, window, bias_fn = spec.mask, spec.far_from, call.bias_fn
     content, prefix, logit_scale = call.content, call.prefix, call.logit_scale
     block_q = block_k = spec.block
     b, t, h, kd = near.q.shape
