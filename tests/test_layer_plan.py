@@ -25,7 +25,7 @@ from lmx.model import layer_plan
 from lmx.model import transformer as model_lib
 from lmx import positions as P
 from lmx.errors import ConfigError
-from scripts import run
+from scripts import run_here
 
 V = 257
 FAST_COMPILE = {'xla_backend_optimization_level': 0,
@@ -419,9 +419,9 @@ def test_rope_settings_apply_when_a_layer_uses_rope():
 
 
 def test_train_py_exits_2_on_a_bad_layer_tuple(tmp_path):
-  proc = run('train.py', '--config=configs/hwfa.py:size=tiny',
-             "--config.model.layers.window=(4, 4, 0)",
-             f'--workdir={tmp_path / "w"}', check=False)
+  proc = run_here('train.py', '--config=configs/hwfa.py:size=tiny',
+                  "--config.model.layers.window=(4, 4, 0)",
+                  f'--workdir={tmp_path / "w"}')
   assert proc.returncode == 2, proc.stderr
   assert 'config.model.layers.window' in proc.stderr
   assert 'Traceback' not in proc.stderr
