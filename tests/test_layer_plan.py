@@ -26,10 +26,9 @@ from lmx.model import transformer as model_lib
 from lmx import positions as P
 from lmx.errors import ConfigError
 from scripts import run_here
+from helpers import FAST_COMPILE, decode_steps
 
 V = 257
-FAST_COMPILE = {'xla_backend_optimization_level': 0,
-                'xla_llvm_disable_expensive_passes': True}
 
 
 def _config(num_layers=2, **fields):
@@ -240,17 +239,7 @@ MIXED = dict(
     length_scaling__base_len=8)
 
 
-def _decode_all(model, tokens, n_prompt):
-  t = tokens.shape[1]
-  pos = jnp.arange(t, dtype=jnp.int32)[None]
-  cache = model.init_cache(1, t)
-  logits, cache = model.decode(tokens[:, :n_prompt], pos[:, :n_prompt], cache,
-                               prefill=True)
-  out = [logits]
-  for i in range(n_prompt, t):
-    logits, cache = model.decode(tokens[:, i:i + 1], pos[:, i:i + 1], cache)
-    out.append(logits)
-  return jnp.concatenate(out, axis=1), cache
+_decode_all = decode_steps  # (decoded logits, the final cache)
 
 
 @pytest.mark.parametrize('fields', [

@@ -18,10 +18,9 @@ from lmx.config import defaults
 from lmx.model import layer_plan
 from lmx.model import transformer as model_lib
 from lmx.errors import ConfigError
+from helpers import FAST_COMPILE
 
 V = 257
-FAST_COMPILE = {'xla_backend_optimization_level': 0,
-                'xla_llvm_disable_expensive_passes': True}
 
 
 def _config(position='rope', num_layers=1, **fields):
