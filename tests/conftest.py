@@ -3,6 +3,7 @@ once for the session, and a persistent JAX compilation cache shared by the
 test run and the scripts it launches."""
 
 import os
+import warnings
 
 import jax
 import pytest
@@ -15,6 +16,7 @@ COMPILATION_CACHE = {
     'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
     'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '-1',
 }
+READ_ERROR = 'Error reading persistent compilation cache entry'
 
 
 @pytest.fixture(scope='session', autouse=True)
@@ -28,13 +30,21 @@ def compilation_cache(tmp_path_factory):
   """
   path = os.environ.get('JAX_COMPILATION_CACHE_DIR') or str(
       tmp_path_factory.getbasetemp() / 'jax_compilation_cache')
-  values = dict(COMPILATION_CACHE, JAX_COMPILATION_CACHE_DIR=path)
+  # JAX writes an entry in place: a process that reads it while another
+  # writes it gets a warning on stderr (and compiles it itself), where
+  # scripts' stderr is checked line by line.
+  warning_filters = ','.join(filter(None, [
+      os.environ.get('PYTHONWARNINGS'), f'ignore:{READ_ERROR}']))
+  values = dict(COMPILATION_CACHE, JAX_COMPILATION_CACHE_DIR=path,
+                PYTHONWARNINGS=warning_filters)
   saved = {k: os.environ.get(k) for k in values}
   os.environ.update(values)
   jax.config.update('jax_compilation_cache_dir', path)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
-  yield path
+  with warnings.catch_warnings():
+    warnings.filterwarnings('ignore', f'{READ_ERROR}.*')
+    yield path
   for k, v in saved.items():
     if v is None:
       os.environ.pop(k, None)
