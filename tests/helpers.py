@@ -1,13 +1,25 @@
-"""What several test files share: the fast-compile options, and decoding a
-sequence one token at a time with the cache."""
+"""What several test files share: the tiny config with model fields set,
+the fast-compile options, and decoding a sequence one token at a time with
+the cache."""
 
 import jax.numpy as jnp
+
+from configs import base
 
 # Compiler options for a test's jit on the CPU: compile time is most of the
 # cost of the files that use them, and unoptimised XLA cuts it by about a
 # third, changing no result beyond float rounding.
 FAST_COMPILE = {'xla_backend_optimization_level': 0,
                 'xla_llvm_disable_expensive_passes': True}
+
+
+def tiny_model_config(**fields):
+  """The tiny config, with the config.model fields ``fields`` names by their
+  path under config.model, '__' (or '.') between the parts."""
+  c = base.get_config('size=tiny')
+  c.update_from_flattened_dict(
+      {'model.' + k.replace('__', '.'): v for k, v in fields.items()})
+  return c
 
 
 def decode_steps(model, tokens, n_prompt):

@@ -16,7 +16,6 @@ import optax
 import pytest
 from flax import nnx
 
-from configs import base
 from configs import hwfa
 from configs import irope
 from lmx.model import attention as A
@@ -26,18 +25,14 @@ from lmx.model import transformer as model_lib
 from lmx import positions as P
 from lmx.errors import ConfigError
 from scripts import run_here
-from helpers import FAST_COMPILE, decode_steps
+from helpers import FAST_COMPILE, decode_steps, tiny_model_config
 
 V = 257
 
 
 def _config(num_layers=2, **fields):
   """The tiny config; ``fields`` are config.model paths with '__' for '.'."""
-  c = base.get_config('size=tiny')
-  c.model.num_layers = num_layers
-  c.update_from_flattened_dict(
-      {'model.' + k.replace('__', '.'): v for k, v in fields.items()})
-  return c
+  return tiny_model_config(num_layers=num_layers, **fields)
 
 
 def _tokens(b, t, seed=0):
