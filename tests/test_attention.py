@@ -20,10 +20,11 @@ from configs import base
 from lmx.model import attention as A
 from lmx.positions import far as F
 from lmx.positions import length_scaling as LS
-from tests import attention_calls as AC
+import attention_calls as AC
 from lmx.config import validate as config_lib
 from lmx.model import transformer as model_lib
 from lmx import positions as P
+from helpers import FAST_COMPILE
 
 ENCODINGS = sorted(P.REGISTRY)
 # Encodings whose content term is not tiled (CoPE's counts couple the keys):
@@ -36,10 +37,6 @@ BLOCK = 8
 LENGTHS = (1, 7, 37)   # none a multiple of BLOCK
 B, V = 2, 257
 TOL = 1e-5
-# Compile time is most of this file's cost; these XLA options cut it by
-# about a third and change no result beyond float rounding.
-FAST_COMPILE = {'xla_backend_optimization_level': 0,
-                'xla_llvm_disable_expensive_passes': True}
 
 # Attention settings compared between the backends (config.model fields).
 VARIANTS = {

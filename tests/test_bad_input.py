@@ -23,7 +23,7 @@ from lmx import sweeps as sweep
 from lmx.training import trainer
 from lmx.data import corpus, store, tokenizer
 from lmx.errors import CheckpointError, ConfigError, DataError
-from scripts import ROOT, run
+from scripts import ROOT, run, run_here
 
 
 def _one_line(e) -> str:
@@ -89,7 +89,7 @@ def test_1_config_files_and_overrides(tmp_path):
     (('--config.train.steps=3',), 'no --config file is given'),
 ])
 def test_1_train_py_exits_2_with_one_line(tmp_path, args, words):
-  proc = run('train.py', *args, f'--workdir={tmp_path / "w"}', check=False)
+  proc = run_here('train.py', *args, f'--workdir={tmp_path / "w"}')
   assert proc.returncode == 2, proc.stderr
   assert words in proc.stderr and 'Traceback' not in proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1

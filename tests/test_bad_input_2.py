@@ -3,8 +3,8 @@ probe"): output paths checked before any work, damaged saved files as one
 message, refused commands that leave saved results alone, saved records
 that must belong to the run, messages that name the right field, ranges
 derived from the arithmetic a field enters, and golden tolerances set by
-the dtype. Subprocesses only where the exit status and the absence of a
-traceback are what is checked."""
+the dtype. The commands run in this process (scripts.run_here), with one
+subprocess for the real exit status and the absence of a traceback."""
 
 import json
 import math
@@ -19,9 +19,8 @@ from lmx.config import validate as config_lib
 from lmx.training import metrics
 from lmx.evaluation import report
 from lmx import sweeps as sweep
-from lmx.training import trainer
 from lmx.errors import CheckpointError, ConfigError, DataError
-from scripts import run
+from scripts import run, run_here
 
 
 def _one_line(text: str) -> str:
@@ -41,16 +40,10 @@ def _refused(proc, *words):
 
 
 @pytest.fixture(scope='module')
-def rope_run(tmp_path_factory, cache_dir):
-  """A tiny RoPE run trained to step 4, checkpoints at 2 and 4."""
-  from configs import base
-  c = base.get_config('size=tiny')
-  c.model.position = 'rope'
-  c.data.cache_dir = cache_dir
-  c.train.steps, c.train.checkpoint_every = 4, 2
-  workdir = str(tmp_path_factory.mktemp('bad_input_2') / 'run')
-  trainer.train(c, workdir, progress=False)
-  return workdir, c
+def rope_run(tiny_rope_run):
+  """A tiny RoPE run trained to step 4, checkpoints at 2 and 4 (the
+  session's, in conftest.py)."""
+  return tiny_rope_run
 
 
 def _copy(rope_run, tmp_path):
@@ -89,12 +82,12 @@ def test_2_output_paths_checked_before_work(rope_run, tmp_path):
   cli.output_dir(str(fresh), '--out')
   assert not fresh.exists()
   # Every command, before it loads a model or reads a run.
-  _refused(run('-m', 'lmx.evaluation.extensions', f'--workdir={workdir}',
-               f'--out={blocker}', check=False), str(blocker), 'is a file')
+  _refused(run_here('-m', 'lmx.evaluation.extensions', f'--workdir={workdir}',
+                    f'--out={blocker}'), str(blocker), 'is a file')
   _refused(run('-m', 'lmx.evaluation.report', f'--out={blocker}', workdir,
                check=False), str(blocker), 'is a file')
-  _refused(run('sweep.py', f'--dir={blocker}', '--report_only',
-               check=False), str(blocker), 'is a file')
+  _refused(run_here('sweep.py', f'--dir={blocker}', '--report_only'),
+           str(blocker), 'is a file')
   assert blocker.read_text() == 'x'
 
 
@@ -157,7 +150,7 @@ def test_3_damaged_saved_files(rope_run, tmp_path, capsys):
   with pytest.raises(CheckpointError) as e:
     checkpoint.read_config(str(copy))
   assert 'JSON list' in _one_line(str(e.value))
-  _refused(run('eval.py', f'--workdir={copy}', check=False),
+  _refused(run_here('eval.py', f'--workdir={copy}'),
            'config.json', 'JSON list')
 
 
@@ -173,10 +166,10 @@ def test_4_refused_command_keeps_saved_results(rope_run, tmp_path):
     with open(os.path.join(out, name), 'w') as f:
       f.write(f'earlier {name}\n')
   before = _tree(copy)
-  _refused(run('-m', 'lmx.evaluation.extensions', f'--workdir={copy}', '--methods=',
-               check=False), '--methods')
-  _refused(run('-m', 'lmx.evaluation.extensions', f'--workdir={copy}', '--lengths=0',
-               check=False), '--lengths')
+  _refused(run_here('-m', 'lmx.evaluation.extensions', f'--workdir={copy}',
+                    '--methods='), '--methods')
+  _refused(run_here('-m', 'lmx.evaluation.extensions', f'--workdir={copy}',
+                    '--lengths=0'), '--lengths')
   assert _tree(copy) == before
   # Writes are atomic: a failure while writing leaves the earlier file.
   target = os.path.join(out, 'results.csv')
@@ -353,8 +346,8 @@ def test_1_values_refused_where_their_arithmetic_needs_it(tiny_config):
 def test_1_entry_point_flags_and_sweep_members(rope_run, tmp_path):
   workdir, _ = rope_run
   # Any int64 is a sampling seed; one past is refused before any work.
-  _refused(run('generate.py', f'--workdir={workdir}', f'--seed={2**63}',
-               '--max_new_tokens=2', check=False), '--seed')
+  _refused(run_here('generate.py', f'--workdir={workdir}', f'--seed={2**63}',
+                    '--max_new_tokens=2'), '--seed')
   with pytest.raises(ConfigError):
     cli.int_list(['0'], '--lengths')
   assert cli.int_list(['1', '4'], '--lengths') == [1, 4]

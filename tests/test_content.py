@@ -21,7 +21,7 @@ from lmx.config import validate as config_lib
 from lmx.model import transformer as model_lib
 from lmx import positions as P
 from lmx.positions import base as pbase
-from tests import attention_calls as AC
+import attention_calls as AC
 
 NAME = 'content_toy'
 

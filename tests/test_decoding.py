@@ -16,6 +16,7 @@ from lmx import positions
 from lmx.config import validate as config_lib
 from lmx.config.validate import ConfigError
 from scripts import ROOT, run
+from helpers import decode_steps
 
 
 def tiny(position='rope', **overrides):
@@ -38,19 +39,10 @@ def tokens_1xT(t, seed=0):
 
 def decode_all(model, tokens, n_prompt):
   """(logits of every token decoded with the cache, the forward pass's
-  logits, the final cache): the prompt prefilled, then one token per
-  ``decode`` call. Eager: the tiny ops compile once for the whole file,
-  where a jit would compile every case anew."""
-  t = tokens.shape[1]
-  pos = jnp.arange(t, dtype=jnp.int32)[None]
-  cache = model.init_cache(1, t)
-  logits, cache = model.decode(tokens[:, :n_prompt], pos[:, :n_prompt], cache,
-                               prefill=True)
-  decoded = [logits]
-  for i in range(n_prompt, t):
-    logits, cache = model.decode(tokens[:, i:i + 1], pos[:, i:i + 1], cache)
-    decoded.append(logits)
-  return jnp.concatenate(decoded, axis=1), model(tokens, pos), cache
+  logits, the final cache): helpers.decode_steps, and the full pass."""
+  decoded, cache = decode_steps(model, tokens, n_prompt)
+  pos = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
+  return decoded, model(tokens, pos), cache
 
 
 def prefix_logits(model, tokens):

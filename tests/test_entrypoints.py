@@ -1,4 +1,6 @@
-"""train.py then eval.py through the command line, on a tiny config."""
+"""train.py then eval.py through the command line, on a tiny config. A
+refusal is checked in this process (scripts.run_here), except one of each
+entry point's, run as a real process for its exit status."""
 
 import json
 import os
@@ -9,7 +11,7 @@ import pytest
 from PIL import Image
 
 from lmx.training import metrics
-from scripts import run
+from scripts import run, run_here
 
 
 @pytest.fixture(scope='module')
@@ -138,7 +140,7 @@ def test_eval_override_and_explicit_lengths(trained, tmp_path):
   with open(os.path.join(out2, 'results.json')) as f:
     assert [r['length'] for r in json.load(f)['results']] == [16, 48]
   # A clear message for a missing step.
-  proc = run('eval.py', f'--workdir={workdir}', '--step=4', check=False)
+  proc = run_here('eval.py', f'--workdir={workdir}', '--step=4')
   assert proc.returncode == 2 and 'available steps: 3, 6' in proc.stderr
 
 
@@ -160,9 +162,8 @@ def test_eval_generation_quality_and_its_bad_input(trained, tmp_path):
   with open(os.path.join(out, 'generation.png'), 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   assert '| 32 | 2 |' in proc.stdout and 'generation.png' in proc.stdout
-  proc = run('eval.py', f'--workdir={workdir}', f'--out={out}',
-             '--config.eval.generation_positions=(10000000,)', *flags,
-             check=False)
+  proc = run_here('eval.py', f'--workdir={workdir}', f'--out={out}',
+                  '--config.eval.generation_positions=(10000000,)', *flags)
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   assert proc.stderr.count('\n') == 1
   assert 'generation_positions' in proc.stderr and '10000000' in proc.stderr
@@ -203,17 +204,17 @@ def test_bad_input_gets_one_clear_message(tmp_path, cache_dir):
   assert proc.returncode == 2 and 'Train first' in proc.stderr
   assert 'Traceback' not in proc.stderr
 
-  proc = run('train.py', '--config=configs/rope.py:size=tiny',
-             f'--workdir={tmp_path / "y"}', '--config.model.d_model=30',
-             '--config.model.num_heads=2', check=False)
+  proc = run_here('train.py', '--config=configs/rope.py:size=tiny',
+                  f'--workdir={tmp_path / "y"}', '--config.model.d_model=30',
+                  '--config.model.num_heads=2')
   assert proc.returncode == 2 and 'even' in proc.stderr
 
   # A config argument the config file does not take: one line, exit 2,
   # nothing written.
   for arg, words in (('sise=tiny', "Unknown key 'sise'"),
                      ('tiny', 'not key=value')):
-    proc = run('train.py', f'--config=configs/alibi.py:{arg}',
-               f'--workdir={tmp_path / "z"}', check=False)
+    proc = run_here('train.py', f'--config=configs/alibi.py:{arg}',
+                    f'--workdir={tmp_path / "z"}')
     assert proc.returncode == 2 and words in proc.stderr, proc.stderr
     assert 'valid keys: size' in proc.stderr
     assert 'Traceback' not in proc.stderr + proc.stdout
@@ -244,7 +245,7 @@ def test_eval_refuses_a_length_the_learned_table_cannot_cover(tmp_path,
   run('train.py', '--config=configs/learned.py:size=tiny',
       f'--workdir={workdir}', f'--config.data.cache_dir={cache_dir}',
       '--config.train.steps=2', '--progress=false')
-  proc = run('eval.py', f'--workdir={workdir}', '--lengths=64', check=False)
+  proc = run_here('eval.py', f'--workdir={workdir}', '--lengths=64')
   assert proc.returncode == 2
   assert 'config.model.learned.max_len' in proc.stderr
   assert not os.path.exists(os.path.join(workdir, 'eval'))
@@ -256,9 +257,9 @@ def test_resuming_with_a_different_model_is_refused(trained, cache_dir):
   before = sorted(os.listdir(ckpts))
   with open(os.path.join(workdir, 'config.json')) as f:
     saved = f.read()
-  proc = run('train.py', '--config=configs/alibi.py:size=tiny',
-             f'--workdir={workdir}', f'--config.data.cache_dir={cache_dir}',
-             '--config.model.num_layers=3', '--progress=false', check=False)
+  proc = run_here('train.py', '--config=configs/alibi.py:size=tiny',
+                  f'--workdir={workdir}', f'--config.data.cache_dir={cache_dir}',
+                  '--config.model.num_layers=3', '--progress=false')
   assert proc.returncode == 2
   assert 'config.model.num_layers: saved 2, now 3' in proc.stderr
   assert 'new --workdir' in proc.stderr
@@ -298,8 +299,8 @@ def test_own_text_folder_and_a_length_longer_than_its_validation_text(
       '--progress=false')
   # Enough tokens asked for (config.eval.tokens would be named first
   # otherwise): the validation text itself is too short.
-  proc = run('eval.py', f'--workdir={workdir}', '--lengths=1000000',
-             '--config.eval.tokens=2000000', check=False)
+  proc = run_here('eval.py', f'--workdir={workdir}', '--lengths=1000000',
+                  '--config.eval.tokens=2000000')
   assert proc.returncode == 2 and 'too few' in proc.stderr
   assert 'Traceback' not in proc.stderr
 
@@ -323,8 +324,8 @@ def test_a_task_run_trains_and_evaluates_accuracy_by_length(tmp_path):
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   assert 'exact match' in proc.stdout
   # A metric that does not fit the run's data is refused, naming both.
-  proc = run('eval.py', f'--workdir={workdir}', '--config.task.name=passkey',
-             check=False)
+  proc = run_here('eval.py', f'--workdir={workdir}',
+                  '--config.task.name=passkey')
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   assert "trained on the 'reverse' task" in proc.stderr
   assert "'passkey' task" in proc.stderr

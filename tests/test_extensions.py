@@ -14,15 +14,9 @@ from lmx.positions import rope_scaling
 
 
 @pytest.fixture(scope='module')
-def rope_run(tmp_path_factory, cache_dir):
-  from configs import base  # pylint: disable=g-import-not-at-top
-  c = base.get_config('size=tiny')
-  c.model.position = 'rope'
-  c.data.cache_dir = cache_dir
-  c.train.steps = 3
-  workdir = str(tmp_path_factory.mktemp('ext') / 'rope')
-  trainer.train(c, workdir, progress=False)
-  return workdir
+def rope_run(tiny_rope_run):
+  """A tiny trained RoPE run (the session's, in conftest.py): its folder."""
+  return tiny_rope_run[0]
 
 
 def test_every_method_at_every_length(rope_run, tmp_path):

@@ -24,20 +24,18 @@ def test_learned_table_resize_is_linear_interpolation():
 
 
 @pytest.fixture(scope='module')
-def source(tmp_path_factory, cache_dir):
-  """A 3-step rope run and a 3-step learned run (table of 32)."""
+def source(tmp_path_factory, cache_dir, tiny_rope_run):
+  """A rope run (the session's, 4 steps) and a 3-step learned run (table of
+  32)."""
   from configs import base  # pylint: disable=g-import-not-at-top
-  runs = {}
-  for position in ('rope', 'learned'):
-    c = base.get_config('size=tiny')
-    c.model.position = position
-    c.model.learned.max_len = 32
-    c.data.cache_dir = cache_dir
-    c.train.steps = 3
-    workdir = str(tmp_path_factory.mktemp('src') / position)
-    trainer.train(c, workdir, progress=False)
-    runs[position] = workdir
-  return runs
+  c = base.get_config('size=tiny')
+  c.model.position = 'learned'
+  c.model.learned.max_len = 32
+  c.data.cache_dir = cache_dir
+  c.train.steps = 3
+  workdir = str(tmp_path_factory.mktemp('src') / 'learned')
+  trainer.train(c, workdir, progress=False)
+  return {'rope': tiny_rope_run[0], 'learned': workdir}
 
 
 def _source_params(workdir):

@@ -21,7 +21,7 @@ from lmx.config import validate as config_lib
 from lmx import positions as P
 from lmx.errors import ConfigError
 from lmx.kernels import flash
-from tests import attention_calls as AC
+import attention_calls as AC
 
 H, KD = 2, 16
 TOL = 1e-5

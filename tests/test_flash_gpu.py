@@ -22,19 +22,16 @@ from lmx.model import attention as A
 from lmx.model import ops
 from lmx import positions as P
 from lmx.kernels import flash_gpu, tiles
-from tests import attention_calls as AC
+import attention_calls as AC
 
 # bfloat16's bound (met by the dense backend too), the encodings and the
 # inputs of the TPU kernel's tests.
 from test_flash import BF16_TOL, _encoding
 from test_flash import _data as flash_data
+from helpers import FAST_COMPILE
 
 TOL = 1e-5
 LAMBDA = A.Mask(n_global=2, n_local=5)
-# XLA:CPU compiling the interpreted kernels is most of this file's cost;
-# as in tests/test_attention.py, these options cut it.
-FAST_COMPILE = {'xla_backend_optimization_level': 0,
-                'xla_llvm_disable_expensive_passes': True}
 jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 
 

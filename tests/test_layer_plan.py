@@ -16,7 +16,6 @@ import optax
 import pytest
 from flax import nnx
 
-from configs import base
 from configs import hwfa
 from configs import irope
 from lmx.positions import length_scaling as LS
@@ -26,20 +25,15 @@ from lmx.model import layer_plan
 from lmx.model import transformer as model_lib
 from lmx import positions as P
 from lmx.errors import ConfigError
-from scripts import run
+from scripts import run_here
+from helpers import FAST_COMPILE, decode_steps, tiny_model_config
 
 V = 257
-FAST_COMPILE = {'xla_backend_optimization_level': 0,
-                'xla_llvm_disable_expensive_passes': True}
 
 
 def _config(num_layers=2, **fields):
   """The tiny config; ``fields`` are config.model paths with '__' for '.'."""
-  c = base.get_config('size=tiny')
-  c.model.num_layers = num_layers
-  c.update_from_flattened_dict(
-      {'model.' + k.replace('__', '.'): v for k, v in fields.items()})
-  return c
+  return tiny_model_config(num_layers=num_layers, **fields)
 
 
 def _tokens(b, t, seed=0):
@@ -241,17 +235,7 @@ MIXED = dict(
     length_scaling__base_len=8)
 
 
-def _decode_all(model, tokens, n_prompt):
-  t = tokens.shape[1]
-  pos = jnp.arange(t, dtype=jnp.int32)[None]
-  cache = model.init_cache(1, t)
-  logits, cache = model.decode(tokens[:, :n_prompt], pos[:, :n_prompt], cache,
-                               prefill=True)
-  out = [logits]
-  for i in range(n_prompt, t):
-    logits, cache = model.decode(tokens[:, i:i + 1], pos[:, i:i + 1], cache)
-    out.append(logits)
-  return jnp.concatenate(out, axis=1), cache
+_decode_all = decode_steps  # (decoded logits, the final cache)
 
 
 @pytest.mark.parametrize('fields', [
@@ -420,9 +404,9 @@ def test_rope_settings_apply_when_a_layer_uses_rope():
 
 
 def test_train_py_exits_2_on_a_bad_layer_tuple(tmp_path):
-  proc = run('train.py', '--config=configs/hwfa.py:size=tiny',
-             "--config.model.layers.window=(4, 4, 0)",
-             f'--workdir={tmp_path / "w"}', check=False)
+  proc = run_here('train.py', '--config=configs/hwfa.py:size=tiny',
+                  "--config.model.layers.window=(4, 4, 0)",
+                  f'--workdir={tmp_path / "w"}')
   assert proc.returncode == 2, proc.stderr
   assert 'config.model.layers.window' in proc.stderr
   assert 'Traceback' not in proc.stderr

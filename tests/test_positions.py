@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from lmx.model import attention as A
 from lmx import positions as P
 from lmx.errors import ConfigError
-from tests import attention_calls as AC
+import attention_calls as AC
 
 
 def _model_cfg(position, num_heads, d_model):

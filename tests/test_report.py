@@ -10,8 +10,9 @@ import scripts
 
 
 def _cli(*args):
-  """``python -m lmx.evaluation.report *args``: (exit status, stdout + stderr)."""
-  proc = scripts.run('-m', 'lmx.evaluation.report', *args, check=False)
+  """``python -m lmx.evaluation.report *args``, in this process: (exit status,
+  stdout + stderr)."""
+  proc = scripts.run_here('-m', 'lmx.evaluation.report', *args)
   return proc.returncode, proc.stdout + proc.stderr
 
 

@@ -10,7 +10,8 @@ from lmx.config import validate as config_lib
 from lmx.model import ops
 from lmx.training import run_state
 from lmx.errors import ConfigError
-from tests import attention_calls as AC
+import attention_calls as AC
+from helpers import FAST_COMPILE
 
 
 def _batch(t=37, b=2, seed=0):
@@ -19,12 +20,6 @@ def _batch(t=37, b=2, seed=0):
   # Shifted positions: the encodings see positions that are not indices.
   positions = jnp.broadcast_to(jnp.arange(t) + 5, (b, t))
   return tokens, positions
-
-
-# Unoptimised XLA: the comparisons are of values, and compiling is most of
-# these tests' time.
-FAST_COMPILE = {'xla_backend_optimization_level': 0,
-                'xla_llvm_disable_expensive_passes': True}
 
 
 def _loss(config, tokens, positions):

@@ -19,7 +19,8 @@ from lmx import positions as P
 from lmx.errors import ConfigError
 from lmx.positions.base import Tile
 from lmx.positions import far as F
-from tests import attention_calls as AC
+import attention_calls as AC
+from helpers import decode_steps
 
 
 def _model_cfg(position, num_heads=2, d_model=8, **fields):
@@ -480,16 +481,10 @@ def test_content_tables_are_causal_shift_invariant_and_act(position, fields,
 
 
 def _decode_all(model, tokens, n_prompt):
-  t = tokens.shape[1]
-  pos = jnp.arange(t, dtype=jnp.int32)[None]
-  cache = model.init_cache(1, t)
-  logits, cache = model.decode(tokens[:, :n_prompt], pos[:, :n_prompt],
-                               cache, prefill=True)
-  out = [logits]
-  for i in range(n_prompt, t):
-    logits, cache = model.decode(tokens[:, i:i + 1], pos[:, i:i + 1], cache)
-    out.append(logits)
-  return jnp.concatenate(out, axis=1), model(tokens, pos)
+  """(logits decoded with the cache, the full pass's logits)."""
+  decoded, _ = decode_steps(model, tokens, n_prompt)
+  pos = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
+  return decoded, model(tokens, pos)
 
 
 @pytest.mark.parametrize('position', ['cope', 'fox', 'shaw_values'])

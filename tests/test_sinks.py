@@ -10,24 +10,20 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import base
 from lmx.positions import far
 from lmx.model import attention as A
 from lmx.config import validate as config_lib
 from lmx.model import transformer as model_lib
 from lmx.errors import ConfigError
+from helpers import tiny_model_config
 
 LAMBDA = {'lm_infinite.n_global': 2, 'lm_infinite.n_local': 5}
 
 
 def _cfg(position='rope', **overrides):
-  c = base.get_config('size=tiny')
-  c.model.position = position
-  c.model.num_layers = 2
-  c.model.attention_block = 8
-  c.model.sinks.logit = True
-  c.model.sinks.memory = 3
-  c.update_from_flattened_dict({f'model.{k}': v for k, v in overrides.items()})
+  c = tiny_model_config(**{
+      'position': position, 'num_layers': 2, 'attention_block': 8,
+      'sinks.logit': True, 'sinks.memory': 3, **overrides})
   config_lib.validate(c)
   return c
 

@@ -19,21 +19,15 @@ from lmx.config import defaults
 from lmx.model import layer_plan
 from lmx.model import transformer as model_lib
 from lmx.errors import ConfigError
+from helpers import FAST_COMPILE, tiny_model_config
 
 V = 257
-FAST_COMPILE = {'xla_backend_optimization_level': 0,
-                'xla_llvm_disable_expensive_passes': True}
 
 
 def _config(position='rope', num_layers=1, **fields):
-  c = base.get_config('size=tiny')
-  c.model.position = position
-  c.model.num_layers = num_layers
-  c.model.length_scaling.kind = 'ssmax'
-  c.model.length_scaling.base_len = 8
-  c.update_from_flattened_dict(
-      {'model.' + k.replace('__', '.'): v for k, v in fields.items()})
-  return c
+  return tiny_model_config(**{
+      'position': position, 'num_layers': num_layers,
+      'length_scaling.kind': 'ssmax', 'length_scaling.base_len': 8, **fields})
 
 
 def _tokens(b, t, seed=0):

@@ -18,7 +18,7 @@ from lmx.evaluation import runner as evaluation
 from lmx.training import trainer
 from lmx.data import corpus, subword, tokenizer
 from lmx.errors import CheckpointError, ConfigError, DataError
-from tests.scripts import run
+from tests.scripts import run, run_here
 
 VOCAB = 320  # 258 fixed ids + the corpus' characters + some pieces
 WORDS = ('the model reads text and every token counts towards the loss short '
@@ -306,10 +306,10 @@ def test_train_cli_bad_tokenizer_input_exits_2(texts, tmp_path):
       ('--config.data.tokenizer=wordpiece', 'is not one of'),
       (f'--config.data.sentencepiece.model_file={tmp_path}/none.model',
        'cannot be read')):
-    proc = run('train.py', '--config=configs/rope.py:size=tiny',
-               f'--workdir={workdir}', f'--config.data.source={texts}',
-               f'--config.data.cache_dir={tmp_path}/cache',
-               '--config.data.tokenizer=sentencepiece', flag, check=False)
+    proc = run_here('train.py', '--config=configs/rope.py:size=tiny',
+                    f'--workdir={workdir}', f'--config.data.source={texts}',
+                    f'--config.data.cache_dir={tmp_path}/cache',
+                    '--config.data.tokenizer=sentencepiece', flag)
     assert proc.returncode == 2, proc.stderr
     assert words in proc.stderr and 'Traceback' not in proc.stderr
     assert not workdir.exists()  # refused before anything was written
