@@ -34,7 +34,7 @@ setup(
         'zstandard>=0.22',     # lmx.data.sources: .jsonl.zst corpora
     ],
     extras_require={
-        'test': ['pytest>=8', 'hypothesis>=6', 'ruff>=0.6'],
+        'test': ['pytest>=8', 'pytest-xdist>=3', 'hypothesis>=6', 'ruff>=0.6'],
         # Preparing tfds *catalog* datasets (e.g. pg19) needs TensorFlow.
         'tf': ['tensorflow'],
         # bench/train_throughput.py: x-transformers (PyTorch, CPU build);

@@ -22,6 +22,9 @@ from lmx.model import transformer as model_lib
 from lmx import positions as P
 from lmx.positions import base as pbase
 import attention_calls as AC
+from content_encodings import built, tokens as random_tokens
+from helpers import decode_steps
+from lmx.errors import ConfigError
 
 NAME = 'content_toy'
 
@@ -194,3 +197,73 @@ def test_a_term_that_is_not_tiled_runs_dense(toy):
 def test_fused_kernels_refuse_a_content_term():
   assert AC.why_not(A.FLASH, content=True) == A.CONTENT_REFUSAL
   assert AC.why_not(A.FLASH) is None
+
+
+# -------------------- the content-term encodings through the whole model
+# The generic suites build every encoding at its initialisation, where
+# CoPE's embeddings are zero (its term is 0). These give them values, and
+# run FoX and CoPE through the ring cache of the Lambda mask, whose slots
+# are not in token order.
+
+
+@pytest.mark.parametrize('position,fields,table', [
+    ('cope', {}, 'emb'),
+    ('shaw', {'shaw__value_embeddings': True, 'shaw__max_distance': 3},
+     'value_table')])
+def test_content_tables_are_causal_shift_invariant_and_act(position, fields,
+                                                          table):
+  # CoPE's embeddings (given values, see _built) and Shaw's value table.
+  model = built(position, **fields)
+  tokens = random_tokens(2, 12)
+  pos = jnp.asarray(P.sample_positions('randomized', 2, 12, 200,
+                                       np.random.default_rng(1)))
+  logits = model(tokens, pos)
+  for j in (1, 6, 11):
+    new = model(tokens.at[:, j].set((tokens[:, j] + 100) % 257), pos)
+    np.testing.assert_allclose(new[:, :j], logits[:, :j], atol=1e-5, rtol=0)
+    assert float(jnp.abs(new[:, j] - logits[:, j]).max()) > 1e-3
+  np.testing.assert_allclose(model(tokens, pos + 17), logits, atol=1e-4,
+                             rtol=0)
+  # The table acts: zero it and the logits change.
+  for block in model.blocks:
+    param = getattr(block.attn.position, table)
+    param[...] = jnp.zeros(param.shape, jnp.float32)
+  assert float(jnp.abs(model(tokens, pos) - logits).max()) > 1e-3
+
+
+def _decode_all(model, tokens, n_prompt):
+  """(logits decoded with the cache, the full pass's logits)."""
+  decoded, _ = decode_steps(model, tokens, n_prompt)
+  pos = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
+  return decoded, model(tokens, pos)
+
+
+@pytest.mark.parametrize('position', ['cope', 'fox', 'shaw_values'])
+@pytest.mark.parametrize('mask', ['causal', 'lambda'])
+def test_decoding_matches_the_full_pass(position, mask):
+  # Lambda: 2 global + 5 local slots, so after 7 tokens the ring holds its
+  # keys out of token order (CoPE counts in token order; FoX continues F
+  # from the latest token, not the latest slot; Shaw's value rows follow the
+  # cached keys' positions).
+  fields = ({'lm_infinite__n_global': 2, 'lm_infinite__n_local': 5}
+            if mask == 'lambda' else {})
+  if position == 'shaw_values':
+    position, fields = 'shaw', {**fields, 'shaw__value_embeddings': True,
+                                'shaw__max_distance': 3}
+  model = built(position, **fields)
+  got, want = _decode_all(model, random_tokens(1, 13), n_prompt=4)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('position', ['shaw', 'fox'])
+def test_flash_is_refused_where_the_config_asks_for_it(position):
+  # The fused kernel computes no content term: asked for by name, the
+  # config says so before anything compiles (a call outside a config
+  # falls back to another backend instead).
+  from configs import base
+  from lmx.config import validate as config_lib
+  c = base.get_config('size=tiny')
+  c.model.position = position
+  c.model.attention = 'flash'
+  with pytest.raises(ConfigError, match="attention='flash'.*content"):
+    config_lib.validate(c)

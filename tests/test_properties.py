@@ -4,7 +4,7 @@ and the data windows.
 Formulas are checked against independent float64 NumPy references written
 from the papers; shapes are fixed so that JAX compiles each op once and every
 example after the first runs at eager speed. Causality (future tokens never
-change earlier outputs) is a model property and lives in test_model.py.
+change earlier outputs) is a model property and lives in test_transformer.py.
 """
 
 import functools
