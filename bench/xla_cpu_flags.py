@@ -1,0 +1,206 @@
+r"""XLA:CPU's optional paths on lmx's train step: each ``XLA_FLAGS`` setting
+against the default, in alternating child runs.
+
+    python bench/xla_cpu_flags.py --rounds=3 --out=runs/xla_cpu_flags.json
+
+Each round runs ``bench/train_throughput.py --no-torch`` (the real train
+step, the benchmark's fixed model: width 256, 4 layers, T 256, batch 16) once
+with the default flags and once with each setting, in that order, each in a
+fresh process (XLA reads ``XLA_FLAGS`` when its backend starts). A setting's
+figure is the median over rounds of its tokens/s divided by the same round's
+default run, so drift of the machine between rounds cancels; the default's
+own spread is printed beside it. The settings are the oneDNN, XNNPACK and
+YNNPACK paths for dots, elementwise fusions and reductions that the
+installed jaxlib offers (``--xla_cpu_experimental_{onednn,xnn,ynn}_fusion_type``
+with ``dot``, ``eltwise``, ``reduce``; ``--xla_cpu_experimental_onednn_
+custom_call``; ``--xla_cpu_use_xnnpack``), and the vector width.
+
+``--hlo`` reports instead what each setting does to the compiled step: the
+number of dots and of each library fusion (``__ynn_fusion``,
+``__xnn_fusion``, oneDNN's) and custom call in the optimized HLO of the
+same train step, each compiled in a fresh process.
+
+A setting that fails to compile or run is reported with its error, not
+dropped. Numerics are not checked here: a setting worth adopting must then
+pass the golden losses (tests/test_golden.py) under it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from typing import Sequence
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name -> XLA_FLAGS (appended to whatever the environment sets).
+SETTINGS = {
+    'xnn dot': '--xla_cpu_experimental_xnn_fusion_type=dot',
+    'xnn dot,eltwise': '--xla_cpu_experimental_xnn_fusion_type=dot,eltwise',
+    'xnn eltwise,reduce':
+        '--xla_cpu_experimental_xnn_fusion_type=eltwise,reduce',
+    'ynn dot': '--xla_cpu_experimental_ynn_fusion_type=dot',
+    'ynn dot,eltwise,reduce':
+        '--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce',
+    'onednn dot': '--xla_cpu_experimental_onednn_fusion_type=dot',
+    'onednn custom call': '--xla_cpu_experimental_onednn_custom_call=true',
+    'no xnnpack': '--xla_cpu_use_xnnpack=false',
+    'vector width 512': '--xla_cpu_prefer_vector_width=512',
+}
+
+
+def run_once(xla_flags: str, position: str, steps: int, repeats: int,
+             dtype: str) -> dict:
+  """tokens/s of one child run of bench/train_throughput.py, or its error."""
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + xla_flags).strip()
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, 'r.json')
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'bench', 'train_throughput.py'),
+         '--no-torch', f'--positions={position}', f'--steps={steps}',
+         f'--repeats={repeats}', f'--dtype={dtype}', f'--out={out}'],
+        env=env, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+      tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+      return {'error': ' | '.join(tail)}
+    with open(out) as f:
+      result = json.load(f)
+  row = result['results'][position]
+  return {'tokens_per_second': row['lmx']['tokens_per_second']}
+
+
+def step_hlo_counts() -> dict:
+  """Dots, library fusions and custom calls in the optimized HLO of the
+  benchmark's train step, compiled under this process's ``XLA_FLAGS``."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, ROOT)
+  from bench import train_throughput  # pylint: disable=g-import-not-at-top
+  from lmx.config import validate as config_lib  # pylint: disable=g-import-not-at-top
+  from lmx.training import run_state, trainer  # pylint: disable=g-import-not-at-top
+  c = train_throughput.lmx_config('alibi', 'float32')
+  c = c.copy_and_resolve_references()
+  config_lib.validate(c)
+  tx = run_state.make_optimizer(c.train)
+  graphdef, params = run_state.init_model(c)
+  state = run_state.init_state(c, params, tx)
+  step = trainer.make_train_step(graphdef, tx, c)
+  b, t = int(c.train.batch_size), int(c.train.seq_len)
+  batch = {'inputs': jnp.zeros((b, t), jnp.int32),
+           'targets': jnp.zeros((b, t), jnp.int32),
+           'positions': jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32),
+                                         (b, t))}
+  text = step.lower(state, batch).compile().as_text()
+  # One per fusion instruction: its backend config names the library.
+  fusions = collections.Counter(
+      re.findall(r'"fusion_config":\{"kind":"(__\w+?_fusion)"', text))
+  return {'dots': len(re.findall(r' dot\(', text)),
+          'library_fusions': dict(fusions),
+          'custom_calls': dict(collections.Counter(
+              re.findall(r'custom_call_target="([^"]+)"', text)))}
+
+
+def hlo_table(names: Sequence[str]) -> str:
+  """``step_hlo_counts`` under each setting, each in a fresh process."""
+  lines = ['| setting | dots | library fusions | custom calls |',
+           '|---|---|---|---|']
+  for name in ['default'] + list(names):
+    env = dict(os.environ)
+    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' '
+                        + SETTINGS.get(name, '')).strip()
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), '--hlo_child'], env=env,
+        capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+      lines.append(f'| {name} | fails | | |')
+      continue
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    lines.append(f'| {name} | {got["dots"]} | {got["library_fusions"]} | '
+                 f'{got["custom_calls"]} |')
+  return '\n'.join(lines)
+
+
+def main(argv: Sequence[str], fl: dict) -> dict:
+  del argv
+  if fl['hlo_child'].value:
+    print(json.dumps(step_hlo_counts()))
+    return {}
+  names = [n for n in SETTINGS if not fl['only'].value
+           or n in fl['only'].value]
+  if fl['hlo'].value:
+    print(hlo_table(names))
+    return {}
+  runs = {name: [] for name in ['default'] + names}
+  for r in range(fl['rounds'].value):
+    base = run_once('', fl['position'].value, fl['steps'].value,
+                    fl['repeats'].value, fl['dtype'].value)
+    runs['default'].append(base)
+    print(f'round {r + 1}: default {base}', flush=True)
+    for name in names:
+      got = run_once(SETTINGS[name], fl['position'].value, fl['steps'].value,
+                     fl['repeats'].value, fl['dtype'].value)
+      if 'tokens_per_second' in got and 'tokens_per_second' in base:
+        got['ratio'] = got['tokens_per_second'] / base['tokens_per_second']
+      runs[name].append(got)
+      print(f'round {r + 1}: {name} {got}', flush=True)
+  summary = {}
+  for name, rows in runs.items():
+    errors = [x['error'] for x in rows if 'error' in x]
+    rates = [x['tokens_per_second'] for x in rows if 'tokens_per_second' in x]
+    ratios = [x['ratio'] for x in rows if 'ratio' in x]
+    summary[name] = {
+        'flags': SETTINGS.get(name, ''),
+        'tokens_per_second': statistics.median(rates) if rates else None,
+        'ratio_to_default': statistics.median(ratios) if ratios else None,
+        'ratios': ratios, 'errors': errors[:1]}
+  lines = [f'machine: {platform.processor() or platform.machine()}, '
+           f'{os.cpu_count()} CPUs; {fl["position"].value}, '
+           f'{fl["dtype"].value}, median of {fl["rounds"].value} rounds',
+           '', '| setting | tokens/s | vs default (same round) |',
+           '|---|---|---|']
+  for name, s in summary.items():
+    if s['errors'] and s['tokens_per_second'] is None:
+      lines.append(f'| {name} | fails: {s["errors"][0][:80]} | |')
+      continue
+    ratio = ('' if s['ratio_to_default'] is None else
+             f'{s["ratio_to_default"]:.3f} '
+             f'({min(s["ratios"]):.3f}-{max(s["ratios"]):.3f})')
+    lines.append(f'| {name} | {s["tokens_per_second"]:,.0f} | {ratio} |')
+  print('\n'.join(lines))
+  if fl['out'].value:
+    os.makedirs(os.path.dirname(os.path.abspath(fl['out'].value)),
+                exist_ok=True)
+    with open(fl['out'].value, 'w') as f:
+      json.dump({'runs': runs, 'summary': summary}, f, indent=1)
+  return summary
+
+
+def _define_flags() -> dict:
+  return {
+      'rounds': flags.DEFINE_integer('rounds', 3, 'alternating rounds'),
+      'position': flags.DEFINE_string('position', 'alibi', 'the encoding'),
+      'steps': flags.DEFINE_integer('steps', 3, 'timed steps per repeat'),
+      'repeats': flags.DEFINE_integer('repeats', 3, 'repeats per run'),
+      'dtype': flags.DEFINE_enum('dtype', 'float32',
+                                 ('float32', 'bfloat16'), None),
+      'only': flags.DEFINE_list('only', [], 'settings to run (default all)'),
+      'out': flags.DEFINE_string('out', '', 'write the results as JSON'),
+      'hlo': flags.DEFINE_bool('hlo', False, 'what each setting does to the '
+                               'compiled step, instead of timing it'),
+      'hlo_child': flags.DEFINE_bool('hlo_child', False, 'internal: print '
+                                     'the counts of this process'),
+  }
+
+
+if __name__ == '__main__':
+  _FLAGS = _define_flags()
+  app.run(lambda argv: None if main(argv, _FLAGS) is None else None)
