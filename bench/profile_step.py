@@ -39,7 +39,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 import types
 from typing import NamedTuple, Sequence
 
@@ -225,13 +224,7 @@ def main(argv: Sequence[str], fl: dict) -> dict:
   return result
 
 
-def _timed_main(argv: Sequence[str], fl: dict) -> None:
-  t0 = time.time()
-  main(argv, fl)
-  print(f'\n({time.time() - t0:.0f} s)')
-
-
 if __name__ == '__main__':
   _FLAGS = _define_flags()
-  app.run(lambda argv: _timed_main(argv, _FLAGS),
+  app.run(cli.timed(main, _FLAGS),
           flags_parser=cli.parse_flags)

@@ -350,13 +350,6 @@ def default_backend(platform: Optional[str]):
     jax.default_backend = original
 
 
-def recording_backends():
-  """Records, while the step is traced, the backend ``lmx.model.attention``
-  takes for each attention call: a list of (backend, why the ones before it
-  could not take the call, or '') (``attention.recording``)."""
-  return attention.recording()
-
-
 def _analyse(what: str, lowered, started: float,
              backends: Optional[list] = None) -> Compiled:
   try:
@@ -416,7 +409,7 @@ def compile_train_step(config, mesh, as_attached: bool = False) -> Compiled:
     batch = {'inputs': tokens, 'targets': tokens, 'positions': tokens}
     step = trainer.make_train_step(graphdef, tx, config, mesh,
                                    state_shardings)
-    with jax.set_mesh(mesh), recording_backends() as backends, \
+    with jax.set_mesh(mesh), attention.recording() as backends, \
         default_backend(_platform(mesh) if as_attached else None):
       lowered = step.lower(state, batch)
   return _analyse('train', lowered, started, backends)
@@ -435,7 +428,7 @@ def compile_eval_step(config, mesh, as_attached: bool = False) -> Compiled:
     tokens = jax.ShapeDtypeStruct((rows, t.seq_len), jnp.int32,
                                   sharding=sharding.batch_sharding(mesh))
     fn = evaluation.make_loss_fn(graphdef)
-    with jax.set_mesh(mesh), recording_backends() as backends, \
+    with jax.set_mesh(mesh), attention.recording() as backends, \
         default_backend(_platform(mesh) if as_attached else None):
       lowered = fn.lower(params, tokens, tokens, tokens)
   return _analyse('eval', lowered, started, backends)

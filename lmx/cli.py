@@ -23,7 +23,8 @@ import importlib.util
 import os
 import re
 import sys
-from typing import NamedTuple, Optional, Sequence
+import time
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import ml_collections
 from absl import app, flags, logging
@@ -455,3 +456,13 @@ def run_workdir(argv, run_flags: RunFlags) -> str:
   if not workdir:
     raise app.UsageError('--workdir is required.')
   return workdir
+
+
+def timed(main: Callable, fl: dict) -> Callable:
+  """``argv -> None`` for ``app.run``: ``main(argv, fl)``, then its wall time
+  on a line of its own (the benchmarks' scripts)."""
+  def run(argv):
+    t0 = time.time()
+    main(argv, fl)
+    print(f'\n({time.time() - t0:.0f} s)')
+  return run

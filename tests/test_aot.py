@@ -14,6 +14,7 @@ import pytest
 
 from lmx import aot
 from lmx import memory
+from lmx.model import attention
 from lmx.model import ops
 from lmx.training import run_state
 from lmx.training import trainer
@@ -232,7 +233,7 @@ def test_the_backend_of_each_traced_attention_call_is_recorded(tiny_config):
     c = tiny_config('alibi', **{'model.attention': asked})
     graphdef, params = run_state.abstract_model(c)
     tokens = jax.ShapeDtypeStruct((2, c.train.seq_len), jnp.int32)
-    with aot.recording_backends() as calls:
+    with attention.recording() as calls:
       jax.eval_shape(run_state.apply_fn(graphdef), params, tokens, tokens)
     assert [b for b, _ in calls] == [want] * c.model.num_layers, asked
     if asked == 'auto':

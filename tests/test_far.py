@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from helpers import decode_steps
 from lmx.positions import far
 from lmx.model import attention as A
 from lmx.config import validate as config_lib
@@ -100,15 +101,8 @@ def test_decoding_equals_the_forward_pass(variant):
   tokens = jnp.asarray(np.random.default_rng(2).integers(0, 257, (1, t)),
                        jnp.int32)
   pos = jnp.arange(t, dtype=jnp.int32)[None]
-  cache = model.init_cache(1, t)
-  logits, cache = model.decode(tokens[:, :n_prompt], pos[:, :n_prompt], cache,
-                               prefill=True)
-  got = [logits]
-  for i in range(n_prompt, t):
-    logits, cache = model.decode(tokens[:, i:i + 1], pos[:, i:i + 1], cache)
-    got.append(logits)
-  np.testing.assert_allclose(jnp.concatenate(got, axis=1), model(tokens, pos),
-                             atol=1e-5, rtol=0)
+  got, _ = decode_steps(model, tokens, n_prompt)
+  np.testing.assert_allclose(got, model(tokens, pos), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize('overrides,words', [

@@ -260,8 +260,8 @@ def _check_flash(config, used) -> None:
     return
   for member in far.active(m):
     why = member.kernel_refusal(m)
-    field = (f'config.model.{member.name}.{member.far_switch}'
-             if member.far(m) is not None else f'config.model.{member.name}')
+    field = (far.far_switch_field(member) if member.far(m) is not None
+             else f'config.model.{member.name}')
     require(why is None,
             f"config.model.attention='flash' cannot compute "
             f'{member.summary} ({field}): {why}. Use '

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from lmx.errors import ConfigError
 from lmx.config.fields import (Field, changed, check_section, require,
                                section_defaults)
 from lmx.model.masks import Mask
@@ -200,9 +201,10 @@ class Member:
 
   @classmethod
   def kernel_refusal(cls, model_cfg) -> Optional[str]:
-    """Why a fused kernel cannot compute attention with it, or None."""
-    del model_cfg
-    return None
+    """Why a fused kernel cannot compute attention with it, or None: the
+    kernel computes one logit branch, so a member whose ``far`` gives a
+    second one cannot run there."""
+    return FAR_REFUSAL if cls.far(model_cfg) is not None else None
 
   @classmethod
   def configure(cls, model_cfg, train_len: int, length: int,
@@ -254,10 +256,6 @@ class ReRoPE(Member):
   def far(cls, model_cfg):
     s = model_cfg.rerope
     return Clamp(int(s.window), float(s.leak))
-
-  @classmethod
-  def kernel_refusal(cls, model_cfg):
-    return FAR_REFUSAL
 
   @classmethod
   def configure(cls, model_cfg, train_len, length, leaky=False, logn=False):
@@ -316,10 +314,6 @@ class LMInfinite(Member):
     return Mask(n_global=int(lm.n_global), n_local=int(lm.n_local))
 
   @classmethod
-  def kernel_refusal(cls, model_cfg):
-    return FAR_REFUSAL if cls.far(model_cfg) is not None else None
-
-  @classmethod
   def configure(cls, model_cfg, train_len, length):
     """``n_global = 10``, ``n_local = L - 10``, distance limit ``L``."""
     del length
@@ -367,10 +361,6 @@ class SelfExtendMember(Member):
   def far(cls, model_cfg):
     s = model_cfg.self_extend
     return SelfExtend(int(s.window), int(s.group))
-
-  @classmethod
-  def kernel_refusal(cls, model_cfg):
-    return FAR_REFUSAL
 
   @classmethod
   def configure(cls, model_cfg, train_len, length):
@@ -461,10 +451,11 @@ def far_field(model_cfg) -> str:
   window'``), or '' without one: for the rules of other components (a
   scaling that a second branch cannot follow)."""
   m = far_member(model_cfg)
-  return '' if m is None else _far_field(m)
+  return '' if m is None else far_switch_field(m)
 
 
-def _far_field(member: type[Member]) -> str:
+def far_switch_field(member: type[Member]) -> str:
+  """The field that switches ``member``'s far branch on."""
   return f'config.model.{member.name}.{member.far_switch}'
 
 
@@ -476,17 +467,18 @@ def check(model_cfg, used: dict[str, type]) -> None:
   for member in REGISTRY.values():
     section = member.section(model_cfg)
     check_section(section, f'config.model.{member.name}', member.FIELDS)
-    if not member.active(model_cfg):
-      extra = [f for f in changed(section, member.FIELDS)
-               if f != member.switch]
-      require(not extra,
-              f'config.model.{member.name}.{extra[0] if extra else ""}'
-              f'={section[extra[0]] if extra else ""!r} acts only with '
-              f'{member.summary}, which is off: set {switch_field(member)} '
-              f'too, or leave {", ".join(extra)} at its default.')
+    extra = ([] if member.active(model_cfg) else
+             [f for f in changed(section, member.FIELDS)
+              if f != member.switch])
+    if extra:
+      raise ConfigError(
+          f'config.model.{member.name}.{extra[0]}={section[extra[0]]!r} '
+          f'acts only with {member.summary}, which is off: set '
+          f'{switch_field(member)} too, or leave {", ".join(extra)} at its '
+          'default.')
   fars = [m for m in active(model_cfg) if m.far(model_cfg) is not None]
   require(len(fars) < 2,
-          f'{" and ".join(_far_field(m) for m in fars[:2])} both rescore '
-          'distant pairs with a second branch; set one of them to 0.')
+          f'{" and ".join(far_switch_field(m) for m in fars[:2])} both '
+          'rescore distant pairs with a second branch; set one of them to 0.')
   for member in active(model_cfg):
     member.check(model_cfg, used)
