@@ -9,6 +9,7 @@ import jax
 import pytest
 
 from configs import base
+import helpers
 
 # Every compile is cached, however small or quick: on the CPU the tiny
 # models' steps compile in well under JAX's default threshold of a second.
@@ -75,11 +76,5 @@ def tiny_rope_run(tmp_path_factory, cache_dir):
   """A tiny RoPE run trained in this process to step 4, checkpoints at 2 and
   4: (workdir, config). Shared by every module that reads a finished run; a
   test that changes it works on a copy (``shutil.copytree``)."""
-  from lmx.training import trainer  # pylint: disable=g-import-not-at-top
-  c = base.get_config('size=tiny')
-  c.model.position = 'rope'
-  c.data.cache_dir = cache_dir
-  c.train.steps, c.train.checkpoint_every = 4, 2
-  workdir = str(tmp_path_factory.mktemp('tiny_rope_run') / 'run')
-  trainer.train(c, workdir, progress=False)
-  return workdir, c
+  return helpers.train_tiny(tmp_path_factory, cache_dir, 'rope',
+                            'tiny_rope_run')

@@ -37,3 +37,17 @@ def decode_steps(model, tokens, n_prompt):
     logits, cache = model.decode(tokens[:, i:i + 1], pos[:, i:i + 1], cache)
     decoded.append(logits)
   return jnp.concatenate(decoded, axis=1), cache
+
+
+def train_tiny(tmp_path_factory, cache_dir, position: str, name: str):
+  """A tiny run of ``position`` trained in this process to step 4,
+  checkpoints at 2 and 4, in a fresh folder named after ``name``:
+  (workdir, config)."""
+  from lmx.training import trainer  # pylint: disable=g-import-not-at-top
+  c = base.get_config('size=tiny')
+  c.model.position = position
+  c.data.cache_dir = cache_dir
+  c.train.steps, c.train.checkpoint_every = 4, 2
+  workdir = str(tmp_path_factory.mktemp(name) / 'run')
+  trainer.train(c, workdir, progress=False)
+  return workdir, c

@@ -24,6 +24,7 @@ from lmx.training import trainer
 from lmx.data import corpus, store, tokenizer
 from lmx.errors import CheckpointError, ConfigError, DataError
 from scripts import ROOT, run, run_here
+import helpers
 
 
 def _one_line(e) -> str:
@@ -35,14 +36,8 @@ def _one_line(e) -> str:
 @pytest.fixture(scope='module')
 def finished_run(tmp_path_factory, cache_dir):
   """A tiny alibi run trained to step 4, checkpoints at 2 and 4."""
-  from configs import base
-  c = base.get_config('size=tiny')
-  c.model.position = 'alibi'
-  c.data.cache_dir = cache_dir
-  c.train.steps, c.train.checkpoint_every = 4, 2
-  workdir = str(tmp_path_factory.mktemp('bad_input') / 'run')
-  trainer.train(c, workdir, progress=False)
-  return workdir, c
+  return helpers.train_tiny(tmp_path_factory, cache_dir, 'alibi',
+                            'bad_input')
 
 
 def _copy(finished_run, tmp_path):
