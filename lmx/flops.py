@@ -13,7 +13,8 @@ the forward, so training is 3x the forward. Per token, the forward does
 * ``2 N`` in the weight matmuls, N their weights: per layer ``4 d^2`` (the
   fused q, k, v projection ``d x 3d`` and the output ``d x d``) and
   ``2 d f`` (the MLP's ``d x f`` and ``f x d``), and the LM head ``d V``
-  (tied or not, its product is done). The embedding lookup, norms, biases,
+  (tied or not, its product is done); with gated attention, its gate's
+  ``d x Hk`` (elementwise) or ``d x H`` (headwise) per layer. The embedding lookup, norms, biases,
   position encodings and softmax are not counted.
 * ``4 T d`` per layer in attention: ``q k^T`` and ``a v`` are ``T d``
   multiply-adds each for a query over all T keys. The full ``T x T``
@@ -35,6 +36,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from lmx import gpus
+from lmx.model import gating
 
 # Dense bfloat16 peak FLOP/s per chip, from the system-architecture pages of
 # the Cloud TPU documentation (docs.cloud.google.com/tpu/docs/v5e, /v5p,
@@ -56,9 +58,13 @@ def _field(m: Any, name: str) -> int:
 
 
 def matmul_params(m: Any) -> int:
-  """N: the weights of the model's matmuls (module docstring)."""
+  """N: the weights of the model's matmuls (module docstring), gated
+  attention's ``W_theta`` included (``lmx.model.gating``)."""
   d, f = _field(m, 'd_model'), _field(m, 'mlp_dim')
-  return (_field(m, 'num_layers') * (4 * d * d + 2 * d * f)
+  kind = m.get('attention_gate', 'off') if hasattr(m, 'get') else 'off'
+  h = _field(m, 'num_heads') if kind != 'off' else 1
+  gate = d * gating.gate_width(kind, h, d // h)
+  return (_field(m, 'num_layers') * (4 * d * d + 2 * d * f + gate)
           + d * _field(m, 'vocab_size'))
 
 

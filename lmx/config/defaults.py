@@ -27,6 +27,7 @@ from lmx.model import layer_plan
 from lmx import positions
 from lmx.data import tasks
 from lmx.errors import ConfigError
+from lmx.positions import dape as score_adapter
 from lmx.positions import far
 from lmx.positions import length_scaling
 from lmx.positions import sampling as sampling_lib
@@ -175,6 +176,11 @@ def get_config(arg: str | None = None,
   # Length scaling (kind: off | logn | ssmax | llama4) and the settings of
   # each: lmx/positions/length_scaling.py.
   c.model.length_scaling = length_scaling.default_config()
+  # A score adapter of the logits (kind: off | dape) and its settings:
+  # lmx/positions/dape.py. Gated attention (off | elementwise | headwise):
+  # lmx/model/gating.py.
+  c.model.score_adapter = score_adapter.default_config()
+  c.model.attention_gate = 'off'
   # Per-layer encodings, sliding windows and length scalings (tuples; ()
   # = every layer as the model-level setting; a pattern whose length
   # divides num_layers repeats): lmx/model/layer_plan.py, configs/hwfa.py.

@@ -16,6 +16,7 @@ betas are below 1 so that ``1 - beta^t`` never vanishes.
 from __future__ import annotations
 
 from lmx.config.fields import Field
+from lmx.model import gating
 
 # Positions and steps are int32 on the device.
 INT32_MAX = 2**31 - 1
@@ -50,6 +51,9 @@ MODEL = {
                              'CPU', lo=0),
     'accelerator_chunk_threshold': Field(int, 'the same on a GPU or TPU',
                                          lo=0),
+    'attention_gate': Field(str, "gated attention's sigmoid gate on each "
+                            "head's output (lmx.model.gating)",
+                            choices=tuple(gating.KINDS)),
 }
 
 TRAIN = {

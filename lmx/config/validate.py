@@ -18,6 +18,7 @@ from lmx.config.fields import Fields, check_section, require
 from lmx.data import subword
 from lmx.data import tasks
 from lmx.errors import ConfigError
+from lmx.positions import dape as score_adapter
 from lmx.positions import far
 from lmx.positions import length_scaling
 from lmx.positions import sampling as sampling_lib
@@ -302,6 +303,7 @@ def _check_attention(config, used) -> None:
            if tuple(m.layers.length_scaling) else
            f'config.model.length_scaling.kind={m.length_scaling.kind!r}')
   length_scaling.check(m, kinds, where)
+  score_adapter.check(m, used)
   _check_flash(config, used)
 
 

@@ -123,7 +123,8 @@ class Call(NamedTuple):
   its ``kernel_bias``), or None; ``content``: its ``ContentTerm`` over
   these queries and keys, or None; ``prefix``: sink slots, or None;
   ``logit_scale``: each query's scores times it (SSMax, ``[B, H, T]``), or
-  None."""
+  None; ``adapt(logits, bias)``: a score adapter's map of the logits and
+  the bias to the logits, pair by pair (``lmx.positions.dape``), or None."""
   near: Branch
   v: jax.Array       # [B, S, H, K]
   far: Optional[Branch] = None
@@ -132,6 +133,7 @@ class Call(NamedTuple):
   content: Any = None
   prefix: Optional[Prefix] = None
   logit_scale: Optional[jax.Array] = None
+  adapt: Optional[Callable] = None
 
 
 QK_NORM_EPS = 1e-5   # Llama 4's rms_norm_eps, which its qk-norm uses
@@ -177,13 +179,14 @@ def _content_slice(term, q_lo: int, q_len: int, k_lo: int, k_len: int,
 
 def _branch_logits(br: Branch, bias_fn: Optional[BiasFn], scale: float,
                    content: Optional[Content] = None,
-                   logit_scale: Optional[jax.Array] = None):
+                   logit_scale: Optional[jax.Array] = None, adapt=None):
   logits = jnp.einsum('bthk,bshk->bhts', br.q, br.k,
                       preferred_element_type=jnp.float32) * scale
-  if bias_fn is not None:
-    bias = bias_fn(br.q_pos, br.k_pos)
-    if bias is not None:
-      logits = logits + bias.astype(jnp.float32)
+  bias = bias_fn(br.q_pos, br.k_pos) if bias_fn is not None else None
+  if adapt is not None:   # a score adapter: (A, B) -> the logits, per pair
+    logits = adapt(logits, bias)
+  elif bias is not None:
+    logits = logits + bias.astype(jnp.float32)
   if content is not None:
     term = content.term
     logits = logits + term.fn(positions_base.Tile(
@@ -205,11 +208,12 @@ def _far_pairs(near: Branch, window: int) -> jax.Array:
 
 def _scores(near: Branch, far: Optional[Branch], window: int,
             bias_fn: Optional[BiasFn], content: Optional[Content] = None,
-            logit_scale: Optional[jax.Array] = None) -> jax.Array:
+            logit_scale: Optional[jax.Array] = None, adapt=None) -> jax.Array:
   scale = near.q.shape[-1] ** -0.5
-  logits = _branch_logits(near, bias_fn, scale, content, logit_scale)
+  logits = _branch_logits(near, bias_fn, scale, content, logit_scale, adapt)
   if far is not None:
-    far_logits = _branch_logits(far, bias_fn, scale, content, logit_scale)
+    far_logits = _branch_logits(far, bias_fn, scale, content, logit_scale,
+                                adapt)
     logits = jnp.where(_far_pairs(near, window), far_logits, logits)
   return logits
 
@@ -259,7 +263,8 @@ def scores(spec: Spec, call: Call, visible_TxS: Optional[jax.Array] = None,
     t, s = call.near.q.shape[1], call.near.k.shape[1]
     visible_TxS = spec.mask(jnp.arange(t) + (s - t), jnp.arange(s))
   return _scores(call.near, call.far, spec.far_from, call.bias_fn,
-                 _whole(call, visible_TxS, k_idx_S), call.logit_scale)
+                 _whole(call, visible_TxS, k_idx_S), call.logit_scale,
+                 call.adapt)
 
 
 def masked_scores(spec: Spec, call: Call, visible_TxS: jax.Array,
@@ -327,6 +332,8 @@ def _warn_once(message: str) -> None:
 
 CONTENT_REFUSAL = ('the encoding adds a content-dependent score term '
                    '(content), which a fused kernel does not compute')
+ADAPT_REFUSAL = ('a score adapter (config.model.score_adapter) transforms '
+                 'the logits, which a fused kernel does not compute')
 
 
 class Backend:
@@ -390,7 +397,8 @@ class Dense(Backend):
       content_part = _content_slice(content, lo, hi - lo, 0, offset + hi,
                                     visible, k_idx)
       logits = jnp.where(visible, _scores(near_part, far_part, window, bias_fn,
-                                         content_part, ls), NEG_INF)
+                                         content_part, ls, call.adapt),
+                         NEG_INF)
       part_prefix = None if prefix is None else Prefix(
           prefix.logits[:, :, lo:hi], prefix.v)
       outs.append(attend(logits, v_BxSxHxK[:, :offset + hi], part_prefix,
@@ -499,9 +507,11 @@ class Chunked(Backend):
         k_idx = jax.lax.dynamic_slice_in_dim(k_idx_all, k0, bk)
         visible = mask(q_idx, k_idx)
         part = _content_slice(content, q0, bq, k0, bk, visible, k_idx)
-        logits = (_scores(tile, far_tile, window, bias_fn, part, ls_t)
+        logits = (_scores(tile, far_tile, window, bias_fn, part, ls_t,
+                          call.adapt)
                   if far_tile is not None
-                  else _branch_logits(tile, bias_fn, scale, part, ls_t))
+                  else _branch_logits(tile, bias_fn, scale, part, ls_t,
+                                      call.adapt))
         logits = jnp.where(visible, logits, NEG_INF)
         m_new = jnp.maximum(m, logits.max(axis=-1))
         p = jnp.where(visible, jnp.exp(logits - m_new[..., None]), 0.0)
@@ -578,6 +588,8 @@ class Cudnn(Backend):
       return f'the platform is {jax.default_backend()}, not gpu'
     if call.content is not None:
       return CONTENT_REFUSAL
+    if call.adapt is not None:
+      return ADAPT_REFUSAL
     if call.prefix is not None:
       return SINK_REFUSAL
     q_dtype, head_dim = call.near.q.dtype, call.near.q.shape[-1]
@@ -633,6 +645,8 @@ class Flash(Backend):
     platform = ops.platform()
     if call.content is not None:
       return CONTENT_REFUSAL
+    if call.adapt is not None:
+      return ADAPT_REFUSAL
     if call.prefix is not None:
       return SINK_REFUSAL
     if call.far is not None:

@@ -38,10 +38,12 @@ import ml_collections
 from flax import nnx
 
 from lmx.model import attention
+from lmx.model import gating
 from lmx.model import kv_cache
 from lmx.model import layer_plan
 from lmx.model import ops
 from lmx import positions as positions_lib
+from lmx.positions import dape as score_adapter
 from lmx.positions import far as far_lib
 from lmx import sharding
 from lmx.model.kv_cache import LayerCache
@@ -144,6 +146,36 @@ class Attention(nnx.Module):
       if values:
         slots.append((member.name, tuple(values)))
     self.slots = tuple(slots)
+    # A score adapter's per-layer parameters (DAPE's MLP: dape_w1, ...).
+    self.adapter = score_adapter.build(cfg)
+    values = (self.adapter.init_params(h, rngs.params())
+              if self.adapter.active else {})
+    for name, value in values.items():
+      setattr(self, f'{self.adapter.param}_{name}', nnx.Param(value))
+    self.adapter_params = tuple(values)
+    # Gated attention's W_theta (lmx.model.gating), only when on.
+    width = gating.gate_width(cfg.get('attention_gate', 'off'), h,
+                              self.head_dim)
+    if width:
+      self.out_gate = nnx.Linear(d, width, use_bias=False, dtype=dtype,
+                                 rngs=rngs)
+
+  def _adapt(self):
+    """The score adapter's map of (logits, bias) with this layer's
+    parameters, or None."""
+    if not self.adapter.active:
+      return None
+    return self.adapter.adapt({
+        n: getattr(self, f'{self.adapter.param}_{n}')[...]
+        for n in self.adapter_params})
+
+  def _output(self, x_BxTxD, out_BxTxHxK):
+    """The heads' outputs, gated where the layer has a gate, merged and
+    projected: ``[B, T, D]``."""
+    b, t = out_BxTxHxK.shape[:2]
+    if hasattr(self, 'out_gate'):
+      out_BxTxHxK = gating.gate(out_BxTxHxK, ops.dense(self.out_gate, x_BxTxD))
+    return ops.dense(self.out, out_BxTxHxK.reshape(b, t, -1))
 
   def prefix(self, q_BxTxHxK) -> Optional[far_lib.Prefix]:
     """The slots before the keys for these (turned) queries, or None."""
@@ -218,7 +250,8 @@ class Attention(nnx.Module):
   def _call(self, near, far, v, content, logit_scale) -> attention.Call:
     return attention.Call(near, v, far, bias_fn=self.position.bias,
                           encoding=self.position, content=content,
-                          prefix=self.prefix(near.q), logit_scale=logit_scale)
+                          prefix=self.prefix(near.q), logit_scale=logit_scale,
+                          adapt=self._adapt())
 
   def __call__(self, x_BxTxD, positions_BxT, probe: Optional[Probe] = None):
     """``[B, T, D]``: attention over the sequence itself, through the
@@ -240,7 +273,7 @@ class Attention(nnx.Module):
       probe.record_attention(logits, self.spec.mask(idx_T, idx_T))
     else:
       out_BxTxHxK = attention.attention(self.spec, call)
-    return ops.dense(self.out, out_BxTxHxK.reshape(b, t, -1))
+    return self._output(x_BxTxD, out_BxTxHxK)
 
   def decode(self, x_BxTxD, positions_BxT, cache: LayerCache):
     """``(out [B, T, D], (k, v, aux) of the cache with this call's
@@ -277,7 +310,7 @@ class Attention(nnx.Module):
       out_BxTxHxK, _ = attention.explicit(
           self.spec, self._call(near, far, v_all, content, logit_scale),
           cache.new_idx, k_idx)
-    return ops.dense(self.out, out_BxTxHxK.reshape(b, t, -1)), stored
+    return self._output(x_BxTxD, out_BxTxHxK), stored
 
 
 def _content_shapes(attn: 'Attention', batch: int):
