@@ -61,8 +61,8 @@ def matmul_params(m: Any) -> int:
   """N: the weights of the model's matmuls (module docstring), gated
   attention's ``W_theta`` included (``lmx.model.gating``)."""
   d, f = _field(m, 'd_model'), _field(m, 'mlp_dim')
-  kind = m.get('attention_gate', 'off') if hasattr(m, 'get') else 'off'
-  h = _field(m, 'num_heads') if kind != 'off' else 1
+  kind = m.get('attention_gate', gating.OFF)
+  h = _field(m, 'num_heads') if kind != gating.OFF else 1
   gate = d * gating.gate_width(kind, h, d // h)
   return (_field(m, 'num_layers') * (4 * d * d + 2 * d * f + gate)
           + d * _field(m, 'vocab_size'))

@@ -127,6 +127,8 @@ NOT_A_MEMBER = {
     # config.model.remat='off': no rematerialisation (not a length scaling).
     ('lmx.model.transformer', "'off'"),
     ('lmx.config.defaults', "'off'"),
+    # config.model.attention_gate='off': no gate (not a length scaling).
+    ('lmx.model.gating', "'off'"),
 }
 
 

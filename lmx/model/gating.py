@@ -34,7 +34,8 @@ import jax.numpy as jnp
 
 # config.model.attention_gate -> the gate's outputs per head (0: no gate;
 # None: one per channel of the head).
-KINDS = {'off': 0, 'elementwise': None, 'headwise': 1}
+OFF = 'off'
+KINDS = {OFF: 0, 'elementwise': None, 'headwise': 1}
 
 
 def gate_width(kind: str, num_heads: int, head_dim: int) -> int:

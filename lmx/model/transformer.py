@@ -154,7 +154,7 @@ class Attention(nnx.Module):
       setattr(self, f'{self.adapter.param}_{name}', nnx.Param(value))
     self.adapter_params = tuple(values)
     # Gated attention's W_theta (lmx.model.gating), only when on.
-    width = gating.gate_width(cfg.get('attention_gate', 'off'), h,
+    width = gating.gate_width(cfg.get('attention_gate', gating.OFF), h,
                               self.head_dim)
     if width:
       self.out_gate = nnx.Linear(d, width, use_bias=False, dtype=dtype,
