@@ -1,8 +1,8 @@
 """RoPE with gated attention (Qiu et al. 2025, "Gated Attention for Large
 Language Models: Non-linearity, Sparsity, and Attention-Sink-Free"): each
 head's attention output times ``sigmoid(x W_theta)``, a gate per channel
-computed from the layer's input (their elementwise G1;
-``lmx/model/gating.py``).
+computed from the layer's input (the elementwise gate at their position
+G1; ``lmx/model/gating.py``).
 
     python train.py --config=configs/gated.py
     python eval.py --workdir=runs/gated

@@ -1,9 +1,10 @@
 """Gated attention: ``config.model.attention_gate``.
 
 Qiu et al. 2025, "Gated Attention for Large Language Models:
-Non-linearity, Sparsity, and Attention-Sink-Free" (section 2, eq. 5; the
-G1 position of their Table 1): each head's output of the scaled dot-product
-attention is multiplied by a sigmoid gate computed from the layer's input,
+Non-linearity, Sparsity, and Attention-Sink-Free"; the gate at their
+position G1, after the scaled dot-product attention): each head's output
+of the attention is multiplied by a sigmoid gate computed from the layer's
+input,
 
     Y' = Y * sigmoid(X W_theta),
 
@@ -11,7 +12,7 @@ attention is multiplied by a sigmoid gate computed from the layer's input,
 pre-norm). The gate is head-specific and query-dependent:
 
 * ``elementwise``: ``W_theta: d_model -> H * K``, a gate per channel of
-  each head (their best variant, ``elementwise_attn_output_gate``);
+  each head (``elementwise_attn_output_gate`` in their code);
 * ``headwise``: ``W_theta: d_model -> H``, one gate per head, the same for
   its ``K`` channels (``headwise_attn_output_gate``);
 * ``off``: no gate, the model as before.

@@ -4,7 +4,7 @@ before the mask and the softmax. Members:
 
 * ``off``: nothing (the logits are ``A + B``).
 * ``dape``: DAPE (Zheng et al., NeurIPS 2024, "DAPE: Data-Adaptive
-  Positional Encoding for Length Extrapolation", eq. 3 and section 3): the
+  Positional Encoding for Length Extrapolation", section 3): the
   logits ``A`` (``q . k / sqrt(K)``) and the encoding's bias ``B`` of one
   (query, key) pair, each a vector over the ``H`` heads, go through a small
   MLP across heads, and the logits become
@@ -14,7 +14,8 @@ before the mask and the softmax. Members:
   ``W1: 2H -> D``, ``W2: D -> H`` (``D = dape_width``, 32 in the paper and in
   every config of its code).
 
-The form follows the authors' released code (github.com/chuanyang-Zheng/
+The paper writes the adapted score as the logits plus the bias plus an
+MLP of both; the exact form follows the authors' released code (github.com/chuanyang-Zheng/
 DAPE, ``megatron/model/positional_embeddings.py``: ``AliBi_C``,
 ``ParallelKerpleLog_C``, ``FIRE_C``, the DAPE of the paper under its first
 name, CAPE), where the paper's equation leaves details open:
