@@ -11,14 +11,15 @@ before the mask and the softmax. Members:
 
       A + B + f([A; B]),   f(z) = W2 LeakyReLU(W1 z + b1) + b2,
 
-  ``W1: 2H -> D``, ``W2: D -> H`` (``D = dape_width``, 32 in the paper and in
-  every config of its code).
+  ``W1: 2H -> D``, ``W2: D -> H`` (``D = dape_width``, 32 as in the configs
+  of its code, ``mlp_width``).
 
 The paper writes the adapted score as the logits plus the bias plus an
-MLP of both; the exact form follows the authors' released code (github.com/chuanyang-Zheng/
-DAPE, ``megatron/model/positional_embeddings.py``: ``AliBi_C``,
-``ParallelKerpleLog_C``, ``FIRE_C``, the DAPE of the paper under its first
-name, CAPE), where the paper's equation leaves details open:
+MLP of both; the exact form follows the authors' released code
+(github.com/chuanyang-Zheng/DAPE, ``megatron/model/positional_embeddings.py``:
+``AliBi_C``, ``ParallelKerpleLog_C``, ``FIRE_C``, named after the method's
+earlier name, CAPE; ``DAPE.py`` holds the same forms), where the paper's
+equation leaves details open:
 
 * the residual keeps the bias: ``x + bias + mlp2(cat(x, bias))``, with the
   logits first in the concatenation;
@@ -36,6 +37,13 @@ name, CAPE), where the paper's equation leaves details open:
   hook); an encoding without one (RoPE, NoPE, ...) is refused with a
   ConfigError. (The code's ``Nope_C``/``DAPEV1`` run an MLP over ``A`` alone
   for NoPE and RoPE; that form is not offered.)
+
+Where lmx departs from the code: the MLP runs in float32 whatever the
+compute dtype (the code's configs run it in float16); the base encodings
+are lmx's own (``FIRE_C`` also swaps FIRE's own MLP activation from ReLU
+to LeakyReLU, which lmx's ``fire`` does not follow); the code's ALiBi and
+KERPLE give the future pairs a zero bias where lmx's give ``|i - j|``'s,
+which the mask hides either way.
 
 Because ``f`` acts on one pair at a time, the chunked backend computes it
 tile by tile (no ``T x S`` array beyond a visible tile), decoding with a
