@@ -148,7 +148,7 @@ from collections.abc import Callable, Sequence
 import ml_collections
 import numpy as np
 
-from lmx.data import tokenizer
+from lmx.data import aggregation, babilong, tokenizer
 from lmx.data.windows import step_rng
 from lmx.positions import sample_positions
 from lmx.positions import sampling as sampling_lib
@@ -184,7 +184,9 @@ VT_VALUE = 'VAR {} = {}. '
 VT_HOP = 'VAR {} = VAR {}. '
 VT_QUESTION = 'which variables are assigned the value {}? '
 # Tasks whose prompt ends with a question (``? ``) instead of ``=``.
-QUESTION_TASKS = ('passkey', 'multi_key_niah', 'variable_tracking')
+QUESTION_TASKS = ('passkey', 'multi_key_niah', 'variable_tracking',
+                  'babilong_qa1', 'babilong_qa2', 'babilong_count',
+                  'common_words', 'frequent_words')
 # Tasks whose operands and answer are digits mod task.modulus.
 MODULAR = ('modular_arithmetic', 'solve_equation',
            'modular_arithmetic_brackets')
@@ -196,7 +198,9 @@ class Task:
 
   ``make(rng, n, task_cfg, depth) -> (prompt, answer)`` strings;
   ``len(prompt + answer) == per * n + extra`` for every example;
-  ``limit(task_cfg)``: the largest n the format can express (None: no limit).
+  ``limit(task_cfg)``: the largest n the format can express (None: no limit);
+  ``limit_message(task_cfg, n, limit)``: why n is too long, where the reason
+  is not the number of distinct keys (None: it is).
   """
   name: str
   make: Callable
@@ -204,6 +208,7 @@ class Task:
   extra: int
   limit: Callable = lambda tc: None
   doc: str = ''
+  limit_message: Callable | None = None
 
 
 def _symbols(rng, n, tc) -> str:
@@ -697,6 +702,24 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          + len(VT_QUESTION.format('0' * 5))
          + (VT_HOPS + 1) * (VT_LETTERS + 1) - 1,
          doc='filler with a chain of assignments, value?=the variables'),
+    # BABILong (Kuratov et al. 2024): lmx.data.babilong.
+    Task('babilong_qa1', babilong.make('babilong_qa1', _haystack), SENTENCE,
+         babilong.extra('babilong_qa1'),
+         doc='filler with moves, where is a person?=their last place'),
+    Task('babilong_qa2', babilong.make('babilong_qa2', _haystack), SENTENCE,
+         babilong.extra('babilong_qa2'),
+         doc='filler with moves, pick-ups, drops, where is an object?=place'),
+    Task('babilong_count', babilong.make('babilong_count', _haystack),
+         SENTENCE, babilong.extra('babilong_count'),
+         doc='filler with pick-ups and drops, how many held?=digit'),
+    # RULER's aggregation (Hsieh et al. 2024): lmx.data.aggregation.
+    Task('common_words', aggregation.common_words, aggregation.cwe_per(),
+         aggregation.cwe_extra(), limit=aggregation.cwe_limit,
+         limit_message=aggregation.cwe_limit_message,
+         doc='numbered list of words, 4 most common?=them, first seen first'),
+    Task('frequent_words', aggregation.frequent_words, aggregation.fwe_per(),
+         aggregation.fwe_extra(),
+         doc='Zipf-distributed words, 3 most frequent?=them, by frequency'),
 )}
 
 
@@ -807,6 +830,10 @@ def check(config) -> str | None:
       bad, what = tc.train_max_length, 'train_max_length'
     else:
       bad, what = longest, 'longest evaluation length'
+    why = get_task(tc.name).limit_message
+    if why is not None:
+      return (f'{why(tc, bad, limit)} (config.task {what}: lower it, or '
+              'task.eval_lengths / eval_multiple).')
     half = ' (mqar: half are keys, half values)' if tc.name == 'mqar' else ''
     return (f'{tc.name} length {bad} (config.task {what}) needs {bad} '
             f'distinct keys, but config.task.alphabet_size={tc.alphabet_size} '
@@ -828,6 +855,9 @@ def alphabet_problem(tc, n: int) -> str | None:
   limit = get_task(tc.name).limit(tc)
   if limit is None or n <= limit:
     return None
+  why = get_task(tc.name).limit_message
+  if why is not None:
+    return f'{why(tc, n, limit)}.'
   half = ' (mqar: half are keys, half values)' if tc.name == 'mqar' else ''
   return (f'{tc.name} length {n} needs {n} distinct keys, but '
           f'config.task.alphabet_size={tc.alphabet_size} gives only '
