@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from lmx.data import tasks
+from lmx.evaluation import task_accuracy
+from lmx.training import run_state, trainer
 
 NAMES = ('babilong_qa1', 'babilong_qa2', 'babilong_count')
 FACT_RE = re.compile(r'([a-z]{4}) (moved to|picked up|discarded) the '
@@ -196,8 +198,6 @@ def test_deterministic_per_seed_and_split(name):
 def test_a_tiny_model_trains_and_is_scored():
   """The task's batches through the jitted train step, then the task
   evaluator's exact match on the trained parameters."""
-  from lmx.evaluation import task_accuracy  # pylint: disable=g-import-not-at-top
-  from lmx.training import run_state, trainer  # pylint: disable=g-import-not-at-top
   c = _config('babilong_qa2')
   tx = run_state.make_optimizer(c.train)
   graphdef, params = run_state.init_model(c)

@@ -16,4 +16,5 @@ from configs.tasks import task_config
 
 
 def get_config(arg=None):
-  return task_config('frequent_words', arg, train_max_length=8, eval_examples=16)
+  return task_config('frequent_words', arg, train_max_length=8,
+                     eval_examples=16)
