@@ -132,6 +132,14 @@ bit in the prompt. mqar splits the first ``task.alphabet_size`` symbols in
 halves, keys and values, as Zoology splits its vocabulary, so n is at most
 ``alphabet_size // 2``. ``task.flip_flop_p_ignore`` is the p of FFL(p).
 
+Reasoning and aggregation in a haystack, each in a module of its own:
+BABILong-style bAbI stories among the passkey filler (``babilong_qa1``,
+``babilong_qa2``, ``babilong_count``; ``lmx.data.babilong``: facts of 26
+bytes, n counts filler sentences) and RULER's common- and frequent-word
+extraction (``common_words``, ``frequent_words``; ``lmx.data.aggregation``:
+n counts words seen once, and blocks of 16 words). Their prompts end with a
+question (``? ``); a several-word answer is written as variable_tracking's.
+
 Randomness: a training batch is a pure function of ``(config.seed, step)``
 (``lmx.data.windows.step_rng``) and each example draws its own length
 uniformly from ``[train_min_length, train_max_length]``. An evaluation batch
