@@ -148,6 +148,38 @@ def test_facts_are_scattered_at_random_depths(name):
     assert abs(gaps[g] / total - 1 / (n + 1)) < 0.03
 
 
+def _shortcuts(name, prompt):
+  """Answers a model could give without combining the facts right."""
+  facts, asked, _ = parse(name, prompt)
+  last_place = [t for _, v, t in facts if v == 'moved to'][-1]
+  if name == 'babilong_qa1':  # the last move of anyone; the asked one's first
+    first = [t for w, _, t in facts if w == asked][0]
+    return {'last move': last_place, 'first move': first}
+  if name == 'babilong_qa2':  # the last move of anyone; where it was taken
+    taken = None
+    for w, v, t in facts:
+      if v == 'picked up' and t == asked:
+        taken = simulate(facts[:facts.index((w, v, t)) + 1])[0][w]
+    return {'last move': last_place, 'where taken': taken}
+  gets = sum(1 for w, v, _ in facts if w == asked and v == 'picked up')
+  return {'pick-ups only': str(gets)}
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_shortcuts_fail_often(name):
+  """The distractors and superseded facts matter: each shortcut is wrong on
+  a good share of examples (and right on some, so they are real)."""
+  tc = _config(name).task
+  rng = np.random.default_rng(8)
+  right = Counter()
+  for _ in range(300):
+    prompt, answer = tasks.example(tc, 4, rng)
+    for what, guess in _shortcuts(name, prompt).items():
+      right[what] += guess == answer
+  for what, hits in right.items():
+    assert 0 < hits < 0.8 * 300, (what, hits)
+
+
 HAND = [  # worked by hand
     ('babilong_qa1',
      'mary moved to the garden. grass is green. john moved to the office. '
