@@ -76,6 +76,11 @@ def main(argv):
         f'{results["eval_sampling"]} positions), step {results["step"]}',
         overrides, width=None) + ':')
     print(evaluation.format_table(results))
+    if results.get('longppl'):
+      print('LongPPL (Fang et al. 2025, self-contrast):')
+      print(evaluation.format_longppl_table(results))
+  if results.get('effective_length'):
+    print(evaluation.format_effective(results))
   generation = results.get('generation')
   if generation is not None:
     print(f'Generation quality ({generation["tokens"]} greedy tokens after '
