@@ -1,5 +1,7 @@
 """Effective length (lmx.evaluation.effective) on hand-made score curves."""
 
+import math
+
 import pytest
 
 from lmx.evaluation import effective
@@ -70,8 +72,8 @@ def test_no_in_distribution_length_and_missing_scores():
 
 def test_of_results_covers_every_length_dependent_score():
   results = {
-      'train_length': 4,
-      'results': [{'length': n, 'accuracy': a}
+      'kind': 'task', 'train_length': 4,
+      'results': [{'length': n, 'accuracy': a, 'loss': 0.1}
                   for n, a in ((2, 1.0), (4, 0.9), (8, 0.8), (16, 0.2))],
       'passkey': {'lengths': [2, 4, 8, 16], 'depths': [0.0, 1.0],
                   'accuracy': [[1.0, 1.0, 1.0, 1.0],
@@ -81,7 +83,7 @@ def test_of_results_covers_every_length_dependent_score():
   assert eff['accuracy']['effective_length'] == 4
   assert eff['accuracy depth 0']['effective_length'] == 16
   assert effective.describe(eff['accuracy depth 1']) == '<4'
-  assert 'perplexity' not in eff
+  assert 'perplexity' not in eff  # a task's answer loss is not gated
   text = effective.format_table(eff)
   assert '| accuracy | 1 (2) | >= 0.85 | 4 | 4 |' in text
 
@@ -89,9 +91,9 @@ def test_of_results_covers_every_length_dependent_score():
 def test_lm_results_use_perplexity_and_longppl():
   results = {
       'train_length': 8,
-      'results': [{'length': 8, 'perplexity': 2.0},
-                  {'length': 16, 'perplexity': 2.2},
-                  {'length': 32, 'perplexity': 3.0}],
+      'results': [{'length': 8, 'loss': math.log(2.0)},
+                  {'length': 16, 'loss': math.log(2.2)},
+                  {'length': 32, 'loss': math.log(3.0)}],
       'sliding': [],
       'longppl': [{'length': 8, 'longppl': None},
                   {'length': 16, 'longppl': 5.0}]}

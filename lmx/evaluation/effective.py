@@ -117,14 +117,22 @@ def describe(e: Optional[dict]) -> str:
   return str(e['effective_length'])
 
 
-# The length-dependent scores of results.json: (name, rows key, metric,
-# higher is better). Perplexity, not loss: the fraction is of a ratio.
+# The length-dependent scores of results.json: (name, kind of run, rows
+# key, metric, higher is better, the score is exp(metric)). Perplexity (exp
+# of the loss), not loss: the fraction is of a ratio of probabilities.
 CURVES = (
-    ('perplexity', 'results', 'perplexity', False),
-    ('sliding perplexity', 'sliding', 'perplexity', False),
-    ('LongPPL', 'longppl', 'longppl', False),
-    ('accuracy', 'results', 'accuracy', True),
+    ('perplexity', 'lm', 'results', 'loss', False, True),
+    ('sliding perplexity', 'lm', 'sliding', 'loss', False, True),
+    ('LongPPL', 'lm', 'longppl', 'longppl', False, False),
+    ('accuracy', 'task', 'results', 'accuracy', True, False),
 )
+
+
+def curve_scores(values, exp: bool) -> list:
+  """The scores of metric ``values`` (None kept): ``exp`` of each for a
+  loss."""
+  return [None if v is None else (math.exp(v) if exp else float(v))
+          for v in values]
 
 
 def of_results(results: dict, fraction: float = NOLIMA_FRACTION) -> dict:
@@ -134,12 +142,15 @@ def of_results(results: dict, fraction: float = NOLIMA_FRACTION) -> dict:
   in-distribution bound."""
   t = int(results['train_length'])
   out = {}
-  for name, rows, metric, higher in CURVES:
+  kind = results.get('kind', 'lm')
+  for name, of_kind, rows, metric, higher, exp in CURVES:
+    if of_kind != kind:
+      continue
     got = [r for r in results.get(rows) or () if metric in r]
     if got:
-      out[name] = effective_length([r['length'] for r in got],
-                                   [r[metric] for r in got], t, fraction,
-                                   higher)
+      out[name] = effective_length(
+          [r['length'] for r in got],
+          curve_scores([r[metric] for r in got], exp), t, fraction, higher)
   pk = results.get('passkey')
   if pk:
     for depth, accs in zip(pk['depths'], pk['accuracy']):
