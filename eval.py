@@ -16,7 +16,13 @@ continuations after each position, lmx.evaluation.generation) and, with
 against distance, PCA of hidden states; lmx.evaluation.ood). A task run
 (configs/tasks/) writes results.json with exact-match accuracy against task
 length, accuracy_vs_length.png and, for passkey, passkey_heatmap.png;
---lengths are then task lengths.
+--lengths are then task lengths. With
+--config.eval.evaluators="('loss','longppl')" results.json adds LongPPL
+(perplexity on the key tokens that need the long context; lmx.evaluation.
+longppl). Every evaluation ends with the effective length of each
+length-dependent score: the longest length keeping
+config.eval.effective_fraction (0.85) of the in-distribution score
+(lmx.evaluation.effective).
 
 With --config.<field> overrides the results go to a folder of their own,
 named from the overrides (<workdir>/eval_<field>=<value>,...), and record
