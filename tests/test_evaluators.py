@@ -190,3 +190,6 @@ def test_longppl_runs_through_evaluate_with_effective_lengths(tiny_config,
   text = evaluation.format_longppl_table(results)
   assert text.count('\n') == 4 and '| 32 | 16 |' in text
   assert 'LongPPL' in evaluation.format_effective(results)
+  tags = evaluation.tensorboard_scalars(saved)
+  assert tags['eval/longppl_key_fraction_len32'] == rows[2]['key_fraction']
+  assert 'eval/longppl_len8' not in tags  # no key token there

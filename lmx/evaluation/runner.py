@@ -48,8 +48,9 @@ __all__ = [
 
 def tensorboard_scalars(results: dict, prefix: str = 'eval') -> dict:
   """``{tag: value}`` of an evaluation, for TensorBoard: ``<prefix>/loss_len
-  <L>`` (and bits_per_byte, perplexity, sliding_loss; accuracy and
-  token_accuracy for a task run), one tag per length."""
+  <L>`` (and bits_per_byte, perplexity, sliding_loss, longppl and
+  longppl_key_fraction; accuracy and token_accuracy for a task run), one
+  tag per length."""
   out = {}
   for r in results['results']:
     for key in ('loss', 'bits_per_byte', 'perplexity', 'accuracy',
@@ -58,6 +59,10 @@ def tensorboard_scalars(results: dict, prefix: str = 'eval') -> dict:
         out[f'{prefix}/{key}_len{r["length"]}'] = r[key]
   for r in results.get('sliding') or ():
     out[f'{prefix}/sliding_loss_len{r["length"]}'] = r['loss']
+  for r in results.get('longppl') or ():
+    if r.get('longppl') is not None:
+      out[f'{prefix}/longppl_len{r["length"]}'] = r['longppl']
+    out[f'{prefix}/longppl_key_fraction_len{r["length"]}'] = r['key_fraction']
   return out
 
 
