@@ -82,16 +82,21 @@ def _tiny(tiny_config, **overrides):
 
 def _naive_short(fn, params, inputs, targets, contexts):
   """The short-context loss of every target p, from a forward pass over
-  exactly its last ``contexts[r, p]`` inputs (NaN where 0), one shape at a
-  time: a construction independent of ``short_windows``."""
+  exactly its last ``contexts[r, p]`` inputs (NaN where 0): each its own
+  row, padded after its target (the model is causal) to one shape. A
+  construction independent of ``short_windows``."""
   out = np.full(inputs.shape, np.nan)
-  for c in np.unique(contexts[contexts > 0]):
-    rs, ps = np.nonzero(contexts == c)
-    x = np.stack([inputs[r, p - c + 1:p + 1] for r, p in zip(rs, ps)])
-    y = np.stack([targets[r, p - c + 1:p + 1] for r, p in zip(rs, ps)])
-    pos = np.broadcast_to(np.arange(c, dtype=np.int32), x.shape)
-    out[rs, ps] = np.asarray(fn(params, x.astype(np.int32), pos,
-                                y.astype(np.int32)))[:, -1]
+  rs, ps = np.nonzero(contexts)
+  cs = contexts[rs, ps]
+  width = int(cs.max())
+  x = np.zeros((len(rs), width), np.int32)
+  y = np.zeros((len(rs), width), np.int32)
+  for i, (r, p, c) in enumerate(zip(rs, ps, cs)):
+    x[i, :c] = inputs[r, p - c + 1:p + 1]
+    y[i, :c] = targets[r, p - c + 1:p + 1]
+  pos = np.broadcast_to(np.arange(width, dtype=np.int32), x.shape)
+  losses = np.asarray(fn(params, x, pos, y))
+  out[rs, ps] = losses[np.arange(len(rs)), cs - 1]
   return out
 
 
@@ -143,3 +148,13 @@ def test_with_the_short_context_as_long_as_the_window_nothing_is_key(
   assert got['candidates'] == row['windows'] and got['stride'] == 1
   assert abs(got['lsd']) < 1e-5
   assert got['key_tokens'] == 0 and got['longppl'] is None
+
+
+@pytest.mark.parametrize('field,value', [('longppl_short', -1),
+                                         ('longppl_stride', -2)])
+def test_a_negative_short_context_or_stride_is_refused(field, value):
+  from lmx.config import defaults, validate
+  c = defaults.get_config()
+  c.eval[field] = value
+  with pytest.raises(validate.ConfigError, match=field):
+    validate.validate(c)
