@@ -252,7 +252,8 @@ def get_config(arg: str | None = None,
   c.eval.batch_tokens = 16384             # tokens per forward pass
   c.eval.position_buckets = 64
   # The evaluators to run, in order (lmx.evaluation.evaluators.EVALUATORS:
-  # loss, sliding, per_position, attention, generation, ood, tasks). Empty:
+  # loss, sliding, per_position, attention, generation, ood, tasks,
+  # longppl). Empty:
   # those the switches below turn on (loss, sliding with `sliding`,
   # per_position, attention with `diagnostics_windows`, generation, ood;
   # tasks for a task run), so configs and saved runs that set them keep
@@ -284,6 +285,19 @@ def get_config(arg: str | None = None,
   c.eval.ood_head = 0
   c.eval.ood_layer = -1
   c.eval.ood_query_rows = 64
+  # LongPPL (Fang et al. 2025; lmx.evaluation.longppl), run when
+  # config.eval.evaluators names 'longppl': perplexity on the key tokens,
+  # those whose log-probability gains more than longppl_alpha nats from the
+  # long context over the last longppl_short tokens (0: train.seq_len) and
+  # whose long-context log-probability exceeds longppl_beta. Short contexts
+  # come from windows every longppl_stride tokens (0: longppl_short / 4).
+  c.eval.longppl_short = 0
+  c.eval.longppl_stride = 0
+  c.eval.longppl_alpha = 2.0
+  c.eval.longppl_beta = -2.0
+  # Effective length (lmx.evaluation.effective): the longest length whose
+  # score keeps this fraction of the in-distribution score (NoLiMa: 0.85).
+  c.eval.effective_fraction = 0.85
   c.eval.seed = 1234
   return c
 

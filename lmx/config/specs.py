@@ -120,6 +120,21 @@ EVAL = {
     'ood': Field(bool, "LM-Infinite's out-of-distribution factors"),
     'ood_query_rows': _positive_int('the last queries whose logits are '
                                     'profiled'),
+    'longppl_short': Field(int, "LongPPL's short context in tokens (0: the "
+                           'training length; the paper: 4096)', lo=0,
+                           hi=INT32_MAX),
+    'longppl_stride': Field(int, 'tokens sharing one short-context window '
+                            '(0: a quarter of the short context; 1: each '
+                            'token exactly the short context)', lo=0,
+                            hi=INT32_MAX),
+    'longppl_alpha': Field(float, "LongPPL's long-short difference threshold "
+                           '(nats)'),
+    'longppl_beta': Field(float, "LongPPL's long-context log-likelihood "
+                          'threshold (nats)'),
+    'effective_fraction': Field(float, 'the fraction of the in-distribution '
+                                'score a length keeps to count in the '
+                                'effective length', lo=0.0, hi=1.0,
+                                lo_open=True),
 }
 
 
