@@ -104,7 +104,7 @@ EVAL = {
     'batch_tokens': _positive_int('tokens per evaluation batch'),
     'position_buckets': _positive_int('buckets of the per-position loss'),
     'sliding': Field(bool, 'the sliding-window protocol too'),
-    'sliding_stride': Field(int, 'its stride (0: half the training length)',
+    'sliding_stride': Field(int, 'its stride (0: a quarter of each window length)',
                             lo=0),
     'diagnostics_windows': Field(int, 'windows of the attention statistics '
                                  '(0: none)', lo=0),
