@@ -6,6 +6,7 @@ the token index (Hugging Face's ``cache_position``), and the memory slots'
 keys under qk-norm and KeyNorm (x-transformers' ``num_mem_kv`` with
 ``qk_norm``)."""
 
+import functools
 import math
 
 import jax
@@ -13,8 +14,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
-from helpers import tiny_model_config
+from helpers import FAST_COMPILE, tiny_model_config
 from lmx.config import validate as config_lib
 from lmx.errors import ConfigError
 from lmx.model import attention as A
@@ -24,6 +26,24 @@ from lmx.positions import length_scaling as LS
 from lmx.positions import rope as P
 from lmx.positions import rope_scaling as RS
 from lmx.positions import sampling
+
+
+@functools.partial(jax.jit, static_argnums=0, compiler_options=FAST_COMPILE)
+def _jit_forward(graphdef, state, tokens, pos):
+  return nnx.merge(graphdef, state)(tokens, pos)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5),
+                   compiler_options=FAST_COMPILE)
+def _jit_decode(graphdef, state, tokens, pos, cache, prefill):
+  return nnx.merge(graphdef, state).decode(tokens, pos, cache,
+                                           prefill=prefill)
+
+
+def _forward(model, tokens, pos):
+  """The model's logits, jitted (one compile per model structure)."""
+  graphdef, state = nnx.split(model)
+  return _jit_forward(graphdef, state, tokens, pos)
 
 
 # ------------------------------------------------------------------ p-RoPE
@@ -214,8 +234,8 @@ def test_yarn_attention_factor_is_applied_once():
     kernel = model.blocks[0].attn.qkv.kernel
     d = kernel.shape[0]
     kernel[...] = kernel[...].at[:, :d].multiply(q_factor)
-    outs.append(model(tokens, pos))
-  got = model_lib.build(yarn.model, 0)(tokens, pos)
+    outs.append(_forward(model, tokens, pos))
+  got = _forward(model_lib.build(yarn.model, 0), tokens, pos)
   np.testing.assert_allclose(got, outs[0], atol=2e-5, rtol=1e-5)
   for wrong in outs[1:]:
     assert float(jnp.abs(got - wrong).max()) > 1e-3
@@ -260,27 +280,31 @@ def _nope_llama4(**fields):
 
 
 def test_llama4_model_follows_the_index_and_decodes_as_the_forward_pass():
-  t, n_prompt, shift = 14, 5, 100
+  t, n_prompt, shift = 10, 7, 100
   tokens = jnp.asarray(np.random.default_rng(2).integers(0, 257, (1, t)),
                        jnp.int32)
   pos = jnp.arange(t, dtype=jnp.int32)[None]
   model = _nope_llama4()
-  full = model(tokens, pos)
+  full = _forward(model, tokens, pos)
   # NoPE reads no positions and the temperature follows the index: a shift
   # of every position changes nothing.
-  np.testing.assert_allclose(model(tokens, pos + shift), full, atol=1e-5)
+  np.testing.assert_allclose(_forward(model, tokens, pos + shift), full,
+                             atol=1e-5)
   by_position = _nope_llama4(llama4_from='position')
-  np.testing.assert_allclose(by_position(tokens, pos), full, atol=1e-5)
-  assert float(jnp.abs(by_position(tokens, pos + shift) - full).max()) > 1e-3
+  np.testing.assert_allclose(_forward(by_position, tokens, pos), full,
+                             atol=1e-5)
+  assert float(jnp.abs(_forward(by_position, tokens, pos + shift)
+                       - full).max()) > 1e-3
   # KV-cache decoding at shifted positions: the temperature of each step is
   # that of its cache index, as in the full pass.
+  graphdef, state = nnx.split(model)
   cache = model.init_cache(1, t)
-  logits, cache = model.decode(tokens[:, :n_prompt], pos[:, :n_prompt] + shift,
-                               cache, prefill=True)
+  logits, cache = _jit_decode(graphdef, state, tokens[:, :n_prompt],
+                              pos[:, :n_prompt] + shift, cache, True)
   steps = [logits]
   for i in range(n_prompt, t):
-    logits, cache = model.decode(tokens[:, i:i + 1], pos[:, i:i + 1] + shift,
-                                 cache)
+    logits, cache = _jit_decode(graphdef, state, tokens[:, i:i + 1],
+                                pos[:, i:i + 1] + shift, cache, False)
     steps.append(logits)
   np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-4)
 
@@ -300,16 +324,23 @@ def _layer_logits(position, qk_norm):
   attn.mem_k[...] = attn.mem_k[...] * 50.0
   t = 12
   x = 10.0 * jax.random.normal(jax.random.key(1), (2, t, c.model.d_model))
-  pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (2, t))
-  idx = jnp.arange(t)
-  q, k, v = attn._project(x, pos, idx)  # pylint: disable=protected-access
-  near, far_branch = attn.branches(q, k, pos, pos)
-  call = attn._call(near, far_branch, v, None, None)  # pylint: disable=protected-access
-  _, logits = A.explicit(attn.spec, call, idx, idx)
-  visible = attn.spec.mask(idx, idx)
-  seq = jnp.where(visible[None, None], jnp.abs(logits), 0.0)
-  raw = far.sink_prefix(near.q, None, attn.mem_k[...], attn.mem_v[...])
-  return seq, call.prefix.logits, raw.logits, near.q, attn.head_dim
+  graphdef, state = nnx.split(attn)
+
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def run(state, x):
+    attn = nnx.merge(graphdef, state)
+    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (2, t))
+    idx = jnp.arange(t)
+    q, k, v = attn._project(x, pos, idx)  # pylint: disable=protected-access
+    near, far_branch = attn.branches(q, k, pos, pos)
+    call = attn._call(near, far_branch, v, None, None)  # pylint: disable=protected-access
+    _, logits = A.explicit(attn.spec, call, idx, idx)
+    visible = attn.spec.mask(idx, idx)
+    seq = jnp.where(visible[None, None], jnp.abs(logits), 0.0)
+    raw = far.sink_prefix(near.q, None, attn.mem_k[...], attn.mem_v[...])
+    return seq, call.prefix.logits, raw.logits, near.q
+
+  return (*run(state, x), attn.head_dim)
 
 
 @pytest.mark.parametrize('position,qk_norm', [
