@@ -21,9 +21,11 @@ Two variants change which channels turn:
 * p-RoPE (Barbero et al. 2025, "Round and Round We Go! What makes Rotary
   Positional Encodings useful?", Sec. 6; ``config.model.rope.p``): only the
   highest fraction ``p`` of the frequencies is kept, the first
-  ``round(p R / 2)`` pairs; the lowest frequencies are set to 0, so those
-  pairs do not turn and carry content alone. ``p = 1`` is RoPE, ``p = 0``
-  turns nothing (NoPE).
+  ``floor(p R / 2)`` pairs (rounded down, as DeepMind's gemma ``apply_rope``
+  computes ``int(rope_proportion * head_dim // 2)`` and Hugging Face's
+  ``proportional`` rope type does: 57 of 64 pairs at R = 128, p = 0.9);
+  the lowest frequencies are set to 0, so those pairs do not turn and carry
+  content alone. ``p = 1`` is RoPE, ``p = 0`` turns nothing (NoPE).
 
 Length extension by frequency scaling (Position Interpolation, NTK-aware,
 dynamic NTK, NTK-by-parts, YaRN, Llama 3.1, LongRoPE) is selected by
@@ -54,8 +56,11 @@ def rope_angles(positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
 
 def kept_pairs(n_pairs: int, p: float) -> int:
   """p-RoPE: how many of ``n_pairs`` frequencies are kept,
-  ``round(p n_pairs)`` (halves rounded up)."""
-  return int(math.floor(p * n_pairs + 0.5))
+  ``floor(p R / 2)`` with ``R = 2 n_pairs`` the rotated channels, computed
+  as the reference code computes it (gemma's ``apply_rope``:
+  ``int(rope_proportion * head_dim // 2)``), so float rounding of ``p R``
+  falls the same way."""
+  return int(math.floor(p * (2 * n_pairs) // 2))
 
 
 def p_rope(inv_freq: jax.Array, p: float) -> jax.Array:
