@@ -66,6 +66,25 @@ def test_p_rope_keeps_floor_of_p_k_over_2_pairs(head_dim, p, pairs):
   np.testing.assert_array_equal(inv[:pairs], P.rope_inv_freq(head_dim)[:pairs])
 
 
+def test_runs_saved_before_the_floor_keep_their_rounding():
+  from lmx.config import defaults
+  # 128 x 0.9 / 2 = 57.6: 57 pairs by the reference's floor, 58 rounded.
+  assert P.kept_pairs(64, 0.9) == 57
+  assert P.kept_pairs(64, 0.9, 'half_up') == 58
+  assert P.kept_pairs(5, 0.5, 'half_up') == 3     # 2.5: the half goes up
+  old = defaults.get_config().to_dict()
+  old['model']['rope'].pop('p_rounding')
+  old['model']['rope']['p'] = 0.9
+  assert defaults.complete(old)['model']['rope']['p_rounding'] == 'half_up'
+  plain = defaults.get_config().to_dict()
+  plain['model']['rope'].pop('p_rounding')          # p = 1: nothing to keep
+  assert defaults.complete(plain)['model']['rope']['p_rounding'] == 'floor'
+  c = tiny_model_config()
+  c.model.rope.p_rounding = 'nearest'
+  with pytest.raises(ConfigError, match='config.model.rope.p_rounding'):
+    config_lib.validate(c)
+
+
 # -------------------------------------------------------------------- PoSE
 
 
