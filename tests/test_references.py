@@ -85,6 +85,23 @@ def test_runs_saved_before_the_floor_keep_their_rounding():
     config_lib.validate(c)
 
 
+def test_runs_saved_before_the_index_keep_llama4_by_position():
+  from lmx.config import defaults
+  for where in ('model', 'layers'):
+    old = defaults.get_config().to_dict()
+    old['model']['length_scaling'].pop('llama4_from')
+    if where == 'model':
+      old['model']['length_scaling']['kind'] = 'llama4'
+    else:
+      old['model']['layers']['length_scaling'] = ['off', 'llama4']
+    done = defaults.complete(old)
+    assert done['model']['length_scaling']['llama4_from'] == 'position'
+  plain = defaults.get_config().to_dict()
+  plain['model']['length_scaling'].pop('llama4_from')
+  assert defaults.complete(plain)['model']['length_scaling'][
+      'llama4_from'] == 'index'
+
+
 # -------------------------------------------------------------------- PoSE
 
 

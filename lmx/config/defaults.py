@@ -307,7 +307,8 @@ def complete(saved: dict) -> dict:
   from ``get_config()``: the fields added since it was written. Where such
   a run had another behaviour than today's default, the encoding says so
   (``PositionEncoding.former_defaults``: KERPLE's per-layer parameters,
-  YaRN's ramp on turns), and that value is filled in instead. Fields it has
+  YaRN's ramp on turns; ``length_scaling.former_defaults``: Llama 4's
+  temperature by position value), and that value is filled in instead. Fields it has
   are never changed. Returns ``saved``, completed in place."""
   model = saved.get('model')
   if isinstance(model, dict):
@@ -318,6 +319,10 @@ def complete(saved: dict) -> dict:
         if isinstance(section, dict):
           for key, value in former.items():
             section.setdefault(key, value)
+    section = model.setdefault('length_scaling', {})
+    if isinstance(section, dict):
+      for key, value in length_scaling.former_defaults(model).items():
+        section.setdefault(key, value)
   _fill(saved, get_config().to_dict())
   return saved
 

@@ -270,6 +270,17 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(section_defaults(fields()))
 
 
+def former_defaults(saved_model: dict) -> dict:
+  """Settings of ``config.model.length_scaling`` that a config saved before
+  they existed ran with, where that differs from today's default
+  (``lmx.config.defaults.complete`` fills them in): Llama 4's temperature
+  grew with the position value before it followed the reference's token
+  index."""
+  uses = [saved_model.get('length_scaling', {}).get(KIND)]
+  uses += list(saved_model.get('layers', {}).get('length_scaling') or ())
+  return {'llama4_from': 'position'} if 'llama4' in uses else {}
+
+
 def get(kind: str) -> type[LengthScaling]:
   """The member registered as ``kind``."""
   try:
