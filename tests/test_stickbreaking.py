@@ -8,6 +8,7 @@ against float64 at long range (the numbers of docs/backends.md):
 ``PYTHONPATH=. python tests/test_stickbreaking.py``.
 """
 
+import functools
 import math
 
 import jax
@@ -21,7 +22,7 @@ from lmx.errors import ConfigError
 from lmx.model import attention as A
 from lmx.model import stickbreaking as SB
 from lmx.model import transformer as model_lib
-from helpers import FAST_COMPILE, decode_steps, tiny_model_config
+from helpers import FAST_COMPILE, tiny_model_config
 
 STICK = SB.REGISTRY['stick_breaking']
 CURRENT = SB.REGISTRY['stick_breaking_current']
@@ -126,8 +127,9 @@ def test_backends_match_float64(norm):
            (('dense', 8), ('chunked', 4), ('chunked', 8), ('chunked', 16))]
   outs = jax.jit(lambda c: [A.attention(s, c) for s in specs],
                  compiler_options=FAST_COMPILE)(call)
+  wants = {m: naive_out(call, norm, m) for m in masks}
   for spec, out in zip(specs, outs):
-    want = naive_out(call, norm, spec.mask)
+    want = wants[spec.mask]
     np.testing.assert_allclose(out, want, rtol=2e-5, atol=2e-5,
                                err_msg=f'{spec.backend} {spec.block} '
                                f'{spec.mask}')
@@ -189,26 +191,73 @@ def test_long_range_float32(shift):
 
 
 def _model(**fields):
-  c = tiny_model_config(position='none', normaliser='stick_breaking',
-                        **fields)
+  c = tiny_model_config(**{'position': 'none', 'normaliser': 'stick_breaking',
+                           **fields})
   config_lib.validate(c)
   return model_lib.build(c.model, seed=0)
+
+
+def _forward(model, *tokens):
+  """The model's logits of each token array, under one jit."""
+  pos = jnp.arange(tokens[0].shape[1], dtype=jnp.int32)[None]
+  return jax.jit(lambda *ts: [model(t, pos) for t in ts],
+                 compiler_options=FAST_COMPILE)(*tokens)
+
+
+def _decode_jitted(model, tokens, n_prompt):
+  """helpers.decode_steps under one jit per call shape (the prefill, then
+  every step of one token): the logits of every token."""
+  graphdef, state = nnx.split(model)
+
+  @functools.partial(jax.jit, static_argnames='prefill',
+                     compiler_options=FAST_COMPILE)
+  def call(state, toks, pos, cache, prefill=False):
+    return nnx.merge(graphdef, state).decode(toks, pos, cache, prefill=prefill)
+
+  t = tokens.shape[1]
+  pos = jnp.arange(t, dtype=jnp.int32)[None]
+  cache = model.init_cache(1, t)
+  logits, cache = call(state, tokens[:, :n_prompt], pos[:, :n_prompt], cache,
+                       prefill=True)
+  out = [logits]
+  for i in range(n_prompt, t):
+    logits, cache = call(state, tokens[:, i:i + 1], pos[:, i:i + 1], cache)
+    out.append(logits)
+  return jnp.concatenate(out, axis=1)
 
 
 def test_decode_equals_forward_and_causal():
   """Greedy decoding with the cache gives the forward pass's logits (the
   whole-sequence cache, and a sliding window's ring of slots, whose keys
   are out of token order); changing later tokens leaves earlier logits."""
-  tokens = jnp.asarray(np.random.default_rng(3).integers(0, 257, (1, 12)))
-  pos = jnp.arange(12, dtype=jnp.int32)[None]
+  tokens = jnp.asarray(np.random.default_rng(3).integers(0, 257, (1, 9)))
   for fields in ({}, {'layers__window': (4,)}):
     model = _model(**fields)
-    full = model(tokens, pos)
-    decoded, _ = decode_steps(model, tokens, 5)
+    changed = tokens.at[:, 6:].set((tokens[:, 6:] + 1) % 257)
+    full, other = _forward(model, tokens, changed)
+    decoded = _decode_jitted(model, tokens, 5)
     np.testing.assert_allclose(decoded, full, rtol=1e-4, atol=1e-4)
-    changed = tokens.at[:, 7:].set((tokens[:, 7:] + 1) % 257)
-    np.testing.assert_array_equal(model(changed, pos)[:, :7], full[:, :7])
-    assert not np.allclose(model(changed, pos)[:, 7:], full[:, 7:])
+    np.testing.assert_array_equal(other[:, :6], full[:, :6])
+    assert not np.allclose(other[:, 6:], full[:, 6:])
+
+
+def test_chunked_equals_dense_in_the_model():
+  """Shaw's content term (its value term takes the stick weights) and
+  ReRoPE's far branch: the chunked backend (tiles of 8, 19 tokens) gives
+  the dense backend's logits."""
+  tokens = jnp.asarray(np.random.default_rng(7).integers(0, 257, (1, 19)))
+  pos = jnp.arange(19, dtype=jnp.int32)[None]
+  cases = ({'position': 'shaw'}, {'position': 'rope', 'rerope__window': 5})
+  pairs = []
+  for fields in cases:
+    pairs.append([_model(**{**fields, 'attention': name,
+                            'attention_block': 8})
+                  for name in ('dense', 'chunked')])
+  outs = jax.jit(lambda: [[m(tokens, pos) for m in pair] for pair in pairs],
+                 compiler_options=FAST_COMPILE)()
+  for fields, (dense, chunked) in zip(cases, outs):
+    np.testing.assert_allclose(chunked, dense, rtol=1e-5, atol=1e-5,
+                               err_msg=str(fields))
 
 
 def test_jitted_training_step_has_finite_gradient():
@@ -217,7 +266,7 @@ def test_jitted_training_step_has_finite_gradient():
   tokens = jnp.asarray(np.random.default_rng(4).integers(0, 257, (2, 19)))
   pos = jnp.broadcast_to(jnp.arange(18, dtype=jnp.int32), (2, 18))
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def step(state):
     def loss(state):
       m = nnx.merge(graphdef, state)
