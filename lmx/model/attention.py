@@ -41,6 +41,13 @@ encoding's own hooks at its far positions. Length scalings
 branch, or each query's whole score (SSMax's ``logit_scale``, applied
 before the mask, tile by tile in the chunked backend). qk-norm acts on the
 queries and keys after the encoding turns them, in each branch.
+
+``Spec.normaliser`` replaces the softmax where it is set
+(``lmx.model.stickbreaking``: stick-breaking attention): ``attend`` hands
+it the masked logits in the dense backend and in ``explicit`` (decoding),
+and the chunked backend then walks the key tiles from the nearest
+backwards, carrying the normaliser's running sum in place of the online
+softmax's; the fused kernels refuse it.
 """
 
 from __future__ import annotations
