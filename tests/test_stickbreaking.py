@@ -135,6 +135,28 @@ def test_backends_match_float64(norm):
                                f'{spec.mask}')
 
 
+def test_chunked_gradients_equal_dense():
+  """The gradients of a loss of the output with respect to q, k and v:
+  chunked (tiles of 4, walked nearest first) as dense, under a window."""
+  rng = np.random.default_rng(8)
+  call = _call(rng, 1, 11, 11)
+  w = jnp.asarray(rng.normal(size=call.near.q.shape), jnp.float32)
+
+  def loss(spec, q, k, v):
+    c = call._replace(near=call.near._replace(q=q, k=k), v=v)
+    return (A.attention(spec, c) * w).sum()
+
+  specs = [A.Spec(mask=A.Mask(n_local=6), backend=b, block=4,
+                  normaliser=STICK) for b in ('dense', 'chunked')]
+  dense, chunked = jax.jit(lambda *a: [
+      jax.grad(functools.partial(loss, s), argnums=(0, 1, 2))(*a)
+      for s in specs], compiler_options=FAST_COMPILE)(
+          call.near.q, call.near.k, call.v)
+  for gd, gc in zip(dense, chunked):
+    assert bool(jnp.isfinite(gc).all()) and float(jnp.abs(gd).max()) > 0
+    np.testing.assert_allclose(gc, gd, rtol=1e-5, atol=1e-5)
+
+
 def long_range_errors(n_keys: int, shift: float, n_queries: int = 16,
                       block: int = 512):
   """The worst relative error of the dense and chunked float32 outputs
