@@ -168,6 +168,9 @@ def get_config(arg: str | None = None,
   c.model.attention_block = 512       # chunked: query and key tile length
   c.model.chunk_threshold = 2048      # auto on CPU: chunked above this many keys
   c.model.accelerator_chunk_threshold = 512  # auto on GPU/TPU: the same
+  # How a query weighs its keys: softmax | stick_breaking |
+  # stick_breaking_current (lmx/model/stickbreaking.py).
+  c.model.normaliser = 'softmax'
   # The far branches and masks (ReRoPE, LM-Infinite, Self-Extend, attention
   # sinks), each off at its defaults: lmx/positions/far.py.
   for name in far.REGISTRY:

@@ -16,6 +16,7 @@ betas are below 1 so that ``1 - beta^t`` never vanishes.
 from __future__ import annotations
 
 from lmx.config.fields import Field
+from lmx.model import stickbreaking
 
 # Positions and steps are int32 on the device.
 INT32_MAX = 2**31 - 1
@@ -50,6 +51,9 @@ MODEL = {
                              'CPU', lo=0),
     'accelerator_chunk_threshold': Field(int, 'the same on a GPU or TPU',
                                          lo=0),
+    'normaliser': Field(str, 'how a query weighs its keys: softmax, or '
+                        'stick-breaking (lmx.model.stickbreaking)',
+                        choices=tuple(stickbreaking.REGISTRY)),
 }
 
 TRAIN = {
