@@ -16,7 +16,13 @@ continuations after each position, lmx.evaluation.generation) and, with
 against distance, PCA of hidden states; lmx.evaluation.ood). A task run
 (configs/tasks/) writes results.json with exact-match accuracy against task
 length, accuracy_vs_length.png and, for passkey, passkey_heatmap.png;
---lengths are then task lengths.
+--lengths are then task lengths. With
+--config.eval.evaluators="('loss','longppl')" results.json adds LongPPL
+(perplexity on the key tokens that need the long context; lmx.evaluation.
+longppl). Every evaluation ends with the effective length of each
+length-dependent score: the longest length keeping
+config.eval.effective_fraction (0.85) of the in-distribution score
+(lmx.evaluation.effective).
 
 With --config.<field> overrides the results go to a folder of their own,
 named from the overrides (<workdir>/eval_<field>=<value>,...), and record
@@ -76,6 +82,11 @@ def main(argv):
         f'{results["eval_sampling"]} positions), step {results["step"]}',
         overrides, width=None) + ':')
     print(evaluation.format_table(results))
+    if results.get('longppl'):
+      print('LongPPL (Fang et al. 2025, self-contrast):')
+      print(evaluation.format_longppl_table(results))
+  if results.get('effective_length'):
+    print(evaluation.format_effective(results))
   generation = results.get('generation')
   if generation is not None:
     print(f'Generation quality ({generation["tokens"]} greedy tokens after '

@@ -37,7 +37,8 @@ setup(
         'test': ['pytest>=8', 'pytest-xdist>=3', 'hypothesis>=6', 'ruff>=0.6'],
         # Preparing tfds *catalog* datasets (e.g. pg19) needs TensorFlow.
         'tf': ['tensorflow'],
-        # bench/train_throughput.py: x-transformers (PyTorch, CPU build);
+        # bench/train_throughput.py, bench/long_peer.py: x-transformers
+        # (PyTorch, CPU build);
         # bench/profile_step.py: xprof, to read the trace.
         'bench': ['torch==2.13.0', 'x-transformers', 'xprof'],
         # bench/aot.py: XLA's TPU compiler (libtpu) to compile for TPU

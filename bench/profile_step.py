@@ -163,6 +163,11 @@ def _define_flags() -> dict:
       'steps': flags.DEFINE_integer('steps', 3, 'profiled steps'),
       'top': flags.DEFINE_integer('top', 25, 'operations listed'),
       'out': flags.DEFINE_string('out', '', 'write everything as JSON here'),
+      'peer': flags.DEFINE_bool(
+          'peer', False, 'also profile x-transformers\'s step (torch.profiler, '
+          'self CPU time per aten operation, the same kinds; needs torch)'),
+      'threads': flags.DEFINE_integer('threads', 0, 'CPUs for both sides '
+                                      '(0: all this process may use)'),
   }
 
 
@@ -183,6 +188,7 @@ def main(argv: Sequence[str], fl: dict) -> dict:
   # starts. XLA_FLAGS is read when the backend starts, so it holds as set.
   jax.config.update('jax_platforms', os.environ['JAX_PLATFORMS'])
   from bench import train_throughput  # pylint: disable=g-import-not-at-top
+  cpus = train_throughput._pin(args.threads or None)  # pylint: disable=protected-access
 
   runner = train_throughput.LmxRunner(
       train_throughput.lmx_config(args.position, args.dtype), args.warmup)
@@ -218,10 +224,47 @@ def main(argv: Sequence[str], fl: dict) -> dict:
   for r in result['ops'][:args.top]:
     print(f'| {r["ms"]:.2f} | {r["name"]} | {r["kind"]} | {r["shape"]} | '
           f'{r["op_name"][-60:]} | {",".join(r["fused"])[:50]} |')
+  if args.peer:
+    result['peer'] = peer = profile_peer(train_throughput, args, len(cpus))
+    print(f'\nx-transformers, {args.dtype}: step {peer["step_ms"]:.1f} ms '
+          f'(median of 3 x {args.steps} steps, unprofiled); operations (self '
+          f'CPU time) sum to {sum(peer["kinds"].values()):.1f} ms per step\n')
+    print(side_by_side(result, peer))
+    print('\n| ms / step | aten operation | kind |\n|---:|---|---|')
+    for name, k, ms in peer['ops'][:args.top]:
+      print(f'| {ms:.2f} | {name} | {k} |')
   if args.out:
     with open(args.out, 'w') as f:
       json.dump(result, f, indent=1)
   return result
+
+
+def profile_peer(train_throughput, args, threads: int) -> dict:
+  """x-transformers's step of ``bench/train_throughput.py`` (the same
+  model), timed unprofiled (median of 3) and then profiled: per kind and
+  per aten operation, self CPU time per step."""
+  torch = train_throughput.TorchChild('cpu', threads, args.dtype)
+  try:
+    torch(op='build', position=args.position, warmup=args.warmup)
+    wall = [torch(op='time', position=args.position,
+                  steps=args.steps)['seconds'] for _ in range(3)]
+    out = torch(op='profile', position=args.position, steps=args.steps)
+  finally:
+    torch.close()
+  out['step_ms'] = statistics.median(wall) * 1e3
+  return out
+
+
+def side_by_side(lmx_result: dict, peer: dict) -> str:
+  """Both sides' milliseconds per step by kind, as a markdown table."""
+  rows = ['| kind | lmx ms / step | x-transformers ms / step |',
+          '|---|---:|---:|']
+  for k in KINDS:
+    rows.append(f'| {k} | {lmx_result["kinds"].get(k, 0.0):.1f} | '
+                f'{peer["kinds"].get(k, 0.0):.1f} |')
+  rows.append(f'| step (wall, unprofiled) | {lmx_result["step_ms"]:.1f} | '
+              f'{peer["step_ms"]:.1f} |')
+  return '\n'.join(rows)
 
 
 if __name__ == '__main__':

@@ -48,6 +48,7 @@ saving. Both sides do the same work, so one number serves both.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import platform
@@ -172,6 +173,8 @@ def torch_worker(device: str, threads: int, dtype: str = 'float32') -> None:
       loss = loss.item()
       sync()
       out = {'seconds': (time.perf_counter() - t0) / req['steps'], 'loss': loss}
+    elif req['op'] == 'profile':
+      out = torch_profile(models[req['position']], req['steps'], sync)
     elif req['op'] == 'matmul':
       a = torch.randn(4096, 4096, device=dev,
                       dtype=getattr(torch, req.get('dtype', 'float32')))
@@ -184,6 +187,63 @@ def torch_worker(device: str, threads: int, dtype: str = 'float32') -> None:
         times.append(time.perf_counter() - t0)
       out = {'gflops': _median_rate(times[1:], 2 * 4096 ** 3) / 1e9}
     print(json.dumps(out), flush=True)
+
+
+# aten operations by the kinds of bench/profile_step.py (the same names), so
+# the two sides' breakdowns set side by side.
+TORCH_KINDS = (
+    ('dense GEMM', ('aten::mm', 'aten::addmm', 'aten::linear')),
+    ('attention GEMM', ('aten::bmm', 'aten::baddbmm', 'aten::einsum',
+                        'aten::_scaled_dot_product', 'aten::_flash_attention',
+                        'aten::scaled_dot_product')),
+    ('softmax / exp', ('aten::_softmax', 'aten::softmax', 'aten::exp',
+                       'aten::_log_softmax', 'aten::_softmax_backward',
+                       'aten::_log_softmax_backward')),
+    ('transpose / copy', ('aten::copy_', 'aten::clone', 'aten::contiguous',
+                          'aten::cat', 'aten::_to_copy', 'aten::index',
+                          'aten::embedding', 'aten::stack')),
+    ('reduction', ('aten::sum', 'aten::mean', 'aten::norm', 'aten::amax',
+                   'aten::max', 'aten::_foreach_norm', 'aten::linalg_vector',
+                   'aten::nll_loss', 'aten::_fused_rms_norm')),
+)
+
+
+def torch_kind(name: str) -> str:
+  """The kind of an aten operation: by its name's prefix; ``elementwise``
+  for the other aten operations, ``other`` for the rest (Python, autograd
+  and optimizer frames without an aten operation of their own)."""
+  for kind, prefixes in TORCH_KINDS:
+    if name.startswith(prefixes):
+      return kind
+  return 'elementwise' if name.startswith('aten::') else 'other'
+
+
+def torch_profile(step, steps: int, sync) -> dict:
+  """Self CPU time of each operation over ``steps`` steps under
+  ``torch.profiler``, per step: ``{'kinds': {kind: ms}, 'ops': [[name,
+  kind, ms], ...], 'wall_ms'}``. Self time counts each operation without
+  the operations it calls, so the kinds sum to the time spent in them."""
+  import torch  # pylint: disable=g-import-not-at-top
+  step()
+  sync()
+  t0 = time.perf_counter()
+  with torch.profiler.profile(
+      activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    for _ in range(steps):
+      step()
+    sync()
+  wall = (time.perf_counter() - t0) / steps * 1e3
+  kinds = collections.Counter()
+  ops = []
+  for e in prof.key_averages():
+    ms = e.self_cpu_time_total / 1e3 / steps
+    if ms <= 0:
+      continue
+    k = torch_kind(e.key)
+    kinds[k] += ms
+    ops.append([e.key, k, ms])
+  ops.sort(key=lambda o: -o[2])
+  return {'kinds': dict(kinds), 'ops': ops[:40], 'wall_ms': wall}
 
 
 class TorchChild:

@@ -16,7 +16,7 @@ it needs are absent. With several seeds every number is the mean over seeds
 (the text gives the standard deviation and the seeds).
 
 This module holds the machinery and the generic checks (a loss ratio
-against a threshold, a gain that shrinks, an MRR order, one accuracy above
+against a threshold, a gain past L or its absence, an MRR order, one accuracy above
 another, RoPE extensions compared); the findings themselves, with the
 encodings, tasks and thresholds they name, are declared beside their sweep
 in ``configs/sweeps/replicate.py`` (``FINDINGS``), whose ``write`` calls
@@ -30,12 +30,17 @@ import json
 import math
 import operator
 import os
+import re
 from typing import Optional, Sequence
 
 from lmx.evaluation import plots
 from lmx.evaluation import report
 
 EXTENSION_FILE = os.path.join('extensions', 'results.json')
+# Runs trained inside a member's workdir by one of its 'after' commands,
+# reported under their own label: {folder: label}. DroPE's recalibration of
+# a RoPE member (experiments.drope) is one.
+NESTED = {'drope': 'drope'}
 
 # ------------------------------------------------------------ loading
 
@@ -54,11 +59,37 @@ def load(workdirs: Sequence[str]) -> list[dict]:
     if os.path.isfile(path):
       with open(path) as f:
         r['extensions'] = json.load(f)
+  for w in workdirs:
+    for folder, label in NESTED.items():
+      for r in report.load(nested_dirs([w], folder)):
+        if r['eval_dir'] == report.PLAIN_EVAL:
+          r['name'] = f'{os.path.basename(os.path.normpath(w))}/{folder}'
+          r['label'] = label
+          runs.append(r)
   return runs
 
 
-def _lm(runs, position: str) -> list[dict]:
-  return [r for r in runs if r['kind'] == 'lm' and r['position'] == position
+def nested_dirs(workdirs: Sequence[str], folder: str) -> list[str]:
+  """``<workdir>/<folder>`` of each workdir that has an evaluation there."""
+  return [os.path.join(w, folder) for w in workdirs
+          if os.path.isfile(os.path.join(w, folder, report.PLAIN_EVAL,
+                                         'results.json'))]
+
+
+def label(run: dict) -> str:
+  """What a language-model run is called in the findings: its ``label``
+  (a nested run's), else ``<label>`` of a member named
+  ``lm-<label>-s<seed>`` (``lm-dape-s0``: DAPE on its base encoding, whose
+  ``position`` is the base's), else its position encoding."""
+  if run.get('label'):
+    return run['label']
+  m = re.fullmatch(r'lm-(.+)-s\d+', run.get('name', ''))
+  return m.group(1) if m else run['position']
+
+
+def _lm(runs, name: str) -> list[dict]:
+  """The contiguous language-model runs called ``name`` (:func:`label`)."""
+  return [r for r in runs if r['kind'] == 'lm' and label(r) == name
           and r['train_sampling'] == 'contiguous'
           and r['eval_sampling'] == 'contiguous']
 
@@ -102,25 +133,6 @@ def _ratio(runs, num, den, rows: str = 'results') -> Optional[dict]:
     if n in by and d in by and by[d] > 0:
       out.append(by[n] / by[d])
   return _stat(out)
-
-
-def _gap(runs, reference: str, others: Sequence[str],
-         rows: str) -> Optional[dict]:
-  """Per seed: the mean over ``others`` and the lengths beyond L of (their
-  loss - ``reference``'s), in nats; over seeds."""
-  gaps = []
-  for ref in _lm(runs, reference):
-    rb = _by_length(ref.get(rows))
-    diffs = []
-    for other in others:
-      for r in _lm(runs, other):
-        if r['seed'] == ref['seed']:
-          ob = _by_length(r.get(rows))
-          diffs += [ob[n] - rb[n] for n in ob
-                    if n > r['train_length'] and n in rb]
-    if diffs:
-      gaps.append(sum(diffs) / len(diffs))
-  return _stat(gaps)
 
 
 def _task_acc(runs, task, position, sampling, lo, hi) -> Optional[dict]:
@@ -190,19 +202,77 @@ def loss_ratio(position: str, num, den, op: str, threshold: float,
   return check
 
 
-def gain_shrinks(reference: str, others: Sequence[str], what: str):
-  """The mean over ``others`` and the lengths beyond L of (their loss -
-  ``reference``'s), per seed, is smaller with sliding windows than with
-  non-overlapping ones."""
+def _best_ratio(runs, rows: str) -> Optional[dict]:
+  """Per run the lowest loss at a length beyond L over the loss at L; over
+  seeds."""
+  out = []
+  for r in runs:
+    by = _by_length(r.get(rows))
+    t = r['train_length']
+    beyond = [by[n] for n in by if n > t]
+    if beyond and by.get(t, 0) > 0:
+      out.append(min(beyond) / by[t])
+  return _stat(out)
+
+
+def no_gain_beyond(position: str, slack: float, what: str,
+                   rows: str = 'sliding'):
+  """No length beyond L has a loss lower than at L by more than ``slack``
+  (a fraction): the lowest ``loss(n) / loss(L)`` over ``n > L``, mean over
+  seeds, is at least ``1 - slack``."""
 
   def check(runs, options):
     del options
-    plain = _gap(runs, reference, others, 'results')
-    sliding = _gap(runs, reference, others, 'sliding')
-    return [_part(what, f'non-overlapping {_fmt(plain)}; sliding '
-                  f'{_fmt(sliding)} nats',
+    s = _best_ratio(_lm(runs, position), rows)
+    return [_part(f'{what}: lowest loss beyond L / loss at L >= '
+                  f'{1 - slack:g}', _fmt(s, 3),
+                  None if s is None else s['mean'] >= 1 - slack)]
+  return check
+
+
+def gain_only_without_overlap(position: str, what: str):
+  """The gain past L that non-overlapping windows show is absent with
+  sliding windows: the lowest ``loss(n) / loss(L)`` beyond L is lower
+  non-overlapping than sliding (means over seeds)."""
+
+  def check(runs, options):
+    del options
+    lm = _lm(runs, position)
+    plain, sliding = _best_ratio(lm, 'results'), _best_ratio(lm, 'sliding')
+    return [_part(what, f'lowest loss beyond L / at L: non-overlapping '
+                  f'{_fmt(plain)}; sliding {_fmt(sliding)}',
                   None if plain is None or sliding is None
-                  else sliding['mean'] < plain['mean'])]
+                  else plain['mean'] < sliding['mean'])]
+  return check
+
+
+def _loss_at(runs, at) -> Optional[dict]:
+  """Each run's loss at ``at`` x L (``'longest'``: the longest length
+  evaluated); over seeds."""
+  out = []
+  for r in runs:
+    by = _by_length(r.get('results'))
+    n = (max(by) if by else None) if at == 'longest' else at * r[
+        'train_length']
+    if n in by:
+      out.append(by[n])
+  return _stat(out)
+
+
+def loss_below(a: str, b: str, at, what: str, factor: float = 1.0):
+  """Run ``a``'s loss at ``at`` x L (or the longest length) is below
+  ``factor`` x run ``b``'s (non-overlapping windows; means over seeds)."""
+  where = 'the longest length' if at == 'longest' else (
+      'L' if at == 1 else f'{at}L')
+
+  def check(runs, options):
+    del options
+    sa, sb = _loss_at(_lm(runs, a), at), _loss_at(_lm(runs, b), at)
+    bound = '' if factor == 1 else f' x {factor:g}'
+    return [_part(f'{what}: loss at {where}, {a} < {b}{bound}',
+                  f'{a} {_fmt(sa)}; {b} {_fmt(sb)}',
+                  None if sa is None or sb is None
+                  else sa['mean'] < factor * sb['mean'])]
   return check
 
 
@@ -442,7 +512,8 @@ def write(workdirs: Sequence[str], out_dir: str, title: str = 'replicate',
   """The standard report of ``lmx.evaluation.report.write``, with ``findings`` first
   in ``report.md``; also ``findings.json`` and, with ``extensions_of`` (an
   encoding whose runs ran ``lmx.evaluation.extensions``), ``extensions.png``."""
-  written = report.write(workdirs, out_dir, title, mrr=mrr)
+  nested = [d for folder in NESTED for d in nested_dirs(workdirs, folder)]
+  written = report.write(list(workdirs) + nested, out_dir, title, mrr=mrr)
   if not written:
     return written
   runs = load(workdirs)

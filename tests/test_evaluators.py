@@ -149,3 +149,47 @@ def test_a_registered_evaluator_runs_through_evaluate(tiny_config, tmp_path,
   with pytest.raises(ConfigError, match="'tasks'"):
     evaluation.evaluate(c, workdir, out_dir=str(tmp_path / 'no'))
   assert not os.path.exists(tmp_path / 'no')
+
+
+def test_longppl_runs_through_evaluate_with_effective_lengths(tiny_config,
+                                                              tmp_path):
+  c = tiny_config('alibi', **{'train.steps': 1, 'train.warmup_steps': 0})
+  workdir = str(tmp_path / 'run')
+  trainer.train(c, workdir, progress=False)
+  c.eval.evaluators = ('loss', 'longppl')
+  c.eval.tokens = 128
+  # A short context longer than every length is refused by name, before
+  # anything is read.
+  c.eval.longppl_short = 64
+  with pytest.raises(ConfigError, match='longppl_short'):
+    evaluation.evaluate(c, workdir, lengths=[16, 32],
+                        out_dir=str(tmp_path / 'no'), progress=False)
+  assert not os.path.exists(tmp_path / 'no')
+  c.eval.longppl_short = 16
+  out = str(tmp_path / 'ev')
+  results = evaluation.evaluate(c, workdir, lengths=[8, 16, 32],
+                                out_dir=out, plots=False, progress=False)
+  with open(os.path.join(out, 'results.json')) as f:
+    saved = json.load(f)
+  rows = saved['longppl']
+  assert [r['length'] for r in rows] == [8, 16, 32]
+  for r, loss in zip(rows, saved['results']):
+    # The same scored tokens as the loss evaluator's, and its perplexity.
+    assert r['tokens'] == loss['tokens']
+    assert r['perplexity'] == pytest.approx(loss['perplexity'], rel=1e-12)
+    assert 0 <= r['key_tokens'] <= r['candidates'] <= r['tokens']
+  # 8 < K: no candidate; 16 = K: the last token of each window only.
+  assert rows[0]['candidates'] == 0 and rows[0]['longppl'] is None
+  assert rows[1]['candidates'] == saved['results'][1]['windows']
+  assert rows[2]['candidates'] == (32 - 16 + 1) * saved['results'][2][
+      'windows']
+  eff = saved['effective_length']
+  assert set(eff) == {'perplexity', 'LongPPL'}
+  assert eff['perplexity']['fraction'] == 0.85
+  assert eff['perplexity']['reference_length'] in (8, 16)
+  text = evaluation.format_longppl_table(results)
+  assert text.count('\n') == 4 and '| 32 | 16 |' in text
+  assert 'LongPPL' in evaluation.format_effective(results)
+  tags = evaluation.tensorboard_scalars(saved)
+  assert tags['eval/longppl_key_fraction_len32'] == rows[2]['key_fraction']
+  assert 'eval/longppl_len8' not in tags  # no key token there

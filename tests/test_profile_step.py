@@ -49,3 +49,19 @@ def test_events_are_summed_per_step_and_instruction(hlo):
   assert s['kinds']['attention GEMM'] == pytest.approx(0.25)
   assert [r['name'] for r in s['ops']] == [dense, other]
   assert sum(s['kinds'].values()) == pytest.approx(s['total_ms'])
+
+
+def test_the_peers_aten_operations_get_the_same_kinds():
+  from bench import train_throughput
+  kind = train_throughput.torch_kind
+  assert kind('aten::addmm') == kind('aten::mm') == 'dense GEMM'
+  assert kind('aten::bmm') == 'attention GEMM'
+  assert kind('aten::_scaled_dot_product_flash_attention_for_cpu') == (
+      'attention GEMM')
+  assert kind('aten::_softmax_backward_data') == 'softmax / exp'
+  assert kind('aten::copy_') == 'transpose / copy'
+  assert kind('aten::_foreach_norm') == 'reduction'
+  assert kind('aten::mul_') == kind('aten::gelu_backward') == 'elementwise'
+  assert kind('autograd::engine::evaluate_function: MmBackward0') == 'other'
+  kinds = {k for k, _ in train_throughput.TORCH_KINDS}
+  assert kinds | {'elementwise', 'other'} == set(profile_step.KINDS)

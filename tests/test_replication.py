@@ -14,11 +14,12 @@ L = 16
 LENGTHS = (16, 32, 64, 128)
 
 
-def _lm(position, losses, seed=0, sliding=None, extensions=None):
+def _lm(position, losses, seed=0, sliding=None, extensions=None, name=None):
   r = {'kind': 'lm', 'task': None, 'position': position,
        'train_sampling': 'contiguous', 'eval_sampling': 'contiguous',
-       'train_length': L, 'seed': seed, 'config': {}, 'name': f'{position}'
-       f'-s{seed}', 'results': [{'length': n, 'loss': l}
+       'train_length': L, 'seed': seed, 'config': {},
+       'name': name or f'{position}-s{seed}',
+       'results': [{'length': n, 'loss': l}
                                  for n, l in zip(LENGTHS, losses)]}
   if sliding:
     r['sliding'] = [{'length': n, 'loss': l, 'stride': n // 4}
@@ -41,7 +42,7 @@ def _task(task, position, acc, sampling='contiguous', seed=0):
 
 
 def _parts(number, runs, mrr='length'):
-  """The parts of finding ``number`` (1-8) of the replicate sweep."""
+  """The parts of finding ``number`` (1-10) of the replicate sweep."""
   (found,) = replication.evaluate([replicate.FINDINGS[number - 1]], runs, mrr)
   return found['parts']
 
@@ -74,18 +75,56 @@ def test_press_holds_partly_and_not():
   assert replication.verdict(_parts(1, [])) == 'not measured'
 
 
-def test_sliding_gain_is_computed_per_seed():
-  # Non-overlapping: the others lose 1 nat more than ALiBi beyond L;
-  # sliding: (5 x 0.5 + 0.6) / 6 = 0.517 more -> the gain shrinks.
-  runs = [_lm('alibi', [1, 1, 1, 1], sliding=[1, 1, 1, 1]),
-          _lm('rope', [1, 2, 2, 2], sliding=[1, 1.5, 1.5, 1.5]),
+def test_sliding_finding_follows_the_appendix():
+  # ALiBi: non-overlapping windows gain past L (1.39 / 1.44 = 0.965), the
+  # sliding ones do not (lowest beyond L 1.380 / 1.376 = 1.003 >= 0.99).
+  runs = [_lm('alibi', [1.44, 1.41, 1.40, 1.39],
+              sliding=[1.376, 1.380, 1.386, 1.39]),
           _lm('sinusoidal', [1, 2, 2, 2], sliding=[1, 1.5, 1.5, 1.6])]
-  gain, explodes = _parts(2, runs)
-  assert gain['holds'] is True
-  assert 'non-overlapping 1.000; sliding 0.517' in gain['measured']
+  no_gain, early, explodes = _parts(2, runs)
+  assert no_gain['holds'] is True and no_gain['measured'] == '1.003'
+  assert early['holds'] is True
+  assert early['measured'] == ('lowest loss beyond L / at L: '
+                               'non-overlapping 0.965; sliding 1.003')
   assert explodes['holds'] is True      # 1.6 / 1 >= 1.5
-  runs[1]['sliding'][3]['loss'] = 5.0    # gain (6 x .5 + 4 + .1) / 6 = 1.1
-  assert _parts(2, runs)[0]['holds'] is False
+  assert replication.verdict([no_gain, early, explodes]) == 'holds'
+  # Sliding windows that gain 7% past L: neither ALiBi part holds.
+  runs[0]['sliding'][2]['loss'] = 1.28            # 1.28 / 1.376 = 0.930
+  no_gain, early, _ = _parts(2, runs)
+  assert no_gain['holds'] is False and early['holds'] is False
+  # Per seed, then the mean: seeds 1.004 and 0.97 -> 0.987 < 0.99.
+  runs = [_lm('alibi', [1, 1, 1, 1], 0, sliding=[1, 1.004, 1.01, 1.02]),
+          _lm('alibi', [1, 1, 1, 1], 1, sliding=[1, 0.97, 1.0, 1.0])]
+  no_gain, early, explodes = _parts(2, runs)
+  assert no_gain['measured'] == '0.987 ± 0.024 (n=2)'
+  assert no_gain['holds'] is False
+  assert explodes['holds'] is None      # no sinusoidal runs
+
+
+def test_drope_and_dape_findings_compare_labelled_runs():
+  # DroPE is a nested run labelled 'drope'; DAPE a member lm-dape-s0 whose
+  # position is its base's (kerple), kept apart from lm-kerple-s0.
+  drope = _lm('none', [1.01, 1.2, 1.4, 1.5])
+  drope['label'] = 'drope'
+  runs = [_lm('rope', [1.0, 1.5, 2.5, 3.0], name='lm-rope-s0'),
+          _lm('none', [1.2, 1.4, 1.8, 2.0], name='lm-none-s0'), drope,
+          _lm('kerple', [1.0, 1.0, 1.1, 1.2], name='lm-kerple-s0'),
+          _lm('kerple', [0.95, 0.96, 1.0, 1.05], name='lm-dape-s0')]
+  below_rope, below_none, keeps = _parts(9, runs)
+  assert below_rope['holds'] and below_none['holds']
+  assert below_rope['measured'] == 'drope 1.500; rope 3.000'
+  assert keeps['holds'] is True         # 1.01 < 1.02 x 1.0
+  assert keeps['text'] == ('DroPE keeps its loss at L: loss at L, drope < '
+                           'rope x 1.02')
+  drope['results'][0]['loss'] = 1.05    # 5% above RoPE at L
+  assert _parts(9, runs)[2]['holds'] is False
+  longest, within = _parts(10, runs)
+  assert longest['holds'] and within['holds']
+  assert longest['measured'] == 'dape 1.050; kerple 1.200'
+  runs[-1]['results'][0]['loss'] = 1.1
+  assert _parts(10, runs)[1]['holds'] is False
+  assert [p['holds'] for p in _parts(9, runs[3:])] == [None, None, None]
+  assert replication.label(_lm('rope', [1] * 4)) == 'rope'  # no lm- name
 
 
 def test_mrr_order_one_part_per_pair():
@@ -178,12 +217,13 @@ def test_write_puts_the_findings_first(tmp_path):
     md = f.read()
   assert md.startswith('# Replication: published findings beside lmx')
   rows = [l for l in md.splitlines() if l.startswith('| ') and '**' in l]
-  assert len(rows) == 8
+  assert len(rows) == 10
   assert rows[0].startswith('| 1 | Press et al. 2022 |')
   assert rows[0].endswith('| **holds** |')
   assert rows[5].endswith('| **does not hold** |')    # ReRoPE rises
   assert rows[6].endswith('| **holds** |')            # LM-Infinite flat
   assert rows[7].endswith('| **not measured** |')     # no induction runs
+  assert rows[8].endswith('| **not measured** |')     # no DroPE runs
   assert '## Language modelling' in md                 # the standard report
   with open(os.path.join(out, 'findings.json')) as f:
     assert [x['verdict'] for x in json.load(f)][5] == 'does not hold'
@@ -201,10 +241,20 @@ def test_findings_read_only_the_plain_evaluation(tmp_path):
   assert [r['eval_dir'] for r in runs] == ['eval']  # not a second seed
 
 
+def test_load_finds_the_nested_drope_run(tmp_path):
+  d = _write(str(tmp_path), _lm('rope', [1, 1.2, 1.5, 2], name='lm-rope-s0'))
+  _write(d, _lm('none', [1, 1.1, 1.2, 1.3], name='drope'))
+  runs = replication.load([d])
+  assert sorted((r['name'], replication.label(r)) for r in runs) == [
+      ('lm-rope-s0', 'rope'), ('lm-rope-s0/drope', 'drope')]
+  assert replication.nested_dirs([d, str(tmp_path)], 'drope') == [
+      os.path.join(d, 'drope')]
+
+
 def test_the_replicate_declaration(tmp_path):
   quick = sweep.prepare('configs/sweeps/replicate.py:quick', str(tmp_path))
   full = sweep.prepare('configs/sweeps/replicate.py', str(tmp_path))
-  assert len(quick) == 20 and len(full) == 41
+  assert len(quick) == 23 and len(full) == 50
   assert sweep.report_module('configs/sweeps/replicate.py') == \
       'configs.sweeps.replicate'
   names = [m.name for m in full]
@@ -212,11 +262,47 @@ def test_the_replicate_declaration(tmp_path):
   assert sum(m.name.startswith('lm-alibi-') for m in full) == 3
   (rope,) = [m for m in quick if m.name == 'lm-rope-s0']
   assert rope.after[0].done == 'extensions/results.json'
+  assert rope.after[1].command(rope.workdir)[1:] == [
+      '-m', 'experiments.drope', f'--workdir={rope.workdir}', '--steps=50']
+  assert rope.after[1].done == 'drope/eval/results.json'
   assert f'--workdir={rope.workdir}' in rope.after[0].command(rope.workdir)
   assert rope.overrides['train.steps'] == 500
   (ind,) = [m for m in quick
             if m.name == 'task-induction_heads-rope-contiguous-s0']
   assert 'task.eval_stride' not in ind.overrides       # its own, 64
-  assert quick[4].overrides['task.eval_stride'] == 4
+  (copy,) = [m for m in quick if m.name == 'task-copy-none-contiguous-s0']
+  assert copy.overrides['task.eval_stride'] == 4
   with pytest.raises(sweep.SweepError, match='not key=value.*the word quick'):
     sweep.prepare('configs/sweeps/replicate.py:fast', str(tmp_path))
+
+
+def test_drope_recalibrates_with_the_runs_data_and_evaluation(tmp_path):
+  from experiments import drope
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump({'seed': 3, 'data': {'source': '/corpus', 'cache_dir': '/c'},
+               'eval': {'tokens': 8192}, 'train': {'steps': 500},
+               'model': {'position': 'rope'}}, f)
+  train, evaluate = drope.commands(str(tmp_path), 50, 'size=tiny')
+  assert train[2].endswith(f'configs/drope.py:from={tmp_path},steps=50,'
+                           'size=tiny')
+  assert sorted(train[3:-2]) == ['--config.data.cache_dir=/c',
+                                 '--config.data.source=/corpus',
+                                 '--config.eval.tokens=8192', '--config.seed=3']
+  assert train[-2] == f'--workdir={tmp_path / "drope"}'
+  assert evaluate[-1] == f'--out={tmp_path / "drope" / "eval"}'
+  assert drope.main(['--workdir', str(tmp_path / 'missing')]) == 2
+
+
+def test_the_drope_recipe():
+  from configs import drope
+  from lmx.config import validate as config_lib
+  from lmx.errors import ConfigError
+  c = drope.get_config('from=runs/rope,size=tiny,steps=40,qk_norm=true')
+  config_lib.validate(c)
+  assert (c.init_from, c.model.position, c.train.steps,
+          c.train.warmup_steps, c.model.layers.qk_norm) == (
+              'runs/rope', 'none', 40, 4, (True,))
+  for arg, match in ((None, 'from=runs/rope'), ('from=r,steps=0', 'steps'),
+                     ('from=r,qk_norm=yes', 'qk_norm')):
+    with pytest.raises(ConfigError, match=match):
+      drope.get_config(arg)

@@ -392,3 +392,40 @@ def test_many_groups_are_drawn_as_small_multiples(tmp_path):
   for png in ('ten.png', 'three.png', 'task.png'):
     with open(tmp_path / png, 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_sweep_report_has_effective_lengths_and_longppl(tmp_path):
+  root = str(tmp_path)
+  dirs = []
+  # Losses at 16 (training length), 32, 128; 0.85 lets the loss rise by
+  # ln(1 / 0.85) = 0.1625 nats over the reference (the loss at 16).
+  for s, losses, lp in ((0, [1.0, 1.1, 1.5], [None, 3.0, 6.0]),
+                        (1, [1.2, 1.4, 1.3], [None, 3.2, 7.0])):
+    r = _lm('alibi', losses)
+    r['results'][2]['length'] = 128
+    r['longppl'] = [{'length': n, 'longppl': v, 'key_fraction': 0.1}
+                    for n, v in zip((16, 32, 128), lp)]
+    dirs.append(_write(root, f'alibi-s{s}', r, seed=s))
+  for s in (0, 1):
+    dirs.append(_write(root, f'reverse-s{s}',
+                       _task('reverse', 'rope', [1.0, 0.1 * (s + 1)]),
+                       seed=s))
+  out = str(tmp_path / 'report')
+  report.write(dirs, out, title='t')
+  with open(os.path.join(out, 'report.md')) as f:
+    md = f.read()
+  # Seed 0: +0.1 at 32 passes, +0.5 at 128 fails -> 32. Seed 1: +0.2 at 32
+  # fails -> 16. Mean losses 1.1, 1.25, 1.4: +0.15 passes, +0.3 fails -> 32.
+  assert ('| alibi | 0,1 | perplexity | 3.004 (16) | <= 3.534 | 32 | '
+          '32, 16 |') in md
+  # LongPPL has no value at the training length: no reference.
+  assert '| alibi | 0,1 | LongPPL | n/a | n/a | n/a | n/a, n/a |' in md
+  assert 'LongPPL (Fang et al. 2025' in md
+  assert '3.100 ± 0.141' in md  # LongPPL at 32 over the seeds
+  # Accuracy 1.0 at 8, then 0.1 / 0.2 at 16: only the training length.
+  assert '| rope | 0,1 | accuracy | 1 (8) | >= 0.85 | 8 | 8, 8 |' in md
+  rows = _csv(os.path.join(out, 'report.csv'))
+  (e,) = [r for r in rows if r['metric'] == 'effective_length perplexity']
+  assert e['mean'] == '32' and e['n'] == '2'
+  (e,) = [r for r in rows if r['metric'] == 'effective_length LongPPL']
+  assert e['mean'] == ''

@@ -96,7 +96,10 @@ def test_shipped_declarations():
   every = sweep.prepare('configs/sweeps/tasks.py:size=tiny', 'runs/x')
   from configs.sweeps import tasks as task_sweep  # pylint: disable=g-import-not-at-top
   assert len(every) == len(task_sweep.TASKS) * len(positions.REGISTRY) * 2
-  assert len(task_sweep.TASKS) == 24   # 9, 10 Chomsky, 5 recall tasks
+  # 9, 10 Chomsky, 5 recall, 3 BABILong and 2 RULER aggregation tasks
+  assert len(task_sweep.TASKS) == 29
+  from lmx.data import tasks as task_lib  # pylint: disable=g-import-not-at-top
+  assert set(task_sweep.TASKS) == set(task_lib.TASKS)
 
 
 def test_bad_declarations(tmp_path):

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from lmx.evaluation import task_accuracy as task_eval
 from lmx.data import tasks, tokenizer
+import test_aggregation
+import test_babilong
 
 EOD = tokenizer.EOD
 NAMES = sorted(tasks.TASKS)
@@ -66,6 +68,10 @@ def _solve(name, prompt, tc):
     return _solve_chomsky(name, body, tc)
   if name in RECALL:
     return _solve_recall(name, prompt)
+  if name in test_babilong.NAMES:  # solved there, from the text alone
+    return test_babilong.solve(name, prompt)
+  if name in test_aggregation.NAMES:
+    return test_aggregation.solve(name, prompt)
   raise AssertionError(name)
 
 
@@ -196,6 +202,10 @@ def _length_of(name, prompt, tc):
     return len(NIAH_RE.sub('', prompt[:prompt.index('what is')])) // 16
   if name == 'variable_tracking':
     return len(VT_RE.sub('', prompt[:prompt.index('which')])) // 16
+  if name in test_babilong.NAMES:
+    return test_babilong.length_of(name, prompt)
+  if name in test_aggregation.NAMES:
+    return test_aggregation.length_of(name, prompt)
   raise AssertionError(name)
 
 
@@ -752,7 +762,8 @@ def _oracle(name, tc, shift=0):
   return apply_fn
 
 
-@pytest.mark.parametrize('name', ['reverse', 'binary_addition', 'passkey'])
+@pytest.mark.parametrize('name', ['reverse', 'binary_addition', 'passkey',
+                                  'babilong_count', 'common_words'])
 def test_evaluate_task_oracle_and_wrong(name):
   c = _config(name, eval_examples=5)
   c.eval.batch_tokens = 2 * tasks.sequence_length(c.task, 3)  # chunks, pads

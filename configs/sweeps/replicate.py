@@ -1,7 +1,7 @@
-"""One sweep that replicates eight published findings (issue 18), and its
+"""One sweep that replicates ten published findings (issue 18), and its
 report (``write`` below, through ``experiments.replication``): each finding beside
 what lmx measured and whether its direction holds. ``FINDINGS`` declares
-the eight, with the thresholds that decide them.
+the ten, with the thresholds that decide them.
 
     python sweep.py --sweep=configs/sweeps/replicate.py:quick \
         --dir=runs/sweeps/replicate_quick --parallel=2
@@ -14,9 +14,12 @@ Members (default size, the built-in corpus; docs/replication.md):
 
 - **lm-<enc>-s<seed>**: language models with sinusoidal, rope, t5 and alibi
   positions (findings 1 and 2: eval.py's non-overlapping and sliding
-  windows). The rope members also run ``python -m lmx.evaluation.extensions`` with
-  plain RoPE, PI, NTK-aware, dynamic NTK, YaRN, ReRoPE and LM-Infinite
-  (findings 5, 6, 7; no training).
+  windows), NoPE (``none``, finding 9), and KERPLE and DAPE on KERPLE
+  (``configs/dape.py``, finding 10). The rope members also run
+  ``python -m lmx.evaluation.extensions`` with plain RoPE, PI, NTK-aware,
+  dynamic NTK, YaRN, ReRoPE and LM-Infinite (findings 5, 6, 7; no
+  training) and ``python -m experiments.drope``: DroPE's recalibration of
+  that RoPE model, into ``<workdir>/drope`` (finding 9).
 - **task-<task>-<enc>-contiguous-s<seed>**: NoPE, T5, ALiBi, RoPE and
   sinusoidal ("absolute") on MRR_TASKS (finding 3).
 - **task-<reverse|duplicate_string>-rope-<sampling>-s<seed>**: RoPE with
@@ -38,7 +41,11 @@ from configs import base
 from experiments import replication as rep
 from lmx.errors import ConfigError
 
-LM_ENCODINGS = ('sinusoidal', 'rope', 't5', 'alibi')
+LM_ENCODINGS = ('sinusoidal', 'rope', 't5', 'alibi', 'none', 'kerple',
+                'dape')
+DAPE_BASE = 'kerple'   # configs/dape.py: DAPE on KERPLE, the paper's main
+DROPE_STEPS = 150      # DroPE's recalibration: a tenth of pretraining
+                       # (50 of the quick variant's 500)
 MRR_ENCODINGS = ('none', 't5', 'alibi', 'rope', 'sinusoidal')
 MRR_TASKS = ('copy', 'reverse', 'sort')
 MRR_TASKS_QUICK = ('copy', 'reverse')
@@ -57,6 +64,8 @@ DEGRADES = 1.1     # rotary: longest / L; T5 after 2L: longest / 2L
 FLAT = 1.05        # ALiBi, LM-Infinite: longest / L
 NEAR_2L = 1.1      # T5 still near its training loss: 2L / L
 RISE_TOL = 0.005   # ReRoPE: nats a length may exceed the one before
+NO_GAIN = 0.01     # ALiBi sliding: lowest loss beyond L may be 1% below L's
+RECOVERS = 1.02    # DroPE: loss at L at most 2% above RoPE's
 FAILS = 0.5        # induction heads: accuracy beyond 2L / within L
 LEARNED = 0.5      # ... within-L accuracy below which it was not learned
 ABSOLUTE = 'sinusoidal'   # the "absolute" encoding of findings 3 and 8
@@ -75,12 +84,15 @@ FINDINGS = (
             rep.loss_ratio('alibi', 'longest', 1, '<=', FLAT,
                            'ALiBi stays flat'))),
     rep.Finding(
-        'Press et al. 2022 (sliding windows)', 'with sliding-window '
-        'evaluation ALiBi\'s gain over the others shrinks; sinusoidal still '
-        'explodes', (
-            rep.gain_shrinks('alibi', ('sinusoidal', 'rope', 't5'),
-                             'ALiBi\'s gain (others\' loss - ALiBi\'s, mean '
-                             'beyond L) is smaller with sliding windows'),
+        'Press et al. 2022 (sliding windows, appendix B)', 'with sliding-'
+        'window evaluation ALiBi\'s loss past L is no better than at L: its '
+        'gain under non-overlapping windows comes from the early-token '
+        'curse, not from the longer context; sinusoidal still explodes', (
+            rep.no_gain_beyond('alibi', NO_GAIN,
+                               'ALiBi no better past L (sliding)'),
+            rep.gain_only_without_overlap(
+                'alibi', 'ALiBi\'s gain past L is the early-token curse: '
+                'lower non-overlapping than sliding'),
             rep.loss_ratio('sinusoidal', 'longest', 1, '>=', EXPLODES,
                            'sinusoidal still explodes (sliding)',
                            rows='sliding'))),
@@ -119,6 +131,22 @@ FINDINGS = (
             rep.fails_beyond('induction_heads', p,
                              'absolute' if p == ABSOLUTE else p, 2, FAILS,
                              LEARNED) for p in MAMBA_ENCODINGS)),
+    rep.Finding(
+        'Gelberg et al. 2025 (DroPE)', 'a RoPE model with its position '
+        'encoding dropped and briefly recalibrated at L extends past L '
+        'better than RoPE and than NoPE trained from scratch, and keeps its '
+        'loss at L', (
+            rep.loss_below('drope', 'rope', 'longest', 'DroPE below RoPE'),
+            rep.loss_below('drope', 'none', 'longest', 'DroPE below NoPE'),
+            rep.loss_below('drope', 'rope', 1, 'DroPE keeps its loss at L',
+                           factor=RECOVERS))),
+    rep.Finding(
+        'Zheng et al. 2024 (DAPE)', 'making the bias data-adaptive lowers '
+        'the loss of its base encoding past L, and within L', (
+            rep.loss_below('dape', DAPE_BASE, 'longest',
+                           f'DAPE below {DAPE_BASE}'),
+            rep.loss_below('dape', DAPE_BASE, 1,
+                           f'DAPE below {DAPE_BASE} within L'))),
 )
 
 
@@ -166,11 +194,18 @@ def get_sweep(arg=None):
     for seed in range(many):
       row = {'config': f'configs/{enc}.py{size}', 'seed': seed, **lm_quick}
       if enc == 'rope':
+        drope = (1 if args.get('size') == 'tiny' else
+                 DROPE_STEPS // 3 if quick else DROPE_STEPS)
         row['after'] = [{
             'name': 'extensions',
             'args': ['-m', 'lmx.evaluation.extensions', '--workdir={workdir}',
                      '--methods=' + ','.join(EXTENSIONS)],
-            'done': 'extensions/results.json'}]
+            'done': 'extensions/results.json'}, {
+            'name': 'drope',
+            'args': ['-m', 'experiments.drope', '--workdir={workdir}',
+                     f'--steps={drope}'] + (
+                         [f'--arg={size[1:]}'] if size else []),
+            'done': 'drope/eval/results.json'}]
       add(f'lm-{enc}-s{seed}', **row)
 
   def task(t, enc, sampling, seed):

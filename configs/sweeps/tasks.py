@@ -26,7 +26,8 @@ TASKS = ('copy', 'reverse', 'duplicate_string', 'sort', 'parity',
          'missing_duplicate_string', 'solve_equation', 'binary_multiplication',
          'compute_sqrt', 'bucket_sort', 'stack_manipulation',
          'modular_arithmetic_brackets', 'induction_heads', 'mqar', 'flip_flop',
-         'multi_key_niah', 'variable_tracking')
+         'multi_key_niah', 'variable_tracking', 'babilong_qa1',
+         'babilong_qa2', 'babilong_count', 'common_words', 'frequent_words')
 
 
 def get_sweep(arg=None):

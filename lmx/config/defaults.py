@@ -169,6 +169,9 @@ def get_config(arg: str | None = None,
   c.model.attention_block = 512       # chunked: query and key tile length
   c.model.chunk_threshold = 2048      # auto on CPU: chunked above this many keys
   c.model.accelerator_chunk_threshold = 512  # auto on GPU/TPU: the same
+  # How a query weighs its keys: softmax | stick_breaking |
+  # stick_breaking_current (lmx/model/stickbreaking.py).
+  c.model.normaliser = 'softmax'
   # The far branches and masks (ReRoPE, LM-Infinite, Self-Extend, attention
   # sinks), each off at its defaults: lmx/positions/far.py.
   for name in far.REGISTRY:
@@ -258,7 +261,8 @@ def get_config(arg: str | None = None,
   c.eval.batch_tokens = 16384             # tokens per forward pass
   c.eval.position_buckets = 64
   # The evaluators to run, in order (lmx.evaluation.evaluators.EVALUATORS:
-  # loss, sliding, per_position, attention, generation, ood, tasks). Empty:
+  # loss, sliding, per_position, attention, generation, ood, tasks,
+  # longppl). Empty:
   # those the switches below turn on (loss, sliding with `sliding`,
   # per_position, attention with `diagnostics_windows`, generation, ood;
   # tasks for a task run), so configs and saved runs that set them keep
@@ -290,6 +294,19 @@ def get_config(arg: str | None = None,
   c.eval.ood_head = 0
   c.eval.ood_layer = -1
   c.eval.ood_query_rows = 64
+  # LongPPL (Fang et al. 2025; lmx.evaluation.longppl), run when
+  # config.eval.evaluators names 'longppl': perplexity on the key tokens,
+  # those whose log-probability gains more than longppl_alpha nats from the
+  # long context over the last longppl_short tokens (0: train.seq_len) and
+  # whose long-context log-probability exceeds longppl_beta. Short contexts
+  # come from windows every longppl_stride tokens (0: longppl_short / 4).
+  c.eval.longppl_short = 0
+  c.eval.longppl_stride = 0
+  c.eval.longppl_alpha = 2.0
+  c.eval.longppl_beta = -2.0
+  # Effective length (lmx.evaluation.effective): the longest length whose
+  # score keeps this fraction of the in-distribution score (NoLiMa: 0.85).
+  c.eval.effective_fraction = 0.85
   c.eval.seed = 1234
   return c
 
@@ -299,7 +316,8 @@ def complete(saved: dict) -> dict:
   from ``get_config()``: the fields added since it was written. Where such
   a run had another behaviour than today's default, the encoding says so
   (``PositionEncoding.former_defaults``: KERPLE's per-layer parameters,
-  YaRN's ramp on turns), and that value is filled in instead. Fields it has
+  YaRN's ramp on turns; ``length_scaling.former_defaults``: Llama 4's
+  temperature by position value), and that value is filled in instead. Fields it has
   are never changed. Returns ``saved``, completed in place."""
   model = saved.get('model')
   if isinstance(model, dict):
@@ -310,6 +328,10 @@ def complete(saved: dict) -> dict:
         if isinstance(section, dict):
           for key, value in former.items():
             section.setdefault(key, value)
+    section = model.setdefault('length_scaling', {})
+    if isinstance(section, dict):
+      for key, value in length_scaling.former_defaults(model).items():
+        section.setdefault(key, value)
   _fill(saved, get_config().to_dict())
   return saved
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from lmx.config.fields import Field
 from lmx.model import gating
+from lmx.model import stickbreaking
 
 # Positions and steps are int32 on the device.
 INT32_MAX = 2**31 - 1
@@ -51,6 +52,9 @@ MODEL = {
                              'CPU', lo=0),
     'accelerator_chunk_threshold': Field(int, 'the same on a GPU or TPU',
                                          lo=0),
+    'normaliser': Field(str, 'how a query weighs its keys: softmax, or '
+                        'stick-breaking (lmx.model.stickbreaking)',
+                        choices=tuple(stickbreaking.REGISTRY)),
     'attention_gate': Field(str, "gated attention's sigmoid gate on each "
                             "head's output (lmx.model.gating)",
                             choices=tuple(gating.KINDS)),
@@ -108,7 +112,7 @@ EVAL = {
     'batch_tokens': _positive_int('tokens per evaluation batch'),
     'position_buckets': _positive_int('buckets of the per-position loss'),
     'sliding': Field(bool, 'the sliding-window protocol too'),
-    'sliding_stride': Field(int, 'its stride (0: half the training length)',
+    'sliding_stride': Field(int, 'its stride (0: a quarter of each window length)',
                             lo=0),
     'diagnostics_windows': Field(int, 'windows of the attention statistics '
                                  '(0: none)', lo=0),
@@ -124,6 +128,21 @@ EVAL = {
     'ood': Field(bool, "LM-Infinite's out-of-distribution factors"),
     'ood_query_rows': _positive_int('the last queries whose logits are '
                                     'profiled'),
+    'longppl_short': Field(int, "LongPPL's short context in tokens (0: the "
+                           'training length; the paper: 4096)', lo=0,
+                           hi=INT32_MAX),
+    'longppl_stride': Field(int, 'tokens sharing one short-context window '
+                            '(0: a quarter of the short context; 1: each '
+                            'token exactly the short context)', lo=0,
+                            hi=INT32_MAX),
+    'longppl_alpha': Field(float, "LongPPL's long-short difference threshold "
+                           '(nats)'),
+    'longppl_beta': Field(float, "LongPPL's long-context log-likelihood "
+                          'threshold (nats)'),
+    'effective_fraction': Field(float, 'the fraction of the in-distribution '
+                                'score a length keeps to count in the '
+                                'effective length', lo=0.0, hi=1.0,
+                                lo_open=True),
 }
 
 

@@ -132,6 +132,14 @@ bit in the prompt. mqar splits the first ``task.alphabet_size`` symbols in
 halves, keys and values, as Zoology splits its vocabulary, so n is at most
 ``alphabet_size // 2``. ``task.flip_flop_p_ignore`` is the p of FFL(p).
 
+Reasoning and aggregation in a haystack, each in a module of its own:
+BABILong-style bAbI stories among the passkey filler (``babilong_qa1``,
+``babilong_qa2``, ``babilong_count``; ``lmx.data.babilong``: facts of 26
+bytes, n counts filler sentences) and RULER's common- and frequent-word
+extraction (``common_words``, ``frequent_words``; ``lmx.data.aggregation``:
+n counts words seen once, and blocks of 16 words). Their prompts end with a
+question (``? ``); a several-word answer is written as variable_tracking's.
+
 Randomness: a training batch is a pure function of ``(config.seed, step)``
 (``lmx.data.windows.step_rng``) and each example draws its own length
 uniformly from ``[train_min_length, train_max_length]``. An evaluation batch
@@ -148,7 +156,7 @@ from collections.abc import Callable, Sequence
 import ml_collections
 import numpy as np
 
-from lmx.data import tokenizer
+from lmx.data import aggregation, babilong, tokenizer
 from lmx.data.windows import step_rng
 from lmx.positions import sample_positions
 from lmx.positions import sampling as sampling_lib
@@ -184,7 +192,9 @@ VT_VALUE = 'VAR {} = {}. '
 VT_HOP = 'VAR {} = VAR {}. '
 VT_QUESTION = 'which variables are assigned the value {}? '
 # Tasks whose prompt ends with a question (``? ``) instead of ``=``.
-QUESTION_TASKS = ('passkey', 'multi_key_niah', 'variable_tracking')
+QUESTION_TASKS = ('passkey', 'multi_key_niah', 'variable_tracking',
+                  'babilong_qa1', 'babilong_qa2', 'babilong_count',
+                  'common_words', 'frequent_words')
 # Tasks whose operands and answer are digits mod task.modulus.
 MODULAR = ('modular_arithmetic', 'solve_equation',
            'modular_arithmetic_brackets')
@@ -196,7 +206,9 @@ class Task:
 
   ``make(rng, n, task_cfg, depth) -> (prompt, answer)`` strings;
   ``len(prompt + answer) == per * n + extra`` for every example;
-  ``limit(task_cfg)``: the largest n the format can express (None: no limit).
+  ``limit(task_cfg)``: the largest n the format can express (None: no limit);
+  ``limit_message(task_cfg, n, limit)``: why n is too long, where the reason
+  is not the number of distinct keys (None: it is).
   """
   name: str
   make: Callable
@@ -204,6 +216,7 @@ class Task:
   extra: int
   limit: Callable = lambda tc: None
   doc: str = ''
+  limit_message: Callable | None = None
 
 
 def _symbols(rng, n, tc) -> str:
@@ -697,6 +710,24 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          + len(VT_QUESTION.format('0' * 5))
          + (VT_HOPS + 1) * (VT_LETTERS + 1) - 1,
          doc='filler with a chain of assignments, value?=the variables'),
+    # BABILong (Kuratov et al. 2024): lmx.data.babilong.
+    Task('babilong_qa1', babilong.make('babilong_qa1', _haystack), SENTENCE,
+         babilong.extra('babilong_qa1'),
+         doc='filler with moves, where is a person?=their last place'),
+    Task('babilong_qa2', babilong.make('babilong_qa2', _haystack), SENTENCE,
+         babilong.extra('babilong_qa2'),
+         doc='filler with moves, pick-ups, drops, where is an object?=place'),
+    Task('babilong_count', babilong.make('babilong_count', _haystack),
+         SENTENCE, babilong.extra('babilong_count'),
+         doc='filler with pick-ups and drops, how many held?=digit'),
+    # RULER's aggregation (Hsieh et al. 2024): lmx.data.aggregation.
+    Task('common_words', aggregation.common_words, aggregation.cwe_per(),
+         aggregation.cwe_extra(), limit=aggregation.cwe_limit,
+         limit_message=aggregation.cwe_limit_message,
+         doc='numbered list of words, 4 most common?=them, first seen first'),
+    Task('frequent_words', aggregation.frequent_words, aggregation.fwe_per(),
+         aggregation.fwe_extra(),
+         doc='Zipf-distributed words, 3 most frequent?=them, by frequency'),
 )}
 
 
@@ -807,6 +838,10 @@ def check(config) -> str | None:
       bad, what = tc.train_max_length, 'train_max_length'
     else:
       bad, what = longest, 'longest evaluation length'
+    why = get_task(tc.name).limit_message
+    if why is not None:
+      return (f'{why(tc, bad, limit)} (config.task {what}: lower it, or '
+              'task.eval_lengths / eval_multiple).')
     half = ' (mqar: half are keys, half values)' if tc.name == 'mqar' else ''
     return (f'{tc.name} length {bad} (config.task {what}) needs {bad} '
             f'distinct keys, but config.task.alphabet_size={tc.alphabet_size} '
@@ -828,6 +863,9 @@ def alphabet_problem(tc, n: int) -> str | None:
   limit = get_task(tc.name).limit(tc)
   if limit is None or n <= limit:
     return None
+  why = get_task(tc.name).limit_message
+  if why is not None:
+    return f'{why(tc, n, limit)}.'
   half = ' (mqar: half are keys, half values)' if tc.name == 'mqar' else ''
   return (f'{tc.name} length {n} needs {n} distinct keys, but '
           f'config.task.alphabet_size={tc.alphabet_size} gives only '

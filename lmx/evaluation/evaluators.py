@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 from lmx.config import validate as config_lib
 from lmx.data import windows
 from lmx.evaluation import generation as generation_eval
+from lmx.evaluation import longppl as longppl_lib
 from lmx.evaluation import ood as ood_diagnostics
 from lmx.evaluation import protocols
 from lmx.evaluation import sources
@@ -334,9 +335,47 @@ class Tasks(Evaluator):
     return files
 
 
+class LongPPL(Evaluator):
+  """LongPPL (Fang et al. 2025; ``lmx.evaluation.longppl``) at every
+  length, self-contrast: perplexity on the tokens whose log-probability the
+  long context raises most over the last ``config.eval.longppl_short``
+  tokens, with the key tokens' count and fraction, the plain perplexity of
+  the same tokens and the mean long-short difference (results.json
+  ``longppl``). The long-context losses are the ``loss`` evaluator's
+  (``Context.loss_at``); the short ones the same loss function's on
+  short windows. Run it by naming it in ``config.eval.evaluators``."""
+
+  name = 'longppl'
+
+  def check(self, ctx):
+    super().check(ctx)
+    short = longppl_lib.resolve_short(ctx.config)
+    config_lib.require(
+        any(n >= short for n in ctx.lengths),
+        f'config.eval.evaluators names {self.name!r}, whose short context '
+        f'is {short} tokens (config.eval.longppl_short, 0: '
+        'config.train.seq_len), but every length asked for '
+        f'({", ".join(map(str, ctx.lengths))}) is shorter: no token has '
+        'that much context. Evaluate longer lengths (--lengths) or lower '
+        'config.eval.longppl_short.')
+
+  def run(self, ctx):
+    if ctx.token_losses is None:
+      ctx.token_losses = protocols.make_loss_fn(ctx.graphdef)
+    return [longppl_lib.longppl_at_length(
+        ctx.token_losses, ctx.params, ctx.config, ctx.stream, length,
+        ctx.loss_at(length)) for length in ctx.lengths]
+
+  def summary(self, result):
+    return {'longppl': [{k: v for k, v in r.items()
+                         if k not in ('key_mask', 'short_loss')}
+                        for r in result]}
+
+
 EVALUATORS: dict[str, type[Evaluator]] = {
     cls.name: cls
-    for cls in (Loss, Sliding, PerPosition, Attention, Generation, Ood, Tasks)
+    for cls in (Loss, Sliding, PerPosition, Attention, Generation, Ood, Tasks,
+                LongPPL)
 }
 
 

@@ -26,6 +26,12 @@ the min-max range (a band in the plots):
   task (``accuracy_<task>.png``), drawn the same way.
 - Passkey runs: accuracy over lengths x depths, one heatmap per group
   (``passkey_<label>.png``), averaged over seeds.
+- Effective length (``lmx.evaluation.effective``): per group and
+  length-dependent score (perplexity, sliding perplexity, LongPPL, task
+  accuracy), the longest length whose mean-over-seeds score keeps the
+  evaluation's ``config.eval.effective_fraction`` (default 0.85, NoLiMa's)
+  of the in-distribution score, with each seed's own in the last column.
+- LongPPL, when evaluated (``longppl`` evaluator): a table beside the loss.
 - Task runs of two or more encodings: each encoding's mean reciprocal rank
   across tasks and lengths beyond training (:func:`mean_reciprocal_rank`,
   ``mrr.png``).
@@ -48,6 +54,7 @@ from lmx.positions import sampling
 from lmx import cli
 from lmx.config import defaults
 from lmx import fs
+from lmx.evaluation import effective as effective_lib
 from lmx.evaluation import plots
 from lmx.evaluation import task_accuracy as task_eval
 
@@ -497,7 +504,10 @@ def csv_rows(groups, labels) -> list[dict]:
                     f'{k}={v}' for k, v in (g.get('overrides') or {}).items()))
     metrics = ([('loss', 'results', 'loss'),
                 ('bits_per_byte', 'results', 'bits_per_byte'),
-                ('sliding_loss', 'sliding', 'loss')] if g['kind'] == 'lm' else
+                ('sliding_loss', 'sliding', 'loss'),
+                ('longppl', 'longppl', 'longppl'),
+                ('longppl_key_fraction', 'longppl', 'key_fraction')]
+               if g['kind'] == 'lm' else
                [('accuracy', 'results', 'accuracy'),
                 ('token_accuracy', 'results', 'token_accuracy'),
                 ('loss', 'results', 'loss')])
@@ -513,6 +523,89 @@ def csv_rows(groups, labels) -> list[dict]:
         for j, n in enumerate(lengths):
           out.append({**base, 'metric': 'passkey_accuracy', 'length': n,
                       'depth': d, **_stats([m[i][j] for m in same])})
+  return out
+
+
+# ------------------------------------------------------ effective length
+
+
+def _fraction(g: dict) -> float:
+  """The fraction the group's evaluations used (their results.json
+  ``effective_length``), NoLiMa's 0.85 for those written before it."""
+  for run in g['runs']:
+    for e in (run.get('effective_length') or {}).values():
+      return float(e['fraction'])
+  return effective_lib.NOLIMA_FRACTION
+
+
+def group_effective(g: dict) -> dict:
+  """``{score: (effective_length of the mean-over-seeds curve (of the
+  mean loss, for a perplexity), [each run's effective_length])}`` for
+  each score of ``effective.CURVES`` the group's runs hold."""
+  fraction = _fraction(g)
+  out = {}
+  for name, kind, rows, metric, higher, exp in effective_lib.CURVES:
+    stats = aggregate(g, metric, rows) if kind == g['kind'] else None
+    if not stats:
+      continue
+    # A loss's mean over seeds, then exp: the geometric mean perplexity.
+    mean = effective_lib.effective_length(
+        [s['length'] for s in stats],
+        effective_lib.curve_scores([s['mean'] for s in stats], exp),
+        g['train_length'], fraction, higher)
+    per_run = [effective_lib.of_results(r, fraction).get(name)
+               for r in g['runs']]
+    out[name] = (mean, per_run)
+  return out
+
+
+def effective_md(groups, labels) -> str:
+  """Markdown: per group and score, the reference, the threshold, the
+  effective length of the mean curve and of each run."""
+  lines = ['| group | seeds | score | reference (length) | threshold | '
+           'effective length | per seed |', '|---|---|---|---:|---:|---:|---|']
+  for g, l in zip(groups, labels):
+    for name, (e, per_run) in group_effective(g).items():
+      if e['reference'] is None:
+        ref = thr = 'n/a'
+      else:
+        ref = f'{e["reference"]:.4g} ({e["reference_length"]})'
+        thr = (f'{">=" if e["higher_is_better"] else "<="} '
+               f'{e["threshold"]:.4g}')
+      lines.append(f'| {l} | {_seeds(g)} | {name} | {ref} | {thr} | '
+                   f'{effective_lib.describe(e)} | '
+                   f'{", ".join(effective_lib.describe(x) for x in per_run)} |')
+  return '\n'.join(lines)
+
+
+def _effective_section(groups, labels) -> list[str]:
+  if not any(group_effective(g) for g in groups):
+    return []
+  fraction = sorted({_fraction(g) for g in groups})
+  return [('Effective length: the longest length up to which every length '
+           'from the training length on keeps '
+           f'{" / ".join(f"{f:g}" for f in fraction)} of the best '
+           'in-distribution score (NoLiMa; a perplexity may rise at most '
+           '1/fraction times); `<n`: even the first such length n fails; '
+           'n/a: no in-distribution score.'), '',
+          effective_md(groups, labels), '']
+
+
+def effective_csv_rows(groups, labels) -> list[dict]:
+  """One row per group and score: ``metric`` = ``effective_length
+  <score>``, ``mean`` = the effective length of the mean curve (empty when
+  none), ``n`` = the runs."""
+  out = []
+  for g, l in zip(groups, labels):
+    for name, (e, _) in group_effective(g).items():
+      out.append({k: g[k] for k in ('kind', 'task', 'position',
+                                    'train_sampling', 'eval_sampling',
+                                    'train_length')}
+                 | {'group': l, 'seeds': _seeds(g), 'n': len(g['runs']),
+                    'metric': f'effective_length {name}',
+                    'mean': '' if e['effective_length'] is None
+                    else e['effective_length'],
+                    'runs': ' '.join(r['name'] for r in g['runs'])})
   return out
 
 
@@ -891,8 +984,15 @@ def write(workdirs, out_dir: str, title: str = 'sweep',
       md += [('Sliding-window loss (stride '
               f'{", ".join(map(str, strides)) or "n/a"}):'), '',
              _md_table(lm, labels, 'loss', rows='sliding'), '']
+    if any(r.get('longppl') for g in lm for r in g['runs']):
+      md += ['LongPPL (Fang et al. 2025, self-contrast): perplexity on the '
+             'key tokens (n/a: no key token at that length):', '',
+             _md_table(lm, labels, 'longppl', rows='longppl'), '',
+             'Fraction of the scored tokens that are key tokens:', '',
+             _md_table(lm, labels, 'key_fraction', rows='longppl'), '']
     md += ['![loss against length](loss_vs_length.png)', '']
-    all_rows += csv_rows(lm, labels)
+    md += _effective_section(lm, labels)
+    all_rows += csv_rows(lm, labels) + effective_csv_rows(lm, labels)
 
   tasks = sorted({g['task'] or 'task' for g in groups if g['kind'] == 'task'})
   for task in tasks:
@@ -907,6 +1007,7 @@ def write(workdirs, out_dir: str, title: str = 'sweep',
            'lengths (report.csv has all of them).', '',
            _md_table(tg, labels, 'accuracy', split=True), '',
            f'![{task}]({png})', '']
+    md += _effective_section(tg, labels)
     for g, l in zip(tg, labels):
       if passkey_mean(g):
         png = f'passkey_{_slug(task)}_{_slug(l)}.png'
@@ -916,7 +1017,7 @@ def write(workdirs, out_dir: str, title: str = 'sweep',
                      os.path.join(out_dir, png))
         written.append(png)
         md += [f'![{task} {l}]({png})', '']
-    all_rows += csv_rows(tg, labels)
+    all_rows += csv_rows(tg, labels) + effective_csv_rows(tg, labels)
 
   if tasks:
     try:

@@ -22,6 +22,7 @@ import jax
 import ml_collections
 
 from lmx.config import validate as config_lib
+from lmx.evaluation import effective as effective_lib
 from lmx.evaluation import evaluators as evaluators_lib
 from lmx.evaluation.protocols import (
     attention_diagnostics, bucket_edges, log_bucket_edges, loss_at_length,
@@ -36,7 +37,8 @@ from lmx.training import run_state
 
 __all__ = [
     'attention_diagnostics', 'bucket_edges', 'config_dict', 'evaluate',
-    'folder_name', 'format_table', 'log_bucket_edges', 'loss_at_length',
+    'folder_name', 'format_effective', 'format_longppl_table',
+    'format_table', 'log_bucket_edges', 'loss_at_length',
     'make_loss_fn', 'make_stats_fn', 'per_position_result',
     'plot_attention', 'plot_loss_vs_length', 'plot_per_position',
     'position_profile', 'sliding_loss_at_length', 'sliding_stride',
@@ -46,8 +48,9 @@ __all__ = [
 
 def tensorboard_scalars(results: dict, prefix: str = 'eval') -> dict:
   """``{tag: value}`` of an evaluation, for TensorBoard: ``<prefix>/loss_len
-  <L>`` (and bits_per_byte, perplexity, sliding_loss; accuracy and
-  token_accuracy for a task run), one tag per length."""
+  <L>`` (and bits_per_byte, perplexity, sliding_loss, longppl and
+  longppl_key_fraction; accuracy and token_accuracy for a task run), one
+  tag per length."""
   out = {}
   for r in results['results']:
     for key in ('loss', 'bits_per_byte', 'perplexity', 'accuracy',
@@ -56,6 +59,10 @@ def tensorboard_scalars(results: dict, prefix: str = 'eval') -> dict:
         out[f'{prefix}/{key}_len{r["length"]}'] = r[key]
   for r in results.get('sliding') or ():
     out[f'{prefix}/sliding_loss_len{r["length"]}'] = r['loss']
+  for r in results.get('longppl') or ():
+    if r.get('longppl') is not None:
+      out[f'{prefix}/longppl_len{r["length"]}'] = r['longppl']
+    out[f'{prefix}/longppl_key_fraction_len{r["length"]}'] = r['key_fraction']
   return out
 
 
@@ -136,6 +143,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   folder too (``write_tensorboard``). With ``progress`` (and in the primary
   process) a line is printed per length evaluated.
 
+  results.json's ``effective_length`` holds, for each length-dependent
+  score it has (perplexity, sliding perplexity, LongPPL, task accuracy,
+  passkey accuracy by depth), the longest length that keeps
+  ``config.eval.effective_fraction`` of the in-distribution score
+  (``lmx.evaluation.effective``).
+
   Returns results.json's fields, the results of the evaluators that have a
   ``key`` (``per_position``, ``attention``, ``generation``, ``ood``: None
   when not run) and ``files``, the names of the files written to the
@@ -167,6 +180,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   results = source.results_head(ctx)
   for ev, result in got:
     results.update(ev.summary(result))
+  if 'train_length' in results:
+    results['effective_length'] = effective_lib.of_results(
+        results, config.eval.effective_fraction)
   results.update(source.results_tail(ctx))
   ctx.summary = results
   write_json(os.path.join(ctx.out_dir, 'results.json'), results)
@@ -186,6 +202,37 @@ def _check_same_task(config, workdir: str) -> None:
   a folder without a run is left to ``require_checkpoint``."""
   if os.path.isfile(os.path.join(workdir, checkpoint.CONFIG_FILE)):
     check_same_data(config, checkpoint.read_config(workdir), workdir)
+
+
+def format_longppl_table(results: dict) -> str:
+  """A markdown table of LongPPL against length (``results['longppl']``):
+  key tokens, their share, the plain perplexity of the same tokens and the
+  mean long-short difference."""
+  rows = results.get('longppl') or ()
+  if not rows:
+    return ''
+  lines = ['| length | short | LongPPL | key tokens | key fraction | '
+           'perplexity (same tokens) | mean LSD (nats) |',
+           '|---:|---:|---:|---:|---:|---:|---:|']
+  for r in rows:
+    lp = 'n/a' if r['longppl'] is None else f"{r['longppl']:.3f}"
+    lsd = 'n/a' if r['lsd'] is None else f"{r['lsd']:.4f}"
+    lines.append(f"| {r['length']} | {r['short']} | {lp} | "
+                 f"{r['key_tokens']} | {r['key_fraction']:.4f} | "
+                 f"{r['perplexity']:.3f} | {lsd} |")
+  return '\n'.join(lines)
+
+
+def format_effective(results: dict) -> str:
+  """The effective lengths of results.json (``effective_length``), a
+  markdown table, or '' when it has none."""
+  eff = results.get('effective_length')
+  if not eff:
+    return ''
+  fraction = next(iter(eff.values()))['fraction']
+  return (f'Effective length (longest length keeping {fraction:g} of the '
+          'in-distribution score; perplexities: rising at most '
+          f'{1 / fraction:.3g}x):\n' + effective_lib.format_table(eff))
 
 
 def format_table(results: dict) -> str:

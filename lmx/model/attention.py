@@ -41,6 +41,13 @@ encoding's own hooks at its far positions. Length scalings
 branch, or each query's whole score (SSMax's ``logit_scale``, applied
 before the mask, tile by tile in the chunked backend). qk-norm acts on the
 queries and keys after the encoding turns them, in each branch.
+
+``Spec.normaliser`` replaces the softmax where it is set
+(``lmx.model.stickbreaking``: stick-breaking attention): ``attend`` hands
+it the masked logits in the dense backend and in ``explicit`` (decoding),
+and the chunked backend then walks the key tiles from the nearest
+backwards, carrying the normaliser's running sum in place of the online
+softmax's; the fused kernels refuse it.
 """
 
 from __future__ import annotations
@@ -86,7 +93,9 @@ class Spec:
     encoding turns them;
   * ``backend`` (``BACKENDS``), ``block`` (the tile of the chunked and
     flash backends), ``threshold``/``accelerator_threshold`` (the most keys
-    ``auto`` computes densely on a CPU / on a GPU or TPU).
+    ``auto`` computes densely on a CPU / on a GPU or TPU);
+  * ``normaliser``: None (softmax) or a ``lmx.model.stickbreaking``
+    normaliser, which turns the masked logits into weights instead.
   """
   mask: Mask = CAUSAL
   far: Any = None
@@ -96,6 +105,7 @@ class Spec:
   block: int = 512
   threshold: int = 2048
   accelerator_threshold: int = 512
+  normaliser: Any = None
 
   @property
   def far_from(self) -> int:
@@ -284,11 +294,21 @@ def content_values(spec: Spec, call: Call, visible_TxS: jax.Array,
 
 
 def attend(logits_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array,
-           prefix: Optional[Prefix] = None, values=None) -> jax.Array:
+           prefix: Optional[Prefix] = None, values=None, normaliser=None,
+           own_v_BxTxHxK: Optional[jax.Array] = None,
+           k_idx_S: Optional[jax.Array] = None) -> jax.Array:
   """Softmax over keys (float32), then the weighted sum of values; with a
   ``prefix`` (sinks), over its slots and the keys together; ``values``
   (``content_values``): the content term's share, from the keys' weights
-  (the sink slots have none)."""
+  (the sink slots have none). A ``normaliser`` (``Spec.normaliser``) takes
+  the weights instead, given each query's own value and, for keys out of
+  token order, their token indices ``k_idx_S``."""
+  if normaliser is not None:
+    if prefix is not None:
+      raise ValueError(f'the {normaliser.name} normaliser takes no sink '
+                       'slots (lmx.model.stickbreaking.check refuses them)')
+    return normaliser.attend(logits_BxHxTxS, v_BxSxHxK, own_v_BxTxHxK,
+                             values, k_idx_S)
   n_prefix = 0
   if prefix is not None:
     n_prefix = prefix.logits.shape[-1]
@@ -311,11 +331,26 @@ def explicit(spec: Spec, call: Call, q_idx_T: jax.Array,
   logits materialised whole, queries and keys at token indices ``q_idx_T``
   and ``k_idx_S`` (-1: an empty cache slot). What decoding and the
   diagnostics run."""
-  visible = spec.mask(q_idx_T, k_idx_S)
+  visible = _visible(spec, q_idx_T, k_idx_S)
   logits = masked_scores(spec, call, visible, k_idx_S)
+  own_v = None
+  if spec.normaliser is not None:   # each query's own key among the keys
+    own_v = jnp.einsum('ts,bshk->bthk',
+                       (k_idx_S[None, :] == q_idx_T[:, None]).astype(
+                           call.v.dtype), call.v)
   out = attend(logits, call.v, call.prefix,
-               content_values(spec, call, visible, k_idx_S))
+               content_values(spec, call, visible, k_idx_S), spec.normaliser,
+               own_v, k_idx_S)
   return out, logits
+
+
+def _visible(spec: Spec, q_idx_T: jax.Array, k_idx_S: jax.Array) -> jax.Array:
+  """``[T, S]``: the pairs the mask shows, as the normaliser restricts
+  them (stick-breaking: no query's own key by default)."""
+  visible = spec.mask(q_idx_T, k_idx_S)
+  if spec.normaliser is not None:
+    visible = spec.normaliser.restrict(visible, q_idx_T, k_idx_S)
+  return visible
 
 
 # ---------------------------------------------------------------- backends
@@ -380,7 +415,7 @@ class Dense(Backend):
 
   def __call__(self, spec, call):
     near, far, v_BxSxHxK = call.near, call.far, call.v
-    mask, window, bias_fn = spec.mask, spec.far_from, call.bias_fn
+    window, bias_fn = spec.far_from, call.bias_fn
     content, prefix, logit_scale = call.content, call.prefix, call.logit_scale
     t, s = near.q.shape[1], near.k.shape[1]
     offset = s - t
@@ -389,7 +424,8 @@ class Dense(Backend):
       def part(br: Branch, lo=lo, hi=hi) -> Branch:
         return Branch(br.q[:, lo:hi], br.k[:, :offset + hi],
                       br.q_pos[:, lo:hi], br.k_pos[:, :offset + hi])
-      visible = mask(jnp.arange(lo, hi) + offset, jnp.arange(offset + hi))
+      visible = _visible(spec, jnp.arange(lo, hi) + offset,
+                         jnp.arange(offset + hi))
       k_idx = jnp.arange(offset + hi, dtype=jnp.int32)
       ls = logit_scale[:, :, lo:hi] if logit_scale is not None else None
       near_part = part(near)
@@ -402,7 +438,8 @@ class Dense(Backend):
       part_prefix = None if prefix is None else Prefix(
           prefix.logits[:, :, lo:hi], prefix.v)
       outs.append(attend(logits, v_BxSxHxK[:, :offset + hi], part_prefix,
-                         _values(near_part, far_part, window, content_part)))
+                         _values(near_part, far_part, window, content_part),
+                         spec.normaliser, v_BxSxHxK[:, offset + lo:offset + hi]))
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
@@ -452,6 +489,11 @@ class Chunked(Backend):
     k_idx_all = jnp.where(jnp.arange(nk * bk) < s, jnp.arange(nk * bk), -1)
     prefix_p = None if prefix is None else Prefix(
         _pad(prefix.logits, 2, nq * bq), prefix.v)
+    # A normaliser (stick-breaking) walks the key tiles from the nearest
+    # backwards, carrying in place of ``l`` each query's running sum over
+    # the keys passed (no running max), and needs each query's own value.
+    sb = spec.normaliser
+    own_p = _pad(v_BxSxHxK[:, offset:], 1, nq * bq) if sb is not None else None
 
     # The key tiles a query block visits. Causal: every tile, those wholly in
     # the future skipped. Lambda-shaped: the tiles holding the global tokens,
@@ -506,6 +548,8 @@ class Chunked(Backend):
                             sl(far_p.k_pos, k0, bk))
         k_idx = jax.lax.dynamic_slice_in_dim(k_idx_all, k0, bk)
         visible = mask(q_idx, k_idx)
+        if sb is not None:
+          visible = sb.restrict(visible, q_idx, k_idx)
         part = _content_slice(content, q0, bq, k0, bk, visible, k_idx)
         logits = (_scores(tile, far_tile, window, bias_fn, part, ls_t,
                           call.adapt)
@@ -513,6 +557,13 @@ class Chunked(Backend):
                   else _branch_logits(tile, bias_fn, scale, part, ls_t,
                                       call.adapt))
         logits = jnp.where(visible, logits, NEG_INF)
+        if sb is not None:
+          p, l = sb.tile(logits, l)
+          v_t = sl(v_p, k0, bk)
+          acc = acc + jnp.einsum('bhts,bshk->bhtk', p,
+                                 v_t.astype(jnp.float32))
+          values = _values(tile, far_tile, window, part)
+          return m, l, (acc if values is None else acc + values(p))
         m_new = jnp.maximum(m, logits.max(axis=-1))
         p = jnp.where(visible, jnp.exp(logits - m_new[..., None]), 0.0)
         correction = jnp.exp(m - m_new)
@@ -527,6 +578,8 @@ class Chunked(Backend):
         return m_new, l, acc
 
       def body(carry, slot):
+        if sb is not None:   # the nearest tile first
+          slot = n_iter - 1 - slot
         j = tile_of(i, slot)
         carry = jax.lax.cond(tile_visible(i, slot, j),
                              lambda c: compute(c, j), lambda c: c, carry)
@@ -543,6 +596,8 @@ class Chunked(Backend):
         init = (m0, p0.sum(axis=-1), jnp.einsum(
             'bhtp,bphk->bhtk', p0, prefix_p.v.astype(jnp.float32)))
       (_, l, acc), _ = jax.lax.scan(body, init, jnp.arange(n_iter))
+      if sb is not None:
+        return sb.finish(acc, l, sl(own_p, q0, bq)).astype(v_BxSxHxK.dtype)
       out = acc / jnp.where(l > 0, l, 1.0)[..., None]
       return jnp.transpose(out, (0, 2, 1, 3)).astype(v_BxSxHxK.dtype)
 
@@ -584,6 +639,8 @@ class Cudnn(Backend):
   name = 'cudnn'
 
   def unavailable(self, spec, call):
+    if spec.normaliser is not None:
+      return spec.normaliser.kernel_refusal()
     if jax.default_backend() != 'gpu':  # the kernel needs a GPU attached
       return f'the platform is {jax.default_backend()}, not gpu'
     if call.content is not None:
@@ -643,6 +700,8 @@ class Flash(Backend):
 
   def unavailable(self, spec, call):
     platform = ops.platform()
+    if spec.normaliser is not None:
+      return spec.normaliser.kernel_refusal()
     if call.content is not None:
       return CONTENT_REFUSAL
     if call.adapt is not None:

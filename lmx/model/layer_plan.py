@@ -49,6 +49,7 @@ import ml_collections
 
 from lmx import positions
 from lmx.model import attention
+from lmx.model import stickbreaking
 from lmx.model.masks import CAUSAL, Mask
 from lmx.positions import far
 from lmx.positions import length_scaling
@@ -192,8 +193,8 @@ def layer_mask(model_cfg, spec: LayerSpec) -> Mask:
 
 def attention_spec(model_cfg, spec: LayerSpec) -> attention.Spec:
   """The frozen ``attention.Spec`` of one layer: its mask, the model's far
-  branch (``lmx.positions.far``), its length scaling, qk-norm and the
-  backend settings."""
+  branch (``lmx.positions.far``), its length scaling, qk-norm, the
+  backend settings and the normaliser (``lmx.model.stickbreaking``)."""
   member = far.far_member(model_cfg)
   return attention.Spec(
       mask=layer_mask(model_cfg, spec),
@@ -203,7 +204,8 @@ def attention_spec(model_cfg, spec: LayerSpec) -> attention.Spec:
       backend=str(model_cfg.attention),
       block=int(model_cfg.attention_block),
       threshold=int(model_cfg.chunk_threshold),
-      accelerator_threshold=int(model_cfg.accelerator_chunk_threshold))
+      accelerator_threshold=int(model_cfg.accelerator_chunk_threshold),
+      normaliser=stickbreaking.build(model_cfg))
 
 
 def cache_mask(model_cfg) -> Mask:
@@ -322,6 +324,7 @@ def check(model_cfg: ml_collections.ConfigDict) -> None:
           f'{masking[0].summary}: a layer has one mask. Set '
           f'{far.switch_field(masking[0])}=0 (and its other settings), or '
           f'the {field} entries to 0.')
+  stickbreaking.check(model_cfg, [s.length_scaling for s in specs])
   require(not (model_cfg.scan_layers and len(set(specs)) > 1),
           'config.model.scan_layers=True traces one block for every layer, '
           'but config.model.layers gives the layers different encodings, '

@@ -182,13 +182,20 @@ class Attention(nnx.Module):
     parts = []
     for name, attrs in self.slots:
       values = {a: getattr(self, a)[...] for a in attrs}
-      part = far_lib.REGISTRY[name].prefix(values, q_BxTxHxK)
+      part = far_lib.REGISTRY[name].prefix(values, q_BxTxHxK,
+                                           key_norm=self.key_norm)
       if part is not None:
         parts.append(part)
     if len(parts) < 2:
       return parts[0] if parts else None
     return far_lib.Prefix(jnp.concatenate([p.logits for p in parts], -1),
                           jnp.concatenate([p.v for p in parts], 1))
+
+  def key_norm(self, k_BxSxHxK):
+    """Keys without a position (memory slots) normalised as ``turn``
+    normalises the layer's keys: the encoding's own norm, then qk-norm."""
+    k = self.position.key_norm(k_BxSxHxK)
+    return attention.qk_norm(k) if self.spec.qk_norm else k
 
   def content_shapes(self, batch: int):
     """What one token's content key side looks like, for the KV cache."""
@@ -218,8 +225,9 @@ class Attention(nnx.Module):
       q, k = attention.qk_norm(q), attention.qk_norm(k)
     return q, k
 
-  def _project(self, x_BxTxD, positions_BxT):
-    """q (times the length scaling's query scale), k, v ``[B, T, H, K]``."""
+  def _project(self, x_BxTxD, positions_BxT, idx_T):
+    """q (times the length scaling's query scale at these positions and
+    token indices), k, v ``[B, T, H, K]``."""
     b, t, _ = x_BxTxD.shape
     # Three products from the slices of the one qkv kernel: the same values
     # as one product split three ways, but the backward pass then adds three
@@ -230,7 +238,7 @@ class Attention(nnx.Module):
     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (
         ops.dense(self.qkv, x_BxTxD, slice(i * d, (i + 1) * d)).reshape(
             b, t, self.num_heads, self.head_dim) for i in range(3))
-    scale_BxT = self.spec.scaling.query_scale(positions_BxT)
+    scale_BxT = self.spec.scaling.query_scale_at(positions_BxT, idx_T)
     if scale_BxT is not None:
       q_BxTxHxK = (q_BxTxHxK.astype(jnp.float32)
                    * scale_BxT[:, :, None, None]).astype(q_BxTxHxK.dtype)
@@ -258,8 +266,9 @@ class Attention(nnx.Module):
     backend the spec chooses, or with the logits materialised for a
     ``probe`` that asks for them."""
     b, t, _ = x_BxTxD.shape
-    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = self._project(x_BxTxD, positions_BxT)
     idx_T = jnp.arange(t)
+    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = self._project(x_BxTxD, positions_BxT,
+                                                    idx_T)
     # The content term (None for most encodings), from the projected q, k
     # before any turn.
     content = self.position.content(x_BxTxD, q_BxTxHxK, k_BxTxHxK,
@@ -281,7 +290,8 @@ class Attention(nnx.Module):
     prefill (an empty cache) runs through the backend as a forward pass
     does; a step attends densely, a row per new token."""
     b, t, _ = x_BxTxD.shape
-    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = self._project(x_BxTxD, positions_BxT)
+    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = self._project(x_BxTxD, positions_BxT,
+                                                    cache.new_idx)
     logit_scale = self._logit_scale(cache.new_idx, b)
     # The content term continues from the cached token before this call's.
     content = self.position.content(x_BxTxD, q_BxTxHxK, k_BxTxHxK,

@@ -352,6 +352,12 @@ class PositionEncoding(nnx.Module):
     del q_positions_BxT, k_positions_BxS
     return None
 
+  def key_norm(self, k_BxSxHxK: jax.Array) -> jax.Array:
+    """The normalisation ``rotate`` gives every key whatever its position
+    (KeyNorm's unit length), for keys without a position (memory slots,
+    ``lmx.positions.far.Sinks``); none by default."""
+    return k_BxSxHxK
+
   def content(self, x_BxTxD: jax.Array, q_BxTxHxK: jax.Array,
               k_BxTxHxK: jax.Array, positions_BxT: jax.Array,
               previous: Any = None) -> Optional[ContentTerm]:

@@ -33,7 +33,7 @@ one line in ``REGISTRY``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, NamedTuple, Optional
+from typing import Any, Callable, ClassVar, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -109,14 +109,22 @@ class SelfExtend:
 
 def sink_prefix(q_BxTxHxK: jax.Array, sink_logit_H: Optional[jax.Array] = None,
                 mem_k_MxHxK: Optional[jax.Array] = None,
-                mem_v_MxHxK: Optional[jax.Array] = None) -> Optional[Prefix]:
+                mem_v_MxHxK: Optional[jax.Array] = None,
+                key_norm: Optional[Callable[[jax.Array], jax.Array]] = None
+                ) -> Optional[Prefix]:
   """Attention sinks as slots before the keys, or None without any.
 
   * ``mem_k``/``mem_v``: ``M`` learned key/value slots per head (persistent
     memory, Sukhbaatar et al. 2019; StreamingLLM's learnable sink token,
     Xiao et al. 2024, Sec. 3.3, as keys and values of its own): scored
     ``q . k_m / sqrt(K)`` with no position, so every query, however far,
-    scores them alike.
+    scores them alike. ``key_norm`` (``[B, M, H, K] -> [B, M, H, K]``)
+    normalises the memory keys as the layer normalises its own keys
+    (qk-norm, KeyNorm), so that their logits keep the bound the
+    normalisation gives every other logit (``[-sqrt K, sqrt K]`` under
+    qk-norm; ``[-|q|, |q|]`` under KeyNorm). x-transformers does the same:
+    with ``qk_norm`` its ``Attention.forward`` passes ``mem_k`` through the
+    keys' own l2norm and scale before scoring them.
   * ``sink_logit``: one learned logit per head with a zero value: the
     softmax denominator gains ``exp(s_h)`` and a query may put weight on
     nothing (the off-by-one softmax when ``s_h = 0``, its initial value).
@@ -124,6 +132,8 @@ def sink_prefix(q_BxTxHxK: jax.Array, sink_logit_H: Optional[jax.Array] = None,
   b, t, h, kd = q_BxTxHxK.shape
   logits, values = [], []
   if mem_k_MxHxK is not None:
+    if key_norm is not None:
+      mem_k_MxHxK = key_norm(mem_k_MxHxK[None])[0]
     logits.append(jnp.einsum('bthk,mhk->bhtm', q_BxTxHxK, mem_k_MxHxK,
                              preferred_element_type=jnp.float32) * kd ** -0.5)
     values.append(jnp.broadcast_to(mem_v_MxHxK[None],
@@ -194,9 +204,11 @@ class Member:
     return {}
 
   @classmethod
-  def prefix(cls, params: dict[str, Any], q_BxTxHxK) -> Optional[Prefix]:
-    """Slots before the keys from its learned values, or None."""
-    del params, q_BxTxHxK
+  def prefix(cls, params: dict[str, Any], q_BxTxHxK,
+             key_norm=None) -> Optional[Prefix]:
+    """Slots before the keys from its learned values, or None;
+    ``key_norm``: how the layer normalises keys (``sink_prefix``)."""
+    del params, q_BxTxHxK, key_norm
     return None
 
   @classmethod
@@ -404,10 +416,11 @@ class Sinks(Member):
     return out
 
   @classmethod
-  def prefix(cls, params, q_BxTxHxK):
+  def prefix(cls, params, q_BxTxHxK, key_norm=None):
     value = lambda p: None if p is None else p.astype(q_BxTxHxK.dtype)
     return sink_prefix(q_BxTxHxK, params.get('sink_logit'),
-                       value(params.get('mem_k')), value(params.get('mem_v')))
+                       value(params.get('mem_k')), value(params.get('mem_v')),
+                       key_norm)
 
   @classmethod
   def kernel_refusal(cls, model_cfg):

@@ -93,10 +93,12 @@ class KeyNorm(PositionEncoding):
   def keys_static(self) -> bool:
     return True
 
+  def key_norm(self, k_BxSxHxK):
+    return normalize_keys(k_BxSxHxK, math.sqrt(self.head_dim), self.eps)
+
   def rotate(self, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS):
     if self.rope:
       inv_freq = rope_inv_freq(self.head_dim, self.theta)
       q_BxTxHxK = apply_rope(q_BxTxHxK, q_positions_BxT, inv_freq)
       k_BxSxHxK = apply_rope(k_BxSxHxK, k_positions_BxS, inv_freq)
-    return q_BxTxHxK, normalize_keys(k_BxSxHxK, math.sqrt(self.head_dim),
-                                     self.eps)
+    return q_BxTxHxK, self.key_norm(k_BxSxHxK)

@@ -8,14 +8,17 @@ grows, independently of the position encoding:
 * ``logn``: the queries times ``max(1, log(p + 1) / log L)`` at position
   ``p`` (Su 2021's entropy-invariant scaling, and the ReRoPE and
   Self-Extend authors' patches, which multiply the queries by it).
-* ``llama4``: the queries times Llama 4's temperature of its NoPE layers.
+* ``llama4``: the queries times Llama 4's temperature of its NoPE layers,
+  from each query's token index (its place in the sequence; in KV-cache
+  decoding, its cache index), as the reference code has it, or from its
+  position value (``llama4_from``).
 * ``ssmax``: Scalable-Softmax, each query's whole score times ``s log n``
   (``n`` the keys it sees, ``s`` learned per head and layer).
 
 Each member is a frozen dataclass built once per layer from the shared
 section ``config.model.length_scaling`` (``build``): it declares the
 settings it reads there (``FIELDS``, field specs), checks the rules of its
-own (``check``), and computes its scale (``query_scale`` before the
+own (``check``), and computes its scale (``query_scale_at`` before the
 encoding turns the queries, or ``logit_scale`` on the scores). Adding one
 is a subclass here and one line in ``REGISTRY``; the model, the attention
 backends and the config validator ask the member, never its name.
@@ -76,9 +79,19 @@ class LengthScaling:
       model_cfg.length_scaling.base_len = train_len
 
   def query_scale(self, q_pos_BxT: jax.Array) -> Optional[jax.Array]:
-    """``[B, T]`` float32 factors of the queries, or None."""
+    """``[B, T]`` float32 factors of the queries at these positions, or
+    None."""
     del q_pos_BxT
     return None
+
+  def query_scale_at(self, q_pos_BxT: jax.Array,
+                     q_idx_T: jax.Array) -> Optional[jax.Array]:
+    """What the model asks: ``[B, T]`` float32 factors of the queries at
+    positions ``q_pos_BxT`` and token indices ``q_idx_T`` (their places in
+    the sequence: ``0 .. T - 1`` in a forward pass, the cache indices in
+    decoding), or None. By default ``query_scale`` of the positions."""
+    del q_idx_T
+    return self.query_scale(q_pos_BxT)
 
   def init_param(self, num_heads: int) -> Optional[jax.Array]:
     """The initial learned values ``[H]`` (with ``param``), or None."""
@@ -137,9 +150,17 @@ def llama4_query_scale(q_pos_BxT: jax.Array, floor_scale: float,
                        attn_scale: float) -> jax.Array:
   """Llama 4's query temperature of its NoPE layers
   (``attn_temperature_tuning`` in its released code): ``1 + attn_scale *
-  log(floor((p + 1) / floor_scale) + 1)`` for a query at position ``p``.
-  1 up to position ``floor_scale - 2``, then growing in steps of
-  ``floor_scale`` positions. ``[B, T]`` float32."""
+  log(floor((p + 1) / floor_scale) + 1)`` for a query at ``p``. 1 up to
+  ``p = floor_scale - 2``, then growing in steps of ``floor_scale``.
+  ``[B, T]`` float32 (any shape: the formula is elementwise).
+
+  The reference code takes ``p`` to be the token's index in the sequence:
+  Hugging Face transformers' ``Llama4TextAttention`` from
+  ``cache_position``, Meta's llama-models from ``arange(start_pos,
+  start_pos + seqlen)``; ``Llama4`` passes the index by default
+  (``llama4_from='index'``) and the position value with
+  ``llama4_from='position'``. The two agree under contiguous positions.
+  """
   p = q_pos_BxT.astype(jnp.float32)
   return 1.0 + attn_scale * jnp.log(jnp.floor((p + 1.0) / floor_scale) + 1.0)
 
@@ -152,13 +173,25 @@ class Llama4(LengthScaling):
                            'step of the temperature', positive=True),
       'attn_scale': Field(0.1, "Llama 4's attn_scale: the temperature's "
                           'growth per step', lo=0.0),
+      'llama4_from': Field('index', "what Llama 4's temperature grows with: "
+                           "'index', the token's place in the sequence (the "
+                           "cache index in decoding; the reference code's), "
+                           "or 'position', its position value",
+                           choices=('index', 'position')),
   }
   scales_queries: ClassVar[bool] = True
   floor_scale: float = 8192.0
   attn_scale: float = 0.1
+  llama4_from: str = 'index'
 
   def query_scale(self, q_pos_BxT):
     return llama4_query_scale(q_pos_BxT, self.floor_scale, self.attn_scale)
+
+  def query_scale_at(self, q_pos_BxT, q_idx_T):
+    if self.llama4_from == 'position':
+      return self.query_scale(q_pos_BxT)
+    idx_BxT = jnp.broadcast_to(q_idx_T[None, :], q_pos_BxT.shape)
+    return self.query_scale(idx_BxT)
 
 
 def ssmax_logit_scale(s_H: jax.Array, q_idx_T: jax.Array,
@@ -235,6 +268,17 @@ def default_config() -> ml_collections.ConfigDict:
   """``config.model.length_scaling``, every member's settings at their
   defaults."""
   return ml_collections.ConfigDict(section_defaults(fields()))
+
+
+def former_defaults(saved_model: dict) -> dict:
+  """Settings of ``config.model.length_scaling`` that a config saved before
+  they existed ran with, where that differs from today's default
+  (``lmx.config.defaults.complete`` fills them in): Llama 4's temperature
+  grew with the position value before it followed the reference's token
+  index."""
+  uses = [saved_model.get('length_scaling', {}).get(KIND)]
+  uses += list(saved_model.get('layers', {}).get('length_scaling') or ())
+  return {'llama4_from': 'position'} if 'llama4' in uses else {}
 
 
 def get(kind: str) -> type[LengthScaling]:

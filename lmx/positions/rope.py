@@ -21,9 +21,11 @@ Two variants change which channels turn:
 * p-RoPE (Barbero et al. 2025, "Round and Round We Go! What makes Rotary
   Positional Encodings useful?", Sec. 6; ``config.model.rope.p``): only the
   highest fraction ``p`` of the frequencies is kept, the first
-  ``round(p R / 2)`` pairs; the lowest frequencies are set to 0, so those
-  pairs do not turn and carry content alone. ``p = 1`` is RoPE, ``p = 0``
-  turns nothing (NoPE).
+  ``floor(p R / 2)`` pairs (rounded down, as DeepMind's gemma ``apply_rope``
+  computes ``int(rope_proportion * head_dim // 2)`` and Hugging Face's
+  ``proportional`` rope type does: 57 of 64 pairs at R = 128, p = 0.9);
+  the lowest frequencies are set to 0, so those pairs do not turn and carry
+  content alone. ``p = 1`` is RoPE, ``p = 0`` turns nothing (NoPE).
 
 Length extension by frequency scaling (Position Interpolation, NTK-aware,
 dynamic NTK, NTK-by-parts, YaRN, Llama 3.1, LongRoPE) is selected by
@@ -52,19 +54,31 @@ def rope_angles(positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
   return positions.astype(jnp.float32)[..., None] * inv_freq
 
 
-def kept_pairs(n_pairs: int, p: float) -> int:
+P_ROUNDINGS = ('floor', 'half_up')
+
+
+def kept_pairs(n_pairs: int, p: float, rounding: str = 'floor') -> int:
   """p-RoPE: how many of ``n_pairs`` frequencies are kept,
-  ``round(p n_pairs)`` (halves rounded up)."""
-  return int(math.floor(p * n_pairs + 0.5))
+  ``floor(p R / 2)`` with ``R = 2 n_pairs`` the rotated channels, computed
+  as the reference code computes it (gemma's ``apply_rope``:
+  ``int(rope_proportion * head_dim // 2)``), so float rounding of ``p R``
+  falls the same way. ``rounding='half_up'``: ``round(p R / 2)`` with
+  halves rounded up, what lmx computed before it followed the reference
+  (``config.model.rope.p_rounding``; runs saved then load with it)."""
+  if rounding == 'half_up':
+    return int(math.floor(p * n_pairs + 0.5))
+  return int(math.floor(p * (2 * n_pairs) // 2))
 
 
-def p_rope(inv_freq: jax.Array, p: float) -> jax.Array:
+def p_rope(inv_freq: jax.Array, p: float, rounding: str = 'floor'
+           ) -> jax.Array:
   """p-RoPE: the frequencies ``[..., R/2]`` with all but the highest
-  ``kept_pairs(R/2, p)`` set to 0 (``inv_freq`` falls with the index)."""
+  ``kept_pairs(R/2, p, rounding)`` set to 0 (``inv_freq`` falls with the
+  index)."""
   n_pairs = inv_freq.shape[-1]
   if p >= 1.0:
     return inv_freq
-  keep = jnp.arange(n_pairs) < kept_pairs(n_pairs, p)
+  keep = jnp.arange(n_pairs) < kept_pairs(n_pairs, p, rounding)
   return jnp.where(keep, inv_freq, 0.0)
 
 
@@ -102,6 +116,7 @@ class RoPE(PositionEncoding):
     self.scaling = str(cfg.rope.scaling)
     self.rot_dim = rope_scaling.rotary_dim(cfg)
     self.p = float(cfg.rope.p)
+    self.p_rounding = str(cfg.rope.p_rounding)
     # Frozen: hashable, so it can sit in the module's static graph.
     self.scaling_cfg = ml_collections.FrozenConfigDict(cfg.rope)
 
@@ -120,6 +135,9 @@ class RoPE(PositionEncoding):
         # p-RoPE: the fraction of frequencies kept (the highest); the
         # others are 0. 1 = RoPE, 0 = no rotation.
         'p': 1.0,
+        # How p R / 2 becomes a count of pairs: 'floor' (the reference
+        # code's) or 'half_up' (lmx before it followed it).
+        'p_rounding': 'floor',
     })
 
   @classmethod
@@ -137,6 +155,7 @@ class RoPE(PositionEncoding):
             f'partial so that head_dim x partial is even (e.g. '
             f'{max(2, rot - rot % 2) / head_dim:g}).')
     f.float('rope.p', 0.0, 1.0)
+    f.choice('rope.p_rounding', P_ROUNDINGS)
     rope_scaling.check(model_cfg)
 
   @classmethod
@@ -144,9 +163,13 @@ class RoPE(PositionEncoding):
     # NTK-by-parts and YaRN ramped over the turns r (the paper's text)
     # before config.model.rope.ramp existed.
     rope = saved_model.get('rope', {})
+    former = {}
     if rope.get('scaling') in ('ntk_by_parts', 'yarn'):
-      return {'ramp': 'turns'}
-    return {}
+      former['ramp'] = 'turns'
+    # p-RoPE rounded halves up before it followed the reference's floor.
+    if float(rope.get('p', 1.0)) < 1.0:
+      former['p_rounding'] = 'half_up'
+    return former
 
   def keys_static(self) -> bool:
     # A scaling that follows the sequence length picks its frequencies
@@ -156,7 +179,7 @@ class RoPE(PositionEncoding):
   def rotate(self, q_BxTxHxK, k_BxSxHxK, q_positions_BxT, k_positions_BxS):
     inv_freq, logit_scale = rope_scaling.scaled_frequencies(
         self.scaling_cfg, self.rot_dim, self.theta, k_positions_BxS)
-    inv_freq = p_rope(inv_freq, self.p)
+    inv_freq = p_rope(inv_freq, self.p, self.p_rounding)
     if inv_freq.ndim == 2:  # one set per sequence (dynamic, longrope)
       inv_freq = inv_freq[:, None, :]
     # The logits get logit_scale: q and k each its square root, folded

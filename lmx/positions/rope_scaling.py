@@ -54,9 +54,29 @@ Methods (``config.model.rope.scaling``):
   Inside the ramp the two differ a lot (for K = 128, L = 4096, s = 4 by up
   to 73% in frequency, and more at small L, where the floor at pair 0
   matters: ``lmx.positions.rope_scaling.ntk_by_parts`` with both forms).
+  With ``config.model.rope.truncate=False`` (Hugging Face's ``truncate``
+  option of its ``yarn`` rope type) ``lo`` and ``hi`` are the fractional
+  ``d(beta_fast)`` and ``d(beta_slow)``, not floored and ceiled (clamped to
+  ``[0, K - 1]`` alike); ``True``, the default, is the released code's.
 * ``yarn``: YaRN paper Sec. 3.4: NTK-by-parts frequencies, and
-  q and k both multiplied by ``sqrt(1/t) = 0.1 ln(s) + 1``, so the logits
-  are multiplied by ``1/t = (0.1 ln(s) + 1)^2`` (the code's ``mscale``).
+  q and k both multiplied by the attention factor
+  ``a = sqrt(1/t) = 0.1 ln(s) + 1``, so the logits are multiplied by
+  ``1/t = a^2`` (the code's ``mscale``). The factor's options follow Hugging
+  Face transformers' ``_compute_yarn_parameters``
+  (``src/transformers/modeling_rope_utils.py``), which multiplies cos and
+  sin (so q and k each) by it:
+
+  - ``attention_factor > 0``: ``a`` is that value (an override);
+  - else, with ``mscale`` and ``mscale_all_dim`` both non-zero (the
+    DeepSeek-V2/V3 configs): ``a = m(s, mscale) / m(s, mscale_all_dim)``
+    with ``m(s, c) = 0.1 c ln(s) + 1`` (1 at ``s <= 1``), so equal values
+    give ``a = 1``;
+  - else ``a = m(s, 1)``, the paper's (one of the two alone is ignored,
+    as Hugging Face ignores it).
+
+  DeepSeek's own attention modules also multiply their softmax scale by
+  ``m(s, mscale_all_dim)^2`` on every channel; that is the model's, not the
+  rope type's, and lmx does not add it.
 * ``llama3``: the Llama 3.1 scaling (Meta, "The Llama 3 Herd of Models"
   2024, and the ``apply_scaling`` of its reference code): with wavelengths
   ``lambda_i``, pairs with ``lambda_i < L / high_freq_factor`` are kept,
@@ -184,11 +204,16 @@ def correction_dim(turns: float, head_dim: int, theta: float,
 
 
 def correction_range(beta_fast: float, beta_slow: float, head_dim: int,
-                     theta: float, original_max_len: float) -> tuple[int, int]:
+                     theta: float, original_max_len: float,
+                     truncate: bool = True) -> tuple[float, float]:
   """``(lo, hi)``: ``floor(d(beta_fast))`` and ``ceil(d(beta_slow))``,
-  clamped to ``[0, K - 1]`` as the released code clamps them."""
-  lo = math.floor(correction_dim(beta_fast, head_dim, theta, original_max_len))
-  hi = math.ceil(correction_dim(beta_slow, head_dim, theta, original_max_len))
+  clamped to ``[0, K - 1]`` as the released code clamps them. With
+  ``truncate=False`` (Hugging Face's ``truncate`` option) the bounds are
+  ``d(beta_fast)`` and ``d(beta_slow)`` themselves, clamped alike."""
+  lo = correction_dim(beta_fast, head_dim, theta, original_max_len)
+  hi = correction_dim(beta_slow, head_dim, theta, original_max_len)
+  if truncate:
+    lo, hi = math.floor(lo), math.ceil(hi)
   return max(lo, 0), min(hi, head_dim - 1)
 
 
@@ -206,9 +231,10 @@ RAMPS = ('index', 'turns')
 
 def by_parts_gamma(inv_freq: jax.Array, original_max_len: float,
                    beta_fast: float, beta_slow: float, ramp_form: str,
-                   theta: float) -> jax.Array:
+                   theta: float, truncate: bool = True) -> jax.Array:
   """The weight ``gamma_i`` that keeps pair i's frequency (1: kept, 0:
-  divided by s), in either form of the module docstring."""
+  divided by s), in either form of the module docstring (``truncate``:
+  the index form's bounds rounded outwards)."""
   if ramp_form == 'turns':
     return ramp(wavelength_turns(inv_freq, original_max_len), beta_slow,
                 beta_fast)
@@ -216,27 +242,54 @@ def by_parts_gamma(inv_freq: jax.Array, original_max_len: float,
     raise ValueError(f'Unknown ramp {ramp_form!r}; valid: {RAMPS}.')
   n_pairs = inv_freq.shape[-1]
   lo, hi = correction_range(beta_fast, beta_slow, 2 * n_pairs, theta,
-                            original_max_len)
+                            original_max_len, truncate)
   return 1.0 - index_ramp(lo, hi, n_pairs)
 
 
 def ntk_by_parts(inv_freq: jax.Array, factor: float, original_max_len: float,
                  beta_fast: float = 32.0, beta_slow: float = 1.0,
-                 ramp_form: str = 'index', theta: float = 10000.0
-                 ) -> jax.Array:
+                 ramp_form: str = 'index', theta: float = 10000.0,
+                 truncate: bool = True) -> jax.Array:
   """NTK-by-parts (YaRN paper Sec. 3.2). ``inv_freq`` are plain RoPE's
   frequencies of base ``theta`` (``[K/2]``); ``ramp_form`` is ``'index'``
-  (the released code's, the default) or ``'turns'`` (the paper's text)."""
+  (the released code's, the default) or ``'turns'`` (the paper's text);
+  ``truncate``: the index ramp's bounds floored and ceiled (the default)."""
   gamma = by_parts_gamma(inv_freq, original_max_len, beta_fast, beta_slow,
-                         ramp_form, theta)
+                         ramp_form, theta, truncate)
   return _blend(inv_freq, factor, gamma)
 
 
-def yarn_attention_scale(factor: float) -> float:
-  """YaRN Sec. 3.4: the factor on the logits, ``1/t = (0.1 ln s + 1)^2``."""
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+  """``m(s, c) = 0.1 c ln(s) + 1``, and 1 at ``s <= 1`` (YaRN's code's
+  ``get_mscale``)."""
   if factor <= 1.0:
     return 1.0
-  return (0.1 * math.log(factor) + 1.0) ** 2
+  return 0.1 * mscale * math.log(factor) + 1.0
+
+
+def yarn_attention_factor(factor: float, mscale: float = 0.0,
+                          mscale_all_dim: float = 0.0,
+                          attention_factor: float = 0.0) -> float:
+  """The factor ``a`` on q and k each (on cos and sin), as Hugging Face's
+  ``_compute_yarn_parameters`` reads its options (module docstring): an
+  explicit ``attention_factor > 0``; else ``m(s, mscale) / m(s,
+  mscale_all_dim)`` when both are non-zero; else ``m(s, 1)`` (YaRN Sec.
+  3.4). 0 stands for an option that is unset."""
+  if attention_factor > 0.0:
+    return float(attention_factor)
+  if mscale and mscale_all_dim:
+    return yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+  return yarn_mscale(factor)
+
+
+def yarn_attention_scale(factor: float, mscale: float = 0.0,
+                         mscale_all_dim: float = 0.0,
+                         attention_factor: float = 0.0) -> float:
+  """YaRN Sec. 3.4: the factor on the LOGITS, ``a^2`` with ``a`` the
+  ``yarn_attention_factor`` on q and k (``1/t = (0.1 ln s + 1)^2`` at the
+  defaults)."""
+  return yarn_attention_factor(factor, mscale, mscale_all_dim,
+                               attention_factor) ** 2
 
 
 def longrope_attention_scale(factor: float, original_max_len: float) -> float:
@@ -449,14 +502,16 @@ class NTKByParts(Scaling):
   # NTK-by-parts / YaRN ramp, in turns within L: pairs turning more than
   # beta_fast times are kept, fewer than beta_slow interpolated.
   # ramp: 'index' (the released code's, over the pair index) or 'turns'
-  # (the paper's text, over r).
-  settings = (('beta_fast', 32.0), ('beta_slow', 1.0), ('ramp', 'index'))
+  # (the paper's text, over r). truncate: the index ramp's bounds floored
+  # and ceiled (the released code's; False: Hugging Face's truncate=False).
+  settings = (('beta_fast', 32.0), ('beta_slow', 1.0), ('ramp', 'index'),
+              ('truncate', True))
 
   def inv_freq(self, rope_cfg, head_dim, theta, positions):
     return ntk_by_parts(rope_inv_freq(head_dim, theta), float(rope_cfg.factor),
                         float(rope_cfg.original_max_len),
                         float(rope_cfg.beta_fast), float(rope_cfg.beta_slow),
-                        str(rope_cfg.ramp), theta)
+                        str(rope_cfg.ramp), theta, bool(rope_cfg.truncate))
 
   def check_settings(self, rope_cfg):
     ramp_form = rope_cfg.ramp
@@ -470,6 +525,14 @@ class NTKByParts(Scaling):
             f'config.model.rope.beta_slow={slow} (turns within '
             'original_max_len above which a pair is kept, and below which '
             'it is interpolated; the paper uses 32 and 1).')
+    require(isinstance(rope_cfg.truncate, bool),
+            f'config.model.rope.truncate={rope_cfg.truncate!r} must be True '
+            '(the index ramp\'s bounds floored and ceiled, as the released '
+            'code does) or False (left fractional).')
+    require(rope_cfg.truncate or ramp_form == 'index',
+            "config.model.rope.truncate=False acts on the 'index' ramp's "
+            f"bounds only, but config.model.rope.ramp={ramp_form!r}: set "
+            "ramp='index', or leave truncate=True.")
 
   def check_model(self, model_cfg):
     if model_cfg.rope.ramp != 'index':
@@ -497,9 +560,26 @@ class YaRN(NTKByParts):
   name = 'yarn'
   summary = ('YaRN (Peng et al. 2023, Sec. 3.4): NTK-by-parts and logits x '
              '(0.1 ln s + 1)^2')
+  # The attention factor's options as Hugging Face reads them (0: unset):
+  # mscale and mscale_all_dim (both set: a = m(s, mscale) / m(s,
+  # mscale_all_dim), DeepSeek-V2/V3), attention_factor (> 0: a itself).
+  settings = NTKByParts.settings + (
+      ('mscale', 0.0), ('mscale_all_dim', 0.0), ('attention_factor', 0.0))
 
   def logit_scale(self, rope_cfg):
-    return yarn_attention_scale(float(rope_cfg.factor))
+    return yarn_attention_scale(float(rope_cfg.factor),
+                                float(rope_cfg.mscale),
+                                float(rope_cfg.mscale_all_dim),
+                                float(rope_cfg.attention_factor))
+
+  def check_settings(self, rope_cfg):
+    super().check_settings(rope_cfg)
+    scale = self.logit_scale(rope_cfg)
+    require(scale <= FLOAT32_MAX,
+            f'config.model.rope.attention_factor='
+            f'{rope_cfg.attention_factor}: the logits would be multiplied '
+            f'by its square, {scale:.3g}, beyond float32. Use a factor near '
+            '1 (0: the paper\'s 0.1 ln(s) + 1).')
 
 
 class Llama3(Scaling):

@@ -21,7 +21,8 @@ how those integers are chosen is an independent axis of an experiment:
   the rest at ``l + u .. T - 1 + u``, with the skip ``u`` uniform in
   ``[0, max_position - T]``: every relative distance up to the target
   length ``max_position`` is seen while running on ``T`` tokens.
-  ``pose_positions`` also draws the paper's ``N``-chunk form. The tokens
+  ``pose_positions`` also draws the paper's ``N``-chunk form, each skip
+  drawn uniformly from the previous one up to ``max_position - T``. The tokens
   stay the contiguous window the data pipeline reads (the released code
   also takes the second chunk's text from later in a longer document).
   Evaluation with ``config.positions.eval='train'`` uses contiguous
@@ -72,12 +73,21 @@ def pose_positions(batch: int, length: int, max_position: int,
   """PoSE positions ``[batch, length]``: ``chunks`` runs of consecutive
   positions with random skips between them, all below ``max_position``.
 
-  Two chunks (the default) are drawn as the released training code draws
-  them (module docstring). For ``chunks > 2`` the paper's form: cut points
-  uniform without repeats in ``[1, length - 1]``, and non-decreasing skips
-  ``0 = u_0 <= u_1 <= ... <= u_{N-1} <= max_position - length`` (sorted
-  uniform draws); chunk ``i`` starts at its offset in the window plus
-  ``u_i``.
+  Skips follow the paper (Sec. 3.2, eq. 4): ``u_0 = 0`` and each next one
+  drawn after the one before, ``u_i ~ U({u_{i-1}, ..., max_position -
+  length})``, so they never decrease and chunks never overlap; chunk ``i``
+  starts at its offset in the window plus ``u_i``. Later skips lean to the
+  top of the range (for three chunks ``E[u_2] = (3/4) room`` against
+  ``(2/3) room`` for two sorted independent draws, ``room = max_position -
+  length``).
+
+  Two chunks (the default) are drawn as the released training code
+  (``train_preprocess_function_pose`` of dwzhu-pku/PoSE) draws them: the
+  first chunk's length uniform in ``[1, (length + 1) // 2]``, then
+  ``u_1`` uniform in ``[0, room]``, which is the paper's draw for ``N = 2``
+  (the code fixes ``N = 2``). For ``chunks > 2`` the cut points are uniform
+  without repeats in ``[1, length - 1]`` (the paper re-samples chunk
+  lengths but does not say how), drawn before the skips.
   """
   if chunks < 1:
     raise ValueError(f'PoSE needs at least one chunk, got {chunks}.')
@@ -95,8 +105,9 @@ def pose_positions(batch: int, length: int, max_position: int,
     else:
       cuts = np.sort(rng.choice(np.arange(1, length), size=chunks - 1,
                                 replace=False))
-      skips = np.concatenate([[0], np.sort(rng.integers(0, room + 1,
-                                                        size=chunks - 1))])
+      skips = np.zeros(chunks, dtype=np.int64)
+      for i in range(1, chunks):
+        skips[i] = rng.integers(skips[i - 1], room + 1)
     chunk_of = np.searchsorted(cuts, base, side='right')
     out[b] = base + skips[chunk_of]
   return out
