@@ -60,6 +60,8 @@ import jax
 import jax.numpy as jnp
 
 from lmx.config.fields import require
+from lmx.positions import far
+from lmx.positions import length_scaling
 
 NEG_INF = -1e30   # the masked logit of lmx.model.attention
 
@@ -168,20 +170,22 @@ def check(model_cfg, scalings) -> None:
           f'{", ".join(map(repr, REGISTRY))}.')
   if REGISTRY[name] is None:
     return
-  sinks = model_cfg.get('sinks', None)
-  require(not (sinks is not None and (sinks.logit or sinks.memory)),
-          f'config.model.normaliser={name!r} gives the weight no key takes '
-          "to the query's own value; attention sinks "
-          '(config.model.sinks.logit / .memory) are slots a softmax '
-          'normalises over, with no place in the nearest-first order of the '
-          'keys. Set config.model.sinks.logit=False and '
-          "config.model.sinks.memory=0, or config.model.normaliser='softmax'.")
-  scaled = sorted({s for s in scalings if s != 'off'})
+  for member in far.active(model_cfg):
+    require(not member.adds_slots,
+            f'config.model.normaliser={name!r} gives the weight no key takes '
+            f"to the query's own value; {member.summary} "
+            f'(config.model.{member.name}) add slots a softmax normalises '
+            'over, with no place in the nearest-first order of the keys. '
+            f'Switch them off (config.model.{member.name} at its defaults), '
+            "or set config.model.normaliser='softmax'.")
+  scaled = sorted({s for s in scalings
+                   if length_scaling.get(s).scales_queries
+                   or length_scaling.get(s).scales_scores})
   require(not scaled,
           f'config.model.normaliser={name!r} with the length scaling(s) '
           f'{", ".join(map(repr, scaled))}: they keep a softmax over n keys '
           'from flattening as n grows, and stick-breaking weights do not '
           'spread over the keys (each takes a share of what the nearer ones '
-          "left). Set config.model.length_scaling.kind='off' (and "
-          "config.model.layers.length_scaling=()), or "
+          "left). Leave config.model.length_scaling.kind and "
+          "config.model.layers.length_scaling at their defaults, or "
           "config.model.normaliser='softmax'.")

@@ -167,6 +167,9 @@ class Member:
   # The field that switches its far branch on ('' without one): a second
   # branch that scores far pairs (one member at most).
   far_switch: ClassVar[str] = ''
+  # Whether it adds slots before the keys (``prefix``): weights a softmax
+  # normalises over, which a normaliser without one cannot place.
+  adds_slots: ClassVar[bool] = False
 
   @classmethod
   def section(cls, model_cfg):
@@ -397,6 +400,7 @@ class Sinks(Member):
       'memory': Field(0, 'learned key/value slots per head', lo=0, hi=4096),
   }
   summary = 'attention sinks'
+  adds_slots = True
 
   @classmethod
   def active(cls, model_cfg):
