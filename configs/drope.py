@@ -63,7 +63,7 @@ def get_config(arg=None):
       name='drope')
   c.init_from = source
   c.train.steps = int(steps)
-  c.train.warmup_steps = max(1, int(steps) // 10)
+  c.train.warmup_steps = int(steps) // 10
   if qk == 'true':
     c.model.layers.qk_norm = (True,)
   return c
