@@ -429,3 +429,24 @@ def test_sweep_report_has_effective_lengths_and_longppl(tmp_path):
   assert e['mean'] == '32' and e['n'] == '2'
   (e,) = [r for r in rows if r['metric'] == 'effective_length LongPPL']
   assert e['mean'] == ''
+
+
+def test_fine_tunes_from_each_seed_of_a_run_form_one_group():
+  assert report.source_name('runs/sweep/lm-rope-s2') == 'lm-rope'
+  assert report.source_name('runs/rope/') == 'rope'
+  assert report.source_name('runs/s3') == 's3'     # a name, not a suffix
+
+
+def test_a_fine_tunes_source_seed_does_not_split_its_group(tmp_path):
+  dirs = []
+  for seed in (0, 1):
+    d = tmp_path / f'drope-s{seed}'
+    (d / 'eval').mkdir(parents=True)
+    (d / 'eval' / 'results.json').write_text(json.dumps(
+        {'results': [{'length': 16, 'loss': 1.0}], 'train_length': 16,
+         'position': 'none', 'train_sampling': 'contiguous'}))
+    (d / 'config.json').write_text(json.dumps(
+        {'seed': seed, 'init_from': f'/runs/sweep/lm-rope-s{seed}'}))
+    dirs.append(str(d))
+  a, b = report.load(dirs)
+  assert a['config'] == b['config'] == {'init_from': 'lm-rope'}

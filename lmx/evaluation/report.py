@@ -126,7 +126,18 @@ def _load_one(w: str, folder: str) -> dict:
       config = {}
   r['seed'] = config.get('seed')
   r['config'] = {k: v for k, v in config.items() if k not in IGNORED_FIELDS}
+  if r['config'].get('init_from'):
+    r['config']['init_from'] = source_name(r['config']['init_from'])
   return r
+
+
+def source_name(init_from: str) -> str:
+  """The run a fine-tune started from, by its folder's name without a
+  seed suffix (``runs/sweep/lm-rope-s2`` -> ``lm-rope``): runs of several
+  seeds that each start from the same seed of another run form one group,
+  as runs that differ only in their seed do."""
+  name = os.path.basename(os.path.normpath(init_from))
+  return re.sub(r'-s\d+$', '', name)
 
 
 def _mult(length: int, train_length: int) -> str:
