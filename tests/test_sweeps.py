@@ -77,16 +77,24 @@ def test_expand_members_product_and_workdirs(tmp_path):
 def test_shipped_declarations():
   members = sweep.prepare('configs/sweeps/encodings.py:size=tiny', 'runs/x')
   names = [m.name for m in members]
-  assert len(names) == 3 * (len(positions.REGISTRY) + 7)
+  from configs.sweeps import encodings  # pylint: disable=g-import-not-at-top
+  assert len(names) == 3 * (len(positions.REGISTRY) + len(encodings.EXTRA))
   for enc in positions.REGISTRY:
     assert f'{enc}-s0' in names and f'{enc}-s2' in names
   assert 'rope-randomized-s1' in names and 'sinusoidal-randomized-s2' in names
-  for extra in ('cape', 'hwfa', 'irope', 'logn', 'ssmax'):
+  for extra in ('cape', 'hwfa', 'irope', 'logn', 'ssmax', 'rnope-swa', 'swan',
+                'dape', 'gated', 'stickbreaking'):
     assert f'{extra}-s0' in names
   assert all(m.config.endswith(':size=tiny') for m in members)
   one = sweep.expand(sweep.load_declaration(
       'configs/sweeps/encodings.py:size=tiny,seeds=1'), 'runs/x')
-  assert len(one) == len(positions.REGISTRY) + 7
+  assert len(one) == len(positions.REGISTRY) + len(encodings.EXTRA)
+  some = sweep.expand(sweep.load_declaration(
+      'configs/sweeps/encodings.py:size=tiny,seeds=1,configs=dape+swan'),
+      'runs/x')
+  assert [m.name for m in some] == ['dape', 'swan']   # one seed: no suffix
+  with pytest.raises(sweep.SweepError, match="'dapee', not a member"):
+    sweep.load_declaration('configs/sweeps/encodings.py:configs=dapee')
   tasks = sweep.expand(sweep.load_declaration(
       'configs/sweeps/tasks.py:size=tiny,tasks=reverse+copy'), 'runs/x')
   assert len(tasks) == 2 * len(positions.REGISTRY) * 2
