@@ -499,3 +499,9 @@ def check(model_cfg, used: dict[str, type]) -> None:
           'rescore distant pairs with a second branch; set one of them to 0.')
   for member in active(model_cfg):
     member.check(model_cfg, used)
+
+
+# Members defined in modules of their own, which add their line to
+# REGISTRY as they load (``far.REGISTRY.setdefault``): importing them here
+# makes REGISTRY whole whichever module is imported first.
+from lmx.positions import dca, string_shift  # noqa: E402,F401
