@@ -229,8 +229,9 @@ def test_chunked_equals_dense_and_plain_up_to_the_chunk():
   pos = jnp.asarray(np.stack([np.sort(rng.choice(3 * t, t, replace=False))
                               for _ in range(2)]), jnp.int32)
   arange = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (2, t))
+  # Shaw's content term adds each branch's share of the values too.
   cases = [('rope', DCA), ('alibi', DCA), ('rope', STRING),
-           ('alibi', STRING)]
+           ('alibi', STRING), ('shaw', DCA)]
   cfgs = [_cfg(enc, backend, **{k.replace('.', '__'): v
                                 for k, v in extra.items()})
           for enc, extra in cases for backend in ('dense', 'chunked')]
@@ -305,5 +306,7 @@ def test_auto_and_flash_fall_back_for_several_far_branches():
     spec = A.Spec(far=D.DualChunk(5, 1), backend=backend)
     assert A.choose(spec, call).name in ('dense', 'chunked'), backend
   assert 'far' in A.FLASH.unavailable(A.Spec(far=D.DualChunk(5, 1)), call)
-  assert F.REGISTRY['dca'] is D.DualChunkMember
-  assert F.REGISTRY['string'] is S.StringMember
+  for name, rules in (('dca', D.DualChunkAttention), ('string', S.String)):
+    member = F.REGISTRY[name]
+    assert issubclass(member, rules) and issubclass(member, F.Member)
+    assert member.name == name and member.far_switch in member.FIELDS

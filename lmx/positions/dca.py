@@ -40,7 +40,6 @@ import jax
 import jax.numpy as jnp
 
 from lmx.config.fields import Field, require
-from lmx.positions import far
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +88,11 @@ def dca_params(train_len: int) -> tuple[int, int]:
   return max(train_len * 3 // 4 - local, 1), local
 
 
-class DualChunkMember(far.Member):
-  """Dual Chunk Attention: ``DualChunk(chunk, local)``."""
+class DualChunkAttention:
+  """Dual Chunk Attention, ``config.model.dca``: ``DualChunk(chunk,
+  local)``. Its settings and rules; ``lmx.positions.far.REGISTRY`` sets
+  them on ``far.Member`` (``far.on_base``), as this module cannot import
+  the registry that imports it."""
   name = 'dca'
   FIELDS = {
       'chunk': Field(0, 'the chunk length s: keys at k mod s (0: off)',
@@ -138,5 +140,3 @@ class DualChunkMember(far.Member):
     del length
     model_cfg.dca.chunk, model_cfg.dca.local = dca_params(train_len)
 
-
-far.REGISTRY.setdefault(DualChunkMember.name, DualChunkMember)

@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 
 from lmx.config.fields import Field, require
-from lmx.positions import far
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +71,11 @@ def string_params(train_len: int, length: int) -> tuple[int, int]:
   return offset, local
 
 
-class StringMember(far.Member):
-  """STRING: ``Shift(offset, local)``."""
+class String:
+  """STRING, ``config.model.string``: ``Shift(offset, local)``. Its
+  settings and rules; ``lmx.positions.far.REGISTRY`` sets them on
+  ``far.Member`` (``far.on_base``), as this module cannot import the
+  registry that imports it."""
   name = 'string'
   FIELDS = {
       'offset': Field(0, 'the shift offset S: distances from S on are '
@@ -121,5 +123,3 @@ class StringMember(far.Member):
     model_cfg.string.offset, model_cfg.string.local = string_params(
         train_len, length)
 
-
-far.REGISTRY.setdefault(StringMember.name, StringMember)
