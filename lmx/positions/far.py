@@ -514,4 +514,3 @@ def check(model_cfg, used: dict[str, type]) -> None:
           'rescore distant pairs with a second branch; set one of them to 0.')
   for member in active(model_cfg):
     member.check(model_cfg, used)
-
