@@ -27,13 +27,16 @@ def test_every_method_at_every_length(rope_run, tmp_path):
   # At the training length every scaling is plain RoPE, to the bit, and so
   # are Leaky ReRoPE (no leak needed), Self-Extend (off), LM-Infinite
   # (n_global + n_local covers the window) and log-n (1 below L); ReRoPE
-  # clamps at L/2 at every length.
-  plain = set(extensions.METHODS) - {'rerope', 'rerope_logn'}
+  # clamps at L/2 at every length, and DCA (chunks of 3L/4 - L/8) and
+  # STRING (offset 0.33 n) act within L too.
+  within = {'rerope', 'rerope_logn', 'dca', 'string'}
+  plain = set(extensions.METHODS) - within
   assert len({loss[(m, 16)] for m in plain}) == 1
-  assert loss[('rerope', 16)] != loss[('none', 16)]
+  for m in within:
+    assert loss[(m, 16)] != loss[('none', 16)], m
   assert loss[('rerope_logn', 16)] == loss[('rerope', 16)]
   for m in ('rerope', 'leaky_rerope', 'lm_infinite', 'self_extend',
-            'rerope_logn', 'longrope'):
+            'rerope_logn', 'longrope', 'dca', 'string'):
     assert loss[(m, 32)] != loss[('none', 32)], m
   assert loss[('rerope_logn', 32)] != loss[('rerope', 32)]
   # Beyond it they change the model: interpolation differs from none, and
@@ -81,7 +84,8 @@ def test_scaling_on_another_encoding_is_refused():
 def test_the_methods_come_from_the_registries():
   assert extensions.METHODS[:len(rope_scaling.METHODS)] == rope_scaling.METHODS
   assert extensions.METHODS[len(rope_scaling.METHODS):] == (
-      'rerope', 'leaky_rerope', 'rerope_logn', 'self_extend', 'lm_infinite')
+      'rerope', 'leaky_rerope', 'rerope_logn', 'self_extend', 'lm_infinite',
+      'dca', 'string')
 
 
 @pytest.mark.parametrize('train_len,length,group', [

@@ -22,6 +22,11 @@ act at every length:
   ``(n - 1) // G + W - W // G``, stays below ``L`` (off at ``n <= L``);
 * ``lm_infinite``: ``n_global = 10``, ``n_local = L - 10`` and the distance
   limit ``L`` (the paper's 10 global tokens; ``n_global + n_local <= L``).
+* ``dca``: Dual Chunk Attention with the released code's chunk length
+  ``3L/4 - L/8`` and local window ``L/8`` (``lmx.positions.dca``);
+* ``string``: STRING with ``W = min(128, L/8)`` and ``S = int(0.33 n)``,
+  raised to ``n - L + W`` where the largest shifted distance would pass
+  ``L - 1`` (``lmx.positions.string_shift``).
 
 ``longrope`` is one of the scalings; without LongRoPE's evolutionary
 search its long factors are the search's starting point, YaRN's per-pair

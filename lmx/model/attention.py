@@ -34,9 +34,11 @@ keys and chunked beyond, the same rule for every fallback.
 Logits and the softmax are float32 whatever the compute dtype. Masks are
 functions of token indices (``lmx.model.masks``). A far branch
 (``lmx.positions.far``: ReRoPE's and LM-Infinite's distance clamps,
-Self-Extend's grouped positions) scores the pairs at distance
-``>= spec.far_from`` with the same queries and keys turned (and biased) by the
-encoding's own hooks at its far positions. Length scalings
+Self-Extend's grouped positions, STRING's shifted ones) scores the pairs at
+distance ``>= spec.far_from`` with the same queries and keys turned (and
+biased) by the encoding's own hooks at its far positions; a member with
+several far branches (Dual Chunk Attention) picks each pair's branch by its
+own ``select`` from the positions, tile by tile in the chunked backend. Length scalings
 (``lmx.positions.length_scaling``) multiply the queries before either
 branch, or each query's whole score (SSMax's ``logit_scale``, applied
 before the mask, tile by tile in the chunked backend). qk-norm acts on the
@@ -112,7 +114,14 @@ class Spec:
     """The distance from which the far branch scores a pair (0: none): the
     far member's own window (a clamp's, Self-Extend's neighbour window), not
     a sliding window, which is a mask."""
-    return int(self.far.window) if self.far is not None else 0
+    return int(getattr(self.far, 'window', 0)) if self.far is not None else 0
+
+  @property
+  def far_rule(self):
+    """What picks the far pairs (``_far_pairs``): the far member's own
+    ``select(q_pos, k_pos)`` where it has several far branches (Dual Chunk
+    Attention), else the distance ``far_from``."""
+    return getattr(self.far, 'select', None) or self.far_from
 
 
 class Branch(NamedTuple):
@@ -127,8 +136,9 @@ class Call(NamedTuple):
   """The arrays of one attention call; queries are the last T of the S
   keys.
 
-  ``far``: the far branch (the encoding at ``spec.far``'s positions), or
-  None; ``bias_fn(q_pos, k_pos)``: the encoding's bias, or None;
+  ``far``: the far branch (the encoding at ``spec.far``'s positions), a
+  tuple of them (a member with several, ``spec.far.select``), or None;
+  ``bias_fn(q_pos, k_pos)``: the encoding's bias, or None;
   ``encoding``: the position encoding itself (a fused kernel asks it for
   its ``kernel_bias``), or None; ``content``: its ``ContentTerm`` over
   these queries and keys, or None; ``prefix``: sink slots, or None;
@@ -137,7 +147,7 @@ class Call(NamedTuple):
   the bias to the logits, pair by pair (``lmx.positions.dape``), or None."""
   near: Branch
   v: jax.Array       # [B, S, H, K]
-  far: Optional[Branch] = None
+  far: Any = None     # Branch, tuple of Branches, or None
   bias_fn: Optional[BiasFn] = None
   encoding: Any = None
   content: Any = None
@@ -207,10 +217,33 @@ def _branch_logits(br: Branch, bias_fn: Optional[BiasFn], scale: float,
   return logits
 
 
-def _far_pairs(near: Branch, window: int) -> jax.Array:
-  """``[B, 1, T, S]`` bool: the pairs a far branch scores, those whose
-  (near) distance reaches ``window``. ``_scores`` picks their logits and
+def _far_list(far) -> tuple:
+  """The far branches of ``Call.far`` (one Branch, a tuple, or None)."""
+  if far is None:
+    return ()
+  return (far,) if isinstance(far, Branch) else tuple(far)
+
+
+def _map_far(fn, far):
+  """``fn`` applied to each far branch, in ``Call.far``'s form."""
+  if far is None or isinstance(far, Branch):
+    return None if far is None else fn(far)
+  return tuple(fn(f) for f in far)
+
+
+def _picks(which, i: int) -> jax.Array:
+  """Where far branch ``i`` (from 1) scores, from ``_far_pairs``."""
+  return which if which.dtype == jnp.bool_ else which == i
+
+
+def _far_pairs(near: Branch, window) -> jax.Array:
+  """``[B, 1, T, S]``: the pairs each far branch scores. With a distance
+  ``window`` (an int), bool: those whose (near) distance reaches it; with
+  a member's ``select(q_pos, k_pos)``, int: 0 for the near branch, ``i``
+  for far branch ``i`` (from 1). ``_scores`` picks their logits and
   ``_values`` their weights by it, so the two agree."""
+  if callable(window):
+    return window(near.q_pos, near.k_pos)[:, None]
   dist_BxTxS = (near.q_pos[:, :, None].astype(jnp.float32)
                 - near.k_pos[:, None, :].astype(jnp.float32))
   return (dist_BxTxS >= window)[:, None]
@@ -222,9 +255,11 @@ def _scores(near: Branch, far: Optional[Branch], window: int,
   scale = near.q.shape[-1] ** -0.5
   logits = _branch_logits(near, bias_fn, scale, content, logit_scale, adapt)
   if far is not None:
-    far_logits = _branch_logits(far, bias_fn, scale, content, logit_scale,
-                                adapt)
-    logits = jnp.where(_far_pairs(near, window), far_logits, logits)
+    which = _far_pairs(near, window)
+    for i, branch in enumerate(_far_list(far), 1):
+      far_logits = _branch_logits(branch, bias_fn, scale, content,
+                                  logit_scale, adapt)
+      logits = jnp.where(_picks(which, i), far_logits, logits)
   return logits
 
 
@@ -247,10 +282,13 @@ def _values(near: Branch, far: Optional[Branch], window: int,
   near_tile = tile(near)
   if far is None:
     return lambda p: term.value(near_tile, p)
-  far_tile = tile(far)
-  is_far = _far_pairs(near, window)
-  return lambda p: (term.value(near_tile, jnp.where(is_far, 0.0, p))
-                    + term.value(far_tile, jnp.where(is_far, p, 0.0)))
+  far_tiles = [tile(f) for f in _far_list(far)]
+  which = _far_pairs(near, window)
+  near_pairs = (~which if which.dtype == jnp.bool_ else which == 0)
+  return lambda p: sum(
+      (term.value(t, jnp.where(_picks(which, i), p, 0.0))
+       for i, t in enumerate(far_tiles, 1)),
+      term.value(near_tile, jnp.where(near_pairs, p, 0.0)))
 
 
 def _whole(call: Call, visible_TxS, k_idx_S=None) -> Optional[Content]:
@@ -272,7 +310,7 @@ def scores(spec: Spec, call: Call, visible_TxS: Optional[jax.Array] = None,
   if visible_TxS is None:
     t, s = call.near.q.shape[1], call.near.k.shape[1]
     visible_TxS = spec.mask(jnp.arange(t) + (s - t), jnp.arange(s))
-  return _scores(call.near, call.far, spec.far_from, call.bias_fn,
+  return _scores(call.near, call.far, spec.far_rule, call.bias_fn,
                  _whole(call, visible_TxS, k_idx_S), call.logit_scale,
                  call.adapt)
 
@@ -289,7 +327,7 @@ def content_values(spec: Spec, call: Call, visible_TxS: jax.Array,
   """The content term's share of the output over exactly these queries and
   keys, as ``masked_scores`` takes them (the ``values`` argument of
   ``attend``), or None."""
-  return _values(call.near, call.far, spec.far_from,
+  return _values(call.near, call.far, spec.far_rule,
                  _whole(call, visible_TxS, k_idx_S))
 
 
@@ -415,7 +453,7 @@ class Dense(Backend):
 
   def __call__(self, spec, call):
     near, far, v_BxSxHxK = call.near, call.far, call.v
-    window, bias_fn = spec.far_from, call.bias_fn
+    window, bias_fn = spec.far_rule, call.bias_fn
     content, prefix, logit_scale = call.content, call.prefix, call.logit_scale
     t, s = near.q.shape[1], near.k.shape[1]
     offset = s - t
@@ -429,7 +467,7 @@ class Dense(Backend):
       k_idx = jnp.arange(offset + hi, dtype=jnp.int32)
       ls = logit_scale[:, :, lo:hi] if logit_scale is not None else None
       near_part = part(near)
-      far_part = part(far) if far is not None else None
+      far_part = _map_far(part, far)
       content_part = _content_slice(content, lo, hi - lo, 0, offset + hi,
                                     visible, k_idx)
       logits = jnp.where(visible, _scores(near_part, far_part, window, bias_fn,
@@ -463,7 +501,7 @@ class Chunked(Backend):
 
   def __call__(self, spec, call):
     near, far, v_BxSxHxK = call.near, call.far, call.v
-    mask, window, bias_fn = spec.mask, spec.far_from, call.bias_fn
+    mask, window, bias_fn = spec.mask, spec.far_rule, call.bias_fn
     content, prefix, logit_scale = call.content, call.prefix, call.logit_scale
     block_q = block_k = spec.block
     b, t, h, kd = near.q.shape
@@ -478,7 +516,7 @@ class Chunked(Backend):
                     _pad(br.q_pos, 1, nq * bq), _pad(br.k_pos, 1, nk * bk))
 
     near_p = pad_branch(near)
-    far_p = pad_branch(far) if far is not None else None
+    far_p = _map_far(pad_branch, far)
     v_p = _pad(v_BxSxHxK, 1, nk * bk)
     ls_p = (_pad(logit_scale, 2, nq * bq) if logit_scale is not None else None)
     if content is not None:
@@ -532,8 +570,8 @@ class Chunked(Backend):
       q0 = i * bq
       q_idx = q0 + offset + jnp.arange(bq)
       nq_t = Branch(sl(near_p.q, q0, bq), None, sl(near_p.q_pos, q0, bq), None)
-      fq_t = (Branch(sl(far_p.q, q0, bq), None, sl(far_p.q_pos, q0, bq), None)
-              if far_p is not None else None)
+      fq_t = _map_far(lambda f: Branch(sl(f.q, q0, bq), f.k,
+                                       sl(f.q_pos, q0, bq), f.k_pos), far_p)
       ls_t = (jax.lax.dynamic_slice_in_dim(ls_p, q0, bq, axis=2)
               if ls_p is not None else None)
 
@@ -542,10 +580,8 @@ class Chunked(Backend):
         k0 = j * bk
         tile = Branch(nq_t.q, sl(near_p.k, k0, bk), nq_t.q_pos,
                       sl(near_p.k_pos, k0, bk))
-        far_tile = None
-        if fq_t is not None:
-          far_tile = Branch(fq_t.q, sl(far_p.k, k0, bk), fq_t.q_pos,
-                            sl(far_p.k_pos, k0, bk))
+        far_tile = _map_far(lambda f: Branch(f.q, sl(f.k, k0, bk), f.q_pos,
+                                             sl(f.k_pos, k0, bk)), fq_t)
         k_idx = jax.lax.dynamic_slice_in_dim(k_idx_all, k0, bk)
         visible = mask(q_idx, k_idx)
         if sb is not None:

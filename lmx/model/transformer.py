@@ -204,7 +204,8 @@ class Attention(nnx.Module):
   def branches(self, q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS,
                turned: bool = False):
     """The near branch (the encoding at the true positions) and, with a
-    far branch, the encoding at its positions. ``turned``: q and k come
+    far branch, the encoding at its positions (a tuple of branches for a
+    far member with several, ``branch_positions``). ``turned``: q and k come
     already turned (and there is no far branch)."""
     if turned:
       return attention.Branch(q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS), None
@@ -212,9 +213,15 @@ class Attention(nnx.Module):
     near = attention.Branch(qn, kn, q_pos_BxT, k_pos_BxS)
     if self.spec.far is None:
       return near, None
-    qf_pos, kf_pos = self.spec.far.far_positions(q_pos_BxT, k_pos_BxS)
-    qf, kf = self.turn(q_BxTxHxK, k_BxSxHxK, qf_pos, kf_pos)
-    return near, attention.Branch(qf, kf, qf_pos, kf_pos)
+    def far_branch(qf_pos, kf_pos):
+      qf, kf = self.turn(q_BxTxHxK, k_BxSxHxK, qf_pos, kf_pos)
+      return attention.Branch(qf, kf, qf_pos, kf_pos)
+
+    rule = self.spec.far
+    if hasattr(rule, 'branch_positions'):   # several far branches (DCA)
+      return near, tuple(far_branch(*p) for p in
+                         rule.branch_positions(q_pos_BxT, k_pos_BxS))
+    return near, far_branch(*rule.far_positions(q_pos_BxT, k_pos_BxS))
 
   def turn(self, q_BxTxHxK, k_BxSxHxK, q_pos_BxT, k_pos_BxS):
     """q and k as the encoding turns them at these positions, then

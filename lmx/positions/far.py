@@ -9,6 +9,10 @@ was trained on, whatever the encoding. Each member has its own section,
   ``distance_limit``, no distance scored beyond it (``Clamp`` at leak 0).
 * ``self_extend``: Self-Extend (Jin et al. 2024): pairs at distance
   ``>= window`` scored at grouped positions (``SelfExtend``).
+* ``dca``: Dual Chunk Attention (An et al. 2024; ``lmx.positions.dca``):
+  two far branches picked by the chunks of the pair (``DualChunk``).
+* ``string``: STRING (An et al. 2025; ``lmx.positions.string_shift``):
+  distances ``d >= offset`` scored at ``d - offset + local`` (``Shift``).
 * ``sinks``: attention sinks, learned slots every query sees before the
   keys (a logit per head with a zero value; memory key/value slots).
 
@@ -26,8 +30,9 @@ branch (``far``), its mask (``mask``), its learned slots (``init_params``,
 Rules between members are generic (``check``: one far branch at most; a
 setting changed in a member that is off acts on nothing and is refused).
 An inference-time extension (``lmx.evaluation.extensions``) sets a member
-up for a length with its ``configure``. A new member is one class here and
-one line in ``REGISTRY``.
+up for a length with its ``configure``. A new member is one class here (or
+in a module of its own: ``dca``, ``string_shift``) and one line in
+``REGISTRY``.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from lmx.errors import ConfigError
 from lmx.config.fields import (Field, changed, check_section, require,
                                section_defaults)
 from lmx.model.masks import Mask
-from lmx.positions import length_scaling
+from lmx.positions import dca, length_scaling, string_shift
 
 
 class Prefix(NamedTuple):
@@ -431,13 +436,23 @@ class Sinks(Member):
     return SINK_REFUSAL
 
 
+def on_base(rules: type) -> type[Member]:
+  """A member defined in a module of its own (``rules``: its settings,
+  checks and far branch, written without importing this module, which
+  imports it) on ``Member``."""
+  return type(rules.__name__, (rules, Member),
+              {'__doc__': rules.__doc__, '__module__': rules.__module__})
+
+
 # config.model.<name> -> member. A new far branch or mask is one class above
-# and one line here.
+# (or in a module of its own, through ``on_base``) and one line here.
 REGISTRY: dict[str, type[Member]] = {
     'rerope': ReRoPE,
     'self_extend': SelfExtendMember,
     'lm_infinite': LMInfinite,
     'sinks': Sinks,
+    'dca': on_base(dca.DualChunkAttention),
+    'string': on_base(string_shift.String),
 }
 
 
