@@ -8,9 +8,10 @@ ALiBi's.
 
 A row is ``configs/<name>.py`` (at ``--size``), so it is what ``python
 train.py --config=configs/<name>.py`` trains: every registered encoding's
-config by default, plus CAPE, HWFA, iRoPE, log-n and SSMax
-(``EXTRA_CONFIGS``). Each config's real train step
-(``lmx.training.trainer.make_train_step``: forward, backward, AdamW) runs on one
+config by default, plus CAPE, HWFA, iRoPE, log-n, SSMax, RNoPE-SWA,
+SWAN-GPT, DAPE, gated attention and stick-breaking (``EXTRA_CONFIGS``).
+Each config's real train step (``lmx.training.trainer.make_train_step``:
+forward, backward, AdamW) runs on one
 fixed batch of random tokens, so the data pipeline is not timed. A repeat is
 ``--steps`` steps after ``--warmup`` untimed ones (compilation is in the
 warmup). Repeats go round the configs in turn (ALiBi, the next, ...,
@@ -37,7 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 REFERENCE = 'alibi'
 
 
-EXTRA_CONFIGS = ('cape', 'hwfa', 'irope', 'logn', 'ssmax')
+EXTRA_CONFIGS = ('cape', 'hwfa', 'irope', 'logn', 'ssmax', 'rnope_swa', 'swan',
+                 'dape', 'gated', 'stickbreaking')
 
 
 def load(name: str, size: str):
