@@ -64,6 +64,9 @@ PARAM_RULES: tuple[tuple[str, tuple[Optional[str], ...]], ...] = (
     (r'(^|/)(q|k|v|query|key|value)/kernel$', ('embed', 'heads')),
     (r'(^|/)(qkv|q|k|v|query|key|value)/bias$', ('heads',)),
     (r'(^|/)out/kernel$', ('heads', 'embed')),
+    # The attention gate (lmx.model.gating): its outputs are the heads'
+    # channels (or one per head), as a query projection's are.
+    (r'(^|/)out_gate/kernel$', ('embed', 'heads')),
     (r'(^|/)(up|gate)/kernel$', ('embed', 'mlp')),
     (r'(^|/)(up|gate)/bias$', ('mlp',)),
     (r'(^|/)down/kernel$', ('mlp', 'embed')),

@@ -112,6 +112,8 @@ def _spec(path, shape):
 def test_parameters_get_logical_axes_by_path():
   assert _spec('blocks/0/attn/qkv/kernel', (32, 96)) == P('fsdp', 'tensor')
   assert _spec('blocks/1/attn/out/kernel', (32, 32)) == P('tensor', 'fsdp')
+  assert (_spec('blocks/1/attn/out_gate/kernel', (32, 32))   # the gate
+          == P('fsdp', 'tensor'))
   assert _spec('blocks/0/mlp/up/kernel', (32, 64)) == P('fsdp', 'tensor')
   assert _spec('blocks/0/mlp/down/kernel', (64, 32)) == P('tensor', 'fsdp')
   assert _spec('blocks/0/mlp/up/bias', (64,)) == P('tensor')
