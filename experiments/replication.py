@@ -1,4 +1,4 @@
-"""The replication report: eight published findings beside what lmx measured.
+"""The replication report: published findings beside what lmx measured.
 
 ``configs/sweeps/replicate.py`` names this module as its ``report``, so
 ``python sweep.py --sweep=configs/sweeps/replicate.py...`` ends with

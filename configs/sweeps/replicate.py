@@ -1,4 +1,4 @@
-"""One sweep that replicates ten published findings (issue 18), and its
+"""One sweep that replicates ten published findings, and its
 report (``write`` below, through ``experiments.replication``): each finding beside
 what lmx measured and whether its direction holds. ``FINDINGS`` declares
 the ten, with the thresholds that decide them.
