@@ -347,3 +347,29 @@ if __name__ == '__main__':
   for n in (4096, 16384):
     for shift in (-10.0, -2.0):
       print(f'keys={n} shift={shift}', long_range_errors(n, shift))
+
+
+def test_attention_diagnostics_take_the_entropy_of_the_stick_weights():
+  # Query i weighs keys j < i nearest first; the remainder goes to its own
+  # value. The entropy is over those weights and the remainder, worked out
+  # here in float64 in the product form.
+  rng = np.random.default_rng(3)
+  t = 5
+  z = rng.normal(0.0, 2.0, (1, 1, t, t))
+  idx = jnp.arange(t)
+  sb = SB.StickBreaking()
+  mask = sb.restrict(A.CAUSAL(idx, idx), idx, idx)
+  stats = A.attention_stats(jnp.asarray(z, jnp.float32), mask, sb)
+  beta = 1.0 / (1.0 + np.exp(-z[0, 0]))
+  for i in range(t):
+    weights, left = [], 1.0
+    for j in range(i - 1, -1, -1):
+      weights.append(beta[i, j] * left)
+      left *= 1.0 - beta[i, j]
+    p = np.array(weights + [left])
+    assert abs(p.sum() - 1.0) < 1e-12
+    expected = -(p * np.log(p)).sum()
+    np.testing.assert_allclose(float(stats['entropy'][0, i]), expected,
+                               rtol=1e-5, atol=1e-6)
+  softmax = A.attention_stats(jnp.asarray(z, jnp.float32), mask)
+  assert not np.allclose(softmax['entropy'][0, 2:], stats['entropy'][0, 2:])

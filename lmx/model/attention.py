@@ -921,21 +921,31 @@ def attention(spec: Spec, call: Call) -> jax.Array:
   return choose(spec, call)(spec, call)
 
 
-def attention_stats(logits_BxHxTxS: jax.Array,
-                    mask_TxS: jax.Array) -> dict[str, jax.Array]:
+def attention_stats(logits_BxHxTxS: jax.Array, mask_TxS: jax.Array,
+                    normaliser=None) -> dict[str, jax.Array]:
   """Per query, two of LM-Infinite's out-of-distribution signals (Han et al.
   2023, section 3):
 
   - ``entropy`` ``[B, T]``: entropy of the attention distribution over the
     visible keys in nats, mean over heads. It grows with the number of
-    tokens attended to (log of the count for uniform attention).
+    tokens attended to (log of the count for uniform attention). With a
+    ``normaliser`` (stick-breaking), the distribution is its weights, the
+    remainder it gives the query's own value included, not a softmax of
+    the logits.
   - ``max_logit`` ``[B, T]``: the largest logit over visible keys and
     heads. Unseen distances can make it explode.
   """
   visible = jnp.where(mask_TxS, logits_BxHxTxS, NEG_INF)
-  logp_BxHxTxS = jax.nn.log_softmax(visible, axis=-1)
-  plogp = jnp.where(mask_TxS, jnp.exp(logp_BxHxTxS) * logp_BxHxTxS, 0.0)
-  entropy_BxT = -plogp.sum(axis=-1).mean(axis=1)
+  if normaliser is None:
+    logp_BxHxTxS = jax.nn.log_softmax(visible, axis=-1)
+    plogp = jnp.where(mask_TxS, jnp.exp(logp_BxHxTxS) * logp_BxHxTxS, 0.0)
+    plogp_BxHxT = plogp.sum(axis=-1)
+  else:
+    a, rem = normaliser.weights(visible)
+    xlogx = lambda x: jnp.where(x > 0, x * jnp.log(jnp.where(x > 0, x, 1.0)),
+                                0.0)
+    plogp_BxHxT = xlogx(a).sum(axis=-1) + xlogx(rem)
+  entropy_BxT = -plogp_BxHxT.mean(axis=1)
   max_logit_BxT = visible.max(axis=(1, 3))
   return {'entropy': entropy_BxT, 'max_logit': max_logit_BxT}
 

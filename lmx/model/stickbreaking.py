@@ -108,6 +108,11 @@ class StickBreaking:
   def kernel_refusal(self) -> str:
     return KERNEL_REFUSAL.format(name=self.name)
 
+  def weights(self, logits_BxHxTxS: jax.Array):
+    """``(A, remainder)`` of masked logits (``stick_weights``): what the
+    attention diagnostics take the entropy of."""
+    return stick_weights(logits_BxHxTxS)
+
   def tile(self, logits_BxHxTxS: jax.Array, passed_BxHxT: jax.Array):
     """The chunked backend's step, over one key tile (keys in token order,
     hidden at ``NEG_INF``): ``(weights, passed)``, the tiles walked from

@@ -90,9 +90,11 @@ class Probe:
     """Whether it asks for the attention's logits or statistics."""
     return self.want_stats or self.want_logits
 
-  def record_attention(self, logits_BxHxTxS, mask_TxS) -> None:
+  def record_attention(self, logits_BxHxTxS, mask_TxS,
+                       normaliser=None) -> None:
     if self.want_stats:
-      self.stats.append(attention.attention_stats(logits_BxHxTxS, mask_TxS))
+      self.stats.append(attention.attention_stats(logits_BxHxTxS, mask_TxS,
+                                                  normaliser))
     if self.want_logits:
       self.logits.append(logits_BxHxTxS)
 
@@ -286,7 +288,10 @@ class Attention(nnx.Module):
                       self._logit_scale(idx_T, b))
     if probe is not None and probe.attention:
       out_BxTxHxK, logits = attention.explicit(self.spec, call, idx_T, idx_T)
-      probe.record_attention(logits, self.spec.mask(idx_T, idx_T))
+      visible = self.spec.mask(idx_T, idx_T)
+      if self.spec.normaliser is not None:   # the pairs it weighs
+        visible = self.spec.normaliser.restrict(visible, idx_T, idx_T)
+      probe.record_attention(logits, visible, self.spec.normaliser)
     else:
       out_BxTxHxK = attention.attention(self.spec, call)
     return self._output(x_BxTxD, out_BxTxHxK)
