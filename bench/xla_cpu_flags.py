@@ -52,6 +52,8 @@ SETTINGS = {
     'onednn dot': '--xla_cpu_experimental_onednn_fusion_type=dot',
     'onednn custom call': '--xla_cpu_experimental_onednn_custom_call=true',
     'no xnnpack': '--xla_cpu_use_xnnpack=false',
+    'no ynnpack': '--xla_cpu_experimental_ynn_fusion_type=',
+    'multi-output fusion': '--xla_cpu_use_multi_output_fusion=true',
     'vector width 512': '--xla_cpu_prefer_vector_width=512',
 }
 

@@ -573,6 +573,14 @@ def test_mask_matches_brute_force(n_global, n_local, chunk):
     rows = full[q_lo - 6:q_hi - 5, k_lo:k_hi + 1]
     assert bool(mask.tile_visible(q_lo, q_hi, k_lo, k_hi)) == rows.any(), (
         q_lo, q_hi, k_lo, k_hi)
+  # tile_full: exact on every block: every pair visible.
+  for q_lo in range(6, 26):
+    for q_hi in range(q_lo, 26, 3):
+      for k_lo in range(0, 26, 2):
+        for k_hi in range(k_lo, 26, 3):
+          rows = full[q_lo - 6:q_hi - 5, k_lo:k_hi + 1]
+          assert bool(mask.tile_full(q_lo, q_hi, k_lo, k_hi)) == rows.all(), (
+              q_lo, q_hi, k_lo, k_hi)
   # causal_mask: S - T offset.
   np.testing.assert_array_equal(
       A.causal_mask(5, 9),
@@ -673,19 +681,26 @@ def test_alibi_distance_limit_bias_on_global_pairs():
 
 
 def _count_tiles(monkeypatch, t, block, mask, far=False):
-  """How many key tiles chunked attention really computes, by running it
-  eagerly (jax.disable_jit: scan and map become python loops, lax.cond
-  runs only the branch its concrete predicate picks) and counting the
-  logit computations. jax.checkpoint would trace its function once instead
-  of running it, so it is replaced by the identity for this count."""
-  calls = []
+  """How many key tiles chunked attention really computes, and how many of
+  them it masks, by running it eagerly (jax.disable_jit: scan and map
+  become python loops, lax.cond and lax.switch run only the branch their
+  concrete index picks) and counting the logit computations and the masks
+  built. jax.checkpoint would trace its function once instead of running
+  it, so it is replaced by the identity for this count."""
+  calls, masks = [], []
   real = A._branch_logits
+  real_mask = A.Mask.__call__
 
   def counting(*args, **kwargs):
     calls.append(1)
     return real(*args, **kwargs)
 
+  def counting_mask(self, *args):
+    masks.append(1)
+    return real_mask(self, *args)
+
   monkeypatch.setattr(A, '_branch_logits', counting)
+  monkeypatch.setattr(A.Mask, '__call__', counting_mask)
   monkeypatch.setattr(jax, 'checkpoint', lambda f, **_: f)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(1, t, 1, 4)), jnp.float32)
@@ -699,7 +714,7 @@ def _count_tiles(monkeypatch, t, block, mask, far=False):
   dense = AC.run('dense', near, x, mask=mask, far=far_br,
                     window=3 if far else 0)
   np.testing.assert_allclose(out, dense, atol=TOL)
-  return len(calls) // (2 if far else 1)
+  return len(calls) // (2 if far else 1), len(masks)
 
 
 def _visible_tiles(t, block, mask):
@@ -708,6 +723,19 @@ def _visible_tiles(t, block, mask):
   n = -(-t // block)
   return sum(vis[i * block:(i + 1) * block, j * block:(j + 1) * block].any()
              for i in range(n) for j in range(n))
+
+
+def _partial_tiles(t, block, mask):
+  """Visible tile pairs that are not full: some pair of the tile hidden,
+  counting the padded queries of the last block (by their token index) and
+  the padded keys of the last tile (never visible)."""
+  n = -(-t // block)
+  vis = np.zeros((n * block, n * block), bool)
+  vis[:, :t] = np.asarray(mask(jnp.arange(n * block), jnp.arange(t)))
+  tiles = [vis[i * block:(i + 1) * block, j * block:(j + 1) * block]
+           for i in range(n) for j in range(n)]
+  real = [v[:t - i * block] for i in range(n) for v in tiles[i * n:(i + 1) * n]]
+  return sum(r.any() and not v.all() for r, v in zip(real, tiles))
 
 
 @pytest.mark.parametrize('t,block,mask,far', [
@@ -723,9 +751,11 @@ def _visible_tiles(t, block, mask):
     (41, 4, A.Mask(chunk=8), False),
 ])
 def test_chunked_computes_only_visible_tiles(monkeypatch, t, block, mask, far):
-  counted = _count_tiles(monkeypatch, t, block, mask, far)
+  counted, masked = _count_tiles(monkeypatch, t, block, mask, far)
   n = -(-t // block)
   assert counted == _visible_tiles(t, block, mask)
+  # Only the tiles with a hidden pair build a mask; the full ones do not.
+  assert masked == _partial_tiles(t, block, mask)
   if mask.n_local or mask.chunk:
     # A fixed number of key tiles per query block, fewer than causal.
     span = mask.n_local or mask.chunk
@@ -735,13 +765,14 @@ def test_chunked_computes_only_visible_tiles(monkeypatch, t, block, mask, far):
     assert counted < n * (n + 1) // 2     # what causal attention computes
   else:
     assert counted == n * (n + 1) // 2    # the future tiles are skipped
+    assert masked == n                    # the diagonal's alone are masked
 
 
 def test_lambda_tile_count_grows_linearly(monkeypatch):
   """Doubling T adds a fixed number of tiles per new query block: the
   increments double exactly (causal attention's would quadruple)."""
   mask, block, lengths = A.Mask(3, 6), 8, (40, 80, 160)
-  lam = [_count_tiles(monkeypatch, t, block, mask) for t in lengths]
+  lam = [_count_tiles(monkeypatch, t, block, mask)[0] for t in lengths]
   assert lam == [_visible_tiles(t, block, mask) for t in lengths]
   assert lam[2] - lam[1] == 2 * (lam[1] - lam[0]), lam
   causal = [_visible_tiles(t, block, A.Mask()) for t in lengths]

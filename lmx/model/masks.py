@@ -80,6 +80,22 @@ class Mask:
       vis &= k_hi >= (q_lo // self.chunk) * self.chunk
     return vis
 
+  def tile_full(self, q_lo, q_hi, k_lo, k_hi):
+    """Whether every query of ``q_lo..q_hi`` sees every key of
+    ``k_lo..k_hi`` (token indices of real keys, inclusive; Python ints or
+    traced int32 alike), so the tile needs no mask. Exact: the last key
+    precedes the first query (``k_hi <= q_lo``), and, with the Lambda
+    window, the last query's farthest non-global key is inside it; with a
+    chunk, the first key and the last query share a chunk (then all do).
+    """
+    full = (k_hi <= q_lo) & (k_lo >= 0)
+    if self.n_local:   # the keys past the global ones all in the window
+      first_local = jnp.maximum(k_lo, self.n_global)
+      full &= (k_hi < self.n_global) | (q_hi - first_local < self.n_local)
+    if self.chunk:
+      full &= (k_lo // self.chunk) == (q_hi // self.chunk)
+    return full
+
 
 def causal_mask(q_len: int, k_len: int) -> jax.Array:
   """``[T, S]`` bool: query ``i`` sees key ``j`` iff ``j <= i + (S - T)``.
