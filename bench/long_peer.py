@@ -205,15 +205,21 @@ def torch_missing() -> str | None:
 # ----------------------------------------------------------------------------
 
 def lmx_config(size: str = 'default', attention: str = 'chunked',
-               block: int = 0):
+               block: int = 0, cpu_devices: int = 0):
   """configs/rope.py at ``size``, float32, with ``attention`` (and the
-  chunked tile ``block``, 0: the config's), validated."""
+  chunked tile ``block``, 0: the config's), validated. ``cpu_devices`` > 1:
+  the heads split over that many CPU devices (``config.cpu_devices``, the
+  mesh's tensor axis), as eval.py runs with
+  ``--config.cpu_devices=N --config.mesh.data=1 --config.mesh.tensor=N``."""
   from configs import rope  # pylint: disable=g-import-not-at-top
   from lmx.config import validate as config_lib  # pylint: disable=g-import-not-at-top
   c = rope.get_config(f'size={size}')
   c.model.attention = attention
   if block:
     c.model.attention_block = block
+  if cpu_devices > 1:
+    c.cpu_devices = cpu_devices
+    c.mesh.data, c.mesh.tensor = 1, cpu_devices
   c.model.dtype = 'float32'
   c.model.dropout = 0.0
   config_lib.validate(c)
@@ -232,16 +238,27 @@ class LmxEval:
   def __init__(self, config, length: int):
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
+    from lmx import sharding  # pylint: disable=g-import-not-at-top
     from lmx.evaluation import runner as evaluation  # pylint: disable=g-import-not-at-top
     from lmx.model import attention  # pylint: disable=g-import-not-at-top
     from lmx.training import run_state  # pylint: disable=g-import-not-at-top
     graphdef, params = run_state.init_model(config)
-    self.params = jax.block_until_ready(jax.device_put(params))
     self.n_params = int(sum(x.size for x in jax.tree.leaves(params)))
     x, y = tokens(length)
     pos = np.arange(length, dtype=np.int32)[None]
+    if config.cpu_devices > 1:
+      # eval.py's way with config.cpu_devices: the parameters on the mesh
+      # (heads over its tensor axis), the windows replicated (one row).
+      mesh = sharding.make_mesh(config)
+      params = sharding.place(params, sharding.tree_shardings(params, mesh))
+      rep = sharding.replicated(mesh)
+      x, pos, y = (sharding.place(a, rep) for a in (x, pos, y))
+      self.fn = jax.jit(evaluation.make_loss_fn(graphdef), out_shardings=rep)
+    else:
+      params = jax.device_put(params)
+      self.fn = evaluation.make_loss_fn(graphdef)
+    self.params = jax.block_until_ready(params)
     self.args = (self.params, x, pos, y)
-    self.fn = evaluation.make_loss_fn(graphdef)
     t0 = time.perf_counter()
     with attention.recording() as calls:
       lowered = self.fn.lower(*self.args)
@@ -321,7 +338,7 @@ def profile_summary(events: list[dict], hlo_text: str) -> dict:
         k = op['kind'] = 'attention GEMM'
     kinds[k] += op['ms']
   return {'kinds': dict(kinds), 'total_ms': s['total_ms'],
-          'in_loops_ms': loops_ms, 'top': s['ops'][:10]}
+          'in_loops_ms': loops_ms, 'top': s['ops'][:40]}
 
 
 def profile(lmx: LmxEval, logdir: str) -> dict:
@@ -356,11 +373,11 @@ def profile(lmx: LmxEval, logdir: str) -> dict:
 def run(lengths: Sequence[int], repeats: int, *, warmup: int = 1,
         size: str = 'default',
         attention: str = 'chunked', block: int = 0, torch=None,
-        profile_dir: str = '', cpus: Sequence[int] = (),
+        profile_dir: str = '', cpus: Sequence[int] = (), cpu_devices: int = 0,
         log=print) -> dict:
   """Every length measured (``torch``: a ``TorchChild`` or None)."""
   import jax  # pylint: disable=g-import-not-at-top
-  config = lmx_config(size, attention, block)
+  config = lmx_config(size, attention, block, cpu_devices)
   model = model_dims(config)
   cpus = list(cpus) or sorted(os.sched_getaffinity(0))
   result = {
@@ -371,6 +388,7 @@ def run(lengths: Sequence[int], repeats: int, *, warmup: int = 1,
       'model': dict(model, size=size, position='rope', dtype='float32',
                     attention=attention,
                     attention_block=int(config.model.attention_block),
+                    cpu_devices=max(cpu_devices, 1),
                     chunk_threshold=int(config.model.chunk_threshold)),
       'repeats': repeats, 'warmup': warmup, 'batch': 1, 'results': {},
   }
@@ -434,7 +452,9 @@ def table(r: dict) -> str:
       f"Model: configs/rope.py size {mod['size']} (d {mod['d_model']}, "
       f"{mod['num_layers']} layers, {mod['num_heads']} heads, MLP "
       f"{mod['mlp_dim']}, vocab {mod['vocab_size']}), float32, batch 1; "
-      f"lmx attention={mod['attention']} (tile {mod['attention_block']}); "
+      f"lmx attention={mod['attention']} (tile {mod['attention_block']})"
+      + (f", heads split over {mod['cpu_devices']} CPU devices"
+         if mod.get('cpu_devices', 1) > 1 else '') + '; '
       f"median of {r['repeats']} alternating repeats after "
       f"{r['warmup']} untimed call(s) each (and the first, apart)",
   ]
@@ -502,6 +522,9 @@ def _define_flags() -> dict:
           "lmx's config.model.attention"),
       'block': flags.DEFINE_integer(
           'block', 0, 'config.model.attention_block (0: the config\'s)'),
+      'cpu_devices': flags.DEFINE_integer(
+          'cpu_devices', 0, 'lmx\'s config.cpu_devices: the CPUs as this many '
+          'XLA devices, the heads split over them (0 or 1: one device)'),
       'no_torch': flags.DEFINE_bool(
           'no-torch', False, 'time lmx only (no x-transformers needed)'),
       'profile_dir': flags.DEFINE_string(
@@ -532,6 +555,8 @@ def main(argv: Sequence[str], fl: dict) -> dict:
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' '
                                + TRACE_FLAG).strip()
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  from lmx.model import xla_cpu  # pylint: disable=g-import-not-at-top
+  xla_cpu.split_host(args.cpu_devices)   # read when the backend starts
   import jax  # pylint: disable=g-import-not-at-top
   # lmx.cli (the flag parser) imported JAX before JAX_PLATFORMS was set:
   # set the platform again before the backend (and XLA's thread pool,
@@ -548,7 +573,8 @@ def main(argv: Sequence[str], fl: dict) -> dict:
   try:
     result = run(lengths, args.repeats, warmup=args.warmup, size=args.size,
                  attention=args.attention, block=args.block, torch=torch,
-                 profile_dir=args.profile_dir, cpus=cpus)
+                 profile_dir=args.profile_dir, cpus=cpus,
+                 cpu_devices=args.cpu_devices)
   finally:
     if torch:
       torch.close()

@@ -272,9 +272,13 @@ class TorchChild:
 # The lmx side.
 # ----------------------------------------------------------------------------
 
-def lmx_config(position: str, dtype: str = 'float32'):
+def lmx_config(position: str, dtype: str = 'float32', cpu_devices: int = 0):
+  """The benchmark's model in lmx's config; ``cpu_devices`` > 1: on that
+  many CPU devices (``config.cpu_devices``), data-parallel (the mesh's
+  default data axis takes them all)."""
   from configs import base  # pylint: disable=g-import-not-at-top
   c = base.get_config()
+  c.cpu_devices = cpu_devices
   c.model.position = position
   for key in ('d_model', 'num_layers', 'num_heads', 'mlp_dim', 'vocab_size'):
     c.model[key] = MODEL[key]
@@ -299,13 +303,12 @@ class LmxRunner:
     from lmx.config import validate as config_lib  # pylint: disable=g-import-not-at-top
     from lmx.training import run_state  # pylint: disable=g-import-not-at-top
     from lmx.training import trainer
+    from lmx import sharding  # pylint: disable=g-import-not-at-top
     c = config.copy_and_resolve_references()
     config_lib.validate(c)
     tx = run_state.make_optimizer(c.train)
     graphdef, params = run_state.init_model(c)
     self.params = int(sum(x.size for x in jax.tree.leaves(params)))
-    self.state = run_state.init_state(c, params, tx)
-    self.step = trainer.make_train_step(graphdef, tx, c)
     b, t = int(c.train.batch_size), int(c.train.seq_len)
     self.tokens = b * t
     toks = np.random.default_rng(0).integers(0, int(c.model.vocab_size),
@@ -315,6 +318,18 @@ class LmxRunner:
         'targets': jnp.asarray(toks[:, 1:], jnp.int32),
         'positions': jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)),
     }
+    if c.cpu_devices > 1:   # train.py's mesh path: the state on the mesh
+      mesh = sharding.make_mesh(c)
+      _, target = trainer.abstract_state(c, tx)
+      shardings = sharding.tree_shardings(target, mesh)
+      with jax.set_mesh(mesh):
+        self.state = trainer.init_state_on_mesh(c, params, tx, shardings)
+      self.step = trainer.make_train_step(graphdef, tx, c, mesh, shardings)
+      rows = sharding.batch_sharding(mesh)
+      self.batch = {k: jax.device_put(v, rows) for k, v in self.batch.items()}
+    else:
+      self.state = run_state.init_state(c, params, tx)
+      self.step = trainer.make_train_step(graphdef, tx, c)
     for _ in range(max(warmup, 1)):
       self.state, m = self.step(self.state, self.batch)
     self.loss = float(m['loss'])
@@ -364,6 +379,10 @@ def _define_flags() -> dict:
           'threads', 0, 'CPUs for both sides (0: all this process may use)'),
       'no_torch': flags.DEFINE_bool(
           'no-torch', False, 'time lmx only (no x-transformers needed)'),
+      'cpu_devices': flags.DEFINE_integer(
+          'cpu_devices', 0, 'lmx\'s config.cpu_devices: the CPUs as this '
+          'many XLA devices, training data-parallel over them (0 or 1: one '
+          'device)'),
       'dtype': flags.DEFINE_enum(
           'dtype', 'float32', ('float32', 'bfloat16'),
           'compute dtype of both sides (parameters stay float32)'),
@@ -389,6 +408,8 @@ def main(argv: Sequence[str], fl: dict) -> dict:
     return {}
   os.environ.setdefault('JAX_PLATFORMS', 'cuda' if args.device == 'gpu'
                         else 'cpu')
+  from lmx.model import xla_cpu  # pylint: disable=g-import-not-at-top
+  xla_cpu.split_host(args.cpu_devices)   # read when the backend starts
   import jax  # pylint: disable=g-import-not-at-top
   # lmx.cli (the flag parser) imported JAX before JAX_PLATFORMS was set, and
   # JAX reads it at import: set the platform again, before the backend
@@ -406,7 +427,8 @@ def main(argv: Sequence[str], fl: dict) -> dict:
       'machine': {'platform': platform.platform(),
                   'processor': platform.processor() or platform.machine(),
                   'cpus': cpus, 'threads': threads,
-                  'jax_device': str(jax.devices()[0]), 'jax': jax.__version__},
+                  'jax_device': str(jax.devices()[0]), 'jax': jax.__version__,
+                  'cpu_devices': max(args.cpu_devices, 1)},
       'model': MODEL, 'flops_per_token': flops, 'steps': args.steps,
       'repeats': args.repeats, 'warmup': args.warmup, 'dtype': args.dtype,
   }
@@ -430,7 +452,8 @@ def main(argv: Sequence[str], fl: dict) -> dict:
                                 if k.endswith(args.dtype))
     result['results'] = {}
     for pos in positions:
-      lmx = LmxRunner(lmx_config(pos, args.dtype), args.warmup)
+      lmx = LmxRunner(lmx_config(pos, args.dtype, args.cpu_devices),
+                      args.warmup)
       row = {'lmx': {'params': lmx.params, 'seconds': []}}
       if torch:
         row['x_transformers'] = dict(torch(op='build', position=pos,
@@ -484,6 +507,8 @@ def table(r: dict) -> str:
       if not isinstance(side, dict):
         continue
       label = 'lmx (JAX)' if name == 'lmx' else 'x-transformers (PyTorch)'
+      if name == 'lmx' and m.get('cpu_devices', 1) > 1:
+        label += f", {m['cpu_devices']} CPU devices"
       lines.append(f"| {pos} | {label} | {side['tokens_per_second']:,.0f} | "
                    f"{100 * side['mfu']:.1f}% | "
                    f"{ratio if name == 'lmx' else ''} |")

@@ -196,6 +196,13 @@ def get_config(arg: str | None = None,
   # axes; -1 takes the devices the others leave. Batches are split over
   # data x fsdp, parameters over fsdp (and tensor) by logical-axis rules.
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
+  # On the CPU, the host's cores as this many XLA devices, set before JAX's
+  # backend starts (lmx.model.xla_cpu.split_host); 0: as JAX starts (one
+  # device unless XLA_FLAGS says otherwise). With 2 on a 2-core host, the
+  # mesh's data axis trains data-parallel and eval.py splits the heads
+  # (--config.mesh.data=1 --config.mesh.tensor=2): each device's operations
+  # run on one core instead of every small operation on both.
+  c.cpu_devices = 0
 
   c.positions = ml_collections.ConfigDict()
   # A sampler of lmx/positions/sampling.py: contiguous | randomized | shift

@@ -34,6 +34,8 @@ TOP = {
                             'its latest)', lo=0),
     'init_interpolate': Field(bool, 'resize learned position tables to the '
                               'new length when fine-tuning'),
+    'cpu_devices': Field(int, 'on the CPU, the host\'s cores as this many '
+                         'XLA devices for the mesh (0: as JAX starts)', lo=0),
 }
 
 MODEL = {

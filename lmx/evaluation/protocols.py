@@ -38,6 +38,26 @@ def make_loss_fn(graphdef):
   return token_losses
 
 
+def mesh_loss_fn(graphdef, mesh):
+  """``make_loss_fn`` on ``mesh``, for parameters placed by its rules
+  (``sharding.tree_shardings``): the windows' rows split over its data
+  axes where they divide, replicated where they do not; heads and the MLP
+  split over its tensor axis as the parameters are; the losses come back
+  replicated. Same arguments as ``make_loss_fn``'s function, as host
+  arrays."""
+  from lmx import sharding  # pylint: disable=g-import-not-at-top
+  rep = sharding.replicated(mesh)
+  rows = sharding.batch_sharding(mesh)
+  split = mesh.shape['data'] * mesh.shape['fsdp']
+  losses = jax.jit(make_loss_fn(graphdef), out_shardings=rep)
+
+  def token_losses(params, *arrays):
+    where = rows if np.shape(arrays[0])[0] % split == 0 else rep
+    return losses(params, *(sharding.place(a, where) for a in arrays))
+
+  return token_losses
+
+
 def _window_losses(token_losses, params, config, inputs: np.ndarray,
                    targets: np.ndarray, rng: np.random.Generator
                    ) -> np.ndarray:

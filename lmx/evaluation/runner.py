@@ -21,18 +21,20 @@ from typing import Optional, Sequence
 import jax
 import ml_collections
 
+from lmx import sharding
 from lmx.config import validate as config_lib
 from lmx.evaluation import effective as effective_lib
 from lmx.evaluation import evaluators as evaluators_lib
 from lmx.evaluation.protocols import (
     attention_diagnostics, bucket_edges, log_bucket_edges, loss_at_length,
-    make_loss_fn, make_stats_fn, per_position_result, plot_attention,
+    make_loss_fn, make_stats_fn, mesh_loss_fn, per_position_result, plot_attention,
     plot_loss_vs_length, plot_per_position, position_profile,
     sliding_loss_at_length, sliding_stride, write_json)
 from lmx.evaluation.sources import (check_same_data, config_dict,
                                     data_source)
 from lmx.training import checkpoint
 from lmx.training import metrics as metrics_lib
+from lmx.model import xla_cpu
 from lmx.training import run_state
 
 __all__ = [
@@ -155,6 +157,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   output folder.
   """
   _check_same_task(config, workdir)  # first: the clearest message
+  xla_cpu.split_host_for(config)   # before anything starts JAX's backend
   config_lib.validate(config)
   source = data_source(config)
   chosen = evaluators_lib.chosen(config, source)
@@ -175,9 +178,19 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   ctx.graphdef, params, ctx.step = run_state.load_params(config, workdir,
                                                          step)
+  mesh = None
+  if config.cpu_devices > 1 and jax.process_count() == 1:
+    # The host's cores as devices: the parameters placed on the config's
+    # mesh (heads over its tensor axis), each evaluation's computation
+    # split with them; the windows of the loss over its data axes.
+    mesh = sharding.make_mesh(config)
+    params = sharding.place(params, sharding.tree_shardings(params, mesh))
+    ctx.token_losses = mesh_loss_fn(ctx.graphdef, mesh)
   ctx.set_params(params)
   got = [(ev, ev.run(ctx)) for ev in chosen]
   results = source.results_head(ctx)
+  if mesh is not None:
+    results['mesh'] = dict(mesh.shape)
   for ev, result in got:
     results.update(ev.summary(result))
   if 'train_length' in results:

@@ -39,6 +39,7 @@ from lmx.config import defaults
 from lmx.evaluation import evaluators, sources
 from lmx.evaluation import runner as evaluation
 from lmx.model import layer_plan
+from lmx.model import xla_cpu
 from lmx import flops
 from lmx import memory
 from lmx.training import metrics as metrics_lib
@@ -307,7 +308,7 @@ SAFE_ON_RESUME = (
     'model.remat',
     # The device mesh: a checkpoint restores under any mesh (resharded), and
     # the model is the same on every mesh.
-    'mesh.data', 'mesh.fsdp', 'mesh.tensor',
+    'mesh.data', 'mesh.fsdp', 'mesh.tensor', 'cpu_devices',
     # Only read by a run's first start (a resumed run never re-initialises).
     'init_from', 'init_from_step', 'init_interpolate',
 )
@@ -385,6 +386,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   several processes (``sharding.initialize``) every one of them calls this
   with the same config and workdir.
   """
+  xla_cpu.split_host_for(config)   # before anything starts JAX's backend
   config_lib.validate(config)
   # An unknown name in config.eval.evaluators is refused now, not at the
   # evaluation of the finished run.
