@@ -44,7 +44,9 @@ How they are timed:
   its own; one call compiles it and one more warms it, then ``--repeats``
   single calls are timed to ``block_until_ready``. Nothing loops inside the
   jitted function over the same operands (XLA would hoist the product out of
-  the loop and time nothing).
+  the loop and time nothing). Before the first product is timed,
+  ``--warmup_s`` seconds of untimed calls of it warm each side: XLA's first
+  calls in a fresh process often run at half speed.
 * torch: ``torch.matmul`` (2-D) or ``torch.bmm`` (3-D) of the same values,
   transposes as views (``.mT``), one warm call, then ``--repeats`` calls.
 * The tile products take well under a millisecond, where a call's dispatch
@@ -69,7 +71,14 @@ CPUs, so both use the same cores. Run it on an otherwise idle machine:
 with another process busy on the same cores, torch's OpenMP threads (which
 spin at their barriers by default) lose whole scheduler ticks, and its
 times come out as round multiples of the tick (4 or 8 ms on a 2-core VM)
-while XLA's are hit less; the header prints the load average at the start.
+while XLA's are hit less. The header prints the load average at the start,
+and a row is marked ``(!)`` where other processes kept more than
+``LOAD_LIMIT`` of the machine's CPUs busy while it was timed (``/proc/stat``
+less this process's own CPU time; ``other_load`` in the JSON). Even with
+no other load seen, some of XLA's products on the 2-core VM ran at half
+speed in one run and full speed in the next (call by call alternating
+between the two): compare two runs, or the per-call seconds in the JSON,
+before reading much into one row.
 """
 
 from __future__ import annotations
@@ -79,6 +88,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -98,6 +108,9 @@ DTYPES = ('float32', 'bfloat16')
 # run warns (float32: summation order only; bfloat16: torch's output is
 # rounded to bfloat16, JAX's is float32).
 TOLERANCE = {'float32': 1e-4, 'bfloat16': 2e-2}
+# The share of the machine's CPUs other processes may keep busy while a
+# product is timed before its row is marked unreliable.
+LOAD_LIMIT = 0.15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +209,29 @@ def operands(p: Product, dtype: str = 'float32', seed: int = 0) -> tuple:
   return tuple(out)
 
 
+def cpu_seconds() -> tuple[float, float, float] | None:
+  """``(wall, busy, own)``: now, the busy CPU seconds of the whole machine
+  (``/proc/stat``) and this process's CPU seconds; None where there is no
+  ``/proc/stat``."""
+  try:
+    with open('/proc/stat') as f:
+      ticks = [int(x) for x in f.readline().split()[1:9]]
+  except (OSError, ValueError):
+    return None
+  busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf('SC_CLK_TCK')
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return time.perf_counter(), busy, r.ru_utime + r.ru_stime
+
+
+def other_load(before, after) -> float | None:
+  """The share of the machine's CPUs that other processes kept busy
+  between two ``cpu_seconds()`` readings (0: none; 1: all of them)."""
+  if before is None or after is None or after[0] <= before[0]:
+    return None
+  other = (after[1] - before[1]) - (after[2] - before[2])
+  return max(0.0, other / ((after[0] - before[0]) * (os.cpu_count() or 1)))
+
+
 # ----------------------------------------------------------------------------
 # The JAX side.
 # ----------------------------------------------------------------------------
@@ -222,19 +258,21 @@ def jax_operands(arrays: Sequence, dtype: str = 'float32') -> tuple:
                for a in arrays)
 
 
-def time_jax(fn: Callable, args: Sequence, repeats: int) -> tuple[list, object]:
+def time_jax(fn: Callable, args: Sequence,
+             repeats: int) -> tuple[list, object, float | None]:
   """Seconds of ``repeats`` single calls of the jitted ``fn`` to
   ``block_until_ready``, after one call that compiles and one that warms;
-  and the first call's result."""
+  the first call's result; and ``other_load`` over the timed calls."""
   import jax  # pylint: disable=g-import-not-at-top
   first = jax.block_until_ready(fn(*args))
   jax.block_until_ready(fn(*args))
   seconds = []
+  before = cpu_seconds()
   for _ in range(repeats):
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
     seconds.append(time.perf_counter() - t0)
-  return seconds, first
+  return seconds, first, other_load(before, cpu_seconds())
 
 
 # ----------------------------------------------------------------------------
@@ -272,16 +310,17 @@ def torch_operands(arrays: Sequence, dtype: str = 'float32') -> tuple:
 
 
 def time_torch(fn: Callable, args: Sequence,
-               repeats: int) -> tuple[list, object]:
-  """Seconds of ``repeats`` calls of ``fn`` after one warm call; and that
-  call's result."""
+               repeats: int) -> tuple[list, object, float | None]:
+  """Seconds of ``repeats`` calls of ``fn`` after one warm call; that
+  call's result; and ``other_load`` over the timed calls."""
   first = fn(*args)
   seconds = []
+  before = cpu_seconds()
   for _ in range(repeats):
     t0 = time.perf_counter()
     fn(*args)
     seconds.append(time.perf_counter() - t0)
-  return seconds, first
+  return seconds, first, other_load(before, cpu_seconds())
 
 
 def _torch_numpy(result):
@@ -321,32 +360,61 @@ def machine(threads: int, torch_on: bool) -> dict:
   return out
 
 
-def _side(seconds: list, p: Product) -> dict:
+def _side(seconds: list, p: Product, load: float | None) -> dict:
   median = statistics.median(seconds) / p.stack
   return {'seconds': seconds, 'median_ms': 1e3 * median,
-          'gflops': p.flops / median / 1e9}
+          'gflops': p.flops / median / 1e9, 'other_load': load}
+
+
+def loaded(row: dict) -> bool:
+  """Whether other processes kept more than ``LOAD_LIMIT`` of the CPUs
+  busy while either side of ``row`` was timed."""
+  return any((row[side].get('other_load') or 0.0) > LOAD_LIMIT
+             for side in ('jax', 'torch') if side in row)
+
+
+def warm_up(p: Product, dtype: str, seconds: float,
+            torch_on: bool) -> None:
+  """Untimed calls of ``p`` for ``seconds`` on each side: in a fresh
+  process XLA's first calls of a product often run at half speed, as if on
+  one thread, for a fraction of a second."""
+  import jax  # pylint: disable=g-import-not-at-top
+  arrays = operands(p, dtype)
+  sides = [(jax_fn(p), jax_operands(arrays, dtype), jax.block_until_ready)]
+  if torch_on:
+    sides.append((torch_fn(p), torch_operands(arrays, dtype), lambda x: x))
+  for fn, args, wait in sides:
+    end = time.perf_counter() + seconds
+    while True:
+      wait(fn(*args))
+      if time.perf_counter() > end:
+        break
 
 
 def run(products: Sequence[Product], repeats: int, *,
         dtype: str = 'float32', torch_on: bool = False, threads: int = 0,
-        log=print) -> dict:
-  """Every product timed (``torch_on``: torch too, in this process)."""
+        warmup_s: float = 1.0, log=print) -> dict:
+  """Every product timed (``torch_on``: torch too, in this process),
+  after ``warmup_s`` seconds of untimed calls of the first on each side."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   threads = threads or len(os.sched_getaffinity(0))
   result = {'machine': machine(threads, torch_on), 'dtype': dtype,
-            'repeats': repeats, 'torch': torch_on, 'rows': []}
+            'repeats': repeats, 'torch': torch_on, 'warmup_s': warmup_s,
+            'rows': []}
+  if warmup_s > 0 and products:
+    warm_up(products[0], dtype, warmup_s, torch_on)
   for p in products:
     arrays = operands(p, dtype)
     row = dict(dataclasses.asdict(p), shape=p.shape, flops=p.flops,
                shapes=[list(s) for s in p.shapes])  # as JSON has them
-    seconds, jax_out = time_jax(jax_fn(p), jax_operands(arrays, dtype),
-                                repeats)
-    row['jax'] = _side(seconds, p)
+    seconds, jax_out, load = time_jax(
+        jax_fn(p), jax_operands(arrays, dtype), repeats)
+    row['jax'] = _side(seconds, p, load)
     msg = f"{p.group}: {p.name} {p.shape}: JAX {row['jax']['median_ms']:.3f} ms"
     if torch_on:
-      seconds, torch_out = time_torch(torch_fn(p),
-                                      torch_operands(arrays, dtype), repeats)
-      row['torch'] = _side(seconds, p)
+      seconds, torch_out, load = time_torch(
+          torch_fn(p), torch_operands(arrays, dtype), repeats)
+      row['torch'] = _side(seconds, p, load)
       row['ratio'] = row['torch']['median_ms'] / row['jax']['median_ms']
       a, b = np.asarray(jax_out, np.float64), _torch_numpy(torch_out)
       row['rel_diff'] = float(np.linalg.norm(a - b) / np.linalg.norm(a))
@@ -354,6 +422,8 @@ def run(products: Sequence[Product], repeats: int, *,
       if row['rel_diff'] > TOLERANCE[dtype]:
         msg += (f"; WARNING: the results differ by {row['rel_diff']:.2g} "
                 '(relative)')
+    if loaded(row):
+      msg += '; other processes were busy on the CPUs meanwhile'
     log(msg)
     result['rows'].append(row)
   return result
@@ -400,13 +470,14 @@ def table(r: dict) -> str:
     name = row['name'] + (f" (per item of {row['stack']})"
                           if row['stack'] > 1 else '')
     j = row['jax']
+    mark = ' (!)' if loaded(row) else ''
     line = (f"| {row['group']} | {name} | {row['shape']} | "
             f"{row['flops'] / 1e9:.3f} | {j['median_ms']:.3f} | "
-            f"{j['gflops']:.1f} |")
+            f"{j['gflops']:.1f}{'' if torch_on else mark} |")
     if torch_on:
       t = row['torch']
       line += (f" {t['median_ms']:.3f} | {t['gflops']:.1f} | "
-               f"{row['ratio']:.2f} |")
+               f"{row['ratio']:.2f}{mark} |")
     lines.append(line)
   for key, t in _totals(r['rows']).items():
     gf = t['flops'] / 1e9
@@ -416,6 +487,11 @@ def table(r: dict) -> str:
       line += (f" {t['torch_ms']:.3f} | {gf / t['torch_ms'] * 1e3:.1f} | "
                f"{t['torch_ms'] / t['jax_ms']:.2f} |")
     lines.append(line)
+  n = sum(loaded(row) for row in r['rows'])
+  if n:
+    lines += ['', f'(!) {n} row(s): other processes kept more than '
+              f'{LOAD_LIMIT:.0%} of the CPUs busy while they were timed; '
+              'their times are not the idle machine\'s.']
   return '\n'.join(lines)
 
 
@@ -434,6 +510,9 @@ def _define_flags() -> dict:
           "use, which XLA's thread pool always uses)"),
       'stack': flags.DEFINE_integer(
           'stack', 16, 'operand sets per call of the tile products'),
+      'warmup_s': flags.DEFINE_float(
+          'warmup_s', 1.0, 'seconds of untimed calls of the first product on '
+          'each side before any is timed'),
       'no_torch': flags.DEFINE_bool('no-torch', False, 'time JAX only'),
       'out': flags.DEFINE_string('out', '', 'write the results as JSON here'),
   }
@@ -460,7 +539,8 @@ def main(argv: Sequence[str], fl: dict) -> dict:
     else:
       torch_on = True
   result = run(make_products(stack=args.stack), args.repeats,
-               dtype=args.dtype, torch_on=torch_on, threads=args.threads)
+               dtype=args.dtype, torch_on=torch_on, threads=args.threads,
+               warmup_s=args.warmup_s)
   print()
   print(table(result))
   if args.out:

@@ -4,6 +4,7 @@ it names, and the timing and the table work without torch."""
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -122,17 +123,32 @@ def test_the_torch_products_compute_the_same():
 def test_the_timing_is_of_single_calls_and_positive():
   p = gemm_shapes.make_products(**TINY)[0]
   args = gemm_shapes.jax_operands(gemm_shapes.operands(p))
-  seconds, first = gemm_shapes.time_jax(gemm_shapes.jax_fn(p), args, 3)
+  seconds, first, load = gemm_shapes.time_jax(gemm_shapes.jax_fn(p), args, 3)
+  assert load is None or (math.isfinite(load) and load >= 0.0)
   assert len(seconds) == 3
   assert all(math.isfinite(s) and s > 0 for s in seconds)
   np.testing.assert_allclose(np.asarray(first),
                              _numpy(p, *gemm_shapes.operands(p)), rtol=1e-5)
 
 
+def test_other_load_is_the_busy_time_not_this_process_s():
+  cores = os.cpu_count()
+  # 2 busy CPU seconds in 1 s, 1.5 of them this process's own.
+  assert gemm_shapes.other_load((0.0, 10.0, 1.0), (1.0, 12.0, 2.5)) == (
+      pytest.approx(0.5 / cores))
+  # Tick rounding may make this process's time exceed the machine's.
+  assert gemm_shapes.other_load((0.0, 10.0, 1.0), (1.0, 10.5, 1.7)) == 0.0
+  assert gemm_shapes.other_load(None, (1.0, 10.5, 1.7)) is None
+  reading = gemm_shapes.cpu_seconds()
+  if reading is not None:   # Linux
+    wall, busy, own = reading
+    assert wall > 0 and busy >= 0 and own > 0
+
+
 def test_a_run_without_torch_reports_jax_alone():
   products = gemm_shapes.make_products(**TINY)
   products = [products[0], products[-1]]   # one plain, one stacked
-  r = gemm_shapes.run(products, 2, log=lambda _: None)
+  r = gemm_shapes.run(products, 2, warmup_s=0.01, log=lambda _: None)
   assert not r['torch'] and r['machine']['cores'] >= 1
   plain, stacked = r['rows']
   for row, p in zip(r['rows'], products):
@@ -147,3 +163,11 @@ def test_a_run_without_torch_reports_jax_alone():
   assert 'torch ms' not in text and '| train dense | MLP up: y = x W |' in text
   assert '(per item of 2)' in text
   assert json.loads(json.dumps(r)) == r
+  # A row timed while other processes were busy is marked.
+  plain['jax']['other_load'] = 0.0
+  stacked['jax']['other_load'] = gemm_shapes.LOAD_LIMIT + 0.1
+  assert not gemm_shapes.loaded(plain) and gemm_shapes.loaded(stacked)
+  lines = gemm_shapes.table(r).splitlines()
+  assert [line.endswith('(!) |') for line in lines if '(per item' in line
+          or 'y = x W' in line] == [False, True]
+  assert lines[-1].startswith('(!) 1 row(s): other processes')
