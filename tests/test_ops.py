@@ -91,3 +91,59 @@ def test_bfloat16_bias_gradient_is_the_row_sum_in_float32():
   np.testing.assert_allclose(db, want, rtol=1e-5, atol=1e-5)
 
 
+
+
+# ------------------------------------------- bf16 attention products
+
+def _attention_reference(q, k, p, v, g_s, g_o):
+  """float32 einsums of the same bf16 operands, and their gradients for the
+  cotangents rounded to bf16 (as the products take them)."""
+  f = lambda x: x.astype(jnp.float32)
+  s, vjp_s = jax.vjp(lambda q, k: jnp.einsum('bthk,bshk->bhts', q, k),
+                     f(q), f(k))
+  o, vjp_o = jax.vjp(lambda p, v: jnp.einsum('bhts,bshk->bthk', p, v),
+                     f(p), f(v))
+  return (s, vjp_s(f(g_s.astype(jnp.bfloat16))), o,
+          vjp_o(f(g_o.astype(jnp.bfloat16))))
+
+
+def test_bf16_attention_products_and_their_gradients():
+  # Shapes with every axis distinct, so a transposed layout cannot pass.
+  b, t, s, h, k = 2, 24, 20, 3, 8
+  keys = jax.random.split(jax.random.key(0), 6)
+  q = jax.random.normal(keys[0], (b, t, h, k)).astype(jnp.bfloat16)
+  kk = jax.random.normal(keys[1], (b, s, h, k)).astype(jnp.bfloat16)
+  p = jax.random.uniform(keys[2], (b, h, t, s)).astype(jnp.bfloat16)
+  v = jax.random.normal(keys[3], (b, s, h, k)).astype(jnp.bfloat16)
+  g_s = jax.random.normal(keys[4], (b, h, t, s))
+  g_o = jax.random.normal(keys[5], (b, t, h, k))
+  s_ref, (dq_ref, dk_ref), o_ref, (dp_ref, dv_ref) = _attention_reference(
+      q, kk, p, v, g_s, g_o)
+  with ops.on_platform('cpu'):
+    scores, vjp_s = jax.vjp(ops.attention_scores, q, kk)
+    out, vjp_o = jax.vjp(ops.attention_values, p, v)
+  assert scores.dtype == out.dtype == jnp.float32
+  np.testing.assert_allclose(scores, s_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out, o_ref, rtol=1e-5, atol=1e-5)
+  dq, dk = vjp_s(g_s)
+  dp, dv = vjp_o(g_o)
+  for got, want in ((dq, dq_ref), (dk, dk_ref), (dp, dp_ref), (dv, dv_ref)):
+    assert got.dtype == jnp.bfloat16 and got.shape == want.shape
+    # One bf16 rounding of the float32 result.
+    np.testing.assert_allclose(np.asarray(got, np.float32), want,
+                               rtol=2 ** -7, atol=2 ** -7 * float(
+                                   jnp.abs(want).max()))
+
+
+def test_attention_products_take_the_einsum_below_the_relayout_floor():
+  # A decoding step (one query) keeps the einsum: no copy of the cache.
+  q = jnp.ones((1, 1, 2, 4), jnp.bfloat16)
+  kk = jnp.ones((1, 9, 2, 4), jnp.bfloat16)
+  with ops.on_platform('cpu'):
+    jaxpr = jax.make_jaxpr(ops.attention_scores)(q, kk)
+  names = {e.primitive.name for e in jaxpr.jaxpr.eqns}
+  assert 'custom_vjp_call' not in names and 'optimization_barrier' not in names
+  q16 = jnp.ones((1, ops.MIN_QUERIES_RELAYOUT, 2, 4), jnp.bfloat16)
+  with ops.on_platform('cpu'):
+    jaxpr = jax.make_jaxpr(ops.attention_scores)(q16, kk)
+  assert any('custom' in e.primitive.name for e in jaxpr.jaxpr.eqns)

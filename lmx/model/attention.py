@@ -204,8 +204,11 @@ def _branch_logits(br: Branch, bias_fn: Optional[BiasFn], scale: float,
   """The branch's float32 logits ``[B, H, T, S]``. ``heads_major``: its
   queries and keys come as ``[B, H, T, K]`` (the chunked backend's layout
   without a content term), not ``[B, T, H, K]``."""
-  logits = jnp.einsum('bhtk,bhsk->bhts' if heads_major else 'bthk,bshk->bhts',
-                      br.q, br.k, preferred_element_type=jnp.float32) * scale
+  if heads_major:
+    logits = jnp.einsum('bhtk,bhsk->bhts', br.q, br.k,
+                        preferred_element_type=jnp.float32) * scale
+  else:
+    logits = ops.attention_scores(br.q, br.k) * scale
   bias = bias_fn(br.q_pos, br.k_pos) if bias_fn is not None else None
   if adapt is not None:   # a score adapter: (A, B) -> the logits, per pair
     logits = adapt(logits, bias)
@@ -360,13 +363,14 @@ def attend(logits_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array,
     v_BxSxHxK = jnp.concatenate([prefix.v.astype(v_BxSxHxK.dtype),
                                  v_BxSxHxK], 1)
   probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
-  out = jnp.einsum('bhts,bshk->bthk', probs_BxHxTxS.astype(v_BxSxHxK.dtype),
-                   v_BxSxHxK)
-  if values is None:
-    return out
-  extra_BxHxTxK = values(probs_BxHxTxS[..., n_prefix:])
-  return (out.astype(jnp.float32)
-          + jnp.transpose(extra_BxHxTxK, (0, 2, 1, 3))).astype(out.dtype)
+  # Accumulated in float32 and rounded once (lmx.model.ops; in bfloat16 on
+  # CPU the product reaches the CPU's bf16 units only with a float32 result).
+  out = ops.attention_values(probs_BxHxTxS.astype(v_BxSxHxK.dtype),
+                             v_BxSxHxK)
+  if values is not None:
+    extra_BxHxTxK = values(probs_BxHxTxS[..., n_prefix:])
+    out = out + jnp.transpose(extra_BxHxTxK, (0, 2, 1, 3))
+  return out.astype(v_BxSxHxK.dtype)
 
 
 def explicit(spec: Spec, call: Call, q_idx_T: jax.Array,

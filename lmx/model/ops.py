@@ -51,6 +51,36 @@ def plain_dense(x_BxTxD: jax.Array, kernel_DxF: jax.Array,
   return y
 
 
+def _low_on_cpu(queries: int, *xs: jax.Array) -> bool:
+  """bfloat16 on CPU, for more than a few queries: a decoding step's
+  product against the KV cache would copy the whole cache to lay it out."""
+  return (platform() == 'cpu' and queries >= MIN_QUERIES_RELAYOUT
+          and all(x.dtype == jnp.bfloat16 for x in xs))
+
+
+# The fewest queries for which the bf16 attention products lay out their
+# operands (``xla_cpu.attention_scores``): below, a decoding step.
+MIN_QUERIES_RELAYOUT = 16
+
+
+def attention_scores(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array) -> jax.Array:
+  """The attention's ``q . k`` per pair, ``[B, H, T, S]`` float32 (not yet
+  scaled); in bfloat16 on CPU ``xla_cpu.attention_scores``."""
+  if _low_on_cpu(q_BxTxHxK.shape[1], q_BxTxHxK, k_BxSxHxK):
+    return xla_cpu.attention_scores(q_BxTxHxK, k_BxSxHxK)
+  return jnp.einsum('bthk,bshk->bhts', q_BxTxHxK, k_BxSxHxK,
+                    preferred_element_type=jnp.float32)
+
+
+def attention_values(p_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array) -> jax.Array:
+  """The weighted values ``[B, T, H, K]``, float32, of weights in the
+  values' dtype; in bfloat16 on CPU ``xla_cpu.attention_values``."""
+  if _low_on_cpu(p_BxHxTxS.shape[2], p_BxHxTxS, v_BxSxHxK):
+    return xla_cpu.attention_values(p_BxHxTxS, v_BxSxHxK)
+  return jnp.einsum('bhts,bshk->bthk', p_BxHxTxS, v_BxSxHxK,
+                    preferred_element_type=jnp.float32)
+
+
 def dense(layer: nnx.Linear, x_BxTxD: jax.Array,
           cols: Optional[slice] = None) -> jax.Array:
   """``layer(x)``; with ``cols``, only those output columns."""

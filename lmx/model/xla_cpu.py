@@ -17,6 +17,9 @@ products (``tests/test_ops.py`` checks logits and gradients).
 * The bf16 bias gradient (a sum over rows) is a product with a vector of
   ones: the plain reduction converts the whole gradient to float32 and
   reduces it in strided windows, several times slower.
+* In bfloat16 the attention's products (``attention_scores``,
+  ``attention_values``) are plain batched GEMMs over operands laid out
+  heads-major in buffers of their own, gradients included.
 * ``split_host``: the host's cores as several XLA devices
   (``config.cpu_devices``), for a mesh over them.
 """
@@ -81,6 +84,86 @@ def _add_bias_low_bwd(b_F, g_NxF):
 
 
 add_bias_low.defvjp(_add_bias_low_fwd, _add_bias_low_bwd)
+
+
+# --------------------------------------------------- attention products
+#
+# In bfloat16 the attention's batched products reach the bf16 units only as
+# plain batched GEMMs with float32 results over row-major operands. The
+# einsums over [B, T, H, K] arrays fuse their transposes into the dot, and
+# two of the four gradient products contract over the query axis (the
+# operand transposed): both take the generic path, 3-4x slower. Here every
+# operand is laid out [B, H, ., .] in a buffer of its own first
+# (``_materialized``) and every product is ``[M, K] x [K, N]`` per (b, h).
+# In float32 the einsums are as fast or faster, so these are bf16 only.
+
+
+def _materialized(x: jax.Array) -> jax.Array:
+  """``x`` in a row-major buffer of its own. Behind one barrier XLA would
+  still give a transposed value a transposed layout and hand the product
+  that; reshaping it between two barriers makes the copy real."""
+  barrier = jax.lax.optimization_barrier
+  flat = barrier(x).reshape(x.shape[0], -1)
+  return barrier(flat).reshape(x.shape)
+
+
+def _heads_major(x_BxTxHxK: jax.Array) -> jax.Array:
+  return _materialized(jnp.transpose(x_BxTxHxK, (0, 2, 1, 3)))
+
+
+def _bdot(a: jax.Array, b: jax.Array, contract_a: int,
+          contract_b: int) -> jax.Array:
+  """The product of ``[B, H, ., .]`` arrays per (b, h), float32 result."""
+  return jax.lax.dot_general(a, b, (((contract_a,), (contract_b,)),
+                                    ((0, 1), (0, 1))),
+                             preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def attention_scores(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array) -> jax.Array:
+  """``einsum('bthk,bshk->bhts')`` of bf16 queries and keys, float32."""
+  return _scores_fwd(q_BxTxHxK, k_BxSxHxK)[0]
+
+
+def _scores_fwd(q_BxTxHxK, k_BxSxHxK):
+  q_h, k_h = _heads_major(q_BxTxHxK), _heads_major(k_BxSxHxK)
+  return _bdot(q_h, k_h, 3, 3), (q_h, k_h)
+
+
+def _scores_bwd(res, g_BxHxTxS):
+  q_h, k_h = res
+  g = g_BxHxTxS.astype(q_h.dtype)
+  dq = _bdot(g, k_h, 3, 2)                                 # [B, H, T, K]
+  dk = _bdot(_materialized(jnp.swapaxes(g, 2, 3)), q_h, 3, 2)  # [B, H, S, K]
+  return (jnp.transpose(dq, (0, 2, 1, 3)).astype(q_h.dtype),
+          jnp.transpose(dk, (0, 2, 1, 3)).astype(k_h.dtype))
+
+
+attention_scores.defvjp(_scores_fwd, _scores_bwd)
+
+
+@jax.custom_vjp
+def attention_values(p_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array) -> jax.Array:
+  """``einsum('bhts,bshk->bthk')`` of bf16 weights and values, float32."""
+  return _values_fwd(p_BxHxTxS, v_BxSxHxK)[0]
+
+
+def _values_fwd(p_BxHxTxS, v_BxSxHxK):
+  v_h = _heads_major(v_BxSxHxK)
+  out = _bdot(p_BxHxTxS, v_h, 3, 2)                        # [B, H, T, K]
+  return jnp.transpose(out, (0, 2, 1, 3)), (p_BxHxTxS, v_h)
+
+
+def _values_bwd(res, g_BxTxHxK):
+  p, v_h = res
+  g_h = _heads_major(g_BxTxHxK.astype(v_h.dtype))
+  dp = _bdot(g_h, v_h, 3, 3)                               # [B, H, T, S]
+  dv = _bdot(_materialized(jnp.swapaxes(p, 2, 3)), g_h, 3, 2)  # [B, H, S, K]
+  return (dp.astype(p.dtype),
+          jnp.transpose(dv, (0, 2, 1, 3)).astype(v_h.dtype))
+
+
+attention_values.defvjp(_values_fwd, _values_bwd)
 
 
 def dense(x_BxTxD: jax.Array, kernel_DxF: jax.Array,
