@@ -556,7 +556,8 @@ def main(argv: Sequence[str], fl: dict) -> dict:
                                + TRACE_FLAG).strip()
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   from lmx.model import xla_cpu  # pylint: disable=g-import-not-at-top
-  xla_cpu.split_host(args.cpu_devices)   # read when the backend starts
+  # eval.py's XLA flags and devices, read when the backend starts
+  xla_cpu.prepare_host(args.cpu_devices, evaluation=True)
   import jax  # pylint: disable=g-import-not-at-top
   # lmx.cli (the flag parser) imported JAX before JAX_PLATFORMS was set:
   # set the platform again before the backend (and XLA's thread pool,

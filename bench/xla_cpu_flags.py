@@ -1,7 +1,12 @@
-r"""XLA:CPU's optional paths on lmx's train step: each ``XLA_FLAGS`` setting
-against the default, in alternating child runs.
+r"""XLA:CPU's optional paths on lmx's train step and its long evaluation: each
+``XLA_FLAGS`` setting against the default, in alternating child runs.
 
     python bench/xla_cpu_flags.py --rounds=3 --out=runs/xla_cpu_flags.json
+    python bench/xla_cpu_flags.py --bench=long --length=16384 --rounds=3
+
+``--bench=long`` times instead ``bench/long_peer.py --no-torch`` at
+``--length`` tokens (one forward pass with per-token loss of configs/rope.py's
+default model, the chunked backend), tokens/s likewise against the default.
 
 Each round runs ``bench/train_throughput.py --no-torch`` (the real train
 step, the benchmark's fixed model: width 256, 4 layers, T 256, batch 16) once
@@ -13,7 +18,11 @@ own spread is printed beside it. The settings are the oneDNN, XNNPACK and
 YNNPACK paths for dots, elementwise fusions and reductions that the
 installed jaxlib offers (``--xla_cpu_experimental_{onednn,xnn,ynn}_fusion_type``
 with ``dot``, ``eltwise``, ``reduce``; ``--xla_cpu_experimental_onednn_
-custom_call``; ``--xla_cpu_use_xnnpack``), and the vector width.
+custom_call``; ``--xla_cpu_use_xnnpack``), and the vector width. With
+``--bench=long`` every run, the default's too, has lmx's default flags for
+evaluation (``lmx.model.xla_cpu.default_flags``: 512-bit vectors on an
+AVX-512 CPU) unless the setting names the same flag; the train step runs
+with XLA's own defaults, as train.py does.
 
 ``--hlo`` reports instead what each setting does to the compiled step: the
 number of dots and of each library fusion (``__ynn_fusion``,
@@ -53,28 +62,39 @@ SETTINGS = {
     'onednn custom call': '--xla_cpu_experimental_onednn_custom_call=true',
     'no xnnpack': '--xla_cpu_use_xnnpack=false',
     'no ynnpack': '--xla_cpu_experimental_ynn_fusion_type=',
-    'multi-output fusion': '--xla_cpu_use_multi_output_fusion=true',
+    # lmx's default for evaluation on an AVX-512 CPU is 512 (lmx.model.
+    # xla_cpu.default_flags); XLA's, and training's, 256.
     'vector width 512': '--xla_cpu_prefer_vector_width=512',
+    'vector width 256': '--xla_cpu_prefer_vector_width=256',
 }
 
 
 def run_once(xla_flags: str, position: str, steps: int, repeats: int,
-             dtype: str) -> dict:
-  """tokens/s of one child run of bench/train_throughput.py, or its error."""
+             dtype: str, bench: str = 'train', length: int = 16384) -> dict:
+  """tokens/s of one child run of bench/train_throughput.py (``bench``
+  'train') or bench/long_peer.py ('long', at ``length`` tokens), or its
+  error."""
   env = dict(os.environ)
   env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + xla_flags).strip()
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, 'r.json')
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'bench', 'train_throughput.py'),
-         '--no-torch', f'--positions={position}', f'--steps={steps}',
-         f'--repeats={repeats}', f'--dtype={dtype}', f'--out={out}'],
-        env=env, capture_output=True, text=True, cwd=ROOT)
+    if bench == 'long':
+      args = [os.path.join(ROOT, 'bench', 'long_peer.py'), '--no-torch',
+              f'--lengths={length}', f'--repeats={repeats}', f'--out={out}']
+    else:
+      args = [os.path.join(ROOT, 'bench', 'train_throughput.py'),
+              '--no-torch', f'--positions={position}', f'--steps={steps}',
+              f'--repeats={repeats}', f'--dtype={dtype}', f'--out={out}']
+    proc = subprocess.run([sys.executable, *args], env=env,
+                          capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
       tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
       return {'error': ' | '.join(tail)}
     with open(out) as f:
       result = json.load(f)
+  if bench == 'long':
+    return {'tokens_per_second':
+            result['results'][str(length)]['lmx']['tokens_per_s']}
   row = result['results'][position]
   return {'tokens_per_second': row['lmx']['tokens_per_second']}
 
@@ -142,14 +162,15 @@ def main(argv: Sequence[str], fl: dict) -> dict:
     print(hlo_table(names))
     return {}
   runs = {name: [] for name in ['default'] + names}
+  bench = dict(bench=fl['bench'].value, length=fl['length'].value)
   for r in range(fl['rounds'].value):
     base = run_once('', fl['position'].value, fl['steps'].value,
-                    fl['repeats'].value, fl['dtype'].value)
+                    fl['repeats'].value, fl['dtype'].value, **bench)
     runs['default'].append(base)
     print(f'round {r + 1}: default {base}', flush=True)
     for name in names:
       got = run_once(SETTINGS[name], fl['position'].value, fl['steps'].value,
-                     fl['repeats'].value, fl['dtype'].value)
+                     fl['repeats'].value, fl['dtype'].value, **bench)
       if 'tokens_per_second' in got and 'tokens_per_second' in base:
         got['ratio'] = got['tokens_per_second'] / base['tokens_per_second']
       runs[name].append(got)
@@ -164,9 +185,12 @@ def main(argv: Sequence[str], fl: dict) -> dict:
         'tokens_per_second': statistics.median(rates) if rates else None,
         'ratio_to_default': statistics.median(ratios) if ratios else None,
         'ratios': ratios, 'errors': errors[:1]}
+  what = (f'long evaluation at {fl["length"].value} tokens (configs/rope.py, '
+          'chunked, float32)' if fl['bench'].value == 'long' else
+          f'train step, {fl["position"].value}, {fl["dtype"].value}')
   lines = [f'machine: {platform.processor() or platform.machine()}, '
-           f'{os.cpu_count()} CPUs; {fl["position"].value}, '
-           f'{fl["dtype"].value}, median of {fl["rounds"].value} rounds',
+           f'{os.cpu_count()} CPUs; {what}, median of {fl["rounds"].value} '
+           'rounds',
            '', '| setting | tokens/s | vs default (same round) |',
            '|---|---|---|']
   for name, s in summary.items():
@@ -189,6 +213,10 @@ def main(argv: Sequence[str], fl: dict) -> dict:
 def _define_flags() -> dict:
   return {
       'rounds': flags.DEFINE_integer('rounds', 3, 'alternating rounds'),
+      'bench': flags.DEFINE_enum('bench', 'train', ('train', 'long'),
+                                 'the train step or the long evaluation'),
+      'length': flags.DEFINE_integer('length', 16384, 'tokens of the long '
+                                     'evaluation (--bench=long)'),
       'position': flags.DEFINE_string('position', 'alibi', 'the encoding'),
       'steps': flags.DEFINE_integer('steps', 3, 'timed steps per repeat'),
       'repeats': flags.DEFINE_integer('repeats', 3, 'repeats per run'),

@@ -55,6 +55,31 @@ def test_split_host_sets_the_flag_before_jax_starts():
   assert devices == '3'
 
 
+def test_prepare_host_adds_the_evaluation_flags_unless_named():
+  code = ('import os, sys; from lmx.model import xla_cpu; '
+          'xla_cpu.prepare_host(0, evaluation=sys.argv[1] == "eval"); '
+          'print(os.environ.get("XLA_FLAGS", ""))')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  env.pop('XLA_FLAGS', None)
+  got = subprocess.run([sys.executable, '-c', code, 'eval'], env=env,
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert got.returncode == 0, got.stderr[-2000:]
+  want = ' '.join(xla_cpu.default_flags())
+  assert got.stdout.strip() == want
+  with open('/proc/cpuinfo') as f:
+    avx512 = any(line.startswith('flags') and ' avx512f' in line for line in f)
+  assert (f'{xla_cpu.VECTOR_WIDTH_FLAG}=512' in want) == avx512
+  # Training keeps XLA's defaults.
+  got = subprocess.run([sys.executable, '-c', code, 'train'], env=env,
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert got.returncode == 0 and got.stdout.strip() == ''
+  # A width XLA_FLAGS names already is the user's: left as it is.
+  env['XLA_FLAGS'] = f'{xla_cpu.VECTOR_WIDTH_FLAG}=256'
+  got = subprocess.run([sys.executable, '-c', code, 'eval'], env=env,
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert got.stdout.strip() == f'{xla_cpu.VECTOR_WIDTH_FLAG}=256'
+
+
 def _run(args, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
   env.pop('XLA_FLAGS', None)

@@ -157,7 +157,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   output folder.
   """
   _check_same_task(config, workdir)  # first: the clearest message
-  xla_cpu.split_host_for(config)   # before anything starts JAX's backend
+  xla_cpu.prepare_host_for(config, evaluation=True)   # before anything starts JAX's backend
   config_lib.validate(config)
   source = data_source(config)
   chosen = evaluators_lib.chosen(config, source)

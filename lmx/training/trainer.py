@@ -386,7 +386,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   several processes (``sharding.initialize``) every one of them calls this
   with the same config and workdir.
   """
-  xla_cpu.split_host_for(config)   # before anything starts JAX's backend
+  xla_cpu.prepare_host_for(config)   # before anything starts JAX's backend
   config_lib.validate(config)
   # An unknown name in config.eval.evaluators is refused now, not at the
   # evaluation of the finished run.
