@@ -23,7 +23,6 @@ shared machine: tokens/s moves with the load, the ratios much less.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -112,10 +111,10 @@ def main(argv):
   rows = measure(configs, FLAGS.steps, FLAGS.repeats, FLAGS.warmup)
   print(table(rows))
   if FLAGS.out:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    with open(FLAGS.out, 'w') as f:
-      json.dump({'size': FLAGS.size, 'steps': FLAGS.steps,
-                 'repeats': FLAGS.repeats, 'rows': rows}, f, indent=2)
+    from lmx import cli  # pylint: disable=g-import-not-at-top
+    cli.write_results(FLAGS.out, {'size': FLAGS.size, 'steps': FLAGS.steps,
+                                  'repeats': FLAGS.repeats, 'rows': rows},
+                      indent=2)
 
 
 FLAGS = flags.FLAGS

@@ -381,9 +381,7 @@ def main(argv: Sequence[str], fl: dict) -> int | None:
   print(markdown(results))
   print(f'\n(total {results["total_s"]:.0f} s on {results["machine"]})')
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-      json.dump(results, f, indent=1)
+    cli.write_results(args.out, results)
   return None
 
 

@@ -582,9 +582,7 @@ def main(argv: Sequence[str], fl: dict) -> dict:
   print()
   print(table(result))
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-      json.dump(result, f, indent=1)
+    cli.write_results(args.out, result)
   return result
 
 

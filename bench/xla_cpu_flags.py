@@ -203,10 +203,10 @@ def main(argv: Sequence[str], fl: dict) -> dict:
     lines.append(f'| {name} | {s["tokens_per_second"]:,.0f} | {ratio} |')
   print('\n'.join(lines))
   if fl['out'].value:
-    os.makedirs(os.path.dirname(os.path.abspath(fl['out'].value)),
-                exist_ok=True)
-    with open(fl['out'].value, 'w') as f:
-      json.dump({'runs': runs, 'summary': summary}, f, indent=1)
+    if ROOT not in sys.path:
+      sys.path.insert(0, ROOT)
+    from lmx import cli  # pylint: disable=g-import-not-at-top
+    cli.write_results(fl['out'].value, {'runs': runs, 'summary': summary})
   return summary
 
 

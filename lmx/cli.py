@@ -20,6 +20,7 @@ commands that read a finished run.
 import difflib
 import errno
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -456,6 +457,14 @@ def run_workdir(argv, run_flags: RunFlags) -> str:
   if not workdir:
     raise app.UsageError('--workdir is required.')
   return workdir
+
+
+def write_results(path: str, data, indent: int = 1) -> None:
+  """A benchmark's ``--out``: ``data`` as JSON at ``path``, its folder made
+  first."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(data, f, indent=indent)
 
 
 def timed(main: Callable, fl: dict) -> Callable:
