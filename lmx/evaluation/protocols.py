@@ -38,12 +38,12 @@ def make_loss_fn(graphdef):
   return token_losses
 
 
-def mesh_loss_fn(graphdef, mesh):
+def mesh_loss_fn(graphdef, mesh, split_rows: bool = True):
   """``make_loss_fn`` on ``mesh``, for parameters placed by its rules
-  (``sharding.tree_shardings``): the windows' rows split over its data
-  axes where they divide, replicated where they do not; heads and the MLP
-  split over its tensor axis as the parameters are; the losses come back
-  replicated. Same arguments as ``make_loss_fn``'s function, as host
+  (``sharding.tree_shardings``): with ``split_rows`` the windows' rows
+  split over its data axes where they divide, else replicated; heads and
+  the MLP split over its tensor axis as the parameters are; the losses come
+  back replicated. Same arguments as ``make_loss_fn``'s function, as host
   arrays."""
   from lmx import sharding  # pylint: disable=g-import-not-at-top
   rep = sharding.replicated(mesh)
@@ -52,7 +52,8 @@ def mesh_loss_fn(graphdef, mesh):
   losses = jax.jit(make_loss_fn(graphdef), out_shardings=rep)
 
   def token_losses(params, *arrays):
-    where = rows if np.shape(arrays[0])[0] % split == 0 else rep
+    divides = np.shape(arrays[0])[0] % split == 0
+    where = rows if split_rows and divides else rep
     return losses(params, *(sharding.place(a, where) for a in arrays))
 
   return token_losses

@@ -27,8 +27,8 @@ from lmx.evaluation import effective as effective_lib
 from lmx.evaluation import evaluators as evaluators_lib
 from lmx.evaluation.protocols import (
     attention_diagnostics, bucket_edges, log_bucket_edges, loss_at_length,
-    make_loss_fn, make_stats_fn, mesh_loss_fn, per_position_result, plot_attention,
-    plot_loss_vs_length, plot_per_position, position_profile,
+    make_loss_fn, make_stats_fn, mesh_loss_fn, per_position_result,
+    plot_attention, plot_loss_vs_length, plot_per_position, position_profile,
     sliding_loss_at_length, sliding_stride, write_json)
 from lmx.evaluation.sources import (check_same_data, config_dict,
                                     data_source)
@@ -41,7 +41,7 @@ __all__ = [
     'attention_diagnostics', 'bucket_edges', 'config_dict', 'evaluate',
     'folder_name', 'format_effective', 'format_longppl_table',
     'format_table', 'log_bucket_edges', 'loss_at_length',
-    'make_loss_fn', 'make_stats_fn', 'per_position_result',
+    'make_loss_fn', 'make_stats_fn', 'mesh_loss_fn', 'per_position_result',
     'plot_attention', 'plot_loss_vs_length', 'plot_per_position',
     'position_profile', 'sliding_loss_at_length', 'sliding_stride',
     'tag_prefix', 'tensorboard_scalars', 'write_json', 'write_tensorboard',
@@ -157,7 +157,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   output folder.
   """
   _check_same_task(config, workdir)  # first: the clearest message
-  xla_cpu.prepare_host_for(config, evaluation=True)   # before anything starts JAX's backend
+  # Before anything starts JAX's backend.
+  xla_cpu.prepare_host_for(config, evaluation=True)
   config_lib.validate(config)
   source = data_source(config)
   chosen = evaluators_lib.chosen(config, source)

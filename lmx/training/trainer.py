@@ -599,14 +599,12 @@ class _Evaluator:
 
   def __init__(self, config, graphdef, mesh, lengths, stream):
     config = config_lib.training_eval_config(config)
-    rep = sharding.replicated(mesh)
-    losses = jax.jit(evaluation.make_loss_fn(graphdef), out_shardings=rep)
     self.loss = evaluators.EVALUATORS['loss']()
     self.ctx = evaluators.Context(
         config=config, source=sources.data_source(config), lengths=lengths,
         stream=stream, graphdef=graphdef,
-        token_losses=lambda params, *arrays: losses(
-            params, *(sharding.place(a, rep) for a in arrays)))
+        token_losses=evaluation.mesh_loss_fn(graphdef, mesh,
+                                             split_rows=False))
 
   def __call__(self, params) -> dict:
     start = time.perf_counter()
