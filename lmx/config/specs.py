@@ -35,7 +35,8 @@ TOP = {
     'init_interpolate': Field(bool, 'resize learned position tables to the '
                               'new length when fine-tuning'),
     'cpu_devices': Field(int, 'on the CPU, the host\'s cores as this many '
-                         'XLA devices for the mesh (0: as JAX starts)', lo=0),
+                         'XLA devices for the mesh (0: as JAX starts; at '
+                         'most the CPUs this process may use)', lo=0),
 }
 
 MODEL = {

@@ -198,13 +198,22 @@ def split_host(devices: int) -> None:
   65,536-token pass with the heads split two ways ran 1.24x faster
   (bench/long_peer.py --cpu_devices=2, docs/benchmarks.md).
 
-  Raises ConfigError when the backend has already started with another
-  count, or ``XLA_FLAGS`` names another count, saying what to change.
+  Raises ConfigError when ``devices`` exceeds the CPUs this process may
+  use (a device per core is the point), when the backend has already
+  started with another count, or when ``XLA_FLAGS`` names another count,
+  saying what to change.
   """
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
   from lmx.errors import ConfigError  # pylint: disable=g-import-not-at-top
   if devices <= 0:
     return
+  cpus = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+          else os.cpu_count() or 1)
+  if devices > cpus:
+    raise ConfigError(
+        f'config.cpu_devices={devices}, but this process may use {cpus} '
+        f'CPU(s): use at most {cpus} (one device per core), or 0 for one '
+        'device.')
   flags = os.environ.get('XLA_FLAGS', '')
   named = re.search(re.escape(DEVICE_COUNT_FLAG) + r'=(\d+)', flags)
   if named and int(named.group(1)) != devices:
