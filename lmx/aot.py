@@ -505,9 +505,11 @@ def report(config, topology: str, device_count: int,
       continue
     t = config.train
     tokens = t.batch_size * t.seq_len
-    limit = attention.dense_key_limit(
-        int(config.model.chunk_threshold),
-        int(config.model.accelerator_chunk_threshold))
+    # The accelerator's limit, as the step was traced for it.
+    with ops.on_platform('gpu' if is_gpu(topology) else 'tpu'):
+      limit = attention.dense_key_limit(attention.Spec(
+          threshold=int(config.model.chunk_threshold),
+          accelerator_threshold=int(config.model.accelerator_chunk_threshold)))
     per_token = flops.hardware_flops_per_token(config.model, t.seq_len, limit)
     if c.what != 'train':  # a forward pass
       per_token = flops.forward_flops_per_token(config.model, t.seq_len)

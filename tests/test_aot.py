@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 from lmx import aot
+from lmx import flops
 from lmx import memory
 from lmx.model import attention
 from lmx.model import ops
@@ -149,6 +150,26 @@ def test_a_step_the_compiler_refuses_is_reported_with_its_temporaries():
   assert '--remat' not in advice  # already full
   with pytest.raises(ValueError):  # any other failure is not swallowed
     aot._refused('train', ValueError('something else'), 0.0)  # pylint: disable=protected-access
+
+
+def test_report_of_a_compiled_step_takes_the_accelerators_dense_limit():
+  # A step's figures, as a compile on the slice would give them: report()
+  # needs no TPU. Its roofline takes the hardware FLOPs at the dense-key
+  # limit of an accelerator (min of the two thresholds), not of this CPU.
+  config = aot.make_config('125m', seq_len=128, batch=4,
+                           mesh={'data': 2, 'fsdp': 2})
+  config.model.chunk_threshold = 4096
+  config.model.accelerator_chunk_threshold = 64
+  c = aot.Compiled('train', 1.0, argument_bytes=10**9, output_bytes=10**9,
+                   alias_bytes=10**9, temp_bytes=2 * 10**9, flops=1e12,
+                   bytes_accessed=1e9)
+  r = aot.report(config, 'v5e:2x2', 4, [c], preset='125m')
+  row = r['rows'][0]
+  per_token = flops.hardware_flops_per_token(config.model, 128, 64)
+  assert per_token != flops.hardware_flops_per_token(config.model, 128, 4096)
+  want = aot.roofline(c, aot.chip_of('v5e:2x2'), flops=per_token * 4 * 128 / 4)
+  assert row['roofline_ms'] == pytest.approx(want['step_s'] * 1e3)
+  assert '| train |' in aot.format_report(r)
 
 
 def test_the_mlp_activation_is_float32_on_cpu_only(tiny_config):
