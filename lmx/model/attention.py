@@ -363,13 +363,13 @@ def attend(logits_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array,
     v_BxSxHxK = jnp.concatenate([prefix.v.astype(v_BxSxHxK.dtype),
                                  v_BxSxHxK], 1)
   probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
-  # Accumulated in float32 and rounded once (lmx.model.ops; in bfloat16 on
-  # CPU the product reaches the CPU's bf16 units only with a float32 result).
+  # A float32 result on CPU, rounded once here (lmx.model.ops).
   out = ops.attention_values(probs_BxHxTxS.astype(v_BxSxHxK.dtype),
                              v_BxSxHxK)
   if values is not None:
     extra_BxHxTxK = values(probs_BxHxTxS[..., n_prefix:])
-    out = out + jnp.transpose(extra_BxHxTxK, (0, 2, 1, 3))
+    out = (out.astype(jnp.float32)
+           + jnp.transpose(extra_BxHxTxK, (0, 2, 1, 3)))
   return out.astype(v_BxSxHxK.dtype)
 
 
@@ -503,7 +503,8 @@ class Chunked(Backend):
   Each tile is one of three kinds, by ``Mask.tile_visible`` and
   ``Mask.tile_full``: hidden (skipped, not computed), full (every query
   sees every key: no mask is built and nothing is selected, which is every
-  tile below the diagonal of a causal mask) or partial (masked). Without a
+  tile below the diagonal of a causal mask; on CPU) or partial (masked).
+  Without a
   content term, queries, keys and values are laid out heads-major
   (``[B, H, T, K]``) once, before the loops, so the tiles' products take
   contiguous slices and no tile is transposed. On a 2-core Xeon the two
@@ -557,6 +558,11 @@ class Chunked(Backend):
     # the keys passed (no running max), and needs each query's own value.
     sb = spec.normaliser
     own_p = _pad(v_BxSxHxK[:, offset:], 1, nq * bq) if sb is not None else None
+    # Full tiles take a branch of their own on CPU, where the mask's passes
+    # cost time. Not under stick-breaking (its restriction drops the
+    # query's own key), nor on a GPU or TPU, where the select is cheap and
+    # a third branch's buffers cost memory (a TPU step's temporaries grew).
+    split_full = sb is None and ops.platform() == 'cpu'
 
     # The key tiles a query block visits. Causal: every tile, those wholly in
     # the future skipped. Lambda-shaped: the tiles holding the global tokens,
@@ -658,7 +664,7 @@ class Chunked(Backend):
           slot = n_iter - 1 - slot
         j = tile_of(i, slot)
         visible = tile_visible(i, slot, j)
-        if sb is not None:   # its restriction drops the query's own key
+        if not split_full:
           carry = jax.lax.cond(visible, lambda c: compute(c, j),
                                lambda c: c, carry)
         else:   # 0: hidden, 1: full, 2: partial

@@ -73,10 +73,16 @@ def attention_scores(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array) -> jax.Array:
 
 
 def attention_values(p_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array) -> jax.Array:
-  """The weighted values ``[B, T, H, K]``, float32, of weights in the
-  values' dtype; in bfloat16 on CPU ``xla_cpu.attention_values``."""
+  """The weighted values ``[B, T, H, K]`` of weights in the values' dtype.
+  On CPU float32 (a bf16 product reaches the CPU's bf16 units only with a
+  float32 result; ``xla_cpu.attention_values`` for a bf16 block of
+  queries); elsewhere in the values' dtype, which GPU and TPU compilers
+  accumulate in float32 themselves (a float32 result there costs a TPU
+  step 8% more memory traffic, ``bench/aot.py``)."""
   if _low_on_cpu(p_BxHxTxS.shape[2], p_BxHxTxS, v_BxSxHxK):
     return xla_cpu.attention_values(p_BxHxTxS, v_BxSxHxK)
+  if platform() != 'cpu':
+    return jnp.einsum('bhts,bshk->bthk', p_BxHxTxS, v_BxSxHxK)
   return jnp.einsum('bhts,bshk->bthk', p_BxHxTxS, v_BxSxHxK,
                     preferred_element_type=jnp.float32)
 
